@@ -1,0 +1,56 @@
+"""Clock: the only reader of wall time, so tests can move time by hand.
+
+Times inside jobserver are float seconds since the epoch (UTC); they are turned
+into RFC 3339 strings only at the edges (`rfc3339`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Where `now` comes from."""
+
+    def now(self) -> float:
+        """Seconds since the epoch, UTC."""
+        ...
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that moves only when told; for tests."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self._now += seconds
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Format epoch seconds as an RFC 3339 UTC string with millisecond precision."""
+    if ts is None:
+        return None
+    d = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+def parse_rfc3339(value: str) -> float:
+    """Parse an RFC 3339 timestamp (with offset or Z) into epoch seconds."""
+    d = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    if d.tzinfo is None:
+        raise ValueError("timestamp needs a timezone offset or Z")
+    return d.timestamp()
