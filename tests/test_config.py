@@ -1,0 +1,371 @@
+"""Tests of jobserver.config: defaults, file, environment, overrides, validation."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from jobserver.config import Settings, load_settings, parse_duration
+from jobserver.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, **kwargs: object) -> Settings:
+    kwargs.setdefault("environ", {})
+    return load_settings(cwd=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def config_error(tmp_path: Path, **kwargs: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, **kwargs)
+    return info.value
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    settings = load(tmp_path)
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8000
+    assert settings.server.max_body_bytes == 1_048_576
+    assert settings.server.max_args_bytes == 65_536
+    assert settings.database.synchronous == "normal"
+    assert settings.database.busy_timeout == 5.0
+    assert settings.workers.threads == 4
+    assert settings.workers.async_concurrency == 100
+    assert settings.workers.lease_seconds == 30.0
+    assert settings.workers.poll_interval == 1.0
+    assert settings.tasks.modules == ("jobserver.examples",)
+    assert settings.auth.api_keys == ()
+    assert settings.webhooks.secret == ""
+    assert settings.webhooks.allow_private is False
+    assert settings.webhooks.retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert settings.webhooks.timeout == 10.0
+    assert settings.retention.finished_jobs == 7 * 86400
+    assert settings.retention.idempotency_keys == 86400
+    assert settings.retention.interval == 60
+    assert settings.retention.batch_size == 500
+    assert settings.events.max_log_lines == 1000
+    assert settings.events.progress_flush_interval == pytest.approx(0.1)
+    assert settings.sqlite_path() == tmp_path / "data" / "jobserver.db"
+    assert not settings.is_postgres
+
+
+def test_config_toml_in_cwd_is_picked_up(tmp_path: Path) -> None:
+    write(tmp_path, "[server]\nport = 8123\n")
+    assert load(tmp_path).server.port == 8123
+
+
+def test_file_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [server]
+        host = "0.0.0.0"
+        log_level = "DEBUG"
+        [workers]
+        threads = 8
+        lease_seconds = "2m"
+        [auth]
+        api_keys = ["a", "b"]
+        [webhooks]
+        allow_private = true
+        retry_schedule = [1, "2s", "500ms"]
+        """,
+        name="other.toml",
+    )
+    settings = load(tmp_path, config_path=path)
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.log_level == "debug"
+    assert settings.server.port == 8000
+    assert settings.workers.threads == 8
+    assert settings.workers.lease_seconds == 120.0
+    assert settings.auth.api_keys == ("a", "b")
+    assert settings.webhooks.allow_private is True
+    assert settings.webhooks.retry_schedule == (1.0, 2.0, 0.5)
+
+
+def test_relative_config_path_is_relative_to_cwd(tmp_path: Path) -> None:
+    write(tmp_path, "[server]\nport = 9001\n", name="custom.toml")
+    assert load(tmp_path, config_path="custom.toml").server.port == 9001
+
+
+def test_missing_config_path_is_an_error(tmp_path: Path) -> None:
+    error = config_error(tmp_path, config_path=tmp_path / "nope.toml")
+    assert error.key == str(tmp_path / "nope.toml")
+
+
+def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server\nport = \n")
+    error = config_error(tmp_path, config_path=path)
+    assert error.key == str(path)
+    assert "TOML" in str(error)
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 8100\nhost = \"0.0.0.0\"\n[workers]\nthreads = 2\n")
+    environ = {
+        "JOBSERVER_SERVER_PORT": "8200",
+        "JOBSERVER_WORKERS_LEASE_SECONDS": "45",
+        "jobserver_database_url": "sqlite:////tmp/env.db",
+        "JOBSERVER_Webhooks_Allow_Private": "yes",
+    }
+    settings = load(tmp_path, config_path=path, environ=environ)
+    assert settings.server.port == 8200
+    assert settings.server.host == "0.0.0.0"
+    assert settings.workers.threads == 2
+    assert settings.workers.lease_seconds == 45.0
+    assert settings.database.url == "sqlite:////tmp/env.db"
+    assert settings.webhooks.allow_private is True
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("no", False)],
+)
+def test_environment_booleans(tmp_path: Path, raw: str, expected: bool) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_ALLOW_PRIVATE": raw})
+    assert settings.webhooks.allow_private is expected
+
+
+def test_overrides_beat_environment(tmp_path: Path) -> None:
+    write(tmp_path, "[server]\nport = 8100\n")
+    settings = load(
+        tmp_path,
+        environ={"JOBSERVER_SERVER_PORT": "8200", "JOBSERVER_SERVER_HOST": "0.0.0.0"},
+        overrides={"server.port": 9000, "server.host": None},
+    )
+    assert settings.server.port == 9000
+    assert settings.server.host == "0.0.0.0"
+
+
+def test_unknown_override_key_is_an_error(tmp_path: Path) -> None:
+    assert config_error(tmp_path, overrides={"server.nope": 1}).key == "server.nope"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('["k1","k2"]', ("k1", "k2")),
+        (' [ "k,1" ] ', ("k,1",)),
+        ("k1,k2", ("k1", "k2")),
+        (" k1 , k2 ,", ("k1", "k2")),
+        ("k1", ("k1",)),
+        ("", ()),
+        ("[]", ()),
+    ],
+)
+def test_environment_lists(tmp_path: Path, raw: str, expected: tuple[str, ...]) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_AUTH_API_KEYS": raw})
+    assert settings.auth.api_keys == expected
+
+
+def test_environment_duration_list(tmp_path: Path) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_RETRY_SCHEDULE": "1s,2m, 3"})
+    assert settings.webhooks.retry_schedule == (1.0, 120.0, 3.0)
+
+
+@pytest.mark.parametrize("raw", ['["a", ', '["a", 1]'])
+def test_bad_json_list_in_environment(tmp_path: Path, raw: str) -> None:
+    error = config_error(tmp_path, environ={"JOBSERVER_TASKS_MODULES": raw})
+    assert error.key == "tasks.modules"
+
+
+def test_unknown_jobserver_variables_are_ignored(tmp_path: Path) -> None:
+    environ = {
+        "JOBSERVER_URL": "http://127.0.0.1:9999",
+        "JOBSERVER_API_KEY": "secret",
+        "JOBSERVER_SERVER_NOPE": "1",
+        "JOBSERVER_": "x",
+        "OTHER_SERVER_PORT": "1",
+    }
+    assert load(tmp_path, environ=environ) == load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        (0, 0.0),
+        ("30", 30.0),
+        ("2.5", 2.5),
+        ("500ms", 0.5),
+        ("5s", 5.0),
+        ("5m", 300.0),
+        ("24h", 86400.0),
+        ("7d", 604800.0),
+        (" 1.5 h ", 5400.0),
+        ("10S", 10.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [-1, -0.5, "-5s", "5x", "", "s", "1h30m", True, None, [1], float("inf"), "nan"])
+def test_parse_duration_refuses(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+def test_durations_in_every_form_through_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [workers]
+        lease_seconds = 12
+        shutdown_grace_seconds = 2.5
+        poll_interval = "250ms"
+        [retention]
+        finished_jobs = "30d"
+        idempotency_keys = "1h"
+        interval = "30"
+        """,
+    )
+    settings = load(tmp_path, config_path=path)
+    assert settings.workers.lease_seconds == 12.0
+    assert settings.workers.shutdown_grace_seconds == 2.5
+    assert settings.workers.poll_interval == 0.25
+    assert settings.retention.finished_jobs == 30 * 86400.0
+    assert settings.retention.idempotency_keys == 3600.0
+    assert settings.retention.interval == 30.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"JOBSERVER_WORKERS_THREADS": "0"}, "workers.threads"),
+        ({"JOBSERVER_WORKERS_THREADS": "many"}, "workers.threads"),
+        ({"JOBSERVER_SERVER_PORT": "70000"}, "server.port"),
+        ({"JOBSERVER_SERVER_MAX_BODY_BYTES": "0"}, "server.max_body_bytes"),
+        ({"JOBSERVER_SERVER_LOG_FORMAT": "xml"}, "server.log_format"),
+        ({"JOBSERVER_SERVER_LOG_LEVEL": "loud"}, "server.log_level"),
+        ({"JOBSERVER_DATABASE_SYNCHRONOUS": "off"}, "database.synchronous"),
+        ({"JOBSERVER_DATABASE_BUSY_TIMEOUT": "-1s"}, "database.busy_timeout"),
+        ({"JOBSERVER_WORKERS_LEASE_SECONDS": "0"}, "workers.lease_seconds"),
+        ({"JOBSERVER_WEBHOOKS_ALLOW_PRIVATE": "maybe"}, "webhooks.allow_private"),
+        ({"JOBSERVER_WEBHOOKS_RETRY_SCHEDULE": "5s,soon"}, "webhooks.retry_schedule"),
+        ({"JOBSERVER_RETENTION_FINISHED_JOBS": "a week"}, "retention.finished_jobs"),
+        ({"JOBSERVER_EVENTS_MAX_LOG_LINES": "0"}, "events.max_log_lines"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, environ: dict[str, str], key: str) -> None:
+    error = config_error(tmp_path, environ=environ)
+    assert error.key == key
+    assert key in str(error)
+    assert next(iter(environ)) in str(error)
+
+
+def test_bad_file_value_names_the_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[workers]\nthreads = -2\n")
+    error = config_error(tmp_path, config_path=path)
+    assert error.key == "workers.threads"
+    assert str(path) in str(error)
+
+
+def test_bad_list_item_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[webhooks]\nretry_schedule = ["5s", "-1m"]\n')
+    error = config_error(tmp_path, config_path=path)
+    assert error.key == "webhooks.retry_schedule"
+    assert "item 1" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[server]\nprot = 8000\n", "server.prot"),
+        ("[servers]\nport = 8000\n", "servers"),
+        ("debug = true\n", "debug"),
+    ],
+)
+def test_unknown_key_in_file_is_an_error(tmp_path: Path, text: str, key: str) -> None:
+    error = config_error(tmp_path, config_path=write(tmp_path, text))
+    assert error.key == key
+    assert "unknown key" in str(error)
+
+
+def test_section_that_is_not_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, 'server = "x"\n')
+    assert config_error(tmp_path, config_path=path).key == "server"
+    error = config_error(tmp_path, config_path=path, environ={"JOBSERVER_SERVER_PORT": "1"})
+    assert error.key == "server"
+
+
+def test_relative_sqlite_url_resolves_against_cwd(tmp_path: Path) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_DATABASE_URL": "sqlite:///state/../jobs.db"})
+    assert settings.sqlite_path() == tmp_path / "jobs.db"
+    assert settings.database.url == f"sqlite:///{tmp_path}/jobs.db"
+    assert settings.database.url.startswith("sqlite:////")
+
+
+def test_absolute_sqlite_url(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "jobs.db"
+    settings = load(tmp_path / "cwd", environ={"JOBSERVER_DATABASE_URL": f"sqlite:///{target}"})
+    assert settings.sqlite_path() == target
+    assert settings.sqlite_path() is not None and settings.sqlite_path().is_absolute()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@db:5432/jobs", "postgres://localhost/jobs"])
+def test_postgres_url(tmp_path: Path, url: str) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_DATABASE_URL": url})
+    assert settings.is_postgres
+    assert settings.sqlite_path() is None
+    assert settings.database.url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://localhost/jobs", "sqlite://jobs.db", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?mode=ro", "jobs.db"],
+)
+def test_bad_database_url(tmp_path: Path, url: str) -> None:
+    error = config_error(tmp_path, environ={"JOBSERVER_DATABASE_URL": url})
+    assert error.key == "database.url"
+
+
+@pytest.mark.parametrize("secret", ["", SECRET, "whsec_" + "QUJD"])
+def test_webhook_secret_accepted(tmp_path: Path, secret: str) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": secret})
+    assert settings.webhooks.secret == secret
+
+
+@pytest.mark.parametrize("secret", ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_not base64!", "whsec_QUJ", "whsk_QUJD"])
+def test_webhook_secret_refused(tmp_path: Path, secret: str) -> None:
+    error = config_error(tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": secret})
+    assert error.key == "webhooks.secret"
+    assert secret == "whsec_" or secret not in str(error)
+
+
+def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": SECRET, "JOBSERVER_AUTH_API_KEYS": "key-123"})
+    assert SECRET not in repr(settings)
+    assert "key-123" not in repr(settings)
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load(tmp_path)
+    with pytest.raises(ValidationError):
+        settings.server.port = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        settings.server = settings.server  # type: ignore[misc]
+
+
+def test_repo_config_toml_equals_the_defaults(tmp_path: Path) -> None:
+    repo_file = REPO_ROOT / "config.toml"
+    with repo_file.open("rb") as f:
+        raw = tomllib.load(f)
+    assert Settings.model_validate(raw) == Settings()
+    assert load(tmp_path, config_path=repo_file) == load(tmp_path)
+    sections = set(Settings.model_fields)
+    assert set(raw) == sections
+    for section in sections:
+        assert set(raw[section]) == set(getattr(Settings(), section).model_dump()), section
