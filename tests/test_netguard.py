@@ -1,0 +1,224 @@
+"""The SSRF guard: which webhook URLs are refused, and the operator's exceptions.
+
+IP literals go through the real resolver (no network needed); host names are
+answered by a fake `getaddrinfo`, so no test depends on outside DNS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jobserver import netguard
+from jobserver.errors import WebhookURLError
+
+PUBLIC_V4 = "93.184.216.34"
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+@pytest.fixture
+def dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
+    """A fake resolver: names map to address lists; literals resolve for real; others fail."""
+    names: dict[str, list[str]] = {}
+
+    def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host in names:
+            return [
+                (
+                    socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    socket.IPPROTO_TCP,
+                    "",
+                    (ip, port, 0, 0) if ":" in ip else (ip, port),
+                )
+                for ip in names[host]
+            ]
+        if host == "localhost":  # answered by /etc/hosts, no network
+            return _real_getaddrinfo(host, port, *args, **kwargs)
+        # Numeric forms only: any other name fails instead of reaching real DNS.
+        kwargs["flags"] = kwargs.get("flags", 0) | socket.AI_NUMERICHOST
+        return _real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    yield names
+
+
+FORBIDDEN_URLS = [
+    "http://127.0.0.1/",
+    "http://127.0.0.1:8000/hook",
+    "http://localhost/",
+    "http://LOCALHOST/",
+    "http://[::1]/",
+    "http://10.0.0.1/",
+    "http://172.16.0.1/",
+    "http://172.31.255.254/",
+    "http://192.168.1.1/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://0.0.0.0/",
+    "http://[::]/",
+    "http://[::ffff:127.0.0.1]/",  # IPv4-mapped
+    "http://[::ffff:169.254.169.254]/",
+    "http://[::7f00:1]/",  # IPv4-compatible 127.0.0.1
+    "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+    "http://[2002:c0a8:101::1]/",  # 6to4 of 192.168.1.1
+    "http://2130706433/",  # decimal 127.0.0.1
+    "http://0177.0.0.1/",  # octal
+    "http://0x7f.1/",  # hex, short form
+    "http://[fe80::1]/",
+    "http://[fc00::1]/",
+    "http://[fd12:3456::1]/",
+    "http://[fec0::1]/",  # site-local
+    "http://100.64.0.1/",  # shared CGNAT
+    "http://224.0.0.1/",
+    "http://[ff02::1]/",
+    "http://240.0.0.1/",
+    "http://255.255.255.255/",
+    "https://127.0.0.1:8443/",
+]
+
+
+@pytest.mark.parametrize("url", FORBIDDEN_URLS)
+def test_non_public_addresses_are_refused(dns: dict[str, list[str]], url: str) -> None:
+    with pytest.raises(WebhookURLError) as info:
+        netguard.check_webhook_url(url, allow_private=False, allow_hosts=[])
+    assert info.value.url == url
+    assert "not a public address" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://{PUBLIC_V4}/",
+        f"https://{PUBLIC_V4}:8443/hooks?x=1",
+        "http://[2606:4700::1111]/",
+        f"http://[::ffff:{PUBLIC_V4}]/",  # mapped public address reaches the public host
+        "http://[64:ff9b::5db8:d822]/",  # NAT64 of 93.184.216.34
+    ],
+)
+def test_public_addresses_are_allowed(dns: dict[str, list[str]], url: str) -> None:
+    addresses = netguard.check_webhook_url(url, allow_private=False, allow_hosts=[])
+    assert addresses and not any(netguard.is_forbidden_ip(ip) for ip in addresses)
+
+
+def test_decimal_host_resolves_to_loopback() -> None:
+    assert netguard.resolve("2130706433", 80) == [ipaddress.ip_address("127.0.0.1")]
+    assert netguard.resolve("[::1]", 80) == [ipaddress.ip_address("::1")]
+
+
+@pytest.mark.parametrize(
+    ("address", "forbidden"),
+    [
+        ("127.0.0.1", True),
+        ("10.255.0.1", True),
+        ("100.127.255.255", True),
+        ("100.128.0.1", False),
+        ("169.254.169.254", True),
+        ("192.0.2.1", True),  # documentation range
+        ("8.8.8.8", False),
+        ("::1", True),
+        ("fe80::1", True),
+        ("::ffff:10.0.0.1", True),
+        ("::ffff:8.8.8.8", False),
+        ("64:ff9b::7f00:1", True),
+        ("64:ff9b::808:808", False),
+        ("2002:a00:1::", True),
+        ("2001:db8::1", True),  # documentation range
+        ("2606:4700::1111", False),
+    ],
+)
+def test_is_forbidden_ip(address: str, forbidden: bool) -> None:
+    assert netguard.is_forbidden_ip(ipaddress.ip_address(address)) is forbidden
+
+
+def test_allow_private_permits_everything_resolvable(dns: dict[str, list[str]]) -> None:
+    for url in ["http://127.0.0.1:9000/", "http://localhost/", "http://[::1]/", "http://10.0.0.1/"]:
+        assert netguard.check_webhook_url(url, allow_private=True, allow_hosts=[])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost:9000/hook",
+        "http://LocalHost/",
+        "http://2130706433/",  # matched by the literal IP it resolves to
+        "http://[::ffff:127.0.0.1]/",
+    ],
+)
+def test_allow_hosts_exceptions(dns: dict[str, list[str]], url: str) -> None:
+    allow_hosts = ["127.0.0.1", "localhost"]
+    assert netguard.check_webhook_url(url, allow_private=False, allow_hosts=allow_hosts)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.1/", "http://[::1]/", "http://192.168.1.1/", "http://169.254.169.254/"],
+)
+def test_allow_hosts_does_not_open_other_addresses(dns: dict[str, list[str]], url: str) -> None:
+    with pytest.raises(WebhookURLError):
+        netguard.check_webhook_url(url, allow_private=False, allow_hosts=["127.0.0.1", "localhost"])
+
+
+def test_allow_hosts_accepts_bracketed_ipv6_and_networks(dns: dict[str, list[str]]) -> None:
+    assert netguard.check_webhook_url("http://[::1]/", False, ["[::1]"])
+    assert netguard.check_webhook_url("http://10.1.2.3/", False, ["10.0.0.0/8"])
+    with pytest.raises(WebhookURLError):
+        netguard.check_webhook_url("http://192.168.0.1/", False, ["10.0.0.0/8"])
+
+
+def test_host_name_matched_case_insensitively(dns: dict[str, list[str]]) -> None:
+    dns["hooks.internal"] = ["10.0.0.7"]
+    assert netguard.check_webhook_url("http://Hooks.Internal/x", False, ["HOOKS.internal"])
+    with pytest.raises(WebhookURLError):
+        netguard.check_webhook_url("http://hooks.internal/x", False, [])
+
+
+def test_name_with_any_private_address_is_refused(dns: dict[str, list[str]]) -> None:
+    dns["mixed.example.com"] = [PUBLIC_V4, "10.0.0.1"]
+    dns["public.example.com"] = [PUBLIC_V4, "2606:4700::1111"]
+    with pytest.raises(WebhookURLError, match="10.0.0.1"):
+        netguard.check_webhook_url("https://mixed.example.com/", False, [])
+    assert netguard.check_webhook_url("https://public.example.com/", False, []) == [
+        ipaddress.ip_address(PUBLIC_V4),
+        ipaddress.ip_address("2606:4700::1111"),
+    ]
+
+
+def test_unresolvable_host_is_refused(dns: dict[str, list[str]]) -> None:
+    with pytest.raises(WebhookURLError) as info:
+        netguard.check_webhook_url("https://no-such-host.invalid/", False, [])
+    assert info.value.reason == "host does not resolve"
+
+
+BAD_FORM: list[tuple[str, str]] = [
+    (f"ftp://{PUBLIC_V4}/", "scheme"),
+    ("file:///etc/passwd", "scheme"),
+    ("gopher://93.184.216.34:70/", "scheme"),
+    ("javascript:alert(1)", "scheme"),
+    (f"{PUBLIC_V4}/hook", "scheme"),
+    ("http:///hook", "no host"),
+    (f"http://user:pass@{PUBLIC_V4}/", "credentials"),
+    (f"http://user@{PUBLIC_V4}/", "credentials"),
+    (f"http://{PUBLIC_V4}\\@127.0.0.1/", "credentials"),
+    (f"http://{PUBLIC_V4}:99999/", "malformed"),
+    (f"http://{PUBLIC_V4}:port/", "malformed"),
+]
+
+
+@pytest.mark.parametrize(("url", "reason"), BAD_FORM)
+def test_malformed_urls_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(WebhookURLError) as info:
+        netguard.check_webhook_url(url, allow_private=True, allow_hosts=[])
+    assert reason in info.value.reason
+
+
+def test_split_webhook_url_defaults_ports() -> None:
+    split: Callable[[str], tuple[str, str, int]] = netguard.split_webhook_url
+    assert split("HTTPS://Example.COM/x") == ("https", "example.com", 443)
+    assert split("http://example.com/x") == ("http", "example.com", 80)
+    assert split("http://[::1]:8080/") == ("http", "::1", 8080)
