@@ -1,0 +1,5 @@
+"""`python -m jobserver`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Command line: argv -> Settings -> logging -> runtime, or a client subcommand.
+
+`python -m jobserver [--config PATH] [--host H] [--port P]` serves; the client
+subcommands (submit, get, wait, list, cancel, retry, tasks) live in `cli_client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import load_settings
+from .errors import ConfigError, DatabaseInUseError, StorageError
+
+log = logging.getLogger(__name__)
+CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobserver",
+        description="Run the job server. Client commands: " + ", ".join(CLIENT_COMMANDS)
+        + " (see `python -m jobserver submit --help`).",
+    )
+    parser.add_argument("--config", help="path of config.toml (default: ./config.toml if present)")
+    parser.add_argument("--host", help="address to listen on (overrides server.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in CLIENT_COMMANDS:
+        from .cli_client import main as client_main
+
+        return client_main(args_list)
+    if args_list and args_list[0] == "serve":
+        args_list = args_list[1:]
+    args = serve_parser().parse_args(args_list)
+    try:
+        settings = load_settings(args.config, overrides={"server.host": args.host, "server.port": args.port})
+    except ConfigError as exc:
+        print(f"jobserver: {exc}", file=sys.stderr)
+        return 2
+    from . import logs
+    from .runtime import Runtime
+
+    logs.configure(settings.server.log_level, settings.server.log_format)
+    runtime = Runtime(settings)
+    try:
+        runtime.open()
+    except DatabaseInUseError as exc:
+        print(f"jobserver: {exc}", file=sys.stderr)
+        return 3
+    except (StorageError, ImportError) as exc:
+        print(f"jobserver: cannot start: {exc}", file=sys.stderr)
+        return 1
+    log.info("serving on http://%s:%d (database %s)", settings.server.host, settings.server.port,
+             settings.database.url.split("@")[-1], extra={"action": "start"})
+    runtime.serve()
+    return 0

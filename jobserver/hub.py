@@ -1,0 +1,55 @@
+"""Hub: in-process notifications that a job changed, from any thread to asyncio waiters.
+
+The writer publishes a job id after a commit that changed it; `GET /jobs/{id}?wait`
+and the event streams wait on it instead of polling the database. A publish for
+a job nobody watches costs a dict lookup. Imports nothing from jobserver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Hub:
+    """job id -> the asyncio events of its watchers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def publish(self, job_id: str) -> None:
+        """Wake every watcher of this job (safe from any thread)."""
+        watchers = self._watchers.get(job_id)
+        if not watchers:
+            return
+        with self._lock:
+            targets = list(self._watchers.get(job_id, ()))
+        for loop, event in targets:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop already closed
+                pass
+
+    @contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever the job changes; clear it before each wait."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._watchers.setdefault(job_id, set()).add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                watchers = self._watchers.get(job_id)
+                if watchers is not None:
+                    watchers.discard(entry)
+                    if not watchers:
+                        del self._watchers[job_id]
+
+    def watcher_count(self) -> int:
+        """How many watchers are registered (for metrics)."""
+        with self._lock:
+            return sum(len(w) for w in self._watchers.values())

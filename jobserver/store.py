@@ -1,0 +1,393 @@
+"""JobStore: every SQL statement about jobs, one transaction per transition.
+
+Methods are transition verbs (`enqueue`, `claim`, `complete`, `fail`,
+`schedule_retry`, `cancel`, `retry`, `rescue`, `release`); each builds an op and
+hands it to the `Writer`, returning a `Future` that resolves after commit.
+Writes made on behalf of an attempt are fenced by its `run_seq`: when the row's
+`run_seq` moved on (the attempt was rescued, cancelled or retried), the write
+changes nothing and raises `StaleAttemptError`. Reads run on the calling
+thread's own connection (never call them on the event loop).
+
+Imports errors, clock, records, writer; never Huey or Starlette.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+import peewee as pw
+
+from .clock import rfc3339
+from .errors import (
+    IdempotencyMismatchError,
+    JobFinishedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    JobNotRetryableError,
+    StaleAttemptError,
+)
+from .records import JOB_COLUMNS, Claim, JobRecord, NewJob
+from .writer import Tx, Writer
+
+FINISHED = ("completed", "failed", "cancelled")
+MIN_CRASH_ATTEMPTS = 3  # a crash-looping job is given up after max(max_attempts, 3) attempts
+
+
+def body_hash(body: Any) -> str:
+    """Hash of parsed JSON with sorted keys: key order and spacing do not matter."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
+    tx.execute(
+        "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
+        (rec.id, orjson.dumps(rec.to_api()).decode(), now),
+    )
+
+
+def _outbox(tx: Tx, rec: JobRecord, now: float) -> None:
+    """A finished job with a webhook_url gets its delivery row in the same transaction."""
+    if not rec.webhook_url or rec.status not in FINISHED:
+        return
+    delivery_id = f"msg_{rec.id.replace('-', '')}_{rec.run_seq}_{int(now * 1000)}"
+    payload = orjson.dumps(
+        {"type": f"job.{rec.status}", "timestamp": rfc3339(now), "data": rec.to_api()}
+    ).decode()
+    tx.execute(
+        "INSERT INTO webhook_deliveries (id, job_id, url, event_type, payload, state, attempts, "
+        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+        (delivery_id, rec.id, rec.webhook_url, f"job.{rec.status}", payload, now, now),
+    )
+
+
+def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
+    row = tx.one(sql + f" RETURNING {JOB_COLUMNS}", params)
+    return None if row is None else JobRecord.from_row(row)
+
+
+class JobStore:
+    """All job SQL. Writes go through the writer; reads use the caller's connection."""
+
+    def __init__(self, db: pw.Database, writer: Writer, pg: bool) -> None:
+        self.db = db
+        self.writer = writer
+        self.pg = pg
+        self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+
+    # ---------------------------------------------------------------- reads
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.pg:
+            sql = sql.replace("?", "%s")
+        rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
+        return rows
+
+    def get(self, job_id: str) -> JobRecord:
+        """One job, or JobNotFoundError."""
+        rows = self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise JobNotFoundError(job_id)
+        return JobRecord.from_row(rows[0])
+
+    def list(
+        self, status: str | None, task: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; `cursor` is the last id of the previous page."""
+        where, params = [], []
+        for column, value in (("status", status), ("task", task)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if cursor:
+            where.append("id < ?")
+            params.append(cursor)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", (*params, limit + 1)
+        )
+        jobs = [JobRecord.from_row(r) for r in rows[:limit]]
+        return jobs, (jobs[-1].id if len(rows) > limit else None)
+
+    def steps(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's stored steps, in the order they started."""
+        rows = self._query(
+            "SELECT name, status, attempt, started_at, finished_at FROM steps "
+            "WHERE job_id = ? ORDER BY started_at",
+            (job_id,),
+        )
+        return [
+            {"name": n, "status": s, "attempt": a, "started_at": rfc3339(b), "finished_at": rfc3339(f)}
+            for n, s, a, b, f in rows
+        ]
+
+    def step_results(self, job_id: str) -> dict[str, Any]:
+        """name -> stored JSON result of every finished step."""
+        rows = self._query(
+            "SELECT name, result FROM steps WHERE job_id = ? AND status = 'completed'", (job_id,)
+        )
+        return {name: orjson.loads(result) for name, result in rows}
+
+    def events_after(self, job_id: str, after_id: int, limit: int = 500) -> list[tuple[int, str, str]]:
+        """Stored events (id, kind, data) of a job after `after_id`."""
+        rows = self._query(
+            "SELECT id, kind, data FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (job_id, after_id, limit),
+        )
+        return [(int(i), k, d) for i, k, d in rows]
+
+    def counts_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        return {s: int(n) for s, n in self._query("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer."""
+        self._query("SELECT 1")
+
+    # --------------------------------------------------------------- writes
+    def enqueue(
+        self,
+        new: NewJob,
+        idem: tuple[str, str, str] | None,
+        on_commit: Callable[[], None],
+    ) -> Future[tuple[bool, JobRecord | str]]:
+        """Insert a job (and its idempotency key) in one transaction.
+
+        Resolves to (True, record) for a new job, or (False, job_id) when the
+        idempotency key (scope, key, body_hash) was already used with this body.
+        """
+
+        def op(tx: Tx) -> tuple[bool, JobRecord | str]:
+            if idem is not None:
+                scope, key, digest = idem
+                row = tx.one(
+                    "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
+                    (scope, key),
+                )
+                if row is not None:
+                    if row[0] != digest:
+                        raise IdempotencyMismatchError(key)
+                    return False, str(row[1])
+                tx.execute(
+                    "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (scope, key, digest, new.id, new.created_at),
+                )
+            tx.execute(
+                "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
+                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
+                "VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
+                (new.id, new.task, new.args_json, new.priority, new.max_attempts, new.timeout_s,
+                 new.idempotency_key, new.webhook_url, new.created_at, new.run_at),
+            )
+            tx.after_commit(on_commit)
+            return True, new.record()
+
+        return self.writer.submit(op)
+
+    def claim(
+        self, owner: str, now: float, lease_s: float, exclude_tasks: Sequence[str]
+    ) -> Future[Claim | None]:
+        """Take the next due job (highest priority, then oldest) for one attempt."""
+        excl = f" AND task NOT IN ({', '.join('?' * len(exclude_tasks))})" if exclude_tasks else ""
+        sql = (
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1, "
+            "lease_owner = ?, lease_expires_at = ?, started_at = ? "
+            "WHERE id = (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= ?"
+            f"{excl} ORDER BY priority DESC, run_at, id LIMIT 1{self._skip_locked}) AND status = 'pending'"
+        )
+        params = (owner, now + lease_s, now, now, *exclude_tasks)
+
+        def op(tx: Tx) -> Claim | None:
+            rec = _returning(tx, sql, params)
+            if rec is None:
+                return None
+            _job_event(tx, rec, now)
+            return Claim(rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq,
+                         rec.timeout_s, now)
+
+        return self.writer.submit(op)
+
+    def next_run_at(self) -> float | None:
+        """When the earliest pending job becomes due (for an idle worker's wait)."""
+        rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'pending'")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[int]:
+        """Extend the lease of every job this process runs (one statement for all)."""
+
+        def op(tx: Tx) -> int:
+            cur = tx.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
+                (now + lease_s, owner),
+            )
+            return int(cur.rowcount)
+
+        return self.writer.submit(op)
+
+    def _finish(self, tx: Tx, claim: Claim, sets: str, params: Sequence[Any], now: float) -> JobRecord:
+        rec = _returning(
+            tx,
+            f"UPDATE jobs SET {sets}, lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE id = ? AND run_seq = ? AND status = 'running'",
+            (*params, claim.job_id, claim.run_seq),
+        )
+        if rec is None:
+            raise StaleAttemptError(claim.job_id, claim.run_seq)
+        _job_event(tx, rec, now)
+        _outbox(tx, rec, now)
+        return rec
+
+    def complete(
+        self, claim: Claim, result_json: str, progress_json: str | None, now: float,
+        on_commit: Callable[[], None],
+    ) -> Future[JobRecord]:
+        """The attempt succeeded: store its result."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = self._finish(
+                tx, claim,
+                "status = 'completed', result = ?, error = NULL, progress = COALESCE(?, progress), "
+                "finished_at = ?",
+                (result_json, progress_json, now), now,
+            )
+            tx.after_commit(on_commit)
+            return rec
+
+        return self.writer.submit(op)
+
+    def fail(
+        self, claim: Claim, error: dict[str, Any], now: float, retry_at: float | None,
+        status: str, progress_json: str | None, on_commit: Callable[[], None],
+    ) -> Future[JobRecord]:
+        """The attempt failed: `schedule_retry` when retry_at is given, else end as `status`."""
+        err = orjson.dumps(error).decode()
+
+        def op(tx: Tx) -> JobRecord:
+            if retry_at is not None:
+                sets = "status = 'pending', error = ?, run_at = ?, progress = COALESCE(?, progress)"
+                params: tuple[Any, ...] = (err, retry_at, progress_json)
+            else:
+                sets = "status = ?, error = ?, finished_at = ?, progress = COALESCE(?, progress)"
+                params = (status, err, now, progress_json)
+            rec = self._finish(tx, claim, sets, params, now)
+            tx.after_commit(on_commit)
+            return rec
+
+        return self.writer.submit(op)
+
+    def release(self, claim: Claim, now: float, on_commit: Callable[[], None]) -> Future[JobRecord]:
+        """Put a running job back to pending without counting the attempt (graceful drain)."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = self._finish(
+                tx, claim, "status = 'pending', attempts = attempts - 1, run_at = ?", (now,), now
+            )
+            tx.after_commit(on_commit)
+            return rec
+
+        return self.writer.submit(op)
+
+    def cancel(self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
+        """Pending: cancelled at once. Running: cancel_requested, the attempt stops itself."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = _returning(
+                tx,
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE id = ? AND status = 'pending'",
+                (now, job_id),
+            )
+            if rec is not None:
+                _job_event(tx, rec, now)
+                _outbox(tx, rec, now)
+            else:
+                rec = _returning(
+                    tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
+                )
+            if rec is None:
+                row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+                if row is None:
+                    raise JobNotFoundError(job_id)
+                raise JobFinishedError(job_id, str(row[0]))
+            final = rec
+            tx.after_commit(lambda: on_commit(final))
+            return rec
+
+        return self.writer.submit(op)
+
+    def retry(self, job_id: str, now: float, on_commit: Callable[[], None]) -> Future[JobRecord]:
+        """A failed or cancelled job gets a fresh round of attempts; its steps are kept."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = _returning(
+                tx,
+                "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                "WHERE id = ? AND status IN ('failed', 'cancelled')",
+                (now, job_id),
+            )
+            if rec is None:
+                row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+                if row is None:
+                    raise JobNotFoundError(job_id)
+                raise JobNotRetryableError(job_id, str(row[0]))
+            _job_event(tx, rec, now)
+            tx.after_commit(on_commit)
+            return rec
+
+        return self.writer.submit(op)
+
+    def delete(self, job_id: str) -> Future[None]:
+        """Forget a finished job with its events, steps and deliveries."""
+
+        def op(tx: Tx) -> None:
+            row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+            if row is None:
+                raise JobNotFoundError(job_id)
+            if row[0] not in FINISHED:
+                raise JobNotFinishedError(job_id, str(row[0]))
+            for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
+                column = "id" if table == "jobs" else "job_id"
+                tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+
+        return self.writer.submit(op)
+
+    def rescue(
+        self, now: float, owner: str, everyone_else: bool, on_crash: Callable[[str], str],
+        on_commit: Callable[[], None],
+    ) -> Future[list[JobRecord]]:
+        """Recover running jobs whose lease expired (or, at an SQLite start, every job
+        not ours: the file lock proves their owner is dead). Per the task's `on_crash`
+        the job runs again or fails with `Crashed`; cancelled if a cancel was asked."""
+        cond = "lease_owner <> ? OR lease_owner IS NULL" if everyone_else else "lease_expires_at < ?"
+        arg: Any = owner if everyone_else else now
+
+        def op(tx: Tx) -> list[JobRecord]:
+            rows = tx.all(
+                "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested FROM jobs "
+                f"WHERE status = 'running' AND ({cond}) LIMIT 1000",
+                (arg,),
+            )
+            out = []
+            for job_id, task, attempts, max_attempts, run_seq, cancel in rows:
+                claim = Claim(job_id, task, "", attempts, max_attempts, run_seq, None, now)
+                error = orjson.dumps({
+                    "type": "Crashed",
+                    "message": f"attempt {attempts} was cut off (its worker stopped heartbeating)",
+                    "traceback": None,
+                }).decode()
+                if cancel:
+                    sets, params = "status = 'cancelled', finished_at = ?", (now,)
+                elif on_crash(task) == "fail" or attempts >= max(max_attempts, MIN_CRASH_ATTEMPTS):
+                    sets, params = "status = 'failed', error = ?, finished_at = ?", (error, now)
+                else:
+                    sets, params = "status = 'pending', error = ?, run_at = ?", (error, now)
+                out.append(self._finish(tx, claim, sets, params, now))
+            if out:
+                tx.after_commit(on_commit)
+            return out
+
+        return self.writer.submit(op)
