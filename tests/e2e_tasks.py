@@ -105,3 +105,80 @@ def spin_forever(ctx: JobContext, started: str) -> None:
     n = 0
     while True:
         n += 1
+
+
+@task
+def chatty(ctx: JobContext, updates: int, logs: int, release: str) -> int:
+    """Reports progress `updates` times and logs `logs` lines, then waits for `release`."""
+    for i in range(updates):
+        ctx.progress(i + 1, updates, f"update {i + 1}")
+    for i in range(logs):
+        ctx.log(f"line {i}")
+    while not Path(release).exists():
+        ctx.check_cancelled()
+        time.sleep(0.01)
+    return updates
+
+
+@task
+async def async_forever(ctx: JobContext, started: str) -> None:
+    _mark(started, ctx.job_id)
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        _mark(started, "cancelled")
+        raise
+
+
+@task
+def sleep_in_c(ctx: JobContext, started: str, seconds: float) -> str:
+    """A blocking C call that no interruption can cut short."""
+    _mark(started, ctx.job_id)
+    time.sleep(seconds)
+    return "woke"
+
+
+@task(timeout=0.5, max_attempts=2, backoff=(0.01, 0.01))
+def spins_past_timeout(ctx: JobContext, started: str) -> None:
+    _mark(started, f"{ctx.job_id} {ctx.attempt}")
+    n = 0
+    while True:
+        n += 1
+
+
+@task(timeout=0.5)
+async def async_past_timeout(ctx: JobContext) -> None:
+    await asyncio.sleep(3600)
+
+
+@task(concurrency=2)
+async def capped(ctx: JobContext, started: str, release: str) -> None:
+    _mark(started, ctx.job_id)
+    while not Path(release).exists():
+        await asyncio.sleep(0.01)
+
+
+@task(max_attempts=3)
+async def async_stepped(ctx: JobContext, path: str, hold: str) -> list[int]:
+    a = await ctx.step("first", _side_effect, path, 1)
+    while Path(hold).exists():
+        await asyncio.sleep(0.01)
+    b = await ctx.step("second", _async_side_effect, path, 2)
+    return [a, b]
+
+
+async def _async_side_effect(path: str, i: int) -> int:
+    _mark(path, f"step {i}")
+    return i * 10
+
+
+@task
+def duplicate_step(ctx: JobContext) -> None:
+    ctx.step("x", lambda: 1)
+    ctx.step("x", lambda: 2)
+
+
+@task
+async def io_wait(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
