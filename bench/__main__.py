@@ -1,0 +1,114 @@
+"""`python -m bench`: measure jobserver and the machine's own limits, print one table.
+
+Order of a run: the load generator's ceiling, the bare Starlette route, raw
+SQLite inserts, then jobserver (`python -m jobserver --config ...` in a
+temporary directory), then with --scale the seeded-database scenarios.
+Progress goes to stderr, the table (or --json) to stdout. Exit code 1 when a
+figure could not be measured; missed targets do not change the exit code.
+
+    python -m bench --quick          # CI smoke, under a minute
+    python -m bench                  # full run, a few minutes
+    python -m bench --idle-seconds 600   # a longer idle before the after-idle pickups
+    python -m bench --scale          # adds 1,000,000 finished / 100,000 pending jobs
+    python -m bench --config extra.toml  # merged over the bench's server config
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+from bench import baselines, report
+from bench.jobserver_figures import FIGURES, load_extra_config, run_figures
+from bench.plan import Plan, make_plan
+from bench.scale import run_scale
+from bench.servers import BenchError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs for CI smoke use (under a minute)")
+    parser.add_argument("--scale", action="store_true", help="also measure on databases seeded with many jobs")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    parser.add_argument("--config", type=Path, help="TOML merged over the bench's server config")
+    parser.add_argument("--idle-seconds", type=float, help="how long the server sits idle before the after-idle pickups")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs, databases)")
+    return parser.parse_args(argv)
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def _machine_limits(plan: Plan, workdir: Path, values: dict[str, Any], errors: dict[str, str]) -> None:
+    steps = [("load generator ceiling", baselines.loadgen_ceiling), ("bare Starlette route", baselines.bare_route)]
+    for name, step in steps:
+        _log(f"machine: {name}")
+        try:
+            values |= await step(plan, workdir)
+        except (BenchError, OSError) as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    _log("machine: raw SQLite inserts")
+    try:
+        values |= baselines.sqlite_inserts(plan, workdir)
+    except Exception as exc:  # the schema comes from jobserver.models, which may be broken
+        errors["raw SQLite inserts"] = f"{type(exc).__name__}: {exc}"
+
+
+async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every measurement of the run; (values, errors)."""
+    values: dict[str, Any] = {"ideal.async_wall_s": plan.async_sleep_s, "machine.cpus": os.cpu_count(),
+                              "machine.load_start": os.getloadavg()[0]}
+    errors: dict[str, str] = {}
+    extra = load_extra_config(args.config)
+    await _machine_limits(plan, workdir, values, errors)
+    server_dir = workdir / "server"
+    server_dir.mkdir()
+    try:
+        v, e = await run_figures(plan, server_dir, extra, FIGURES, _log)
+        values |= v
+        errors |= e
+    except (BenchError, OSError) as exc:
+        errors["jobserver"] = f"{type(exc).__name__}: {exc}"
+    if args.scale:
+        v, e = await run_scale(plan, workdir, extra, _log)
+        values |= v
+        errors |= e
+    values["machine.load_end"] = os.getloadavg()[0]
+    return values, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; print the report; 1 when some figure could not be measured."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = make_plan(args.quick, args.idle_seconds)
+    workdir = Path(tempfile.mkdtemp(prefix="jobserver-bench-"))
+    t0 = time.perf_counter()
+    try:
+        values, errors = uvloop.run(run(args, plan, workdir))
+    finally:
+        if args.keep:
+            _log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    values["bench.elapsed_s"] = time.perf_counter() - t0
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report.as_json(plan, args.scale, values, errors), option=orjson.OPT_INDENT_2))
+        sys.stdout.write("\n")
+    else:
+        print(f"jobserver bench ({plan.name} plan, {values['bench.elapsed_s']:.0f} s)")
+        print(report.table(plan, args.scale, values, errors))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

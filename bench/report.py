@@ -1,0 +1,149 @@
+"""The bench's output: one table (figure | jobserver | machine limit | ratio | target), or JSON.
+
+Owns which figure is compared with which limit, and the targets. A row whose
+value is missing prints "n/a"; why it is missing is listed under the table.
+Ratio = jobserver ÷ limit: above 1 is more throughput or more latency than the
+limit. Imports only `bench.plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.plan import Plan
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    label: str
+    key: str | None            # jobserver value; None for a machine-only line
+    unit: str                  # "/s", "ms", "s", "MiB"
+    limit_label: str = ""
+    limit_key: str | None = None
+    target: tuple[str, float] | None = None   # (">=" or "<=", number)
+
+
+def rows(plan: Plan, scale: bool) -> list[Row]:
+    """The table's rows for this plan."""
+    idle = f"after {plan.idle_s:g} s idle"
+    out = [
+        Row(f"submit throughput, {plan.conns} conns", "submit.rps", "/s", "bare route POST", "bare.submit_rps", (">=", 2500)),
+        Row("  same, vs raw SQLite", "submit.rps", "/s", "SQLite 1 row/txn", "sqlite.rows1_per_s"),
+        Row("submit latency p50", "submit.p50_ms", "ms", "bare route POST p50", "bare.submit_p50_ms"),
+        Row("submit latency p99", "submit.p99_ms", "ms", "bare route POST p99", "bare.submit_p99_ms", ("<=", 50)),
+        Row(f"end-to-end no-op jobs ({plan.e2e_jobs:,}, seen done by GET)", "e2e.jobs_per_s", "/s",
+            "SQLite 1 row/txn", "sqlite.rows1_per_s", (">=", 1500)),
+        Row("  same, from the jobs' own timestamps", "e2e.server_jobs_per_s", "/s", "SQLite 100 rows/txn", "sqlite.rows100_per_s"),
+        Row("pickup p50, right after a submit", "pickup.warm_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms", ("<=", 1)),
+        Row("pickup p99, right after a submit", "pickup.warm_p99_ms", "ms", "bare 1-conn round trip p99", "bare.rtt_p99_ms", ("<=", 3)),
+        Row(f"pickup p50, {idle}", "pickup.idle_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms", ("<=", 1)),
+        Row(f"pickup p99, {idle}", "pickup.idle_p99_ms", "ms", "bare 1-conn round trip p99", "bare.rtt_p99_ms", ("<=", 3)),
+        Row(f"first pickup {idle}", "pickup.idle_first_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms"),
+        Row("  started_at - created_at p50 (server, 1 ms steps)", "pickup.warm_server_p50_ms", "ms"),
+        Row("  started_at - created_at p99 (server, 1 ms steps)", "pickup.warm_server_p99_ms", "ms"),
+        Row(f"async I/O: {plan.async_jobs:,} jobs awaiting {plan.async_sleep_s:g} s, wall", "async.wall_s", "s",
+            "ideal", "ideal.async_wall_s"),
+        Row(f"submit with {plan.sse_streams} event streams open", "sse.submit.rps", "/s", "submit, no streams", "submit.rps"),
+        Row("  its latency p99", "sse.submit.p99_ms", "ms", "submit p99, no streams", "submit.p99_ms"),
+        Row("startup to /healthz", "startup_s", "s", "bare route server", "bare.startup_s"),
+        Row("peak RSS", "peak_rss_mb", "MiB", "bare route server", "bare.peak_rss_mb"),
+    ]
+    if scale:
+        out += _scale_rows(plan)
+    out += [
+        Row("load generator ceiling (canned responder)", None, "/s", "", "loadgen.ceiling_rps"),
+        Row("bare route GET hello", None, "/s", "", "bare.hello_rps"),
+        Row("SQLite inserts, 100 rows/txn", None, "/s", "", "sqlite.rows100_per_s"),
+    ]
+    return out
+
+
+def _scale_rows(plan: Plan) -> list[Row]:
+    out: list[Row] = []
+    for name, what in (("finished", f"{plan.scale_finished:,} finished jobs"), ("pending", f"{plan.scale_pending:,} pending (delayed) jobs")):
+        p = f"scale.{name}."
+        out += [
+            Row(f"[{what}] submit throughput", p + "submit.rps", "/s", "same, empty database", "submit.rps"),
+            Row(f"[{what}] submit p99", p + "submit.p99_ms", "ms", "same, empty database", "submit.p99_ms"),
+            Row(f"[{what}] end-to-end jobs", p + "e2e.jobs_per_s", "/s", "same, empty database", "e2e.jobs_per_s"),
+            Row(f"[{what}] pickup p50", p + "pickup.warm_p50_ms", "ms", "same, empty database", "pickup.warm_p50_ms"),
+            Row(f"[{what}] pickup p99", p + "pickup.warm_p99_ms", "ms", "same, empty database", "pickup.warm_p99_ms"),
+            Row(f"[{what}] startup to /healthz", p + "startup_s", "s", "same, empty database", "startup_s"),
+            Row(f"[{what}] peak RSS", p + "peak_rss_mb", "MiB", "same, empty database", "peak_rss_mb"),
+        ]
+    out.append(Row(f"[{plan.drain_jobs:,} due jobs at start] drain, from launch", "scale.drain.jobs_per_s", "/s",
+                   "end-to-end, empty database", "e2e.jobs_per_s"))
+    return out
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    if unit == "ms":
+        return f"{value:.2f} ms" if value < 100 else f"{value:,.0f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    return f"{value:.0f} {unit}"
+
+
+def _target(row: Row, value: Any) -> str:
+    if row.target is None:
+        return ""
+    op, bound = row.target
+    text = f"{'≥' if op == '>=' else '≤'} {_fmt(bound, row.unit)}"
+    if not isinstance(value, (int, float)):
+        return text
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{text} {'ok' if ok else 'MISSED'}"
+
+
+def table(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> str:
+    """The human-readable report."""
+    lines = [["figure", "jobserver", "machine limit", "ratio", "target"]]
+    for row in rows(plan, scale):
+        value = values.get(row.key) if row.key else None
+        limit = values.get(row.limit_key) if row.limit_key else None
+        ratio = f"{value / limit:.2f}x" if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit else ""
+        shown = f"{_fmt(limit, row.unit)} {row.limit_label}".strip() if row.limit_key else ""
+        lines.append([row.label, _fmt(value, row.unit) if row.key else "—", shown, ratio, _target(row, value)])
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    text = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(text + _notes(values, errors))
+
+
+def _notes(values: dict[str, Any], errors: dict[str, str]) -> list[str]:
+    out = [""]
+    ceiling, submit = values.get("loadgen.ceiling_rps"), values.get("submit.rps")
+    if ceiling and submit:
+        out.append(f"load generator: ceiling {ceiling:,.0f} req/s = {ceiling / submit:.0f}x jobserver's submit "
+                   f"throughput; it used {values.get('submit.client_cpu', 0) * 100:.0f}% of one core during that run.")
+    if values.get("submit.server_cpu") is not None:
+        out.append(f"jobserver used {values['submit.server_cpu']:.2f} cores during the submit run (of {values.get('machine.cpus')}).")
+    load = [values.get("machine.load_start"), values.get("machine.load_end")]
+    if all(isinstance(x, float) for x in load):
+        busy = " (the machine was already busy: figures are noisy)" if load[0] > 0.5 * (values.get("machine.cpus") or 1) else ""
+        out.append(f"1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f}{busy}.")
+        if ceiling < 3 * submit:
+            out.append("WARNING: the load generator's ceiling is within 3x of the figure: it may be the bottleneck.")
+    for key in ("submit.not_202", "sse.submit.not_202", "e2e.not_completed", "async.not_completed"):
+        if values.get(key):
+            out.append(f"{key}: {values[key]}")
+    out += [f"ERROR in {name}: {message}" for name, message in errors.items()]
+    return out
+
+
+def as_json(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+    """The machine-readable report."""
+    table_rows = []
+    for row in rows(plan, scale):
+        value = values.get(row.key) if row.key else None
+        limit = values.get(row.limit_key) if row.limit_key else None
+        ratio = value / limit if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit else None
+        table_rows.append({**asdict(row), "value": value, "limit": limit, "ratio": ratio})
+    return {"plan": asdict(plan), "values": values, "errors": errors, "rows": table_rows}
