@@ -88,3 +88,32 @@ def _analyze(text: str, top: int) -> dict[str, object]:
     words = [w.lower() for w in _WORD.findall(text)]
     counts = Counter(w for w in words if w not in _STOP)
     return {"words": len(words), "keywords": counts.most_common(top)}
+
+
+@task(max_attempts=3, timeout=600, backoff=(1.0, 30.0))
+async def research(ctx: JobContext, question: str, urls: list[str], sentences: int = 5,
+                   concurrency: int = 8) -> dict[str, object]:
+    """Research agent: fetch pages concurrently, extract their text, and write an extractive summary.
+
+    Each fetch is a durable step, so a retry or a restart after a crash does not
+    fetch (or pay for) a finished page again."""
+    from .research import fetch_page, summarize
+
+    limit = asyncio.Semaphore(max(1, concurrency))
+    done = 0
+
+    async def one(i: int, url: str) -> dict[str, str]:
+        nonlocal done
+        async with limit:
+            ctx.check_cancelled()
+            page: dict[str, str] = await ctx.step(f"fetch:{i}:{url}", fetch_page, url)
+        done += 1
+        ctx.progress(done, len(urls), f"read {url}")
+        ctx.log(f"fetched {url} ({len(page['text'])} chars)")
+        return page
+
+    ctx.progress(0, len(urls), "fetching pages")
+    pages = await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
+    ctx.check_cancelled()
+    summary = await ctx.step("summarize", summarize, question, pages, sentences)
+    return {"question": question, "pages": len(pages), **summary}
