@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+STARTED: list[Server] = []  # every server a test started; the conftest stops them after each test
 
 
 def free_port() -> int:
@@ -149,4 +150,6 @@ def start_server(tmp_path: Path, config: dict[str, dict[str, Any]] | None = None
     merged = default_config(tmp_path, free_port())
     for section, values in (config or {}).items():
         merged.setdefault(section, {}).update(values)
-    return Server(tmp_path, merged, env).start(wait=wait)
+    srv = Server(tmp_path, merged, env)
+    STARTED.append(srv)
+    return srv.start(wait=wait)

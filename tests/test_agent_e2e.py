@@ -201,7 +201,7 @@ def test_steps_survive_sigkill_between_steps(tmp_path: Path) -> None:
     effects, hold = tmp_path / "effects", tmp_path / "hold"
     hold.touch()
     job_id = submit(c, "tests.e2e_tasks.stepped", {"path": str(effects), "steps": 3, "hold": str(hold)})
-    wait_until(lambda: effects.exists() and len(effects.read_text().splitlines()) == 2, message="two steps")
+    wait_until(lambda: len(c.get(f"/jobs/{job_id}").json()["steps"]) == 2, message="two committed steps")
     srv.kill()
     hold.unlink()
     srv.restart()

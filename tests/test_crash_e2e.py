@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import Server, start_server, wait_until
+from tests.e2e import STARTED, Server, free_port, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 FINISHED = {"completed", "failed", "cancelled"}
@@ -139,12 +139,11 @@ def test_poison_job_stops_after_crash_cap(tmp_path: Path) -> None:
 
 
 def test_second_server_on_same_file_is_refused(server: Server, tmp_path: Path) -> None:
-    second = Server(tmp_path, {**server.config, "server": {**server.config["server"], "port": server.port + 1}}, None)
-    second.config_path = tmp_path / "second.toml"
-    from tests.e2e import write_config
-
-    write_config(second.config_path, second.config)
-    second.log_path = tmp_path / "second.log"
+    other = tmp_path / "second"
+    other.mkdir()
+    config = {**server.config, "server": {**server.config["server"], "port": free_port()}}
+    second = Server(other, config, None)  # same database file, another directory and port
+    STARTED.append(second)
     second.start(wait=False)
     assert second.wait_exit(30) != 0
     assert "already using" in second.log()
