@@ -1,0 +1,383 @@
+"""The dashboard at `GET /`, driven by headless chromium against the real server.
+
+Each test starts `python -m jobserver` as a subprocess (the `server` fixture of
+tests/conftest.py, or tests/e2e.py directly) on a fresh SQLite file, submits jobs over HTTP, and checks what the page shows. Waits are
+Playwright expectations with bounded timeouts, never sleeps. The page sets a
+Content-Security-Policy without 'unsafe-eval', so the tests read the page
+through locators rather than `page.evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
+
+from tests.e2e import Server, start_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SLEEP = "jobserver.examples.sleep"
+ADD = "jobserver.examples.add"
+FAIL = "jobserver.examples.fail"
+TIMEOUT_MS = 15_000
+FINISHED = ("completed", "failed", "cancelled")
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+def submit(client: httpx.Client, task: str, args: dict[str, Any], **headers: str) -> dict[str, Any]:
+    """POST /jobs and return the accepted job."""
+    resp = client.post("/jobs", json={"task": task, "args": args}, headers=headers)
+    assert resp.status_code == 202, resp.text
+    job: dict[str, Any] = resp.json()
+    return job
+
+
+def wait_finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Hold GET /jobs/{id}?wait until the job is finished."""
+    resp = client.get(f"/jobs/{job_id}", params={"wait": 30}, timeout=40)
+    assert resp.status_code == 200, resp.text
+    job: dict[str, Any] = resp.json()
+    assert job["status"] in FINISHED, job
+    return job
+
+
+def read_first_event(client: httpx.Client, job_id: str) -> list[str]:
+    """The lines of the first event that carries an id on the job's event stream."""
+    block: list[str] = []
+    with client.stream("GET", f"/jobs/{job_id}/events") as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line != "":
+                block.append(line)
+            elif any(part.startswith("id:") for part in block):
+                return block
+            else:
+                block = []
+    raise AssertionError("the event stream ended before any event with an id")
+
+
+def row(page: Page, job_id: str) -> Locator:
+    return page.locator(f'#jobs-body tr[data-job-id="{job_id}"]')
+
+
+def log_entries(page: Page, event: str, status: str | None = None) -> Locator:
+    selector = f'#event-log li[data-event="{event}"]'
+    if status is not None:
+        selector += f'[data-status="{status}"]'
+    return page.locator(selector)
+
+
+def open_job(page: Page, job_id: str) -> None:
+    """Click the job's row and wait for its detail pane."""
+    row(page, job_id).click()
+    expect(page.locator("#detail")).to_have_attribute("data-job-id", job_id)
+    expect(page.locator("#detail-id")).to_have_text(job_id)
+
+
+def test_page_lists_a_job_submitted_over_http(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, ADD, {"a": 2, "b": 3})
+    wait_finished(client, job["id"])
+
+    resp = page.goto(server.url)
+    assert resp is not None and resp.status == 200
+    assert resp.headers["content-type"].startswith("text/html")
+
+    r = row(page, job["id"])
+    expect(r).to_have_attribute("data-status", "completed")
+    expect(r.locator(".col-task")).to_have_text(ADD)
+    expect(r.locator(".badge")).to_have_text("completed")
+    expect(r.locator(".col-id code")).to_have_attribute("title", job["id"])
+    expect(r.locator(".col-attempts")).to_have_text(f"1/{job['max_attempts']}")
+
+
+def test_running_job_updates_live_without_reload(server: Server, client: httpx.Client, page: Page) -> None:
+    documents: list[str] = []
+    page.on("request", lambda req: documents.append(req.url) if req.resource_type == "document" else None)
+    page.goto(server.url)
+    expect(page.locator("#jobs-empty")).to_have_text("No jobs yet.")
+
+    job = submit(client, SLEEP, {"seconds": 4})
+    r = row(page, job["id"])
+    expect(r).to_have_attribute("data-status", "running")
+    expect(r.locator(".badge")).to_have_text("running")
+    # progress arrives as "current/total · message" while the job runs
+    expect(r.locator(".ptext .nums")).to_contain_text("/")
+    expect(r).to_have_attribute("data-status", "completed")
+    expect(r.locator(".badge")).to_have_text("completed")
+    assert len(documents) == 1, documents
+
+
+def test_detail_pane_shows_job_and_live_event_log(server: Server, client: httpx.Client, page: Page) -> None:
+    page.goto(server.url)
+    job = submit(client, SLEEP, {"seconds": 3})
+    expect(row(page, job["id"])).to_have_attribute("data-status", "running")
+
+    open_job(page, job["id"])
+    expect(page.locator("#detail-task")).to_have_text(SLEEP)
+    expect(page.locator("#detail-args")).to_contain_text('"seconds"')
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "live")
+    expect(log_entries(page, "status", "running").first).to_be_visible()
+    expect(log_entries(page, "progress").first).to_be_visible()
+
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(log_entries(page, "status", "completed")).to_have_count(1)
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
+    expect(page.locator("#detail-result-section")).to_be_visible()
+    expect(page.locator("#detail-json")).to_contain_text(job["id"])
+    expect(page.locator("#btn-cancel")).to_be_hidden()
+    expect(page.locator("#btn-retry")).to_be_hidden()
+
+
+def test_detail_pane_shows_durable_steps(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, "jobserver.examples.analyze_documents", {"documents": ["one fish", "two fish"]})
+    wait_finished(client, job["id"])
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    # the status events carry no steps; the pane keeps the ones GET /jobs/{id} gave
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
+    expect(page.locator("#detail-steps-section")).to_be_visible()
+    expect(page.locator("#detail-steps")).to_contain_text('"doc-1"')
+    expect(page.locator("#detail-result")).to_contain_text("top_keywords")
+
+
+def test_reopened_retried_job_shows_every_run(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, FAIL, {})
+    wait_finished(client, job["id"])
+    assert client.post(f"/jobs/{job['id']}/retry").status_code == 202
+    assert wait_finished(client, job["id"])["status"] == "failed"
+
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(log_entries(page, "status", "failed")).to_have_count(2)
+    expect(log_entries(page, "status", "running")).to_have_count(2)
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
+
+
+def test_cancel_button_cancels_a_running_sleep_job(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, SLEEP, {"seconds": 60})
+    page.goto(server.url)
+    expect(row(page, job["id"])).to_have_attribute("data-status", "running")
+    open_job(page, job["id"])
+    expect(page.locator("#btn-retry")).to_be_hidden()
+
+    page.locator("#btn-cancel").click()
+
+    expect(page.locator("#detail-status")).to_have_text("cancelled")
+    expect(row(page, job["id"])).to_have_attribute("data-status", "cancelled")
+    expect(log_entries(page, "status", "cancelled")).to_have_count(1)
+    expect(page.locator("#btn-cancel")).to_be_hidden()
+    expect(page.locator("#btn-retry")).to_be_visible()
+    assert wait_finished(client, job["id"])["status"] == "cancelled"
+
+
+def test_retry_button_runs_a_failed_job_again(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, FAIL, {})
+    assert wait_finished(client, job["id"])["status"] == "failed"
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#detail-status")).to_have_text("failed")
+    expect(page.locator("#detail-error-section")).to_be_visible()
+    expect(page.locator("#detail-traceback")).to_contain_text("Traceback")
+    expect(page.locator("#btn-cancel")).to_be_hidden()
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
+    runs_before = log_entries(page, "status", "running").count()
+    assert runs_before >= 1
+
+    with page.expect_response(lambda resp: resp.url.endswith(f"/jobs/{job['id']}/retry")) as answer:
+        page.locator("#btn-retry").click()
+    assert answer.value.status == 202
+    assert answer.value.json()["status"] in ("pending", "running")
+
+    # the page follows the new run: a fresh running status arrives in the live log
+    expect(log_entries(page, "status", "running").nth(runs_before)).to_be_attached()
+    expect(page.locator("#detail-status")).to_have_text("failed")
+    again = wait_finished(client, job["id"])
+    assert again["status"] == "failed"
+
+
+def test_retry_button_restarts_a_cancelled_sleep_job(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, SLEEP, {"seconds": 60})
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    assert wait_finished(client, job["id"])["status"] == "cancelled"
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#detail-status")).to_have_text("cancelled")
+
+    page.locator("#btn-retry").click()
+
+    expect(row(page, job["id"])).to_have_attribute("data-status", "running")
+    expect(page.locator("#detail-status")).to_have_text("running")
+    expect(page.locator("#btn-cancel")).to_be_visible()
+    assert client.get(f"/jobs/{job['id']}").json()["status"] in ("pending", "running")
+    page.locator("#btn-cancel").click()
+    expect(row(page, job["id"])).to_have_attribute("data-status", "cancelled")
+
+
+def test_submit_form_queues_a_job_and_shows_problems(server: Server, client: httpx.Client, page: Page) -> None:
+    page.goto(server.url)
+    expect(page.locator(f'#submit-task option[value="{ADD}"]')).to_be_attached()
+
+    page.locator("#submit-task").select_option(ADD)
+    page.locator("#submit-args").fill('{"a": 2, "b": 40}')
+    page.locator("#submit-btn").click()
+
+    expect(page.locator("#submit-ok")).to_be_visible()
+    job_id = page.locator("#submit-ok a").get_attribute("data-job-id")
+    assert job_id
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(page.locator("#detail-result")).to_have_text("42")
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    assert wait_finished(client, job_id)["result"] == 42
+
+    page.locator("#submit-args").fill('{"a": "<b id=injected>x</b>", "b": 1}')
+    page.locator("#submit-btn").click()
+    problem = page.locator("#submit-problem")
+    expect(problem).to_be_visible()
+    expect(problem).to_contain_text("422")
+    expect(problem.locator(".p-errors li").first).to_contain_text("a")
+    expect(page.locator("#injected")).to_have_count(0)
+
+    page.locator("#submit-args").fill("{not json")
+    page.locator("#submit-btn").click()
+    expect(problem).to_contain_text("Invalid args")
+
+
+def test_job_data_is_rendered_as_text(server: Server, client: httpx.Client, page: Page) -> None:
+    hostile = '<img id="injected" src="x">'
+    job = submit(client, ADD, {"a": 1, "b": 1}, **{"Idempotency-Key": hostile})
+    wait_finished(client, job["id"])
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#detail-fields")).to_contain_text(hostile)
+    expect(page.locator("#injected")).to_have_count(0)
+
+
+def test_filters_and_load_more(server: Server, client: httpx.Client, page: Page) -> None:
+    added = [submit(client, ADD, {"a": i, "b": 0})["id"] for i in range(4)]
+    failed = submit(client, FAIL, {})["id"]
+    for job_id in [*added, failed]:
+        wait_finished(client, job_id)
+    newest_first = [failed, *reversed(added)]
+
+    page.goto(f"{server.url}/?page_size=2")
+    rows = page.locator("#jobs-body tr")
+    expect(rows).to_have_count(2)
+    page.locator("#load-more").click()
+    expect(rows).to_have_count(4)
+    page.locator("#load-more").click()
+    expect(rows).to_have_count(5)
+    expect(page.locator("#load-more")).to_be_hidden()
+    assert [r.get_attribute("data-job-id") for r in rows.all()] == newest_first
+
+    # two more polls of the first page keep the rows loaded by "load more"
+    for _ in range(2):
+        with page.expect_response(lambda resp: "/jobs?" in resp.url and "cursor=" not in resp.url):
+            pass
+    expect(rows).to_have_count(5)
+
+    page.locator("#filter-status").select_option("failed")
+    expect(rows).to_have_count(1)
+    expect(row(page, failed)).to_be_visible()
+
+    page.locator("#filter-status").select_option("")
+    page.locator("#filter-task").select_option(ADD)
+    expect(rows).to_have_count(2)
+    page.locator("#load-more").click()
+    expect(rows).to_have_count(4)
+    expect(row(page, failed)).to_have_count(0)
+
+
+def test_event_stream_resumes_with_last_event_id(server: Server, client: httpx.Client, page: Page) -> None:
+    job = submit(client, SLEEP, {"seconds": 3})
+    first_event = read_first_event(client, job["id"])
+    event_id = next(line.split(":", 1)[1].strip() for line in first_event if line.startswith("id:"))
+
+    resumed: list[str | None] = []
+
+    def drop_after_first_event(route: Route, request: Request) -> None:
+        if not resumed and request.headers.get("last-event-id") is None:
+            resumed.append(None)
+            body = "\n".join(first_event) + "\n\n"
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+            return
+        resumed.append(request.headers.get("last-event-id"))
+        route.continue_()
+
+    page.route(f"**/jobs/{job['id']}/events", drop_after_first_event)
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(log_entries(page, "status", "completed")).to_have_count(1)
+    assert resumed[:2] == [None, event_id]
+    # the event read before the drop is not replayed a second time
+    expect(page.locator(f'#event-log li[data-id="{event_id}"]')).to_have_count(1)
+
+
+def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
+    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
+    try:
+        with srv.client(api_key="k1") as client:
+            job = submit(client, SLEEP, {"seconds": 1})
+        page.goto(srv.url)
+        expect(page.locator("#auth-banner")).to_be_visible()
+        expect(page.locator("#jobs-body tr")).to_have_count(0)
+
+        page.locator("#api-key").fill("k1")
+        page.locator("#api-key").press("Enter")
+
+        expect(page.locator("#auth-banner")).to_be_hidden()
+        expect(row(page, job["id"])).to_be_visible()
+        open_job(page, job["id"])
+        # the event stream carries the key in its Authorization header too
+        expect(log_entries(page, "status", "completed")).to_have_count(1)
+
+        page.reload()
+        expect(row(page, job["id"])).to_be_visible()
+        expect(page.locator("#auth-banner")).to_be_hidden()
+    finally:
+        srv.stop()
