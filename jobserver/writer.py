@@ -2,8 +2,9 @@
 
 Every change to the database goes through `Writer`. Callers hand it an *op*, a
 function of a `Tx`; the writer thread takes every op that is waiting, runs them
-in ONE transaction (each inside its own savepoint, so one failing op does not
-undo the others), commits once, then answers each caller and runs the ops'
+in ONE transaction (an op that fails after writing sends the batch down a slow
+path where each op gets its own transaction, so one failing op never undoes
+the others), commits once, then answers each caller and runs the ops'
 after-commit hooks (waking workers, notifying watchers). This is group commit:
 under load, hundreds of submits share one fsync, and nothing ever waits on
 SQLite's lock (there is only one writer), least of all the event loop.
@@ -33,15 +34,18 @@ MAX_BATCH = 512
 class Tx:
     """The transaction an op runs in: execute SQL, register after-commit hooks."""
 
-    __slots__ = ("_cur", "_hooks", "_pg")
+    __slots__ = ("_cur", "_hooks", "_pg", "wrote")
 
     def __init__(self, cur: Any, pg: bool) -> None:
         self._cur = cur
         self._pg = pg
         self._hooks: list[Callable[[], None]] = []
+        self.wrote = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement (`?` placeholders) and return the cursor."""
+        if not self.wrote and not sql.startswith("SELECT"):
+            self.wrote = True
         if self._pg:
             sql = _pg_sql(sql)
         self._cur.execute(sql, params)
@@ -82,6 +86,10 @@ class _Item(Generic[T]):
 
 
 _STOP = object()
+
+
+class _Fallback(Exception):
+    """An op failed after writing: the batch must be redone op by op."""
 
 
 class Writer:
@@ -141,44 +149,67 @@ class Writer:
         self._db.close()
 
     def _run_batch(self, batch: list[_Item[Any]]) -> None:
+        """One transaction for the whole batch. Fast path: no savepoints. An op
+        that fails after it wrote something (or any failure on PostgreSQL, where
+        an error aborts the transaction) sends the batch down the slow path:
+        roll back and run every op in a transaction of its own."""
+        try:
+            outcomes, hooks = self._attempt_batch(batch)
+        except _Fallback:
+            self._rollback_quietly()
+            for item in batch:
+                self._run_batch_alone(item)
+            return
+        except Exception as exc:  # the transaction itself failed: every op fails
+            self._fail_all(batch, exc)
+            return
+        self._publish(outcomes, hooks, len(batch))
+
+    def _run_batch_alone(self, item: _Item[Any]) -> None:
+        try:
+            outcomes, hooks = self._attempt_batch([item], alone=True)
+        except Exception as exc:
+            self._fail_all([item], exc)
+            return
+        self._publish(outcomes, hooks, 1)
+
+    def _attempt_batch(
+        self, batch: list[_Item[Any]], alone: bool = False
+    ) -> tuple[list[tuple[_Item[Any], bool, Any]], list[Callable[[], None]]]:
         outcomes: list[tuple[_Item[Any], bool, Any]] = []
         hooks: list[Callable[[], None]] = []
-        try:
-            conn = self._db.connection()
-            cur = conn.cursor()
-            cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
-            single = len(batch) == 1
-            for item in batch:
-                tx = Tx(cur, self._pg)
-                if not single:
-                    cur.execute("SAVEPOINT op")
-                try:
-                    value = item.op(tx)
-                except Exception as exc:  # the op's own error goes to its caller only
-                    if single:
-                        cur.execute("ROLLBACK")
-                        item.future.set_exception(exc)
-                        return
-                    cur.execute("ROLLBACK TO SAVEPOINT op")
-                    cur.execute("RELEASE SAVEPOINT op")
-                    outcomes.append((item, False, exc))
-                else:
-                    if not single:
-                        cur.execute("RELEASE SAVEPOINT op")
-                    outcomes.append((item, True, value))
-                    hooks.extend(tx._hooks)
-            cur.execute("COMMIT")
-        except Exception as exc:  # the transaction itself failed: every op fails
-            log.exception("write transaction failed", extra={"action": "write_failed"})
-            self._rollback_quietly()
-            error = StorageError(f"database write failed: {exc}")
-            error.__cause__ = exc
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
+        cur = self._db.connection().cursor()
+        cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
+        for item in batch:
+            tx = Tx(cur, self._pg)
+            try:
+                value = item.op(tx)
+            except Exception as exc:
+                if alone:
+                    cur.execute("ROLLBACK")
+                    return [(item, False, exc)], []
+                if tx.wrote or self._pg:
+                    raise _Fallback() from exc
+                outcomes.append((item, False, exc))  # failed before writing: nothing to undo
+            else:
+                outcomes.append((item, True, value))
+                hooks.extend(tx._hooks)
+        cur.execute("COMMIT")
+        return outcomes, hooks
+
+    def _fail_all(self, batch: list[_Item[Any]], exc: Exception) -> None:
+        log.exception("write transaction failed", extra={"action": "write_failed"})
+        self._rollback_quietly()
+        error = StorageError(f"database write failed: {exc}")
+        error.__cause__ = exc
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _publish(self, outcomes: list[tuple[_Item[Any], bool, Any]], hooks: list[Callable[[], None]],
+                 size: int) -> None:
         self.batches += 1
-        self.ops += len(batch)
+        self.ops += size
         for hook in hooks:  # wake-ups first: an idle worker should not wait for the answers
             try:
                 hook()

@@ -1,0 +1,100 @@
+"""JobStore on a real SQLite file: claim order, fencing, rescue either side of the horizon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobserver.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError
+from jobserver.records import JobIds, NewJob
+from jobserver.store import JobStore
+from tests.storage import open_store
+
+IDS = JobIds()
+NOW = 1_700_000_000.0
+
+
+def add(store: JobStore, *, priority: int = 0, run_at: float = NOW, task: str = "t", max_attempts: int = 1,
+        idem: tuple[str, str, str] | None = None) -> str:
+    job = NewJob(IDS.new(), task, "{}", priority, max_attempts, None, None, idem and idem[1], NOW, run_at)
+    created, value = store.enqueue(job, idem, lambda: None).result(10)
+    return job.id if created else str(value)
+
+
+def test_claim_order_priority_then_due_time(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        low = add(store, priority=0, run_at=NOW - 10)
+        high = add(store, priority=5, run_at=NOW - 1)
+        future = add(store, priority=9, run_at=NOW + 60)
+        order = [store.claim("me", NOW, 30, []).result(10) for _ in range(3)]
+        assert [c.job_id if c else None for c in order] == [high, low, None]
+        assert store.get(future).status == "pending"
+        assert store.claim("me", NOW + 61, 30, []).result(10).job_id == future
+
+
+def test_claim_skips_excluded_tasks(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        add(store, task="capped")
+        other = add(store, task="free")
+        assert store.claim("me", NOW, 30, ["capped"]).result(10).job_id == other
+        assert store.claim("me", NOW, 30, ["capped"]).result(10) is None
+
+
+def test_a_claim_is_taken_once(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        add(store)
+        claims = [store.claim(f"w{i}", NOW, 30, []) for i in range(10)]
+        assert sum(1 for f in claims if f.result(10) is not None) == 1
+
+
+def test_stale_attempt_writes_are_refused(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        job_id = add(store, max_attempts=3)
+        first = store.claim("old", NOW, 30, []).result(10)
+        # the lease expires; the job is rescued and claimed again by another worker
+        rescued = store.rescue(NOW + 31, "new", False, lambda t: "retry", lambda: None).result(10)
+        assert [r.id for r in rescued] == [job_id]
+        second = store.claim("new", NOW + 31, 30, []).result(10)
+        assert second.run_seq == first.run_seq + 1
+        with pytest.raises(StaleAttemptError):
+            store.complete(first, '"old"', None, NOW + 32, lambda: None).result(10)
+        store.complete(second, '"new"', None, NOW + 33, lambda: None).result(10)
+        assert store.get(job_id).result == '"new"'
+
+
+def test_rescue_only_past_the_horizon(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        expired, fresh = add(store, run_at=NOW - 200), add(store, run_at=NOW - 200)
+        store.claim("a", NOW - 100, 30, []).result(10)  # lease ended at NOW - 70
+        store.claim("b", NOW - 10, 30, []).result(10)  # lease ends at NOW + 20
+        rescued = store.rescue(NOW, "me", False, lambda t: "retry", lambda: None).result(10)
+        assert [r.id for r in rescued] == [expired]
+        assert store.get(expired).status == "pending"
+        assert store.get(fresh).status == "running"
+
+
+def test_rescue_per_on_crash_and_cap(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        fail_fast = add(store, task="once")
+        capped = add(store, task="again", max_attempts=1)
+        for round_ in range(3):
+            t = NOW + 10 * round_
+            for _ in range(2):
+                store.claim("x", t, 1, []).result(10)
+            store.rescue(t + 5, "me", False, lambda t: "fail" if t == "once" else "retry", lambda: None).result(10)
+        assert store.get(fail_fast).status == "failed"
+        crashed = store.get(capped)
+        assert crashed.status == "failed" and crashed.attempts == 3 and "Crashed" in (crashed.error or "")
+
+
+def test_cancel_and_idempotency(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        job_id = add(store, idem=("s", "k", "h1"))
+        assert add(store, idem=("s", "k", "h1")) == job_id
+        with pytest.raises(IdempotencyMismatchError):
+            add(store, idem=("s", "k", "h2"))
+        assert add(store, idem=("other", "k", "h2")) != job_id
+        assert store.cancel(job_id, NOW, lambda r: None).result(10).status == "cancelled"
+        with pytest.raises(JobFinishedError):
+            store.cancel(job_id, NOW, lambda r: None).result(10)

@@ -1,0 +1,76 @@
+"""The single writer: group commit, isolation of failing ops, after-commit hooks."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from jobserver.writer import Tx
+from tests.storage import open_store
+
+
+def count(store, sql: str = "SELECT COUNT(*) FROM meta") -> int:
+    return int(store._query(sql)[0][0])
+
+
+def insert(key: str):
+    def op(tx: Tx) -> str:
+        tx.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+        return key
+    return op
+
+
+def test_concurrent_ops_share_commits(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        gate = threading.Event()
+        store.writer.submit(lambda tx: gate.wait(10))  # hold the writer so the rest queue up
+        futures = [store.writer.submit(insert(f"k{i}")) for i in range(200)]
+        gate.set()
+        assert [f.result(10) for f in futures] == [f"k{i}" for i in range(200)]
+        assert count(store) == 200
+        assert store.writer.batches <= 3  # 201 ops, a couple of transactions
+
+
+def test_failing_op_before_write_leaves_others_committed(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        gate = threading.Event()
+        store.writer.submit(lambda tx: gate.wait(10))
+
+        def bad(tx: Tx) -> None:
+            tx.one("SELECT 1")
+            raise ValueError("refused")
+
+        a, b, c = store.writer.submit(insert("a")), store.writer.submit(bad), store.writer.submit(insert("c"))
+        gate.set()
+        assert a.result(10) == "a" and c.result(10) == "c"
+        with pytest.raises(ValueError):
+            b.result(10)
+        assert count(store) == 2
+
+
+def test_failing_op_after_write_is_undone_alone(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        gate = threading.Event()
+        hooks: list[str] = []
+        store.writer.submit(lambda tx: gate.wait(10))
+
+        def half(tx: Tx) -> None:
+            tx.execute("INSERT INTO meta (key, value) VALUES ('half', 'v')")
+            tx.after_commit(lambda: hooks.append("half"))
+            raise ValueError("after a write")
+
+        def good(tx: Tx) -> None:
+            insert("good")(tx)
+            tx.after_commit(lambda: hooks.append("good"))
+
+        futures = [store.writer.submit(good), store.writer.submit(half), store.writer.submit(insert("z"))]
+        gate.set()
+        futures[0].result(10)
+        futures[2].result(10)
+        with pytest.raises(ValueError):
+            futures[1].result(10)
+        keys = {r[0] for r in store._query("SELECT key FROM meta")}
+        assert keys == {"good", "z"}
+        assert hooks == ["good"]  # hooks of the undone op never run
