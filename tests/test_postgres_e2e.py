@@ -1,0 +1,77 @@
+"""Several server processes sharing one real PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.e2e import Server, start_server, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    name = f"jobserver_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG}/{name}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def node(tmp_path: Path, name: str, url: str, **workers: object) -> Server:
+    d = tmp_path / name
+    d.mkdir()
+    return start_server(d, config={"database": {"url": url}, "workers": {"lease_seconds": 2, **workers}})
+
+
+def submit(c: httpx.Client, task: str, args: dict) -> str:
+    r = c.post("/jobs", json={"task": task, "args": args})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def test_two_nodes_share_the_work(tmp_path: Path, pg_url: str) -> None:
+    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    ca, cb = a.client(), b.client()
+    marks = tmp_path / "marks"
+    ids = [submit(ca if i % 2 else cb, "tests.e2e_tasks.record", {"path": str(marks), "value": f"v{i}"})
+           for i in range(200)]
+    for job_id in ids:
+        assert ca.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "completed"
+    lines = marks.read_text().split()
+    assert sorted(lines) == sorted(f"v{i}" for i in range(200))  # each ran exactly once
+    assert cb.get(f"/jobs/{ids[0]}").json()["result"] == "v0"  # every node reads every job
+
+
+def test_node_killed_mid_job_is_recovered_by_the_other(tmp_path: Path, pg_url: str) -> None:
+    a = node(tmp_path, "a", pg_url)
+    ca = a.client()
+    started, release = tmp_path / "started", tmp_path / "release"
+    job_id = submit(ca, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    wait_until(started.exists, message="the job to start on node a")
+    b = node(tmp_path, "b", pg_url)
+    a.kill()
+    release.touch()
+    job = b.client().get(f"/jobs/{job_id}", params={"wait": 30}).json()
+    assert job["status"] == "completed" and job["attempts"] == 2
+
+
+def test_cancel_on_one_node_stops_the_attempt_on_another(tmp_path: Path, pg_url: str) -> None:
+    a = node(tmp_path, "a", pg_url)
+    started, release = tmp_path / "started", tmp_path / "release"
+    job_id = submit(a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    wait_until(started.exists)
+    b = node(tmp_path, "b", pg_url, threads=1)
+    r = b.client().post(f"/jobs/{job_id}/cancel")
+    assert r.status_code == 202
+    job = b.client().get(f"/jobs/{job_id}", params={"wait": 20}).json()
+    assert job["status"] == "cancelled"
