@@ -1,0 +1,160 @@
+"""The client subcommands (`python -m jobserver submit|get|wait|list|cancel|retry|tasks`).
+
+Each command runs as a subprocess, the way a user types it, against the real
+server (tests/e2e.py) found through JOBSERVER_URL or --url. One server serves
+the module; the auth test starts its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobserver.cli_client import parse_key_value
+from tests.e2e import REPO, Server, default_config, free_port, start_server
+
+pytestmark = pytest.mark.e2e
+
+ADD = "jobserver.examples.add"
+FAIL = "jobserver.examples.fail"
+NOOP = "jobserver.examples.noop"  # only test_list_filters_and_pages submits it
+RUN_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # built directly: the conftest stops what `start_server` started after every test
+    path = tmp_path_factory.mktemp("cli")
+    srv = Server(path, default_config(path, free_port()), None).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def cli(*argv: str, url: str | None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m jobserver ARGV` with JOBSERVER_URL=url and the extra env."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
+    base["PYTHONPATH"] = str(REPO)
+    if url is not None:
+        base["JOBSERVER_URL"] = url
+    return subprocess.run([sys.executable, "-m", "jobserver", *argv], env={**base, **env},
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+
+
+def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_submit_wait_get_and_wait_again(shared: Server) -> None:
+    done = ok_json(cli("submit", ADD, "-a", "a=2", "-a", "b=40", "--wait", url=shared.url))
+    assert (done["status"], done["result"]) == ("completed", 42)
+
+    assert ok_json(cli("get", done["id"], url=shared.url))["result"] == 42
+    assert ok_json(cli("get", done["id"], "--wait", "5", url=shared.url))["status"] == "completed"
+    assert ok_json(cli("wait", done["id"], "--timeout", "30", url=shared.url))["result"] == 42
+
+
+def test_failed_job_exits_1_and_can_be_retried(shared: Server) -> None:
+    submitted = cli("submit", FAIL, "--args", '{"message": "cli says no"}', "--wait", url=shared.url)
+    assert submitted.returncode == 1
+    job = json.loads(submitted.stdout)
+    assert job["status"] == "failed"
+    assert "failed" in one_line(submitted) and "cli says no" in submitted.stderr
+
+    assert cli("wait", job["id"], url=shared.url).returncode == 1
+    again = ok_json(cli("retry", job["id"], url=shared.url))
+    assert (again["id"], again["status"], again["attempts"]) == (job["id"], "pending", 0)
+    assert cli("wait", job["id"], "--timeout", "30", url=shared.url).returncode == 1
+
+
+def test_cancel_a_delayed_job(shared: Server) -> None:
+    job = ok_json(cli("submit", ADD, "--args", '{"a": 1, "b": 2}', "--delay", "3600",
+                      "--idempotency-key", "cli-cancel", url=shared.url))
+    assert job["status"] == "pending"
+
+    timed_out = cli("wait", job["id"], "--timeout", "0.2", url=shared.url)
+    assert timed_out.returncode == 1 and "still pending" in one_line(timed_out)
+    assert ok_json(cli("cancel", job["id"], url=shared.url))["status"] == "cancelled"
+    assert cli("wait", job["id"], url=shared.url).returncode == 1
+
+    refused = cli("cancel", job["id"], url=shared.url)
+    assert refused.returncode == 1 and "already finished" in one_line(refused)
+
+
+def test_list_filters_and_pages(shared: Server) -> None:
+    ids = [ok_json(cli("submit", NOOP, "--delay", "3600", url=shared.url))["id"] for _ in range(2)]
+
+    page = ok_json(cli("list", "--task", NOOP, "--limit", "1", url=shared.url))
+    assert [j["id"] for j in page["jobs"]] == ids[-1:] and page["next_cursor"]
+    pending = ok_json(cli("list", "--task", NOOP, "--status", "pending", url=shared.url))
+    assert [j["id"] for j in pending["jobs"]] == ids[::-1]
+
+
+def test_tasks(shared: Server) -> None:
+    names = {t["name"] for t in ok_json(cli("tasks", url=shared.url))["tasks"]}
+    assert {ADD, FAIL, NOOP} <= names
+
+
+def test_bad_input_exits_2_with_one_line(shared: Server) -> None:
+    bad_args = cli("submit", ADD, "-a", "a=x", url=shared.url)
+    assert bad_args.returncode == 2 and bad_args.stdout == ""
+    line = one_line(bad_args)
+    assert "args.a" in line and "args.b" in line
+
+    unknown = cli("submit", "no.such.task", url=shared.url)
+    assert unknown.returncode == 2 and "no.such.task" in one_line(unknown)
+
+    not_json = cli("submit", ADD, "--args", "{nope", url=shared.url)
+    assert not_json.returncode == 2 and "--args" in one_line(not_json)
+
+    missing = cli("get", "no-such-job", url=shared.url)
+    assert missing.returncode == 1 and "no-such-job" in one_line(missing)
+
+
+def test_url_flag_wins_over_the_environment(shared: Server) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    assert ok_json(cli("tasks", "--url", shared.url, url=dead))["tasks"]
+    unreachable = cli("tasks", url=dead)
+    assert unreachable.returncode == 1 and "cannot reach" in one_line(unreachable)
+
+
+def test_api_key_from_flag_or_environment(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
+    try:
+        refused = cli("tasks", url=srv.url)
+        assert refused.returncode == 1 and "401" in one_line(refused)
+        assert ok_json(cli("tasks", "--api-key", "k1", url=srv.url))["tasks"]
+        assert ok_json(cli("tasks", url=srv.url, JOBSERVER_API_KEY="k1"))["tasks"]
+        wrong = cli("tasks", "--api-key", "wrong", url=srv.url, JOBSERVER_API_KEY="k1")
+        assert wrong.returncode == 1  # the flag wins over the environment
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("n=3", ("n", 3)),
+    ("xs=[1, 2]", ("xs", [1, 2])),
+    ("flag=true", ("flag", True)),
+    ('s="7"', ("s", "7")),
+    ("s=hello world", ("s", "hello world")),
+    ("eq=a=b", ("eq", "a=b")),
+    ("empty=", ("empty", "")),
+])
+def test_key_value_parses_json_else_keeps_the_string(text: str, expected: tuple[str, Any]) -> None:
+    assert parse_key_value(text) == expected
