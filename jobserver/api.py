@@ -30,6 +30,9 @@ from .config import Settings
 from .engine import Engine
 from .errors import JobServerError
 from .hub import Hub
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .openapi import build_openapi
 from .problems import problem, problem_for, validation_problem
 from .records import JobRecord
 from .schemas import GetQuery, ListQuery, SubmitBody
@@ -59,6 +62,7 @@ class Services:
     hub: Hub
     workers_alive: Callable[[], bool]
     extra_routes: list[Route]
+    metrics: Metrics | None = None
 
 
 class BodyTooLarge(Exception):
@@ -251,6 +255,17 @@ def create_app(svc: Services) -> Starlette:
         return JSON({"status": "ready" if ok else "not ready", "checks": checks,
                      "draining": engine.draining}, status_code=200 if ok else 503)
 
+    async def metrics(request: Request) -> Response:
+        body = await run_in_threadpool(svc.metrics.render) if svc.metrics is not None else b""
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    openapi_doc: list[bytes] = []  # built on first use: every task module is imported by then
+
+    async def openapi(request: Request) -> Response:
+        if not openapi_doc:
+            openapi_doc.append(orjson.dumps(build_openapi(svc.registry, bool(settings.auth.api_keys))))
+        return Response(openapi_doc[0], media_type="application/json")
+
     page = resources.files("jobserver").joinpath("static/index.html")
 
     async def dashboard(request: Request) -> Response:
@@ -267,6 +282,8 @@ def create_app(svc: Services) -> Starlette:
         Route("/tasks", guarded(list_tasks), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", dashboard, methods=["GET"]),
         *svc.extra_routes,
     ]

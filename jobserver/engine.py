@@ -99,6 +99,11 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None  # the async tasks' loop
         self.on_thread_abandoned: Callable[[], None] = lambda: None
         self.on_finished: Callable[[JobRecord, Claim], None] = lambda rec, claim: None
+        # observers (metrics): called after the change committed; they must not raise or block
+        self.on_submitted: Callable[[JobRecord], None] = lambda rec: None
+        self.on_claimed: Callable[[Claim], None] = lambda claim: None
+        self.on_cancelled: Callable[[JobRecord], None] = lambda rec: None
+        self.on_rescued: Callable[[list[JobRecord]], None] = lambda recs: None
 
     # ---------------------------------------------------------------- submit
     async def submit(self, body: SubmitBody, idem_key: str | None, scope: str,
@@ -144,6 +149,7 @@ class Engine:
                 self._inflight_keys.discard((scope, idem_key))
         if created:
             assert isinstance(value, JobRecord)
+            self.on_submitted(value)
             return value, False
         record = await asyncio.to_thread(self.store.get, str(value))
         return record, True
@@ -174,6 +180,7 @@ class Engine:
                 self._async_running += 1
         log.info("claimed %s attempt %d", claim.job_id, claim.attempt,
                  extra={"job_id": claim.job_id, "action": "claim"})
+        self.on_claimed(claim)
         return claim
 
     def next_due_in(self) -> float | None:
@@ -350,6 +357,8 @@ class Engine:
             self.hub.publish(job_id)
             if rec.status == "running":
                 self.request_stop(job_id, "cancel")
+            else:
+                self.on_cancelled(rec)
 
         return await asyncio.wrap_future(self.store.cancel(job_id, self.clock.now(), after))
 
@@ -378,6 +387,8 @@ class Engine:
         for rec in rescued:
             log.warning("rescued %s: now %s", rec.id, rec.status, extra={"job_id": rec.id, "action": "rescue"})
             self.hub.publish(rec.id)
+        if rescued:
+            self.on_rescued(rescued)
         return rescued
 
     def heartbeat_once(self) -> None:

@@ -123,6 +123,7 @@ class Claim:
     run_seq: int
     timeout_s: float | None
     started_at: float
+    run_at: float | None = None  # when the attempt was due (queue-wait metric)
 
 
 class JobIds:

@@ -29,8 +29,10 @@ from .config import Settings
 from .engine import Engine
 from .errors import DatabaseInUseError
 from .hub import Hub
+from .metrics import Metrics
 from .models import create_schema, open_database
 from .queue import WorkerPool
+from .records import Claim, JobRecord
 from .store import JobStore
 from .tasks import Registry
 from .wakeup import Wakeup
@@ -49,6 +51,21 @@ def lock_sqlite_file(path: Path) -> int:
         os.close(fd)
         raise DatabaseInUseError(str(path)) from None
     return fd
+
+
+def watch_engine(engine: Engine, metrics: Metrics) -> None:
+    """Point the engine's hooks at the metrics (keeping any `on_finished` already set)."""
+    before = engine.on_finished
+
+    def on_finished(rec: JobRecord, claim: Claim) -> None:
+        before(rec, claim)
+        metrics.attempt_ended(rec, claim)
+
+    engine.on_finished = on_finished
+    engine.on_submitted = metrics.job_submitted
+    engine.on_claimed = metrics.attempt_started
+    engine.on_cancelled = metrics.job_finished
+    engine.on_rescued = metrics.jobs_rescued
 
 
 class AsyncLoop:
@@ -157,6 +174,8 @@ class Runtime:
         self.wakeup = Wakeup()
         self.engine = Engine(s, self.store, self.writer, self.registry, self.clock, self.hub,
                              self.wakeup, self.owner)
+        self.metrics = Metrics(self.store.count_in, self.clock.now)
+        watch_engine(self.engine, self.metrics)
         self.engine.rescue_once(at_start=True)
         self.async_loop = AsyncLoop()
         self.async_loop.start()
@@ -168,6 +187,7 @@ class Runtime:
         self.app = create_app(Services(
             s, self.engine, self.store, self.registry, self.hub,
             workers_alive=lambda: self.pool.alive() > 0, extra_routes=self.extra_routes,
+            metrics=self.metrics,
         ))
 
     def signal_received(self, sig: int) -> None:

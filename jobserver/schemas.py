@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_WAIT_S = 60
 MAX_LIMIT = 500
+RUN_AT_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+RUN_AT_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc)  # far from datetime's limits in any offset
 
 
 class SubmitBody(BaseModel):
@@ -34,6 +36,8 @@ class SubmitBody(BaseModel):
             raise ValueError("give either delay or run_at, not both")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ValueError("run_at needs a timezone offset or Z")
+        if self.run_at is not None and not RUN_AT_MIN <= self.run_at <= RUN_AT_MAX:
+            raise ValueError("run_at must be between 1970-01-01 and 9000-01-01 (UTC)")
         return self
 
 

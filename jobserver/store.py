@@ -142,6 +142,13 @@ class JobStore:
         """How many jobs are in each status."""
         return {s: int(n) for s, n in self._query("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
 
+    def count_in(self, statuses: Sequence[str]) -> dict[str, int]:
+        """How many jobs are in each of `statuses` (index ranges, not a table scan)."""
+        marks = ", ".join("?" * len(statuses))
+        rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status",
+                           tuple(statuses))
+        return {s: int(n) for s, n in rows}
+
     def ping(self) -> None:
         """Raise if the database cannot answer."""
         self._query("SELECT 1")
@@ -206,7 +213,7 @@ class JobStore:
                 return None
             _job_event(tx, rec, now)
             return Claim(rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq,
-                         rec.timeout_s, now)
+                         rec.timeout_s, now, rec.run_at)
 
         return self.writer.submit(op)
 

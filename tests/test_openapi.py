@@ -1,0 +1,149 @@
+"""GET /openapi.json: a valid OpenAPI 3.1 document of every route, with each
+registered task's args schema in the `task`-discriminated submit body."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+from pydantic import BaseModel
+
+from jobserver import task
+from jobserver.openapi import build_openapi
+from jobserver.tasks import Registry, build_taskdef
+from tests.e2e import Server, start_server
+
+CONTRACT_ROUTES = {
+    ("post", "/jobs"), ("get", "/jobs"), ("get", "/jobs/{job_id}"), ("delete", "/jobs/{job_id}"),
+    ("post", "/jobs/{job_id}/cancel"), ("post", "/jobs/{job_id}/retry"), ("get", "/jobs/{job_id}/events"),
+    ("get", "/jobs/{job_id}/webhooks"), ("get", "/tasks"), ("get", "/healthz"), ("get", "/readyz"),
+    ("get", "/metrics"), ("get", "/"), ("get", "/openapi.json"),
+}
+
+
+def inline(node: Any, doc: dict[str, Any]) -> Any:
+    """Replace every local `$ref` by what it points at (the schemas here are not recursive)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target: Any = doc
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return inline(target, doc)
+        return {k: inline(v, doc) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [inline(v, doc) for v in node]
+    return node
+
+
+def submit_members(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """task name -> its member schema of the submit union."""
+    body = doc["components"]["schemas"]["SubmitBody"]
+    mapping = body["discriminator"]["mapping"]
+    assert body["discriminator"]["propertyName"] == "task"
+    assert sorted(m["$ref"] for m in body["oneOf"]) == sorted(mapping.values())
+    return {name: inline({"$ref": ref}, doc) for name, ref in mapping.items()}
+
+
+@pytest.mark.e2e
+def test_the_served_document_is_valid_and_complete(server: Server) -> None:
+    c = server.client()
+    r = c.get("/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    doc = r.json()
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+    routes = {(method, path) for path, item in doc["paths"].items() for method in item}
+    assert routes == CONTRACT_ROUTES
+    assert "securitySchemes" not in doc["components"] and "security" not in doc
+
+    tasks = c.get("/tasks").json()["tasks"]
+    members = submit_members(doc)
+    assert set(members) == {t["name"] for t in tasks}
+    for t in tasks:
+        member = members[t["name"]]
+        assert member["properties"]["task"]["const"] == t["name"]
+        assert member["properties"]["args"] == inline(t["args_schema"], t["args_schema"])
+        assert member["additionalProperties"] is False
+
+    events = doc["paths"]["/jobs/{job_id}/events"]["get"]["responses"]
+    assert "text/event-stream" in events["200"]["content"]
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert "text/plain" in metrics
+    submit = doc["paths"]["/jobs"]["post"]["responses"]
+    for status in ("400", "409", "413", "415", "422", "503"):
+        problem = inline(submit[status], doc)
+        assert problem["content"]["application/problem+json"]["schema"]["required"] == ["type", "title", "status"]
+    assert {"202", "200"} <= set(submit)
+    assert "404" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
+
+
+@pytest.mark.e2e
+def test_with_api_keys_the_document_declares_bearer_auth(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
+    assert srv.client().get("/openapi.json").status_code == 401
+    doc = srv.client("k1").get("/openapi.json").json()
+    validate(doc)
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"}
+    assert doc["security"] == [{"bearer": []}]
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+    assert doc["paths"]["/"]["get"]["security"] == []
+    assert "401" in doc["paths"]["/jobs"]["post"]["responses"]
+    assert "401" not in doc["paths"]["/healthz"]["get"]["responses"]
+
+
+class Address(BaseModel):
+    street: str
+    city: str = "Paris"
+
+
+class Customer(BaseModel):
+    name: str
+    addresses: list[Address]
+
+
+@task(name="shop.ship")
+def ship(customer: Customer, express: bool = False) -> None:
+    """Ship an order."""
+
+
+@task(name="shop.refund")
+def refund(order_id: int, to: Address | None = None) -> None:
+    """Refund an order."""
+
+
+def test_nested_models_are_hoisted_into_components() -> None:
+    registry = Registry([build_taskdef(ship), build_taskdef(refund)])
+    doc = build_openapi(registry, secured=False)
+    validate(doc)
+    schemas = doc["components"]["schemas"]
+    assert "$defs" not in str(doc)
+    # both tasks use Address: each keeps its own hoisted copy, no name collides
+    assert {"shop.ship.defs.Address", "shop.ship.defs.Customer", "shop.refund.defs.Address"} <= set(schemas)
+    members = submit_members(doc)
+    for name, fn in (("shop.ship", ship), ("shop.refund", refund)):
+        args_schema = build_taskdef(fn).schema
+        assert members[name]["properties"]["args"] == inline(args_schema, args_schema)
+        assert members[name]["description"] == build_taskdef(fn).description
+    assert members["shop.ship"]["required"] == ["task", "args"]
+    assert members["shop.refund"]["required"] == ["task", "args"]
+
+
+def test_a_task_without_required_args_may_omit_them() -> None:
+    @task(name="t.noop")
+    def noop(times: int = 1) -> None:
+        pass
+
+    doc = build_openapi(Registry([build_taskdef(noop)]), secured=False)
+    validate(doc)
+    assert submit_members(doc)["t.noop"]["required"] == ["task"]
+
+
+def test_the_builder_does_not_change_the_task_schemas() -> None:
+    taskdef = build_taskdef(ship)
+    before = copy.deepcopy(taskdef.schema)
+    build_openapi(Registry([taskdef]), secured=True)
+    assert taskdef.schema == before

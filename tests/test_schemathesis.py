@@ -1,0 +1,70 @@
+"""Schemathesis against the live server: every route, generated valid and invalid
+requests; no answer may be a 5xx or differ from what /openapi.json promises.
+
+The schema is loaded from the running server's /openapi.json; the routes to
+parametrize over come from the same document builder, so a new route is tested
+without editing this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from jobserver.openapi import build_openapi
+from jobserver.tasks import Registry
+from tests.e2e import start_server
+
+pytestmark = pytest.mark.e2e
+
+TASK_MODULES = ["jobserver.examples"]  # not the test tasks: some of them spin forever on purpose
+EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30}
+DOC = build_openapi(Registry.from_modules(TASK_MODULES), secured=False)
+ROUTES = [
+    (method.upper(), path, "parameters" in op or "requestBody" in op)
+    for path, item in DOC["paths"].items()
+    for method, op in item.items()
+    if path != "/openapi.json"  # Schemathesis leaves out the document it was loaded from
+]
+CHECKS = [not_a_server_error, response_schema_conformance]
+
+
+def test_every_route_conforms_to_its_schema(tmp_path: Path, subtests: pytest.Subtests) -> None:
+    server = start_server(tmp_path, config={
+        "tasks": {"modules": TASK_MODULES},
+        "webhooks": {"allow_hosts": [], "retry_schedule": ["1s"], "timeout": 1},
+    })
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", timeout=10)
+    described = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert described == {(method, path) for method, path, _ in ROUTES}
+    calls: list[str] = []
+    for method, path, has_inputs in ROUTES:
+        # negative cases need something to make invalid: a parameter or a body
+        modes = list(EXAMPLES) if has_inputs else [GenerationMode.POSITIVE]
+        for mode in modes:
+            with subtests.test(msg=f"{method} {path} {mode.value}"):
+                calls += run_cases(schema[path][method], mode, server.url)
+    assert len(calls) >= 300, len(calls)
+    assert server.proc is not None and server.proc.poll() is None, server.log()
+
+
+def run_cases(operation: Any, mode: GenerationMode, base_url: str) -> list[str]:
+    """Generate cases for one operation, call the server, check each answer; the calls made."""
+    calls: list[str] = []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES[mode], derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case: schemathesis.Case) -> None:
+        calls.append(f"{case.method} {case.formatted_path}")
+        case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=10)
+
+    run()
+    return calls
