@@ -42,6 +42,7 @@ from .tasks import Registry
 Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = frozenset({"/healthz", "/"})
 KEEPALIVE_S = 15.0
+EVENT_PAGE = 500
 
 
 class JSON(Response):
@@ -220,12 +221,14 @@ def create_app(svc: Services) -> Starlette:
         with svc.hub.watch(job_id) as changed:
             while True:
                 changed.clear()
-                rows = await run_in_threadpool(store.events_after, job_id, after)
+                rows = await run_in_threadpool(store.events_after, job_id, after, EVENT_PAGE)
+                ended = False
                 for event_id, kind, data in rows:
                     after = event_id
                     yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n".encode()
-                    if kind == "status" and orjson.loads(data).get("status") in FINISHED:
-                        return
+                    ended = kind == "status" and orjson.loads(data).get("status") in FINISHED
+                if ended and len(rows) < EVENT_PAGE:
+                    return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
                 try:

@@ -44,13 +44,13 @@ def to_json(value: Any, what: str) -> str:
 class Attempt:
     """The engine's handle on one running attempt."""
 
-    def __init__(self, engine: Engine, claim: Claim, is_async: bool, steps: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, claim: Claim, is_async: bool) -> None:
         self.engine = engine
         self.claim = claim
         self.is_async = is_async
         self.stop_requested = threading.Event()
         self.stop_reason: str | None = None  # "cancel" | "timeout" | "stale" | "shutdown"
-        self._steps = steps
+        self._steps: dict[str, Any] | None = None  # stored step results, read at the first step
         self._used_steps: set[str] = set()
         self._lock = threading.Lock()
         self._thread_id: int | None = None  # set while a sync task may be interrupted
@@ -129,6 +129,7 @@ class Attempt:
         if name in self._used_steps:
             raise ValueError(f"step name {name!r} was already used in this attempt")
         self._used_steps.add(name)
+        assert self._steps is not None
         if name in self._steps:
             return True, self._steps[name]
         return False, None
@@ -149,16 +150,19 @@ class Attempt:
         return op
 
     def step_sync(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._steps is None:
+            self._steps = self.engine.store.step_results(self.claim.job_id)
         done, value = self._begin_step(name)
         if done:
             return value
         started = self.engine.clock.now()
         result_json = to_json(fn(*args, **kwargs), f"the result of step {name!r}")
         self.engine.writer.call(self._save_step_op(name, result_json, started))
-        self._steps[name] = orjson.loads(result_json)
-        return self._steps[name]
+        return orjson.loads(result_json)
 
     async def step_async(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._steps is None:  # read off the tasks' event loop
+            self._steps = await asyncio.to_thread(self.engine.store.step_results, self.claim.job_id)
         done, value = self._begin_step(name)
         if done:
             return value
@@ -169,5 +173,4 @@ class Attempt:
             raw = await asyncio.to_thread(fn, *args, **kwargs)
         result_json = to_json(raw, f"the result of step {name!r}")
         await self.engine.writer.acall(self._save_step_op(name, result_json, started))
-        self._steps[name] = orjson.loads(result_json)
-        return self._steps[name]
+        return orjson.loads(result_json)

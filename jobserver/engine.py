@@ -196,10 +196,9 @@ class Engine:
         try:
             taskdef = self.registry.get(claim.task)
         except TaskNotFoundError as exc:
-            self._end(Attempt(self, claim, False, {}), None, Outcome("error", exc=Fail(str(exc))))
+            self._end(Attempt(self, claim, False), None, Outcome("error", exc=Fail(str(exc))))
             return True
-        steps = self.store.step_results(claim.job_id)
-        attempt = Attempt(self, claim, taskdef.is_async, steps)
+        attempt = Attempt(self, claim, taskdef.is_async)
         timeout = claim.timeout_s
         if timeout is not None:
             attempt.deadline = time.monotonic() + timeout
@@ -393,10 +392,22 @@ class Engine:
 
     def heartbeat_once(self) -> None:
         """Extend this process's leases and pick up cancels asked on other nodes."""
+        with self._lock:  # only attempts claimed (committed) before the heartbeat is sent
+            attempts = list(self._running.values())
+        if not attempts:
+            return
+        leased = self.store.heartbeat(self.owner, self.clock.now(), self.settings.workers.lease_seconds).result()
+        for attempt in attempts:
+            lease = leased.get(attempt.claim.job_id)
+            if lease is None or lease[0] != attempt.claim.run_seq:
+                if self._still_running(attempt):
+                    attempt.request_stop("stale")  # recovered by another node: stop writing
+            elif lease[1]:
+                attempt.request_stop("cancel")
+
+    def _still_running(self, attempt: Attempt) -> bool:
         with self._lock:
-            if not self._running:
-                return
-        self.store.heartbeat(self.owner, self.clock.now(), self.settings.workers.lease_seconds).result()
+            return self._running.get(attempt.claim.job_id) is attempt and not attempt.abandoned
 
     def watchdog_once(self) -> None:
         """Enforce time limits, and give up sync attempts stuck past the grace period."""

@@ -49,10 +49,12 @@ def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
     )
 
 
-def _outbox(tx: Tx, rec: JobRecord, now: float) -> None:
-    """A finished job with a webhook_url gets its delivery row in the same transaction."""
+def _outbox(tx: Tx, rec: JobRecord, now: float, wake: Callable[[], None]) -> None:
+    """A finished job with a webhook_url gets its delivery row in the same transaction;
+    `wake` (the webhook sender) runs after the commit."""
     if not rec.webhook_url or rec.status not in FINISHED:
         return
+    tx.after_commit(wake)
     delivery_id = f"msg_{rec.id.replace('-', '')}_{rec.run_seq}_{int(now * 1000)}"
     payload = orjson.dumps(
         {"type": f"job.{rec.status}", "timestamp": rfc3339(now), "data": rec.to_api()}
@@ -77,6 +79,10 @@ class JobStore:
         self.writer = writer
         self.pg = pg
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+        self.on_outbox: Callable[[], None] = lambda: None  # a delivery row was committed
+
+    def _wake_outbox(self) -> None:
+        self.on_outbox()
 
     # ---------------------------------------------------------------- reads
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -189,8 +195,10 @@ class JobStore:
                 (new.id, new.task, new.args_json, new.priority, new.max_attempts, new.timeout_s,
                  new.idempotency_key, new.webhook_url, new.created_at, new.run_at),
             )
+            record = new.record()
+            _job_event(tx, record, new.created_at)
             tx.after_commit(on_commit)
-            return True, new.record()
+            return True, record
 
         return self.writer.submit(op)
 
@@ -222,15 +230,19 @@ class JobStore:
         rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'pending'")
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
-    def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[int]:
-        """Extend the lease of every job this process runs (one statement for all)."""
+    def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[dict[str, tuple[int, bool]]]:
+        """Extend the lease of every job this process runs (one statement for all).
 
-        def op(tx: Tx) -> int:
-            cur = tx.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
+        Resolves to {job_id: (run_seq, cancel_requested)} of the jobs still leased to us,
+        so the engine can stop attempts that lost their lease or were cancelled elsewhere."""
+
+        def op(tx: Tx) -> dict[str, tuple[int, bool]]:
+            rows = tx.all(
+                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running' "
+                "RETURNING id, run_seq, cancel_requested",
                 (now + lease_s, owner),
             )
-            return int(cur.rowcount)
+            return {str(i): (int(seq), bool(c)) for i, seq, c in rows}
 
         return self.writer.submit(op)
 
@@ -244,7 +256,7 @@ class JobStore:
         if rec is None:
             raise StaleAttemptError(claim.job_id, claim.run_seq)
         _job_event(tx, rec, now)
-        _outbox(tx, rec, now)
+        _outbox(tx, rec, now, self._wake_outbox)
         return rec
 
     def complete(
@@ -309,7 +321,7 @@ class JobStore:
             )
             if rec is not None:
                 _job_event(tx, rec, now)
-                _outbox(tx, rec, now)
+                _outbox(tx, rec, now, self._wake_outbox)
             else:
                 rec = _returning(
                     tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)

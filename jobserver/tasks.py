@@ -68,7 +68,7 @@ class TaskDef:
             model = self.args_model.model_validate(args if args is not None else {})
         except pydantic.ValidationError as exc:
             errors = [
-                {"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+                {"loc": ["body", "args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
             ]
             raise InvalidRequestError(f"invalid args for task {self.name}", errors) from None
         dumped: dict[str, Any] = model.model_dump(mode="json")
