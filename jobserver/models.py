@@ -135,7 +135,7 @@ class Event(BaseModel):
 class WebhookDelivery(BaseModel):
     """The webhook outbox: one row per job with a webhook_url, written with its final status."""
 
-    id = pw.CharField(primary_key=True, max_length=40)  # the webhook-id, same on every retry
+    id = pw.CharField(primary_key=True, max_length=64)  # the webhook-id, same on every retry
     job_id = pw.CharField(max_length=36, index=True)
     url = pw.TextField()
     event_type = pw.CharField(max_length=32)
@@ -154,7 +154,7 @@ class WebhookAttempt(BaseModel):
     """One HTTP attempt of a webhook delivery."""
 
     id = pw.BigAutoField()
-    delivery_id = pw.CharField(max_length=40)
+    delivery_id = pw.CharField(max_length=64)
     job_id = pw.CharField(max_length=36, index=True)
     attempt = pw.IntegerField()
     at = pw.DoubleField()

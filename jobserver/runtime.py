@@ -33,9 +33,12 @@ from .metrics import Metrics
 from .models import create_schema, open_database
 from .queue import WorkerPool
 from .records import Claim, JobRecord
+from .retention import Pruner
+from .sender import WebhookSender, load_secret
 from .store import JobStore
 from .tasks import Registry
 from .wakeup import Wakeup
+from .webhook_routes import webhook_routes
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -170,12 +173,21 @@ class Runtime:
         self.writer = Writer(self.db, s.is_postgres)
         self.writer.start()
         self.store = JobStore(self.db, self.writer, s.is_postgres)
+        secret = load_secret(s.webhooks, self.db, self.writer, s.is_postgres)
+        self.webhook_sender = WebhookSender(s.webhooks, self.db, self.writer, self.clock, secret,
+                                            s.is_postgres)
+        self.store.on_outbox = self.webhook_sender.wake
+        self.webhook_sender.start()
+        self.pruner = Pruner(s.retention, self.writer, self.clock)
+        self.extra_passes.append((s.retention.interval, self.pruner.start_pass))
+        self.extra_routes.extend(webhook_routes(self.store, self.webhook_sender))
         self.hub = Hub()
         self.wakeup = Wakeup()
         self.engine = Engine(s, self.store, self.writer, self.registry, self.clock, self.hub,
                              self.wakeup, self.owner)
         self.metrics = Metrics(self.store.count_in, self.clock.now)
         watch_engine(self.engine, self.metrics)
+        self.webhook_sender.on_attempt = self.metrics.webhook_delivery
         self.engine.rescue_once(at_start=True)
         self.async_loop = AsyncLoop()
         self.async_loop.start()
@@ -240,6 +252,7 @@ class Runtime:
         self.maintenance.stop()
         self.maintenance._flush()
         self.async_loop.stop()
+        self.webhook_sender.stop()
         self.writer.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -1,0 +1,195 @@
+"""Pruner on a real SQLite file: seed rows either side of the horizon, run one pass, read back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobserver.clock import ManualClock
+from jobserver.config import RetentionSettings
+from jobserver.models import create_schema, open_database
+from jobserver.records import JobIds, NewJob
+from jobserver.retention import CHILD_TABLES, EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, Pruner, child_delete_sql
+from jobserver.store import JobStore
+from jobserver.writer import Tx, Writer
+from tests.e2e import start_server, wait_until
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+CHILDREN = ("events", "steps", "webhook_deliveries", "webhook_attempts")
+
+
+class Seed:
+    """Rows with chosen timestamps, written through the store and the writer."""
+
+    def __init__(self, db: Any, writer: Writer, store: JobStore) -> None:
+        self.db, self.writer, self.store = db, writer, store
+        self.ids = JobIds()
+
+    def job(self, at: float, status: str, key: str | None = None, logs: int = 0) -> str:
+        """A job that reached `status` at time `at`, with a step, `logs` extra events, a
+        webhook delivery and an attempt of it when finished."""
+        job_id = self.ids.new()
+        run_at = NOW + 365 * DAY if status == "pending" else at  # never claimed by the seeds below
+        new = NewJob(job_id, "tests.task", "{}", 0, 1, None, "http://example.com/hook", key, at, run_at)
+        idem = None if key is None else ("public", key, "hash")
+        self.store.enqueue(new, idem, lambda: None).result()
+        if status == "pending":
+            return job_id
+        if status == "cancelled":
+            self.store.cancel(job_id, at, lambda rec: None).result()
+        else:
+            claim = self.store.claim("owner", at, 30.0, []).result()
+            assert claim is not None and claim.job_id == job_id
+            if status == "completed":
+                self.store.complete(claim, "1", None, at, lambda: None).result()
+            elif status == "failed":
+                self.store.fail(claim, {"type": "E", "message": "m", "traceback": None}, at, None, "failed",
+                                None, lambda: None).result()
+
+        def extras(tx: Tx) -> None:
+            tx.execute("INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
+                       "VALUES (?, 's1', 'completed', '1', 1, ?, ?)", (job_id, at, at))
+            for i in range(logs):
+                tx.execute("INSERT INTO events (job_id, kind, data, at) VALUES (?, 'log', ?, ?)",
+                           (job_id, f'{{"message": "line {i}"}}', at))
+            row = tx.one("SELECT id FROM webhook_deliveries WHERE job_id = ?", (job_id,))
+            if row is not None:
+                tx.execute("INSERT INTO webhook_attempts (delivery_id, job_id, attempt, at, status_code, "
+                           "error, duration_ms) VALUES (?, ?, 1, ?, 200, NULL, 3.0)", (row[0], job_id, at))
+
+        self.writer.call(extras)
+        return job_id
+
+    def count(self, table: str, job_id: str | None = None) -> int:
+        if job_id is None:
+            return int(self.db.execute_sql(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        column = "id" if table == "jobs" else "job_id"
+        return int(self.db.execute_sql(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?",
+                                       (job_id,)).fetchone()[0])
+
+    def rows_of(self, job_id: str) -> dict[str, int]:
+        return {t: self.count(t, job_id) for t in ("jobs", *CHILDREN)}
+
+
+@pytest.fixture
+def seed(tmp_path: Path) -> Iterator[Seed]:
+    db = open_database("sqlite:///jobs.db", tmp_path / "jobs.db", "normal", 5.0)
+    create_schema(db)
+    writer = Writer(db, False)
+    writer.start()
+    yield Seed(db, writer, JobStore(db, writer, False))
+    writer.stop()
+    db.close()
+
+
+def pruner(seed: Seed, **settings: Any) -> Pruner:
+    options: dict[str, Any] = {"finished_jobs": 7 * DAY, "idempotency_keys": DAY, "batch_size": 500}
+    options.update(settings)
+    return Pruner(RetentionSettings(**options), seed.writer, ManualClock(NOW))
+
+
+def test_finished_jobs_past_the_horizon_go_with_all_their_rows(seed: Seed) -> None:
+    old = {s: seed.job(NOW - 8 * DAY, s, logs=3) for s in ("completed", "failed", "cancelled")}
+    young = seed.job(NOW - 6 * DAY, "completed", logs=3)
+    just_inside = seed.job(NOW - 7 * DAY + 1, "failed")
+    unfinished = [seed.job(NOW - 30 * DAY, "pending"), seed.job(NOW - 30 * DAY, "running")]
+    kept = {j: seed.rows_of(j) for j in (young, just_inside, *unfinished)}
+    assert all(seed.rows_of(j)["webhook_attempts"] == 1 for j in old.values())
+
+    result = pruner(seed).run_once(NOW)
+
+    assert result.jobs == 3
+    for job_id in old.values():
+        assert seed.rows_of(job_id) == dict.fromkeys(("jobs", *CHILDREN), 0)
+    assert {j: seed.rows_of(j) for j in kept} == kept
+    assert pruner(seed).run_once(NOW).jobs == 0
+
+
+def test_idempotency_keys_past_their_horizon_go(seed: Seed) -> None:
+    seed.job(NOW - 2 * DAY, "completed", key="old")
+    seed.job(NOW - DAY + 60, "completed", key="young")
+    result = pruner(seed).run_once(NOW)
+    assert result.keys == 1 and result.jobs == 0
+    keys = [r[0] for r in seed.db.execute_sql("SELECT key FROM idempotency_keys").fetchall()]
+    assert keys == ["young"]
+
+
+def test_each_batch_deletes_at_most_batch_size_rows(seed: Seed) -> None:
+    batch = 4
+    jobs = [seed.job(NOW - 10 * DAY, "completed", logs=2) for _ in range(7)]
+    p = pruner(seed, batch_size=batch)
+    horizon = NOW - 7 * DAY
+    ops = 0
+    while True:
+        before = {t: seed.count(t) for t in ("jobs", *CHILDREN)}
+        result = seed.writer.call(p.jobs_op(horizon))
+        after = {t: seed.count(t) for t in ("jobs", *CHILDREN)}
+        ops += 1
+        assert sum(before[t] - after[t] for t in CHILDREN) <= batch
+        assert before["jobs"] - after["jobs"] == result.jobs <= batch
+        # a job row never goes before its children
+        orphans = seed.db.execute_sql(
+            "SELECT COUNT(*) FROM events WHERE job_id NOT IN (SELECT id FROM jobs)").fetchone()[0]
+        assert orphans == 0
+        if not result.more:
+            break
+        assert ops < 100
+    assert all(seed.count("jobs", j) == 0 for j in jobs)
+    assert {t: seed.count(t) for t in CHILDREN} == dict.fromkeys(CHILDREN, 0)
+    assert ops > 7 * 6 // batch  # 7 jobs x (4 events, 1 step, 1 delivery, 1 attempt) needed many ops
+
+
+def test_a_pass_stops_after_max_batches_and_the_next_goes_on(seed: Seed) -> None:
+    jobs = [seed.job(NOW - 10 * DAY, "completed") for _ in range(6)]
+    keys = [seed.job(NOW - 10 * DAY, "pending", key=f"k{i}") for i in range(5)]
+    p = Pruner(RetentionSettings(batch_size=2), seed.writer, ManualClock(NOW), max_batches=3)
+    tables = ("jobs", "idempotency_keys", *CHILDREN)
+    before = sum(seed.count(t) for t in tables)
+    first = p.run_once(NOW)
+    assert first.batches == 3
+    assert sum(seed.count(t) for t in tables) == before - first.rows
+    assert 0 < first.rows <= 3 * 2 * 2  # three ops, each at most 2 child rows + 2 jobs (or 2 keys)
+    passes = 1
+    while p.run_once(NOW).rows:
+        passes += 1
+    assert passes > 2
+    assert seed.count("jobs") == len(keys) and seed.count("idempotency_keys") == 0
+
+
+def test_a_job_with_many_events_is_pruned_over_several_batches(seed: Seed) -> None:
+    job_id = seed.job(NOW - 10 * DAY, "completed", logs=25)
+    p = pruner(seed, batch_size=10)
+    first = seed.writer.call(p.jobs_op(NOW - 7 * DAY))
+    assert first.more and first.jobs == 0 and seed.count("jobs", job_id) == 1
+    assert p.run_once(NOW).jobs == 1
+    assert seed.rows_of(job_id) == dict.fromkeys(("jobs", *CHILDREN), 0)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, "DELETE FROM jobs WHERE id IN (?, ?)",
+     *[child_delete_sql(table, key, 2) for table, key in CHILD_TABLES]],
+)
+def test_pruning_statements_use_indexes(seed: Seed, sql: str) -> None:
+    plan = [str(row[-1]) for row in seed.db.execute_sql("EXPLAIN QUERY PLAN " + sql, [0] * sql.count("?"))]
+    assert not any(step.startswith("SCAN") for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
+@pytest.mark.e2e
+def test_the_server_prunes_on_its_own(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, config={"retention": {"finished_jobs": "300ms", "interval": "100ms"}})
+    try:
+        c = srv.client()
+        r = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}})
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        assert c.get(f"/jobs/{job_id}", params={"wait": 10}).json()["status"] == "completed"
+        wait_until(lambda: c.get(f"/jobs/{job_id}").status_code == 404, 10,
+                   message="the finished job to be pruned")
+    finally:
+        srv.stop()
