@@ -34,7 +34,7 @@ async def _scenario(plan: Plan, root: Path, extra: dict[str, Any], log: Callable
     seed.create_schema(db)
     log(f"scale {name}: seeding {count:,} {status} jobs")
     seed_s = seed.seed_jobs(db, count, status, run_at)
-    figures = [("submit", fig_submit), ("e2e", fig_e2e), ("pickup", partial(fig_pickup, idle=False))]
+    figures = [("pickup", partial(fig_pickup, idle=False)), ("e2e", fig_e2e), ("submit", partial(fig_submit, settle=False))]
     values, errors = await run_figures(plan, workdir, extra, figures, lambda m: log(f"scale {name}: {m}"))
     values["seed_s"] = seed_s
     return {f"scale.{name}.{k}": v for k, v in values.items()}, {f"scale {name}: {k}": v for k, v in errors.items()}
