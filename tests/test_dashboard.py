@@ -141,7 +141,7 @@ def test_running_job_updates_live_without_reload(server: Server, client: httpx.C
     page.goto(server.url)
     expect(page.locator("#jobs-empty")).to_have_text("No jobs yet.")
 
-    job = submit(client, SLEEP, {"seconds": 4})
+    job = submit(client, SLEEP, {"seconds": 5})
     r = row(page, job["id"])
     expect(r).to_have_attribute("data-status", "running")
     expect(r.locator(".badge")).to_have_text("running")
@@ -154,7 +154,8 @@ def test_running_job_updates_live_without_reload(server: Server, client: httpx.C
 
 def test_detail_pane_shows_job_and_live_event_log(server: Server, client: httpx.Client, page: Page) -> None:
     page.goto(server.url)
-    job = submit(client, SLEEP, {"seconds": 3})
+    # long enough to still be running when the row is clicked, even on a loaded machine
+    job = submit(client, SLEEP, {"seconds": 8, "steps": 8})
     expect(row(page, job["id"])).to_have_attribute("data-status", "running")
 
     open_job(page, job["id"])
@@ -182,7 +183,7 @@ def test_detail_pane_shows_durable_steps(server: Server, client: httpx.Client, p
     # the status events carry no steps; the pane keeps the ones GET /jobs/{id} gave
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
     expect(page.locator("#detail-steps-section")).to_be_visible()
-    expect(page.locator("#detail-steps")).to_contain_text('"doc-1"')
+    expect(page.locator('#detail-steps tr[data-step="doc-1"]')).to_contain_text("completed")
     expect(page.locator("#detail-result")).to_contain_text("top_keywords")
 
 
