@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
 from .engine import Engine
-from .errors import JobServerError
+from .errors import JobNotFoundError, JobServerError
 from .hub import Hub
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -231,10 +231,18 @@ def create_app(svc: Services) -> Starlette:
                     return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
+                if await run_in_threadpool(_gone_or_finished, job_id):
+                    return  # nothing after the cursor and the job is over (e.g. a resume after the end)
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
                     yield b": keepalive\n\n"
+
+    def _gone_or_finished(job_id: str) -> bool:
+        try:
+            return store.get(job_id).finished
+        except JobNotFoundError:
+            return True
 
     async def list_tasks(request: Request) -> Response:
         return JSON({"tasks": [

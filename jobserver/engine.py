@@ -267,28 +267,42 @@ class Engine:
         except Exception as exc:
             outcome = Outcome("error", exc=exc)
         attempt.async_task = None
-        await asyncio.to_thread(self._end, attempt, taskdef, outcome)
+        self._end(attempt, taskdef, outcome)  # queues the writes; does not block the loop
 
     # ---------------------------------------------------------------- finish
     def _end(self, attempt: Attempt, taskdef: TaskDef | None, outcome: Outcome) -> None:
-        """Record the outcome (unless the attempt is stale), then free its slot."""
+        """Record the outcome (unless the attempt is stale) without waiting for the commit.
+
+        The worker goes straight on to claim its next job; that claim joins the same
+        group commit as this outcome. The slot is freed once the outcome committed."""
         claim = attempt.claim
+        if outcome.kind == "stale":
+            self._free(attempt, taskdef)
+            self.hub.publish(claim.job_id)
+            return
+        self.reporter.flush_once(self.clock.now(), claim.job_id)  # queued first: the writer is FIFO
+
+        def committed(rec: JobRecord) -> None:  # writer thread, after commit, before answers
+            self.on_finished(rec, claim)
+            self.hub.publish(claim.job_id)
+
         try:
-            if outcome.kind != "stale":
-                flushed = self.reporter.flush_once(self.clock.now(), claim.job_id)
-                if flushed is not None:
-                    flushed.result()
-                rec = self._record_outcome(attempt, taskdef, outcome).result()
-                self.on_finished(rec, claim)
-        except StaleAttemptError:
+            future = self._record_outcome(attempt, taskdef, outcome, committed)
+        except Exception:
+            self._free(attempt, taskdef)
+            raise
+        future.add_done_callback(lambda f: self._recorded(f, attempt, taskdef))
+
+    def _recorded(self, future: Future[JobRecord], attempt: Attempt, taskdef: TaskDef | None) -> None:
+        claim = attempt.claim
+        exc = future.exception()
+        if isinstance(exc, StaleAttemptError):
             log.warning("attempt %d of %s was given up; its outcome is dropped", claim.attempt,
                         claim.job_id, extra={"job_id": claim.job_id, "action": "stale"})
-        except JobServerError:
-            log.exception("could not record the outcome of %s", claim.job_id,
-                          extra={"job_id": claim.job_id, "action": "record_failed"})
-        finally:
-            self._free(attempt, taskdef)
-        self.hub.publish(claim.job_id)
+        elif exc is not None:
+            log.error("could not record the outcome of %s", claim.job_id, exc_info=exc,
+                      extra={"job_id": claim.job_id, "action": "record_failed"})
+        self._free(attempt, taskdef)
 
     def _free(self, attempt: Attempt, taskdef: TaskDef | None) -> None:
         with self._lock:
@@ -299,8 +313,9 @@ class Engine:
                 self._async_running -= 1
         self.wakeup.notify()
 
-    def _record_outcome(self, attempt: Attempt, taskdef: TaskDef | None, outcome: Outcome) -> Future[JobRecord]:
-        claim, now, done = attempt.claim, self.clock.now(), self._published(attempt.claim.job_id)
+    def _record_outcome(self, attempt: Attempt, taskdef: TaskDef | None, outcome: Outcome,
+                        done: Callable[[JobRecord], None]) -> Future[JobRecord]:
+        claim, now = attempt.claim, self.clock.now()
         if outcome.kind == "ok":
             try:
                 result = to_json(outcome.value, "the task's return value")
@@ -337,9 +352,6 @@ class Engine:
             return None
         base, cap = taskdef.options.backoff
         return now + self.rng.uniform(0, min(cap, base * 2 ** (claim.attempt - 1)))
-
-    def _published(self, job_id: str) -> Callable[[], None]:
-        return lambda: self.hub.publish(job_id)
 
     # -------------------------------------------------------------- controls
     def request_stop(self, job_id: str, reason: str) -> None:

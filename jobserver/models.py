@@ -28,8 +28,9 @@ from .errors import StorageError
 
 
 class JobState(str, enum.Enum):
-    """A job's status, as the API names it."""
+    """A job's status, as the API names it (SCHEDULED is shown as pending)."""
 
+    SCHEDULED = "scheduled"  # pending, run_at still ahead
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -40,8 +41,9 @@ class JobState(str, enum.Enum):
 FINISHED_STATES = frozenset({"completed", "failed", "cancelled"})
 
 LEGAL_MOVES: dict[str, frozenset[str]] = {
+    "scheduled": frozenset({"pending", "cancelled"}),
     "pending": frozenset({"running", "cancelled"}),
-    "running": frozenset({"completed", "failed", "cancelled", "pending"}),
+    "running": frozenset({"completed", "failed", "cancelled", "pending", "scheduled"}),
     "completed": frozenset(),
     "failed": frozenset({"pending"}),
     "cancelled": frozenset({"pending"}),
@@ -85,6 +87,7 @@ class Job(BaseModel):
             (("status", "id"), False),  # list by status
             (("status", "finished_at"), False),  # retention
             (("status", "lease_expires_at"), False),  # rescue
+            (("status", "run_at"), False),  # promotion of scheduled jobs, next due time
         )
 
 

@@ -69,7 +69,7 @@ class JobRecord:
             "id": self.id,
             "task": self.task,
             "args": _loads(self.args),
-            "status": self.status,
+            "status": "pending" if self.status == "scheduled" else self.status,
             "priority": self.priority,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
@@ -102,10 +102,15 @@ class NewJob:
     created_at: float
     run_at: float
 
+    @property
+    def status(self) -> str:
+        """'scheduled' (internal) when run_at is ahead of the submit, else 'pending'."""
+        return "scheduled" if self.run_at > self.created_at else "pending"
+
     def record(self) -> JobRecord:
         """The row as inserted (saves reading it back)."""
         return JobRecord(
-            self.id, self.task, self.args_json, "pending", self.priority, 0, self.max_attempts,
+            self.id, self.task, self.args_json, self.status, self.priority, 0, self.max_attempts,
             self.timeout_s, 0, None, None, 0, 0, None, None, None, self.idempotency_key,
             self.webhook_url, self.created_at, self.run_at, None, None,
         )

@@ -34,6 +34,14 @@ from .records import JOB_COLUMNS, Claim, JobRecord, NewJob
 from .writer import Tx, Writer
 
 FINISHED = ("completed", "failed", "cancelled")
+# Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
+# so the claim's index range holds only due jobs and an idle claim never scans future ones.
+PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
+
+
+def waiting_status(run_at: float, now: float) -> str:
+    """'pending' when due, 'scheduled' when run_at is still ahead."""
+    return "scheduled" if run_at > now else "pending"
 MIN_CRASH_ATTEMPTS = 3  # a crash-looping job is given up after max(max_attempts, 3) attempts
 
 
@@ -103,10 +111,14 @@ class JobStore:
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page."""
         where, params = [], []
-        for column, value in (("status", status), ("task", task)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
+            where.append("status IN ('pending', 'scheduled')")
+        elif status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
         if cursor:
             where.append("id < ?")
             params.append(cursor)
@@ -146,14 +158,19 @@ class JobStore:
 
     def counts_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""
-        return {s: int(n) for s, n in self._query("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        return self.count_in(("pending", "running", "completed", "failed", "cancelled"))
 
     def count_in(self, statuses: Sequence[str]) -> dict[str, int]:
         """How many jobs are in each of `statuses` (index ranges, not a table scan)."""
-        marks = ", ".join("?" * len(statuses))
+        wanted = list(statuses) + (["scheduled"] if "pending" in statuses else [])
+        marks = ", ".join("?" * len(wanted))
         rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status",
-                           tuple(statuses))
-        return {s: int(n) for s, n in rows}
+                           tuple(wanted))
+        out: dict[str, int] = {}
+        for status, n in rows:
+            key = "pending" if status == "scheduled" else str(status)
+            out[key] = out.get(key, 0) + int(n)
+        return out
 
     def ping(self) -> None:
         """Raise if the database cannot answer."""
@@ -179,6 +196,10 @@ class JobStore:
                     "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
                     (scope, key),
                 )
+                if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
+                    # the job was pruned or deleted: the key starts afresh
+                    tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+                    row = None
                 if row is not None:
                     if row[0] != digest:
                         raise IdempotencyMismatchError(key)
@@ -191,8 +212,8 @@ class JobStore:
             tx.execute(
                 "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
                 "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
-                "VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
-                (new.id, new.task, new.args_json, new.priority, new.max_attempts, new.timeout_s,
+                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
+                (new.id, new.task, new.args_json, new.status, new.priority, new.max_attempts, new.timeout_s,
                  new.idempotency_key, new.webhook_url, new.created_at, new.run_at),
             )
             record = new.record()
@@ -216,6 +237,7 @@ class JobStore:
         params = (owner, now + lease_s, now, now, *exclude_tasks)
 
         def op(tx: Tx) -> Claim | None:
+            tx.execute(PROMOTE_SQL, (now,))
             rec = _returning(tx, sql, params)
             if rec is None:
                 return None
@@ -226,8 +248,8 @@ class JobStore:
         return self.writer.submit(op)
 
     def next_run_at(self) -> float | None:
-        """When the earliest pending job becomes due (for an idle worker's wait)."""
-        rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'pending'")
+        """When the earliest scheduled job becomes due (for an idle worker's wait)."""
+        rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled'")
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[dict[str, tuple[int, bool]]]:
@@ -261,7 +283,7 @@ class JobStore:
 
     def complete(
         self, claim: Claim, result_json: str, progress_json: str | None, now: float,
-        on_commit: Callable[[], None],
+        on_commit: Callable[[JobRecord], None],
     ) -> Future[JobRecord]:
         """The attempt succeeded: store its result."""
 
@@ -272,39 +294,39 @@ class JobStore:
                 "finished_at = ?",
                 (result_json, progress_json, now), now,
             )
-            tx.after_commit(on_commit)
+            tx.after_commit(lambda: on_commit(rec))
             return rec
 
         return self.writer.submit(op)
 
     def fail(
         self, claim: Claim, error: dict[str, Any], now: float, retry_at: float | None,
-        status: str, progress_json: str | None, on_commit: Callable[[], None],
+        status: str, progress_json: str | None, on_commit: Callable[[JobRecord], None],
     ) -> Future[JobRecord]:
         """The attempt failed: `schedule_retry` when retry_at is given, else end as `status`."""
         err = orjson.dumps(error).decode()
 
         def op(tx: Tx) -> JobRecord:
             if retry_at is not None:
-                sets = "status = 'pending', error = ?, run_at = ?, progress = COALESCE(?, progress)"
-                params: tuple[Any, ...] = (err, retry_at, progress_json)
+                sets = "status = ?, error = ?, run_at = ?, progress = COALESCE(?, progress)"
+                params: tuple[Any, ...] = (waiting_status(retry_at, now), err, retry_at, progress_json)
             else:
                 sets = "status = ?, error = ?, finished_at = ?, progress = COALESCE(?, progress)"
                 params = (status, err, now, progress_json)
             rec = self._finish(tx, claim, sets, params, now)
-            tx.after_commit(on_commit)
+            tx.after_commit(lambda: on_commit(rec))
             return rec
 
         return self.writer.submit(op)
 
-    def release(self, claim: Claim, now: float, on_commit: Callable[[], None]) -> Future[JobRecord]:
+    def release(self, claim: Claim, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
         """Put a running job back to pending without counting the attempt (graceful drain)."""
 
         def op(tx: Tx) -> JobRecord:
             rec = self._finish(
                 tx, claim, "status = 'pending', attempts = attempts - 1, run_at = ?", (now,), now
             )
-            tx.after_commit(on_commit)
+            tx.after_commit(lambda: on_commit(rec))
             return rec
 
         return self.writer.submit(op)
@@ -316,7 +338,7 @@ class JobStore:
             rec = _returning(
                 tx,
                 "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND status = 'pending'",
+                "lease_expires_at = NULL WHERE id = ? AND status IN ('pending', 'scheduled')",
                 (now, job_id),
             )
             if rec is not None:

@@ -256,3 +256,12 @@ def test_many_async_jobs_run_concurrently(server: Server) -> None:
     assert all(finished(c, i, 60)["status"] == "completed" for i in ids)
     # 200 one-second waits on 4 threads would take 50 s serially; concurrently a few seconds
     assert time.monotonic() - t0 < 20
+
+
+def test_resume_after_the_last_event_closes_at_once(server: Server) -> None:
+    c = server.client()
+    job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2})
+    finished(c, job_id)
+    events = read_events(server.url, job_id)
+    assert events[-1][2]["status"] == "completed"
+    assert read_events(server.url, job_id, last_event_id=events[-1][0], timeout=5) == []

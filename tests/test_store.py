@@ -29,7 +29,7 @@ def test_claim_order_priority_then_due_time(tmp_path: Path) -> None:
         future = add(store, priority=9, run_at=NOW + 60)
         order = [store.claim("me", NOW, 30, []).result(10) for _ in range(3)]
         assert [c.job_id if c else None for c in order] == [high, low, None]
-        assert store.get(future).status == "pending"
+        assert store.get(future).to_api()["status"] == "pending"
         assert store.claim("me", NOW + 61, 30, []).result(10).job_id == future
 
 
