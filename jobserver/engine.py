@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -50,7 +50,7 @@ from .schemas import SubmitBody
 from .store import JobStore, body_hash
 from .tasks import Registry, TaskDef
 from .wakeup import Wakeup
-from .writer import Writer
+from .writer import Tx, Writer
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
@@ -93,8 +93,12 @@ class Engine:
         self.rng = random.Random()
         self._lock = threading.Lock()
         self._running: dict[str, Attempt] = {}
-        self._per_task: Counter[str] = Counter()
+        self._per_task: Counter[str] = Counter()  # reserved or running, per task
         self._async_running = 0
+        self._sync_running = 0
+        self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
+        self._tasks = registry.all()
+        self._by_name = {t.name: t for t in self._tasks}
         self._inflight_keys: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None  # the async tasks' loop
         self.on_thread_abandoned: Callable[[], None] = lambda: None
@@ -155,33 +159,87 @@ class Engine:
         return record, True
 
     # ----------------------------------------------------------------- claim
-    def _excluded_tasks(self) -> list[str]:
-        """Tasks a free worker may not start now (called on the writer thread)."""
+    def _plan_claim(self, tx: Tx) -> tuple[int, list[str]]:
+        """How many jobs one claim may take and which tasks it must skip (writer thread).
+
+        A claim takes a job for every idle worker thread (they pick the extra ones up
+        from `_ready`) plus async jobs up to the free async slots, so under load one
+        transaction feeds several workers."""
         with self._lock:
-            async_full = self._async_running >= self.settings.workers.async_concurrency
-            return [
-                t.name for t in self.registry.all()
-                if (async_full and t.is_async)
+            free_sync = self.settings.workers.threads - self._sync_running
+            free_async = self.settings.workers.async_concurrency - self._async_running
+            excluded = [
+                t.name for t in self._tasks
+                if (t.is_async and free_async <= 0) or (not t.is_async and free_sync <= 0)
                 or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
             ]
+        return max(0, free_sync) + min(max(0, free_async), 32), excluded
+
+    def _accept_claim(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
+        """Reserve slots for the candidates that fit, in order (writer thread)."""
+        taken: list[tuple[str, str]] = []
+        with self._lock:
+            for job_id, task in candidates:
+                td = self._by_name.get(task)
+                is_async = td is not None and td.is_async
+                if is_async and self._async_running >= self.settings.workers.async_concurrency:
+                    continue
+                if not is_async and self._sync_running >= self.settings.workers.threads:
+                    continue
+                cap = td.options.concurrency if td is not None else None
+                if cap is not None and self._per_task[task] >= cap:
+                    continue
+                self._reserve(task, is_async, +1)
+                taken.append((job_id, task))
+        tx.on_rollback(lambda: self._unreserve_all(taken))
+        return [job_id for job_id, _ in taken]
+
+    def _reserve(self, task: str, is_async: bool, n: int) -> None:
+        self._per_task[task] += n
+        if is_async:
+            self._async_running += n
+        else:
+            self._sync_running += n
+
+    def _unreserve_all(self, taken: list[tuple[str, str]]) -> None:
+        with self._lock:
+            for _, task in taken:
+                td = self._by_name.get(task)
+                self._reserve(task, td is not None and td.is_async, -1)
 
     def claim_next(self) -> Claim | None:
-        """Claim the next job this process has room for (on a worker thread)."""
+        """The next job this process has room for (on a worker thread): one claimed
+        earlier for this thread, or a fresh claim transaction."""
+        with self._lock:
+            if self._ready:
+                return self._ready.popleft()
         if self.draining:
             return None
-        excluded = self._excluded_tasks()
-        claim = self.store.claim(self.owner, self.clock.now(), self.settings.workers.lease_seconds,
-                                 excluded).result()
-        if claim is None:
+        claims = self.store.claim(self.owner, self.clock.now(), self.settings.workers.lease_seconds,
+                                  self._plan_claim, self._accept_claim).result()
+        if not claims:
             return None
+        for claim in claims:
+            log.info("claimed %s attempt %d", claim.job_id, claim.attempt,
+                     extra={"job_id": claim.job_id, "action": "claim"})
+            self.on_claimed(claim)
+        if len(claims) > 1:
+            with self._lock:
+                self._ready.extend(claims[1:])
+            self.wakeup.notify(len(claims) - 1)
+        return claims[0]
+
+    def release_ready(self) -> None:
+        """Put back the jobs claimed for workers that will not take them (shutdown)."""
         with self._lock:
-            self._per_task[claim.task] += 1
-            if claim.task in self.registry and self.registry.get(claim.task).is_async:
-                self._async_running += 1
-        log.info("claimed %s attempt %d", claim.job_id, claim.attempt,
-                 extra={"job_id": claim.job_id, "action": "claim"})
-        self.on_claimed(claim)
-        return claim
+            ready, self._ready = list(self._ready), deque()
+        for claim in ready:
+            attempt = Attempt(self, claim, self._is_async(claim.task))
+            self._end(attempt, self._by_name.get(claim.task), Outcome("shutdown"))
+
+    def _is_async(self, task: str) -> bool:
+        td = self._by_name.get(task)
+        return td is not None and td.is_async
 
     def next_due_in(self) -> float | None:
         """Seconds until the earliest pending job is due (None: no pending job)."""
@@ -308,9 +366,7 @@ class Engine:
         with self._lock:
             if self._running.get(attempt.claim.job_id) is attempt:
                 del self._running[attempt.claim.job_id]
-            self._per_task[attempt.claim.task] -= 1
-            if taskdef is not None and taskdef.is_async:
-                self._async_running -= 1
+            self._reserve(attempt.claim.task, self._is_async(attempt.claim.task), -1)
         self.wakeup.notify()
 
     def _record_outcome(self, attempt: Attempt, taskdef: TaskDef | None, outcome: Outcome,

@@ -85,8 +85,9 @@ class Job(BaseModel):
         indexes = (
             (("task", "id"), False),  # list by task
             (("status", "id"), False),  # list by status
-            (("status", "finished_at"), False),  # retention
-            (("status", "lease_expires_at"), False),  # rescue
+            # single-column: these do not change when a job moves pending -> running
+            (("finished_at",), False),  # retention (NULL until finished)
+            (("lease_expires_at",), False),  # rescue (NULL unless running)
             (("status", "run_at"), False),  # promotion of scheduled jobs, next due time
         )
 

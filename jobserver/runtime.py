@@ -235,6 +235,7 @@ class Runtime:
         self.engine.draining = True
         self.pool.stop_flag.set()
         self.wakeup.stop()
+        self.engine.release_ready()
         deadline = time.monotonic() + grace_s
         while self.engine.running_count() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -249,6 +250,7 @@ class Runtime:
         if not self.engine.draining:
             self.drain(0)
         self.pool.stop(timeout_s=1)
+        self.engine.release_ready()  # claims that raced the drain
         self.maintenance.stop()
         self.maintenance._flush()
         self.async_loop.stop()

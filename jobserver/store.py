@@ -224,26 +224,45 @@ class JobStore:
         return self.writer.submit(op)
 
     def claim(
-        self, owner: str, now: float, lease_s: float, exclude_tasks: Sequence[str]
-    ) -> Future[Claim | None]:
-        """Take the next due job (highest priority, then oldest) for one attempt."""
-        excl = f" AND task NOT IN ({', '.join('?' * len(exclude_tasks))})" if exclude_tasks else ""
-        sql = (
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1, "
-            "lease_owner = ?, lease_expires_at = ?, started_at = ? "
-            "WHERE id = (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= ?"
-            f"{excl} ORDER BY priority DESC, run_at, id LIMIT 1{self._skip_locked}) AND status = 'pending'"
-        )
-        params = (owner, now + lease_s, now, now, *exclude_tasks)
+        self, owner: str, now: float, lease_s: float,
+        plan: Callable[[Tx], tuple[int, list[str]]],
+        accept: Callable[[Tx, list[tuple[str, str]]], list[str]],
+    ) -> Future[list[Claim]]:
+        """Take due jobs (highest priority, then oldest) for one attempt each.
 
-        def op(tx: Tx) -> Claim | None:
+        Runs on the writer thread: `plan` says how many candidates to read and which
+        tasks to skip (per-process capacity, decided now, not when the op was queued);
+        `accept` picks the ids to take from the (id, task) candidates and reserves
+        their slots (undone with `tx.on_rollback` if the transaction rolls back)."""
+
+        def op(tx: Tx) -> list[Claim]:
             tx.execute(PROMOTE_SQL, (now,))
-            rec = _returning(tx, sql, params)
-            if rec is None:
-                return None
-            _job_event(tx, rec, now)
-            return Claim(rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq,
-                         rec.timeout_s, now, rec.run_at)
+            limit, excluded = plan(tx)
+            if limit <= 0:
+                return []
+            excl = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
+            candidates = tx.all(
+                f"SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ?{excl} "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
+                (now, *excluded, limit),
+            )
+            ids = accept(tx, [(str(i), str(t)) for i, t in candidates]) if candidates else []
+            if not ids:
+                return []
+            rows = tx.all(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1, "
+                f"lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id IN ({', '.join('?' * len(ids))}) "
+                f"AND status = 'pending' RETURNING {JOB_COLUMNS}",
+                (owner, now + lease_s, now, *ids),
+            )
+            by_id = {rec.id: rec for rec in map(JobRecord.from_row, rows)}
+            claims = []
+            for job_id in ids:  # keep the claim order
+                rec = by_id[job_id]
+                _job_event(tx, rec, now)
+                claims.append(Claim(rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts,
+                                    rec.run_seq, rec.timeout_s, now, rec.run_at))
+            return claims
 
         return self.writer.submit(op)
 

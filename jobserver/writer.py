@@ -34,12 +34,13 @@ MAX_BATCH = 512
 class Tx:
     """The transaction an op runs in: execute SQL, register after-commit hooks."""
 
-    __slots__ = ("_cur", "_hooks", "_pg", "wrote")
+    __slots__ = ("_cur", "_hooks", "_undo", "_pg", "wrote")
 
     def __init__(self, cur: Any, pg: bool) -> None:
         self._cur = cur
         self._pg = pg
         self._hooks: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
         self.wrote = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -65,6 +66,10 @@ class Tx:
         """Run `hook` on the writer thread once this transaction has committed."""
         self._hooks.append(hook)
 
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Run `hook` if this op's work is rolled back (to undo in-memory bookkeeping)."""
+        self._undo.append(hook)
+
 
 _PG_CACHE: dict[str, str] = {}
 
@@ -86,6 +91,14 @@ class _Item(Generic[T]):
 
 
 _STOP = object()
+
+
+def _run_all(hooks: list[Callable[[], None]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("rollback hook failed", extra={"action": "hook_failed"})
 
 
 class _Fallback(Exception):
@@ -178,23 +191,31 @@ class Writer:
     ) -> tuple[list[tuple[_Item[Any], bool, Any]], list[Callable[[], None]]]:
         outcomes: list[tuple[_Item[Any], bool, Any]] = []
         hooks: list[Callable[[], None]] = []
-        cur = self._db.connection().cursor()
-        cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
-        for item in batch:
-            tx = Tx(cur, self._pg)
-            try:
-                value = item.op(tx)
-            except Exception as exc:
-                if alone:
-                    cur.execute("ROLLBACK")
-                    return [(item, False, exc)], []
-                if tx.wrote or self._pg:
-                    raise _Fallback() from exc
-                outcomes.append((item, False, exc))  # failed before writing: nothing to undo
-            else:
-                outcomes.append((item, True, value))
-                hooks.extend(tx._hooks)
-        cur.execute("COMMIT")
+        undo: list[Callable[[], None]] = []
+        try:
+            cur = self._db.connection().cursor()
+            cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
+            for item in batch:
+                tx = Tx(cur, self._pg)
+                try:
+                    value = item.op(tx)
+                except Exception as exc:
+                    undo.extend(tx._undo)
+                    if alone:
+                        cur.execute("ROLLBACK")
+                        _run_all(undo)
+                        return [(item, False, exc)], []
+                    if tx.wrote or self._pg:
+                        raise _Fallback() from exc
+                    outcomes.append((item, False, exc))  # failed before writing: nothing to undo
+                else:
+                    undo.extend(tx._undo)
+                    outcomes.append((item, True, value))
+                    hooks.extend(tx._hooks)
+            cur.execute("COMMIT")
+        except BaseException:
+            _run_all(undo)  # nothing of this attempt stays: neither may its bookkeeping
+            raise
         return outcomes, hooks
 
     def _fail_all(self, batch: list[_Item[Any]], exc: Exception) -> None:

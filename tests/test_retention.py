@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.storage import claim_one
+
 from jobserver.clock import ManualClock
 from jobserver.config import RetentionSettings
 from jobserver.models import create_schema, open_database
@@ -42,7 +44,7 @@ class Seed:
         if status == "cancelled":
             self.store.cancel(job_id, at, lambda rec: None).result()
         else:
-            claim = self.store.claim("owner", at, 30.0, []).result()
+            claim = claim_one(self.store, "owner", at, 30.0)
             assert claim is not None and claim.job_id == job_id
             if status == "completed":
                 self.store.complete(claim, "1", None, at, lambda: None).result()

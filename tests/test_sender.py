@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+
+from tests.storage import claim_one
 from standardwebhooks.webhooks import Webhook
 
 from jobserver import webhooks
@@ -69,7 +71,7 @@ class Env:
         if status == "cancelled":
             self.store.cancel(job_id, now, lambda rec: None).result()
             return job_id
-        claim = self.store.claim("owner", now, 30.0, []).result()
+        claim = claim_one(self.store, "owner", now, 30.0)
         assert claim is not None and claim.job_id == job_id
         if status == "completed":
             self.store.complete(claim, "42", None, now, lambda: None).result()
@@ -270,7 +272,7 @@ def test_every_final_status_commit_wakes_the_sender(env: Env) -> None:
     job_id = JobIds().new()
     env.store.enqueue(NewJob(job_id, "tests.task", "{}", 0, 1, None, url, None, now, now), None,
                       lambda: None).result()
-    env.store.claim("dead-owner", now, 1.0, []).result()
+    claim_one(env.store, "dead-owner", now, 1.0)
     rescued = env.store.rescue(now + 5, "me", False, lambda task: "fail", lambda: None).result()
     assert [r.status for r in rescued] == ["failed"]
     assert woken.is_set()
