@@ -34,7 +34,6 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .openapi import build_openapi
 from .problems import problem, problem_for, validation_problem
-from .records import JobRecord
 from .schemas import GetQuery, ListQuery, SubmitBody
 from .store import FINISHED, JobStore
 from .tasks import Registry
@@ -168,26 +167,25 @@ def create_app(svc: Services) -> Starlette:
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
         if wait <= 0:
-            record = await run_in_threadpool(store.get, job_id)
-        else:
-            record = await wait_finished(job_id, wait)
-        data = record.to_api()
-        data["steps"] = await run_in_threadpool(store.steps, job_id)
-        return JSON(data)
-
-    async def wait_finished(job_id: str, wait: float) -> JobRecord:
+            return JSON(await run_in_threadpool(job_with_steps, job_id))
         deadline = time.monotonic() + wait
-        with svc.hub.watch(job_id) as changed:
+        with svc.hub.watch(job_id) as changed:  # watch before reading: no change slips between
             while True:
                 changed.clear()
-                record = await run_in_threadpool(store.get, job_id)
+                data = await run_in_threadpool(job_with_steps, job_id)
                 remaining = deadline - time.monotonic()
-                if record.finished or remaining <= 0:
-                    return record
+                if data["status"] in FINISHED or remaining <= 0:
+                    return JSON(data)
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
+
+    def job_with_steps(job_id: str) -> dict[str, Any]:
+        """The job object with its steps: both reads in one thread hop."""
+        data = store.get(job_id).to_api()
+        data["steps"] = store.steps(job_id)
+        return data
 
     async def list_jobs(request: Request) -> Response:
         try:

@@ -54,6 +54,9 @@ from .writer import Tx, Writer
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
+PREFETCH_MAX = 64  # sync jobs one claim may take beyond one per idle thread
+PREFETCH_BUDGET_S = 0.005  # expected run time those extra jobs may add per idle thread
+UNKNOWN_RUN_S = 1.0  # a task not yet measured is assumed long (never taken ahead)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class Engine:
         self._sync_running = 0
         self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
         self._tasks = registry.all()
+        self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
+        self._stop_before_start: dict[str, str] = {}  # stops asked for jobs taken ahead
         self._by_name = {t.name: t for t in self._tasks}
         self._inflight_keys: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None  # the async tasks' loop
@@ -173,19 +178,30 @@ class Engine:
                 if (t.is_async and free_async <= 0) or (not t.is_async and free_sync <= 0)
                 or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
             ]
-        return max(0, free_sync) + min(max(0, free_async), 32), excluded
+        sync_room = free_sync + PREFETCH_MAX if free_sync > 0 else 0
+        return sync_room + min(max(0, free_async), 32), excluded
 
     def _accept_claim(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
         """Reserve slots for the candidates that fit, in order (writer thread)."""
         taken: list[tuple[str, str]] = []
         with self._lock:
+            threads = self.settings.workers.threads
+            # beyond one job per idle thread, take short jobs ahead (by their measured run
+            # time) so one transaction feeds a burst, but never more than ~PREFETCH_BUDGET_S
+            # of work per idle thread: a job taken ahead waits at most about that long.
+            budget = PREFETCH_BUDGET_S * max(0, threads - self._sync_running)
+            extra = 0
             for job_id, task in candidates:
                 td = self._by_name.get(task)
                 is_async = td is not None and td.is_async
                 if is_async and self._async_running >= self.settings.workers.async_concurrency:
                     continue
-                if not is_async and self._sync_running >= self.settings.workers.threads:
-                    continue
+                if not is_async and self._sync_running >= threads:
+                    cost = self._run_s.get(task, UNKNOWN_RUN_S)
+                    if extra >= PREFETCH_MAX or cost > budget:
+                        continue
+                    budget -= cost
+                    extra += 1
                 cap = td.options.concurrency if td is not None else None
                 if cap is not None and self._per_task[task] >= cap:
                     continue
@@ -262,11 +278,19 @@ class Engine:
             attempt.deadline = time.monotonic() + timeout
         with self._lock:
             self._running[claim.job_id] = attempt
+            stop = self._stop_before_start.pop(claim.job_id, None)
+        if stop is not None:
+            attempt.request_stop(stop)
         if taskdef.is_async:
             assert self.loop is not None
             asyncio.run_coroutine_threadsafe(self._run_async(attempt, taskdef), self.loop)
             return True
+        began = time.perf_counter()
         outcome = self._run_sync(attempt, taskdef)
+        took = time.perf_counter() - began
+        with self._lock:
+            before = self._run_s.get(claim.task)
+            self._run_s[claim.task] = took if before is None else 0.8 * before + 0.2 * took
         if attempt.take_end():
             self._end(attempt, taskdef, outcome)
             return True
@@ -414,6 +438,8 @@ class Engine:
         """Stop the local attempt of a job, if this process runs it."""
         with self._lock:
             attempt = self._running.get(job_id)
+            if attempt is None and any(c.job_id == job_id for c in self._ready):
+                self._stop_before_start[job_id] = reason  # taken ahead, not started yet
         if attempt is not None:
             attempt.request_stop(reason)
 
