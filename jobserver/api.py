@@ -122,6 +122,9 @@ def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
 def create_app(svc: Services) -> Starlette:
     """Build the ASGI app."""
     settings, engine, store = svc.settings, svc.engine, svc.store
+    # In-process notices cover changes made by this process; on PostgreSQL other nodes
+    # change jobs too, so waits and streams also re-read every poll interval.
+    recheck_s = settings.workers.poll_interval if settings.is_postgres else KEEPALIVE_S * 4
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
@@ -177,7 +180,7 @@ def create_app(svc: Services) -> Starlette:
                 if data["status"] in FINISHED or remaining <= 0:
                     return JSON(data)
                 try:
-                    await asyncio.wait_for(changed.wait(), remaining)
+                    await asyncio.wait_for(changed.wait(), min(remaining, recheck_s))
                 except asyncio.TimeoutError:
                     pass
 
@@ -216,6 +219,7 @@ def create_app(svc: Services) -> Starlette:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def event_stream(job_id: str, after: int) -> AsyncIterator[bytes]:
+        last_sent = time.monotonic()
         with svc.hub.watch(job_id) as changed:
             while True:
                 changed.clear()
@@ -224,6 +228,7 @@ def create_app(svc: Services) -> Starlette:
                 for event_id, kind, data in rows:
                     after = event_id
                     yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n".encode()
+                    last_sent = time.monotonic()
                     ended = kind == "status" and orjson.loads(data).get("status") in FINISHED
                 if ended and len(rows) < EVENT_PAGE:
                     return  # the newest event is a terminal status (a retried job's old end is not)
@@ -232,9 +237,11 @@ def create_app(svc: Services) -> Starlette:
                 if await run_in_threadpool(_gone_or_finished, job_id):
                     return  # nothing after the cursor and the job is over (e.g. a resume after the end)
                 try:
-                    await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+                    await asyncio.wait_for(changed.wait(), min(KEEPALIVE_S, recheck_s))
                 except asyncio.TimeoutError:
-                    yield b": keepalive\n\n"
+                    if time.monotonic() - last_sent >= KEEPALIVE_S:
+                        last_sent = time.monotonic()
+                        yield b": keepalive\n\n"
 
     def _gone_or_finished(job_id: str) -> bool:
         try:

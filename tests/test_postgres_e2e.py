@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +77,27 @@ def test_cancel_on_one_node_stops_the_attempt_on_another(tmp_path: Path, pg_url:
     assert r.status_code == 202
     job = b.client().get(f"/jobs/{job_id}", params={"wait": 20}).json()
     assert job["status"] == "cancelled"
+
+
+def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_url: str) -> None:
+    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url, threads=1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    job_id = submit(a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    wait_until(started.exists)
+    seen: list[str] = []
+
+    def watch() -> None:
+        with httpx.stream("GET", f"{b.url}/jobs/{job_id}/events", timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(line)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    t0 = time.monotonic()
+    release.touch()
+    job = b.client().get(f"/jobs/{job_id}", params={"wait": 30}).json()
+    assert job["status"] == "completed"
+    assert time.monotonic() - t0 < 10  # a re-read every poll interval, not the 30 s bound
+    t.join(timeout=10)
+    assert not t.is_alive() and '"completed"' in seen[-1]
