@@ -44,7 +44,7 @@ from .errors import (
 )
 from .hub import Hub
 from .netguard import check_webhook_url
-from .records import Claim, JobIds, JobRecord, NewJob
+from .records import Claim, HandOff, JobIds, JobRecord, NewJob
 from .reporter import Reporter
 from .schemas import SubmitBody
 from .store import JobStore, body_hash
@@ -104,6 +104,8 @@ class Engine:
         self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
         self._stop_before_start: dict[str, str] = {}  # stops asked for jobs taken ahead
         self._by_name = {t.name: t for t in self._tasks}
+        self._handoff = HandOff(owner, settings.workers.lease_seconds, self._handoff_accept,
+                                self._handoff_deliver)
         self._inflight_keys: set[tuple[str, str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None  # the async tasks' loop
         self.on_thread_abandoned: Callable[[], None] = lambda: None
@@ -152,7 +154,8 @@ class Engine:
                 raise IdempotencyInFlightError(idem_key)
             self._inflight_keys.add((scope, idem_key))
         try:
-            created, value = await asyncio.wrap_future(self.store.enqueue(new, idem, self.wakeup.notify))
+            created, value = await asyncio.wrap_future(
+                self.store.enqueue(new, idem, self.wakeup.notify, self._handoff))
         finally:
             if idem_key is not None:
                 self._inflight_keys.discard((scope, idem_key))
@@ -244,6 +247,23 @@ class Engine:
                 self._ready.extend(claims[1:])
             self.wakeup.notify(len(claims) - 1)
         return claims[0]
+
+    def _handoff_accept(self, tx: Tx, job_id: str, task: str) -> bool:
+        """May a new due job go straight to an idle worker? (writer thread)"""
+        if self.draining:
+            return False
+        with self._lock:
+            if len(self._ready) >= self.wakeup.waiting:
+                return False  # every idle worker already has a job waiting for it
+        return bool(self._accept_claim(tx, [(job_id, task)]))
+
+    def _handoff_deliver(self, claim: Claim) -> None:
+        log.info("claimed %s attempt %d", claim.job_id, claim.attempt,
+                 extra={"job_id": claim.job_id, "action": "claim"})
+        self.on_claimed(claim)
+        with self._lock:
+            self._ready.append(claim)
+        self.wakeup.notify()
 
     def release_ready(self) -> None:
         """Put back the jobs claimed for workers that will not take them (shutdown)."""

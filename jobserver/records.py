@@ -131,6 +131,16 @@ class Claim:
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
 
 
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Lets a submit's own transaction claim the new job for an idle worker (saves a round trip)."""
+
+    owner: str
+    lease_s: float
+    accept: Any  # (tx, job_id, task) -> bool, on the writer thread; reserves the slot
+    deliver: Any  # (claim) -> None, after the commit
+
+
 class JobIds:
     """Opaque ids that sort by creation time: UUIDv7 layout, strictly increasing per process."""
 

@@ -30,7 +30,7 @@ from .errors import (
     JobNotRetryableError,
     StaleAttemptError,
 )
-from .records import JOB_COLUMNS, Claim, JobRecord, NewJob
+from .records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
 from .writer import Tx, Writer
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -182,11 +182,14 @@ class JobStore:
         new: NewJob,
         idem: tuple[str, str, str] | None,
         on_commit: Callable[[], None],
+        handoff: HandOff | None = None,
     ) -> Future[tuple[bool, JobRecord | str]]:
         """Insert a job (and its idempotency key) in one transaction.
 
         Resolves to (True, record) for a new job, or (False, job_id) when the
         idempotency key (scope, key, body_hash) was already used with this body.
+        With `handoff`, a due job that an idle worker can take is claimed in the
+        same transaction and delivered to that worker after the commit.
         """
 
         def op(tx: Tx) -> tuple[bool, JobRecord | str]:
@@ -218,10 +221,27 @@ class JobStore:
             )
             record = new.record()
             _job_event(tx, record, new.created_at)
-            tx.after_commit(on_commit)
+            if handoff is not None and record.status == "pending" and handoff.accept(tx, new.id, new.task):
+                self._hand_off(tx, record, handoff)  # the answer still shows the job as accepted
+            else:
+                tx.after_commit(on_commit)
             return True, record
 
         return self.writer.submit(op)
+
+    def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff) -> None:
+        now = record.created_at
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'running', attempts = 1, run_seq = 1, lease_owner = ?, "
+            "lease_expires_at = ?, started_at = ? WHERE id = ?",
+            (handoff.owner, now + handoff.lease_s, now, record.id),
+        )
+        assert rec is not None
+        _job_event(tx, rec, now)
+        claim = Claim(rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq,
+                      rec.timeout_s, now, rec.run_at)
+        tx.after_commit(lambda: handoff.deliver(claim))
 
     def claim(
         self, owner: str, now: float, lease_s: float,

@@ -15,6 +15,7 @@ class Wakeup:
         self._cond = threading.Condition(threading.Lock())
         self._signals = 0
         self._stopped = False
+        self.waiting = 0  # threads inside wait() now (read without the lock: a hint)
 
     def notify(self, n: int = 1) -> None:
         """Say there may be work (safe from any thread)."""
@@ -26,7 +27,11 @@ class Wakeup:
         """Wait for a signal or the timeout; True if a signal was taken."""
         with self._cond:
             if self._signals == 0 and not self._stopped:
-                self._cond.wait(timeout)
+                self.waiting += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self.waiting -= 1
             if self._signals > 0:
                 self._signals -= 1
                 return True
