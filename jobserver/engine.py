@@ -18,7 +18,6 @@ import random
 import threading
 import time
 import traceback
-from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from .hub import Hub
 from .netguard import check_webhook_url
 from .records import Claim, HandOff, JobIds, JobRecord, NewJob
 from .reporter import Reporter
+from .slots import Slots
 from .schemas import SubmitBody
 from .store import JobStore, body_hash
 from .tasks import Registry, TaskDef
@@ -54,9 +54,6 @@ from .writer import Tx, Writer
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
-PREFETCH_MAX = 64  # sync jobs one claim may take beyond one per idle thread
-PREFETCH_BUDGET_S = 0.005  # expected run time those extra jobs may add per idle thread
-UNKNOWN_RUN_S = 1.0  # a task not yet measured is assumed long (never taken ahead)
 
 
 @dataclass(frozen=True)
@@ -96,14 +93,8 @@ class Engine:
         self.rng = random.Random()
         self._lock = threading.Lock()
         self._running: dict[str, Attempt] = {}
-        self._per_task: Counter[str] = Counter()  # reserved or running, per task
-        self._async_running = 0
-        self._sync_running = 0
-        self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
-        self._tasks = registry.all()
-        self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
+        self.slots = Slots(registry.all(), settings.workers.threads, settings.workers.async_concurrency)
         self._stop_before_start: dict[str, str] = {}  # stops asked for jobs taken ahead
-        self._by_name = {t.name: t for t in self._tasks}
         self._handoff = HandOff(owner, settings.workers.lease_seconds, self._handoff_accept,
                                 self._handoff_deliver)
         self._inflight_keys: set[tuple[str, str]] = set()
@@ -167,75 +158,16 @@ class Engine:
         return record, True
 
     # ----------------------------------------------------------------- claim
-    def _plan_claim(self, tx: Tx) -> tuple[int, list[str]]:
-        """How many jobs one claim may take and which tasks it must skip (writer thread).
-
-        A claim takes a job for every idle worker thread (they pick the extra ones up
-        from `_ready`) plus async jobs up to the free async slots, so under load one
-        transaction feeds several workers."""
-        with self._lock:
-            free_sync = self.settings.workers.threads - self._sync_running
-            free_async = self.settings.workers.async_concurrency - self._async_running
-            excluded = [
-                t.name for t in self._tasks
-                if (t.is_async and free_async <= 0) or (not t.is_async and free_sync <= 0)
-                or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
-            ]
-        sync_room = free_sync + PREFETCH_MAX if free_sync > 0 else 0
-        return sync_room + min(max(0, free_async), 32), excluded
-
-    def _accept_claim(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
-        """Reserve slots for the candidates that fit, in order (writer thread)."""
-        taken: list[tuple[str, str]] = []
-        with self._lock:
-            threads = self.settings.workers.threads
-            # beyond one job per idle thread, take short jobs ahead (by their measured run
-            # time) so one transaction feeds a burst, but never more than ~PREFETCH_BUDGET_S
-            # of work per idle thread: a job taken ahead waits at most about that long.
-            budget = PREFETCH_BUDGET_S * max(0, threads - self._sync_running)
-            extra = 0
-            for job_id, task in candidates:
-                td = self._by_name.get(task)
-                is_async = td is not None and td.is_async
-                if is_async and self._async_running >= self.settings.workers.async_concurrency:
-                    continue
-                if not is_async and self._sync_running >= threads:
-                    cost = self._run_s.get(task, UNKNOWN_RUN_S)
-                    if extra >= PREFETCH_MAX or cost > budget:
-                        continue
-                    budget -= cost
-                    extra += 1
-                cap = td.options.concurrency if td is not None else None
-                if cap is not None and self._per_task[task] >= cap:
-                    continue
-                self._reserve(task, is_async, +1)
-                taken.append((job_id, task))
-        tx.on_rollback(lambda: self._unreserve_all(taken))
-        return [job_id for job_id, _ in taken]
-
-    def _reserve(self, task: str, is_async: bool, n: int) -> None:
-        self._per_task[task] += n
-        if is_async:
-            self._async_running += n
-        else:
-            self._sync_running += n
-
-    def _unreserve_all(self, taken: list[tuple[str, str]]) -> None:
-        with self._lock:
-            for _, task in taken:
-                td = self._by_name.get(task)
-                self._reserve(task, td is not None and td.is_async, -1)
-
     def claim_next(self) -> Claim | None:
         """The next job this process has room for (on a worker thread): one claimed
         earlier for this thread, or a fresh claim transaction."""
-        with self._lock:
-            if self._ready:
-                return self._ready.popleft()
+        ready = self.slots.pop_ready()
+        if ready is not None:
+            return ready
         if self.draining:
             return None
         claims = self.store.claim(self.owner, self.clock.now(), self.settings.workers.lease_seconds,
-                                  self._plan_claim, self._accept_claim).result()
+                                  self.slots.plan, self.slots.accept).result()
         if not claims:
             return None
         for claim in claims:
@@ -243,8 +175,7 @@ class Engine:
                      extra={"job_id": claim.job_id, "action": "claim"})
             self.on_claimed(claim)
         if len(claims) > 1:
-            with self._lock:
-                self._ready.extend(claims[1:])
+            self.slots.push_ready(claims[1:])
             self.wakeup.notify(len(claims) - 1)
         return claims[0]
 
@@ -252,30 +183,22 @@ class Engine:
         """May a new due job go straight to an idle worker? (writer thread)"""
         if self.draining:
             return False
-        with self._lock:
-            if len(self._ready) >= self.wakeup.waiting:
-                return False  # every idle worker already has a job waiting for it
-        return bool(self._accept_claim(tx, [(job_id, task)]))
+        if self.slots.ready_count() >= self.wakeup.waiting:
+            return False  # every idle worker already has a job waiting for it
+        return bool(self.slots.accept(tx, [(job_id, task)]))
 
     def _handoff_deliver(self, claim: Claim) -> None:
         log.info("claimed %s attempt %d", claim.job_id, claim.attempt,
                  extra={"job_id": claim.job_id, "action": "claim"})
         self.on_claimed(claim)
-        with self._lock:
-            self._ready.append(claim)
+        self.slots.push_ready([claim])
         self.wakeup.notify()
 
     def release_ready(self) -> None:
         """Put back the jobs claimed for workers that will not take them (shutdown)."""
-        with self._lock:
-            ready, self._ready = list(self._ready), deque()
-        for claim in ready:
-            attempt = Attempt(self, claim, self._is_async(claim.task))
-            self._end(attempt, self._by_name.get(claim.task), Outcome("shutdown"))
-
-    def _is_async(self, task: str) -> bool:
-        td = self._by_name.get(task)
-        return td is not None and td.is_async
+        for claim in self.slots.take_ready():
+            taskdef = self.registry.get(claim.task) if claim.task in self.registry else None
+            self._end(Attempt(self, claim, self.slots.is_async(claim.task)), taskdef, Outcome("shutdown"))
 
     def next_due_in(self) -> float | None:
         """Seconds until the earliest pending job is due (None: no pending job)."""
@@ -308,9 +231,7 @@ class Engine:
         began = time.perf_counter()
         outcome = self._run_sync(attempt, taskdef)
         took = time.perf_counter() - began
-        with self._lock:
-            before = self._run_s.get(claim.task)
-            self._run_s[claim.task] = took if before is None else 0.8 * before + 0.2 * took
+        self.slots.ran(claim.task, took)
         if attempt.take_end():
             self._end(attempt, taskdef, outcome)
             return True
@@ -410,7 +331,7 @@ class Engine:
         with self._lock:
             if self._running.get(attempt.claim.job_id) is attempt:
                 del self._running[attempt.claim.job_id]
-            self._reserve(attempt.claim.task, self._is_async(attempt.claim.task), -1)
+        self.slots.release(attempt.claim.task)
         self.wakeup.notify()
 
     def _record_outcome(self, attempt: Attempt, taskdef: TaskDef | None, outcome: Outcome,
@@ -458,7 +379,7 @@ class Engine:
         """Stop the local attempt of a job, if this process runs it."""
         with self._lock:
             attempt = self._running.get(job_id)
-            if attempt is None and any(c.job_id == job_id for c in self._ready):
+            if attempt is None and self.slots.is_ready(job_id):
                 self._stop_before_start[job_id] = reason  # taken ahead, not started yet
         if attempt is not None:
             attempt.request_stop(reason)

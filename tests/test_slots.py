@@ -1,0 +1,82 @@
+"""Slots: capacity planning and acceptance of claim candidates."""
+
+from __future__ import annotations
+
+from jobserver import task
+from jobserver.records import Claim
+from jobserver.slots import UNKNOWN_RUN_S, Slots
+from jobserver.tasks import build_taskdef
+
+
+@task
+def quick() -> None:
+    pass
+
+
+@task(concurrency=1)
+def capped() -> None:
+    pass
+
+
+@task
+async def waits() -> None:
+    pass
+
+
+class FakeTx:
+    """Only what Slots uses of a transaction: the rollback hook."""
+
+    def __init__(self) -> None:
+        self.undo: list = []
+
+    def on_rollback(self, hook) -> None:  # type: ignore[no-untyped-def]
+        self.undo.append(hook)
+
+
+def slots(threads: int = 2, async_concurrency: int = 2) -> Slots:
+    return Slots([build_taskdef(f) for f in (quick, capped, waits)], threads, async_concurrency)
+
+
+Q, C, W = (f"{__name__}.{n}" for n in ("quick", "capped", "waits"))
+
+
+def test_one_sync_job_per_idle_thread_until_run_times_are_known() -> None:
+    s = slots(threads=2)
+    tx = FakeTx()
+    assert s.accept(tx, [("a", Q), ("b", Q), ("c", Q)]) == ["a", "b"]
+    limit, excluded = s.plan(tx)
+    assert Q in excluded and C in excluded  # no sync slot left
+    assert UNKNOWN_RUN_S > 0
+
+
+def test_short_jobs_are_taken_ahead_within_the_budget() -> None:
+    s = slots(threads=2)
+    s.ran(Q, 0.0001)
+    ids = s.accept(FakeTx(), [(str(i), Q) for i in range(200)])
+    assert 2 < len(ids) <= 2 + 64
+
+
+def test_concurrency_cap_and_async_slots() -> None:
+    s = slots(threads=4, async_concurrency=2)
+    assert s.accept(FakeTx(), [("c1", C), ("c2", C), ("w1", W), ("w2", W), ("w3", W)]) == ["c1", "w1", "w2"]
+    _, excluded = s.plan(FakeTx())
+    assert C in excluded and W in excluded and Q not in excluded
+    s.release(C)
+    assert C not in s.plan(FakeTx())[1]
+
+
+def test_rollback_gives_the_slots_back() -> None:
+    s = slots(threads=1)
+    tx = FakeTx()
+    assert s.accept(tx, [("a", Q)]) == ["a"]
+    for hook in tx.undo:
+        hook()
+    assert s.accept(FakeTx(), [("b", Q)]) == ["b"]
+
+
+def test_ready_queue() -> None:
+    s = slots()
+    c = Claim("j", Q, "{}", 1, 1, 1, None, 0.0)
+    s.push_ready([c])
+    assert s.is_ready("j") and s.ready_count() == 1
+    assert s.pop_ready() is c and s.pop_ready() is None
