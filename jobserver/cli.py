@@ -30,9 +30,19 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client_first(args: list[str]) -> list[str]:
+    """Accept the client's global options before the command: `--url U submit ...`."""
+    i = 0
+    while i + 1 < len(args) and args[i] in ("--url", "--api-key"):
+        i += 2
+    if 0 < i < len(args) and args[i] in CLIENT_COMMANDS:
+        return [args[i], *args[:i], *args[i + 1:]]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    args_list = _client_first(list(sys.argv[1:] if argv is None else argv))
     if args_list and args_list[0] in CLIENT_COMMANDS:
         from .cli_client import main as client_main
 

@@ -130,6 +130,7 @@ def test_url_flag_wins_over_the_environment(shared: Server) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 
     assert ok_json(cli("tasks", "--url", shared.url, url=dead))["tasks"]
+    assert ok_json(cli("--url", shared.url, "tasks", url=dead))["tasks"]  # global options first
     unreachable = cli("tasks", url=dead)
     assert unreachable.returncode == 1 and "cannot reach" in one_line(unreachable)
 
