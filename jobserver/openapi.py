@@ -51,6 +51,8 @@ JOB_FIELDS: dict[str, Schema] = {
     "result": {"description": "The task's JSON return value once completed."},
     "error": _nullable(_ref("JobError")),
     "cancel_requested": {"type": "boolean"},
+    "logs_dropped": {"type": "integer", "minimum": 0,
+                     "description": "Log lines dropped (oldest first) to keep events.max_log_lines."},
     "idempotency_key": {"type": ["string", "null"]},
     "webhook_url": {"type": ["string", "null"]},
     "created_at": _timestamp(),

@@ -78,6 +78,7 @@ class JobRecord:
             "result": _loads(self.result),
             "error": _loads(self.error),
             "cancel_requested": bool(self.cancel_requested),
+            "logs_dropped": self.logs_dropped,
             "idempotency_key": self.idempotency_key,
             "webhook_url": self.webhook_url,
             "created_at": rfc3339(self.created_at),

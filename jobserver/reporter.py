@@ -87,6 +87,9 @@ class Reporter:
                     "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'progress', ?, ?)",
                     (job_id, data, now),
                 )
+            unwritten = max(0, len(pending.logs) - self._max_logs)  # over the bound before a flush
+            if unwritten:
+                tx.execute("UPDATE jobs SET logs_dropped = logs_dropped + ? WHERE id = ?", (unwritten, job_id))
             for message, at in pending.logs[-self._max_logs:]:
                 tx.execute(
                     "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'log', ?, ?)",

@@ -66,6 +66,7 @@ def test_progress_is_coalesced_but_exact_and_logs_are_bounded(tmp_path: Path) ->
     assert 1 <= len(progress) < 200  # 20,000 calls, a handful of writes
     assert progress[-1][2]["current"] == 20000
     assert [e[2]["message"] for e in logs] == [f"line {i}" for i in range(70, 120)]  # oldest dropped
+    assert job["logs_dropped"] == 70
     assert all(e[2]["at"].endswith("Z") for e in logs)
     srv.stop()
 

@@ -213,3 +213,10 @@ def test_second_signal_exits_at_once_and_loses_nothing(tmp_path: Path) -> None:
     srv.restart()
     assert c.get(f"/jobs/{job_id}", params={"wait": 20}).json()["status"] == "completed"
     srv.stop()
+
+
+def test_a_bad_config_value_names_the_key_and_exits_before_starting(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, env={"JOBSERVER_WORKERS_THREADS": "0"}, wait=False)
+    assert srv.wait_exit(30) == 2
+    assert "workers.threads" in srv.log()
+    assert not (tmp_path / "jobs.db").exists()  # nothing started
