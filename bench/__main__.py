@@ -2,7 +2,9 @@
 
 Order of a run: the load generator's ceiling, the bare Starlette route, raw
 SQLite inserts, then jobserver (`python -m jobserver --config ...` in a
-temporary directory), then with --scale the seeded-database scenarios.
+temporary directory), then (full run, or --sync-full) back-to-back pickups and
+the submit figure again on a fresh server with `[database] synchronous = "full"`,
+then with --scale the seeded-database scenarios.
 Progress goes to stderr, the table (or --json) to stdout. Exit code 1 when a
 figure could not be measured; missed targets do not change the exit code.
 
@@ -10,6 +12,7 @@ figure could not be measured; missed targets do not change the exit code.
     python -m bench                  # full run, a few minutes
     python -m bench --idle-seconds 600   # a longer idle before the after-idle pickups
     python -m bench --scale          # adds 1,000,000 finished / 100,000 pending jobs
+    python -m bench --quick --sync-full  # the synchronous = "full" submit figure in a quick run too
     python -m bench --config extra.toml  # merged over the bench's server config
 """
 
@@ -21,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ import orjson
 import uvloop
 
 from bench import baselines, report
-from bench.jobserver_figures import FIGURES, load_extra_config, run_figures
+from bench.jobserver_figures import FIGURES, Figure, fig_pickup, fig_submit, load_extra_config, merge, run_figures
 from bench.plan import Plan, make_plan
 from bench.scale import run_scale
 from bench.servers import BenchError
@@ -38,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs for CI smoke use (under a minute)")
     parser.add_argument("--scale", action="store_true", help="also measure on databases seeded with many jobs")
+    parser.add_argument("--sync-full", action="store_true",
+                        help='also measure submit throughput with synchronous = "full" (always in a full run)')
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.add_argument("--config", type=Path, help="TOML merged over the bench's server config")
     parser.add_argument("--idle-seconds", type=float, help="how long the server sits idle before the after-idle pickups")
@@ -64,6 +70,21 @@ async def _machine_limits(plan: Plan, workdir: Path, values: dict[str, Any], err
         errors["raw SQLite inserts"] = f"{type(exc).__name__}: {exc}"
 
 
+async def _sync_full(plan: Plan, workdir: Path, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Back-to-back pickups (one commit each) and the submit figure again, on a fresh server whose
+    database fsyncs every commit."""
+    server_dir = workdir / "server-sync-full"
+    server_dir.mkdir()
+    figures: list[tuple[str, Figure]] = [("pickup latency, back to back", partial(fig_pickup, idle=False)),
+                                         ("submit throughput and latency", partial(fig_submit, settle=False))]
+    try:
+        v, e = await run_figures(plan, server_dir, merge(extra, {"database": {"synchronous": "full"}}), figures,
+                                 lambda m: _log(f'synchronous = "full": {m}'))
+    except (BenchError, OSError) as exc:
+        return {}, {'synchronous = "full"': f"{type(exc).__name__}: {exc}"}
+    return {f"syncfull.{k}": x for k, x in v.items()}, {f'synchronous = "full": {k}': x for k, x in e.items()}
+
+
 async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Every measurement of the run; (values, errors)."""
     values: dict[str, Any] = {"ideal.async_wall_s": plan.async_sleep_s, "machine.cpus": os.cpu_count(),
@@ -79,6 +100,11 @@ async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict
         errors |= e
     except (BenchError, OSError) as exc:
         errors["jobserver"] = f"{type(exc).__name__}: {exc}"
+    values["db.synchronous"] = str(extra.get("database", {}).get("synchronous", "normal")).lower()
+    if args.sync_full or not args.quick:
+        v, e = await _sync_full(plan, workdir, extra)
+        values |= v
+        errors |= e
     if args.scale:
         v, e = await run_scale(plan, workdir, extra, _log)
         values |= v

@@ -3,9 +3,12 @@
 Owns three reference points: a canned-response server (the load generator's
 own ceiling: it must sit far above any jobserver figure), a bare Starlette app
 under the same uvicorn settings as jobserver (GET hello, and a POST /jobs that
-parses the JSON body and answers 202 with a job-sized JSON, no database), and
-raw SQLite inserts of job rows (1 and 100 rows per transaction, WAL,
-synchronous=NORMAL). Servers run as `python -m bench.baselines {canned|starlette} PORT`.
+parses the JSON body and answers 202 with a job-sized JSON, no database; its
+one-connection round trip back to back, and again with the idle pattern of
+jobserver's after-idle pickups, since a machine that sat quiet answers slower),
+and raw SQLite inserts of job rows (1 and 100 rows per transaction, WAL,
+synchronous=NORMAL; 1 row per transaction with synchronous=FULL).
+Servers run as `python -m bench.baselines {canned|starlette} PORT`.
 Imports `bench.seed` for the row layout; nothing from jobserver otherwise.
 """
 
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import seed
+from bench.loadgen import percentiles_ms
 from bench.plan import Plan
-from bench.servers import HOST, ServerProcess, free_port, run_loadgen
+from bench.rawclient import RawClient, gapped_series
+from bench.servers import HOST, BenchError, ServerProcess, free_port, run_loadgen
 
 # The uvicorn settings jobserver serves with (jobserver/runtime.py, Runtime.serve).
 UVICORN_SETTINGS: dict[str, Any] = {
@@ -97,8 +102,24 @@ async def loadgen_ceiling(plan: Plan, workdir: Path) -> dict[str, Any]:
     return {"loadgen.ceiling_rps": run["rps"], "loadgen.ceiling_client_cpu": run["client_cpu_share"]}
 
 
+async def _post_rtt_ms(client: RawClient) -> float:
+    status, _, _ = await client.request("POST", "/jobs", SUBMIT_BODY)
+    if status != 202:
+        raise BenchError(f"bare POST /jobs answered {status}")
+    return client.last_rtt_s * 1e3
+
+
+async def idle_round_trips(plan: Plan, port: int) -> dict[str, Any]:
+    """One-connection POST round trips with the after-idle pickups' pattern (same idle, count and gaps)."""
+    samples = await gapped_series(HOST, port, plan.idle_s, plan.idle_samples, plan.idle_gap_s, _post_rtt_ms)
+    p = percentiles_ms([int(x * 1e6) for x in samples], (50, 99))
+    return {"bare.idle_rtt_p50_ms": p.get("p50"), "bare.idle_rtt_p99_ms": p.get("p99"),
+            "bare.idle_rtt_first_ms": samples[0]}
+
+
 async def bare_route(plan: Plan, workdir: Path) -> dict[str, Any]:
-    """The bare Starlette app: hello and POST /jobs at `plan.conns`, one-connection round trips, RSS."""
+    """The bare Starlette app: hello and POST /jobs at `plan.conns`, one-connection round trips
+    (back to back, then with the after-idle pattern), RSS."""
     server = _server("starlette", workdir)
     await server.start()
     try:
@@ -108,6 +129,7 @@ async def bare_route(plan: Plan, workdir: Path) -> dict[str, Any]:
         post = {"method": "POST", "path": "/jobs", "body": SUBMIT_BODY}
         sub = await run_loadgen({**common, "conns": plan.conns, "request": post, "duration_s": plan.duration_s})
         rtt = await run_loadgen({**common, "conns": 1, "request": post, "duration_s": plan.rtt_duration_s})
+        idle = await idle_round_trips(plan, server.port)
         rss = server.peak_rss_mb()
     finally:
         await server.stop(10)
@@ -120,17 +142,20 @@ async def bare_route(plan: Plan, workdir: Path) -> dict[str, Any]:
         "bare.rtt_p50_ms": rtt["latency_ms"].get("p50"),
         "bare.rtt_p99_ms": rtt["latency_ms"].get("p99"),
         "bare.peak_rss_mb": rss,
+        **idle,
     }
 
 
 def sqlite_inserts(plan: Plan, workdir: Path) -> dict[str, Any]:
-    """Raw inserts of job rows into jobserver's schema: 1 and 100 rows per transaction."""
+    """Raw inserts of job rows into jobserver's schema: 1 and 100 rows per transaction
+    (synchronous=NORMAL), and 1 row per transaction with synchronous=FULL (an fsync per commit)."""
     out: dict[str, Any] = {}
-    for per_txn in (1, 100):
-        path = workdir / f"raw-{per_txn}.db"
+    for per_txn, sync, key in ((1, "NORMAL", "sqlite.rows1_per_s"), (100, "NORMAL", "sqlite.rows100_per_s"),
+                               (1, "FULL", "sqlite.rows1_full_per_s")):
+        path = workdir / f"raw-{per_txn}-{sync.lower()}.db"
         seed.create_schema(path)
-        rate = seed.insert_rate(path, per_txn, plan.sqlite_duration_s)
-        out[f"sqlite.rows{per_txn}_per_s"] = rate["rows_per_s"]
+        rate = seed.insert_rate(path, per_txn, plan.sqlite_duration_s, sync)
+        out[key] = rate["rows_per_s"]
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     return out

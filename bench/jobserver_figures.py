@@ -23,7 +23,7 @@ import httpx
 
 from bench.loadgen import percentiles_ms
 from bench.plan import Plan
-from bench.rawclient import RawClient, hold_stream
+from bench.rawclient import RawClient, gapped_series, hold_stream
 from bench.servers import HOST, BenchError, ServerProcess, free_port, run_loadgen
 
 NOOP = {"task": "jobserver.examples.noop", "args": {}}
@@ -181,11 +181,9 @@ async def _pickup_once(client: RawClient) -> tuple[float, float]:
     return (job["result"] - sent_at) * 1e3, server_ms
 
 
-async def _pickup_series(client: RawClient, count: int, gap_s: float) -> tuple[list[float], list[float]]:
+async def _pickup_series(client: RawClient, count: int) -> tuple[list[float], list[float]]:
     own, server = [], []
     for _ in range(count):
-        if gap_s:
-            await asyncio.sleep(gap_s)
         a, s = await _pickup_once(client)
         own.append(a)
         server.append(s)
@@ -201,16 +199,40 @@ async def fig_pickup(b: Bench, prefix: str = "pickup", idle: bool = True) -> dic
     """`now` jobs one at a time: right after one another, then after the server sat idle."""
     out: dict[str, Any] = {}
     async with RawClient(HOST, b.port, b.headers) as client:
-        await _pickup_series(client, 5, 0.0)  # warm the connection and the code paths
-        own, server = await _pickup_series(client, b.plan.pickup_samples, 0.0)
+        await _pickup_series(client, 5)  # warm the connection and the code paths
+        own, server = await _pickup_series(client, b.plan.pickup_samples)
         out |= _pcts(f"{prefix}.warm", own) | _pcts(f"{prefix}.warm_server", server)
     if not idle:
         return out
-    await asyncio.sleep(b.plan.idle_s)  # no connection open: the server is fully idle
-    async with RawClient(HOST, b.port, b.headers) as client:
-        own, server = await _pickup_series(client, b.plan.idle_samples, b.plan.idle_gap_s)
+    # No connection open for idle_s (the server is fully idle), then one sample per idle_gap_s:
+    # the same pattern as the bare route's after-idle round trips (bench.baselines.idle_round_trips).
+    pairs = await gapped_series(HOST, b.port, b.plan.idle_s, b.plan.idle_samples, b.plan.idle_gap_s,
+                                _pickup_once, b.headers)
+    own, server = [a for a, _ in pairs], [s for _, s in pairs]
     out |= _pcts(f"{prefix}.idle", own) | _pcts(f"{prefix}.idle_server", server)
     out[f"{prefix}.idle_first_ms"] = own[0]
+    return out
+
+
+# The read paths whose queries must stay index lookups as the table grows (bench.seed has their SQL).
+READS = [("status", "/jobs?status=completed&limit=50"), ("task", "/jobs?task=jobserver.examples.noop&limit=50"),
+         ("pending", "/jobs?status=pending&limit=50"), ("by_id", "/jobs/{id}")]
+
+
+async def fig_reads(b: Bench) -> dict[str, Any]:
+    """Each read path on one keep-alive connection, back to back, for `plan.read_duration_s`
+    (the load generator, as for the bare route's round trip): p50/p99."""
+    async with httpx.AsyncClient(base_url=b.server.base_url, headers=b.headers, timeout=30) as client:
+        jobs = (await client.get("/jobs", params={"status": "completed", "limit": 1})).json()["jobs"]
+    if not jobs:
+        raise BenchError("no completed job to read back")
+    out: dict[str, Any] = {}
+    for name, path in READS:
+        request = {"method": "GET", "path": path.format(id=jobs[0]["id"]), "headers": b.headers}
+        run = await b.load(mode="duration", conns=1, request=request, warmup_s=0.2, duration_s=b.plan.read_duration_s)
+        if _statuses_ok(run, "200") or not run["completed"]:
+            raise BenchError(f"GET {request['path']}: {run['statuses']}, {run['errors']} errors")
+        out |= {f"reads.{name}_p50_ms": run["latency_ms"].get("p50"), f"reads.{name}_p99_ms": run["latency_ms"].get("p99")}
     return out
 
 
@@ -250,6 +272,7 @@ FIGURES: list[tuple[str, Figure]] = [
     ("pickup latency", fig_pickup),
     ("end-to-end no-op jobs", fig_e2e),
     ("async I/O concurrency", fig_async_io),
+    ("reads (list filters, get by id)", fig_reads),
     ("submit throughput and latency", fig_submit),
     ("submit with event streams open", fig_sse),
 ]

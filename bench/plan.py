@@ -23,6 +23,7 @@ class Plan:
     idle_s: float = 30.0            # the server sits idle this long before the after-idle samples
     idle_samples: int = 20          # after-idle samples, each after `idle_gap_s` of quiet
     idle_gap_s: float = 1.0
+    read_duration_s: float = 2.0    # one-connection GETs of each read path (list filters, by id)
     async_jobs: int = 1_000         # async jobs that each await `async_sleep_s`
     async_sleep_s: float = 1.0
     sse_streams: int = 200          # event streams held open during a submit run
@@ -35,7 +36,7 @@ class Plan:
 FULL = Plan(name="full")
 QUICK = Plan(
     name="quick", warmup_s=0.5, duration_s=2.0, rtt_duration_s=1.0, sqlite_duration_s=1.0,
-    pickup_samples=50, idle_s=3.0, idle_samples=10, idle_gap_s=0.2, drain_jobs=20_000,
+    pickup_samples=50, read_duration_s=0.5, idle_s=3.0, idle_samples=10, idle_gap_s=0.2, drain_jobs=20_000,
     settle_timeout_s=60.0,
 )
 

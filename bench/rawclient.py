@@ -2,7 +2,9 @@
 
 Owns one keep-alive connection over asyncio streams that sends a request and
 notes the wall-clock time (`time.time()`) just before the bytes leave, so it
-can be compared with timestamps a task records on the same machine; and
+can be compared with timestamps a task records on the same machine (and the
+round trip, `last_rtt_s`); `gapped_series`, the idle pattern of the
+after-idle samples (shared by jobserver's pickups and the bare route); and
 `hold_stream`, which keeps one Server-Sent Events response open and reads it.
 Imports `bench.loadgen` for request building; nothing from jobserver.
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 
 from bench.loadgen import build_request
+
+T = TypeVar("T")
 
 
 class RawClient:
@@ -25,6 +30,7 @@ class RawClient:
         self.host, self.port, self.headers = host, port, headers or {}
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_rtt_s = 0.0  # the last request's round trip: bytes sent -> whole answer read
 
     async def __aenter__(self) -> RawClient:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -41,9 +47,10 @@ class RawClient:
         if body is not None:
             req["body"] = body
         data = build_request(self.host, self.port, req)
-        sent_at = time.time()
+        sent_at, t0 = time.time(), time.perf_counter()
         self.writer.write(data)
         status, raw = await asyncio.wait_for(self._response(), timeout_s)
+        self.last_rtt_s = time.perf_counter() - t0
         try:
             doc = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -59,6 +66,19 @@ class RawClient:
             raise ValueError("response without Content-Length")
         length = int(head[i + 17 : head.find(b"\r\n", i + 2)])
         return status, await self.reader.readexactly(length)
+
+
+async def gapped_series(host: str, port: int, idle_s: float, count: int, gap_s: float,
+                        sample: Callable[[RawClient], Awaitable[T]], headers: dict[str, str] | None = None) -> list[T]:
+    """The after-idle pattern: `idle_s` with no connection open, then one fresh connection
+    and `count` samples, each after a further `gap_s` of quiet."""
+    await asyncio.sleep(idle_s)
+    out: list[T] = []
+    async with RawClient(host, port, headers) as client:
+        for _ in range(count):
+            await asyncio.sleep(gap_s)
+            out.append(await sample(client))
+    return out
 
 
 async def hold_stream(host: str, port: int, path: str, opened: asyncio.Queue[int],

@@ -26,26 +26,51 @@ class Row:
     target: tuple[str, float] | None = None   # (">=" or "<=", number)
 
 
-def rows(plan: Plan, scale: bool) -> list[Row]:
-    """The table's rows for this plan."""
+READ_ROWS = [("status", "GET /jobs?status=completed&limit=50"), ("task", "GET /jobs?task=...&limit=50"),
+             ("pending", "GET /jobs?status=pending&limit=50"), ("by_id", "GET /jobs/{id}")]
+
+
+def rows(plan: Plan, scale: bool, sync_full: bool = False, synchronous: str = "normal") -> list[Row]:
+    """The table's rows for this plan (`sync_full`: the synchronous = "full" submit run was made)."""
     idle = f"after {plan.idle_s:g} s idle"
+    same_idle = f"same idle, {plan.idle_gap_s:g} s gaps"
     out = [
-        Row(f"submit throughput, {plan.conns} conns", "submit.rps", "/s", "bare route POST", "bare.submit_rps", (">=", 2500)),
+        Row(f"submit throughput, {plan.conns} conns (synchronous = \"{synchronous}\")", "submit.rps", "/s",
+            "bare route POST", "bare.submit_rps", (">=", 2500)),
         Row("  same, vs raw SQLite", "submit.rps", "/s", "SQLite 1 row/txn", "sqlite.rows1_per_s"),
         Row("submit latency p50", "submit.p50_ms", "ms", "bare route POST p50", "bare.submit_p50_ms"),
         Row("submit latency p99", "submit.p99_ms", "ms", "bare route POST p99", "bare.submit_p99_ms", ("<=", 50)),
+    ]
+    if sync_full:
+        out += [
+            Row('submit throughput, synchronous = "full"', "syncfull.submit.rps", "/s",
+                f'same, "{synchronous}"', "submit.rps"),
+            Row("  same, vs raw SQLite", "syncfull.submit.rps", "/s", "SQLite 1 row/txn FULL", "sqlite.rows1_full_per_s"),
+            Row('  its latency p50', "syncfull.submit.p50_ms", "ms", f'same, "{synchronous}"', "submit.p50_ms"),
+            Row('  its latency p99', "syncfull.submit.p99_ms", "ms", f'same, "{synchronous}"', "submit.p99_ms", ("<=", 50)),
+            Row('  pickup p50, right after a submit', "syncfull.pickup.warm_p50_ms", "ms", f'same, "{synchronous}"',
+                "pickup.warm_p50_ms"),
+        ]
+    out += [
         Row(f"end-to-end no-op jobs ({plan.e2e_jobs:,}, seen done by GET)", "e2e.jobs_per_s", "/s",
             "SQLite 1 row/txn", "sqlite.rows1_per_s", (">=", 1500)),
         Row("  same, from the jobs' own timestamps", "e2e.server_jobs_per_s", "/s", "SQLite 100 rows/txn", "sqlite.rows100_per_s"),
         Row("pickup p50, right after a submit", "pickup.warm_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms", ("<=", 1)),
         Row("pickup p99, right after a submit", "pickup.warm_p99_ms", "ms", "bare 1-conn round trip p99", "bare.rtt_p99_ms", ("<=", 3)),
-        Row(f"pickup p50, {idle}", "pickup.idle_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms", ("<=", 1)),
-        Row(f"pickup p99, {idle}", "pickup.idle_p99_ms", "ms", "bare 1-conn round trip p99", "bare.rtt_p99_ms", ("<=", 3)),
-        Row(f"first pickup {idle}", "pickup.idle_first_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms"),
         Row("  started_at - created_at p50 (server, 1 ms steps)", "pickup.warm_server_p50_ms", "ms"),
         Row("  started_at - created_at p99 (server, 1 ms steps)", "pickup.warm_server_p99_ms", "ms"),
+        Row(f"pickup p50, {idle}", "pickup.idle_p50_ms", "ms", f"bare round trip p50, {same_idle}",
+            "bare.idle_rtt_p50_ms", ("<=", 1)),
+        Row(f"pickup p99, {idle}", "pickup.idle_p99_ms", "ms", f"bare round trip p99, {same_idle}",
+            "bare.idle_rtt_p99_ms", ("<=", 3)),
+        Row(f"first pickup {idle}", "pickup.idle_first_ms", "ms", "bare first round trip, same idle",
+            "bare.idle_rtt_first_ms"),
+        Row("  started_at - created_at p50, after idle", "pickup.idle_server_p50_ms", "ms"),
+        Row("  started_at - created_at p99, after idle", "pickup.idle_server_p99_ms", "ms"),
         Row(f"async I/O: {plan.async_jobs:,} jobs awaiting {plan.async_sleep_s:g} s, wall", "async.wall_s", "s",
             "ideal", "ideal.async_wall_s"),
+        *(Row(f"{label} p50", f"reads.{name}_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms")
+          for name, label in READ_ROWS),
         Row(f"submit with {plan.sse_streams} event streams open", "sse.submit.rps", "/s", "submit, no streams", "submit.rps"),
         Row("  its latency p99", "sse.submit.p99_ms", "ms", "submit p99, no streams", "submit.p99_ms"),
         Row("startup to /healthz", "startup_s", "s", "bare route server", "bare.startup_s"),
@@ -57,6 +82,7 @@ def rows(plan: Plan, scale: bool) -> list[Row]:
         Row("load generator ceiling (canned responder)", None, "/s", "", "loadgen.ceiling_rps"),
         Row("bare route GET hello", None, "/s", "", "bare.hello_rps"),
         Row("SQLite inserts, 100 rows/txn", None, "/s", "", "sqlite.rows100_per_s"),
+        Row("SQLite inserts, 1 row/txn, synchronous=FULL", None, "/s", "", "sqlite.rows1_full_per_s"),
     ]
     return out
 
@@ -71,6 +97,8 @@ def _scale_rows(plan: Plan) -> list[Row]:
             Row(f"[{what}] end-to-end jobs", p + "e2e.jobs_per_s", "/s", "same, empty database", "e2e.jobs_per_s"),
             Row(f"[{what}] pickup p50", p + "pickup.warm_p50_ms", "ms", "same, empty database", "pickup.warm_p50_ms"),
             Row(f"[{what}] pickup p99", p + "pickup.warm_p99_ms", "ms", "same, empty database", "pickup.warm_p99_ms"),
+            *(Row(f"[{what}] {label} p50", f"{p}reads.{rname}_p50_ms", "ms", "same, empty database",
+                  f"reads.{rname}_p50_ms") for rname, label in READ_ROWS),
             Row(f"[{what}] startup to /healthz", p + "startup_s", "s", "same, empty database", "startup_s"),
             Row(f"[{what}] peak RSS", p + "peak_rss_mb", "MiB", "same, empty database", "peak_rss_mb"),
         ]
@@ -102,10 +130,15 @@ def _target(row: Row, value: Any) -> str:
     return f"{text} {'ok' if ok else 'MISSED'}"
 
 
+def _rows_for(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> list[Row]:
+    sync_full = any(k.startswith("syncfull.") for k in values) or any(k.startswith("synchronous") for k in errors)
+    return rows(plan, scale, sync_full, str(values.get("db.synchronous", "normal")))
+
+
 def table(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> str:
     """The human-readable report."""
     lines = [["figure", "jobserver", "machine limit", "ratio", "target"]]
-    for row in rows(plan, scale):
+    for row in _rows_for(plan, scale, values, errors):
         value = values.get(row.key) if row.key else None
         limit = values.get(row.limit_key) if row.limit_key else None
         ratio = f"{value / limit:.2f}x" if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit else ""
@@ -114,10 +147,10 @@ def table(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     text = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(text + _notes(values, errors))
+    return "\n".join(text + _notes(plan, values, errors))
 
 
-def _notes(values: dict[str, Any], errors: dict[str, str]) -> list[str]:
+def _notes(plan: Plan, values: dict[str, Any], errors: dict[str, str]) -> list[str]:
     out = [""]
     ceiling, submit = values.get("loadgen.ceiling_rps"), values.get("submit.rps")
     if ceiling and submit:
@@ -125,12 +158,13 @@ def _notes(values: dict[str, Any], errors: dict[str, str]) -> list[str]:
                    f"throughput; it used {values.get('submit.client_cpu', 0) * 100:.0f}% of one core during that run.")
     if values.get("submit.server_cpu") is not None:
         out.append(f"jobserver used {values['submit.server_cpu']:.2f} cores during the submit run (of {values.get('machine.cpus')}).")
-    load = [values.get("machine.load_start"), values.get("machine.load_end")]
-    if all(isinstance(x, float) for x in load):
-        busy = " (the machine was already busy: figures are noisy)" if load[0] > 0.5 * (values.get("machine.cpus") or 1) else ""
-        out.append(f"1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f}{busy}.")
-        if ceiling < 3 * submit:
-            out.append("WARNING: the load generator's ceiling is within 3x of the figure: it may be the bottleneck.")
+    start, end = values.get("machine.load_start"), values.get("machine.load_end")
+    if isinstance(start, float) and isinstance(end, float):
+        busy = " (the machine was already busy: figures are noisy)" if start > 0.5 * (values.get("machine.cpus") or 1) else ""
+        out.append(f"1-minute load average at start / end: {start:.2f} / {end:.2f}{busy}.")
+    if ceiling and submit and ceiling < 3 * submit:
+        out.append("WARNING: the load generator's ceiling is within 3x of the figure: it may be the bottleneck.")
+    out += _plan_notes(plan, values)
     for key in ("submit.not_202", "sse.submit.not_202", "e2e.not_completed", "async.not_completed"):
         if values.get(key):
             out.append(f"{key}: {values[key]}")
@@ -138,10 +172,32 @@ def _notes(values: dict[str, Any], errors: dict[str, str]) -> list[str]:
     return out
 
 
+def _plan_notes(plan: Plan, values: dict[str, Any]) -> list[str]:
+    """The query plans of the seeded files: all of the first, then only what differs."""
+    scenarios = (("finished", f"{plan.scale_finished:,} finished"), ("pending", f"{plan.scale_pending:,} delayed"),
+                 ("drain", f"{plan.drain_jobs:,} due"))
+    found = [(label, values[f"scale.{name}.plans"]) for name, label in scenarios
+             if isinstance(values.get(f"scale.{name}.plans"), dict)]
+    if not found:
+        return []
+    out = ["query plans (EXPLAIN QUERY PLAN on the seeded files, no ANALYZE statistics, as the server leaves its file):"]
+    first_label, first = found[0]
+    out += [f"  {query}: {plan}   [{first_label}]" for query, plan in first.items()]
+    same = []
+    for label, plans in found[1:]:
+        differ = [f"  {query}: {plan}   [{label}]" for query, plan in plans.items() if first.get(query) != plan]
+        out += differ
+        if not differ:
+            same.append(label)
+    if same:
+        out.append(f"  (the same plans on the {' and '.join(same)} files)")
+    return out
+
+
 def as_json(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
     """The machine-readable report."""
     table_rows = []
-    for row in rows(plan, scale):
+    for row in _rows_for(plan, scale, values, errors):
         value = values.get(row.key) if row.key else None
         limit = values.get(row.limit_key) if row.limit_key else None
         ratio = value / limit if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit else None

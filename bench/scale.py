@@ -7,7 +7,9 @@ Owns the `--scale` scenarios. Each seeds a fresh file with sqlite3 (through
   while the usual figures run, so a claim must skip them cheaply);
 - "drain": `plan.drain_jobs` due no-op jobs: how fast a fresh server empties a backlog.
 Keys are prefixed `scale.<scenario>.` and compare with the same figure on an
-empty database. Imports only bench modules.
+empty database. Each seeded file's query plans (claim, list filters, get by id)
+are read before the server starts (`scale.<scenario>.plans`). Imports only
+bench modules.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import seed
-from bench.jobserver_figures import Bench, auth_headers, fig_e2e, fig_pickup, fig_submit, run_figures, start_server
+from bench.jobserver_figures import (
+    Bench, Figure, auth_headers, fig_e2e, fig_pickup, fig_reads, fig_submit, run_figures, start_server,
+)
 from bench.plan import Plan
 from bench.servers import BenchError
 
@@ -34,9 +38,12 @@ async def _scenario(plan: Plan, root: Path, extra: dict[str, Any], log: Callable
     seed.create_schema(db)
     log(f"scale {name}: seeding {count:,} {status} jobs")
     seed_s = seed.seed_jobs(db, count, status, run_at)
-    figures = [("pickup", partial(fig_pickup, idle=False)), ("e2e", fig_e2e), ("submit", partial(fig_submit, settle=False))]
+    plans = seed.query_plans(db)
+    figures: list[tuple[str, Figure]] = [("pickup", partial(fig_pickup, idle=False)), ("reads", fig_reads), ("e2e", fig_e2e),
+               ("submit", partial(fig_submit, settle=False))]
     values, errors = await run_figures(plan, workdir, extra, figures, lambda m: log(f"scale {name}: {m}"))
     values["seed_s"] = seed_s
+    values["plans"] = plans
     return {f"scale.{name}.{k}": v for k, v in values.items()}, {f"scale {name}: {k}": v for k, v in errors.items()}
 
 
@@ -47,6 +54,7 @@ async def _drain(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[s
     seed.create_schema(db)
     log(f"scale drain: seeding {plan.drain_jobs:,} due jobs")
     seed.seed_jobs(db, plan.drain_jobs, "pending")
+    plans = seed.query_plans(db)
     t0 = time.perf_counter()
     server, config, startup_s = await start_server(workdir, extra)
     try:
@@ -60,7 +68,7 @@ async def _drain(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[s
     if counts.get("completed", 0) != plan.drain_jobs:
         raise BenchError(f"after the drain the jobs are {counts}")
     return {"scale.drain.jobs_per_s": plan.drain_jobs / elapsed, "scale.drain.startup_s": startup_s,
-            "scale.drain.peak_rss_mb": rss}
+            "scale.drain.peak_rss_mb": rss, "scale.drain.plans": plans}
 
 
 async def run_scale(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -2,8 +2,12 @@
 
 Owns the one place that knows jobserver's row layout (`jobserver/models.py`,
 table `jobs`): creating the schema in a file, building a job row, seeding many
-rows before a server starts on the file, and the raw insert rate of such rows
-(a machine limit). Imports only `jobserver.models` (for the schema).
+rows before a server starts on the file, the raw insert rate of such rows
+(a machine limit), and the query plans SQLite picks for the claim and the read
+paths (their SQL copied from `jobserver/store.py`). A seeded file gets no
+ANALYZE statistics, because the server never gathers any: the plans and figures
+are those of a file the server grew itself. Imports only `jobserver.models`
+(for the schema) and `jobserver.records` (for the job columns).
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ def create_schema(db_path: Path) -> None:
     db.close()
 
 
-def connect(db_path: Path) -> sqlite3.Connection:
-    """A raw connection with the server's durability settings."""
+def connect(db_path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A raw connection with the server's durability settings (its default synchronous level)."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 
 
@@ -52,7 +56,11 @@ def job_id(created_at: float) -> str:
 
 
 def job_row(status: str, created_at: float, run_at: float | None = None) -> tuple[object, ...]:
-    """One no-op job row in `status`; finished rows took 1 ms and returned null."""
+    """One no-op job row in `status`; finished rows took 1 ms and returned null.
+
+    A pending row due after its creation is stored 'scheduled', as the server stores a delayed job."""
+    if status == "pending" and run_at is not None and run_at > created_at:
+        status = "scheduled"
     finished = status in ("completed", "failed", "cancelled")
     started = created_at + 0.001 if status != "pending" else None
     return (
@@ -85,16 +93,15 @@ def seed_jobs(db_path: Path, count: int, status: str, run_at: float | None = Non
             conn.execute("BEGIN")
             conn.executemany(INSERT_SQL, (next(rows) for _ in range(min(batch, count - start))))
             conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("ANALYZE")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no ANALYZE: the server never runs one
     finally:
         conn.close()
     return time.perf_counter() - t0
 
 
-def insert_rate(db_path: Path, rows_per_txn: int, duration_s: float) -> dict[str, float]:
+def insert_rate(db_path: Path, rows_per_txn: int, duration_s: float, synchronous: str = "NORMAL") -> dict[str, float]:
     """Insert pending job rows, `rows_per_txn` per transaction, for `duration_s`; rows/s and txns/s."""
-    conn = connect(db_path)
+    conn = connect(db_path, synchronous)
     txns = rows = 0
     t0 = time.perf_counter()
     deadline = t0 + duration_s
@@ -121,3 +128,28 @@ def count_by_status(db_path: Path) -> dict[str, int]:
     finally:
         conn.close()
 
+
+
+def _queries() -> dict[str, str]:
+    from jobserver.records import JOB_COLUMNS
+
+    return {  # as jobserver/store.py builds them (claim() and list(), get())
+        "claim SELECT": "SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ? "
+                        "ORDER BY priority DESC, run_at, id LIMIT ?",
+        "claim promote": "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?",
+        "GET /jobs?status=completed": f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?",
+        "GET /jobs?status=pending": f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('pending', 'scheduled') "
+                                    "ORDER BY id DESC LIMIT ?",
+        "GET /jobs?task=...": f"SELECT {JOB_COLUMNS} FROM jobs WHERE task = ? ORDER BY id DESC LIMIT ?",
+        "GET /jobs/{id}": f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?",
+    }
+
+
+def query_plans(db_path: Path) -> dict[str, str]:
+    """EXPLAIN QUERY PLAN of each claim/read query on `db_path`, one line each ("A / B" for several steps)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {name: " / ".join(str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", ["x"] * sql.count("?")))
+                for name, sql in _queries().items()}
+    finally:
+        conn.close()
