@@ -7,6 +7,7 @@ into RFC 3339 strings only at the edges (`rfc3339`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from typing import Protocol
 
@@ -40,12 +41,21 @@ class ManualClock:
         self._now += seconds
 
 
+@functools.lru_cache(maxsize=4096)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def rfc3339(ts: float | None) -> str | None:
-    """Format epoch seconds as an RFC 3339 UTC string with millisecond precision."""
+    """Format epoch seconds as an RFC 3339 UTC string with millisecond precision.
+
+    Hot (every job object and event carries four timestamps): the whole-second part
+    is cached, since most timestamps formatted together fall in the same second."""
     if ts is None:
         return None
-    d = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
-    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+    ms = int(round(ts * 1000))
+    whole, frac = divmod(ms, 1000)
+    return f"{_second(whole)}.{frac:03d}Z"
 
 
 def parse_rfc3339(value: str) -> float:

@@ -214,5 +214,9 @@ def create_schema(db: pw.Database) -> None:
             db.execute_sql(
                 "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority DESC, run_at, id)"
             )
+            # a claim limited to some tasks (others at capacity) probes per task
+            db.execute_sql(
+                "CREATE INDEX IF NOT EXISTS jobs_claim_task ON jobs (status, task, priority DESC, run_at, id)"
+            )
     except pw.DatabaseError as exc:
         raise StorageError(f"cannot create the schema: {exc}") from exc

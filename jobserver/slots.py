@@ -42,8 +42,8 @@ class Slots:
         td = self._by_name.get(task)
         return td is not None and td.is_async
 
-    def plan(self, tx: Tx) -> tuple[int, list[str]]:
-        """How many candidates one claim reads, and which tasks it must skip now.
+    def plan(self, tx: Tx) -> tuple[int, list[str] | None]:
+        """How many candidates one claim reads, and which tasks it may take now (None: any).
 
         A claim takes a job for every idle worker thread (they pick the extra ones up
         from the ready queue), short jobs ahead within a run-time budget, and async
@@ -57,7 +57,10 @@ class Slots:
                 or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
             ]
         sync_room = free_sync + PREFETCH_MAX if free_sync > 0 else 0
-        return sync_room + min(max(0, free_async), ASYNC_PER_CLAIM), excluded
+        limit = sync_room + min(max(0, free_async), ASYNC_PER_CLAIM)
+        if not excluded:
+            return limit, None  # any task, even one this process does not know (it fails the job)
+        return limit, [t.name for t in self._tasks if t.name not in excluded]
 
     def accept(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
         """Reserve slots for the (id, task) candidates that fit, in order; undone on rollback."""

@@ -110,10 +110,13 @@ class JobStore:
         self, status: str | None, task: str | None, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page."""
-        where, params = [], []
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
-            where.append("status IN ('pending', 'scheduled')")
-        elif status is not None:
+            pages = [self.list(s, task, limit, cursor)[0] for s in ("pending", "scheduled")]
+            merged = sorted(pages[0] + pages[1], key=lambda r: r.id, reverse=True)
+            more = len(merged) > limit
+            return merged[:limit], (merged[limit - 1].id if more else None)
+        where, params = [], []
+        if status is not None:
             where.append("status = ?")
             params.append(status)
         if task is not None:
@@ -229,6 +232,29 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def _candidates(self, tx: Tx, now: float, limit: int, allowed: list[str] | None) -> list[tuple[Any, ...]]:
+        """The next due (id, task) rows in claim order, from an index range, never a scan
+        of the backlog: with a task list, one index probe per task (SQLite) or IN (PostgreSQL)."""
+        if self.pg:
+            where = f" AND task IN ({', '.join('?' * len(allowed))})" if allowed else ""
+            return tx.all(
+                f"SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ?{where} "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
+                (now, *(allowed or ()), limit),
+            )
+        if allowed is None:
+            return tx.all(
+                "SELECT id, task FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+                "ORDER BY priority DESC, run_at, id LIMIT ?",
+                (now, limit),
+            )
+        one = ("SELECT * FROM (SELECT id, task, priority, run_at FROM jobs INDEXED BY jobs_claim_task "
+               "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)")
+        rows = tx.all(" UNION ALL ".join([one] * len(allowed)),
+                      [v for task in allowed for v in (task, now, limit)])
+        rows.sort(key=lambda r: (-r[2], r[3], r[0]))
+        return [(r[0], r[1]) for r in rows[:limit]]
+
     def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff) -> None:
         now = record.created_at
         rec = _returning(
@@ -245,27 +271,23 @@ class JobStore:
 
     def claim(
         self, owner: str, now: float, lease_s: float,
-        plan: Callable[[Tx], tuple[int, list[str]]],
+        plan: Callable[[Tx], tuple[int, list[str] | None]],
         accept: Callable[[Tx, list[tuple[str, str]]], list[str]],
     ) -> Future[list[Claim]]:
         """Take due jobs (highest priority, then oldest) for one attempt each.
 
         Runs on the writer thread: `plan` says how many candidates to read and which
-        tasks to skip (per-process capacity, decided now, not when the op was queued);
+        tasks may be taken (None: any; per-process capacity, decided now, not when the
+        op was queued);
         `accept` picks the ids to take from the (id, task) candidates and reserves
         their slots (undone with `tx.on_rollback` if the transaction rolls back)."""
 
         def op(tx: Tx) -> list[Claim]:
             tx.execute(PROMOTE_SQL, (now,))
-            limit, excluded = plan(tx)
-            if limit <= 0:
+            limit, allowed = plan(tx)
+            if limit <= 0 or allowed == []:
                 return []
-            excl = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
-            candidates = tx.all(
-                f"SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ?{excl} "
-                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
-                (now, *excluded, limit),
-            )
+            candidates = self._candidates(tx, now, limit, allowed)
             ids = accept(tx, [(str(i), str(t)) for i, t in candidates]) if candidates else []
             if not ids:
                 return []

@@ -25,5 +25,5 @@ def open_store(tmp_path: Path) -> Iterator[JobStore]:
 
 def claim_one(store: JobStore, owner: str, now: float, lease_s: float):  # type: ignore[no-untyped-def]
     """Claim the next due job, as one worker with room for one job would; None if none is due."""
-    claims = store.claim(owner, now, lease_s, lambda tx: (1, []), lambda tx, c: [i for i, _ in c]).result(10)
+    claims = store.claim(owner, now, lease_s, lambda tx: (1, None), lambda tx, c: [i for i, _ in c]).result(10)
     return claims[0] if claims else None

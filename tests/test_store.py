@@ -15,10 +15,10 @@ IDS = JobIds()
 NOW = 1_700_000_000.0
 
 
-def claim(store: JobStore, owner: str, now: float, lease_s: float, excluded: list[str],
+def claim(store: JobStore, owner: str, now: float, lease_s: float, allowed: list[str] | None = None,
           limit: int = 1) -> Claim | None:
-    """One claim transaction taking at most `limit` jobs; the first claim or None."""
-    claims = store.claim(owner, now, lease_s, lambda tx: (limit, excluded),
+    """One claim transaction taking at most `limit` jobs (of `allowed` tasks); the first or None."""
+    claims = store.claim(owner, now, lease_s, lambda tx: (limit, allowed),
                          lambda tx, cands: [i for i, _ in cands]).result(10)
     return claims[0] if claims else None
 
@@ -35,24 +35,25 @@ def test_claim_order_priority_then_due_time(tmp_path: Path) -> None:
         low = add(store, priority=0, run_at=NOW - 10)
         high = add(store, priority=5, run_at=NOW - 1)
         future = add(store, priority=9, run_at=NOW + 60)
-        order = [claim(store, "me", NOW, 30, []) for _ in range(3)]
+        order = [claim(store, "me", NOW, 30) for _ in range(3)]
         assert [c.job_id if c else None for c in order] == [high, low, None]
         assert store.get(future).to_api()["status"] == "pending"
-        assert claim(store, "me", NOW + 61, 30, []).job_id == future
+        assert claim(store, "me", NOW + 61, 30).job_id == future
 
 
 def test_claim_skips_excluded_tasks(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         add(store, task="capped")
         other = add(store, task="free")
-        assert claim(store, "me", NOW, 30, ["capped"]).job_id == other
-        assert claim(store, "me", NOW, 30, ["capped"]) is None
+        assert claim(store, "me", NOW, 30, ["free"]).job_id == other
+        assert claim(store, "me", NOW, 30, ["free"]) is None
+        assert claim(store, "me", NOW, 30, []) is None
 
 
 def test_a_claim_is_taken_once(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         add(store)
-        futures = [store.claim(f"w{i}", NOW, 30, lambda tx: (1, []), lambda tx, c: [i for i, _ in c])
+        futures = [store.claim(f"w{i}", NOW, 30, lambda tx: (1, None), lambda tx, c: [i for i, _ in c])
                    for i in range(10)]
         assert sum(len(f.result(10)) for f in futures) == 1
 
@@ -60,11 +61,11 @@ def test_a_claim_is_taken_once(tmp_path: Path) -> None:
 def test_stale_attempt_writes_are_refused(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         job_id = add(store, max_attempts=3)
-        first = claim(store, "old", NOW, 30, [])
+        first = claim(store, "old", NOW, 30)
         # the lease expires; the job is rescued and claimed again by another worker
         rescued = store.rescue(NOW + 31, "new", False, lambda t: "retry", lambda: None).result(10)
         assert [r.id for r in rescued] == [job_id]
-        second = claim(store, "new", NOW + 31, 30, [])
+        second = claim(store, "new", NOW + 31, 30)
         assert second.run_seq == first.run_seq + 1
         with pytest.raises(StaleAttemptError):
             store.complete(first, '"old"', None, NOW + 32, lambda: None).result(10)
@@ -75,8 +76,8 @@ def test_stale_attempt_writes_are_refused(tmp_path: Path) -> None:
 def test_rescue_only_past_the_horizon(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         expired, fresh = add(store, run_at=NOW - 200), add(store, run_at=NOW - 200)
-        claim(store, "a", NOW - 100, 30, [])  # lease ended at NOW - 70
-        claim(store, "b", NOW - 10, 30, [])  # lease ends at NOW + 20
+        claim(store, "a", NOW - 100, 30)  # lease ended at NOW - 70
+        claim(store, "b", NOW - 10, 30)  # lease ends at NOW + 20
         rescued = store.rescue(NOW, "me", False, lambda t: "retry", lambda: None).result(10)
         assert [r.id for r in rescued] == [expired]
         assert store.get(expired).status == "pending"
@@ -90,7 +91,7 @@ def test_rescue_per_on_crash_and_cap(tmp_path: Path) -> None:
         for round_ in range(3):
             t = NOW + 10 * round_
             for _ in range(2):
-                claim(store, "x", t, 1, [])
+                claim(store, "x", t, 1)
             store.rescue(t + 5, "me", False, lambda t: "fail" if t == "once" else "retry", lambda: None).result(10)
         assert store.get(fail_fast).status == "failed"
         crashed = store.get(capped)
@@ -112,7 +113,7 @@ def test_cancel_and_idempotency(tmp_path: Path) -> None:
 def test_one_claim_takes_several_in_order(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         ids = [add(store, priority=p) for p in (0, 3, 1)]
-        claims = store.claim("me", NOW, 30, lambda tx: (5, []), lambda tx, c: [i for i, _ in c]).result(10)
+        claims = store.claim("me", NOW, 30, lambda tx: (5, None), lambda tx, c: [i for i, _ in c]).result(10)
         assert [c.job_id for c in claims] == [ids[1], ids[2], ids[0]]
         assert all(store.get(i).status == "running" for i in ids)
 
@@ -128,6 +129,6 @@ def test_rolled_back_claim_undoes_its_reservation(tmp_path: Path) -> None:
             raise RuntimeError("after reserving")
 
         with pytest.raises(RuntimeError):
-            store.claim("me", NOW, 30, lambda tx: (1, []), accept).result(10)
+            store.claim("me", NOW, 30, lambda tx: (1, None), accept).result(10)
         assert reserved == []
         assert store.get(job_id).status == "pending"
