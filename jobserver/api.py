@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .schemas import GetQuery, ListQuery, SubmitBody
 from .store import FINISHED, JobStore
 from .tasks import Registry
 
+log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = frozenset({"/healthz", "/"})
 KEEPALIVE_S = 15.0
@@ -303,9 +305,16 @@ def create_app(svc: Services) -> Starlette:
         Route("/", dashboard, methods=["GET"]),
         *svc.extra_routes,
     ]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed,
+                                                       Exception: _internal_error})
     app.add_middleware(AuthMiddleware, api_keys=tuple(settings.auth.api_keys))
     return app
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc,
+              extra={"action": "internal_error"})
+    return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -111,10 +111,15 @@ class JobStore:
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
-            pages = [self.list(s, task, limit, cursor)[0] for s in ("pending", "scheduled")]
-            merged = sorted(pages[0] + pages[1], key=lambda r: r.id, reverse=True)
-            more = len(merged) > limit
+            pages = [self._list(s, task, limit, cursor) for s in ("pending", "scheduled")]
+            merged = sorted(pages[0][0] + pages[1][0], key=lambda r: r.id, reverse=True)
+            more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
+        return self._list(status, task, limit, cursor)
+
+    def _list(
+        self, status: str | None, task: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
         where, params = [], []
         if status is not None:
             where.append("status = ?")

@@ -199,6 +199,12 @@ def test_list_filters_and_cursor(server: Server) -> None:
                c.get("/jobs", params={"task": "jobserver.examples.add"}).json()["jobs"])
     assert c.get("/jobs", params={"task": "jobserver.examples.noop"}).json()["jobs"] == []
     wait_until(lambda: len(c.get("/jobs", params={"status": "completed"}).json()["jobs"]) == 7)
+    # "pending" covers due and delayed jobs, newest first, with a working cursor
+    later = [submit(c, "jobserver.examples.add", {"a": i, "b": 0}, delay=60 + i)["id"] for i in range(3)]
+    page = c.get("/jobs", params={"status": "pending", "limit": 2}).json()
+    assert [j["id"] for j in page["jobs"]] == [later[2], later[1]] and page["next_cursor"]
+    rest = c.get("/jobs", params={"status": "pending", "cursor": page["next_cursor"]}).json()
+    assert [j["id"] for j in rest["jobs"]] == [later[0]] and rest["next_cursor"] is None
 
 
 def test_delete_and_retry_endpoints(server: Server) -> None:
