@@ -132,14 +132,15 @@ def count_by_status(db_path: Path) -> dict[str, int]:
 
 def _queries() -> dict[str, str]:
     from jobserver.records import JOB_COLUMNS
+    from jobserver.store import CLAIM_SQL, CLAIM_TASK_SQL, PROMOTE_SQL
 
-    return {  # as jobserver/store.py builds them (claim() and list(), get())
-        "claim SELECT": "SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ? "
-                        "ORDER BY priority DESC, run_at, id LIMIT ?",
-        "claim promote": "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?",
+    return {  # the claim statements are jobserver's own; the reads as JobStore.list()/get() build them
+        "claim SELECT": CLAIM_SQL,
+        "claim SELECT, some tasks at capacity (per task)": CLAIM_TASK_SQL,
+        "claim promote": PROMOTE_SQL,
         "GET /jobs?status=completed": f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?",
-        "GET /jobs?status=pending": f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('pending', 'scheduled') "
-                                    "ORDER BY id DESC LIMIT ?",
+        "GET /jobs?status=pending (pending and scheduled, each)":
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?",
         "GET /jobs?task=...": f"SELECT {JOB_COLUMNS} FROM jobs WHERE task = ? ORDER BY id DESC LIMIT ?",
         "GET /jobs/{id}": f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?",
     }

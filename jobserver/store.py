@@ -37,6 +37,15 @@ FINISHED = ("completed", "failed", "cancelled")
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
 # so the claim's index range holds only due jobs and an idle claim never scans future ones.
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
+# SQLite claim candidates, in claim order, from the claim indexes (never a sort of the backlog)
+CLAIM_SQL = (
+    "SELECT id, task FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+    "ORDER BY priority DESC, run_at, id LIMIT ?"
+)
+CLAIM_TASK_SQL = (  # one per task that may be taken, joined with UNION ALL
+    "SELECT * FROM (SELECT id, task, priority, run_at FROM jobs INDEXED BY jobs_claim_task "
+    "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)"
+)
 
 
 def waiting_status(run_at: float, now: float) -> str:
@@ -248,14 +257,8 @@ class JobStore:
                 (now, *(allowed or ()), limit),
             )
         if allowed is None:
-            return tx.all(
-                "SELECT id, task FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
-                "ORDER BY priority DESC, run_at, id LIMIT ?",
-                (now, limit),
-            )
-        one = ("SELECT * FROM (SELECT id, task, priority, run_at FROM jobs INDEXED BY jobs_claim_task "
-               "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)")
-        rows = tx.all(" UNION ALL ".join([one] * len(allowed)),
+            return tx.all(CLAIM_SQL, (now, limit))
+        rows = tx.all(" UNION ALL ".join([CLAIM_TASK_SQL] * len(allowed)),
                       [v for task in allowed for v in (task, now, limit)])
         rows.sort(key=lambda r: (-r[2], r[3], r[0]))
         return [(r[0], r[1]) for r in rows[:limit]]
