@@ -153,3 +153,12 @@ def start_server(tmp_path: Path, config: dict[str, dict[str, Any]] | None = None
     srv = Server(tmp_path, merged, env)
     STARTED.append(srv)
     return srv.start(wait=wait)
+
+
+def has_line(path: Path) -> bool:
+    """A task's marker file holds at least one whole line (created is not enough: a kill can
+    land between the file's creation and its first write)."""
+    try:
+        return path.read_text().endswith("\n")
+    except FileNotFoundError:
+        return False

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e import Server, start_server, wait_until
+from tests.e2e import has_line, Server, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,7 +103,7 @@ def test_get_wait_returns_when_job_finishes(server: Server, tmp_path: Path) -> N
     release = tmp_path / "release"
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     t0 = time.monotonic()
     timer = threading.Timer(0.3, release.touch)
     timer.start()
@@ -120,7 +120,7 @@ def test_cancel_running_async_task(server: Server, tmp_path: Path) -> None:
     c = server.client()
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.async_forever", {"started": str(started)})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     r = c.post(f"/jobs/{job_id}/cancel")
     assert r.status_code == 202
     t0 = time.monotonic()
@@ -135,7 +135,7 @@ def test_cancel_running_sync_task_that_checks(server: Server, tmp_path: Path) ->
     c = server.client()
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     c.post(f"/jobs/{job_id}/cancel")
     job = finished(c, job_id, 5)
     assert job["status"] == "cancelled"
@@ -145,7 +145,7 @@ def test_cancel_interrupts_sync_task_that_never_checks(server: Server, tmp_path:
     c = server.client()
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.spin_forever", {"started": str(started)})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     t0 = time.monotonic()
     c.post(f"/jobs/{job_id}/cancel")
     job = finished(c, job_id, 10)
@@ -161,7 +161,7 @@ def test_blocking_c_call_is_given_up_and_its_slot_replaced(tmp_path: Path) -> No
     c = srv.client()
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.sleep_in_c", {"started": str(started), "seconds": 30})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     t0 = time.monotonic()
     c.post(f"/jobs/{job_id}/cancel")
     job = finished(c, job_id, 10)
@@ -240,7 +240,7 @@ def test_concurrency_cap_across_jobs(server: Server, tmp_path: Path) -> None:
     c = server.client()
     started, release = tmp_path / "started", tmp_path / "release"
     ids = [submit(c, "tests.e2e_tasks.capped", {"started": str(started), "release": str(release)}) for _ in range(5)]
-    wait_until(lambda: started.exists() and len(started.read_text().splitlines()) == 2)
+    wait_until(lambda: has_line(started) and len(started.read_text().splitlines()) == 2)
     # other work is not blocked by the waiting capped jobs
     assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 1}))["status"] == "completed"
     running = [j for j in c.get("/jobs", params={"task": "tests.e2e_tasks.capped"}).json()["jobs"]

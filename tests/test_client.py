@@ -27,7 +27,7 @@ from jobserver.errors import (
     JobServerError,
     TaskNotFoundError,
 )
-from tests.e2e import Server, default_config, free_port, start_server, wait_until
+from tests.e2e import default_config, free_port, has_line, Server, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -214,7 +214,7 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
     try:
         with Client(srv.url) as c:
             job = c.submit("tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-            wait_until(started.exists, WAIT_S, message="the job to start")
+            wait_until(lambda: has_line(started), WAIT_S, message="the job to start")
             srv.terminate()
 
             def refused() -> DrainingError | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import STARTED, Server, free_port, start_server, wait_until
+from tests.e2e import STARTED, free_port, has_line, Server, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 FINISHED = {"completed", "failed", "cancelled"}
@@ -94,7 +94,7 @@ def test_cut_off_attempt_runs_again(tmp_path: Path) -> None:
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(lambda: started.exists(), message="the attempt to start")
+    wait_until(lambda: has_line(started), message="the attempt to start")
     srv.kill()
     release.touch()
     srv.restart()
@@ -110,7 +110,7 @@ def test_on_crash_fail_is_at_most_once(tmp_path: Path) -> None:
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = _submit(c, "tests.e2e_tasks.at_most_once", {"started": str(started), "release": str(release)})
-    wait_until(lambda: started.exists(), message="the attempt to start")
+    wait_until(lambda: has_line(started), message="the attempt to start")
     srv.kill()
     release.touch()
     srv.restart()
@@ -128,7 +128,7 @@ def test_poison_job_stops_after_crash_cap(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "never"
     job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     for n in (1, 2, 3):
-        wait_until(lambda: started.exists() and len(started.read_text().splitlines()) == n,
+        wait_until(lambda: has_line(started) and len(started.read_text().splitlines()) == n,
                    message=f"attempt {n}")
         srv.kill()
         srv.restart()
@@ -163,7 +163,7 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
     running = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(lambda: started.exists(), message="the job to start")
+    wait_until(lambda: has_line(started), message="the job to start")
     srv.terminate()
     # while draining: new jobs are refused with 503 + Retry-After, reads still work
     def refused() -> bool:
@@ -184,7 +184,7 @@ def test_sigterm_grace_expiry_puts_jobs_back(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     delayed = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}, "delay": 1}).json()["id"]
-    wait_until(lambda: started.exists(), message="the job to start")
+    wait_until(lambda: has_line(started), message="the job to start")
     srv.terminate()
     assert srv.wait_exit(30) == 0
     release.touch()
@@ -201,7 +201,7 @@ def test_second_signal_exits_at_once_and_loses_nothing(tmp_path: Path) -> None:
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(lambda: started.exists(), message="the job to start")
+    wait_until(lambda: has_line(started), message="the job to start")
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGINT)
     wait_until(lambda: c.post("/jobs", json={"task": "jobserver.examples.noop", "args": {}}).status_code == 503)

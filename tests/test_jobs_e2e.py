@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import Server, wait_until
+from tests.e2e import has_line, Server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -255,7 +255,7 @@ def test_healthz_answers_while_every_worker_is_busy(server: Server, tmp_path: Pa
     started, release = tmp_path / "started", tmp_path / "release"
     for _ in range(4):
         submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(lambda: started.exists() and len(started.read_text().splitlines()) == 4)
+    wait_until(lambda: has_line(started) and len(started.read_text().splitlines()) == 4)
     for _ in range(20):
         assert c.get("/healthz", timeout=1).status_code == 200
     job = submit(c, "jobserver.examples.add", {"a": 1, "b": 1})

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobserver.metrics import Metrics
 from jobserver.records import Claim, JobRecord
-from tests.e2e import Server, start_server, wait_until
+from tests.e2e import has_line, Server, start_server, wait_until
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -67,7 +67,7 @@ def test_counts_move_with_the_jobs(server: Server, tmp_path: Path) -> None:
 
     started, release = tmp_path / "started", tmp_path / "release"
     blocked = submit(c, BLOCK, {"started": str(started), "release": str(release)})
-    wait_until(started.exists, message="the blocking job to start")
+    wait_until(lambda: has_line(started), message="the blocking job to start")
     wait_until(lambda: value(scrape(c), "jobserver_jobs_running") == 1, message="running gauge at 1")
 
     m = scrape(c)
@@ -99,7 +99,7 @@ def test_rescued_jobs_are_counted_after_a_crash(tmp_path: Path) -> None:
     retried = submit(c, BLOCK, {"started": str(started), "release": str(release)})
     once_started = tmp_path / "once"
     crashed = submit(c, AT_MOST_ONCE, {"started": str(once_started), "release": str(release)})
-    wait_until(lambda: started.exists() and once_started.exists(), message="both jobs to start")
+    wait_until(lambda: has_line(started) and has_line(once_started), message="both jobs to start")
     srv.kill()
     release.touch()
     srv.restart()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import start_server, wait_until
+from tests.e2e import has_line, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ def test_readyz_is_ready_then_503_while_draining(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     job = c.post("/jobs", json={"task": "tests.e2e_tasks.block_until_file",
                                 "args": {"started": str(started), "release": str(release)}}).json()
-    wait_until(started.exists, message="the job to start")
+    wait_until(lambda: has_line(started), message="the job to start")
     srv.terminate()  # drains: the running job may finish, no new work is taken
     r = wait_until(lambda: (resp := c.get("/readyz")).status_code == 503 and resp, message="/readyz to say 503")
     assert r.json()["draining"] is True and r.json()["status"] == "not ready"

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e import Server, start_server, wait_until
+from tests.e2e import has_line, Server, start_server, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -59,7 +59,7 @@ def test_node_killed_mid_job_is_recovered_by_the_other(tmp_path: Path, pg_url: s
     ca = a.client()
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = submit(ca, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(started.exists, message="the job to start on node a")
+    wait_until(lambda: has_line(started), message="the job to start on node a")
     b = node(tmp_path, "b", pg_url)
     a.kill()
     release.touch()
@@ -71,7 +71,7 @@ def test_cancel_on_one_node_stops_the_attempt_on_another(tmp_path: Path, pg_url:
     a = node(tmp_path, "a", pg_url)
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = submit(a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     b = node(tmp_path, "b", pg_url, threads=1)
     r = b.client().post(f"/jobs/{job_id}/cancel")
     assert r.status_code == 202
@@ -83,7 +83,7 @@ def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_u
     a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url, threads=1)
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = submit(a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    wait_until(started.exists)
+    wait_until(lambda: has_line(started))
     seen: list[str] = []
 
     def watch() -> None:
