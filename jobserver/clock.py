@@ -6,7 +6,6 @@ into RFC 3339 strings only at the edges (`rfc3339`).
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import time
 from typing import Protocol
@@ -56,11 +55,3 @@ def rfc3339(ts: float | None) -> str | None:
     ms = int(round(ts * 1000))
     whole, frac = divmod(ms, 1000)
     return f"{_second(whole)}.{frac:03d}Z"
-
-
-def parse_rfc3339(value: str) -> float:
-    """Parse an RFC 3339 timestamp (with offset or Z) into epoch seconds."""
-    d = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    if d.tzinfo is None:
-        raise ValueError("timestamp needs a timezone offset or Z")
-    return d.timestamp()

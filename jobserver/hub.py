@@ -48,8 +48,3 @@ class Hub:
                     watchers.discard(entry)
                     if not watchers:
                         del self._watchers[job_id]
-
-    def watcher_count(self) -> int:
-        """How many watchers are registered (for metrics)."""
-        with self._lock:
-            return sum(len(w) for w in self._watchers.values())

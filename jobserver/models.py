@@ -4,7 +4,8 @@ Owns the tables and how a connection is opened (SQLite in WAL mode with a busy
 timeout, or PostgreSQL). Peewee is used for the schema and connections; the hot
 statements live in `store.py` as plain SQL. Imports only `errors`.
 
-Job states (the contract's vocabulary) and their legal moves::
+Job states (the contract's vocabulary; internally a pending job whose run_at is
+still ahead is stored as 'scheduled' and shown as pending) and their moves::
 
                  claim                 complete
     pending ───────────────► running ───────────► completed
@@ -18,7 +19,6 @@ Job states (the contract's vocabulary) and their legal moves::
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 
 import peewee as pw
@@ -27,27 +27,8 @@ from playhouse.postgres_ext import Psycopg3Database
 from .errors import StorageError
 
 
-class JobState(str, enum.Enum):
-    """A job's status, as the API names it (SCHEDULED is shown as pending)."""
+FINISHED_STATES = ("completed", "failed", "cancelled")
 
-    SCHEDULED = "scheduled"  # pending, run_at still ahead
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED_STATES = frozenset({"completed", "failed", "cancelled"})
-
-LEGAL_MOVES: dict[str, frozenset[str]] = {
-    "scheduled": frozenset({"pending", "cancelled"}),
-    "pending": frozenset({"running", "cancelled"}),
-    "running": frozenset({"completed", "failed", "cancelled", "pending", "scheduled"}),
-    "completed": frozenset(),
-    "failed": frozenset({"pending"}),
-    "cancelled": frozenset({"pending"}),
-}
 
 class BaseModel(pw.Model):
     class Meta:

@@ -30,10 +30,11 @@ from .errors import (
     JobNotRetryableError,
     StaleAttemptError,
 )
+from .models import FINISHED_STATES
 from .records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
 from .writer import Tx, Writer
 
-FINISHED = ("completed", "failed", "cancelled")
+FINISHED = FINISHED_STATES
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
 # so the claim's index range holds only due jobs and an idle claim never scans future ones.
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
@@ -172,10 +173,6 @@ class JobStore:
             (job_id, after_id, limit),
         )
         return [(int(i), k, d) for i, k, d in rows]
-
-    def counts_by_status(self) -> dict[str, int]:
-        """How many jobs are in each status."""
-        return self.count_in(("pending", "running", "completed", "failed", "cancelled"))
 
     def count_in(self, statuses: Sequence[str]) -> dict[str, int]:
         """How many jobs are in each of `statuses` (index ranges, not a table scan)."""
