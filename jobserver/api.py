@@ -197,7 +197,7 @@ def create_app(svc: Services) -> Starlette:
             q = _query(ListQuery, request)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
-        jobs, cursor = await run_in_threadpool(store.list, q.status, q.task, q.limit, q.cursor)
+        jobs, cursor = await run_in_threadpool(store.list_jobs, q.status, q.task, q.limit, q.cursor)
         return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
 
     async def cancel(request: Request) -> Response:

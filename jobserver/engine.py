@@ -351,16 +351,16 @@ class Engine:
             log.info("cancelled %s", claim.job_id, extra={"job_id": claim.job_id, "action": "cancel"})
             error = {"type": "Cancelled", "message": "the job was cancelled", "traceback": None}
             return self.store.fail(claim, error, now, None, "cancelled", None, done)
-        exc = outcome.exc
-        assert exc is not None
-        retry_at = self._retry_at(claim, taskdef, exc, now)
+        failure = outcome.exc
+        assert failure is not None
+        retry_at = self._retry_at(claim, taskdef, failure, now)
         if retry_at is None:
-            log.error("failed %s after %d attempts", claim.job_id, claim.attempt, exc_info=exc,
+            log.error("failed %s after %d attempts", claim.job_id, claim.attempt, exc_info=failure,
                       extra={"job_id": claim.job_id, "action": "fail"})
         else:
             log.warning("attempt %d of %s failed (%s); retrying", claim.attempt, claim.job_id,
-                        type(exc).__name__, extra={"job_id": claim.job_id, "action": "retry"})
-        return self.store.fail(claim, error_info(exc), now, retry_at, "failed", None, done)
+                        type(failure).__name__, extra={"job_id": claim.job_id, "action": "retry"})
+        return self.store.fail(claim, error_info(failure), now, retry_at, "failed", None, done)
 
     def _retry_at(self, claim: Claim, taskdef: TaskDef | None, exc: BaseException, now: float) -> float | None:
         """When the next attempt runs, or None when the job has failed for good."""

@@ -116,7 +116,7 @@ class JobStore:
             raise JobNotFoundError(job_id)
         return JobRecord.from_row(rows[0])
 
-    def list(
+    def list_jobs(
         self, status: str | None, task: str | None, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page."""
@@ -486,6 +486,7 @@ class JobStore:
                     "message": f"attempt {attempts} was cut off (its worker stopped heartbeating)",
                     "traceback": None,
                 }).decode()
+                params: tuple[Any, ...]
                 if cancel:
                     sets, params = "status = 'cancelled', finished_at = ?", (now,)
                 elif on_crash(task) == "fail" or attempts >= max(max_attempts, MIN_CRASH_ATTEMPTS):

@@ -14,7 +14,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, TypeVar, get_type_hints, overload
 
 import pydantic
 from pydantic import ConfigDict
@@ -80,6 +80,27 @@ class TaskDef:
         return {name: getattr(model, name) for name in type(model).model_fields}
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def task(fn: F) -> F: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    max_attempts: int = 1,
+    backoff: tuple[float, float] = (1.0, 300.0),
+    retry_on: Iterable[type[BaseException]] = (Exception,),
+    timeout: float | None = None,
+    priority: int = 0,
+    concurrency: int | None = None,
+    on_crash: Literal["retry", "fail"] = "retry",
+) -> Callable[[F], F]: ...
+
+
 def task(
     fn: Callable[..., Any] | None = None,
     *,
@@ -136,7 +157,7 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (annotation, default)
-    model = pydantic.create_model(  # type: ignore[call-overload]
+    model = pydantic.create_model(
         f"{name.replace('.', '_')}_args", __config__=ConfigDict(extra="forbid"), **fields
     )
     schema = model.model_json_schema()
