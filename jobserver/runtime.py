@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
+import sys
 import socket
 import threading
 import time
@@ -42,6 +44,7 @@ from .webhook_routes import webhook_routes
 from .writer import Writer
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL_S = 0.001
 
 
 def lock_sqlite_file(path: Path) -> int:
@@ -163,6 +166,9 @@ class Runtime:
 
     def open(self) -> None:
         """Lock, open the database, build and start every part except HTTP."""
+        # The API, the writer and the workers share one GIL; Python's default 5 ms switch
+        # interval lets a busy thread keep a woken worker or the event loop waiting that long.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         s = self.settings
         path = s.sqlite_path()
         if path is not None:
@@ -196,6 +202,7 @@ class Runtime:
         self.pool.start()
         self.maintenance = Maintenance(self.engine, s, self.extra_passes)
         self.maintenance.start()
+        gc.freeze()  # startup objects (modules, registry, schemas) need no more collection passes
         self.app = create_app(Services(
             s, self.engine, self.store, self.registry, self.hub,
             workers_alive=lambda: self.pool.alive() > 0, extra_routes=self.extra_routes,
