@@ -11,14 +11,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobserver.cli_client import parse_key_value
-from tests.e2e import REPO, Server, default_config, free_port, start_server
+from tests.e2e import REPO, Server, free_port, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +27,6 @@ NOOP = "jobserver.examples.noop"  # only test_list_filters_and_pages submits it
 RUN_TIMEOUT_S = 60
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # built directly: the conftest stops what `start_server` started after every test
-    path = tmp_path_factory.mktemp("cli")
-    srv = Server(path, default_config(path, free_port()), None).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def cli(*argv: str, url: str | None, **env: str) -> subprocess.CompletedProcess[str]:

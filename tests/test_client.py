@@ -27,7 +27,12 @@ from jobserver.errors import (
     JobServerError,
     TaskNotFoundError,
 )
-from tests.e2e import default_config, free_port, has_line, Server, start_server, wait_until
+from tests.e2e import (
+    Server,
+    has_line,
+    start_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +42,6 @@ NOOP = "jobserver.examples.noop"  # only test_list_pages_and_iter_jobs submits i
 WAIT_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # built directly: the conftest stops what `start_server` started after every test
-    path = tmp_path_factory.mktemp("client")
-    srv = Server(path, default_config(path, free_port()), None).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

@@ -9,16 +9,15 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from jobserver import netguard
 from jobserver.errors import WebhookURLError
+from tests.fakedns import fake_getaddrinfo
 
 PUBLIC_V4 = "93.184.216.34"
 
-_real_getaddrinfo = socket.getaddrinfo
 
 
 @pytest.fixture
@@ -26,25 +25,7 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
     """A fake resolver: names map to address lists; literals resolve for real; others fail."""
     names: dict[str, list[str]] = {}
 
-    def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
-        if host in names:
-            return [
-                (
-                    socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                    socket.SOCK_STREAM,
-                    socket.IPPROTO_TCP,
-                    "",
-                    (ip, port, 0, 0) if ":" in ip else (ip, port),
-                )
-                for ip in names[host]
-            ]
-        if host == "localhost":  # answered by /etc/hosts, no network
-            return _real_getaddrinfo(host, port, *args, **kwargs)
-        # Numeric forms only: any other name fails instead of reaching real DNS.
-        kwargs["flags"] = kwargs.get("flags", 0) | socket.AI_NUMERICHOST
-        return _real_getaddrinfo(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(names, localhost=True))
     yield names
 
 

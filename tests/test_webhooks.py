@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from jobserver import webhooks
 from jobserver.clock import rfc3339
+from tests.fakedns import fake_getaddrinfo
 
 NOW = 1_700_000_000.0
 HOST = "hooks.example.com"
@@ -31,7 +32,6 @@ PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:4700::1111"
 SCHEDULE = [5.0, 300.0, 1800.0, 7200.0]
 
-_real_getaddrinfo = socket.getaddrinfo
 
 Handler = Callable[[httpx.Request], httpx.Response]
 DNS = dict[str, list[str]]  # host name -> addresses the fake resolver answers
@@ -42,22 +42,7 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[DNS]:
     """A fake resolver: names map to address lists; numeric hosts resolve for real; others fail."""
     names: DNS = {HOST: [PUBLIC_V4], "v6.example.com": [PUBLIC_V6]}
 
-    def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
-        if host in names:
-            return [
-                (
-                    socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                    socket.SOCK_STREAM,
-                    socket.IPPROTO_TCP,
-                    "",
-                    (ip, port, 0, 0) if ":" in ip else (ip, port),
-                )
-                for ip in names[host]
-            ]
-        kwargs["flags"] = kwargs.get("flags", 0) | socket.AI_NUMERICHOST
-        return _real_getaddrinfo(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(names, localhost=False))
     yield names
 
 
