@@ -14,14 +14,14 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pydantic
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = frozenset({"/healthz", "/"})
 KEEPALIVE_S = 15.0
+READ_THREADS = 8  # each keeps its own read connection; a plain executor hop is cheaper than anyio's
+T = TypeVar("T")
 EVENT_PAGE = 500
 
 
@@ -124,6 +126,11 @@ def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
 def create_app(svc: Services) -> Starlette:
     """Build the ASGI app."""
     settings, engine, store = svc.settings, svc.engine, svc.store
+    readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
+
+    async def read(fn: Callable[..., T], *args: Any) -> T:
+        """Run a database read on a reader thread (never on the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(readers, fn, *args)
     # In-process notices cover changes made by this process; on PostgreSQL other nodes
     # change jobs too, so waits and streams also re-read every poll interval.
     recheck_s = settings.workers.poll_interval if settings.is_postgres else KEEPALIVE_S * 4
@@ -172,12 +179,12 @@ def create_app(svc: Services) -> Starlette:
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
         if wait <= 0:
-            return JSON(await run_in_threadpool(job_with_steps, job_id))
+            return JSON(await read(job_with_steps, job_id))
         deadline = time.monotonic() + wait
         with svc.hub.watch(job_id) as changed:  # watch before reading: no change slips between
             while True:
                 changed.clear()
-                data = await run_in_threadpool(job_with_steps, job_id)
+                data = await read(job_with_steps, job_id)
                 remaining = deadline - time.monotonic()
                 if data["status"] in FINISHED or remaining <= 0:
                     return JSON(data)
@@ -197,7 +204,7 @@ def create_app(svc: Services) -> Starlette:
             q = _query(ListQuery, request)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
-        jobs, cursor = await run_in_threadpool(store.list_jobs, q.status, q.task, q.limit, q.cursor)
+        jobs, cursor = await read(store.list_jobs, q.status, q.task, q.limit, q.cursor)
         return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
 
     async def cancel(request: Request) -> Response:
@@ -214,7 +221,7 @@ def create_app(svc: Services) -> Starlette:
 
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        await run_in_threadpool(store.get, job_id)  # 404 before the stream starts
+        await read(store.get, job_id)  # 404 before the stream starts
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
         after = int(last) if last.isdigit() else 0
         return StreamingResponse(event_stream(job_id, after), media_type="text/event-stream",
@@ -225,7 +232,7 @@ def create_app(svc: Services) -> Starlette:
         with svc.hub.watch(job_id) as changed:
             while True:
                 changed.clear()
-                rows = await run_in_threadpool(store.events_after, job_id, after, EVENT_PAGE)
+                rows = await read(store.events_after, job_id, after, EVENT_PAGE)
                 ended = False
                 for event_id, kind, data in rows:
                     after = event_id
@@ -236,7 +243,7 @@ def create_app(svc: Services) -> Starlette:
                     return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
-                if await run_in_threadpool(_gone_or_finished, job_id):
+                if await read(_gone_or_finished, job_id):
                     return  # nothing after the cursor and the job is over (e.g. a resume after the end)
                 try:
                     await asyncio.wait_for(changed.wait(), min(KEEPALIVE_S, recheck_s))
@@ -264,7 +271,7 @@ def create_app(svc: Services) -> Starlette:
     async def readyz(request: Request) -> Response:
         checks = {"database": "ok", "workers": "ok"}
         try:
-            await run_in_threadpool(store.ping)
+            await read(store.ping)
         except Exception as exc:
             checks["database"] = f"error: {exc}"
         if not svc.workers_alive():
@@ -274,7 +281,7 @@ def create_app(svc: Services) -> Starlette:
                      "draining": engine.draining}, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
-        body = await run_in_threadpool(svc.metrics.render) if svc.metrics is not None else b""
+        body = await read(svc.metrics.render) if svc.metrics is not None else b""
         return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     openapi_doc: list[bytes] = []  # built on first use: every task module is imported by then
