@@ -344,13 +344,13 @@ class Engine:
                 outcome = Outcome("error", exc=exc)
             else:
                 log.info("completed %s", claim.job_id, extra={"job_id": claim.job_id, "action": "complete"})
-                return self.store.complete(claim, result, None, now, done)
+                return self.store.complete(claim, result, now, done)
         if outcome.kind == "shutdown":
             return self.store.release(claim, now, done)
         if outcome.kind == "cancelled":
             log.info("cancelled %s", claim.job_id, extra={"job_id": claim.job_id, "action": "cancel"})
             error = {"type": "Cancelled", "message": "the job was cancelled", "traceback": None}
-            return self.store.fail(claim, error, now, None, "cancelled", None, done)
+            return self.store.fail(claim, error, now, None, "cancelled", done)
         failure = outcome.exc
         assert failure is not None
         retry_at = self._retry_at(claim, taskdef, failure, now)
@@ -360,7 +360,7 @@ class Engine:
         else:
             log.warning("attempt %d of %s failed (%s); retrying", claim.attempt, claim.job_id,
                         type(failure).__name__, extra={"job_id": claim.job_id, "action": "retry"})
-        return self.store.fail(claim, error_info(failure), now, retry_at, "failed", None, done)
+        return self.store.fail(claim, error_info(failure), now, retry_at, "failed", done)
 
     def _retry_at(self, claim: Claim, taskdef: TaskDef | None, exc: BaseException, now: float) -> float | None:
         """When the next attempt runs, or None when the job has failed for good."""

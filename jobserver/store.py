@@ -32,6 +32,7 @@ from .errors import (
 )
 from .models import FINISHED_STATES
 from .records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
+from .webhooks import build_payload, event_type_for
 from .writer import Tx, Writer
 
 FINISHED = FINISHED_STATES
@@ -74,13 +75,12 @@ def _outbox(tx: Tx, rec: JobRecord, now: float, wake: Callable[[], None]) -> Non
         return
     tx.after_commit(wake)
     delivery_id = f"msg_{rec.id.replace('-', '')}_{rec.run_seq}_{int(now * 1000)}"
-    payload = orjson.dumps(
-        {"type": f"job.{rec.status}", "timestamp": rfc3339(now), "data": rec.to_api()}
-    ).decode()
+    event_type = event_type_for(rec.status)
+    payload = build_payload(event_type, rec.to_api(), now).decode()
     tx.execute(
         "INSERT INTO webhook_deliveries (id, job_id, url, event_type, payload, state, attempts, "
         "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-        (delivery_id, rec.id, rec.webhook_url, f"job.{rec.status}", payload, now, now),
+        (delivery_id, rec.id, rec.webhook_url, event_type, payload, now, now),
     )
 
 
@@ -348,7 +348,7 @@ class JobStore:
         return rec
 
     def complete(
-        self, claim: Claim, result_json: str, progress_json: str | None, now: float,
+        self, claim: Claim, result_json: str, now: float,
         on_commit: Callable[[JobRecord], None],
     ) -> Future[JobRecord]:
         """The attempt succeeded: store its result."""
@@ -356,9 +356,8 @@ class JobStore:
         def op(tx: Tx) -> JobRecord:
             rec = self._finish(
                 tx, claim,
-                "status = 'completed', result = ?, error = NULL, progress = COALESCE(?, progress), "
-                "finished_at = ?",
-                (result_json, progress_json, now), now,
+                "status = 'completed', result = ?, error = NULL, finished_at = ?",
+                (result_json, now), now,
             )
             tx.after_commit(lambda: on_commit(rec))
             return rec
@@ -367,18 +366,18 @@ class JobStore:
 
     def fail(
         self, claim: Claim, error: dict[str, Any], now: float, retry_at: float | None,
-        status: str, progress_json: str | None, on_commit: Callable[[JobRecord], None],
+        status: str, on_commit: Callable[[JobRecord], None],
     ) -> Future[JobRecord]:
         """The attempt failed: `schedule_retry` when retry_at is given, else end as `status`."""
         err = orjson.dumps(error).decode()
 
         def op(tx: Tx) -> JobRecord:
             if retry_at is not None:
-                sets = "status = ?, error = ?, run_at = ?, progress = COALESCE(?, progress)"
-                params: tuple[Any, ...] = (waiting_status(retry_at, now), err, retry_at, progress_json)
+                sets = "status = ?, error = ?, run_at = ?"
+                params: tuple[Any, ...] = (waiting_status(retry_at, now), err, retry_at)
             else:
-                sets = "status = ?, error = ?, finished_at = ?, progress = COALESCE(?, progress)"
-                params = (status, err, now, progress_json)
+                sets = "status = ?, error = ?, finished_at = ?"
+                params = (status, err, now)
             rec = self._finish(tx, claim, sets, params, now)
             tx.after_commit(lambda: on_commit(rec))
             return rec

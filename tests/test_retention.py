@@ -47,10 +47,10 @@ class Seed:
             claim = claim_one(self.store, "owner", at, 30.0)
             assert claim is not None and claim.job_id == job_id
             if status == "completed":
-                self.store.complete(claim, "1", None, at, lambda: None).result()
+                self.store.complete(claim, "1", at, lambda rec: None).result()
             elif status == "failed":
                 self.store.fail(claim, {"type": "E", "message": "m", "traceback": None}, at, None, "failed",
-                                None, lambda: None).result()
+                                lambda rec: None).result()
 
         def extras(tx: Tx) -> None:
             tx.execute("INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "

@@ -74,10 +74,10 @@ class Env:
         claim = claim_one(self.store, "owner", now, 30.0)
         assert claim is not None and claim.job_id == job_id
         if status == "completed":
-            self.store.complete(claim, "42", None, now, lambda: None).result()
+            self.store.complete(claim, "42", now, lambda rec: None).result()
         else:
             error = {"type": "ValueError", "message": "boom", "traceback": None}
-            self.store.fail(claim, error, now, None, "failed", None, lambda: None).result()
+            self.store.fail(claim, error, now, None, "failed", lambda rec: None).result()
         return job_id
 
 

@@ -68,8 +68,8 @@ def test_stale_attempt_writes_are_refused(tmp_path: Path) -> None:
         second = claim(store, "new", NOW + 31, 30)
         assert second.run_seq == first.run_seq + 1
         with pytest.raises(StaleAttemptError):
-            store.complete(first, '"old"', None, NOW + 32, lambda: None).result(10)
-        store.complete(second, '"new"', None, NOW + 33, lambda: None).result(10)
+            store.complete(first, '"old"', NOW + 32, lambda rec: None).result(10)
+        store.complete(second, '"new"', NOW + 33, lambda rec: None).result(10)
         assert store.get(job_id).result == '"new"'
 
 
