@@ -32,7 +32,15 @@ import orjson
 import uvloop
 
 from bench import baselines, report
-from bench.jobserver_figures import FIGURES, Figure, fig_pickup, fig_submit, load_extra_config, merge, run_figures
+from bench.jobserver_figures import (
+    FIGURES,
+    Figure,
+    fig_pickup,
+    fig_submit,
+    load_extra_config,
+    merge,
+    run_figures,
+)
 from bench.plan import Plan, make_plan
 from bench.scale import run_scale
 from bench.servers import BenchError
@@ -41,13 +49,22 @@ from bench.servers import BenchError
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs for CI smoke use (under a minute)")
-    parser.add_argument("--scale", action="store_true", help="also measure on databases seeded with many jobs")
-    parser.add_argument("--sync-full", action="store_true",
-                        help='also measure submit throughput with synchronous = "full" (always in a full run)')
+    parser.add_argument(
+        "--scale", action="store_true", help="also measure on databases seeded with many jobs"
+    )
+    parser.add_argument(
+        "--sync-full",
+        action="store_true",
+        help='also measure submit throughput with synchronous = "full" (always in a full run)',
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.add_argument("--config", type=Path, help="TOML merged over the bench's server config")
-    parser.add_argument("--idle-seconds", type=float, help="how long the server sits idle before the after-idle pickups")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs, databases)")
+    parser.add_argument(
+        "--idle-seconds", type=float, help="how long the server sits idle before the after-idle pickups"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (configs, logs, databases)"
+    )
     return parser.parse_args(argv)
 
 
@@ -56,7 +73,10 @@ def _log(message: str) -> None:
 
 
 async def _machine_limits(plan: Plan, workdir: Path, values: dict[str, Any], errors: dict[str, str]) -> None:
-    steps = [("load generator ceiling", baselines.loadgen_ceiling), ("bare Starlette route", baselines.bare_route)]
+    steps = [
+        ("load generator ceiling", baselines.loadgen_ceiling),
+        ("bare Starlette route", baselines.bare_route),
+    ]
     for name, step in steps:
         _log(f"machine: {name}")
         try:
@@ -66,20 +86,29 @@ async def _machine_limits(plan: Plan, workdir: Path, values: dict[str, Any], err
     _log("machine: raw SQLite inserts")
     try:
         values |= baselines.sqlite_inserts(plan, workdir)
-    except Exception as exc:  # the schema comes from jobserver.models, which may be broken
+    except Exception as exc:  # the schema comes from jobserver.storage.models, which may be broken
         errors["raw SQLite inserts"] = f"{type(exc).__name__}: {exc}"
 
 
-async def _sync_full(plan: Plan, workdir: Path, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+async def _sync_full(
+    plan: Plan, workdir: Path, extra: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Back-to-back pickups (one commit each) and the submit figure again, on a fresh server whose
     database fsyncs every commit."""
     server_dir = workdir / "server-sync-full"
     server_dir.mkdir()
-    figures: list[tuple[str, Figure]] = [("pickup latency, back to back", partial(fig_pickup, idle=False)),
-                                         ("submit throughput and latency", partial(fig_submit, settle=False))]
+    figures: list[tuple[str, Figure]] = [
+        ("pickup latency, back to back", partial(fig_pickup, idle=False)),
+        ("submit throughput and latency", partial(fig_submit, settle=False)),
+    ]
     try:
-        v, e = await run_figures(plan, server_dir, merge(extra, {"database": {"synchronous": "full"}}), figures,
-                                 lambda m: _log(f'synchronous = "full": {m}'))
+        v, e = await run_figures(
+            plan,
+            server_dir,
+            merge(extra, {"database": {"synchronous": "full"}}),
+            figures,
+            lambda m: _log(f'synchronous = "full": {m}'),
+        )
     except (BenchError, OSError) as exc:
         return {}, {'synchronous = "full"': f"{type(exc).__name__}: {exc}"}
     return {f"syncfull.{k}": x for k, x in v.items()}, {f'synchronous = "full": {k}': x for k, x in e.items()}
@@ -87,8 +116,11 @@ async def _sync_full(plan: Plan, workdir: Path, extra: dict[str, Any]) -> tuple[
 
 async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Every measurement of the run; (values, errors)."""
-    values: dict[str, Any] = {"ideal.async_wall_s": plan.async_sleep_s, "machine.cpus": os.cpu_count(),
-                              "machine.load_start": os.getloadavg()[0]}
+    values: dict[str, Any] = {
+        "ideal.async_wall_s": plan.async_sleep_s,
+        "machine.cpus": os.cpu_count(),
+        "machine.load_start": os.getloadavg()[0],
+    }
     errors: dict[str, str] = {}
     extra = load_extra_config(args.config)
     await _machine_limits(plan, workdir, values, errors)
@@ -128,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     values["bench.elapsed_s"] = time.perf_counter() - t0
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(report.as_json(plan, args.scale, values, errors), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(
+            orjson.dumps(report.as_json(plan, args.scale, values, errors), option=orjson.OPT_INDENT_2)
+        )
         sys.stdout.write("\n")
     else:
         print(f"jobserver bench ({plan.name} plan, {values['bench.elapsed_s']:.0f} s)")

@@ -29,8 +29,13 @@ from bench.servers import HOST, BenchError, ServerProcess, free_port, run_loadge
 
 # The uvicorn settings jobserver serves with (jobserver/runtime.py, Runtime.serve).
 UVICORN_SETTINGS: dict[str, Any] = {
-    "loop": "uvloop", "http": "httptools", "lifespan": "off", "access_log": False, "log_config": None,
-    "timeout_graceful_shutdown": 2, "backlog": 2048,
+    "loop": "uvloop",
+    "http": "httptools",
+    "lifespan": "off",
+    "access_log": False,
+    "log_config": None,
+    "timeout_graceful_shutdown": 2,
+    "backlog": 2048,
 }
 HELLO = {"method": "GET", "path": "/hello"}
 SUBMIT_BODY = {"task": "jobserver.examples.noop", "args": {}}
@@ -49,15 +54,35 @@ def starlette_app() -> Any:
 
     async def submit(request: Request) -> Response:
         body = orjson.loads(await request.body())
-        now = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-        job = {"id": str(uuid.uuid4()), "task": body["task"], "args": body["args"], "status": "pending",
-               "priority": 0, "attempts": 0, "max_attempts": 1, "progress": None, "result": None,
-               "error": None, "idempotency_key": None, "webhook_url": None, "created_at": now,
-               "run_at": now, "started_at": None, "finished_at": None}
-        return Response(orjson.dumps(job), status_code=202, media_type="application/json",
-                        headers={"Location": f"/jobs/{job['id']}"})
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        job = {
+            "id": str(uuid.uuid4()),
+            "task": body["task"],
+            "args": body["args"],
+            "status": "pending",
+            "priority": 0,
+            "attempts": 0,
+            "max_attempts": 1,
+            "progress": None,
+            "result": None,
+            "error": None,
+            "idempotency_key": None,
+            "webhook_url": None,
+            "created_at": now,
+            "run_at": now,
+            "started_at": None,
+            "finished_at": None,
+        }
+        return Response(
+            orjson.dumps(job),
+            status_code=202,
+            media_type="application/json",
+            headers={"Location": f"/jobs/{job['id']}"},
+        )
 
-    return Starlette(routes=[Route("/healthz", hello), Route("/hello", hello), Route("/jobs", submit, methods=["POST"])])
+    return Starlette(
+        routes=[Route("/healthz", hello), Route("/hello", hello), Route("/jobs", submit, methods=["POST"])]
+    )
 
 
 class _Canned(asyncio.Protocol):
@@ -72,7 +97,7 @@ class _Canned(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         data = self.pending + data
         n = data.count(b"\r\n\r\n")
-        self.pending = data[data.rfind(b"\r\n\r\n") + 4:] if n else data
+        self.pending = data[data.rfind(b"\r\n\r\n") + 4 :] if n else data
         if n:
             self.transport.write(self.RESPONSE * n)
 
@@ -95,8 +120,16 @@ async def loadgen_ceiling(plan: Plan, workdir: Path) -> dict[str, Any]:
     await server.start()
     try:
         await server.wait_ready(timeout_s=30)
-        run = await run_loadgen({"port": server.port, "mode": "duration", "conns": plan.conns,
-                                 "request": HELLO, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s})
+        run = await run_loadgen(
+            {
+                "port": server.port,
+                "mode": "duration",
+                "conns": plan.conns,
+                "request": HELLO,
+                "warmup_s": plan.warmup_s,
+                "duration_s": plan.duration_s,
+            }
+        )
     finally:
         await server.stop(10)
     return {"loadgen.ceiling_rps": run["rps"], "loadgen.ceiling_client_cpu": run["client_cpu_share"]}
@@ -113,8 +146,11 @@ async def idle_round_trips(plan: Plan, port: int) -> dict[str, Any]:
     """One-connection POST round trips with the after-idle pickups' pattern (same idle, count and gaps)."""
     samples = await gapped_series(HOST, port, plan.idle_s, plan.idle_samples, plan.idle_gap_s, _post_rtt_ms)
     p = percentiles_ms([int(x * 1e6) for x in samples], (50, 99))
-    return {"bare.idle_rtt_p50_ms": p.get("p50"), "bare.idle_rtt_p99_ms": p.get("p99"),
-            "bare.idle_rtt_first_ms": samples[0]}
+    return {
+        "bare.idle_rtt_p50_ms": p.get("p50"),
+        "bare.idle_rtt_p99_ms": p.get("p99"),
+        "bare.idle_rtt_first_ms": samples[0],
+    }
 
 
 async def bare_route(plan: Plan, workdir: Path) -> dict[str, Any]:
@@ -125,9 +161,13 @@ async def bare_route(plan: Plan, workdir: Path) -> dict[str, Any]:
     try:
         startup_s = await server.wait_ready(timeout_s=30)
         common = {"port": server.port, "mode": "duration", "warmup_s": plan.warmup_s}
-        hello = await run_loadgen({**common, "conns": plan.conns, "request": HELLO, "duration_s": plan.duration_s})
+        hello = await run_loadgen(
+            {**common, "conns": plan.conns, "request": HELLO, "duration_s": plan.duration_s}
+        )
         post = {"method": "POST", "path": "/jobs", "body": SUBMIT_BODY}
-        sub = await run_loadgen({**common, "conns": plan.conns, "request": post, "duration_s": plan.duration_s})
+        sub = await run_loadgen(
+            {**common, "conns": plan.conns, "request": post, "duration_s": plan.duration_s}
+        )
         rtt = await run_loadgen({**common, "conns": 1, "request": post, "duration_s": plan.rtt_duration_s})
         idle = await idle_round_trips(plan, server.port)
         rss = server.peak_rss_mb()
@@ -150,8 +190,11 @@ def sqlite_inserts(plan: Plan, workdir: Path) -> dict[str, Any]:
     """Raw inserts of job rows into jobserver's schema: 1 and 100 rows per transaction
     (synchronous=NORMAL), and 1 row per transaction with synchronous=FULL (an fsync per commit)."""
     out: dict[str, Any] = {}
-    for per_txn, sync, key in ((1, "NORMAL", "sqlite.rows1_per_s"), (100, "NORMAL", "sqlite.rows100_per_s"),
-                               (1, "FULL", "sqlite.rows1_full_per_s")):
+    for per_txn, sync, key in (
+        (1, "NORMAL", "sqlite.rows1_per_s"),
+        (100, "NORMAL", "sqlite.rows100_per_s"),
+        (1, "FULL", "sqlite.rows1_full_per_s"),
+    ):
         path = workdir / f"raw-{per_txn}-{sync.lower()}.db"
         seed.create_schema(path)
         rate = seed.insert_rate(path, per_txn, plan.sqlite_duration_s, sync)

@@ -33,8 +33,10 @@ async def wait_drained(base_url: str, timeout_s: float = 300) -> None:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            busy = [(await client.get("/jobs", params={"status": s, "limit": 1})).json()["jobs"]
-                    for s in ("pending", "running")]
+            busy = [
+                (await client.get("/jobs", params={"status": s, "limit": 1})).json()["jobs"]
+                for s in ("pending", "running")
+            ]
             if not any(busy):
                 return
             await asyncio.sleep(0.2)

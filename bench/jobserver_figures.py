@@ -47,7 +47,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`extra` over `base`, table by table."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -57,7 +59,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+        return (
+            '"'
+            + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value)
+            + '"'
+        )
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
@@ -101,7 +107,9 @@ class Bench:
     async def settle(self, since: float) -> float:
         """Wait until no job submitted after `since` is pending or running; return seconds waited."""
         t0 = time.monotonic()
-        async with httpx.AsyncClient(base_url=self.server.base_url, headers=self.headers, timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=self.server.base_url, headers=self.headers, timeout=30
+        ) as client:
             while time.monotonic() - t0 < self.plan.settle_timeout_s:
                 running = (await client.get("/jobs", params={"status": "running", "limit": 1})).json()["jobs"]
                 pending = (await client.get("/jobs", params={"status": "pending", "limit": 1})).json()["jobs"]
@@ -112,8 +120,9 @@ class Bench:
         raise BenchError(f"jobs still pending or running after {self.plan.settle_timeout_s:g} s")
 
 
-async def start_server(workdir: Path, extra_config: dict[str, Any],
-                       timeout_s: float = 120.0) -> tuple[ServerProcess, dict[str, Any], float]:
+async def start_server(
+    workdir: Path, extra_config: dict[str, Any], timeout_s: float = 120.0
+) -> tuple[ServerProcess, dict[str, Any], float]:
     """Write config.toml in `workdir`, start jobserver there, wait for /healthz; (server, config, seconds)."""
     port = free_port()
     config = merge(base_config(workdir / "jobs.db", port), extra_config)
@@ -144,29 +153,45 @@ def _statuses_ok(run: dict[str, Any], ok: str) -> int:
 async def fig_submit(b: Bench, prefix: str = "submit", settle: bool = True) -> dict[str, Any]:
     """POST /jobs (no-op) at `plan.conns` connections for `plan.duration_s`; then wait for those jobs if `settle`."""
     since, cpu0, t0 = time.time(), b.server.cpu_s(), time.perf_counter()
-    run = await b.load(mode="duration", request=b.submit_request(NOOP), warmup_s=b.plan.warmup_s,
-                       duration_s=b.plan.duration_s)
+    run = await b.load(
+        mode="duration",
+        request=b.submit_request(NOOP),
+        warmup_s=b.plan.warmup_s,
+        duration_s=b.plan.duration_s,
+    )
     cpu1, t1 = b.server.cpu_s(), time.perf_counter()
     if settle:
         await b.settle(since)
-    return {f"{prefix}.rps": run["rps"], f"{prefix}.p50_ms": run["latency_ms"].get("p50"),
-            f"{prefix}.p99_ms": run["latency_ms"].get("p99"), f"{prefix}.not_202": _statuses_ok(run, "202"),
-            f"{prefix}.client_cpu": run["client_cpu_share"],
-            f"{prefix}.server_cpu": (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None}
+    return {
+        f"{prefix}.rps": run["rps"],
+        f"{prefix}.p50_ms": run["latency_ms"].get("p50"),
+        f"{prefix}.p99_ms": run["latency_ms"].get("p99"),
+        f"{prefix}.not_202": _statuses_ok(run, "202"),
+        f"{prefix}.client_cpu": run["client_cpu_share"],
+        f"{prefix}.server_cpu": (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None,
+    }
 
 
 async def fig_e2e(b: Bench, prefix: str = "e2e") -> dict[str, Any]:
     """`plan.e2e_jobs` no-op jobs submitted, then each observed done by GET ?wait."""
-    run = await b.load(mode="submit_follow", requests=[b.submit_request(NOOP)] * b.plan.e2e_jobs,
-                       follow=FOLLOW, keep=TIMES, timeout_s=b.plan.settle_timeout_s)
+    run = await b.load(
+        mode="submit_follow",
+        requests=[b.submit_request(NOOP)] * b.plan.e2e_jobs,
+        follow=FOLLOW,
+        keep=TIMES,
+        timeout_s=b.plan.settle_timeout_s,
+    )
     jobs = [j for j in run["jobs"] if j]
     done = [j for j in jobs if j["status"] == "completed"]
     created = [parse_time(j["created_at"]) for j in done]
     finished = [parse_time(j["finished_at"]) for j in done]
     span = (max(finished) - min(created)) if done else 0.0  # type: ignore[type-var, operator]
-    return {f"{prefix}.jobs_per_s": len(done) / run["elapsed_s"] if len(done) == b.plan.e2e_jobs else None,
-            f"{prefix}.server_jobs_per_s": len(done) / span if span else None,
-            f"{prefix}.not_completed": b.plan.e2e_jobs - len(done), f"{prefix}.elapsed_s": run["elapsed_s"]}
+    return {
+        f"{prefix}.jobs_per_s": len(done) / run["elapsed_s"] if len(done) == b.plan.e2e_jobs else None,
+        f"{prefix}.server_jobs_per_s": len(done) / span if span else None,
+        f"{prefix}.not_completed": b.plan.e2e_jobs - len(done),
+        f"{prefix}.elapsed_s": run["elapsed_s"],
+    }
 
 
 async def _pickup_once(client: RawClient) -> tuple[float, float]:
@@ -206,8 +231,9 @@ async def fig_pickup(b: Bench, prefix: str = "pickup", idle: bool = True) -> dic
         return out
     # No connection open for idle_s (the server is fully idle), then one sample per idle_gap_s:
     # the same pattern as the bare route's after-idle round trips (bench.baselines.idle_round_trips).
-    pairs = await gapped_series(HOST, b.port, b.plan.idle_s, b.plan.idle_samples, b.plan.idle_gap_s,
-                                _pickup_once, b.headers)
+    pairs = await gapped_series(
+        HOST, b.port, b.plan.idle_s, b.plan.idle_samples, b.plan.idle_gap_s, _pickup_once, b.headers
+    )
     own, server = [a for a, _ in pairs], [s for _, s in pairs]
     out |= _pcts(f"{prefix}.idle", own) | _pcts(f"{prefix}.idle_server", server)
     out[f"{prefix}.idle_first_ms"] = own[0]
@@ -215,8 +241,12 @@ async def fig_pickup(b: Bench, prefix: str = "pickup", idle: bool = True) -> dic
 
 
 # The read paths whose queries must stay index lookups as the table grows (bench.seed has their SQL).
-READS = [("status", "/jobs?status=completed&limit=50"), ("task", "/jobs?task=jobserver.examples.noop&limit=50"),
-         ("pending", "/jobs?status=pending&limit=50"), ("by_id", "/jobs/{id}")]
+READS = [
+    ("status", "/jobs?status=completed&limit=50"),
+    ("task", "/jobs?task=jobserver.examples.noop&limit=50"),
+    ("pending", "/jobs?status=pending&limit=50"),
+    ("by_id", "/jobs/{id}"),
+]
 
 
 async def fig_reads(b: Bench) -> dict[str, Any]:
@@ -229,21 +259,33 @@ async def fig_reads(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, path in READS:
         request = {"method": "GET", "path": path.format(id=jobs[0]["id"]), "headers": b.headers}
-        run = await b.load(mode="duration", conns=1, request=request, warmup_s=0.2, duration_s=b.plan.read_duration_s)
+        run = await b.load(
+            mode="duration", conns=1, request=request, warmup_s=0.2, duration_s=b.plan.read_duration_s
+        )
         if _statuses_ok(run, "200") or not run["completed"]:
             raise BenchError(f"GET {request['path']}: {run['statuses']}, {run['errors']} errors")
-        out |= {f"reads.{name}_p50_ms": run["latency_ms"].get("p50"), f"reads.{name}_p99_ms": run["latency_ms"].get("p99")}
+        out |= {
+            f"reads.{name}_p50_ms": run["latency_ms"].get("p50"),
+            f"reads.{name}_p99_ms": run["latency_ms"].get("p99"),
+        }
     return out
 
 
 async def fig_async_io(b: Bench) -> dict[str, Any]:
     """`plan.async_jobs` async jobs that each await `plan.async_sleep_s`: wall time until all are done."""
     body = {"task": "jobserver.examples.async_sleep", "args": {"seconds": b.plan.async_sleep_s}}
-    run = await b.load(mode="submit_follow", requests=[b.submit_request(body)] * b.plan.async_jobs,
-                       follow=FOLLOW, keep=["status"], timeout_s=b.plan.settle_timeout_s)
+    run = await b.load(
+        mode="submit_follow",
+        requests=[b.submit_request(body)] * b.plan.async_jobs,
+        follow=FOLLOW,
+        keep=["status"],
+        timeout_s=b.plan.settle_timeout_s,
+    )
     done = sum(1 for j in run["jobs"] if j and j["status"] == "completed")
-    return {"async.wall_s": run["elapsed_s"] if done == b.plan.async_jobs else None,
-            "async.not_completed": b.plan.async_jobs - done}
+    return {
+        "async.wall_s": run["elapsed_s"] if done == b.plan.async_jobs else None,
+        "async.not_completed": b.plan.async_jobs - done,
+    }
 
 
 async def fig_sse(b: Bench) -> dict[str, Any]:
@@ -252,13 +294,18 @@ async def fig_sse(b: Bench) -> dict[str, Any]:
     made = await b.load(mode="batch", requests=[b.submit_request(delayed)] * b.plan.sse_streams, keep=["id"])
     ids = [d["id"] for d in made["docs"] if d and d.get("id")]
     opened: asyncio.Queue[int] = asyncio.Queue()
-    streams = [asyncio.ensure_future(hold_stream(HOST, b.port, f"/jobs/{i}/events", opened, b.headers)) for i in ids]
+    streams = [
+        asyncio.ensure_future(hold_stream(HOST, b.port, f"/jobs/{i}/events", opened, b.headers)) for i in ids
+    ]
     try:
         codes = [await asyncio.wait_for(opened.get(), 30) for _ in ids]
         out = await fig_submit(b, "sse.submit", settle=False)  # the last figure: the server stops next
         out["sse.streams_open"] = sum(1 for c in codes if c == 200) - sum(1 for s in streams if s.done())
     finally:
-        await b.load(mode="batch", requests=[{"method": "POST", "path": f"/jobs/{i}/cancel", "headers": b.headers} for i in ids])
+        await b.load(
+            mode="batch",
+            requests=[{"method": "POST", "path": f"/jobs/{i}/cancel", "headers": b.headers} for i in ids],
+        )
         _, still = await asyncio.wait(streams, timeout=10)
         for s in still:
             s.cancel()
@@ -278,8 +325,13 @@ FIGURES: list[tuple[str, Figure]] = [
 ]
 
 
-async def run_figures(plan: Plan, workdir: Path, extra_config: dict[str, Any],
-                      figures: list[tuple[str, Figure]], log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, str]]:
+async def run_figures(
+    plan: Plan,
+    workdir: Path,
+    extra_config: dict[str, Any],
+    figures: list[tuple[str, Figure]],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Start jobserver in `workdir`, measure `figures` in order, stop it; (values, errors by figure)."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -293,7 +345,15 @@ async def run_figures(plan: Plan, workdir: Path, extra_config: dict[str, Any],
                 continue
             try:
                 values |= await figure(bench)
-            except (BenchError, OSError, asyncio.TimeoutError, httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            except (
+                TimeoutError,
+                BenchError,
+                OSError,
+                httpx.HTTPError,
+                KeyError,
+                TypeError,
+                ValueError,
+            ) as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"
         values["peak_rss_mb"] = server.peak_rss_mb()
     finally:

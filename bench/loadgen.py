@@ -48,7 +48,9 @@ def build_request(host: str, port: int, req: dict[str, Any]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def percentiles_ms(samples_ns: Sequence[int], points: tuple[float, ...] = (50, 90, 99, 99.9)) -> dict[str, float]:
+def percentiles_ms(
+    samples_ns: Sequence[int], points: tuple[float, ...] = (50, 90, 99, 99.9)
+) -> dict[str, float]:
     """Nearest-rank percentiles, mean and max of latencies in ns, as ms."""
     if not samples_ns:
         return {}
@@ -204,7 +206,7 @@ async def _drive(host: str, port: int, conns: int, source: _Source, timeout_s: f
         for _ in range(MAX_RECONNECTS + 1):
             finished: asyncio.Future[bool] = loop.create_future()
             try:
-                transport, _ = await loop.create_connection(lambda: _Session(source, finished), host, port)
+                transport, _ = await loop.create_connection(lambda: _Session(source, finished), host, port)  # noqa: B023
             except OSError:
                 source.errors += 1
                 await asyncio.sleep(0.05)
@@ -261,7 +263,9 @@ def _extract(bodies: list[bytes | None], keep: list[str]) -> list[dict[str, Any]
     return out
 
 
-async def _run_batch(spec: dict[str, Any], requests: list[dict[str, Any]], keep: list[str]) -> tuple[dict[str, Any], list[Any], float, float]:
+async def _run_batch(
+    spec: dict[str, Any], requests: list[dict[str, Any]], keep: list[str]
+) -> tuple[dict[str, Any], list[Any], float, float]:
     host, port = spec["host"], spec["port"]
     source = _Batch([build_request(host, port, r) for r in requests], keep_bodies=bool(keep))
     wall0, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
@@ -274,11 +278,21 @@ async def _run_batch(spec: dict[str, Any], requests: list[dict[str, Any]], keep:
 async def _run_submit_follow(spec: dict[str, Any]) -> dict[str, Any]:
     sub, docs, wall0, _ = await _run_batch(spec, spec["requests"], ["id"])
     ids = [d["id"] for d in docs if d and d.get("id")]
-    follow = [{"method": "GET", "path": spec["follow"].format(id=i), "headers": spec["requests"][0].get("headers")} for i in ids]
+    follow = [
+        {"method": "GET", "path": spec["follow"].format(id=i), "headers": spec["requests"][0].get("headers")}
+        for i in ids
+    ]
     keep = spec.get("keep") or ["status"]
     fol, jobs, _, wall1 = await _run_batch(spec, follow, keep)
-    return {"submit": sub, "follow": fol, "ids": ids, "jobs": jobs, "first_send_at": wall0,
-            "last_answer_at": wall1, "elapsed_s": wall1 - wall0}
+    return {
+        "submit": sub,
+        "follow": fol,
+        "ids": ids,
+        "jobs": jobs,
+        "first_send_at": wall0,
+        "last_answer_at": wall1,
+        "elapsed_s": wall1 - wall0,
+    }
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:

@@ -13,30 +13,39 @@ class Plan:
     """Sizes and durations of one bench run."""
 
     name: str
-    conns: int = 32                 # concurrent connections of the throughput runs
-    warmup_s: float = 2.0           # load before each measured window
-    duration_s: float = 10.0        # measured window of each throughput run
-    rtt_duration_s: float = 3.0     # one-connection round trips on the bare route
+    conns: int = 32  # concurrent connections of the throughput runs
+    warmup_s: float = 2.0  # load before each measured window
+    duration_s: float = 10.0  # measured window of each throughput run
+    rtt_duration_s: float = 3.0  # one-connection round trips on the bare route
     sqlite_duration_s: float = 3.0  # each raw SQLite insert run
-    e2e_jobs: int = 2_000           # no-op jobs submitted, then each observed done by GET
-    pickup_samples: int = 200       # `now` jobs one at a time, right after one another
-    idle_s: float = 30.0            # the server sits idle this long before the after-idle samples
-    idle_samples: int = 20          # after-idle samples, each after `idle_gap_s` of quiet
+    e2e_jobs: int = 2_000  # no-op jobs submitted, then each observed done by GET
+    pickup_samples: int = 200  # `now` jobs one at a time, right after one another
+    idle_s: float = 30.0  # the server sits idle this long before the after-idle samples
+    idle_samples: int = 20  # after-idle samples, each after `idle_gap_s` of quiet
     idle_gap_s: float = 1.0
-    read_duration_s: float = 2.0    # one-connection GETs of each read path (list filters, by id)
-    async_jobs: int = 1_000         # async jobs that each await `async_sleep_s`
+    read_duration_s: float = 2.0  # one-connection GETs of each read path (list filters, by id)
+    async_jobs: int = 1_000  # async jobs that each await `async_sleep_s`
     async_sleep_s: float = 1.0
-    sse_streams: int = 200          # event streams held open during a submit run
+    sse_streams: int = 200  # event streams held open during a submit run
     scale_finished: int = 1_000_000
     scale_pending: int = 100_000
-    drain_jobs: int = 100_000       # due jobs already queued when the server starts
+    drain_jobs: int = 100_000  # due jobs already queued when the server starts
     settle_timeout_s: float = 180.0  # bound on waiting for the queue to empty
 
 
 FULL = Plan(name="full")
 QUICK = Plan(
-    name="quick", warmup_s=0.5, duration_s=2.0, rtt_duration_s=1.0, sqlite_duration_s=1.0,
-    pickup_samples=50, read_duration_s=0.5, idle_s=3.0, idle_samples=10, idle_gap_s=0.2, drain_jobs=20_000,
+    name="quick",
+    warmup_s=0.5,
+    duration_s=2.0,
+    rtt_duration_s=1.0,
+    sqlite_duration_s=1.0,
+    pickup_samples=50,
+    read_duration_s=0.5,
+    idle_s=3.0,
+    idle_samples=10,
+    idle_gap_s=0.2,
+    drain_jobs=20_000,
     settle_timeout_s=60.0,
 )
 

@@ -40,7 +40,9 @@ class RawClient:
         if self.writer is not None:
             self.writer.close()
 
-    async def request(self, method: str, path: str, body: Any = None, timeout_s: float = 70.0) -> tuple[int, Any, float]:
+    async def request(
+        self, method: str, path: str, body: Any = None, timeout_s: float = 70.0
+    ) -> tuple[int, Any, float]:
         """Send one request; return (status, parsed JSON body or None, wall time just before sending)."""
         assert self.reader is not None and self.writer is not None
         req: dict[str, Any] = {"method": method, "path": path, "headers": self.headers}
@@ -68,8 +70,15 @@ class RawClient:
         return status, await self.reader.readexactly(length)
 
 
-async def gapped_series(host: str, port: int, idle_s: float, count: int, gap_s: float,
-                        sample: Callable[[RawClient], Awaitable[T]], headers: dict[str, str] | None = None) -> list[T]:
+async def gapped_series(
+    host: str,
+    port: int,
+    idle_s: float,
+    count: int,
+    gap_s: float,
+    sample: Callable[[RawClient], Awaitable[T]],
+    headers: dict[str, str] | None = None,
+) -> list[T]:
     """The after-idle pattern: `idle_s` with no connection open, then one fresh connection
     and `count` samples, each after a further `gap_s` of quiet."""
     await asyncio.sleep(idle_s)
@@ -81,14 +90,24 @@ async def gapped_series(host: str, port: int, idle_s: float, count: int, gap_s: 
     return out
 
 
-async def hold_stream(host: str, port: int, path: str, opened: asyncio.Queue[int],
-                      headers: dict[str, str] | None = None) -> int:
+async def hold_stream(
+    host: str, port: int, path: str, opened: asyncio.Queue[int], headers: dict[str, str] | None = None
+) -> int:
     """Open an event stream at `path`, report its status on `opened`, read until it ends; return bytes read."""
     reader, writer = await asyncio.open_connection(host, port)
     total = 0
     try:
-        writer.write(build_request(host, port, {"method": "GET", "path": path,
-                                                "headers": {"Accept": "text/event-stream", **(headers or {})}}))
+        writer.write(
+            build_request(
+                host,
+                port,
+                {
+                    "method": "GET",
+                    "path": path,
+                    "headers": {"Accept": "text/event-stream", **(headers or {})},
+                },
+            )
+        )
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         await opened.put(status)

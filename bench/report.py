@@ -19,15 +19,19 @@ class Row:
     """One line of the table."""
 
     label: str
-    key: str | None            # jobserver value; None for a machine-only line
-    unit: str                  # "/s", "ms", "s", "MiB"
+    key: str | None  # jobserver value; None for a machine-only line
+    unit: str  # "/s", "ms", "s", "MiB"
     limit_label: str = ""
     limit_key: str | None = None
-    target: tuple[str, float] | None = None   # (">=" or "<=", number)
+    target: tuple[str, float] | None = None  # (">=" or "<=", number)
 
 
-READ_ROWS = [("status", "GET /jobs?status=completed&limit=50"), ("task", "GET /jobs?task=...&limit=50"),
-             ("pending", "GET /jobs?status=pending&limit=50"), ("by_id", "GET /jobs/{id}")]
+READ_ROWS = [
+    ("status", "GET /jobs?status=completed&limit=50"),
+    ("task", "GET /jobs?task=...&limit=50"),
+    ("pending", "GET /jobs?status=pending&limit=50"),
+    ("by_id", "GET /jobs/{id}"),
+]
 
 
 def rows(plan: Plan, scale: bool, sync_full: bool = False, synchronous: str = "normal") -> list[Row]:
@@ -35,43 +39,137 @@ def rows(plan: Plan, scale: bool, sync_full: bool = False, synchronous: str = "n
     idle = f"after {plan.idle_s:g} s idle"
     same_idle = f"same idle, {plan.idle_gap_s:g} s gaps"
     out = [
-        Row(f"submit throughput, {plan.conns} conns (synchronous = \"{synchronous}\")", "submit.rps", "/s",
-            "bare route POST", "bare.submit_rps", (">=", 2500)),
+        Row(
+            f'submit throughput, {plan.conns} conns (synchronous = "{synchronous}")',
+            "submit.rps",
+            "/s",
+            "bare route POST",
+            "bare.submit_rps",
+            (">=", 2500),
+        ),
         Row("  same, vs raw SQLite", "submit.rps", "/s", "SQLite 1 row/txn", "sqlite.rows1_per_s"),
         Row("submit latency p50", "submit.p50_ms", "ms", "bare route POST p50", "bare.submit_p50_ms"),
-        Row("submit latency p99", "submit.p99_ms", "ms", "bare route POST p99", "bare.submit_p99_ms", ("<=", 50)),
+        Row(
+            "submit latency p99",
+            "submit.p99_ms",
+            "ms",
+            "bare route POST p99",
+            "bare.submit_p99_ms",
+            ("<=", 50),
+        ),
     ]
     if sync_full:
         out += [
-            Row('submit throughput, synchronous = "full"', "syncfull.submit.rps", "/s",
-                f'same, "{synchronous}"', "submit.rps"),
-            Row("  same, vs raw SQLite", "syncfull.submit.rps", "/s", "SQLite 1 row/txn FULL", "sqlite.rows1_full_per_s"),
-            Row('  its latency p50', "syncfull.submit.p50_ms", "ms", f'same, "{synchronous}"', "submit.p50_ms"),
-            Row('  its latency p99', "syncfull.submit.p99_ms", "ms", f'same, "{synchronous}"', "submit.p99_ms", ("<=", 50)),
-            Row('  pickup p50, right after a submit', "syncfull.pickup.warm_p50_ms", "ms", f'same, "{synchronous}"',
-                "pickup.warm_p50_ms"),
+            Row(
+                'submit throughput, synchronous = "full"',
+                "syncfull.submit.rps",
+                "/s",
+                f'same, "{synchronous}"',
+                "submit.rps",
+            ),
+            Row(
+                "  same, vs raw SQLite",
+                "syncfull.submit.rps",
+                "/s",
+                "SQLite 1 row/txn FULL",
+                "sqlite.rows1_full_per_s",
+            ),
+            Row(
+                "  its latency p50", "syncfull.submit.p50_ms", "ms", f'same, "{synchronous}"', "submit.p50_ms"
+            ),
+            Row(
+                "  its latency p99",
+                "syncfull.submit.p99_ms",
+                "ms",
+                f'same, "{synchronous}"',
+                "submit.p99_ms",
+                ("<=", 50),
+            ),
+            Row(
+                "  pickup p50, right after a submit",
+                "syncfull.pickup.warm_p50_ms",
+                "ms",
+                f'same, "{synchronous}"',
+                "pickup.warm_p50_ms",
+            ),
         ]
     out += [
-        Row(f"end-to-end no-op jobs ({plan.e2e_jobs:,}, seen done by GET)", "e2e.jobs_per_s", "/s",
-            "SQLite 1 row/txn", "sqlite.rows1_per_s", (">=", 1500)),
-        Row("  same, from the jobs' own timestamps", "e2e.server_jobs_per_s", "/s", "SQLite 100 rows/txn", "sqlite.rows100_per_s"),
-        Row("pickup p50, right after a submit", "pickup.warm_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms", ("<=", 1)),
-        Row("pickup p99, right after a submit", "pickup.warm_p99_ms", "ms", "bare 1-conn round trip p99", "bare.rtt_p99_ms", ("<=", 3)),
+        Row(
+            f"end-to-end no-op jobs ({plan.e2e_jobs:,}, seen done by GET)",
+            "e2e.jobs_per_s",
+            "/s",
+            "SQLite 1 row/txn",
+            "sqlite.rows1_per_s",
+            (">=", 1500),
+        ),
+        Row(
+            "  same, from the jobs' own timestamps",
+            "e2e.server_jobs_per_s",
+            "/s",
+            "SQLite 100 rows/txn",
+            "sqlite.rows100_per_s",
+        ),
+        Row(
+            "pickup p50, right after a submit",
+            "pickup.warm_p50_ms",
+            "ms",
+            "bare 1-conn round trip p50",
+            "bare.rtt_p50_ms",
+            ("<=", 1),
+        ),
+        Row(
+            "pickup p99, right after a submit",
+            "pickup.warm_p99_ms",
+            "ms",
+            "bare 1-conn round trip p99",
+            "bare.rtt_p99_ms",
+            ("<=", 3),
+        ),
         Row("  started_at - created_at p50 (server, 1 ms steps)", "pickup.warm_server_p50_ms", "ms"),
         Row("  started_at - created_at p99 (server, 1 ms steps)", "pickup.warm_server_p99_ms", "ms"),
-        Row(f"pickup p50, {idle}", "pickup.idle_p50_ms", "ms", f"bare round trip p50, {same_idle}",
-            "bare.idle_rtt_p50_ms", ("<=", 1)),
-        Row(f"pickup p99, {idle}", "pickup.idle_p99_ms", "ms", f"bare round trip p99, {same_idle}",
-            "bare.idle_rtt_p99_ms", ("<=", 3)),
-        Row(f"first pickup {idle}", "pickup.idle_first_ms", "ms", "bare first round trip, same idle",
-            "bare.idle_rtt_first_ms"),
+        Row(
+            f"pickup p50, {idle}",
+            "pickup.idle_p50_ms",
+            "ms",
+            f"bare round trip p50, {same_idle}",
+            "bare.idle_rtt_p50_ms",
+            ("<=", 1),
+        ),
+        Row(
+            f"pickup p99, {idle}",
+            "pickup.idle_p99_ms",
+            "ms",
+            f"bare round trip p99, {same_idle}",
+            "bare.idle_rtt_p99_ms",
+            ("<=", 3),
+        ),
+        Row(
+            f"first pickup {idle}",
+            "pickup.idle_first_ms",
+            "ms",
+            "bare first round trip, same idle",
+            "bare.idle_rtt_first_ms",
+        ),
         Row("  started_at - created_at p50, after idle", "pickup.idle_server_p50_ms", "ms"),
         Row("  started_at - created_at p99, after idle", "pickup.idle_server_p99_ms", "ms"),
-        Row(f"async I/O: {plan.async_jobs:,} jobs awaiting {plan.async_sleep_s:g} s, wall", "async.wall_s", "s",
-            "ideal", "ideal.async_wall_s"),
-        *(Row(f"{label} p50", f"reads.{name}_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms")
-          for name, label in READ_ROWS),
-        Row(f"submit with {plan.sse_streams} event streams open", "sse.submit.rps", "/s", "submit, no streams", "submit.rps"),
+        Row(
+            f"async I/O: {plan.async_jobs:,} jobs awaiting {plan.async_sleep_s:g} s, wall",
+            "async.wall_s",
+            "s",
+            "ideal",
+            "ideal.async_wall_s",
+        ),
+        *(
+            Row(f"{label} p50", f"reads.{name}_p50_ms", "ms", "bare 1-conn round trip p50", "bare.rtt_p50_ms")
+            for name, label in READ_ROWS
+        ),
+        Row(
+            f"submit with {plan.sse_streams} event streams open",
+            "sse.submit.rps",
+            "/s",
+            "submit, no streams",
+            "submit.rps",
+        ),
         Row("  its latency p99", "sse.submit.p99_ms", "ms", "submit p99, no streams", "submit.p99_ms"),
         Row("startup to /healthz", "startup_s", "s", "bare route server", "bare.startup_s"),
         Row("peak RSS", "peak_rss_mb", "MiB", "bare route server", "bare.peak_rss_mb"),
@@ -89,21 +187,57 @@ def rows(plan: Plan, scale: bool, sync_full: bool = False, synchronous: str = "n
 
 def _scale_rows(plan: Plan) -> list[Row]:
     out: list[Row] = []
-    for name, what in (("finished", f"{plan.scale_finished:,} finished jobs"), ("pending", f"{plan.scale_pending:,} pending (delayed) jobs")):
+    for name, what in (
+        ("finished", f"{plan.scale_finished:,} finished jobs"),
+        ("pending", f"{plan.scale_pending:,} pending (delayed) jobs"),
+    ):
         p = f"scale.{name}."
         out += [
             Row(f"[{what}] submit throughput", p + "submit.rps", "/s", "same, empty database", "submit.rps"),
             Row(f"[{what}] submit p99", p + "submit.p99_ms", "ms", "same, empty database", "submit.p99_ms"),
-            Row(f"[{what}] end-to-end jobs", p + "e2e.jobs_per_s", "/s", "same, empty database", "e2e.jobs_per_s"),
-            Row(f"[{what}] pickup p50", p + "pickup.warm_p50_ms", "ms", "same, empty database", "pickup.warm_p50_ms"),
-            Row(f"[{what}] pickup p99", p + "pickup.warm_p99_ms", "ms", "same, empty database", "pickup.warm_p99_ms"),
-            *(Row(f"[{what}] {label} p50", f"{p}reads.{rname}_p50_ms", "ms", "same, empty database",
-                  f"reads.{rname}_p50_ms") for rname, label in READ_ROWS),
+            Row(
+                f"[{what}] end-to-end jobs",
+                p + "e2e.jobs_per_s",
+                "/s",
+                "same, empty database",
+                "e2e.jobs_per_s",
+            ),
+            Row(
+                f"[{what}] pickup p50",
+                p + "pickup.warm_p50_ms",
+                "ms",
+                "same, empty database",
+                "pickup.warm_p50_ms",
+            ),
+            Row(
+                f"[{what}] pickup p99",
+                p + "pickup.warm_p99_ms",
+                "ms",
+                "same, empty database",
+                "pickup.warm_p99_ms",
+            ),
+            *(
+                Row(
+                    f"[{what}] {label} p50",
+                    f"{p}reads.{rname}_p50_ms",
+                    "ms",
+                    "same, empty database",
+                    f"reads.{rname}_p50_ms",
+                )
+                for rname, label in READ_ROWS
+            ),
             Row(f"[{what}] startup to /healthz", p + "startup_s", "s", "same, empty database", "startup_s"),
             Row(f"[{what}] peak RSS", p + "peak_rss_mb", "MiB", "same, empty database", "peak_rss_mb"),
         ]
-    out.append(Row(f"[{plan.drain_jobs:,} due jobs at start] drain, from launch", "scale.drain.jobs_per_s", "/s",
-                   "end-to-end, empty database", "e2e.jobs_per_s"))
+    out.append(
+        Row(
+            f"[{plan.drain_jobs:,} due jobs at start] drain, from launch",
+            "scale.drain.jobs_per_s",
+            "/s",
+            "end-to-end, empty database",
+            "e2e.jobs_per_s",
+        )
+    )
     return out
 
 
@@ -131,7 +265,9 @@ def _target(row: Row, value: Any) -> str:
 
 
 def _rows_for(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> list[Row]:
-    sync_full = any(k.startswith("syncfull.") for k in values) or any(k.startswith("synchronous") for k in errors)
+    sync_full = any(k.startswith("syncfull.") for k in values) or any(
+        k.startswith("synchronous") for k in errors
+    )
     return rows(plan, scale, sync_full, str(values.get("db.synchronous", "normal")))
 
 
@@ -141,11 +277,19 @@ def table(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str
     for row in _rows_for(plan, scale, values, errors):
         value = values.get(row.key) if row.key else None
         limit = values.get(row.limit_key) if row.limit_key else None
-        ratio = f"{value / limit:.2f}x" if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit else ""
+        ratio = (
+            f"{value / limit:.2f}x"
+            if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit
+            else ""
+        )
         shown = f"{_fmt(limit, row.unit)} {row.limit_label}".strip() if row.limit_key else ""
-        lines.append([row.label, _fmt(value, row.unit) if row.key else "—", shown, ratio, _target(row, value)])
+        lines.append(
+            [row.label, _fmt(value, row.unit) if row.key else "—", shown, ratio, _target(row, value)]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
-    text = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text = [
+        " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip() for line in lines
+    ]
     text.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(text + _notes(plan, values, errors))
 
@@ -154,16 +298,26 @@ def _notes(plan: Plan, values: dict[str, Any], errors: dict[str, str]) -> list[s
     out = [""]
     ceiling, submit = values.get("loadgen.ceiling_rps"), values.get("submit.rps")
     if ceiling and submit:
-        out.append(f"load generator: ceiling {ceiling:,.0f} req/s = {ceiling / submit:.0f}x jobserver's submit "
-                   f"throughput; it used {values.get('submit.client_cpu', 0) * 100:.0f}% of one core during that run.")
+        out.append(
+            f"load generator: ceiling {ceiling:,.0f} req/s = {ceiling / submit:.0f}x jobserver's submit "
+            f"throughput; it used {values.get('submit.client_cpu', 0) * 100:.0f}% of one core during that run."
+        )
     if values.get("submit.server_cpu") is not None:
-        out.append(f"jobserver used {values['submit.server_cpu']:.2f} cores during the submit run (of {values.get('machine.cpus')}).")
+        out.append(
+            f"jobserver used {values['submit.server_cpu']:.2f} cores during the submit run (of {values.get('machine.cpus')})."
+        )
     start, end = values.get("machine.load_start"), values.get("machine.load_end")
     if isinstance(start, float) and isinstance(end, float):
-        busy = " (the machine was already busy: figures are noisy)" if start > 0.5 * (values.get("machine.cpus") or 1) else ""
+        busy = (
+            " (the machine was already busy: figures are noisy)"
+            if start > 0.5 * (values.get("machine.cpus") or 1)
+            else ""
+        )
         out.append(f"1-minute load average at start / end: {start:.2f} / {end:.2f}{busy}.")
     if ceiling and submit and ceiling < 3 * submit:
-        out.append("WARNING: the load generator's ceiling is within 3x of the figure: it may be the bottleneck.")
+        out.append(
+            "WARNING: the load generator's ceiling is within 3x of the figure: it may be the bottleneck."
+        )
     out += _plan_notes(plan, values)
     for key in ("submit.not_202", "sse.submit.not_202", "e2e.not_completed", "async.not_completed"):
         if values.get(key):
@@ -174,18 +328,28 @@ def _notes(plan: Plan, values: dict[str, Any], errors: dict[str, str]) -> list[s
 
 def _plan_notes(plan: Plan, values: dict[str, Any]) -> list[str]:
     """The query plans of the seeded files: all of the first, then only what differs."""
-    scenarios = (("finished", f"{plan.scale_finished:,} finished"), ("pending", f"{plan.scale_pending:,} delayed"),
-                 ("drain", f"{plan.drain_jobs:,} due"))
-    found = [(label, values[f"scale.{name}.plans"]) for name, label in scenarios
-             if isinstance(values.get(f"scale.{name}.plans"), dict)]
+    scenarios = (
+        ("finished", f"{plan.scale_finished:,} finished"),
+        ("pending", f"{plan.scale_pending:,} delayed"),
+        ("drain", f"{plan.drain_jobs:,} due"),
+    )
+    found = [
+        (label, values[f"scale.{name}.plans"])
+        for name, label in scenarios
+        if isinstance(values.get(f"scale.{name}.plans"), dict)
+    ]
     if not found:
         return []
-    out = ["query plans (EXPLAIN QUERY PLAN on the seeded files, no ANALYZE statistics, as the server leaves its file):"]
+    out = [
+        "query plans (EXPLAIN QUERY PLAN on the seeded files, no ANALYZE statistics, as the server leaves its file):"
+    ]
     first_label, first = found[0]
     out += [f"  {query}: {plan}   [{first_label}]" for query, plan in first.items()]
     same = []
     for label, plans in found[1:]:
-        differ = [f"  {query}: {plan}   [{label}]" for query, plan in plans.items() if first.get(query) != plan]
+        differ = [
+            f"  {query}: {plan}   [{label}]" for query, plan in plans.items() if first.get(query) != plan
+        ]
         out += differ
         if not differ:
             same.append(label)
@@ -200,6 +364,10 @@ def as_json(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, s
     for row in _rows_for(plan, scale, values, errors):
         value = values.get(row.key) if row.key else None
         limit = values.get(row.limit_key) if row.limit_key else None
-        ratio = value / limit if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit else None
+        ratio = (
+            value / limit
+            if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit
+            else None
+        )
         table_rows.append({**asdict(row), "value": value, "limit": limit, "ratio": ratio})
     return {"plan": asdict(plan), "values": values, "errors": errors, "rows": table_rows}

@@ -22,7 +22,15 @@ from typing import Any
 
 from bench import seed
 from bench.jobserver_figures import (
-    Bench, Figure, auth_headers, fig_e2e, fig_pickup, fig_reads, fig_submit, run_figures, start_server,
+    Bench,
+    Figure,
+    auth_headers,
+    fig_e2e,
+    fig_pickup,
+    fig_reads,
+    fig_submit,
+    run_figures,
+    start_server,
 )
 from bench.plan import Plan
 from bench.servers import BenchError
@@ -30,8 +38,16 @@ from bench.servers import BenchError
 WEEK_S = 7 * 86_400.0
 
 
-async def _scenario(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[str], None],
-                    name: str, status: str, count: int, run_at: float | None) -> tuple[dict[str, Any], dict[str, str]]:
+async def _scenario(
+    plan: Plan,
+    root: Path,
+    extra: dict[str, Any],
+    log: Callable[[str], None],
+    name: str,
+    status: str,
+    count: int,
+    run_at: float | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
     workdir = root / f"scale-{name}"
     workdir.mkdir()
     db = workdir / "jobs.db"
@@ -39,12 +55,18 @@ async def _scenario(plan: Plan, root: Path, extra: dict[str, Any], log: Callable
     log(f"scale {name}: seeding {count:,} {status} jobs")
     seed_s = seed.seed_jobs(db, count, status, run_at)
     plans = seed.query_plans(db)
-    figures: list[tuple[str, Figure]] = [("pickup", partial(fig_pickup, idle=False)), ("reads", fig_reads), ("e2e", fig_e2e),
-               ("submit", partial(fig_submit, settle=False))]
+    figures: list[tuple[str, Figure]] = [
+        ("pickup", partial(fig_pickup, idle=False)),
+        ("reads", fig_reads),
+        ("e2e", fig_e2e),
+        ("submit", partial(fig_submit, settle=False)),
+    ]
     values, errors = await run_figures(plan, workdir, extra, figures, lambda m: log(f"scale {name}: {m}"))
     values["seed_s"] = seed_s
     values["plans"] = plans
-    return {f"scale.{name}.{k}": v for k, v in values.items()}, {f"scale {name}: {k}": v for k, v in errors.items()}
+    return {f"scale.{name}.{k}": v for k, v in values.items()}, {
+        f"scale {name}: {k}": v for k, v in errors.items()
+    }
 
 
 async def _drain(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -67,16 +89,24 @@ async def _drain(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[s
     counts = seed.count_by_status(db)
     if counts.get("completed", 0) != plan.drain_jobs:
         raise BenchError(f"after the drain the jobs are {counts}")
-    return {"scale.drain.jobs_per_s": plan.drain_jobs / elapsed, "scale.drain.startup_s": startup_s,
-            "scale.drain.peak_rss_mb": rss, "scale.drain.plans": plans}
+    return {
+        "scale.drain.jobs_per_s": plan.drain_jobs / elapsed,
+        "scale.drain.startup_s": startup_s,
+        "scale.drain.peak_rss_mb": rss,
+        "scale.drain.plans": plans,
+    }
 
 
-async def run_scale(plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, str]]:
+async def run_scale(
+    plan: Plan, root: Path, extra: dict[str, Any], log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """All scale scenarios; (values, errors)."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    scenarios = [("finished", "completed", plan.scale_finished, None),
-                 ("pending", "pending", plan.scale_pending, time.time() + WEEK_S)]
+    scenarios = [
+        ("finished", "completed", plan.scale_finished, None),
+        ("pending", "pending", plan.scale_pending, time.time() + WEEK_S),
+    ]
     for name, status, count, run_at in scenarios:
         try:
             v, e = await _scenario(plan, root, extra, log, name, status, count, run_at)

@@ -6,8 +6,8 @@ rows before a server starts on the file, the raw insert rate of such rows
 (a machine limit), and the query plans SQLite picks for the claim and the read
 paths (their SQL copied from `jobserver/store.py`). A seeded file gets no
 ANALYZE statistics, because the server never gathers any: the plans and figures
-are those of a file the server grew itself. Imports only `jobserver.models`
-(for the schema) and `jobserver.records` (for the job columns).
+are those of a file the server grew itself. Imports only `jobserver.storage.models`
+(for the schema) and `jobserver.core.records` (for the job columns).
 """
 
 from __future__ import annotations
@@ -21,10 +21,28 @@ from pathlib import Path
 
 # Column order of the rows built here; the table may have more (with defaults).
 COLUMNS = (
-    "id", "task", "args", "status", "priority", "attempts", "max_attempts", "timeout_s",
-    "run_seq", "lease_owner", "lease_expires_at", "cancel_requested", "logs_dropped",
-    "progress", "result", "error", "idempotency_key", "webhook_url",
-    "created_at", "run_at", "started_at", "finished_at",
+    "id",
+    "task",
+    "args",
+    "status",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "timeout_s",
+    "run_seq",
+    "lease_owner",
+    "lease_expires_at",
+    "cancel_requested",
+    "logs_dropped",
+    "progress",
+    "result",
+    "error",
+    "idempotency_key",
+    "webhook_url",
+    "created_at",
+    "run_at",
+    "started_at",
+    "finished_at",
 )
 INSERT_SQL = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 NOOP_TASK = "jobserver.examples.noop"
@@ -32,7 +50,7 @@ NOOP_TASK = "jobserver.examples.noop"
 
 def create_schema(db_path: Path) -> None:
     """Create jobserver's tables and indexes in `db_path` (WAL, synchronous=NORMAL)."""
-    from jobserver import models
+    from jobserver.storage import models
 
     db = models.open_database(f"sqlite:///{db_path}", db_path, "normal", 5.0)
     models.create_schema(db)
@@ -64,20 +82,41 @@ def job_row(status: str, created_at: float, run_at: float | None = None) -> tupl
     finished = status in ("completed", "failed", "cancelled")
     started = created_at + 0.001 if status != "pending" else None
     return (
-        job_id(created_at), NOOP_TASK, "{}", status, 0, 1 if started else 0, 1, None,
-        1 if started else 0, None, None, 0, 0,
-        None, "null" if status == "completed" else None, None, None, None,
-        created_at, created_at if run_at is None else run_at, started,
+        job_id(created_at),
+        NOOP_TASK,
+        "{}",
+        status,
+        0,
+        1 if started else 0,
+        1,
+        None,
+        1 if started else 0,
+        None,
+        None,
+        0,
+        0,
+        None,
+        "null" if status == "completed" else None,
+        None,
+        None,
+        None,
+        created_at,
+        created_at if run_at is None else run_at,
+        started,
         created_at + 0.002 if finished else None,
     )
 
 
-def _rows(count: int, status: str, first_at: float, step_s: float, run_at: float | None) -> Iterator[tuple[object, ...]]:
+def _rows(
+    count: int, status: str, first_at: float, step_s: float, run_at: float | None
+) -> Iterator[tuple[object, ...]]:
     for i in range(count):
         yield job_row(status, first_at + i * step_s, run_at)
 
 
-def seed_jobs(db_path: Path, count: int, status: str, run_at: float | None = None, batch: int = 20_000) -> float:
+def seed_jobs(
+    db_path: Path, count: int, status: str, run_at: float | None = None, batch: int = 20_000
+) -> float:
     """Insert `count` no-op jobs in `status`, created over the last day; return seconds taken.
 
     Pending rows are due at `run_at` (default: when created). The server must not
@@ -99,7 +138,9 @@ def seed_jobs(db_path: Path, count: int, status: str, run_at: float | None = Non
     return time.perf_counter() - t0
 
 
-def insert_rate(db_path: Path, rows_per_txn: int, duration_s: float, synchronous: str = "NORMAL") -> dict[str, float]:
+def insert_rate(
+    db_path: Path, rows_per_txn: int, duration_s: float, synchronous: str = "NORMAL"
+) -> dict[str, float]:
     """Insert pending job rows, `rows_per_txn` per transaction, for `duration_s`; rows/s and txns/s."""
     conn = connect(db_path, synchronous)
     txns = rows = 0
@@ -129,18 +170,16 @@ def count_by_status(db_path: Path) -> dict[str, int]:
         conn.close()
 
 
-
 def _queries() -> dict[str, str]:
-    from jobserver.records import JOB_COLUMNS
-    from jobserver.store import CLAIM_SQL, CLAIM_TASK_SQL, PROMOTE_SQL
+    from jobserver.core.records import JOB_COLUMNS
+    from jobserver.storage.store import CLAIM_SQL, CLAIM_TASK_SQL, PROMOTE_SQL
 
     return {  # the claim statements are jobserver's own; the reads as JobStore.list()/get() build them
         "claim SELECT": CLAIM_SQL,
         "claim SELECT, some tasks at capacity (per task)": CLAIM_TASK_SQL,
         "claim promote": PROMOTE_SQL,
         "GET /jobs?status=completed": f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?",
-        "GET /jobs?status=pending (pending and scheduled, each)":
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?",
+        "GET /jobs?status=pending (pending and scheduled, each)": f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?",
         "GET /jobs?task=...": f"SELECT {JOB_COLUMNS} FROM jobs WHERE task = ? ORDER BY id DESC LIMIT ?",
         "GET /jobs/{id}": f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?",
     }
@@ -150,7 +189,11 @@ def query_plans(db_path: Path) -> dict[str, str]:
     """EXPLAIN QUERY PLAN of each claim/read query on `db_path`, one line each ("A / B" for several steps)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        return {name: " / ".join(str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", ["x"] * sql.count("?")))
-                for name, sql in _queries().items()}
+        return {
+            name: " / ".join(
+                str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", ["x"] * sql.count("?"))
+            )
+            for name, sql in _queries().items()
+        }
     finally:
         conn.close()

@@ -58,8 +58,12 @@ class ServerProcess:
         with open(self.log_path, "ab") as log:
             self.started_at = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, cwd=self.cwd, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT,
+                *self.argv,
+                cwd=self.cwd,
+                env=child_env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
             )
 
     async def wait_ready(self, path: str = "/healthz", timeout_s: float = 60.0) -> float:
@@ -109,7 +113,7 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await asyncio.wait_for(self.proc.wait(), 10)
         return self.proc.returncode
@@ -127,16 +131,24 @@ async def run_loadgen(spec: dict[str, Any], timeout_s: float | None = None) -> d
     spec = {"host": HOST, **spec}
     limit = timeout_s or float(spec.get("timeout_s", 120.0)) + 30.0
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.loadgen", cwd=REPO_ROOT, env=child_env(),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(orjson.dumps(spec)), limit)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise BenchError(f"load generator did not finish within {limit:g} s") from None
     if proc.returncode != 0:
-        raise BenchError(f"load generator failed ({proc.returncode}):\n{err.decode(errors='replace')[-2000:]}")
+        raise BenchError(
+            f"load generator failed ({proc.returncode}):\n{err.decode(errors='replace')[-2000:]}"
+        )
     result: dict[str, Any] = orjson.loads(out)
     return result

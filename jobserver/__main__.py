@@ -1,5 +1,5 @@
 """`python -m jobserver`."""
 
-from .cli import main
+from jobserver.cli import main
 
 raise SystemExit(main())

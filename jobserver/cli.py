@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .config import load_settings
-from .errors import ConfigError, DatabaseInUseError, StorageError
+from jobserver.core.config import load_settings
+from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
 
 log = logging.getLogger(__name__)
 CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
@@ -21,7 +21,8 @@ CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobserver",
-        description="Run the job server. Client commands: " + ", ".join(CLIENT_COMMANDS)
+        description="Run the job server. Client commands: "
+        + ", ".join(CLIENT_COMMANDS)
         + " (see `python -m jobserver submit --help`).",
     )
     parser.add_argument("--config", help="path of config.toml (default: ./config.toml if present)")
@@ -36,7 +37,7 @@ def _client_first(args: list[str]) -> list[str]:
     while i + 1 < len(args) and args[i] in ("--url", "--api-key"):
         i += 2
     if 0 < i < len(args) and args[i] in CLIENT_COMMANDS:
-        return [args[i], *args[:i], *args[i + 1:]]
+        return [args[i], *args[:i], *args[i + 1 :]]
     return args
 
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args_list = _client_first(list(sys.argv[1:] if argv is None else argv))
     if args_list and args_list[0] in CLIENT_COMMANDS:
-        from .cli_client import main as client_main
+        from jobserver.client.commands import main as client_main
 
         return client_main(args_list)
     if args_list and args_list[0] == "serve":
@@ -55,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jobserver: {exc}", file=sys.stderr)
         return 2
-    from . import logs
-    from .runtime import Runtime
+    from jobserver import logs
+    from jobserver.runtime import Runtime
 
     logs.configure(settings.server.log_level, settings.server.log_format)
     runtime = Runtime(settings)
@@ -68,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageError, ImportError) as exc:
         print(f"jobserver: cannot start: {exc}", file=sys.stderr)
         return 1
-    log.info("serving on http://%s:%d (database %s)", settings.server.host, settings.server.port,
-             settings.database.url.split("@")[-1], extra={"action": "start"})
+    log.info(
+        "serving on http://%s:%d (database %s)",
+        settings.server.host,
+        settings.server.port,
+        settings.database.url.split("@")[-1],
+        extra={"action": "start"},
+    )
     runtime.serve()
     return 0

@@ -9,7 +9,7 @@ from types import TracebackType
 
 import orjson
 
-from .clock import rfc3339
+from jobserver.core.clock import rfc3339
 
 _EXTRA = ("job_id", "action")
 
@@ -18,8 +18,12 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line, with `job_id` and `action` when the record has them."""
 
     def format(self, record: logging.LogRecord) -> str:
-        data = {"at": rfc3339(record.created), "level": record.levelname.lower(),
-                "logger": record.name, "message": record.getMessage()}
+        data = {
+            "at": rfc3339(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         for key in _EXTRA:
             value = getattr(record, key, None)
             if value is not None:
@@ -56,8 +60,9 @@ def configure(level: str, fmt: str) -> None:
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    logging.getLogger("jobserver").critical("uncaught exception", exc_info=(exc_type, exc, tb),
-                                            extra={"action": "uncaught"})
+    logging.getLogger("jobserver").critical(
+        "uncaught exception", exc_info=(exc_type, exc, tb), extra={"action": "uncaught"}
+    )
 
 
 def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
@@ -65,6 +70,8 @@ def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
         return
     name = args.thread.name if args.thread is not None else "?"
     logging.getLogger("jobserver").critical(
-        "uncaught exception in thread %s", name, extra={"action": "uncaught"},
+        "uncaught exception in thread %s",
+        name,
+        extra={"action": "uncaught"},
         exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
     )

@@ -15,8 +15,8 @@ import fcntl
 import gc
 import logging
 import os
-import sys
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -25,23 +25,23 @@ from typing import Any
 
 import uvicorn
 
-from .api import Services, create_app
-from .clock import Clock, SystemClock
-from .config import Settings
-from .engine import Engine
-from .errors import DatabaseInUseError
-from .hub import Hub
-from .metrics import Metrics
-from .models import create_schema, open_database
-from .queue import WorkerPool
-from .records import Claim, JobRecord
-from .retention import Pruner
-from .sender import WebhookSender, load_secret
-from .store import JobStore
-from .tasks import Registry
-from .wakeup import Wakeup
-from .webhook_routes import webhook_routes
-from .writer import Writer
+from jobserver.core.clock import Clock, SystemClock
+from jobserver.core.config import Settings
+from jobserver.core.errors import DatabaseInUseError
+from jobserver.core.hub import Hub
+from jobserver.core.records import Claim, JobRecord
+from jobserver.core.tasks import Registry
+from jobserver.http.app import Services, create_app
+from jobserver.http.webhook_routes import webhook_routes
+from jobserver.ops.metrics import Metrics
+from jobserver.ops.retention import Pruner
+from jobserver.runner.engine import Engine
+from jobserver.runner.queue import WorkerPool
+from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Writer
+from jobserver.webhooks.sender import WebhookSender, load_secret
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.001
@@ -124,8 +124,11 @@ class Maintenance:
                 try:
                     fn()
                 except Exception:
-                    log.exception("maintenance pass %s failed", getattr(fn, "__name__", fn),
-                                  extra={"action": "maintenance_failed"})
+                    log.exception(
+                        "maintenance pass %s failed",
+                        getattr(fn, "__name__", fn),
+                        extra={"action": "maintenance_failed"},
+                    )
 
     def _loop(self) -> None:
         while not self.stop_flag.wait(self.TICK_S):
@@ -180,8 +183,9 @@ class Runtime:
         self.writer.start()
         self.store = JobStore(self.db, self.writer, s.is_postgres)
         secret = load_secret(s.webhooks, self.db, self.writer, s.is_postgres)
-        self.webhook_sender = WebhookSender(s.webhooks, self.db, self.writer, self.clock, secret,
-                                            s.is_postgres)
+        self.webhook_sender = WebhookSender(
+            s.webhooks, self.db, self.writer, self.clock, secret, s.is_postgres
+        )
         self.store.on_outbox = self.webhook_sender.wake
         self.webhook_sender.start()
         self.pruner = Pruner(s.retention, self.writer, self.clock)
@@ -189,8 +193,9 @@ class Runtime:
         self.extra_routes.extend(webhook_routes(self.store, self.webhook_sender))
         self.hub = Hub()
         self.wakeup = Wakeup()
-        self.engine = Engine(s, self.store, self.writer, self.registry, self.clock, self.hub,
-                             self.wakeup, self.owner)
+        self.engine = Engine(
+            s, self.store, self.writer, self.registry, self.clock, self.hub, self.wakeup, self.owner
+        )
         self.metrics = Metrics(self.store.count_in, self.clock.now)
         watch_engine(self.engine, self.metrics)
         self.webhook_sender.on_attempt = self.metrics.webhook_delivery
@@ -203,11 +208,18 @@ class Runtime:
         self.maintenance = Maintenance(self.engine, s, self.extra_passes)
         self.maintenance.start()
         gc.freeze()  # startup objects (modules, registry, schemas) need no more collection passes
-        self.app = create_app(Services(
-            s, self.engine, self.store, self.registry, self.hub,
-            workers_alive=lambda: self.pool.alive() > 0, extra_routes=self.extra_routes,
-            metrics=self.metrics,
-        ))
+        self.app = create_app(
+            Services(
+                s,
+                self.engine,
+                self.store,
+                self.registry,
+                self.hub,
+                workers_alive=lambda: self.pool.alive() > 0,
+                extra_routes=self.extra_routes,
+                metrics=self.metrics,
+            )
+        )
 
     def signal_received(self, sig: int) -> None:
         """Signal handler: first signal drains, a second one exits at once."""
@@ -220,9 +232,18 @@ class Runtime:
     def serve(self) -> None:
         """Serve HTTP until a signal, then drain and close. Blocks."""
         s = self.settings.server
-        config = uvicorn.Config(self.app, host=s.host, port=s.port, loop="uvloop", http="httptools",
-                                lifespan="off", access_log=False, log_config=None,
-                                timeout_graceful_shutdown=2, backlog=2048)
+        config = uvicorn.Config(
+            self.app,
+            host=s.host,
+            port=s.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=2,
+            backlog=2048,
+        )
         self.server = _Server(config, self)
         drainer = threading.Thread(target=self._drain_on_signal, name="jobserver-drain", daemon=True)
         drainer.start()
@@ -231,8 +252,11 @@ class Runtime:
 
     def _drain_on_signal(self) -> None:
         self.drain_requested.wait()
-        log.info("draining: no new jobs; waiting up to %ss for running jobs",
-                 self.settings.workers.shutdown_grace_seconds, extra={"action": "drain"})
+        log.info(
+            "draining: no new jobs; waiting up to %ss for running jobs",
+            self.settings.workers.shutdown_grace_seconds,
+            extra={"action": "drain"},
+        )
         self.drain(self.settings.workers.shutdown_grace_seconds)
         if self.server is not None:
             self.server.should_exit = True

@@ -48,8 +48,9 @@ def write_config(path: Path, config: dict[str, dict[str, Any]]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, message: str = "condition"
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -67,7 +68,10 @@ def default_config(tmp_path: Path, port: int) -> dict[str, dict[str, Any]]:
         "database": {"url": f"sqlite:///{tmp_path / 'jobs.db'}"},
         "workers": {"threads": 4, "lease_seconds": 5, "shutdown_grace_seconds": 5},
         "tasks": {"modules": ["jobserver.examples", "tests.e2e_tasks"]},
-        "webhooks": {"allow_hosts": ["127.0.0.1", "localhost"], "retry_schedule": ["200ms", "400ms", "800ms"]},
+        "webhooks": {
+            "allow_hosts": ["127.0.0.1", "localhost"],
+            "retry_schedule": ["200ms", "400ms", "800ms"],
+        },
     }
 
 
@@ -87,10 +91,13 @@ class Server:
         self._clients: list[httpx.Client] = []
 
     def start(self, wait: bool = True) -> Server:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child process writes to it until it stops)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobserver", "--config", str(self.config_path)],
-            cwd=self.tmp_path, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.tmp_path,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         if wait:
@@ -144,8 +151,12 @@ class Server:
             self.proc.wait(timeout=10)
 
 
-def start_server(tmp_path: Path, config: dict[str, dict[str, Any]] | None = None,
-                 env: dict[str, str] | None = None, wait: bool = True) -> Server:
+def start_server(
+    tmp_path: Path,
+    config: dict[str, dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> Server:
     """Start the server with the default test config updated section by section."""
     merged = default_config(tmp_path, free_port())
     for section, values in (config or {}).items():

@@ -41,10 +41,11 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 reply = receiver._arrived(
-                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
                 if reply.gate is not None:
                     reply.gate.wait(GATE_LIMIT_S)
                 try:
@@ -88,7 +89,8 @@ class Receiver:
         """Wait until `path` (or any path) got at least `n` requests; return them."""
         with self._cond:
             ok = self._cond.wait_for(
-                lambda: len([r for r in self.requests if path is None or r.path == path]) >= n, timeout)
+                lambda: len([r for r in self.requests if path is None or r.path == path]) >= n, timeout
+            )
             got = [r for r in self.requests if path is None or r.path == path]
         assert ok, f"receiver got {len(got)} of {n} requests on {path or 'any path'} in {timeout}s"
         return got

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jobserver.models import create_schema, open_database
-from jobserver.store import JobStore
-from jobserver.writer import Writer
+from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Writer
 
 
 @contextmanager
@@ -25,5 +25,7 @@ def open_store(tmp_path: Path) -> Iterator[JobStore]:
 
 def claim_one(store: JobStore, owner: str, now: float, lease_s: float):  # type: ignore[no-untyped-def]
     """Claim the next due job, as one worker with room for one job would; None if none is due."""
-    claims = store.claim(owner, now, lease_s, lambda tx: (1, None), lambda tx, c: [i for i, _ in c]).result(10)
+    claims = store.claim(owner, now, lease_s, lambda tx: (1, None), lambda tx, c: [i for i, _ in c]).result(
+        10
+    )
     return claims[0] if claims else None

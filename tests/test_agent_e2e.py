@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e import has_line, Server, start_server, wait_until
+from tests.e2e import Server, has_line, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +27,9 @@ def finished(c: httpx.Client, job_id: str, timeout: float = 20) -> dict:
     return job
 
 
-def read_events(url: str, job_id: str, last_event_id: str | None = None, limit: int | None = None,
-                timeout: float = 30) -> list[tuple[str, str, dict]]:
+def read_events(
+    url: str, job_id: str, last_event_id: str | None = None, limit: int | None = None, timeout: float = 30
+) -> list[tuple[str, str, dict]]:
     """Read an SSE stream to its end (or `limit` events): (id, event, data)."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     out: list[tuple[str, str, dict]] = []
@@ -239,12 +240,18 @@ def test_duplicate_step_name_is_an_error(server: Server) -> None:
 def test_concurrency_cap_across_jobs(server: Server, tmp_path: Path) -> None:
     c = server.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    ids = [submit(c, "tests.e2e_tasks.capped", {"started": str(started), "release": str(release)}) for _ in range(5)]
+    ids = [
+        submit(c, "tests.e2e_tasks.capped", {"started": str(started), "release": str(release)})
+        for _ in range(5)
+    ]
     wait_until(lambda: has_line(started) and len(started.read_text().splitlines()) == 2)
     # other work is not blocked by the waiting capped jobs
     assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 1}))["status"] == "completed"
-    running = [j for j in c.get("/jobs", params={"task": "tests.e2e_tasks.capped"}).json()["jobs"]
-               if j["status"] == "running"]
+    running = [
+        j
+        for j in c.get("/jobs", params={"task": "tests.e2e_tasks.capped"}).json()["jobs"]
+        if j["status"] == "running"
+    ]
     assert len(running) == 2
     release.touch()
     assert all(finished(c, i)["status"] == "completed" for i in ids)

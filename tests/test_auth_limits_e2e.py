@@ -35,10 +35,20 @@ def keyed(tmp_path: Path) -> Server:
 
 def test_every_route_needs_a_key_but_health_and_the_dashboard(keyed: Server) -> None:
     anonymous, wrong = keyed.client(), keyed.client("nope")
-    for method, path in [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/x"), ("DELETE", "/jobs/x"),
-                         ("POST", "/jobs/x/cancel"), ("POST", "/jobs/x/retry"), ("GET", "/jobs/x/events"),
-                         ("GET", "/jobs/x/webhooks"), ("GET", "/tasks"), ("GET", "/readyz"),
-                         ("GET", "/metrics"), ("GET", "/openapi.json")]:
+    for method, path in [
+        ("GET", "/jobs"),
+        ("POST", "/jobs"),
+        ("GET", "/jobs/x"),
+        ("DELETE", "/jobs/x"),
+        ("POST", "/jobs/x/cancel"),
+        ("POST", "/jobs/x/retry"),
+        ("GET", "/jobs/x/events"),
+        ("GET", "/jobs/x/webhooks"),
+        ("GET", "/tasks"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+    ]:
         assert_unauthorized(anonymous.request(method, path))
         assert_unauthorized(wrong.request(method, path))
     assert_unauthorized(anonymous.get("/jobs", headers={"Authorization": "k1"}))  # not a Bearer credential
@@ -105,8 +115,10 @@ def chunked_frames(total: int, size: int = 256 * 1024) -> Iterator[bytes]:
 
 
 def http_head(server: Server, extra: str) -> bytes:
-    return (f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/json\r\n{extra}\r\n").encode()
+    return (
+        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: application/json\r\n{extra}\r\n"
+    ).encode()
 
 
 def read_status(answer: bytes) -> int:
@@ -175,10 +187,14 @@ def test_a_large_content_length_is_refused_before_reading(server: Server) -> Non
 def test_args_over_max_args_bytes_are_refused(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"server": {"max_args_bytes": 1000}})
     c = srv.client()
-    r = c.post("/jobs", json={"task": "jobserver.examples.analyze_documents", "args": {"documents": ["x" * 2000]}})
+    r = c.post(
+        "/jobs", json={"task": "jobserver.examples.analyze_documents", "args": {"documents": ["x" * 2000]}}
+    )
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["loc"] == ["body", "args"]
-    ok = c.post("/jobs", json={"task": "jobserver.examples.analyze_documents", "args": {"documents": ["x" * 500]}})
+    ok = c.post(
+        "/jobs", json={"task": "jobserver.examples.analyze_documents", "args": {"documents": ["x" * 500]}}
+    )
     assert ok.status_code == 202
     assert [j["id"] for j in c.get("/jobs").json()["jobs"]] == [ok.json()["id"]]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jobserver.cli_client import parse_key_value
+from jobserver.client.commands import parse_key_value
 from tests.e2e import REPO, Server, free_port, start_server
 
 pytestmark = pytest.mark.e2e
@@ -27,16 +27,20 @@ NOOP = "jobserver.examples.noop"  # only test_list_filters_and_pages submits it
 RUN_TIMEOUT_S = 60
 
 
-
-
 def cli(*argv: str, url: str | None, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m jobserver ARGV` with JOBSERVER_URL=url and the extra env."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
     base["PYTHONPATH"] = str(REPO)
     if url is not None:
         base["JOBSERVER_URL"] = url
-    return subprocess.run([sys.executable, "-m", "jobserver", *argv], env={**base, **env},
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "jobserver", *argv],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -73,8 +77,19 @@ def test_failed_job_exits_1_and_can_be_retried(shared: Server) -> None:
 
 
 def test_cancel_a_delayed_job(shared: Server) -> None:
-    job = ok_json(cli("submit", ADD, "--args", '{"a": 1, "b": 2}', "--delay", "3600",
-                      "--idempotency-key", "cli-cancel", url=shared.url))
+    job = ok_json(
+        cli(
+            "submit",
+            ADD,
+            "--args",
+            '{"a": 1, "b": 2}',
+            "--delay",
+            "3600",
+            "--idempotency-key",
+            "cli-cancel",
+            url=shared.url,
+        )
+    )
     assert job["status"] == "pending"
 
     timed_out = cli("wait", job["id"], "--timeout", "0.2", url=shared.url)
@@ -138,14 +153,17 @@ def test_api_key_from_flag_or_environment(tmp_path: Path) -> None:
         srv.stop()
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("n=3", ("n", 3)),
-    ("xs=[1, 2]", ("xs", [1, 2])),
-    ("flag=true", ("flag", True)),
-    ('s="7"', ("s", "7")),
-    ("s=hello world", ("s", "hello world")),
-    ("eq=a=b", ("eq", "a=b")),
-    ("empty=", ("empty", "")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("n=3", ("n", 3)),
+        ("xs=[1, 2]", ("xs", [1, 2])),
+        ("flag=true", ("flag", True)),
+        ('s="7"', ("s", "7")),
+        ("s=hello world", ("s", "hello world")),
+        ("eq=a=b", ("eq", "a=b")),
+        ("empty=", ("empty", "")),
+    ],
+)
 def test_key_value_parses_json_else_keeps_the_string(text: str, expected: tuple[str, Any]) -> None:
     assert parse_key_value(text) == expected

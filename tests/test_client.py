@@ -1,4 +1,4 @@
-"""The SDK (`jobserver.client`) against the real server.
+"""The SDK (`jobserver.client.sdk`) against the real server.
 
 The server runs the way a user runs it (`python -m jobserver` as a subprocess,
 tests/e2e.py), because the app needs its runtime (writer thread, workers). One
@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobserver.client import Client, ClientError, Event, Job, parse_sse
-from jobserver.errors import (
+from jobserver.client.sdk import Client, ClientError, Event, Job, parse_sse
+from jobserver.core.errors import (
     DrainingError,
     IdempotencyMismatchError,
     InvalidRequestError,
@@ -40,8 +40,6 @@ ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
 NOOP = "jobserver.examples.noop"  # only test_list_pages_and_iter_jobs submits it
 WAIT_S = 30.0
-
-
 
 
 @pytest.fixture
@@ -71,14 +69,14 @@ def test_same_idempotency_key_and_body_replays_the_first_job(client: Client) -> 
     with pytest.raises(IdempotencyMismatchError) as info:
         client.submit(ADD, {"a": 1, "b": 2}, idempotency_key="sdk-replay")
     assert info.value.key == "sdk-replay"
-    assert getattr(info.value, "status_code") == 422
+    assert info.value.status_code == 422
 
 
 def test_validation_problems_map_to_invalid_request_with_errors(client: Client) -> None:
     with pytest.raises(InvalidRequestError) as info:
         client.submit(ADD, {"a": "not a number"})
     assert {tuple(e["loc"][-1:]) for e in info.value.errors} == {("a",), ("b",)}
-    assert getattr(info.value, "problem")["code"] == "validation-error"
+    assert info.value.problem["code"] == "validation-error"
 
     with pytest.raises(InvalidRequestError) as info:
         client.submit(ADD, {"a": 1, "b": 2}, delay=5, run_at=dt.datetime.now(dt.UTC))
@@ -95,12 +93,17 @@ def test_validation_problems_map_to_invalid_request_with_errors(client: Client) 
 
 def test_unknown_job_raises_job_not_found_everywhere(client: Client) -> None:
     calls: list[Callable[[str], object]] = [
-        client.get, client.cancel, client.retry, client.delete, lambda i: list(client.events(i))]
+        client.get,
+        client.cancel,
+        client.retry,
+        client.delete,
+        lambda i: list(client.events(i)),
+    ]
     for call in calls:
         with pytest.raises(JobNotFoundError) as info:
             call("no-such-job")
         assert info.value.job_id == "no-such-job"
-        assert getattr(info.value, "status_code") == 404
+        assert info.value.status_code == 404
 
 
 def test_delayed_job_stays_pending_then_cancels(client: Client) -> None:
@@ -209,7 +212,9 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     try:
         with Client(srv.url) as c:
-            job = c.submit("tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+            job = c.submit(
+                "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+            )
             wait_until(lambda: has_line(started), WAIT_S, message="the job to start")
             srv.terminate()
 
@@ -221,7 +226,7 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
                 return None
 
             exc = wait_until(refused, WAIT_S, message="submissions to be refused")
-            assert getattr(exc, "status_code") == 503 and getattr(exc, "retry_after") is not None
+            assert exc.status_code == 503 and exc.retry_after is not None
             assert c.get(job["id"])["status"] == "running"  # reads still work while draining
             release.touch()
         assert srv.wait_exit(WAIT_S) == 0
@@ -230,8 +235,19 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
 
 
 def test_parse_sse_joins_data_lines_and_skips_comments() -> None:
-    lines = [": keepalive", "", "id: 7", "event: log", 'data: {"message":', 'data: "hi"}', "",
-             "data: plain text", "", "id: 9", "event: status"]
+    lines = [
+        ": keepalive",
+        "",
+        "id: 7",
+        "event: log",
+        'data: {"message":',
+        'data: "hi"}',
+        "",
+        "data: plain text",
+        "",
+        "id: 9",
+        "event: status",
+    ]
     assert list(parse_sse(lines)) == [
         Event("7", "log", {"message": "hi"}),
         Event("7", "message", "plain text"),  # the last id carries over, per the SSE spec
@@ -242,9 +258,11 @@ def test_errors_without_a_problem_document_raise_client_error() -> None:
     def gateway(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, text="<html>bad gateway</html>", headers={"content-type": "text/html"})
 
-    with Client("http://jobs.example", transport=httpx.MockTransport(gateway)) as c:
-        with pytest.raises(ClientError) as info:
-            c.get("x")
+    with (
+        Client("http://jobs.example", transport=httpx.MockTransport(gateway)) as c,
+        pytest.raises(ClientError) as info,
+    ):
+        c.get("x")
     assert info.value.status_code == 502
     assert "bad gateway" in str(info.value)
     assert isinstance(info.value, JobServerError)

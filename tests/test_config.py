@@ -1,4 +1,4 @@
-"""Tests of jobserver.config: defaults, file, environment, overrides, validation."""
+"""Tests of jobserver.core.config: defaults, file, environment, overrides, validation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from jobserver.config import Settings, load_settings, parse_duration
-from jobserver.errors import ConfigError
+from jobserver.core.config import Settings, load_settings, parse_duration
+from jobserver.core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -112,7 +112,7 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "[server]\nport = 8100\nhost = \"0.0.0.0\"\n[workers]\nthreads = 2\n")
+    path = write(tmp_path, '[server]\nport = 8100\nhost = "0.0.0.0"\n[workers]\nthreads = 2\n')
     environ = {
         "JOBSERVER_SERVER_PORT": "8200",
         "JOBSERVER_WORKERS_LEASE_SECONDS": "45",
@@ -212,7 +212,9 @@ def test_parse_duration(value: object, seconds: float) -> None:
     assert parse_duration(value) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("value", [-1, -0.5, "-5s", "5x", "", "s", "1h30m", True, None, [1], float("inf"), "nan"])
+@pytest.mark.parametrize(
+    "value", [-1, -0.5, "-5s", "5x", "", "s", "1h30m", True, None, [1], float("inf"), "nan"]
+)
 def test_parse_duration_refuses(value: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(value)
@@ -325,7 +327,14 @@ def test_postgres_url(tmp_path: Path, url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["mysql://localhost/jobs", "sqlite://jobs.db", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?mode=ro", "jobs.db"],
+    [
+        "mysql://localhost/jobs",
+        "sqlite://jobs.db",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite:///a.db?mode=ro",
+        "jobs.db",
+    ],
 )
 def test_bad_database_url(tmp_path: Path, url: str) -> None:
     error = config_error(tmp_path, environ={"JOBSERVER_DATABASE_URL": url})
@@ -338,7 +347,9 @@ def test_webhook_secret_accepted(tmp_path: Path, secret: str) -> None:
     assert settings.webhooks.secret == secret
 
 
-@pytest.mark.parametrize("secret", ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_not base64!", "whsec_QUJ", "whsk_QUJD"])
+@pytest.mark.parametrize(
+    "secret", ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_not base64!", "whsec_QUJ", "whsk_QUJD"]
+)
 def test_webhook_secret_refused(tmp_path: Path, secret: str) -> None:
     error = config_error(tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": secret})
     assert error.key == "webhooks.secret"
@@ -346,7 +357,9 @@ def test_webhook_secret_refused(tmp_path: Path, secret: str) -> None:
 
 
 def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:
-    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": SECRET, "JOBSERVER_AUTH_API_KEYS": "key-123"})
+    settings = load(
+        tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": SECRET, "JOBSERVER_AUTH_API_KEYS": "key-123"}
+    )
     assert SECRET not in repr(settings)
     assert "key-123" not in repr(settings)
 

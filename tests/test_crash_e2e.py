@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import STARTED, free_port, has_line, Server, start_server, wait_until
+from tests.e2e import STARTED, Server, free_port, has_line, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 FINISHED = {"completed", "failed", "cancelled"}
@@ -41,8 +41,13 @@ def test_sigkill_while_jobs_flow_loses_nothing(tmp_path: Path) -> None:
             try:
                 with httpx.Client(base_url=srv.url, timeout=5) as c:
                     while i < 300 and not stop.is_set():
-                        r = c.post("/jobs", json={"task": "tests.e2e_tasks.record",
-                                                  "args": {"path": str(marks), "value": f"v{i}"}})
+                        r = c.post(
+                            "/jobs",
+                            json={
+                                "task": "tests.e2e_tasks.record",
+                                "args": {"path": str(marks), "value": f"v{i}"},
+                            },
+                        )
                         if r.status_code == 202:
                             accepted.append(r.json()["id"])
                             i += 1
@@ -54,7 +59,7 @@ def test_sigkill_while_jobs_flow_loses_nothing(tmp_path: Path) -> None:
     kills = 0
     try:
         for target in (60, 140, 220):
-            wait_until(lambda: len(accepted) >= target, 60, 0.005, f"{target} accepted jobs")
+            wait_until(lambda: len(accepted) >= target, 60, 0.005, f"{target} accepted jobs")  # noqa: B023
             srv.kill()
             kills += 1
             srv.restart()
@@ -67,7 +72,9 @@ def test_sigkill_while_jobs_flow_loses_nothing(tmp_path: Path) -> None:
     wait_until(lambda: all(j["status"] in FINISHED for j in all_jobs(c)), 60, 0.1, "every job to finish")
     jobs = {j["id"]: j for j in all_jobs(c)}
     assert set(accepted) <= set(jobs)
-    assert all(jobs[i]["status"] == "completed" for i in accepted), [jobs[i] for i in accepted if jobs[i]["status"] != "completed"]
+    assert all(jobs[i]["status"] == "completed" for i in accepted), [
+        jobs[i] for i in accepted if jobs[i]["status"] != "completed"
+    ]
     lines = marks.read_text().split()
     values = {j["args"]["value"] for j in jobs.values()}
     assert set(lines) == values  # every job ran
@@ -93,7 +100,9 @@ def test_cut_off_attempt_runs_again(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    job_id = _submit(
+        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     wait_until(lambda: has_line(started), message="the attempt to start")
     srv.kill()
     release.touch()
@@ -126,10 +135,14 @@ def test_poison_job_stops_after_crash_cap(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "never"
-    job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    job_id = _submit(
+        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     for n in (1, 2, 3):
-        wait_until(lambda: has_line(started) and len(started.read_text().splitlines()) == n,
-                   message=f"attempt {n}")
+        wait_until(
+            lambda: has_line(started) and len(started.read_text().splitlines()) == n,  # noqa: B023
+            message=f"attempt {n}",
+        )
         srv.kill()
         srv.restart()
     job = c.get(f"/jobs/{job_id}", params={"wait": 20}).json()
@@ -162,13 +175,17 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 10}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    running = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    running = _submit(
+        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     wait_until(lambda: has_line(started), message="the job to start")
     srv.terminate()
+
     # while draining: new jobs are refused with 503 + Retry-After, reads still work
     def refused() -> bool:
         r = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}})
         return r.status_code == 503 and "retry-after" in r.headers
+
     wait_until(refused, message="submits to be refused while draining")
     assert c.get(f"/jobs/{running}").json()["status"] == "running"
     release.touch()
@@ -182,8 +199,12 @@ def test_sigterm_grace_expiry_puts_jobs_back(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 0.5}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
-    delayed = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}, "delay": 1}).json()["id"]
+    job_id = _submit(
+        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
+    delayed = c.post(
+        "/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}, "delay": 1}
+    ).json()["id"]
     wait_until(lambda: has_line(started), message="the job to start")
     srv.terminate()
     assert srv.wait_exit(30) == 0
@@ -200,11 +221,15 @@ def test_second_signal_exits_at_once_and_loses_nothing(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 60}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    job_id = _submit(
+        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     wait_until(lambda: has_line(started), message="the job to start")
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGINT)
-    wait_until(lambda: c.post("/jobs", json={"task": "jobserver.examples.noop", "args": {}}).status_code == 503)
+    wait_until(
+        lambda: c.post("/jobs", json={"task": "jobserver.examples.noop", "args": {}}).status_code == 503
+    )
     t0 = time.monotonic()
     srv.proc.send_signal(signal.SIGINT)
     srv.wait_exit(10)

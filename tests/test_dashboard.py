@@ -242,7 +242,9 @@ def test_retry_button_runs_a_failed_job_again(server: Server, client: httpx.Clie
     assert again["status"] == "failed"
 
 
-def test_retry_button_restarts_a_cancelled_sleep_job(server: Server, client: httpx.Client, page: Page) -> None:
+def test_retry_button_restarts_a_cancelled_sleep_job(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
     job = submit(client, SLEEP, {"seconds": 60})
     assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
     assert wait_finished(client, job["id"])["status"] == "cancelled"
@@ -260,7 +262,9 @@ def test_retry_button_restarts_a_cancelled_sleep_job(server: Server, client: htt
     expect(row(page, job["id"])).to_have_attribute("data-status", "cancelled")
 
 
-def test_submit_form_queues_a_job_and_shows_problems(server: Server, client: httpx.Client, page: Page) -> None:
+def test_submit_form_queues_a_job_and_shows_problems(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
     page.goto(server.url)
     expect(page.locator(f'#submit-task option[value="{ADD}"]')).to_be_attached()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import has_line, Server, wait_until
+from tests.e2e import Server, has_line, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -56,13 +56,22 @@ def test_stored_args_are_validated_with_defaults(server: Server) -> None:
         ({"task": "jobserver.examples.add", "args": {"a": 1, "b": 2, "c": 3}}, 422, "c"),
         ({"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}, "bogus": 1}, 422, "bogus"),
         ({"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}, "delay": -1}, 422, "delay"),
-        ({"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}, "delay": 1,
-          "run_at": "2030-01-01T00:00:00Z"}, 422, None),
+        (
+            {
+                "task": "jobserver.examples.add",
+                "args": {"a": 1, "b": 2},
+                "delay": 1,
+                "run_at": "2030-01-01T00:00:00Z",
+            },
+            422,
+            None,
+        ),
         ({"args": {}}, 422, "task"),
     ],
 )
-def test_bad_submissions_are_refused_and_change_nothing(server: Server, body: dict, status: int,
-                                                        field: str | None) -> None:
+def test_bad_submissions_are_refused_and_change_nothing(
+    server: Server, body: dict, status: int, field: str | None
+) -> None:
     c = server.client()
     r = c.post("/jobs", json=body)
     assert r.status_code == status, r.text
@@ -102,8 +111,11 @@ def test_idempotency_replay_mismatch(server: Server) -> None:
     first = c.post("/jobs", json=body, headers={"Idempotency-Key": "abc"})
     assert first.status_code == 202
     # same parsed JSON, other key order and spacing
-    again = c.post("/jobs", content=b'{ "args": {"b": 2, "a": 1},   "task": "jobserver.examples.add"}',
-                   headers={"Idempotency-Key": "abc", "content-type": "application/json"})
+    again = c.post(
+        "/jobs",
+        content=b'{ "args": {"b": 2, "a": 1},   "task": "jobserver.examples.add"}',
+        headers={"Idempotency-Key": "abc", "content-type": "application/json"},
+    )
     assert again.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
@@ -195,8 +207,10 @@ def test_list_filters_and_cursor(server: Server) -> None:
         if cursor is None:
             break
     assert seen == list(reversed(ids))
-    assert all(j["task"] == "jobserver.examples.add" for j in
-               c.get("/jobs", params={"task": "jobserver.examples.add"}).json()["jobs"])
+    assert all(
+        j["task"] == "jobserver.examples.add"
+        for j in c.get("/jobs", params={"task": "jobserver.examples.add"}).json()["jobs"]
+    )
     assert c.get("/jobs", params={"task": "jobserver.examples.noop"}).json()["jobs"] == []
     wait_until(lambda: len(c.get("/jobs", params={"status": "completed"}).json()["jobs"]) == 7)
     # "pending" covers due and delayed jobs, newest first, with a working cursor

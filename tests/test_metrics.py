@@ -9,9 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobserver.metrics import Metrics
-from jobserver.records import Claim, JobRecord
-from tests.e2e import has_line, Server, start_server, wait_until
+from jobserver.core.records import Claim, JobRecord
+from jobserver.ops.metrics import Metrics
+from tests.e2e import Server, has_line, start_server, wait_until
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -114,8 +114,30 @@ def test_rescued_jobs_are_counted_after_a_crash(tmp_path: Path) -> None:
 
 
 def _record(task: str, status: str, started_at: float, finished_at: float | None) -> JobRecord:
-    return JobRecord("j1", task, "{}", status, 0, 1, 3, None, 1, None, None, 0, 0, None, None, None, None,
-                     None, 0.0, 0.0, started_at, finished_at)
+    return JobRecord(
+        "j1",
+        task,
+        "{}",
+        status,
+        0,
+        1,
+        3,
+        None,
+        1,
+        None,
+        None,
+        0,
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        0.0,
+        0.0,
+        started_at,
+        finished_at,
+    )
 
 
 def test_each_app_has_its_own_registry_and_the_webhook_hook_counts() -> None:

@@ -12,15 +12,25 @@ from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from jobserver import task
-from jobserver.openapi import build_openapi
-from jobserver.tasks import Registry, build_taskdef
+from jobserver.core.tasks import Registry, build_taskdef
+from jobserver.http.openapi import build_openapi
 from tests.e2e import Server, start_server
 
 CONTRACT_ROUTES = {
-    ("post", "/jobs"), ("get", "/jobs"), ("get", "/jobs/{job_id}"), ("delete", "/jobs/{job_id}"),
-    ("post", "/jobs/{job_id}/cancel"), ("post", "/jobs/{job_id}/retry"), ("get", "/jobs/{job_id}/events"),
-    ("get", "/jobs/{job_id}/webhooks"), ("get", "/tasks"), ("get", "/healthz"), ("get", "/readyz"),
-    ("get", "/metrics"), ("get", "/"), ("get", "/openapi.json"),
+    ("post", "/jobs"),
+    ("get", "/jobs"),
+    ("get", "/jobs/{job_id}"),
+    ("delete", "/jobs/{job_id}"),
+    ("post", "/jobs/{job_id}/cancel"),
+    ("post", "/jobs/{job_id}/retry"),
+    ("get", "/jobs/{job_id}/events"),
+    ("get", "/jobs/{job_id}/webhooks"),
+    ("get", "/tasks"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/"),
+    ("get", "/openapi.json"),
 }
 
 
@@ -75,7 +85,11 @@ def test_the_served_document_is_valid_and_complete(server: Server) -> None:
     submit = doc["paths"]["/jobs"]["post"]["responses"]
     for status in ("400", "409", "413", "415", "422", "503"):
         problem = inline(submit[status], doc)
-        assert problem["content"]["application/problem+json"]["schema"]["required"] == ["type", "title", "status"]
+        assert problem["content"]["application/problem+json"]["schema"]["required"] == [
+            "type",
+            "title",
+            "status",
+        ]
     assert {"202", "200"} <= set(submit)
     assert "404" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
 
@@ -87,7 +101,10 @@ def test_with_api_keys_the_document_declares_bearer_auth(tmp_path: Path) -> None
     doc = srv.client("k1").get("/openapi.json").json()
     validate(doc)
     assert doc["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <API key>",
+    }
     assert doc["security"] == [{"bearer": []}]
     assert doc["paths"]["/healthz"]["get"]["security"] == []
     assert doc["paths"]["/"]["get"]["security"] == []

@@ -47,7 +47,7 @@ def test_json_logs_also_carry_warnings_and_uncaught_exceptions() -> None:
         "import logging, threading, warnings\n"
         "from jobserver import logs\n"
         "logs.configure('info', 'json')\n"
-        "logging.getLogger('jobserver.engine').info('hello %s', 'x', extra={'job_id': 'j1'})\n"
+        "logging.getLogger('jobserver.runner.engine').info('hello %s', 'x', extra={'job_id': 'j1'})\n"
         "warnings.warn('careful')\n"
         "t = threading.Thread(target=lambda: 1 / 0, name='worker-x'); t.start(); t.join()\n"
         "raise RuntimeError('at the top')\n"
@@ -70,11 +70,18 @@ def test_readyz_is_ready_then_503_while_draining(tmp_path: Path) -> None:
     assert r.json()["checks"] == {"database": "ok", "workers": "ok"}
 
     started, release = tmp_path / "started", tmp_path / "release"
-    job = c.post("/jobs", json={"task": "tests.e2e_tasks.block_until_file",
-                                "args": {"started": str(started), "release": str(release)}}).json()
+    job = c.post(
+        "/jobs",
+        json={
+            "task": "tests.e2e_tasks.block_until_file",
+            "args": {"started": str(started), "release": str(release)},
+        },
+    ).json()
     wait_until(lambda: has_line(started), message="the job to start")
     srv.terminate()  # drains: the running job may finish, no new work is taken
-    r = wait_until(lambda: (resp := c.get("/readyz")).status_code == 503 and resp, message="/readyz to say 503")
+    r = wait_until(
+        lambda: (resp := c.get("/readyz")).status_code == 503 and resp, message="/readyz to say 503"
+    )
     assert r.json()["draining"] is True and r.json()["status"] == "not ready"
     assert r.headers["content-type"].startswith("application/json")
     assert c.get("/healthz").status_code == 200  # alive, just not ready

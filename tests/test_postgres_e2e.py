@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e import has_line, Server, start_server, wait_until
+from tests.e2e import Server, has_line, start_server, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -45,8 +45,10 @@ def test_two_nodes_share_the_work(tmp_path: Path, pg_url: str) -> None:
     a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
     ca, cb = a.client(), b.client()
     marks = tmp_path / "marks"
-    ids = [submit(ca if i % 2 else cb, "tests.e2e_tasks.record", {"path": str(marks), "value": f"v{i}"})
-           for i in range(200)]
+    ids = [
+        submit(ca if i % 2 else cb, "tests.e2e_tasks.record", {"path": str(marks), "value": f"v{i}"})
+        for i in range(200)
+    ]
     for job_id in ids:
         assert ca.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "completed"
     lines = marks.read_text().split()
@@ -58,7 +60,9 @@ def test_node_killed_mid_job_is_recovered_by_the_other(tmp_path: Path, pg_url: s
     a = node(tmp_path, "a", pg_url)
     ca = a.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = submit(ca, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    job_id = submit(
+        ca, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     wait_until(lambda: has_line(started), message="the job to start on node a")
     b = node(tmp_path, "b", pg_url)
     a.kill()
@@ -70,7 +74,9 @@ def test_node_killed_mid_job_is_recovered_by_the_other(tmp_path: Path, pg_url: s
 def test_cancel_on_one_node_stops_the_attempt_on_another(tmp_path: Path, pg_url: str) -> None:
     a = node(tmp_path, "a", pg_url)
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = submit(a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    job_id = submit(
+        a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     wait_until(lambda: has_line(started))
     b = node(tmp_path, "b", pg_url, threads=1)
     r = b.client().post(f"/jobs/{job_id}/cancel")
@@ -82,7 +88,9 @@ def test_cancel_on_one_node_stops_the_attempt_on_another(tmp_path: Path, pg_url:
 def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_url: str) -> None:
     a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url, threads=1)
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = submit(a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    job_id = submit(
+        a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
     wait_until(lambda: has_line(started))
     seen: list[str] = []
 

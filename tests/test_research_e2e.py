@@ -30,7 +30,7 @@ class Site:
         site = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 site.hits[self.path] += 1
                 if self.path == "/slow":
                     gate.wait(30)
@@ -66,7 +66,9 @@ def test_research_fetches_summarizes_and_reports(server: Server, site: tuple[Sit
     s, _ = site
     c = server.client()
     urls = [s.url + p for p in PAGES]
-    job_id = submit(c, "jobserver.examples.research", {"question": "why durable jobs?", "urls": urls, "sentences": 3})
+    job_id = submit(
+        c, "jobserver.examples.research", {"question": "why durable jobs?", "urls": urls, "sentences": 3}
+    )
     job = finished(c, job_id, 30)
     assert job["status"] == "completed", job
     result = job["result"]
@@ -80,8 +82,9 @@ def test_research_fetches_summarizes_and_reports(server: Server, site: tuple[Sit
     assert all(n == 1 for n in s.hits.values())
 
 
-def test_research_resumes_without_refetching_after_sigkill(tmp_path: Path,
-                                                           site: tuple[Site, threading.Event]) -> None:
+def test_research_resumes_without_refetching_after_sigkill(
+    tmp_path: Path, site: tuple[Site, threading.Event]
+) -> None:
     s, gate = site
     srv = start_server(tmp_path)
     c = srv.client()

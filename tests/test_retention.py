@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.storage import claim_one
-
-from jobserver.clock import ManualClock
-from jobserver.config import RetentionSettings
-from jobserver.models import create_schema, open_database
-from jobserver.records import JobIds, NewJob
-from jobserver.retention import CHILD_TABLES, EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, Pruner, child_delete_sql
-from jobserver.store import JobStore
-from jobserver.writer import Tx, Writer
+from jobserver.core.clock import ManualClock
+from jobserver.core.config import RetentionSettings
+from jobserver.core.records import JobIds, NewJob
+from jobserver.ops.retention import CHILD_TABLES, EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, Pruner, child_delete_sql
+from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Tx, Writer
 from tests.e2e import start_server, wait_until
+from tests.storage import claim_one
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -49,19 +48,33 @@ class Seed:
             if status == "completed":
                 self.store.complete(claim, "1", at, lambda rec: None).result()
             elif status == "failed":
-                self.store.fail(claim, {"type": "E", "message": "m", "traceback": None}, at, None, "failed",
-                                lambda rec: None).result()
+                self.store.fail(
+                    claim,
+                    {"type": "E", "message": "m", "traceback": None},
+                    at,
+                    None,
+                    "failed",
+                    lambda rec: None,
+                ).result()
 
         def extras(tx: Tx) -> None:
-            tx.execute("INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
-                       "VALUES (?, 's1', 'completed', '1', 1, ?, ?)", (job_id, at, at))
+            tx.execute(
+                "INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
+                "VALUES (?, 's1', 'completed', '1', 1, ?, ?)",
+                (job_id, at, at),
+            )
             for i in range(logs):
-                tx.execute("INSERT INTO events (job_id, kind, data, at) VALUES (?, 'log', ?, ?)",
-                           (job_id, f'{{"message": "line {i}"}}', at))
+                tx.execute(
+                    "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'log', ?, ?)",
+                    (job_id, f'{{"message": "line {i}"}}', at),
+                )
             row = tx.one("SELECT id FROM webhook_deliveries WHERE job_id = ?", (job_id,))
             if row is not None:
-                tx.execute("INSERT INTO webhook_attempts (delivery_id, job_id, attempt, at, status_code, "
-                           "error, duration_ms) VALUES (?, ?, 1, ?, 200, NULL, 3.0)", (row[0], job_id, at))
+                tx.execute(
+                    "INSERT INTO webhook_attempts (delivery_id, job_id, attempt, at, status_code, "
+                    "error, duration_ms) VALUES (?, ?, 1, ?, 200, NULL, 3.0)",
+                    (row[0], job_id, at),
+                )
 
         self.writer.call(extras)
         return job_id
@@ -70,8 +83,9 @@ class Seed:
         if job_id is None:
             return int(self.db.execute_sql(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
         column = "id" if table == "jobs" else "job_id"
-        return int(self.db.execute_sql(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?",
-                                       (job_id,)).fetchone()[0])
+        return int(
+            self.db.execute_sql(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (job_id,)).fetchone()[0]
+        )
 
     def rows_of(self, job_id: str) -> dict[str, int]:
         return {t: self.count(t, job_id) for t in ("jobs", *CHILDREN)}
@@ -135,7 +149,8 @@ def test_each_batch_deletes_at_most_batch_size_rows(seed: Seed) -> None:
         assert before["jobs"] - after["jobs"] == result.jobs <= batch
         # a job row never goes before its children
         orphans = seed.db.execute_sql(
-            "SELECT COUNT(*) FROM events WHERE job_id NOT IN (SELECT id FROM jobs)").fetchone()[0]
+            "SELECT COUNT(*) FROM events WHERE job_id NOT IN (SELECT id FROM jobs)"
+        ).fetchone()[0]
         assert orphans == 0
         if not result.more:
             break
@@ -174,8 +189,12 @@ def test_a_job_with_many_events_is_pruned_over_several_batches(seed: Seed) -> No
 
 @pytest.mark.parametrize(
     "sql",
-    [EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, "DELETE FROM jobs WHERE id IN (?, ?)",
-     *[child_delete_sql(table, key, 2) for table, key in CHILD_TABLES]],
+    [
+        EXPIRED_JOBS_SQL,
+        EXPIRED_KEYS_SQL,
+        "DELETE FROM jobs WHERE id IN (?, ?)",
+        *[child_delete_sql(table, key, 2) for table, key in CHILD_TABLES],
+    ],
 )
 def test_pruning_statements_use_indexes(seed: Seed, sql: str) -> None:
     plan = [str(row[-1]) for row in seed.db.execute_sql("EXPLAIN QUERY PLAN " + sql, [0] * sql.count("?"))]
@@ -192,7 +211,8 @@ def test_the_server_prunes_on_its_own(tmp_path: Path) -> None:
         assert r.status_code == 202
         job_id = r.json()["id"]
         assert c.get(f"/jobs/{job_id}", params={"wait": 10}).json()["status"] == "completed"
-        wait_until(lambda: c.get(f"/jobs/{job_id}").status_code == 404, 10,
-                   message="the finished job to be pruned")
+        wait_until(
+            lambda: c.get(f"/jobs/{job_id}").status_code == 404, 10, message="the finished job to be pruned"
+        )
     finally:
         srv.stop()

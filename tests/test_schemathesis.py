@@ -18,8 +18,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from jobserver.openapi import build_openapi
-from jobserver.tasks import Registry
+from jobserver.core.tasks import Registry
+from jobserver.http.openapi import build_openapi
 from tests.e2e import start_server
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +37,13 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 
 
 def test_every_route_conforms_to_its_schema(tmp_path: Path, subtests: pytest.Subtests) -> None:
-    server = start_server(tmp_path, config={
-        "tasks": {"modules": TASK_MODULES},
-        "webhooks": {"allow_hosts": [], "retry_schedule": ["1s"], "timeout": 1},
-    })
+    server = start_server(
+        tmp_path,
+        config={
+            "tasks": {"modules": TASK_MODULES},
+            "webhooks": {"allow_hosts": [], "retry_schedule": ["1s"], "timeout": 1},
+        },
+    )
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", timeout=10)
     described = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
     assert described == {(method, path) for method, path, _ in ROUTES}
@@ -60,8 +63,13 @@ def run_cases(operation: Any, mode: GenerationMode, base_url: str) -> list[str]:
     calls: list[str] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES[mode], derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES[mode],
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case: schemathesis.Case) -> None:
         calls.append(f"{case.method} {case.formatted_path}")
         case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=10)

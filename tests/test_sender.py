@@ -15,20 +15,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-
-from tests.storage import claim_one
 from standardwebhooks.webhooks import Webhook
 
-from jobserver import webhooks
-from jobserver.clock import ManualClock
-from jobserver.config import WebhooksSettings
-from jobserver.models import create_schema, open_database
-from jobserver.records import JobIds, NewJob
-from jobserver.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
-from jobserver.store import JobStore
-from jobserver.writer import Writer
+from jobserver.core.clock import ManualClock
+from jobserver.core.config import WebhooksSettings
+from jobserver.core.records import JobIds, NewJob
+from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Writer
+from jobserver.webhooks import payload as webhooks
+from jobserver.webhooks.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
 from tests.e2e import free_port, wait_until
-from tests.receiver import Reply, Receiver
+from tests.receiver import Receiver, Reply
+from tests.storage import claim_one
 
 SECRET = webhooks.generate_secret()
 SCHEDULE = (5.0, 60.0, 300.0)
@@ -48,8 +47,16 @@ class Env:
     def sender(self, **settings: Any) -> WebhookSender:
         options: dict[str, Any] = {"allow_hosts": ("127.0.0.1",), "retry_schedule": SCHEDULE, "timeout": 5.0}
         options.update(settings)
-        s = WebhookSender(WebhooksSettings(**options), self.db, self.writer, self.clock, SECRET, False,
-                          client=self.client, rng=random.Random(7))
+        s = WebhookSender(
+            WebhooksSettings(**options),
+            self.db,
+            self.writer,
+            self.clock,
+            SECRET,
+            False,
+            client=self.client,
+            rng=random.Random(7),
+        )
         self.senders.append(s)
         return s
 
@@ -57,8 +64,10 @@ class Env:
         return list(self.db.execute_sql(sql, params).fetchall())
 
     def delivery(self, job_id: str) -> tuple[Any, ...]:
-        rows = self.rows("SELECT id, state, attempts, next_attempt_at, payload FROM webhook_deliveries "
-                         "WHERE job_id = ?", (job_id,))
+        rows = self.rows(
+            "SELECT id, state, attempts, next_attempt_at, payload FROM webhook_deliveries WHERE job_id = ?",
+            (job_id,),
+        )
         assert len(rows) == 1, rows
         return rows[0]
 
@@ -90,8 +99,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
     store = JobStore(db, writer, False)
     receiver = Receiver().start()
     sent: list[str] = []
-    client = httpx.Client(trust_env=False, follow_redirects=False,
-                          event_hooks={"request": [lambda request: sent.append(str(request.url))]})
+    client = httpx.Client(
+        trust_env=False,
+        follow_redirects=False,
+        event_hooks={"request": [lambda request: sent.append(str(request.url))]},
+    )
     e = Env(db, writer, store, ManualClock(time.time()), receiver, sent, client, [])
     yield e
     for s in e.senders:
@@ -104,7 +116,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def signature_ok(req: Any) -> bool:
     h = req.headers
-    return h["webhook-signature"] == webhooks.sign(SECRET, h["webhook-id"], int(h["webhook-timestamp"]), req.body)
+    return h["webhook-signature"] == webhooks.sign(
+        SECRET, h["webhook-id"], int(h["webhook-timestamp"]), req.body
+    )
 
 
 # --- one attempt per outcome ------------------------------------------------------------
@@ -270,8 +284,9 @@ def test_every_final_status_commit_wakes_the_sender(env: Env) -> None:
     # a rescue that gives a job up (Crashed) also writes a delivery
     now = env.clock.now()
     job_id = JobIds().new()
-    env.store.enqueue(NewJob(job_id, "tests.task", "{}", 0, 1, None, url, None, now, now), None,
-                      lambda: None).result()
+    env.store.enqueue(
+        NewJob(job_id, "tests.task", "{}", 0, 1, None, url, None, now, now), None, lambda: None
+    ).result()
     claim_one(env.store, "dead-owner", now, 1.0)
     rescued = env.store.rescue(now + 5, "me", False, lambda task: "fail", lambda: None).result()
     assert [r.status for r in rescued] == ["failed"]
@@ -343,7 +358,7 @@ def test_configured_secret_wins_and_nothing_is_stored(env: Env) -> None:
 
 
 def test_generated_secret_is_kept_and_reused(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="jobserver.sender"):
+    with caplog.at_level(logging.WARNING, logger="jobserver.webhooks.sender"):
         first = load_secret(WebhooksSettings(), env.db, env.writer, False)
         second = load_secret(WebhooksSettings(), env.db, env.writer, False)
     assert first == second and len(webhooks.secret_key(first)) == 24

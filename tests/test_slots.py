@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from jobserver import task
-from jobserver.records import Claim
-from jobserver.slots import UNKNOWN_RUN_S, Slots
-from jobserver.tasks import build_taskdef
+from jobserver.core.records import Claim
+from jobserver.core.tasks import build_taskdef
+from jobserver.runner.slots import UNKNOWN_RUN_S, Slots
 
 
 @task
@@ -44,7 +44,7 @@ def test_one_sync_job_per_idle_thread_until_run_times_are_known() -> None:
     s = slots(threads=2)
     tx = FakeTx()
     assert s.accept(tx, [("a", Q), ("b", Q), ("c", Q)]) == ["a", "b"]
-    limit, allowed = s.plan(tx)
+    _limit, allowed = s.plan(tx)
     assert allowed == [W]  # no sync slot left: only the async task may be taken
     assert UNKNOWN_RUN_S > 0
 

@@ -6,25 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from jobserver.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError
-from jobserver.records import Claim, JobIds, NewJob
-from jobserver.store import JobStore
+from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError
+from jobserver.core.records import Claim, JobIds, NewJob
+from jobserver.storage.store import JobStore
 from tests.storage import open_store
 
 IDS = JobIds()
 NOW = 1_700_000_000.0
 
 
-def claim(store: JobStore, owner: str, now: float, lease_s: float, allowed: list[str] | None = None,
-          limit: int = 1) -> Claim | None:
+def claim(
+    store: JobStore, owner: str, now: float, lease_s: float, allowed: list[str] | None = None, limit: int = 1
+) -> Claim | None:
     """One claim transaction taking at most `limit` jobs (of `allowed` tasks); the first or None."""
-    claims = store.claim(owner, now, lease_s, lambda tx: (limit, allowed),
-                         lambda tx, cands: [i for i, _ in cands]).result(10)
+    claims = store.claim(
+        owner, now, lease_s, lambda tx: (limit, allowed), lambda tx, cands: [i for i, _ in cands]
+    ).result(10)
     return claims[0] if claims else None
 
 
-def add(store: JobStore, *, priority: int = 0, run_at: float = NOW, task: str = "t", max_attempts: int = 1,
-        idem: tuple[str, str, str] | None = None) -> str:
+def add(
+    store: JobStore,
+    *,
+    priority: int = 0,
+    run_at: float = NOW,
+    task: str = "t",
+    max_attempts: int = 1,
+    idem: tuple[str, str, str] | None = None,
+) -> str:
     job = NewJob(IDS.new(), task, "{}", priority, max_attempts, None, None, idem and idem[1], NOW, run_at)
     created, value = store.enqueue(job, idem, lambda: None).result(10)
     return job.id if created else str(value)
@@ -53,8 +62,10 @@ def test_claim_skips_excluded_tasks(tmp_path: Path) -> None:
 def test_a_claim_is_taken_once(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         add(store)
-        futures = [store.claim(f"w{i}", NOW, 30, lambda tx: (1, None), lambda tx, c: [i for i, _ in c])
-                   for i in range(10)]
+        futures = [
+            store.claim(f"w{i}", NOW, 30, lambda tx: (1, None), lambda tx, c: [i for i, _ in c])
+            for i in range(10)
+        ]
         assert sum(len(f.result(10)) for f in futures) == 1
 
 
@@ -92,7 +103,9 @@ def test_rescue_per_on_crash_and_cap(tmp_path: Path) -> None:
             t = NOW + 10 * round_
             for _ in range(2):
                 claim(store, "x", t, 1)
-            store.rescue(t + 5, "me", False, lambda t: "fail" if t == "once" else "retry", lambda: None).result(10)
+            store.rescue(
+                t + 5, "me", False, lambda t: "fail" if t == "once" else "retry", lambda: None
+            ).result(10)
         assert store.get(fail_fast).status == "failed"
         crashed = store.get(capped)
         assert crashed.status == "failed" and crashed.attempts == 3 and "Crashed" in (crashed.error or "")

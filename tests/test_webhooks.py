@@ -22,8 +22,8 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from jobserver import webhooks
-from jobserver.clock import rfc3339
+from jobserver.core.clock import rfc3339
+from jobserver.webhooks import payload as webhooks
 from tests.fakedns import fake_getaddrinfo
 
 NOW = 1_700_000_000.0
@@ -98,7 +98,7 @@ def test_bad_secret_is_refused(bad: str) -> None:
 
 def test_sign_matches_standard_webhooks_reference(secret: str) -> None:
     body = b'{"a": 1}'
-    stamp = dt.datetime.fromtimestamp(1_700_000_123, tz=dt.timezone.utc)
+    stamp = dt.datetime.fromtimestamp(1_700_000_123, tz=dt.UTC)
     expected = Webhook(secret).sign("msg_abc", stamp, body.decode())
     assert webhooks.sign(secret, "msg_abc", 1_700_000_123, body) == expected
     assert expected.startswith("v1,") and len(base64.b64decode(expected[3:])) == 32
@@ -166,9 +166,18 @@ def test_explicit_port_and_ipv6_target(dns: DNS, secret: str) -> None:
 
 @pytest.mark.parametrize(
     ("code", "outcome"),
-    [(200, "delivered"), (202, "delivered"), (204, "delivered"), (299, "delivered"),
-     (400, "retry"), (404, "retry"), (429, "retry"), (500, "retry"), (503, "retry"),
-     (410, "gave_up")],
+    [
+        (200, "delivered"),
+        (202, "delivered"),
+        (204, "delivered"),
+        (299, "delivered"),
+        (400, "retry"),
+        (404, "retry"),
+        (429, "retry"),
+        (500, "retry"),
+        (503, "retry"),
+        (410, "gave_up"),
+    ],
 )
 def test_outcome_by_status(dns: DNS, secret: str, code: int, outcome: str) -> None:
     result = deliver(Receiver(lambda request: httpx.Response(code)), f"http://{HOST}/", secret)
@@ -202,9 +211,17 @@ def test_retry_after_http_date(dns: DNS, secret: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(None, None), ("0", 0.0), (" 30 ", 30.0), ("-5", None), ("1.5", None), ("soon", None),
-     (email.utils.formatdate(NOW - 60, usegmt=True), 0.0),
-     ("Tue, 14 Nov 2023 22:14:20 -0000", 60.0), ("Tue Nov 14 22:14:20 2023", 60.0)],
+    [
+        (None, None),
+        ("0", 0.0),
+        (" 30 ", 30.0),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        (email.utils.formatdate(NOW - 60, usegmt=True), 0.0),
+        ("Tue, 14 Nov 2023 22:14:20 -0000", 60.0),
+        ("Tue Nov 14 22:14:20 2023", 60.0),
+    ],
 )
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert webhooks.parse_retry_after(value, NOW) == seconds
@@ -228,9 +245,7 @@ def test_connection_error_is_a_retry(dns: DNS, secret: str) -> None:
     assert result.error is not None and "Connection refused" in result.error
 
 
-def test_rebinding_to_private_address_is_refused_without_a_request(
-    dns: DNS, secret: str
-) -> None:
+def test_rebinding_to_private_address_is_refused_without_a_request(dns: DNS, secret: str) -> None:
     dns[HOST] = ["10.0.0.5"]  # the name pointed at a public address when the job was submitted
     receiver = Receiver()
     result = deliver(receiver, f"https://{HOST}/hooks", secret)
@@ -323,8 +338,15 @@ def test_delivery_to_a_real_receiver(secret: str) -> None:
         body = webhooks.build_payload("job.completed", job, time.time())
         with httpx.Client(trust_env=False) as client:
             result = webhooks.deliver_once(
-                client, f"http://127.0.0.1:{port}/hook?x=1", "msg_real", body, secret,
-                time.time(), allow_private=False, allow_hosts=["127.0.0.1"], timeout_s=5.0,
+                client,
+                f"http://127.0.0.1:{port}/hook?x=1",
+                "msg_real",
+                body,
+                secret,
+                time.time(),
+                allow_private=False,
+                allow_hosts=["127.0.0.1"],
+                timeout_s=5.0,
             )
         assert arrived.wait(timeout=5)
     finally:

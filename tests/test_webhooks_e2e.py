@@ -59,7 +59,9 @@ def attempts(c: httpx.Client, job_id: str, n: int, timeout: float = 20) -> list[
 def delivery_state(srv: Server, job_id: str) -> tuple[str, int]:
     """(state, attempts) of the job's delivery row, read from the server's database file."""
     with sqlite3.connect(f"file:{srv.tmp_path / 'jobs.db'}?mode=ro", uri=True) as conn:
-        row = conn.execute("SELECT state, attempts FROM webhook_deliveries WHERE job_id = ?", (job_id,)).fetchone()
+        row = conn.execute(
+            "SELECT state, attempts FROM webhook_deliveries WHERE job_id = ?", (job_id,)
+        ).fetchone()
     assert row is not None
     return str(row[0]), int(row[1])
 
@@ -68,13 +70,16 @@ def test_completed_failed_and_cancelled_jobs_each_deliver_once(srv: Server, rece
     c = srv.client()
     done = submit(c, "jobserver.examples.add", {"a": 2, "b": 3}, webhook_url=receiver.url("/completed"))
     failed = submit(c, "tests.e2e_tasks.fail_now", {}, webhook_url=receiver.url("/failed"))
-    later = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=3600,
-                   webhook_url=receiver.url("/cancelled"))
+    later = submit(
+        c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=3600, webhook_url=receiver.url("/cancelled")
+    )
     assert c.post(f"/jobs/{later}/cancel").status_code == 202
 
-    for job_id, path, event, status in [(done, "/completed", "job.completed", "completed"),
-                                        (failed, "/failed", "job.failed", "failed"),
-                                        (later, "/cancelled", "job.cancelled", "cancelled")]:
+    for job_id, path, event, status in [
+        (done, "/completed", "job.completed", "completed"),
+        (failed, "/failed", "job.failed", "failed"),
+        (later, "/cancelled", "job.cancelled", "cancelled"),
+    ]:
         [req] = receiver.wait_for(1, path)
         Webhook(SECRET).verify(req.body, req.headers)  # raises unless the signature is right
         body = orjson.loads(req.body)
@@ -104,8 +109,10 @@ def test_failing_receiver_gets_the_same_webhook_id_until_it_succeeds(srv: Server
     assert all(isinstance(a["duration_ms"], float) and a["duration_ms"] >= 0 for a in listed)
     assert [a["error"] for a in listed][2] is None and "500" in listed[0]["error"]
     assert delivery_state(srv, job_id) == ("delivered", 3)
-    wanted = ['jobserver_webhook_deliveries_total{outcome="retrying"} 2.0',
-              'jobserver_webhook_deliveries_total{outcome="delivered"} 1.0']
+    wanted = [
+        'jobserver_webhook_deliveries_total{outcome="retrying"} 2.0',
+        'jobserver_webhook_deliveries_total{outcome="delivered"} 1.0',
+    ]
     wait_until(lambda: all(w in c.get("/metrics").text for w in wanted), 10, message="webhook metrics")
 
 
@@ -133,7 +140,9 @@ def test_a_redirect_is_a_failure_and_is_not_followed(srv: Server, receiver: Rece
     assert receiver.received("/landing") == []  # nothing followed the Location, wherever it pointed
 
 
-def test_a_delivery_in_flight_at_sigkill_is_delivered_after_restart(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_delivery_in_flight_at_sigkill_is_delivered_after_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
     srv = start_server(tmp_path, config={"webhooks": {"secret": SECRET, "timeout": "1s"}})
     gate = threading.Event()
     receiver.script("/hook", Reply(200, gate=gate))
@@ -154,8 +163,9 @@ def test_a_delivery_in_flight_at_sigkill_is_delivered_after_restart(tmp_path: Pa
         srv.stop()
 
 
-def test_a_delivery_waiting_to_retry_at_sigkill_is_delivered_after_restart(tmp_path: Path,
-                                                                            receiver: Receiver) -> None:
+def test_a_delivery_waiting_to_retry_at_sigkill_is_delivered_after_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
     srv = start_server(tmp_path, config={"webhooks": {"secret": SECRET, "retry_schedule": ["1s", "1s"]}})
     receiver.script("/hook", Reply(503))
     try:
@@ -238,8 +248,9 @@ def test_forbidden_webhook_urls_are_refused_at_submit(tmp_path: Path) -> None:
     try:
         c = srv.client()
         for url in FORBIDDEN_URLS:
-            r = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2},
-                                      "webhook_url": url})
+            r = c.post(
+                "/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}, "webhook_url": url}
+            )
             assert r.status_code == 422, (url, r.text)
             assert r.headers["content-type"] == "application/problem+json"
             assert any("webhook_url" in e["loc"] for e in r.json()["errors"]), (url, r.json())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobserver.writer import Tx
+from jobserver.storage.writer import Tx
 from tests.storage import open_store
 
 
@@ -19,6 +19,7 @@ def insert(key: str):
     def op(tx: Tx) -> str:
         tx.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
         return key
+
     return op
 
 

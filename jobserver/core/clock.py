@@ -1,0 +1,57 @@
+"""Clock: the only reader of wall time, so tests can move time by hand.
+
+Times inside jobserver are float seconds since the epoch (UTC); they are turned
+into RFC 3339 strings only at the edges (`rfc3339`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Where `now` comes from."""
+
+    def now(self) -> float:
+        """Seconds since the epoch, UTC."""
+        ...
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that moves only when told; for tests."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self._now += seconds
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Format epoch seconds as an RFC 3339 UTC string with millisecond precision.
+
+    Hot (every job object and event carries four timestamps): the whole-second part
+    is cached, since most timestamps formatted together fall in the same second."""
+    if ts is None:
+        return None
+    ms = round(ts * 1000)
+    whole, frac = divmod(ms, 1000)
+    return f"{_second(whole)}.{frac:03d}Z"

@@ -1,0 +1,327 @@
+"""Settings: the frozen, validated configuration of one server process.
+
+Owns the config schema (sections, keys, defaults, limits), duration parsing, and
+the merge defaults < config.toml < JOBSERVER_<SECTION>_<KEY> environment <
+overrides (CLI flags). Every invalid value becomes `ConfigError(key, message)`
+naming the dotted key. Imports only jobserver.core.errors from jobserver.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from jobserver.core.errors import ConfigError
+
+_DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
+_UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_PREFIX = "JOBSERVER_"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def parse_duration(value: object) -> float:
+    """Turn 30, 1.5, "30", "500ms", "5s", "5m", "24h" or "7d" into float seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"a duration must be a number of seconds or a string like '5s', not {value!r}")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.startswith("-"):
+            raise ValueError(f"a duration must not be negative: {value!r}")
+        match = _DURATION_RE.match(text)
+        if match is None:
+            raise ValueError(
+                f"invalid duration {value!r}: use seconds or a number with ms, s, m, h or d (e.g. '500ms', '5m', '7d')"
+            )
+        seconds = float(match["num"]) * _UNIT_SECONDS[match["unit"] or "s"]
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be finite: {value!r}")
+    if seconds < 0:
+        raise ValueError(f"a duration must not be negative: {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Float seconds, given as a number or a string like "500ms" / "5m" / "7d"."""
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """[server]: where the API listens and how much it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_args_bytes: int = Field(default=65_536, gt=0)
+    log_level: LogLevel = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class DatabaseSettings(_Section):
+    """[database]: the SQLite file or the PostgreSQL server that holds the jobs."""
+
+    url: str = "sqlite:///data/jobserver.db"
+    synchronous: Literal["normal", "full"] = "normal"
+    busy_timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if url.startswith(_POSTGRES_SCHEMES):
+            return url
+        if not url.startswith(_SQLITE_PREFIX):
+            raise ValueError(
+                f"unsupported database URL {url!r}: use sqlite:///relative/path.db, "
+                "sqlite:////absolute/path.db or postgresql://..."
+            )
+        path = url[len(_SQLITE_PREFIX) :]
+        if path in ("", ":memory:") or path.endswith("/"):
+            raise ValueError(f"{url!r} names no database file; jobs must outlive the process")
+        if "?" in path:
+            raise ValueError(f"{url!r}: URL query parameters are not supported; use the [database] keys")
+        return url
+
+
+class WorkersSettings(_Section):
+    """[workers]: how many jobs run at once and how crashes are detected."""
+
+    threads: int = Field(default=4, ge=1)
+    async_concurrency: int = Field(default=100, ge=1)
+    lease_seconds: Duration = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: Duration = 30.0
+    poll_interval: Duration = Field(default=1.0, gt=0)
+
+
+class TasksSettings(_Section):
+    """[tasks]: modules whose @task functions are registered at start."""
+
+    modules: tuple[str, ...] = ("jobserver.examples",)
+
+
+class AuthSettings(_Section):
+    """[auth]: bearer API keys; none means the API is open."""
+
+    api_keys: tuple[str, ...] = Field(default=(), repr=False)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not key.strip() for key in keys):
+            raise ValueError("API keys must not be empty")
+        return keys
+
+
+class WebhooksSettings(_Section):
+    """[webhooks]: signing secret, address policy and delivery retries."""
+
+    secret: str = Field(default="", repr=False)
+    allow_private: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    retry_schedule: tuple[Duration, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, secret: str) -> str:
+        if secret == "":
+            return secret
+        body = secret.removeprefix("whsec_")
+        try:
+            ok = secret.startswith("whsec_") and len(base64.b64decode(body, validate=True)) > 0
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError('the secret must be "" or "whsec_" followed by base64')
+        return secret
+
+
+class RetentionSettings(_Section):
+    """[retention]: how long finished jobs and idempotency keys are kept."""
+
+    finished_jobs: Duration = 7 * 86400.0
+    idempotency_keys: Duration = 86400.0
+    interval: Duration = Field(default=60.0, gt=0)
+    batch_size: int = Field(default=500, ge=1)
+
+
+class EventsSettings(_Section):
+    """[events]: per-job log retention and progress write batching."""
+
+    max_log_lines: int = Field(default=1000, ge=1)
+    progress_flush_interval: Duration = 0.1
+
+
+class Settings(_Section):
+    """The whole configuration, one frozen section per TOML table."""
+
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    workers: WorkersSettings = WorkersSettings()
+    tasks: TasksSettings = TasksSettings()
+    auth: AuthSettings = AuthSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
+    retention: RetentionSettings = RetentionSettings()
+    events: EventsSettings = EventsSettings()
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the database URL is postgresql:// or postgres://."""
+        return self.database.url.startswith(_POSTGRES_SCHEMES)
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file (absolute after load_settings); None on PostgreSQL."""
+        if self.is_postgres:
+            return None
+        return Path(self.database.url[len(_SQLITE_PREFIX) :])
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge defaults < config.toml < JOBSERVER_* environment < overrides and validate.
+
+    Without `config_path`, `<cwd>/config.toml` is read when it exists. Override
+    keys are dotted ("server.port"); a None value means "not given".
+    """
+    base = Path(cwd if cwd is not None else Path.cwd()).absolute()
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = _config_file(config_path, base)
+    if path is not None:
+        data = _read_toml(path)
+        sources = {f"{s}.{k}": str(path) for s, t in data.items() if isinstance(t, dict) for k in t}
+    env = os.environ if environ is None else environ
+    for name in sorted(env):
+        key = _env_key(name)
+        if key is not None:
+            _put(data, key, _coerce(key, env[name]))
+            sources[key] = f"environment variable {name}"
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if _field_of(key) is None:
+            raise ConfigError(key, "unknown key")
+        _put(data, key, _coerce(key, value))
+        sources[key] = "command line"
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _to_config_error(exc, sources) from exc
+    return _resolve_sqlite(settings, base)
+
+
+def _config_file(config_path: str | os.PathLike[str] | None, base: Path) -> Path | None:
+    if config_path is None:
+        default = base / "config.toml"
+        return default if default.is_file() else None
+    path = base / Path(config_path)
+    if not path.is_file():
+        raise ConfigError(str(path), "config file not found")
+    return path
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read the config file: {exc}") from exc
+
+
+def _field_of(key: str) -> FieldInfo | None:
+    """The pydantic FieldInfo of a dotted "section.key", or None when there is no such key."""
+    section, _, name = key.partition(".")
+    section_field = Settings.model_fields.get(section)
+    model = section_field.annotation if section_field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    return model.model_fields.get(name)
+
+
+def _env_key(name: str) -> str | None:
+    """Map JOBSERVER_WORKERS_LEASE_SECONDS to "workers.lease_seconds"; None if no such key."""
+    if not name.upper().startswith(_ENV_PREFIX):
+        return None
+    section, _, rest = name[len(_ENV_PREFIX) :].lower().partition("_")
+    key = f"{section}.{rest}"
+    return key if rest and _field_of(key) is not None else None
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Split list values given as text: JSON ('["a","b"]') or comma-separated."""
+    field = _field_of(key)
+    if not isinstance(value, str) or field is None or get_origin(field.annotation) is not tuple:
+        return value
+    text = value.strip()
+    if not text.startswith("["):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(key, f"not a valid JSON list: {exc}") from exc
+    if not isinstance(items, list):
+        raise ConfigError(key, "expected a JSON list")
+    return items
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(section, f"[{section}] must be a table")
+    table[name] = value
+
+
+def _to_config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    """The first validation error as a ConfigError on its dotted key, saying where the value came from."""
+    errors = exc.errors()
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"] if isinstance(part, str))
+    index = [part for part in first["loc"] if isinstance(part, int)]
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    message = message.removeprefix("Value error, ")
+    if index:
+        message = f"item {index[0]}: {message}"
+    if key in sources:
+        message = f"{message} (from {sources[key]})"
+    if len(errors) > 1:
+        message = f"{message}; and {len(errors) - 1} more error(s)"
+    return ConfigError(key or "config", message)
+
+
+def _resolve_sqlite(settings: Settings, base: Path) -> Settings:
+    """Make a relative SQLite path absolute against the working directory of load time."""
+    path = settings.sqlite_path()
+    if path is None or path.is_absolute():
+        return settings
+    url = _SQLITE_PREFIX + os.path.normpath(base / path)
+    database = settings.database.model_copy(update={"url": url})
+    return settings.model_copy(update={"database": database})

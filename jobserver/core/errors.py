@@ -1,0 +1,175 @@
+"""The exception tree of jobserver. Imports nothing from jobserver.
+
+    JobServerError
+    ├── ConfigError                 a config value is missing or malformed (names the key)
+    ├── StorageError                the database failed; the driver error is kept as __cause__
+    │   └── DatabaseInUseError      another server holds this SQLite file
+    ├── JobNotFoundError            404: no job with that id
+    ├── TaskNotFoundError           422: no task with that name
+    ├── InvalidRequestError         422: a field of the request is wrong (carries `errors`)
+    ├── ConflictError               409: the job is not in a state that allows it
+    │   ├── JobFinishedError        cancel of a finished job
+    │   ├── JobNotFinishedError     delete of an unfinished job
+    │   ├── JobNotRetryableError    retry of a job that is neither failed nor cancelled
+    │   └── IdempotencyInFlightError the first request with this key is still being handled
+    ├── IdempotencyMismatchError    422: the key was used with another body
+    ├── DrainingError               503: the server is shutting down
+    ├── StaleAttemptError           a write from an attempt that was already given up (fencing)
+    ├── NotJSONSerializableError    a task returned or stepped a value that is not JSON
+    └── WebhookURLError             422: a webhook URL is refused (scheme, or a private address)
+
+Signals a task raises on purpose do not end in Error: `Retry`, `Fail`. `Cancelled`
+is raised inside a task by `ctx.check_cancelled()` or injected into a sync task's
+thread; `Timeout` is injected the same way when the deadline passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobServerError(Exception):
+    """Something went wrong in jobserver."""
+
+    # set by the client on an error built from an HTTP answer
+    status_code: int | None = None
+    problem: dict[str, Any] | None = None
+    retry_after: float | None = None
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(JobServerError):
+    """A configuration value is invalid."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config {key}: {message}")
+
+
+class StorageError(JobServerError):
+    """The database failed."""
+
+
+class DatabaseInUseError(StorageError):
+    """Another jobserver process already serves this SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"another jobserver process is already using {path}; "
+            "run one server per SQLite file (use PostgreSQL for several nodes)"
+        )
+
+
+class JobNotFoundError(JobServerError):
+    """No job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class TaskNotFoundError(JobServerError):
+    """No task is registered under this name."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        super().__init__(f"no task named {task!r} is registered")
+
+
+class InvalidRequestError(JobServerError):
+    """The request has invalid fields."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        self.errors = errors or []
+        super().__init__(message)
+
+
+class ConflictError(JobServerError):
+    """The job is not in a state that allows this."""
+
+    def __init__(self, job_id: str, status: str, message: str | None = None) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(message or f"job {job_id} is {status}: {(self.__doc__ or '').strip()}")
+
+
+class JobFinishedError(ConflictError):
+    """the job is already finished."""
+
+
+class JobNotFinishedError(ConflictError):
+    """only a finished job can be deleted."""
+
+
+class JobNotRetryableError(ConflictError):
+    """only a failed or cancelled job can be retried."""
+
+
+class IdempotencyInFlightError(ConflictError):
+    """A request with this Idempotency-Key is still being handled."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        JobServerError.__init__(
+            self, f"a request with Idempotency-Key {key!r} is still being handled; retry shortly"
+        )
+        self.job_id = ""
+        self.status = "in_flight"
+
+
+class IdempotencyMismatchError(JobServerError):
+    """The Idempotency-Key was already used with a different request body."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"Idempotency-Key {key!r} was already used with a different request body")
+
+
+class DrainingError(JobServerError):
+    """The server is shutting down and accepts no new jobs."""
+
+
+class StaleAttemptError(JobServerError):
+    """This attempt was already given up; its write is refused."""
+
+    def __init__(self, job_id: str, run_seq: int) -> None:
+        self.job_id = job_id
+        self.run_seq = run_seq
+        super().__init__(f"attempt {run_seq} of job {job_id} is no longer current; write refused")
+
+
+class NotJSONSerializableError(JobServerError):
+    """A task result or step result is not JSON-serializable."""
+
+
+class WebhookURLError(JobServerError):
+    """The webhook URL is refused."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"webhook_url {url!r} is refused: {reason}")
+
+
+class Retry(Exception):
+    """Raised by a task to ask for another attempt, after `delay` seconds if given."""
+
+    def __init__(self, delay: float | None = None, message: str = "retry requested") -> None:
+        self.delay = delay
+        super().__init__(message)
+
+
+class Fail(Exception):
+    """Raised by a task to fail the job at once, without further attempts."""
+
+
+class Cancelled(BaseException):
+    """The job was cancelled; raised inside the task. A BaseException so bare
+    `except Exception` in task code does not swallow it."""
+
+
+class Timeout(BaseException):
+    """The attempt ran past its time limit; raised inside the task."""

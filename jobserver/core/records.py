@@ -1,0 +1,181 @@
+"""Typed records read from or written to the job table, and their API form.
+
+Owns the column list, the row -> `JobRecord` mapping and the contract's job
+object. Imports only `clock`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from jobserver.core.clock import rfc3339
+
+JOB_COLUMNS = (
+    "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
+    "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
+    "webhook_url, created_at, run_at, started_at, finished_at"
+)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One row of the job table."""
+
+    id: str
+    task: str
+    args: str
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    timeout_s: float | None
+    run_seq: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    cancel_requested: int
+    logs_dropped: int
+    progress: str | None
+    result: str | None
+    error: str | None
+    idempotency_key: str | None
+    webhook_url: str | None
+    created_at: float
+    run_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
+        """Build from a row selected with JOB_COLUMNS."""
+        return cls(*row)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+    def to_api(self) -> dict[str, Any]:
+        """The contract's job object."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "args": _loads(self.args),
+            "status": "pending" if self.status == "scheduled" else self.status,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout_s,
+            "progress": _loads(self.progress),
+            "result": _loads(self.result),
+            "error": _loads(self.error),
+            "cancel_requested": bool(self.cancel_requested),
+            "logs_dropped": self.logs_dropped,
+            "idempotency_key": self.idempotency_key,
+            "webhook_url": self.webhook_url,
+            "created_at": rfc3339(self.created_at),
+            "run_at": rfc3339(self.run_at),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, ready to insert."""
+
+    id: str
+    task: str
+    args_json: str
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+    webhook_url: str | None
+    idempotency_key: str | None
+    created_at: float
+    run_at: float
+
+    @property
+    def status(self) -> str:
+        """'scheduled' (internal) when run_at is ahead of the submit, else 'pending'."""
+        return "scheduled" if self.run_at > self.created_at else "pending"
+
+    def record(self) -> JobRecord:
+        """The row as inserted (saves reading it back)."""
+        return JobRecord(
+            self.id,
+            self.task,
+            self.args_json,
+            self.status,
+            self.priority,
+            0,
+            self.max_attempts,
+            self.timeout_s,
+            0,
+            None,
+            None,
+            0,
+            0,
+            None,
+            None,
+            None,
+            self.idempotency_key,
+            self.webhook_url,
+            self.created_at,
+            self.run_at,
+            None,
+            None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job taken by a worker for one attempt; `run_seq` fences its writes."""
+
+    job_id: str
+    task: str
+    args_json: str
+    attempt: int
+    max_attempts: int
+    run_seq: int
+    timeout_s: float | None
+    started_at: float
+    run_at: float | None = None  # when the attempt was due (queue-wait metric)
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Lets a submit's own transaction claim the new job for an idle worker (saves a round trip)."""
+
+    owner: str
+    lease_s: float
+    accept: Any  # (tx, job_id, task) -> bool, on the writer thread; reserves the slot
+    deliver: Any  # (claim) -> None, after the commit
+
+
+class JobIds:
+    """Opaque ids that sort by creation time: UUIDv7 layout, strictly increasing per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def new(self) -> str:
+        """A fresh id."""
+        with self._lock:
+            ms = int(time.time() * 1000) << 12
+            self._last = ms if ms > self._last else self._last + 1
+            stamp = self._last
+        ts_ms, seq = stamp >> 12, stamp & 0xFFF
+        rand = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
+        value = (ts_ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -1,0 +1,60 @@
+"""Request and response bodies: the wire contract shared by the API and the client.
+
+Imports nothing from jobserver but `clock`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_WAIT_S = 60
+MAX_LIMIT = 500
+RUN_AT_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+RUN_AT_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)  # far from datetime's limits in any offset
+
+
+class SubmitBody(BaseModel):
+    """POST /jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200)
+    args: dict[str, Any] = Field(default_factory=dict)
+    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    delay: float | None = Field(default=None, ge=0, le=10 * 365 * 86400)
+    run_at: dt.datetime | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> SubmitBody:
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError("give either delay or run_at, not both")
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            raise ValueError("run_at needs a timezone offset or Z")
+        if self.run_at is not None and not RUN_AT_MIN <= self.run_at <= RUN_AT_MAX:
+            raise ValueError("run_at must be between 1970-01-01 and 9000-01-01 (UTC)")
+        return self
+
+
+class ListQuery(BaseModel):
+    """GET /jobs query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str | None = Field(default=None, pattern="^(pending|running|completed|failed|cancelled)$")
+    task: str | None = Field(default=None, max_length=200)
+    limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
+    cursor: str | None = Field(default=None, max_length=64)
+
+
+class GetQuery(BaseModel):
+    """GET /jobs/{id} query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_S)

@@ -1,0 +1,379 @@
+"""The HTTP API: a Starlette app factory, its handlers and the request guards.
+
+Handlers parse and validate input, call the engine or the store, and shape
+answers; errors become RFC 9457 problem documents through `problems.py`. Reads
+run in a worker thread (never on the event loop); writes go through the writer
+and are awaited. No Huey, no Peewee, no SQL here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from jobserver.core.config import Settings
+from jobserver.core.errors import JobNotFoundError, JobServerError
+from jobserver.core.hub import Hub
+from jobserver.core.schemas import GetQuery, ListQuery, SubmitBody
+from jobserver.core.tasks import Registry
+from jobserver.http.openapi import build_openapi
+from jobserver.http.problems import problem, problem_for, validation_problem
+from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from jobserver.ops.metrics import Metrics
+from jobserver.runner.engine import Engine
+from jobserver.storage.store import FINISHED, JobStore
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Request], Awaitable[Response]]
+OPEN_PATHS = frozenset({"/healthz", "/"})
+KEEPALIVE_S = 15.0
+READ_THREADS = 8  # each keeps its own read connection; a plain executor hop is cheaper than anyio's
+T = TypeVar("T")
+EVENT_PAGE = 500
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+@dataclass
+class Services:
+    """What the handlers need, passed explicitly (no globals)."""
+
+    settings: Settings
+    engine: Engine
+    store: JobStore
+    registry: Registry
+    hub: Hub
+    workers_alive: Callable[[], bool]
+    extra_routes: list[Route]
+    metrics: Metrics | None = None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes `limit` bytes (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def key_scope(request: Request) -> str:
+    """Idempotency keys are scoped per API key (a hash of it), or global when auth is off."""
+    key: str | None = request.scope.get("jobserver.api_key")
+    return "public" if key is None else hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class AuthMiddleware:
+    """Bearer API keys, compared in constant time; /healthz and the dashboard page stay open."""
+
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
+        matched = False
+        for key in self.keys:  # compare against every key: timing does not reveal which matched
+            matched |= hmac.compare_digest(token, key)
+        if not matched:
+            response = problem(
+                401, "unauthorized", "Unauthorized", "send a valid API key as 'Authorization: Bearer <key>'"
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="jobserver"'
+            await response(scope, receive, send)
+            return
+        scope["jobserver.api_key"] = token.decode()
+        await self.app(scope, receive, send)
+
+
+def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
+    return model.model_validate(dict(request.query_params))
+
+
+def create_app(svc: Services) -> Starlette:
+    """Build the ASGI app."""
+    settings, engine, store = svc.settings, svc.engine, svc.store
+    readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
+
+    async def read(fn: Callable[..., T], *args: Any) -> T:
+        """Run a database read on a reader thread (never on the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(readers, fn, *args)
+
+    # In-process notices cover changes made by this process; on PostgreSQL other nodes
+    # change jobs too, so waits and streams also re-read every poll interval.
+    recheck_s = settings.workers.poll_interval if settings.is_postgres else KEEPALIVE_S * 4
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except JobServerError as exc:
+                return problem_for(exc)
+            except BodyTooLarge:
+                return problem(
+                    413,
+                    "body-too-large",
+                    "Request body too large",
+                    f"the body may take at most {settings.server.max_body_bytes} bytes",
+                )
+
+        return wrapper
+
+    async def submit(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            return problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the job as JSON with 'Content-Type: application/json'",
+            )
+        raw = await read_body(request, settings.server.max_body_bytes)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}")
+        try:
+            body = SubmitBody.model_validate(parsed)
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "body")
+        idem_key = request.headers.get("idempotency-key")
+        if idem_key is not None and not 1 <= len(idem_key) <= 255:
+            return problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "Idempotency-Key must have 1 to 255 characters",
+                errors=[
+                    {
+                        "loc": ["header", "Idempotency-Key"],
+                        "msg": "1 to 255 characters",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        record, replayed = await engine.submit(body, idem_key, key_scope(request), parsed)
+        headers = {"Location": f"/jobs/{record.id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+            return JSON(record.to_api(), status_code=200, headers=headers)
+        return JSON(record.to_api(), status_code=202, headers=headers)
+
+    async def get_job(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            wait = _query(GetQuery, request).wait
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "query")
+        if wait <= 0:
+            return JSON(await read(job_with_steps, job_id))
+        deadline = time.monotonic() + wait
+        with svc.hub.watch(job_id) as changed:  # watch before reading: no change slips between
+            while True:
+                changed.clear()
+                data = await read(job_with_steps, job_id)
+                remaining = deadline - time.monotonic()
+                if data["status"] in FINISHED or remaining <= 0:
+                    return JSON(data)
+                try:
+                    await asyncio.wait_for(changed.wait(), min(remaining, recheck_s))
+                except TimeoutError:
+                    pass
+
+    def job_with_steps(job_id: str) -> dict[str, Any]:
+        """The job object with its steps: both reads in one thread hop."""
+        data = store.get(job_id).to_api()
+        data["steps"] = store.steps(job_id)
+        return data
+
+    async def list_jobs(request: Request) -> Response:
+        try:
+            q = _query(ListQuery, request)
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "query")
+        jobs, cursor = await read(store.list_jobs, q.status, q.task, q.limit, q.cursor)
+        return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
+
+    async def cancel(request: Request) -> Response:
+        record = await engine.cancel(request.path_params["job_id"])
+        return JSON(record.to_api(), status_code=202)
+
+    async def retry(request: Request) -> Response:
+        record = await engine.retry(request.path_params["job_id"])
+        return JSON(record.to_api(), status_code=202)
+
+    async def delete(request: Request) -> Response:
+        await engine.delete(request.path_params["job_id"])
+        return Response(status_code=204)
+
+    async def events(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        await read(store.get, job_id)  # 404 before the stream starts
+        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+        after = int(last) if last.isdigit() else 0
+        return StreamingResponse(
+            event_stream(job_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def event_stream(job_id: str, after: int) -> AsyncIterator[bytes]:
+        last_sent = time.monotonic()
+        with svc.hub.watch(job_id) as changed:
+            while True:
+                changed.clear()
+                rows = await read(store.events_after, job_id, after, EVENT_PAGE)
+                ended = False
+                for event_id, kind, data in rows:
+                    after = event_id
+                    yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n".encode()
+                    last_sent = time.monotonic()
+                    ended = kind == "status" and orjson.loads(data).get("status") in FINISHED
+                if ended and len(rows) < EVENT_PAGE:
+                    return  # the newest event is a terminal status (a retried job's old end is not)
+                if rows:
+                    continue
+                if await read(_gone_or_finished, job_id):
+                    return  # nothing after the cursor and the job is over (e.g. a resume after the end)
+                try:
+                    await asyncio.wait_for(changed.wait(), min(KEEPALIVE_S, recheck_s))
+                except TimeoutError:
+                    if time.monotonic() - last_sent >= KEEPALIVE_S:
+                        last_sent = time.monotonic()
+                        yield b": keepalive\n\n"
+
+    def _gone_or_finished(job_id: str) -> bool:
+        try:
+            return store.get(job_id).finished
+        except JobNotFoundError:
+            return True
+
+    async def list_tasks(request: Request) -> Response:
+        return JSON(
+            {
+                "tasks": [
+                    {
+                        "name": t.name,
+                        "description": t.description,
+                        "args_schema": t.schema,
+                        "options": t.options.public(),
+                        "is_async": t.is_async,
+                    }
+                    for t in svc.registry.all()
+                ]
+            }
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSON({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = {"database": "ok", "workers": "ok"}
+        try:
+            await read(store.ping)
+        except Exception as exc:
+            checks["database"] = f"error: {exc}"
+        if not svc.workers_alive():
+            checks["workers"] = "not running"
+        ok = all(v == "ok" for v in checks.values()) and not engine.draining
+        return JSON(
+            {"status": "ready" if ok else "not ready", "checks": checks, "draining": engine.draining},
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        body = await read(svc.metrics.render) if svc.metrics is not None else b""
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    openapi_doc: list[bytes] = []  # built on first use: every task module is imported by then
+
+    async def openapi(request: Request) -> Response:
+        if not openapi_doc:
+            openapi_doc.append(orjson.dumps(build_openapi(svc.registry, bool(settings.auth.api_keys))))
+        return Response(openapi_doc[0], media_type="application/json")
+
+    page = resources.files("jobserver.http").joinpath("static/index.html")
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>")
+
+    routes = [
+        Route("/jobs", guarded(submit), methods=["POST"]),
+        Route("/jobs", guarded(list_jobs), methods=["GET"]),
+        Route("/jobs/{job_id}", guarded(get_job), methods=["GET"]),
+        Route("/jobs/{job_id}", guarded(delete), methods=["DELETE"]),
+        Route("/jobs/{job_id}/cancel", guarded(cancel), methods=["POST"]),
+        Route("/jobs/{job_id}/retry", guarded(retry), methods=["POST"]),
+        Route("/jobs/{job_id}/events", guarded(events), methods=["GET"]),
+        Route("/tasks", guarded(list_tasks), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        *svc.extra_routes,
+    ]
+    app = Starlette(
+        routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error}
+    )
+    if settings.auth.api_keys:  # open servers skip the layer entirely
+        app.add_middleware(AuthMiddleware, api_keys=tuple(settings.auth.api_keys))
+    return app
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"action": "internal_error"},
+    )
+    return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return problem(404, "not-found", "Not found", f"no route for {request.url.path}")
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return problem(
+        405,
+        "method-not-allowed",
+        "Method not allowed",
+        f"{request.method} is not allowed on {request.url.path}",
+    )

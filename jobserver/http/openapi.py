@@ -1,0 +1,520 @@
+"""OpenAPI 3.1: the document served at GET /openapi.json.
+
+Owns the description of every route, its parameters and answers, the shared
+schemas (job, job list, problem document) and the submit body: a union
+discriminated by `task`, one member per registered task whose `args` is that
+task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`).
+
+Imports schemas and tasks only; never Starlette, the engine or the store.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, SubmitBody
+from jobserver.core.tasks import Registry, TaskDef
+
+VERSION = "3.1.0"
+PROBLEM_JSON = "application/problem+json"
+STATUSES = ["pending", "running", "completed", "failed", "cancelled"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _timestamp(nullable: bool = False) -> Schema:
+    stamp: Schema = {"type": "string", "format": "date-time"}
+    return _nullable(stamp) if nullable else stamp
+
+
+JOB_FIELDS: dict[str, Schema] = {
+    "id": {"type": "string", "description": "Opaque id; ids sort by creation time."},
+    "task": {"type": "string"},
+    "args": {"type": "object", "description": "The validated args, defaults filled in."},
+    "status": {"type": "string", "enum": STATUSES},
+    "priority": {"type": "integer"},
+    "attempts": {"type": "integer", "minimum": 0},
+    "max_attempts": {"type": "integer", "minimum": 1},
+    "timeout": {"type": ["number", "null"], "description": "Seconds an attempt may run."},
+    "progress": _nullable(_ref("Progress")),
+    "result": {"description": "The task's JSON return value once completed."},
+    "error": _nullable(_ref("JobError")),
+    "cancel_requested": {"type": "boolean"},
+    "logs_dropped": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Log lines dropped (oldest first) to keep events.max_log_lines.",
+    },
+    "idempotency_key": {"type": ["string", "null"]},
+    "webhook_url": {"type": ["string", "null"]},
+    "created_at": _timestamp(),
+    "run_at": _timestamp(),
+    "started_at": _timestamp(nullable=True),
+    "finished_at": _timestamp(nullable=True),
+}
+
+SHARED_SCHEMAS: dict[str, Schema] = {
+    "Job": {
+        "type": "object",
+        "properties": JOB_FIELDS,
+        "required": [
+            "id",
+            "task",
+            "args",
+            "status",
+            "priority",
+            "attempts",
+            "max_attempts",
+            "progress",
+            "result",
+            "error",
+            "idempotency_key",
+            "webhook_url",
+            "created_at",
+            "run_at",
+            "started_at",
+            "finished_at",
+        ],
+    },
+    "JobDetail": {
+        "allOf": [
+            _ref("Job"),
+            {"type": "object", "properties": {"steps": {"type": "array", "items": _ref("Step")}}},
+        ]
+    },
+    "Step": {
+        "type": "object",
+        "required": ["name", "status"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string"},
+            "attempt": {"type": "integer"},
+            "started_at": _timestamp(nullable=True),
+            "finished_at": _timestamp(nullable=True),
+        },
+    },
+    "Progress": {
+        "type": "object",
+        "properties": {
+            "current": {"type": ["number", "null"]},
+            "total": {"type": ["number", "null"]},
+            "message": {"type": ["string", "null"]},
+        },
+    },
+    "JobError": {
+        "type": "object",
+        "required": ["type", "message"],
+        "properties": {
+            "type": {"type": "string"},
+            "message": {"type": "string"},
+            "traceback": {"type": ["string", "null"]},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page."},
+        },
+    },
+    "WebhookDeliveries": {
+        "type": "object",
+        "required": ["deliveries"],
+        "properties": {
+            "deliveries": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": ["string", "integer"]},
+                        "attempt": {"type": "integer"},
+                        "at": _timestamp(nullable=True),
+                        "status_code": {"type": ["integer", "null"]},
+                        "error": {"type": ["string", "null"]},
+                        "duration_ms": {"type": ["number", "null"]},
+                    },
+                },
+            }
+        },
+    },
+    "TaskList": {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "args_schema", "options"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "description": {"type": "string"},
+                        "args_schema": {"type": "object"},
+                        "options": {"type": "object"},
+                        "is_async": {"type": "boolean"},
+                    },
+                },
+            }
+        },
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+            "draining": {"type": "boolean"},
+        },
+    },
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "code": {"type": "string"},
+            "errors": {"type": "array", "items": _ref("FieldError")},
+        },
+    },
+    "FieldError": {
+        "type": "object",
+        "required": ["loc", "msg", "type"],
+        "properties": {
+            "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+            "msg": {"type": "string"},
+            "type": {"type": "string"},
+        },
+    },
+}
+
+PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("MalformedJSON", "The body is not valid JSON."),
+    401: ("Unauthorized", "Missing or wrong API key."),
+    404: ("NotFound", "No such job."),
+    409: ("Conflict", "The job's state does not allow this (or the Idempotency-Key is in use)."),
+    413: ("TooLarge", "The body is larger than `server.max_body_bytes`."),
+    415: ("UnsupportedMediaType", "The body is not JSON."),
+    422: ("ValidationError", "Invalid body, query or header; `errors` names each bad field."),
+    503: ("Unavailable", "Draining for shutdown, or the database is unavailable."),
+}
+
+
+def _problem_responses() -> dict[str, Schema]:
+    out: dict[str, Schema] = {}
+    for status, (name, description) in PROBLEMS.items():
+        response: Schema = {
+            "description": description,
+            "content": {PROBLEM_JSON: {"schema": _ref("Problem")}},
+        }
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        if status == 503:
+            response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+        out[name] = response
+    return out
+
+
+def _json(description: str, schema: Schema, headers: dict[str, Schema] | None = None) -> Schema:
+    response: Schema = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        response["headers"] = {k: {"schema": v} for k, v in headers.items()}
+    return response
+
+
+def _answers(ok: dict[int, Schema], problems: tuple[int, ...], secured: bool) -> dict[str, Schema]:
+    answers = {str(status): response for status, response in ok.items()}
+    for status in sorted((*problems, 401) if secured else problems):
+        answers[str(status)] = {"$ref": f"#/components/responses/{PROBLEMS[status][0]}"}
+    return answers
+
+
+# ------------------------------------------------------------------ submit body
+def _rewrite_refs(node: Any, prefix: str) -> Any:
+    """Point pydantic's local `#/$defs/X` references at the hoisted components."""
+    if isinstance(node, dict):
+        out = {k: _rewrite_refs(v, prefix) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            out["$ref"] = f"#/components/schemas/{prefix}{_UNSAFE.sub('_', ref[len('#/$defs/') :])}"
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, prefix) for v in node]
+    return node
+
+
+def task_args_component(taskdef: TaskDef) -> tuple[str, dict[str, Schema]]:
+    """(component name of the task's args schema, every component it needs)."""
+    base = _UNSAFE.sub("_", taskdef.name)
+    prefix = f"{base}.defs."
+    schema = copy.deepcopy(taskdef.schema)
+    defs = schema.pop("$defs", {})
+    components = {f"{prefix}{_UNSAFE.sub('_', k)}": _rewrite_refs(v, prefix) for k, v in defs.items()}
+    name = f"{base}.args"
+    components[name] = _rewrite_refs(schema, prefix)
+    return name, components
+
+
+def _common_submit_fields() -> dict[str, Schema]:
+    props = copy.deepcopy(SubmitBody.model_json_schema()["properties"])
+    for key in ("task", "args"):
+        props.pop(key, None)
+    props["delay"]["description"] = "Seconds to wait before the first attempt (not with run_at)."
+    props["run_at"]["description"] = "When the first attempt may run, with an offset or Z (not with delay)."
+    return dict(props)
+
+
+def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
+    """The submit body (a `task`-discriminated union) and the components it refers to."""
+    common = _common_submit_fields()
+    components: dict[str, Schema] = {}
+    members, mapping = [], {}
+    for taskdef in registry.all():
+        args_name, args_components = task_args_component(taskdef)
+        components.update(args_components)
+        member = f"{_UNSAFE.sub('_', taskdef.name)}.submit"
+        required = ["task", "args"] if taskdef.schema.get("required") else ["task"]
+        components[member] = {
+            "type": "object",
+            "title": f"Submit {taskdef.name}",
+            "description": taskdef.description or f"Run {taskdef.name}.",
+            "properties": {
+                "task": {"type": "string", "const": taskdef.name},
+                "args": _ref(args_name),
+                **common,
+            },
+            "required": required,
+            "additionalProperties": False,
+        }
+        members.append(_ref(member))
+        mapping[taskdef.name] = f"#/components/schemas/{member}"
+    if not members:
+        fallback = {
+            "type": "object",
+            "required": ["task"],
+            "additionalProperties": False,
+            "properties": {"task": {"type": "string"}, "args": {"type": "object"}, **common},
+        }
+        return fallback, components
+    return {"oneOf": members, "discriminator": {"propertyName": "task", "mapping": mapping}}, components
+
+
+# ------------------------------------------------------------------------ paths
+def _job_id() -> Schema:
+    return {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    }
+
+
+def _paths(secured: bool) -> dict[str, Schema]:
+    def op(
+        op_id: str,
+        summary: str,
+        ok: dict[int, Schema],
+        problems: tuple[int, ...] = (),
+        params: list[Schema] | None = None,
+        open_route: bool = False,
+        **extra: Any,
+    ) -> Schema:
+        lock = secured and not open_route
+        doc: Schema = {
+            "operationId": op_id,
+            "summary": summary,
+            **extra,
+            "responses": _answers(ok, problems, lock),
+        }
+        if params:
+            doc["parameters"] = params
+        if secured and open_route:
+            doc["security"] = []
+        return doc
+
+    job = _json("The job.", _ref("Job"))
+    return {
+        "/jobs": {
+            "post": op(
+                "submitJob",
+                "Submit a job",
+                {
+                    202: _json("Accepted.", _ref("Job"), {"Location": {"type": "string"}}),
+                    200: _json(
+                        "Idempotent replay: the job first made with this Idempotency-Key.",
+                        _ref("Job"),
+                        {"Location": {"type": "string"}, "Idempotent-Replayed": {"type": "string"}},
+                    ),
+                },
+                (400, 409, 413, 415, 422, 503),
+                params=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "Same key and body: the first job again (scoped per API key).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SubmitBody")}},
+                },
+            ),
+            "get": op(
+                "listJobs",
+                "List jobs, newest first",
+                {200: _json("A page of jobs.", _ref("JobList"))},
+                (422,),
+                params=[
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUSES}},
+                    {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+                ],
+            ),
+        },
+        "/jobs/{job_id}": {
+            "get": op(
+                "getJob",
+                "Read a job (optionally wait until it finishes)",
+                {200: _json("The job and its steps.", _ref("JobDetail"))},
+                (404, 422),
+                params=[
+                    _job_id(),
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": "Hold the answer up to this many seconds.",
+                        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+                    },
+                ],
+            ),
+            "delete": op(
+                "deleteJob",
+                "Forget a finished job",
+                {204: {"description": "Deleted."}},
+                (404, 409),
+                params=[_job_id()],
+            ),
+        },
+        "/jobs/{job_id}/cancel": {
+            "post": op("cancelJob", "Cancel a job", {202: job}, (404, 409), params=[_job_id()])
+        },
+        "/jobs/{job_id}/retry": {
+            "post": op(
+                "retryJob", "Run a failed or cancelled job again", {202: job}, (404, 409), params=[_job_id()]
+            )
+        },
+        "/jobs/{job_id}/events": {
+            "get": op(
+                "streamJobEvents",
+                "Server-Sent Events of a job",
+                {
+                    200: {
+                        "description": "`status`, `progress` and `log` events; ends after the final status.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                },
+                (404,),
+                params=[
+                    _job_id(),
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "maxLength": 32}},
+                ],
+            )
+        },
+        "/jobs/{job_id}/webhooks": {
+            "get": op(
+                "listJobWebhooks",
+                "The job's webhook delivery attempts",
+                {200: _json("Deliveries.", _ref("WebhookDeliveries"))},
+                (404,),
+                params=[_job_id()],
+            )
+        },
+        "/tasks": {"get": op("listTasks", "Registered tasks", {200: _json("The tasks.", _ref("TaskList"))})},
+        "/healthz": {
+            "get": op(
+                "healthz", "The process answers", {200: _json("Alive.", _ref("Health"))}, open_route=True
+            )
+        },
+        "/readyz": {
+            "get": op(
+                "readyz",
+                "Database reachable and workers alive",
+                {
+                    200: _json("Ready.", _ref("Readiness")),
+                    503: _json("Not ready (or draining).", _ref("Readiness")),
+                },
+            )
+        },
+        "/metrics": {
+            "get": op(
+                "metrics",
+                "Prometheus metrics",
+                {
+                    200: {
+                        "description": "Prometheus text format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
+        "/openapi.json": {
+            "get": op("openapi", "This document", {200: _json("OpenAPI 3.1.", {"type": "object"})})
+        },
+        "/": {
+            "get": op(
+                "dashboard",
+                "The dashboard",
+                {
+                    200: {
+                        "description": "HTML page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                open_route=True,
+            )
+        },
+    }
+
+
+def build_openapi(registry: Registry, secured: bool, version: str = "0.1.0") -> dict[str, Any]:
+    """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
+    body, task_components = submit_schemas(registry)
+    schemas = {**copy.deepcopy(SHARED_SCHEMAS), **task_components, "SubmitBody": body}
+    components: dict[str, Any] = {"schemas": schemas, "responses": _problem_responses()}
+    doc: dict[str, Any] = {
+        "openapi": VERSION,
+        "info": {
+            "title": "jobserver",
+            "version": version,
+            "description": "A durable job server: submit jobs, watch them, read their results.",
+        },
+        "paths": _paths(secured),
+        "components": components,
+    }
+    if secured:
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"}
+        }
+        doc["security"] = [{"bearer": []}]
+    return doc

@@ -1,0 +1,39 @@
+"""HTTP route `GET /jobs/{id}/webhooks`: a job's webhook delivery attempts.
+
+Answers `{"deliveries": [{"id", "attempt", "at", "status_code", "error",
+"duration_ms", "type"}]}`, oldest first: `id` is the delivery's `webhook-id`
+(the same on every retry of it), `status_code` is null when no HTTP answer
+arrived. 404 for an unknown job. Reads run in a worker thread, never on the
+event loop. Added to the app through `Runtime.extra_routes`, so it sits behind
+the same auth middleware as every other route.
+
+Imports errors, problems, sender, store; no SQL here.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from jobserver.core.errors import JobServerError
+from jobserver.http.problems import problem_for
+from jobserver.storage.store import JobStore
+from jobserver.webhooks.sender import WebhookSender
+
+
+def webhook_routes(store: JobStore, sender: WebhookSender) -> list[Route]:
+    """The routes to add to the app."""
+
+    async def list_deliveries(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            await run_in_threadpool(store.get, job_id)  # 404 for an unknown job
+            attempts = await run_in_threadpool(sender.attempts, job_id)
+        except JobServerError as exc:
+            return problem_for(exc)
+        return Response(orjson.dumps({"deliveries": attempts}), media_type="application/json")
+
+    return [Route("/jobs/{job_id}/webhooks", list_deliveries, methods=["GET"])]

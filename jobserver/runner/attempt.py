@@ -1,0 +1,184 @@
+"""Attempt: one run of a job, seen from the engine side.
+
+Owns what an attempt needs while it runs: its claim (the fencing token
+`run_seq`), the stop flag and reason (cancel, timeout, stale, shutdown), the
+stored step results, and, for a sync task, the thread to interrupt. The
+`JobContext` a task sees is a face over it.
+
+Interrupting a sync task uses CPython's `PyThreadState_SetAsyncExc`: the
+exception is raised in the task's thread at its next Python instruction. It
+cannot interrupt a blocking C call (a long `time.sleep`, a socket read without
+timeout); the engine then gives the job up after a grace period and replaces
+the stuck worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from jobserver.core.errors import Cancelled, NotJSONSerializableError, StaleAttemptError, Timeout
+from jobserver.core.records import Claim
+from jobserver.storage.writer import Tx
+
+if TYPE_CHECKING:
+    from jobserver.runner.engine import Engine
+
+
+def to_json(value: Any, what: str) -> str:
+    """Serialize a task's value, or fail the attempt with a clear error."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        raise NotJSONSerializableError(
+            f"{what} is not JSON-serializable ({type(value).__name__}): {exc}"
+        ) from None
+
+
+class Attempt:
+    """The engine's handle on one running attempt."""
+
+    def __init__(self, engine: Engine, claim: Claim, is_async: bool) -> None:
+        self.engine = engine
+        self.claim = claim
+        self.is_async = is_async
+        self.stop_requested = threading.Event()
+        self.stop_reason: str | None = None  # "cancel" | "timeout" | "stale" | "shutdown"
+        self._steps: dict[str, Any] | None = None  # stored step results, read at the first step
+        self._used_steps: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread_id: int | None = None  # set while a sync task may be interrupted
+        self.async_task: asyncio.Task[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.deadline: float | None = None  # monotonic
+        self.stop_at: float | None = None  # monotonic time the stop was asked
+        self.abandoned = False
+        self._ended = False
+
+    # ------------------------------------------------------------ stopping
+    def request_stop(self, reason: str) -> None:
+        """Ask the attempt to stop: set the flag, cancel the coroutine or interrupt the thread."""
+        with self._lock:
+            if self.stop_requested.is_set():
+                return
+            self.stop_reason = reason
+            self.stop_at = time.monotonic()
+            self.stop_requested.set()
+            if self._thread_id is not None:
+                exc = Timeout if reason == "timeout" else Cancelled
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._thread_id), ctypes.py_object(exc)
+                )
+        if self.async_task is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.async_task.cancel)
+
+    def arm(self) -> None:
+        """Mark the current thread interruptible (a sync task is about to run)."""
+        with self._lock:
+            self._thread_id = threading.get_ident()
+            pending = self.stop_requested.is_set()
+        if pending:
+            raise Timeout() if self.stop_reason == "timeout" else Cancelled(self.stop_reason or "")
+
+    def disarm(self) -> None:
+        """The sync task returned: no interruption may land after this point.
+
+        An interruption injected just before we took the lock may fire inside
+        this method; it is swallowed and the clearing done again."""
+        while True:
+            try:
+                with self._lock:
+                    if self._thread_id is not None:
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
+                    self._thread_id = None
+                return
+            except (Cancelled, Timeout):
+                continue
+
+    def take_end(self) -> bool:
+        """True for the one caller that records this attempt's end (worker or watchdog)."""
+        while True:
+            try:
+                with self._lock:
+                    first, self._ended = not self._ended, True
+                return first
+            except (Cancelled, Timeout):
+                continue
+
+    # ------------------------------------------------------------ reporting
+    def _on_stale(self) -> None:
+        self.request_stop("stale")
+
+    def report_progress(self, current: float, total: float | None, message: str | None) -> None:
+        self.engine.reporter.progress(
+            self.claim.job_id,
+            self.claim.run_seq,
+            self._on_stale,
+            {"current": current, "total": total, "message": message},
+        )
+
+    def report_log(self, message: str) -> None:
+        self.engine.reporter.log(
+            self.claim.job_id, self.claim.run_seq, self._on_stale, message, self.engine.clock.now()
+        )
+
+    # ---------------------------------------------------------------- steps
+    def _begin_step(self, name: str) -> tuple[bool, Any]:
+        if name in self._used_steps:
+            raise ValueError(f"step name {name!r} was already used in this attempt")
+        self._used_steps.add(name)
+        assert self._steps is not None
+        if name in self._steps:
+            return True, self._steps[name]
+        return False, None
+
+    def _save_step_op(self, name: str, result_json: str, started: float) -> Callable[[Tx], None]:
+        claim, now = self.claim, self.engine.clock.now()
+
+        def op(tx: Tx) -> None:
+            cur = tx.execute(
+                "INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
+                "SELECT ?, ?, 'completed', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? "
+                "AND run_seq = ? AND status = 'running')",
+                (claim.job_id, name, result_json, claim.attempt, started, now, claim.job_id, claim.run_seq),
+            )
+            if cur.rowcount != 1:
+                raise StaleAttemptError(claim.job_id, claim.run_seq)
+
+        return op
+
+    def step_sync(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self._steps is None:
+            self._steps = self.engine.store.step_results(self.claim.job_id)
+        done, value = self._begin_step(name)
+        if done:
+            return value
+        started = self.engine.clock.now()
+        result_json = to_json(fn(*args, **kwargs), f"the result of step {name!r}")
+        self.engine.writer.call(self._save_step_op(name, result_json, started))
+        return orjson.loads(result_json)
+
+    async def step_async(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self._steps is None:  # read off the tasks' event loop
+            self._steps = await asyncio.to_thread(self.engine.store.step_results, self.claim.job_id)
+        done, value = self._begin_step(name)
+        if done:
+            return value
+        started = self.engine.clock.now()
+        if asyncio.iscoroutinefunction(fn):
+            raw = await fn(*args, **kwargs)
+        else:
+            raw = await asyncio.to_thread(fn, *args, **kwargs)
+        result_json = to_json(raw, f"the result of step {name!r}")
+        await self.engine.writer.acall(self._save_step_op(name, result_json, started))
+        return orjson.loads(result_json)

@@ -1,0 +1,137 @@
+"""Slots: how many jobs this process may start, and the jobs claimed ahead for idle workers.
+
+Owns the per-process capacity: sync slots (`workers.threads`), async slots
+(`workers.async_concurrency`), each task's `concurrency` cap, and the measured run
+time of each sync task. Claims are planned and accepted on the writer thread,
+inside the claim transaction, so two claims can never both take the last slot;
+a rolled-back claim gives its reservations back. Imports records, tasks, writer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable
+
+from jobserver.core.records import Claim
+from jobserver.core.tasks import TaskDef
+from jobserver.storage.writer import Tx
+
+PREFETCH_MAX = 64  # sync jobs one claim may take beyond one per idle thread
+PREFETCH_BUDGET_S = 0.005  # expected run time those extra jobs may add per idle thread
+UNKNOWN_RUN_S = 1.0  # a task not yet measured is assumed long (never taken ahead)
+ASYNC_PER_CLAIM = 32  # async jobs one claim may take
+
+
+class Slots:
+    """Capacity bookkeeping of one process (thread-safe)."""
+
+    def __init__(self, tasks: Iterable[TaskDef], threads: int, async_concurrency: int) -> None:
+        self._tasks = list(tasks)
+        self._by_name = {t.name: t for t in self._tasks}
+        self.threads = threads
+        self.async_concurrency = async_concurrency
+        self._lock = threading.Lock()
+        self._per_task: Counter[str] = Counter()  # reserved or running, per task
+        self._sync = 0
+        self._async = 0
+        self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
+        self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
+
+    def is_async(self, task: str) -> bool:
+        td = self._by_name.get(task)
+        return td is not None and td.is_async
+
+    def plan(self, tx: Tx) -> tuple[int, list[str] | None]:
+        """How many candidates one claim reads, and which tasks it may take now (None: any).
+
+        A claim takes a job for every idle worker thread (they pick the extra ones up
+        from the ready queue), short jobs ahead within a run-time budget, and async
+        jobs up to the free async slots: under load one transaction feeds every worker."""
+        with self._lock:
+            free_sync = self.threads - self._sync
+            free_async = self.async_concurrency - self._async
+            excluded = [
+                t.name
+                for t in self._tasks
+                if (t.is_async and free_async <= 0)
+                or (not t.is_async and free_sync <= 0)
+                or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
+            ]
+        sync_room = free_sync + PREFETCH_MAX if free_sync > 0 else 0
+        limit = sync_room + min(max(0, free_async), ASYNC_PER_CLAIM)
+        if not excluded:
+            return limit, None  # any task, even one this process does not know (it fails the job)
+        return limit, [t.name for t in self._tasks if t.name not in excluded]
+
+    def accept(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
+        """Reserve slots for the (id, task) candidates that fit, in order; undone on rollback."""
+        taken: list[tuple[str, str]] = []
+        with self._lock:
+            # beyond one job per idle thread, take short jobs ahead (by measured run time),
+            # at most ~PREFETCH_BUDGET_S of work per idle thread: a job taken ahead waits
+            # at most about that long for its thread.
+            budget = PREFETCH_BUDGET_S * max(0, self.threads - self._sync)
+            extra = 0
+            for job_id, task in candidates:
+                td = self._by_name.get(task)
+                is_async = td is not None and td.is_async
+                if is_async and self._async >= self.async_concurrency:
+                    continue
+                if not is_async and self._sync >= self.threads:
+                    cost = self._run_s.get(task, UNKNOWN_RUN_S)
+                    if extra >= PREFETCH_MAX or cost > budget:
+                        continue
+                    budget -= cost
+                    extra += 1
+                cap = td.options.concurrency if td is not None else None
+                if cap is not None and self._per_task[task] >= cap:
+                    continue
+                self._add(task, is_async, +1)
+                taken.append((job_id, task))
+        tx.on_rollback(lambda: self._give_back(taken))
+        return [job_id for job_id, _ in taken]
+
+    def _add(self, task: str, is_async: bool, n: int) -> None:
+        self._per_task[task] += n
+        if is_async:
+            self._async += n
+        else:
+            self._sync += n
+
+    def _give_back(self, taken: list[tuple[str, str]]) -> None:
+        for _, task in taken:
+            self.release(task)
+
+    def release(self, task: str) -> None:
+        """A job of `task` stopped running (or was never started): free its slot."""
+        with self._lock:
+            self._add(task, self.is_async(task), -1)
+
+    def ran(self, task: str, seconds: float) -> None:
+        """Record how long a sync run of `task` took (for taking short jobs ahead)."""
+        with self._lock:
+            before = self._run_s.get(task)
+            self._run_s[task] = seconds if before is None else 0.8 * before + 0.2 * seconds
+
+    # ----------------------------------------------------------- ready queue
+    def push_ready(self, claims: list[Claim]) -> None:
+        with self._lock:
+            self._ready.extend(claims)
+
+    def pop_ready(self) -> Claim | None:
+        with self._lock:
+            return self._ready.popleft() if self._ready else None
+
+    def take_ready(self) -> list[Claim]:
+        """Empty the ready queue (shutdown)."""
+        with self._lock:
+            ready, self._ready = list(self._ready), deque()
+        return ready
+
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def is_ready(self, job_id: str) -> bool:
+        with self._lock:
+            return any(c.job_id == job_id for c in self._ready)

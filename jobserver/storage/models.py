@@ -1,0 +1,208 @@
+"""The database: connection factory, schema (Peewee models) and the job state machine.
+
+Owns the tables and how a connection is opened (SQLite in WAL mode with a busy
+timeout, or PostgreSQL). Peewee is used for the schema and connections; the hot
+statements live in `store.py` as plain SQL. Imports only `errors`.
+
+Job states (the contract's vocabulary; internally a pending job whose run_at is
+still ahead is stored as 'scheduled' and shown as pending) and their moves::
+
+                 claim                 complete
+    pending ───────────────► running ───────────► completed
+      ▲  │                    │  │ │
+      │  │ cancel             │  │ └─ fail (last attempt, Fail, Crashed) ──► failed
+      │  ▼                    │  │                                            │
+      │ cancelled ◄── cancel ─┘  └─ schedule_retry / rescue / release ─► pending
+      │   │                                                                   │
+      └───┴──────────────────────── retry (POST /jobs/{id}/retry) ◄───────────┘
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import peewee as pw
+from playhouse.postgres_ext import Psycopg3Database
+
+from jobserver.core.errors import StorageError
+
+FINISHED_STATES = ("completed", "failed", "cancelled")
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        legacy_table_names = False
+
+
+class Job(BaseModel):
+    """One submitted job; the source of truth (a queue message only carries its id)."""
+
+    id = pw.CharField(primary_key=True, max_length=36)
+    task = pw.CharField(max_length=200)
+    args = pw.TextField()
+    status = pw.CharField(max_length=16)
+    priority = pw.IntegerField(default=0)
+    attempts = pw.IntegerField(default=0)
+    max_attempts = pw.IntegerField(default=1)
+    timeout_s = pw.DoubleField(null=True)
+    run_seq = pw.IntegerField(default=0)  # fencing token: grows with every claim, never reset
+    lease_owner = pw.CharField(max_length=64, null=True)
+    lease_expires_at = pw.DoubleField(null=True)
+    cancel_requested = pw.IntegerField(default=0)
+    logs_dropped = pw.IntegerField(default=0)
+    progress = pw.TextField(null=True)
+    result = pw.TextField(null=True)
+    error = pw.TextField(null=True)
+    idempotency_key = pw.CharField(max_length=255, null=True)
+    webhook_url = pw.TextField(null=True)
+    created_at = pw.DoubleField()
+    run_at = pw.DoubleField()
+    started_at = pw.DoubleField(null=True)
+    finished_at = pw.DoubleField(null=True)
+
+    class Meta:
+        table_name = "jobs"
+        indexes = (
+            (("task", "id"), False),  # list by task
+            (("status", "id"), False),  # list by status
+            # single-column: these do not change when a job moves pending -> running
+            (("finished_at",), False),  # retention (NULL until finished)
+            (("lease_expires_at",), False),  # rescue (NULL unless running)
+            (("status", "run_at"), False),  # promotion of scheduled jobs, next due time
+        )
+
+
+class IdempotencyKey(BaseModel):
+    """An Idempotency-Key seen on POST /jobs, scoped per API key."""
+
+    scope = pw.CharField(max_length=64)
+    key = pw.CharField(max_length=255)
+    body_hash = pw.CharField(max_length=64)
+    job_id = pw.CharField(max_length=36)
+    created_at = pw.DoubleField(index=True)
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = pw.CompositeKey("scope", "key")
+
+
+class Step(BaseModel):
+    """A finished `ctx.step` of a job: its JSON result is replayed on later attempts."""
+
+    job_id = pw.CharField(max_length=36)
+    name = pw.CharField(max_length=200)
+    status = pw.CharField(max_length=16)
+    result = pw.TextField(null=True)
+    attempt = pw.IntegerField()
+    started_at = pw.DoubleField()
+    finished_at = pw.DoubleField(null=True)
+
+    class Meta:
+        table_name = "steps"
+        primary_key = pw.CompositeKey("job_id", "name")
+
+
+class Event(BaseModel):
+    """A job's stored event (status, progress or log), replayed to new watchers."""
+
+    id = pw.BigAutoField()
+    job_id = pw.CharField(max_length=36)
+    kind = pw.CharField(max_length=16)
+    data = pw.TextField()
+    at = pw.DoubleField()
+
+    class Meta:
+        table_name = "events"
+        indexes = ((("job_id", "id"), False),)
+
+
+class WebhookDelivery(BaseModel):
+    """The webhook outbox: one row per job with a webhook_url, written with its final status."""
+
+    id = pw.CharField(primary_key=True, max_length=64)  # the webhook-id, same on every retry
+    job_id = pw.CharField(max_length=36, index=True)
+    url = pw.TextField()
+    event_type = pw.CharField(max_length=32)
+    payload = pw.TextField()
+    state = pw.CharField(max_length=16)  # pending | delivered | failed
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DoubleField(null=True)
+    created_at = pw.DoubleField()
+
+    class Meta:
+        table_name = "webhook_deliveries"
+        indexes = ((("state", "next_attempt_at"), False),)
+
+
+class WebhookAttempt(BaseModel):
+    """One HTTP attempt of a webhook delivery."""
+
+    id = pw.BigAutoField()
+    delivery_id = pw.CharField(max_length=64)
+    job_id = pw.CharField(max_length=36, index=True)
+    attempt = pw.IntegerField()
+    at = pw.DoubleField()
+    status_code = pw.IntegerField(null=True)
+    error = pw.TextField(null=True)
+    duration_ms = pw.DoubleField()
+
+    class Meta:
+        table_name = "webhook_attempts"
+
+
+class MetaValue(BaseModel):
+    """Small key/value facts about this database (e.g. the generated webhook secret)."""
+
+    key = pw.CharField(primary_key=True, max_length=64)
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "meta"
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Job,
+    IdempotencyKey,
+    Step,
+    Event,
+    WebhookDelivery,
+    WebhookAttempt,
+    MetaValue,
+]
+
+
+def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_timeout_s: float) -> pw.Database:
+    """Open (not yet connect) the database named by `url`, with our pragmas."""
+    if sqlite_path is not None:
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return pw.SqliteDatabase(
+            str(sqlite_path),
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": synchronous.upper(),
+                "busy_timeout": int(busy_timeout_s * 1000),
+                "foreign_keys": 0,
+                "cache_size": -16000,
+                "temp_store": "memory",
+            },
+            timeout=busy_timeout_s,
+            check_same_thread=False,
+        )
+    return Psycopg3Database(url.replace("postgres://", "postgresql://", 1), autorollback=False)
+
+
+def create_schema(db: pw.Database) -> None:
+    """Create every table and index that does not exist yet."""
+    try:
+        with db.bind_ctx(ALL_MODELS), db.connection_context():
+            db.create_tables(ALL_MODELS, safe=True)
+            # The claim's order (priority DESC, run_at, id) needs a mixed-direction index.
+            db.execute_sql(
+                "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority DESC, run_at, id)"
+            )
+            # a claim limited to some tasks (others at capacity) probes per task
+            db.execute_sql(
+                "CREATE INDEX IF NOT EXISTS jobs_claim_task ON jobs (status, task, priority DESC, run_at, id)"
+            )
+    except pw.DatabaseError as exc:
+        raise StorageError(f"cannot create the schema: {exc}") from exc

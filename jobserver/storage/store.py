@@ -1,0 +1,555 @@
+"""JobStore: every SQL statement about jobs, one transaction per transition.
+
+Methods are transition verbs (`enqueue`, `claim`, `complete`, `fail`,
+`schedule_retry`, `cancel`, `retry`, `rescue`, `release`); each builds an op and
+hands it to the `Writer`, returning a `Future` that resolves after commit.
+Writes made on behalf of an attempt are fenced by its `run_seq`: when the row's
+`run_seq` moved on (the attempt was rescued, cancelled or retried), the write
+changes nothing and raises `StaleAttemptError`. Reads run on the calling
+thread's own connection (never call them on the event loop).
+
+Imports errors, clock, records, writer; never Huey or Starlette.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+import peewee as pw
+
+from jobserver.core.clock import rfc3339
+from jobserver.core.errors import (
+    IdempotencyMismatchError,
+    JobFinishedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    JobNotRetryableError,
+    StaleAttemptError,
+)
+from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
+from jobserver.storage.models import FINISHED_STATES
+from jobserver.storage.writer import Tx, Writer
+from jobserver.webhooks.payload import build_payload, event_type_for
+
+FINISHED = FINISHED_STATES
+# Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
+# so the claim's index range holds only due jobs and an idle claim never scans future ones.
+PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
+# SQLite claim candidates, in claim order, from the claim indexes (never a sort of the backlog)
+CLAIM_SQL = (
+    "SELECT id, task FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+    "ORDER BY priority DESC, run_at, id LIMIT ?"
+)
+CLAIM_TASK_SQL = (  # one per task that may be taken, joined with UNION ALL
+    "SELECT * FROM (SELECT id, task, priority, run_at FROM jobs INDEXED BY jobs_claim_task "
+    "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)"
+)
+
+
+def waiting_status(run_at: float, now: float) -> str:
+    """'pending' when due, 'scheduled' when run_at is still ahead."""
+    return "scheduled" if run_at > now else "pending"
+
+
+MIN_CRASH_ATTEMPTS = 3  # a crash-looping job is given up after max(max_attempts, 3) attempts
+
+
+def body_hash(body: Any) -> str:
+    """Hash of parsed JSON with sorted keys: key order and spacing do not matter."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
+    tx.execute(
+        "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
+        (rec.id, orjson.dumps(rec.to_api()).decode(), now),
+    )
+
+
+def _outbox(tx: Tx, rec: JobRecord, now: float, wake: Callable[[], None]) -> None:
+    """A finished job with a webhook_url gets its delivery row in the same transaction;
+    `wake` (the webhook sender) runs after the commit."""
+    if not rec.webhook_url or rec.status not in FINISHED:
+        return
+    tx.after_commit(wake)
+    delivery_id = f"msg_{rec.id.replace('-', '')}_{rec.run_seq}_{int(now * 1000)}"
+    event_type = event_type_for(rec.status)
+    payload = build_payload(event_type, rec.to_api(), now).decode()
+    tx.execute(
+        "INSERT INTO webhook_deliveries (id, job_id, url, event_type, payload, state, attempts, "
+        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+        (delivery_id, rec.id, rec.webhook_url, event_type, payload, now, now),
+    )
+
+
+def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
+    row = tx.one(sql + f" RETURNING {JOB_COLUMNS}", params)
+    return None if row is None else JobRecord.from_row(row)
+
+
+class JobStore:
+    """All job SQL. Writes go through the writer; reads use the caller's connection."""
+
+    def __init__(self, db: pw.Database, writer: Writer, pg: bool) -> None:
+        self.db = db
+        self.writer = writer
+        self.pg = pg
+        self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+        self.on_outbox: Callable[[], None] = lambda: None  # a delivery row was committed
+
+    def _wake_outbox(self) -> None:
+        self.on_outbox()
+
+    # ---------------------------------------------------------------- reads
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.pg:
+            sql = sql.replace("?", "%s")
+        rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
+        return rows
+
+    def get(self, job_id: str) -> JobRecord:
+        """One job, or JobNotFoundError."""
+        rows = self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise JobNotFoundError(job_id)
+        return JobRecord.from_row(rows[0])
+
+    def list_jobs(
+        self, status: str | None, task: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; `cursor` is the last id of the previous page."""
+        if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
+            pages = [self._list(s, task, limit, cursor) for s in ("pending", "scheduled")]
+            merged = sorted(pages[0][0] + pages[1][0], key=lambda r: r.id, reverse=True)
+            more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
+            return merged[:limit], (merged[limit - 1].id if more else None)
+        return self._list(status, task, limit, cursor)
+
+    def _list(
+        self, status: str | None, task: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        if cursor:
+            where.append("id < ?")
+            params.append(cursor)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", (*params, limit + 1)
+        )
+        jobs = [JobRecord.from_row(r) for r in rows[:limit]]
+        return jobs, (jobs[-1].id if len(rows) > limit else None)
+
+    def steps(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's stored steps, in the order they started."""
+        rows = self._query(
+            "SELECT name, status, attempt, started_at, finished_at FROM steps "
+            "WHERE job_id = ? ORDER BY started_at",
+            (job_id,),
+        )
+        return [
+            {"name": n, "status": s, "attempt": a, "started_at": rfc3339(b), "finished_at": rfc3339(f)}
+            for n, s, a, b, f in rows
+        ]
+
+    def step_results(self, job_id: str) -> dict[str, Any]:
+        """name -> stored JSON result of every finished step."""
+        rows = self._query(
+            "SELECT name, result FROM steps WHERE job_id = ? AND status = 'completed'", (job_id,)
+        )
+        return {name: orjson.loads(result) for name, result in rows}
+
+    def events_after(self, job_id: str, after_id: int, limit: int = 500) -> list[tuple[int, str, str]]:
+        """Stored events (id, kind, data) of a job after `after_id`."""
+        rows = self._query(
+            "SELECT id, kind, data FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (job_id, after_id, limit),
+        )
+        return [(int(i), k, d) for i, k, d in rows]
+
+    def count_in(self, statuses: Sequence[str]) -> dict[str, int]:
+        """How many jobs are in each of `statuses` (index ranges, not a table scan)."""
+        wanted = list(statuses) + (["scheduled"] if "pending" in statuses else [])
+        marks = ", ".join("?" * len(wanted))
+        rows = self._query(
+            f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status", tuple(wanted)
+        )
+        out: dict[str, int] = {}
+        for status, n in rows:
+            key = "pending" if status == "scheduled" else str(status)
+            out[key] = out.get(key, 0) + int(n)
+        return out
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer."""
+        self._query("SELECT 1")
+
+    # --------------------------------------------------------------- writes
+    def enqueue(
+        self,
+        new: NewJob,
+        idem: tuple[str, str, str] | None,
+        on_commit: Callable[[], None],
+        handoff: HandOff | None = None,
+    ) -> Future[tuple[bool, JobRecord | str]]:
+        """Insert a job (and its idempotency key) in one transaction.
+
+        Resolves to (True, record) for a new job, or (False, job_id) when the
+        idempotency key (scope, key, body_hash) was already used with this body.
+        With `handoff`, a due job that an idle worker can take is claimed in the
+        same transaction and delivered to that worker after the commit.
+        """
+
+        def op(tx: Tx) -> tuple[bool, JobRecord | str]:
+            if idem is not None:
+                scope, key, digest = idem
+                row = tx.one(
+                    "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
+                    (scope, key),
+                )
+                if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
+                    # the job was pruned or deleted: the key starts afresh
+                    tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+                    row = None
+                if row is not None:
+                    if row[0] != digest:
+                        raise IdempotencyMismatchError(key)
+                    return False, str(row[1])
+                tx.execute(
+                    "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (scope, key, digest, new.id, new.created_at),
+                )
+            tx.execute(
+                "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
+                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
+                (
+                    new.id,
+                    new.task,
+                    new.args_json,
+                    new.status,
+                    new.priority,
+                    new.max_attempts,
+                    new.timeout_s,
+                    new.idempotency_key,
+                    new.webhook_url,
+                    new.created_at,
+                    new.run_at,
+                ),
+            )
+            record = new.record()
+            _job_event(tx, record, new.created_at)
+            if handoff is not None and record.status == "pending" and handoff.accept(tx, new.id, new.task):
+                self._hand_off(tx, record, handoff)  # the answer still shows the job as accepted
+            else:
+                tx.after_commit(on_commit)
+            return True, record
+
+        return self.writer.submit(op)
+
+    def _candidates(self, tx: Tx, now: float, limit: int, allowed: list[str] | None) -> list[tuple[Any, ...]]:
+        """The next due (id, task) rows in claim order, from an index range, never a scan
+        of the backlog: with a task list, one index probe per task (SQLite) or IN (PostgreSQL)."""
+        if self.pg:
+            where = f" AND task IN ({', '.join('?' * len(allowed))})" if allowed else ""
+            return tx.all(
+                f"SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ?{where} "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
+                (now, *(allowed or ()), limit),
+            )
+        if allowed is None:
+            return tx.all(CLAIM_SQL, (now, limit))
+        rows = tx.all(
+            " UNION ALL ".join([CLAIM_TASK_SQL] * len(allowed)),
+            [v for task in allowed for v in (task, now, limit)],
+        )
+        rows.sort(key=lambda r: (-r[2], r[3], r[0]))
+        return [(r[0], r[1]) for r in rows[:limit]]
+
+    def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff) -> None:
+        now = record.created_at
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'running', attempts = 1, run_seq = 1, lease_owner = ?, "
+            "lease_expires_at = ?, started_at = ? WHERE id = ?",
+            (handoff.owner, now + handoff.lease_s, now, record.id),
+        )
+        assert rec is not None
+        _job_event(tx, rec, now)
+        claim = Claim(
+            rec.id,
+            rec.task,
+            rec.args,
+            rec.attempts,
+            rec.max_attempts,
+            rec.run_seq,
+            rec.timeout_s,
+            now,
+            rec.run_at,
+        )
+        tx.after_commit(lambda: handoff.deliver(claim))
+
+    def claim(
+        self,
+        owner: str,
+        now: float,
+        lease_s: float,
+        plan: Callable[[Tx], tuple[int, list[str] | None]],
+        accept: Callable[[Tx, list[tuple[str, str]]], list[str]],
+    ) -> Future[list[Claim]]:
+        """Take due jobs (highest priority, then oldest) for one attempt each.
+
+        Runs on the writer thread: `plan` says how many candidates to read and which
+        tasks may be taken (None: any; per-process capacity, decided now, not when the
+        op was queued);
+        `accept` picks the ids to take from the (id, task) candidates and reserves
+        their slots (undone with `tx.on_rollback` if the transaction rolls back)."""
+
+        def op(tx: Tx) -> list[Claim]:
+            tx.execute(PROMOTE_SQL, (now,))
+            limit, allowed = plan(tx)
+            if limit <= 0 or allowed == []:
+                return []
+            candidates = self._candidates(tx, now, limit, allowed)
+            ids = accept(tx, [(str(i), str(t)) for i, t in candidates]) if candidates else []
+            if not ids:
+                return []
+            rows = tx.all(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1, "
+                f"lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id IN ({', '.join('?' * len(ids))}) "
+                f"AND status = 'pending' RETURNING {JOB_COLUMNS}",
+                (owner, now + lease_s, now, *ids),
+            )
+            by_id = {rec.id: rec for rec in map(JobRecord.from_row, rows)}
+            claims = []
+            for job_id in ids:  # keep the claim order
+                rec = by_id[job_id]
+                _job_event(tx, rec, now)
+                claims.append(
+                    Claim(
+                        rec.id,
+                        rec.task,
+                        rec.args,
+                        rec.attempts,
+                        rec.max_attempts,
+                        rec.run_seq,
+                        rec.timeout_s,
+                        now,
+                        rec.run_at,
+                    )
+                )
+            return claims
+
+        return self.writer.submit(op)
+
+    def next_run_at(self) -> float | None:
+        """When the earliest scheduled job becomes due (for an idle worker's wait)."""
+        rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled'")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[dict[str, tuple[int, bool]]]:
+        """Extend the lease of every job this process runs (one statement for all).
+
+        Resolves to {job_id: (run_seq, cancel_requested)} of the jobs still leased to us,
+        so the engine can stop attempts that lost their lease or were cancelled elsewhere."""
+
+        def op(tx: Tx) -> dict[str, tuple[int, bool]]:
+            rows = tx.all(
+                "UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running' "
+                "RETURNING id, run_seq, cancel_requested",
+                (now + lease_s, owner),
+            )
+            return {str(i): (int(seq), bool(c)) for i, seq, c in rows}
+
+        return self.writer.submit(op)
+
+    def _finish(self, tx: Tx, claim: Claim, sets: str, params: Sequence[Any], now: float) -> JobRecord:
+        rec = _returning(
+            tx,
+            f"UPDATE jobs SET {sets}, lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE id = ? AND run_seq = ? AND status = 'running'",
+            (*params, claim.job_id, claim.run_seq),
+        )
+        if rec is None:
+            raise StaleAttemptError(claim.job_id, claim.run_seq)
+        _job_event(tx, rec, now)
+        _outbox(tx, rec, now, self._wake_outbox)
+        return rec
+
+    def complete(
+        self,
+        claim: Claim,
+        result_json: str,
+        now: float,
+        on_commit: Callable[[JobRecord], None],
+    ) -> Future[JobRecord]:
+        """The attempt succeeded: store its result."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = self._finish(
+                tx,
+                claim,
+                "status = 'completed', result = ?, error = NULL, finished_at = ?",
+                (result_json, now),
+                now,
+            )
+            tx.after_commit(lambda: on_commit(rec))
+            return rec
+
+        return self.writer.submit(op)
+
+    def fail(
+        self,
+        claim: Claim,
+        error: dict[str, Any],
+        now: float,
+        retry_at: float | None,
+        status: str,
+        on_commit: Callable[[JobRecord], None],
+    ) -> Future[JobRecord]:
+        """The attempt failed: `schedule_retry` when retry_at is given, else end as `status`."""
+        err = orjson.dumps(error).decode()
+
+        def op(tx: Tx) -> JobRecord:
+            if retry_at is not None:
+                sets = "status = ?, error = ?, run_at = ?"
+                params: tuple[Any, ...] = (waiting_status(retry_at, now), err, retry_at)
+            else:
+                sets = "status = ?, error = ?, finished_at = ?"
+                params = (status, err, now)
+            rec = self._finish(tx, claim, sets, params, now)
+            tx.after_commit(lambda: on_commit(rec))
+            return rec
+
+        return self.writer.submit(op)
+
+    def release(self, claim: Claim, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
+        """Put a running job back to pending without counting the attempt (graceful drain)."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = self._finish(
+                tx, claim, "status = 'pending', attempts = attempts - 1, run_at = ?", (now,), now
+            )
+            tx.after_commit(lambda: on_commit(rec))
+            return rec
+
+        return self.writer.submit(op)
+
+    def cancel(self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
+        """Pending: cancelled at once. Running: cancel_requested, the attempt stops itself."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = _returning(
+                tx,
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE id = ? AND status IN ('pending', 'scheduled')",
+                (now, job_id),
+            )
+            if rec is not None:
+                _job_event(tx, rec, now)
+                _outbox(tx, rec, now, self._wake_outbox)
+            else:
+                rec = _returning(
+                    tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
+                )
+            if rec is None:
+                row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+                if row is None:
+                    raise JobNotFoundError(job_id)
+                raise JobFinishedError(job_id, str(row[0]))
+            final = rec
+            tx.after_commit(lambda: on_commit(final))
+            return rec
+
+        return self.writer.submit(op)
+
+    def retry(self, job_id: str, now: float, on_commit: Callable[[], None]) -> Future[JobRecord]:
+        """A failed or cancelled job gets a fresh round of attempts; its steps are kept."""
+
+        def op(tx: Tx) -> JobRecord:
+            rec = _returning(
+                tx,
+                "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                "WHERE id = ? AND status IN ('failed', 'cancelled')",
+                (now, job_id),
+            )
+            if rec is None:
+                row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+                if row is None:
+                    raise JobNotFoundError(job_id)
+                raise JobNotRetryableError(job_id, str(row[0]))
+            _job_event(tx, rec, now)
+            tx.after_commit(on_commit)
+            return rec
+
+        return self.writer.submit(op)
+
+    def delete(self, job_id: str) -> Future[None]:
+        """Forget a finished job with its events, steps and deliveries."""
+
+        def op(tx: Tx) -> None:
+            row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+            if row is None:
+                raise JobNotFoundError(job_id)
+            if row[0] not in FINISHED:
+                raise JobNotFinishedError(job_id, str(row[0]))
+            for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
+                column = "id" if table == "jobs" else "job_id"
+                tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+
+        return self.writer.submit(op)
+
+    def rescue(
+        self,
+        now: float,
+        owner: str,
+        everyone_else: bool,
+        on_crash: Callable[[str], str],
+        on_commit: Callable[[], None],
+    ) -> Future[list[JobRecord]]:
+        """Recover running jobs whose lease expired (or, at an SQLite start, every job
+        not ours: the file lock proves their owner is dead). Per the task's `on_crash`
+        the job runs again or fails with `Crashed`; cancelled if a cancel was asked."""
+        cond = "lease_owner <> ? OR lease_owner IS NULL" if everyone_else else "lease_expires_at < ?"
+        arg: Any = owner if everyone_else else now
+
+        def op(tx: Tx) -> list[JobRecord]:
+            rows = tx.all(
+                "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested FROM jobs "
+                f"WHERE status = 'running' AND ({cond}) LIMIT 1000",
+                (arg,),
+            )
+            out = []
+            for job_id, task, attempts, max_attempts, run_seq, cancel in rows:
+                claim = Claim(job_id, task, "", attempts, max_attempts, run_seq, None, now)
+                error = orjson.dumps(
+                    {
+                        "type": "Crashed",
+                        "message": f"attempt {attempts} was cut off (its worker stopped heartbeating)",
+                        "traceback": None,
+                    }
+                ).decode()
+                params: tuple[Any, ...]
+                if cancel:
+                    sets, params = "status = 'cancelled', finished_at = ?", (now,)
+                elif on_crash(task) == "fail" or attempts >= max(max_attempts, MIN_CRASH_ATTEMPTS):
+                    sets, params = "status = 'failed', error = ?, finished_at = ?", (error, now)
+                else:
+                    sets, params = "status = 'pending', error = ?, run_at = ?", (error, now)
+                out.append(self._finish(tx, claim, sets, params, now))
+            if out:
+                tx.after_commit(on_commit)
+            return out
+
+        return self.writer.submit(op)

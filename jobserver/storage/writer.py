@@ -1,0 +1,255 @@
+"""Writer: one thread owns the write connection; concurrent writes share one commit.
+
+Every change to the database goes through `Writer`. Callers hand it an *op*, a
+function of a `Tx`; the writer thread takes every op that is waiting, runs them
+in ONE transaction (an op that fails after writing sends the batch down a slow
+path where each op gets its own transaction, so one failing op never undoes
+the others), commits once, then answers each caller and runs the ops'
+after-commit hooks (waking workers, notifying watchers). This is group commit:
+under load, hundreds of submits share one fsync, and nothing ever waits on
+SQLite's lock (there is only one writer), least of all the event loop.
+
+Imports only `errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+import peewee as pw
+
+from jobserver.core.errors import StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 512
+
+
+class Tx:
+    """The transaction an op runs in: execute SQL, register after-commit hooks."""
+
+    __slots__ = ("_cur", "_hooks", "_pg", "_undo", "wrote")
+
+    def __init__(self, cur: Any, pg: bool) -> None:
+        self._cur = cur
+        self._pg = pg
+        self._hooks: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
+        self.wrote = False
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement (`?` placeholders) and return the cursor."""
+        if not self.wrote and not sql.startswith("SELECT"):
+            self.wrote = True
+        if self._pg:
+            sql = _pg_sql(sql)
+        self._cur.execute(sql, params)
+        return self._cur
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """Run a statement and return its first row."""
+        row: tuple[Any, ...] | None = self.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a statement and return all rows."""
+        rows: list[tuple[Any, ...]] = self.execute(sql, params).fetchall()
+        return rows
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` on the writer thread once this transaction has committed."""
+        self._hooks.append(hook)
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Run `hook` if this op's work is rolled back (to undo in-memory bookkeeping)."""
+        self._undo.append(hook)
+
+
+_PG_CACHE: dict[str, str] = {}
+
+
+def _pg_sql(sql: str) -> str:
+    """Translate `?` placeholders to psycopg's `%s` (our SQL has no literal `?` or `%`)."""
+    out = _PG_CACHE.get(sql)
+    if out is None:
+        out = _PG_CACHE[sql] = sql.replace("?", "%s")
+    return out
+
+
+class _Item(Generic[T]):
+    __slots__ = ("future", "op")
+
+    def __init__(self, op: Callable[[Tx], T]) -> None:
+        self.op = op
+        self.future: Future[T] = Future()
+
+
+_STOP = object()
+
+
+def _run_all(hooks: list[Callable[[], None]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("rollback hook failed", extra={"action": "hook_failed"})
+
+
+class _Fallback(Exception):
+    """An op failed after writing: the batch must be redone op by op."""
+
+
+class Writer:
+    """The single writer thread with group commit."""
+
+    def __init__(self, db: pw.Database, pg: bool) -> None:
+        self._db = db
+        self._pg = pg
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="jobserver-writer", daemon=True)
+        self.batches = 0
+        self.ops = 0
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the ops already queued, then stop."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout=30)
+
+    def submit(self, op: Callable[[Tx], T]) -> Future[T]:
+        """Queue an op; the future resolves after its transaction committed."""
+        item = _Item(op)
+        self._queue.put(item)
+        return item.future
+
+    def call(self, op: Callable[[Tx], T], timeout: float | None = 60) -> T:
+        """Run an op and wait for its commit (for worker threads, never the event loop)."""
+        return self.submit(op).result(timeout)
+
+    async def acall(self, op: Callable[[Tx], T]) -> T:
+        """Run an op from the event loop without blocking it."""
+        return await asyncio.wrap_future(self.submit(op))
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+            if stop:
+                break
+        self._db.close()
+
+    def _run_batch(self, batch: list[_Item[Any]]) -> None:
+        """One transaction for the whole batch. Fast path: no savepoints. An op
+        that fails after it wrote something (or any failure on PostgreSQL, where
+        an error aborts the transaction) sends the batch down the slow path:
+        roll back and run every op in a transaction of its own."""
+        try:
+            outcomes, hooks = self._attempt_batch(batch)
+        except _Fallback:
+            self._rollback_quietly()
+            for item in batch:
+                self._run_batch_alone(item)
+            return
+        except Exception as exc:  # the transaction itself failed: every op fails
+            self._fail_all(batch, exc)
+            return
+        self._publish(outcomes, hooks, len(batch))
+
+    def _run_batch_alone(self, item: _Item[Any]) -> None:
+        try:
+            outcomes, hooks = self._attempt_batch([item], alone=True)
+        except Exception as exc:
+            self._fail_all([item], exc)
+            return
+        self._publish(outcomes, hooks, 1)
+
+    def _attempt_batch(
+        self, batch: list[_Item[Any]], alone: bool = False
+    ) -> tuple[list[tuple[_Item[Any], bool, Any]], list[Callable[[], None]]]:
+        outcomes: list[tuple[_Item[Any], bool, Any]] = []
+        hooks: list[Callable[[], None]] = []
+        undo: list[Callable[[], None]] = []
+        try:
+            cur = self._db.connection().cursor()
+            cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
+            for item in batch:
+                tx = Tx(cur, self._pg)
+                try:
+                    value = item.op(tx)
+                except Exception as exc:
+                    undo.extend(tx._undo)
+                    if alone:
+                        cur.execute("ROLLBACK")
+                        _run_all(undo)
+                        return [(item, False, exc)], []
+                    if tx.wrote or self._pg:
+                        raise _Fallback() from exc
+                    outcomes.append((item, False, exc))  # failed before writing: nothing to undo
+                else:
+                    undo.extend(tx._undo)
+                    outcomes.append((item, True, value))
+                    hooks.extend(tx._hooks)
+            cur.execute("COMMIT")
+        except BaseException:
+            _run_all(undo)  # nothing of this attempt stays: neither may its bookkeeping
+            raise
+        return outcomes, hooks
+
+    def _fail_all(self, batch: list[_Item[Any]], exc: Exception) -> None:
+        log.exception("write transaction failed", extra={"action": "write_failed"})
+        self._rollback_quietly()
+        error = StorageError(f"database write failed: {exc}")
+        error.__cause__ = exc
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _publish(
+        self, outcomes: list[tuple[_Item[Any], bool, Any]], hooks: list[Callable[[], None]], size: int
+    ) -> None:
+        self.batches += 1
+        self.ops += size
+        for hook in hooks:  # wake-ups first: an idle worker should not wait for the answers
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook failed", extra={"action": "hook_failed"})
+        for item, ok, value in outcomes:
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    def _rollback_quietly(self) -> None:
+        try:
+            self._db.connection().cursor().execute("ROLLBACK")
+        except Exception:
+            pass
+        if self._pg:
+            try:
+                self._db.close()
+            except Exception:
+                pass

@@ -1,0 +1,360 @@
+"""WebhookSender: delivers the webhook outbox on its own threads.
+
+Owns what happens to a delivery row after `store._outbox` wrote it with the
+job's final status: picking due rows, one attempt each through
+`webhooks.deliver_once`, and recording the attempt together with the row's
+next state in one writer op. Also owns the signing secret (`load_secret`) and
+the read behind `GET /jobs/{id}/webhooks` (`WebhookSender.attempts`).
+
+Delivery states::
+
+    pending ──── 2xx ─────────────────────────────► delivered
+      │  ▲
+      │  └─ any other answer, timeout, refused URL: attempts + 1, next_attempt_at = now + wait
+      └──── 410, or the retry schedule is used up ──► failed
+
+A row's state changes only in the transaction that stores its attempt, so no
+row is ever stuck "in flight". Right before sending, the sender moves the row's
+`next_attempt_at` past the attempt's timeout: a lease that expires by itself.
+Another sender (a second PostgreSQL node) skips the row meanwhile, and when this
+process dies mid-attempt the row is due again once the lease runs out. Delivery
+is therefore at least once; the `webhook-id` (the row's id) lets receivers
+drop repeats.
+
+Threads: one loop thread picks due rows; each attempt runs on its own daemon
+thread, at most `parallel` at once, so a slow receiver holds up only its own
+delivery and never the writer, the workers or the API.
+
+Imports clock, config, webhooks, writer; never Starlette, Huey or the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import peewee as pw
+
+from jobserver.core.clock import Clock, rfc3339
+from jobserver.core.config import WebhooksSettings
+from jobserver.storage.writer import Tx, Writer
+from jobserver.webhooks.payload import AttemptResult, deliver_once, generate_secret, next_delay, secret_key
+
+log = logging.getLogger(__name__)
+
+SECRET_META_KEY = "webhook_secret"
+LEASE_MARGIN_S = 2.0  # the lease outlives the attempt's timeout by this much
+IDLE_WAIT_S = 1.0  # the loop looks for due rows at least this often, even without a wake
+MIN_WAIT_S = 0.01
+STOP_GRACE_S = 2.0  # how long stop() lets attempts in flight finish and be recorded
+
+DUE_SQL = (
+    "SELECT id, job_id, url, payload, attempts FROM webhook_deliveries "
+    "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+)
+NEXT_DUE_SQL = "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'"
+ATTEMPTS_SQL = (
+    "SELECT a.delivery_id, a.attempt, a.at, a.status_code, a.error, a.duration_ms, d.event_type "
+    "FROM webhook_attempts a LEFT JOIN webhook_deliveries d ON d.id = a.delivery_id "
+    "WHERE a.job_id = ? ORDER BY a.id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A pending delivery row, as read before an attempt."""
+
+    id: str
+    job_id: str
+    url: str
+    payload: str
+    attempts: int
+
+
+def _read(db: pw.Database, pg: bool, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """A read on the calling thread's own connection."""
+    if pg:
+        sql = sql.replace("?", "%s")
+    rows: list[tuple[Any, ...]] = db.execute_sql(sql, params).fetchall()
+    return rows
+
+
+def load_secret(settings: WebhooksSettings, db: pw.Database, writer: Writer, pg: bool) -> str:
+    """The signing secret: `[webhooks] secret`, else the one kept in the database (made once)."""
+    if settings.secret:
+        return settings.secret
+    rows = _read(db, pg, "SELECT value FROM meta WHERE key = ?", (SECRET_META_KEY,))
+    if rows:
+        return str(rows[0][0])
+    candidate = generate_secret()
+
+    def op(tx: Tx) -> str:
+        # Another node may have stored one first: keep whichever is in the table.
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (SECRET_META_KEY, candidate),
+        )
+        row = tx.one("SELECT value FROM meta WHERE key = ?", (SECRET_META_KEY,))
+        assert row is not None
+        return str(row[0])
+
+    secret = writer.call(op)
+    if secret == candidate:
+        log.warning(
+            "generated a webhook signing secret and stored it in the database (table meta, key %r); "
+            "receivers need it to verify signatures: read it there, or set [webhooks] secret "
+            "(JOBSERVER_WEBHOOKS_SECRET) to choose your own",
+            SECRET_META_KEY,
+            extra={"action": "webhook_secret_generated"},
+        )
+    return secret
+
+
+class WebhookSender:
+    """Sends due webhook deliveries; `run_once(now)` is one pass, `start()` repeats it."""
+
+    def __init__(
+        self,
+        settings: WebhooksSettings,
+        db: pw.Database,
+        writer: Writer,
+        clock: Clock,
+        secret: str,
+        pg: bool,
+        client: httpx.Client | None = None,
+        rng: random.Random | None = None,
+        parallel: int = 8,
+    ) -> None:
+        secret_key(secret)  # a malformed secret is a configuration error: fail at start
+        self.settings = settings
+        self.db = db
+        self.writer = writer
+        self.clock = clock
+        self.secret = secret
+        self.pg = pg
+        self.parallel = parallel
+        self.rng = rng or random.Random()
+        self.lease_s = settings.timeout + LEASE_MARGIN_S
+        self._owns_client = client is None
+        self.client = client or httpx.Client(trust_env=False, follow_redirects=False)
+        self.on_attempt: Callable[[str], None] = lambda outcome: None  # "delivered" | "retrying" | "failed"
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight: set[str] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="jobserver-webhooks", daemon=True)
+
+    # ----------------------------------------------------------------- reads
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's delivery attempts, oldest first (reads on the caller's connection)."""
+        return [
+            {
+                "id": delivery_id,
+                "attempt": int(attempt),
+                "at": rfc3339(at),
+                "status_code": code,
+                "error": error,
+                "duration_ms": round(float(ms), 3),
+                "type": event_type,
+            }
+            for delivery_id, attempt, at, code, error, ms, event_type in _read(
+                self.db, self.pg, ATTEMPTS_SQL, (job_id,)
+            )
+        ]
+
+    def _due(self, now: float, limit: int) -> list[DueDelivery]:
+        rows = _read(self.db, self.pg, DUE_SQL, (now, limit))
+        return [DueDelivery(str(i), str(j), str(u), str(p), int(n)) for i, j, u, p, n in rows]
+
+    def _next_due(self) -> float | None:
+        rows = _read(self.db, self.pg, NEXT_DUE_SQL, ())
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    # ------------------------------------------------------------------- one pass
+    def run_once(self, now: float) -> int:
+        """Attempt the due deliveries there is room for, wait until they are recorded; how many."""
+        threads = self._dispatch(now)
+        for thread in threads:
+            thread.join()
+        return len(threads)
+
+    def _dispatch(self, now: float) -> list[threading.Thread]:
+        """Lease due rows and start one attempt thread for each; does not wait for them."""
+        with self._lock:
+            room = self.parallel - len(self._inflight)
+            busy = set(self._inflight)
+        if room <= 0:
+            return []
+        rows = [d for d in self._due(now, room + len(busy)) if d.id not in busy][:room]
+        if not rows:
+            return []
+        leased = self.writer.call(self._lease_op(rows, now))
+        threads = []
+        for delivery in rows:
+            if delivery.id not in leased:
+                continue  # another sender took it
+            with self._lock:
+                self._inflight.add(delivery.id)
+            thread = threading.Thread(
+                target=self._attempt, args=(delivery, now), name="jobserver-webhook-attempt", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _lease_op(self, rows: list[DueDelivery], now: float) -> Callable[[Tx], set[str]]:
+        until = now + self.lease_s
+
+        def op(tx: Tx) -> set[str]:
+            leased = set()
+            for d in rows:
+                cur = tx.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ? AND state = 'pending' "
+                    "AND attempts = ? AND next_attempt_at <= ?",
+                    (until, d.id, d.attempts, now),
+                )
+                if cur.rowcount == 1:
+                    leased.add(d.id)
+            return leased
+
+        return op
+
+    def _attempt(self, delivery: DueDelivery, now: float) -> None:
+        """One attempt of one delivery, then its record; never raises (runs on its own thread)."""
+        try:
+            result = deliver_once(
+                self.client,
+                delivery.url,
+                delivery.id,
+                delivery.payload.encode(),
+                self.secret,
+                now,
+                self.settings.allow_private,
+                self.settings.allow_hosts,
+                self.settings.timeout,
+            )
+            outcome = self._record(delivery, result, now)
+            self.on_attempt(outcome)
+        except Exception:
+            log.exception(
+                "webhook %s: the attempt could not be recorded; it is retried later",
+                delivery.id,
+                extra={"job_id": delivery.job_id, "action": "webhook_error"},
+            )
+        finally:
+            with self._lock:
+                self._inflight.discard(delivery.id)
+                self._idle.notify_all()
+            self._wake.set()  # a slot is free
+
+    def _record(self, delivery: DueDelivery, result: AttemptResult, now: float) -> str:
+        """Store the attempt and the delivery's next state in one transaction; the outcome word."""
+        number = delivery.attempts + 1
+        next_at: float | None = None
+        if result.outcome == "delivered":
+            state = "delivered"
+        elif result.outcome == "gave_up":
+            state = "failed"
+        else:
+            delay = next_delay(self.settings.retry_schedule, number, result.retry_after_s, self.rng)
+            state, next_at = ("failed", None) if delay is None else ("pending", now + delay)
+
+        def op(tx: Tx) -> bool:
+            if tx.one("SELECT 1 FROM webhook_deliveries WHERE id = ?", (delivery.id,)) is None:
+                return False  # the job was deleted or pruned meanwhile
+            tx.execute(
+                "INSERT INTO webhook_attempts (delivery_id, job_id, attempt, at, status_code, error, "
+                "duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.id,
+                    delivery.job_id,
+                    number,
+                    now,
+                    result.status_code,
+                    result.error,
+                    result.duration_ms,
+                ),
+            )
+            tx.execute(
+                "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ? "
+                "WHERE id = ? AND state = 'pending' AND attempts = ?",
+                (state, number, next_at, delivery.id, delivery.attempts),
+            )
+            return True
+
+        self.writer.call(op)
+        outcome = "retrying" if state == "pending" else state
+        self._log(delivery, result, number, outcome, next_at)
+        return outcome
+
+    def _log(
+        self, delivery: DueDelivery, result: AttemptResult, number: int, outcome: str, next_at: float | None
+    ) -> None:
+        extra = {"job_id": delivery.job_id, "action": f"webhook_{outcome}"}
+        if outcome == "delivered":
+            log.info(
+                "webhook %s delivered (attempt %d, HTTP %s)",
+                delivery.id,
+                number,
+                result.status_code,
+                extra=extra,
+            )
+        elif outcome == "retrying":
+            log.warning(
+                "webhook %s attempt %d failed (%s); next attempt at %s",
+                delivery.id,
+                number,
+                result.error,
+                rfc3339(next_at),
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "webhook %s given up after attempt %d (%s)", delivery.id, number, result.error, extra=extra
+            )
+
+    # ------------------------------------------------------------------ thread
+    def wake(self) -> None:
+        """Look for due deliveries now (safe from any thread; the store calls it after commit)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the loop thread."""
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait = IDLE_WAIT_S
+            try:
+                now = self.clock.now()
+                started = self._dispatch(now)
+                with self._lock:
+                    full = len(self._inflight) >= self.parallel
+                due = None if full else self._next_due()  # when full, a finished attempt wakes us
+                # A row already due that this pass did not start is in flight past its lease
+                # (or raced another sender): look again after the idle wait, not in a busy loop.
+                if due is not None and (started or due > now):
+                    wait = min(IDLE_WAIT_S, max(MIN_WAIT_S, due - self.clock.now()))
+            except Exception:
+                log.exception("webhook sender pass failed", extra={"action": "webhook_error"})
+            self._wake.wait(wait)
+        self.db.close()  # this thread's read connection
+
+    def stop(self) -> None:
+        """Stop picking deliveries; let attempts in flight finish briefly (the rest are retried later)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._idle.wait_for(lambda: not self._inflight, timeout=STOP_GRACE_S)
+            idle = not self._inflight
+        if self._owns_client and idle:
+            self.client.close()
