@@ -57,16 +57,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobserver: {exc}", file=sys.stderr)
         return 2
     from jobserver import logs
-    from jobserver.runtime import Runtime
+    from jobserver.runtime import Runtime, bind_listener
 
     logs.configure(settings.server.log_level, settings.server.log_format)
+    host, port = settings.server.host, settings.server.port
+    try:
+        sock = bind_listener(host, port)  # first: a server that cannot serve never claims a job
+    except OSError as exc:
+        print(
+            f"jobserver: cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
     runtime = Runtime(settings)
     try:
         runtime.open()
     except DatabaseInUseError as exc:
+        sock.close()
         print(f"jobserver: {exc}", file=sys.stderr)
         return 3
     except (StorageError, ImportError) as exc:
+        sock.close()
         print(f"jobserver: cannot start: {exc}", file=sys.stderr)
         return 1
     log.info(
@@ -76,5 +86,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.database.url.split("@")[-1],
         extra={"action": "start"},
     )
-    runtime.serve()
+    runtime.serve(sock)
     return 0

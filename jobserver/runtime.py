@@ -1,16 +1,18 @@
-"""Runtime: builds the parts, starts and stops them in order, handles signals.
+"""Runtime: starts and stops the parts in order, and handles signals.
 
-Start: lock the SQLite file (one server per file), open the database, create
-the schema, start the writer, rescue what a previous process left running,
-start the async-task loop, the worker threads and the maintenance thread, then
-serve HTTP. Stop (SIGTERM/SIGINT): refuse new jobs (503), let running jobs
-finish within the grace period, put the rest back as pending, flush, exit 0. A
-second signal exits at once; nothing accepted is lost, the next start rescues it.
+Start: bind the listening socket (a server that cannot serve never claims a
+job), lock the SQLite file (one server per file), build every part, rescue
+what a previous process left running, start the tasks' event loop, the
+webhook sender, the dispatcher, the worker threads and the maintenance thread,
+then serve HTTP. Stop (SIGTERM/SIGINT): refuse new jobs (503), let running
+jobs finish within the grace period, then record each one the grace period
+cut off (put back, or failed at once for an at-most-once task), flush, exit 0.
+A second signal exits at once; nothing accepted is lost, the next start
+rescues it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import gc
 import logging
@@ -19,32 +21,22 @@ import socket
 import sys
 import threading
 import time
-import uuid
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from jobserver.build import Parts, build
 from jobserver.core.clock import Clock, SystemClock
 from jobserver.core.config import Settings
 from jobserver.core.errors import DatabaseInUseError
-from jobserver.core.hub import Hub
-from jobserver.core.records import Claim, JobRecord
-from jobserver.core.tasks import Registry
-from jobserver.http.app import Services, create_app
-from jobserver.http.webhook_routes import webhook_routes
-from jobserver.ops.metrics import Metrics
-from jobserver.ops.retention import Pruner
-from jobserver.runner.engine import Engine
-from jobserver.runner.queue import WorkerPool
-from jobserver.runner.wakeup import Wakeup
-from jobserver.storage.models import create_schema, open_database
-from jobserver.storage.store import JobStore
-from jobserver.storage.writer import Writer
-from jobserver.webhooks.sender import WebhookSender, load_secret
+from jobserver.core.records import JobRecord
+from jobserver.runner.executor import STUCK_GRACE_S
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.001
+RECORD_TIMEOUT_S = 10.0  # how long the shutdown waits for its last writes to commit
 
 
 def lock_sqlite_file(path: Path) -> int:
@@ -59,87 +51,19 @@ def lock_sqlite_file(path: Path) -> int:
     return fd
 
 
-def watch_engine(engine: Engine, metrics: Metrics) -> None:
-    """Point the engine's hooks at the metrics (keeping any `on_finished` already set)."""
-    before = engine.on_finished
-
-    def on_finished(rec: JobRecord, claim: Claim) -> None:
-        before(rec, claim)
-        metrics.attempt_ended(rec, claim)
-
-    engine.on_finished = on_finished
-    engine.on_submitted = metrics.job_submitted
-    engine.on_claimed = metrics.attempt_started
-    engine.on_cancelled = metrics.job_finished
-    engine.on_rescued = metrics.jobs_rescued
-
-
-class AsyncLoop:
-    """The event loop that runs async tasks, on its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="jobserver-async", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-
-
-class Maintenance:
-    """One thread for the periodic passes; `run_once` is one tick (tests call it)."""
-
-    TICK_S = 0.05
-
-    def __init__(self, engine: Engine, settings: Settings, extra: list[tuple[float, Any]]) -> None:
-        self.engine = engine
-        lease = settings.workers.lease_seconds
-        self.passes: list[tuple[float, Any]] = [
-            (0.1, engine.watchdog_once),
-            (settings.events.progress_flush_interval, self._flush),
-            (max(0.5, lease / 3), engine.heartbeat_once),
-            (max(1.0, lease / 2), engine.rescue_once),
-            *extra,
-        ]
-        self._next = [0.0] * len(self.passes)
-        self.stop_flag = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="jobserver-maintenance", daemon=True)
-
-    def _flush(self) -> None:
-        fut = self.engine.reporter.flush_once(self.engine.clock.now())
-        if fut is not None:
-            fut.result()
-
-    def run_once(self, now: float) -> None:
-        for i, (interval, fn) in enumerate(self.passes):
-            if now >= self._next[i]:
-                self._next[i] = now + interval
-                try:
-                    fn()
-                except Exception:
-                    log.exception(
-                        "maintenance pass %s failed",
-                        getattr(fn, "__name__", fn),
-                        extra={"action": "maintenance_failed"},
-                    )
-
-    def _loop(self) -> None:
-        while not self.stop_flag.wait(self.TICK_S):
-            self.run_once(time.monotonic())
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.stop_flag.set()
-        self._thread.join(timeout=10)
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (OSError when it cannot be)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -154,72 +78,54 @@ class _Server(uvicorn.Server):
 
 
 class Runtime:
-    """Owns every long-lived part of one server process."""
+    """Owns one server process's parts from start to stop."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock_fd: int | None = None
         self.drain_requested = threading.Event()
         self._signals = 0
+        self._drained = False
         self.server: _Server | None = None
-        self.extra_routes: list[Any] = []
-        self.extra_passes: list[tuple[float, Any]] = []
+        self._loop_thread: threading.Thread | None = None
 
-    def open(self) -> None:
-        """Lock, open the database, build and start every part except HTTP."""
+    def open(self) -> Parts:
+        """Lock the SQLite file, build every part and start them; HTTP is served by `serve`."""
         # The API, the writer and the workers share one GIL; Python's default 5 ms switch
         # interval lets a busy thread keep a woken worker or the event loop waiting that long.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        s = self.settings
-        path = s.sqlite_path()
+        path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)
-        self.db = open_database(s.database.url, path, s.database.synchronous, s.database.busy_timeout)
-        create_schema(self.db)
-        self.registry = Registry.from_modules(s.tasks.modules)
-        self.writer = Writer(self.db, s.is_postgres)
-        self.writer.start()
-        self.store = JobStore(self.db, self.writer, s.is_postgres)
-        secret = load_secret(s.webhooks, self.db, self.writer, s.is_postgres)
-        self.webhook_sender = WebhookSender(
-            s.webhooks, self.db, self.writer, self.clock, secret, s.is_postgres
+        self.parts = p = build(self.settings, self.clock)
+        log.info(
+            "tasks registered: %s",
+            ", ".join(t.name for t in p.registry.all()) or "none",
+            extra={"action": "start"},
         )
-        self.store.on_outbox = self.webhook_sender.wake
-        self.webhook_sender.start()
-        self.pruner = Pruner(s.retention, self.writer, self.clock)
-        self.extra_passes.append((s.retention.interval, self.pruner.start_pass))
-        self.extra_routes.extend(webhook_routes(self.store, self.webhook_sender))
-        self.hub = Hub()
-        self.wakeup = Wakeup()
-        self.engine = Engine(
-            s, self.store, self.writer, self.registry, self.clock, self.hub, self.wakeup, self.owner
+        unknown = [task for task in p.store.waiting_tasks() if task not in p.registry]
+        if unknown:
+            log.warning(
+                "jobs of tasks this process does not know stay pending: %s", ", ".join(unknown),
+                extra={"action": "unknown_tasks"},
+            )  # fmt: skip
+        p.rescuer.rescue_once(every_other_owner=not self.settings.is_postgres)
+        self._loop_thread = threading.Thread(
+            target=p.tasks_loop.run_forever, name="jobserver-async", daemon=True
         )
-        self.metrics = Metrics(self.store.count_in, self.clock.now)
-        watch_engine(self.engine, self.metrics)
-        self.webhook_sender.on_attempt = self.metrics.webhook_delivery
-        self.engine.rescue_once(at_start=True)
-        self.async_loop = AsyncLoop()
-        self.async_loop.start()
-        self.engine.loop = self.async_loop.loop
-        self.pool = WorkerPool(self.engine, self.wakeup, s.workers.threads, s.workers.poll_interval)
-        self.pool.start()
-        self.maintenance = Maintenance(self.engine, s, self.extra_passes)
-        self.maintenance.start()
+        self._loop_thread.start()
+        p.webhook_sender.start()
+        p.dispatcher.start()
+        p.pool.start()
+        p.maintenance.start()
         gc.freeze()  # startup objects (modules, registry, schemas) need no more collection passes
-        self.app = create_app(
-            Services(
-                s,
-                self.engine,
-                self.store,
-                self.registry,
-                self.hub,
-                workers_alive=lambda: self.pool.alive() > 0,
-                extra_routes=self.extra_routes,
-                metrics=self.metrics,
-            )
-        )
+        return p
+
+    @property
+    def app(self) -> Any:
+        """The ASGI app."""
+        return self.parts.app
 
     def signal_received(self, sig: int) -> None:
         """Signal handler: first signal drains, a second one exits at once."""
@@ -229,11 +135,11 @@ class Runtime:
         else:
             os._exit(1)
 
-    def serve(self) -> None:
-        """Serve HTTP until a signal, then drain and close. Blocks."""
+    def serve(self, sock: socket.socket) -> None:
+        """Serve HTTP on the bound socket until a signal, then drain and close. Blocks."""
         s = self.settings.server
         config = uvicorn.Config(
-            self.app,
+            self.parts.app,
             host=s.host,
             port=s.port,
             loop="uvloop",
@@ -242,51 +148,60 @@ class Runtime:
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=2,
-            backlog=2048,
         )
         self.server = _Server(config, self)
         drainer = threading.Thread(target=self._drain_on_signal, name="jobserver-drain", daemon=True)
         drainer.start()
-        self.server.run()
+        self.server.run(sockets=[sock])
         self.close()
 
     def _drain_on_signal(self) -> None:
         self.drain_requested.wait()
+        grace = self.settings.workers.shutdown_grace_seconds
         log.info(
-            "draining: no new jobs; waiting up to %ss for running jobs",
-            self.settings.workers.shutdown_grace_seconds,
-            extra={"action": "drain"},
+            "draining: no new jobs; waiting up to %ss for running jobs", grace, extra={"action": "drain"}
         )
-        self.drain(self.settings.workers.shutdown_grace_seconds)
+        self.drain(grace)
         if self.server is not None:
             self.server.should_exit = True
 
     def drain(self, grace_s: float) -> None:
-        """Stop taking jobs, wait for running ones up to `grace_s`, put back the rest."""
-        self.engine.draining = True
-        self.pool.stop_flag.set()
-        self.wakeup.stop()
-        self.engine.release_ready()
-        deadline = time.monotonic() + grace_s
-        while self.engine.running_count() and time.monotonic() < deadline:
+        """Stop claiming, let running jobs finish within `grace_s`, then record each one
+        the grace period cut off, and wait until all of it is committed."""
+        if self._drained:
+            return
+        self._drained = True
+        p = self.parts
+        records: list[Future[JobRecord]] = p.executor.release_unstarted(p.dispatcher.stop_claiming())
+        self._wait_running(grace_s)
+        if p.executor.running_count():
+            p.executor.stop_all("shutdown")
+            self._wait_running(STUCK_GRACE_S)
+        for attempt in p.executor.running():  # stuck in a blocking call: record it without it
+            future = p.executor.abandon(attempt)
+            if future is not None:
+                records.append(future)
+        wait(records, timeout=RECORD_TIMEOUT_S)
+
+    def _wait_running(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.parts.executor.running_count() and time.monotonic() < deadline:
             time.sleep(0.02)
-        if self.engine.running_count():
-            self.engine.stop_all("shutdown")
-            hard = time.monotonic() + 3
-            while self.engine.running_count() and time.monotonic() < hard:
-                time.sleep(0.02)
 
     def close(self) -> None:
         """Stop everything in reverse order."""
-        if not self.engine.draining:
-            self.drain(0)
-        self.pool.stop(timeout_s=1)
-        self.engine.release_ready()  # claims that raced the drain
-        self.maintenance.stop()
-        self.maintenance._flush()
-        self.async_loop.stop()
-        self.webhook_sender.stop()
-        self.writer.stop()
+        p = self.parts
+        self.drain(0)
+        p.pool.stop(timeout_s=1)
+        p.maintenance.stop()
+        future = p.reporter.flush_once(self.clock.now())
+        if future is not None:
+            wait([future], timeout=RECORD_TIMEOUT_S)
+        p.tasks_loop.call_soon_threadsafe(p.tasks_loop.stop)
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=5)
+        p.webhook_sender.stop()
+        p.writer.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from jobserver.core.lifecycle import AttemptFacts, Outcome, Transition, decide
+from jobserver.core.records import Claim, JobRecord
+from jobserver.core.tasks import TaskOptions
+from jobserver.runner.executor import facts
 from jobserver.storage.models import create_schema, open_database
-from jobserver.storage.store import JobStore
+from jobserver.storage.store import JobStore, RescueDecider
 from jobserver.storage.writer import Writer
 
 
@@ -29,3 +33,26 @@ def claim_one(store: JobStore, owner: str, now: float, lease_s: float):  # type:
         10
     )
     return claims[0] if claims else None
+
+
+def end_attempt(
+    store: JobStore, claim: Claim, outcome: Outcome, now: float, options: TaskOptions | None = None
+) -> JobRecord:
+    """Decide and apply an attempt's ending, as the executor does (default: a task that retries)."""
+    t = decide(outcome, facts(claim), options or TaskOptions(max_attempts=claim.max_attempts), now, 0.5)
+    assert t is not None
+    return store.apply(t, lambda rec: None).result(10)
+
+
+def crash_decider(on_crash: Callable[[str], str]) -> RescueDecider:
+    """A rescue decision with each task's `on_crash` given by `on_crash(task)`."""
+
+    def decide_crash(job: AttemptFacts, task: str, cancel_requested: bool, now: float) -> Transition | None:
+        options = TaskOptions(on_crash="fail" if on_crash(task) == "fail" else "retry")
+        return decide(Outcome.crashed(cancel_requested), job, options, now, 0.5)
+
+    return decide_crash
+
+
+def rescued_records(pairs: list[tuple[Transition, JobRecord]]) -> list[JobRecord]:
+    return [rec for _, rec in pairs]

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobserver.core.lifecycle import Ending, Status, Transition
 from jobserver.core.records import Claim, JobRecord
 from jobserver.ops.metrics import Metrics
 from tests.e2e import Server, has_line, start_server, wait_until
@@ -144,8 +145,9 @@ def test_each_app_has_its_own_registry_and_the_webhook_hook_counts() -> None:
     a = Metrics(lambda statuses: {"pending": 2}, lambda: 100.0)
     b = Metrics(lambda statuses: {}, lambda: 100.0)
     claim = Claim("j1", "t", "{}", 1, 3, 1, None, started_at=10.0, run_at=4.0)
-    a.attempt_started(claim)
-    a.attempt_ended(_record("t", "completed", 10.0, 12.5), claim)
+    a.claimed(claim)
+    done = Transition("j1", 1, Ending.COMPLETED, Status.COMPLETED, at=12.5, result_json="1")
+    a.transitioned(done, _record("t", "completed", 10.0, 12.5), claim)
     a.webhook_delivery("delivered")
     a.webhook_delivery("retrying")
     text_a, text_b = a.render().decode(), b.render().decode()

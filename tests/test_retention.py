@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,16 @@ import pytest
 
 from jobserver.core.clock import ManualClock
 from jobserver.core.config import RetentionSettings
+from jobserver.core.errors import Fail
+from jobserver.core.lifecycle import Outcome
 from jobserver.core.records import JobIds, NewJob
 from jobserver.ops.retention import CHILD_TABLES, EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, Pruner, child_delete_sql
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
+from jobserver.webhooks.outbox import Outbox
 from tests.e2e import start_server, wait_until
-from tests.storage import claim_one
+from tests.storage import claim_one, end_attempt
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -46,16 +50,9 @@ class Seed:
             claim = claim_one(self.store, "owner", at, 30.0)
             assert claim is not None and claim.job_id == job_id
             if status == "completed":
-                self.store.complete(claim, "1", at, lambda rec: None).result()
+                end_attempt(self.store, claim, Outcome.completed("1"), at)
             elif status == "failed":
-                self.store.fail(
-                    claim,
-                    {"type": "E", "message": "m", "traceback": None},
-                    at,
-                    None,
-                    "failed",
-                    lambda rec: None,
-                ).result()
+                end_attempt(self.store, claim, Outcome.raised(Fail("m")), at)
 
         def extras(tx: Tx) -> None:
             tx.execute(
@@ -97,7 +94,7 @@ def seed(tmp_path: Path) -> Iterator[Seed]:
     create_schema(db)
     writer = Writer(db, False)
     writer.start()
-    yield Seed(db, writer, JobStore(db, writer, False))
+    yield Seed(db, writer, JobStore(db, writer, False, Outbox(threading.Event()).record))
     writer.stop()
     db.close()
 

@@ -19,15 +19,18 @@ from standardwebhooks.webhooks import Webhook
 
 from jobserver.core.clock import ManualClock
 from jobserver.core.config import WebhooksSettings
+from jobserver.core.errors import Fail
+from jobserver.core.lifecycle import Outcome
 from jobserver.core.records import JobIds, NewJob
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
 from jobserver.webhooks import payload as webhooks
+from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
 from tests.e2e import free_port, wait_until
 from tests.receiver import Receiver, Reply
-from tests.storage import claim_one
+from tests.storage import claim_one, crash_decider, end_attempt, rescued_records
 
 SECRET = webhooks.generate_secret()
 SCHEDULE = (5.0, 60.0, 300.0)
@@ -43,6 +46,7 @@ class Env:
     sent: list[str]  # every URL the sender's client requested
     client: httpx.Client
     senders: list[WebhookSender]
+    outbox_wake: threading.Event  # set by the store's outbox after a delivery row commits
 
     def sender(self, **settings: Any) -> WebhookSender:
         options: dict[str, Any] = {"allow_hosts": ("127.0.0.1",), "retry_schedule": SCHEDULE, "timeout": 5.0}
@@ -56,6 +60,7 @@ class Env:
             False,
             client=self.client,
             rng=random.Random(7),
+            wake=self.outbox_wake,
         )
         self.senders.append(s)
         return s
@@ -83,10 +88,9 @@ class Env:
         claim = claim_one(self.store, "owner", now, 30.0)
         assert claim is not None and claim.job_id == job_id
         if status == "completed":
-            self.store.complete(claim, "42", now, lambda rec: None).result()
+            end_attempt(self.store, claim, Outcome.completed("42"), now)
         else:
-            error = {"type": "ValueError", "message": "boom", "traceback": None}
-            self.store.fail(claim, error, now, None, "failed", lambda rec: None).result()
+            end_attempt(self.store, claim, Outcome.raised(Fail("boom")), now)
         return job_id
 
 
@@ -96,7 +100,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
     create_schema(db)
     writer = Writer(db, False)
     writer.start()
-    store = JobStore(db, writer, False)
+    outbox_wake = threading.Event()
+    store = JobStore(db, writer, False, Outbox(outbox_wake).record)
     receiver = Receiver().start()
     sent: list[str] = []
     client = httpx.Client(
@@ -104,7 +109,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
         follow_redirects=False,
         event_hooks={"request": [lambda request: sent.append(str(request.url))]},
     )
-    e = Env(db, writer, store, ManualClock(time.time()), receiver, sent, client, [])
+    e = Env(db, writer, store, ManualClock(time.time()), receiver, sent, client, [], outbox_wake)
     yield e
     for s in e.senders:
         s.stop()
@@ -271,8 +276,7 @@ def test_url_no_longer_allowed_is_refused_without_a_request(env: Env) -> None:
 
 
 def test_every_final_status_commit_wakes_the_sender(env: Env) -> None:
-    woken = threading.Event()
-    env.store.on_outbox = woken.set
+    woken = env.outbox_wake
     url = env.receiver.url("/hook")
     for status in ("completed", "failed", "cancelled"):
         woken.clear()
@@ -288,14 +292,15 @@ def test_every_final_status_commit_wakes_the_sender(env: Env) -> None:
         NewJob(job_id, "tests.task", "{}", 0, 1, None, url, None, now, now), None, lambda: None
     ).result()
     claim_one(env.store, "dead-owner", now, 1.0)
-    rescued = env.store.rescue(now + 5, "me", False, lambda task: "fail", lambda: None).result()
-    assert [r.status for r in rescued] == ["failed"]
+    rescued = env.store.rescue(
+        now + 5, "me", False, crash_decider(lambda task: "fail"), lambda: None
+    ).result()
+    assert [r.status for r in rescued_records(rescued)] == ["failed"]
     assert woken.is_set()
 
 
 def test_the_thread_delivers_promptly_and_a_slow_receiver_holds_up_only_itself(env: Env) -> None:
     sender = env.sender()
-    env.store.on_outbox = sender.wake
     sender.start()
     gate = threading.Event()
     env.receiver.script("/slow", Reply(200, gate=gate))

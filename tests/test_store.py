@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError
+from jobserver.core.lifecycle import Outcome
 from jobserver.core.records import Claim, JobIds, NewJob
 from jobserver.storage.store import JobStore
-from tests.storage import open_store
+from tests.storage import crash_decider, end_attempt, open_store, rescued_records
 
 IDS = JobIds()
 NOW = 1_700_000_000.0
@@ -74,13 +75,15 @@ def test_stale_attempt_writes_are_refused(tmp_path: Path) -> None:
         job_id = add(store, max_attempts=3)
         first = claim(store, "old", NOW, 30)
         # the lease expires; the job is rescued and claimed again by another worker
-        rescued = store.rescue(NOW + 31, "new", False, lambda t: "retry", lambda: None).result(10)
-        assert [r.id for r in rescued] == [job_id]
+        rescued = store.rescue(NOW + 31, "new", False, crash_decider(lambda t: "retry"), lambda: None).result(
+            10
+        )
+        assert [r.id for r in rescued_records(rescued)] == [job_id]
         second = claim(store, "new", NOW + 31, 30)
         assert second.run_seq == first.run_seq + 1
         with pytest.raises(StaleAttemptError):
-            store.complete(first, '"old"', NOW + 32, lambda rec: None).result(10)
-        store.complete(second, '"new"', NOW + 33, lambda rec: None).result(10)
+            end_attempt(store, first, Outcome.completed('"old"'), NOW + 32)
+        end_attempt(store, second, Outcome.completed('"new"'), NOW + 33)
         assert store.get(job_id).result == '"new"'
 
 
@@ -89,8 +92,8 @@ def test_rescue_only_past_the_horizon(tmp_path: Path) -> None:
         expired, fresh = add(store, run_at=NOW - 200), add(store, run_at=NOW - 200)
         claim(store, "a", NOW - 100, 30)  # lease ended at NOW - 70
         claim(store, "b", NOW - 10, 30)  # lease ends at NOW + 20
-        rescued = store.rescue(NOW, "me", False, lambda t: "retry", lambda: None).result(10)
-        assert [r.id for r in rescued] == [expired]
+        rescued = store.rescue(NOW, "me", False, crash_decider(lambda t: "retry"), lambda: None).result(10)
+        assert [r.id for r in rescued_records(rescued)] == [expired]
         assert store.get(expired).status == "pending"
         assert store.get(fresh).status == "running"
 
@@ -104,7 +107,7 @@ def test_rescue_per_on_crash_and_cap(tmp_path: Path) -> None:
             for _ in range(2):
                 claim(store, "x", t, 1)
             store.rescue(
-                t + 5, "me", False, lambda t: "fail" if t == "once" else "retry", lambda: None
+                t + 5, "me", False, crash_decider(lambda t: "fail" if t == "once" else "retry"), lambda: None
             ).result(10)
         assert store.get(fail_fast).status == "failed"
         crashed = store.get(capped)

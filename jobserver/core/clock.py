@@ -12,32 +12,44 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """Where `now` comes from."""
+    """Where `now` (wall time, stored on rows) and `monotonic` (deadlines) come from."""
 
     def now(self) -> float:
         """Seconds since the epoch, UTC."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back; only differences mean anything."""
+        ...
+
 
 class SystemClock:
-    """The real wall clock."""
+    """The real clocks."""
 
     def now(self) -> float:
         return time.time()
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
 
 class ManualClock:
-    """A clock that moves only when told; for tests."""
+    """Clocks that move only when told, both by the same amount; for tests."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
+        self._monotonic = 1_000.0
 
     def now(self) -> float:
         return self._now
 
+    def monotonic(self) -> float:
+        return self._monotonic
+
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         self._now += seconds
+        self._monotonic += seconds
 
 
 @functools.lru_cache(maxsize=4096)

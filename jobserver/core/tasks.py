@@ -215,6 +215,15 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 
+    def find(self, name: str) -> TaskDef | None:
+        """The task, or None when this process does not know it."""
+        return self._tasks.get(name)
+
+    def options(self, name: str) -> TaskOptions | None:
+        """The task's options, or None when this process does not know it."""
+        taskdef = self._tasks.get(name)
+        return None if taskdef is None else taskdef.options
+
     def all(self) -> list[TaskDef]:
         """Every task, sorted by name."""
         return [self._tasks[n] for n in sorted(self._tasks)]

@@ -1,6 +1,6 @@
 """The HTTP API: a Starlette app factory, its handlers and the request guards.
 
-Handlers parse and validate input, call the engine or the store, and shape
+Handlers parse and validate input, call the job commands or the store, and shape
 answers; errors become RFC 9457 problem documents through `problems.py`. Reads
 run in a worker thread (never on the event loop); writes go through the writer
 and are awaited. No Huey, no Peewee, no SQL here.
@@ -30,14 +30,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from jobserver.core.config import Settings
 from jobserver.core.errors import JobNotFoundError, JobServerError
 from jobserver.core.hub import Hub
+from jobserver.core.lifecycle import FINISHED
 from jobserver.core.schemas import GetQuery, ListQuery, SubmitBody
 from jobserver.core.tasks import Registry
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import problem, problem_for, validation_problem
 from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobserver.ops.metrics import Metrics
-from jobserver.runner.engine import Engine
-from jobserver.storage.store import FINISHED, JobStore
+from jobserver.runner.commands import JobCommands
+from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -60,7 +61,7 @@ class Services:
     """What the handlers need, passed explicitly (no globals)."""
 
     settings: Settings
-    engine: Engine
+    commands: JobCommands
     store: JobStore
     registry: Registry
     hub: Hub
@@ -126,7 +127,7 @@ def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
 
 def create_app(svc: Services) -> Starlette:
     """Build the ASGI app."""
-    settings, engine, store = svc.settings, svc.engine, svc.store
+    settings, commands, store = svc.settings, svc.commands, svc.store
     readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
 
     async def read(fn: Callable[..., T], *args: Any) -> T:
@@ -186,7 +187,7 @@ def create_app(svc: Services) -> Starlette:
                     }
                 ],
             )
-        record, replayed = await engine.submit(body, idem_key, key_scope(request), parsed)
+        record, replayed = await commands.submit(body, idem_key, key_scope(request), parsed)
         headers = {"Location": f"/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -229,15 +230,15 @@ def create_app(svc: Services) -> Starlette:
         return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
 
     async def cancel(request: Request) -> Response:
-        record = await engine.cancel(request.path_params["job_id"])
+        record = await commands.cancel(request.path_params["job_id"])
         return JSON(record.to_api(), status_code=202)
 
     async def retry(request: Request) -> Response:
-        record = await engine.retry(request.path_params["job_id"])
+        record = await commands.retry(request.path_params["job_id"])
         return JSON(record.to_api(), status_code=202)
 
     async def delete(request: Request) -> Response:
-        await engine.delete(request.path_params["job_id"])
+        await commands.delete(request.path_params["job_id"])
         return Response(status_code=204)
 
     async def events(request: Request) -> Response:
@@ -309,9 +310,9 @@ def create_app(svc: Services) -> Starlette:
             checks["database"] = f"error: {exc}"
         if not svc.workers_alive():
             checks["workers"] = "not running"
-        ok = all(v == "ok" for v in checks.values()) and not engine.draining
+        ok = all(v == "ok" for v in checks.values()) and not commands.draining
         return JSON(
-            {"status": "ready" if ok else "not ready", "checks": checks, "draining": engine.draining},
+            {"status": "ready" if ok else "not ready", "checks": checks, "draining": commands.draining},
             status_code=200 if ok else 503,
         )
 

@@ -5,7 +5,6 @@ schemas (job, job list, problem document) and the submit body: a union
 discriminated by `task`, one member per registered task whose `args` is that
 task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`).
 
-Imports schemas and tasks only; never Starlette, the engine or the store.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Metrics: the Prometheus counters, gauges and histograms of one server process.
 
 Everything lives in a per-app `CollectorRegistry` owned by a `Metrics` object
-(no module globals, so several apps in one process never share counts). The
-engine calls the event methods through its hooks (`on_submitted`, `on_claimed`,
-`on_finished`, `on_cancelled`, `on_rescued`); the webhook sender calls
-`webhook_delivery(outcome)`. The pending and running gauges are read from the
+(no module globals, so several apps in one process never share counts). It is
+an observer of the job lifecycle, and the webhook sender reports each delivery
+attempt to it. The pending and running gauges are read from the
 database at scrape time, so `render()` must run in a worker thread, never on
 the event loop.
-
-Imports records and store constants only; never Starlette, Huey or Peewee.
 """
 
 from __future__ import annotations
@@ -20,12 +17,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobserver.core.lifecycle import Transition
 from jobserver.core.records import Claim, JobRecord
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-FINISHED = frozenset({"completed", "failed", "cancelled"})
 DURATION_BUCKETS_S = (
     0.005,
     0.01,
@@ -86,7 +83,7 @@ class Metrics:
         self.now = now
         self.registry = CollectorRegistry()
         r = self.registry
-        self.submitted = Counter(
+        self.submitted_total = Counter(
             "jobserver_jobs_submitted", "Jobs accepted by POST /jobs.", ["task"], registry=r
         )
         self.finished = Counter(
@@ -119,34 +116,28 @@ class Metrics:
             self.webhook_deliveries.labels(outcome)
         r.register(_QueueGauges(status_counts))
 
-    # ----------------------------------------------------------- engine hooks
-    def job_submitted(self, rec: JobRecord) -> None:
+    # ------------------------------------------------- lifecycle observer
+    def submitted(self, rec: JobRecord) -> None:
         """A new job was accepted (not an idempotent replay)."""
-        self.submitted.labels(rec.task).inc()
+        self.submitted_total.labels(rec.task).inc()
 
-    def attempt_started(self, claim: Claim) -> None:
-        """A worker claimed a job: observe how long it waited past its run_at."""
+    def claimed(self, claim: Claim) -> None:
+        """An attempt started: observe how long it waited past its run_at."""
         if claim.run_at is not None:
             self.queue_wait.labels(claim.task).observe(max(0.0, claim.started_at - claim.run_at))
 
-    def attempt_ended(self, rec: JobRecord, claim: Claim) -> None:
-        """An attempt's outcome was recorded (completed, failed, retry scheduled or put back)."""
-        put_back = rec.status == "pending" and rec.attempts < claim.attempt  # a drain released it
-        if not put_back:
-            end = rec.finished_at if rec.finished_at is not None else self.now()
-            self.attempt_duration.labels(claim.task).observe(max(0.0, end - claim.started_at))
-        self.job_finished(rec)
-
-    def job_finished(self, rec: JobRecord) -> None:
-        """Count the job when `rec` shows it in a final status."""
-        if rec.status in FINISHED:
+    def transitioned(self, transition: Transition, rec: JobRecord, claim: Claim | None) -> None:
+        """An attempt ended (`claim`) or the rescue recovered a job (no claim)."""
+        if claim is None:
+            self.rescued.labels(rec.task).inc()
+        elif transition.counts_attempt:
+            self.attempt_duration.labels(claim.task).observe(max(0.0, transition.at - claim.started_at))
+        if transition.finished:
             self.finished.labels(rec.task, rec.status).inc()
 
-    def jobs_rescued(self, records: Sequence[JobRecord]) -> None:
-        """Jobs recovered by the rescuer; the ones it ended (Crashed, cancelled) count as finished."""
-        for rec in records:
-            self.rescued.labels(rec.task).inc()
-            self.job_finished(rec)
+    def cancelled(self, rec: JobRecord) -> None:
+        """A job that was not running was cancelled."""
+        self.finished.labels(rec.task, rec.status).inc()
 
     # ---------------------------------------------------------- sender hook
     def webhook_delivery(self, outcome: str) -> None:

@@ -14,7 +14,6 @@ The maintenance thread starts a pass every `retention.interval` (`start_pass`)
 on a thread of its own, so a long prune never delays its other passes.
 Every statement is served by an index (see `tests/test_retention.py`).
 
-Imports clock, config, writer; never Starlette, Huey or the engine.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attempt: one run of a job, seen from the engine side.
+"""Attempt: one run of a job, seen from the executor side.
 
 Owns what an attempt needs while it runs: its claim (the fencing token
 `run_seq`), the stop flag and reason (cancel, timeout, stale, shutdown), the
@@ -8,7 +8,7 @@ stored step results, and, for a sync task, the thread to interrupt. The
 Interrupting a sync task uses CPython's `PyThreadState_SetAsyncExc`: the
 exception is raised in the task's thread at its next Python instruction. It
 cannot interrupt a blocking C call (a long `time.sleep`, a socket read without
-timeout); the engine then gives the job up after a grace period and replaces
+timeout); the executor then gives the job up after a grace period and replaces
 the stuck worker thread.
 """
 
@@ -17,18 +17,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import orjson
 
+from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, NotJSONSerializableError, StaleAttemptError, Timeout
 from jobserver.core.records import Claim
-from jobserver.storage.writer import Tx
+from jobserver.runner.reporter import Reporter
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Tx, Writer
 
-if TYPE_CHECKING:
-    from jobserver.runner.engine import Engine
+StopReason = Literal["cancel", "timeout", "stale", "shutdown"]
 
 
 def to_json(value: Any, what: str) -> str:
@@ -42,14 +43,19 @@ def to_json(value: Any, what: str) -> str:
 
 
 class Attempt:
-    """The engine's handle on one running attempt."""
+    """The executor's handle on one running attempt."""
 
-    def __init__(self, engine: Engine, claim: Claim, is_async: bool) -> None:
-        self.engine = engine
+    def __init__(
+        self, claim: Claim, is_async: bool, steps: JobStore, writer: Writer, reporter: Reporter, clock: Clock
+    ) -> None:
         self.claim = claim
+        self._steps_store = steps
+        self._writer = writer
+        self._reporter = reporter
+        self._clock = clock
         self.is_async = is_async
         self.stop_requested = threading.Event()
-        self.stop_reason: str | None = None  # "cancel" | "timeout" | "stale" | "shutdown"
+        self.stop_reason: StopReason | None = None
         self._steps: dict[str, Any] | None = None  # stored step results, read at the first step
         self._used_steps: set[str] = set()
         self._lock = threading.Lock()
@@ -62,13 +68,13 @@ class Attempt:
         self._ended = False
 
     # ------------------------------------------------------------ stopping
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: StopReason) -> None:
         """Ask the attempt to stop: set the flag, cancel the coroutine or interrupt the thread."""
         with self._lock:
             if self.stop_requested.is_set():
                 return
             self.stop_reason = reason
-            self.stop_at = time.monotonic()
+            self.stop_at = self._clock.monotonic()
             self.stop_requested.set()
             if self._thread_id is not None:
                 exc = Timeout if reason == "timeout" else Cancelled
@@ -116,7 +122,7 @@ class Attempt:
         self.request_stop("stale")
 
     def report_progress(self, current: float, total: float | None, message: str | None) -> None:
-        self.engine.reporter.progress(
+        self._reporter.progress(
             self.claim.job_id,
             self.claim.run_seq,
             self._on_stale,
@@ -124,9 +130,7 @@ class Attempt:
         )
 
     def report_log(self, message: str) -> None:
-        self.engine.reporter.log(
-            self.claim.job_id, self.claim.run_seq, self._on_stale, message, self.engine.clock.now()
-        )
+        self._reporter.log(self.claim.job_id, self.claim.run_seq, self._on_stale, message, self._clock.now())
 
     # ---------------------------------------------------------------- steps
     def _begin_step(self, name: str) -> tuple[bool, Any]:
@@ -139,7 +143,7 @@ class Attempt:
         return False, None
 
     def _save_step_op(self, name: str, result_json: str, started: float) -> Callable[[Tx], None]:
-        claim, now = self.claim, self.engine.clock.now()
+        claim, now = self.claim, self._clock.now()
 
         def op(tx: Tx) -> None:
             cur = tx.execute(
@@ -157,28 +161,28 @@ class Attempt:
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if self._steps is None:
-            self._steps = self.engine.store.step_results(self.claim.job_id)
+            self._steps = self._steps_store.step_results(self.claim.job_id)
         done, value = self._begin_step(name)
         if done:
             return value
-        started = self.engine.clock.now()
+        started = self._clock.now()
         result_json = to_json(fn(*args, **kwargs), f"the result of step {name!r}")
-        self.engine.writer.call(self._save_step_op(name, result_json, started))
+        self._writer.call(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
 
     async def step_async(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if self._steps is None:  # read off the tasks' event loop
-            self._steps = await asyncio.to_thread(self.engine.store.step_results, self.claim.job_id)
+            self._steps = await asyncio.to_thread(self._steps_store.step_results, self.claim.job_id)
         done, value = self._begin_step(name)
         if done:
             return value
-        started = self.engine.clock.now()
+        started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
             raw = await fn(*args, **kwargs)
         else:
             raw = await asyncio.to_thread(fn, *args, **kwargs)
         result_json = to_json(raw, f"the result of step {name!r}")
-        await self.engine.writer.acall(self._save_step_op(name, result_json, started))
+        await self._writer.acall(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)

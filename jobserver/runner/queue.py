@@ -1,71 +1,56 @@
-"""The Huey side: a Huey storage whose queue IS the job table, and its worker threads.
+"""The Huey side: Huey runs the sync worker threads; our job table is the queue.
 
 Huey's stock SQL storage deletes a queue row when a worker takes it, so a crash
 between that delete and the job being marked running strands the job. Here
-there is no second queue: `dequeue` is the claim (a conditional UPDATE of the
-job row), so nothing can be stranded and a duplicate wake-up does nothing. The
-storage is "blocking": an idle worker waits on the in-process `Wakeup` (a
-submit's commit wakes it in microseconds) or, at the latest, `poll_interval`
-(for delayed jobs, retries and other nodes). Messages are JSON, never pickle.
-
-Imports engine, records, wakeup; Huey.
+there is no second queue: a worker's `dequeue` asks the dispatcher for a claim
+(a conditional UPDATE of the job row), so nothing can be stranded and a
+duplicate wake-up does nothing. The storage is "blocking": an idle worker
+waits on the in-process `Wakeup` (a commit wakes it in microseconds) or, at
+the latest, the poll interval. A claim reaches its worker as the Python object
+itself: the serializer passes messages through, nothing is encoded or decoded.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
-import orjson
 from huey import Huey
-from huey.api import Task
 from huey.constants import EmptyData
 from huey.consumer import Worker
-from huey.registry import Message
 from huey.serializer import Serializer
 from huey.storage import BlackHoleStorage
 
 from jobserver.core.records import Claim
-from jobserver.runner.engine import Engine
-from jobserver.runner.wakeup import Wakeup
-
-log = logging.getLogger(__name__)
+from jobserver.runner.dispatcher import Dispatcher
+from jobserver.runner.executor import Executor
 
 
-class JSONSerializer(Serializer):
-    """Huey messages as JSON (a message carries only a claim)."""
+class PassThroughSerializer(Serializer):
+    """Messages never leave the process: hand them over as they are."""
 
-    def _serialize(self, data: Any) -> bytes:
-        return orjson.dumps(list(data))
+    def _serialize(self, data: Any) -> Any:
+        return data
 
-    def _deserialize(self, data: bytes) -> Any:
-        return Message(*orjson.loads(data))
+    def _deserialize(self, data: Any) -> Any:
+        return data
 
 
 class JobTableStorage(BlackHoleStorage):
-    """A Huey storage backed by our job table: dequeue claims a job."""
+    """A Huey storage whose `dequeue` is a claim from the dispatcher."""
 
     blocking = True
     priority = True
 
-    def __init__(self, name: str = "jobserver", **kwargs: Any) -> None:
+    def __init__(self, name: str, pool: WorkerPool, **kwargs: Any) -> None:
         super().__init__(name)
-        self.claim: Callable[[], bytes | None] = lambda: None
-        self.idle_wait: Callable[[], None] = lambda: None
-        self.wake: Callable[[], None] = lambda: None
+        self.pool = pool
 
-    def enqueue(self, data: bytes, priority: float | None = None) -> None:
-        """Jobs are inserted by the store in the submit transaction; this only wakes a worker."""
-        self.wake()
+    def enqueue(self, data: Any, priority: float | None = None) -> None:
+        """Jobs are inserted by the store in the submit transaction; nothing to do here."""
 
-    def dequeue(self) -> bytes | None:
-        data = self.claim()
-        if data is None:
-            self.idle_wait()
-        return data
+    def dequeue(self) -> Any:
+        return self.pool.next_message()
 
     def peek_data(self, key: str) -> Any:
         return EmptyData
@@ -74,56 +59,53 @@ class JobTableStorage(BlackHoleStorage):
 class WorkerPool:
     """`threads` Huey worker threads; a stuck thread is replaced, never waited on."""
 
-    def __init__(self, engine: Engine, wakeup: Wakeup, threads: int, poll_interval_s: float) -> None:
-        self.engine = engine
-        self.wakeup = wakeup
-        self.poll_interval_s = poll_interval_s
+    def __init__(self, dispatcher: Dispatcher, executor: Executor, threads: int) -> None:
+        self.dispatcher = dispatcher
+        self.executor = executor
         self.stop_flag = threading.Event()
         self.huey = Huey(
-            "jobserver", results=False, utc=True, serializer=JSONSerializer(), storage_class=JobTableStorage
+            "jobserver",
+            results=False,
+            utc=True,
+            serializer=PassThroughSerializer(),
+            storage_class=JobTableStorage,
+            pool=self,
         )
         self._local = threading.local()
         self._execute = self.huey.task(name="jobserver.execute")(self._run_claim)
-        storage: JobTableStorage = self.huey.storage
-        storage.claim = self._claim_message
-        storage.idle_wait = self._idle_wait
-        storage.wake = wakeup.notify
         self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
         self._count = threads
         self._seq = 0
-        engine.on_thread_abandoned = self._spawn
 
-    def _run_claim(self, claim: dict[str, Any]) -> None:
-        if not self.engine.execute(Claim(**claim)):
+    def _run_claim(self, claim: Claim) -> None:
+        if not self.executor.execute(claim):
             self._local.retire = True
 
-    def _claim_message(self) -> bytes | None:
-        claim = self.engine.claim_next()
+    def next_message(self) -> Any:
+        """A Huey message carrying the next claim for this worker thread, or None after an idle wait."""
+        claim = self.dispatcher.next_sync()
         if claim is None:
+            if not self.stop_flag.is_set():
+                self.dispatcher.idle_wait()
             return None
-        task: Task = self._execute.s(asdict(claim))
-        data: bytes = self.huey.serializer.serialize(self.huey._registry.create_message(task))
-        return data
-
-    def _idle_wait(self) -> None:
-        if self.stop_flag.is_set():
-            return
-        timeout = self.poll_interval_s
-        due = self.engine.next_due_in()
-        if due is not None:
-            timeout = min(timeout, due)
-        if timeout > 0:
-            self.wakeup.wait(timeout)
+        return self.huey.serialize_task(self._execute.s(claim))
 
     def start(self) -> None:
         """Start the worker threads."""
         for _ in range(self._count):
             self._spawn()
 
+    def replace(self, abandoned: int) -> None:
+        """Start a new thread for each one given up as stuck."""
+        for _ in range(abandoned):
+            self._spawn()
+
     def _spawn(self) -> None:
-        self._seq += 1
-        thread = threading.Thread(target=self._loop, name=f"jobserver-worker-{self._seq}", daemon=True)
-        self._threads.append(thread)
+        with self._lock:
+            self._seq += 1
+            thread = threading.Thread(target=self._loop, name=f"jobserver-worker-{self._seq}", daemon=True)
+            self._threads.append(thread)
         thread.start()
 
     def _loop(self) -> None:
@@ -133,12 +115,12 @@ class WorkerPool:
 
     def alive(self) -> int:
         """How many worker threads are running."""
-        self._threads = [t for t in self._threads if t.is_alive()]
-        return len(self._threads)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            return len(self._threads)
 
     def stop(self, timeout_s: float) -> None:
         """Stop taking jobs and wait up to `timeout_s` for the threads to leave."""
         self.stop_flag.set()
-        self.wakeup.stop()
         for thread in list(self._threads):
             thread.join(timeout=timeout_s)

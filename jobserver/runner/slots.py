@@ -4,7 +4,7 @@ Owns the per-process capacity: sync slots (`workers.threads`), async slots
 (`workers.async_concurrency`), each task's `concurrency` cap, and the measured run
 time of each sync task. Claims are planned and accepted on the writer thread,
 inside the claim transaction, so two claims can never both take the last slot;
-a rolled-back claim gives its reservations back. Imports records, tasks, writer.
+a rolled-back claim gives its reservations back.
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ class Slots:
         self._async = 0
         self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
         self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
+        self._unknown_seen = False  # a candidate's task is unknown here: claims name the known tasks
+
+    def has_async_tasks(self) -> bool:
+        return any(t.is_async for t in self._tasks)
+
+    def free_async(self) -> int:
+        """Async slots free now."""
+        with self._lock:
+            return self.async_concurrency - self._async
 
     def is_async(self, task: str) -> bool:
         td = self._by_name.get(task)
@@ -60,8 +69,8 @@ class Slots:
             ]
         sync_room = free_sync + PREFETCH_MAX if free_sync > 0 else 0
         limit = sync_room + min(max(0, free_async), ASYNC_PER_CLAIM)
-        if not excluded:
-            return limit, None  # any task, even one this process does not know (it fails the job)
+        if not excluded and not self._unknown_seen:
+            return limit, None  # any task: the fast path, until a job of an unknown task shows up
         return limit, [t.name for t in self._tasks if t.name not in excluded]
 
     def accept(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
@@ -75,7 +84,10 @@ class Slots:
             extra = 0
             for job_id, task in candidates:
                 td = self._by_name.get(task)
-                is_async = td is not None and td.is_async
+                if td is None:  # never claimed here: it stays pending for a process that knows it
+                    self._unknown_seen = True
+                    continue
+                is_async = td.is_async
                 if is_async and self._async >= self.async_concurrency:
                     continue
                 if not is_async and self._sync >= self.threads:
@@ -84,7 +96,7 @@ class Slots:
                         continue
                     budget -= cost
                     extra += 1
-                cap = td.options.concurrency if td is not None else None
+                cap = td.options.concurrency
                 if cap is not None and self._per_task[task] >= cap:
                     continue
                 self._add(task, is_async, +1)

@@ -30,12 +30,10 @@ from jobserver.core.errors import (
     JobNotRetryableError,
     StaleAttemptError,
 )
+from jobserver.core.lifecycle import FINISHED, AttemptFacts, Status, Transition
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
-from jobserver.storage.models import FINISHED_STATES
 from jobserver.storage.writer import Tx, Writer
-from jobserver.webhooks.payload import build_payload, event_type_for
 
-FINISHED = FINISHED_STATES
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
 # so the claim's index range holds only due jobs and an idle claim never scans future ones.
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
@@ -55,7 +53,10 @@ def waiting_status(run_at: float, now: float) -> str:
     return "scheduled" if run_at > now else "pending"
 
 
-MIN_CRASH_ATTEMPTS = 3  # a crash-looping job is given up after max(max_attempts, 3) attempts
+# Called inside a transaction that changed a job (the webhook outbox): it may write in `tx`.
+InTxObserver = Callable[[Tx, JobRecord, float], None]
+# Decides a rescued job's transition: (facts, task, cancel_requested, now) -> Transition | None
+RescueDecider = Callable[[AttemptFacts, str, bool, float], Transition | None]
 
 
 def body_hash(body: Any) -> str:
@@ -70,22 +71,6 @@ def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
     )
 
 
-def _outbox(tx: Tx, rec: JobRecord, now: float, wake: Callable[[], None]) -> None:
-    """A finished job with a webhook_url gets its delivery row in the same transaction;
-    `wake` (the webhook sender) runs after the commit."""
-    if not rec.webhook_url or rec.status not in FINISHED:
-        return
-    tx.after_commit(wake)
-    delivery_id = f"msg_{rec.id.replace('-', '')}_{rec.run_seq}_{int(now * 1000)}"
-    event_type = event_type_for(rec.status)
-    payload = build_payload(event_type, rec.to_api(), now).decode()
-    tx.execute(
-        "INSERT INTO webhook_deliveries (id, job_id, url, event_type, payload, state, attempts, "
-        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-        (delivery_id, rec.id, rec.webhook_url, event_type, payload, now, now),
-    )
-
-
 def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
     row = tx.one(sql + f" RETURNING {JOB_COLUMNS}", params)
     return None if row is None else JobRecord.from_row(row)
@@ -94,15 +79,12 @@ def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
 class JobStore:
     """All job SQL. Writes go through the writer; reads use the caller's connection."""
 
-    def __init__(self, db: pw.Database, writer: Writer, pg: bool) -> None:
+    def __init__(self, db: pw.Database, writer: Writer, pg: bool, outbox: InTxObserver | None = None) -> None:
         self.db = db
         self.writer = writer
         self.pg = pg
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
-        self.on_outbox: Callable[[], None] = lambda: None  # a delivery row was committed
-
-    def _wake_outbox(self) -> None:
-        self.on_outbox()
+        self._outbox: InTxObserver = outbox or (lambda tx, rec, now: None)
 
     # ---------------------------------------------------------------- reads
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -188,6 +170,11 @@ class JobStore:
             key = "pending" if status == "scheduled" else str(status)
             out[key] = out.get(key, 0) + int(n)
         return out
+
+    def waiting_tasks(self) -> list[str]:
+        """The tasks of every job that waits to run (pending, delayed or between attempts)."""
+        rows = self._query("SELECT DISTINCT task FROM jobs WHERE status IN ('pending', 'scheduled')")
+        return sorted(str(task) for (task,) in rows)
 
     def ping(self) -> None:
         """Raise if the database cannot answer."""
@@ -373,73 +360,42 @@ class JobStore:
 
         return self.writer.submit(op)
 
-    def _finish(self, tx: Tx, claim: Claim, sets: str, params: Sequence[Any], now: float) -> JobRecord:
+    def _apply(self, tx: Tx, t: Transition) -> JobRecord:
+        """One fenced UPDATE: it changes the row only while the attempt `t.run_seq` still runs."""
+        sets = ["status = ?", "lease_owner = NULL", "lease_expires_at = NULL"]
+        params: list[Any] = [
+            waiting_status(t.run_at, t.at) if t.status == Status.PENDING and t.run_at else t.status
+        ]
+        if t.status == Status.PENDING:
+            sets.append("run_at = ?")
+            params.append(t.run_at if t.run_at is not None else t.at)
+        if t.finished:
+            sets.append("finished_at = ?")
+            params.append(t.at)
+        if t.status == Status.COMPLETED:
+            sets += ["result = ?", "error = NULL"]
+            params.append(t.result_json)
+        elif t.error is not None:
+            sets.append("error = ?")
+            params.append(orjson.dumps(t.error).decode())
+        if not t.counts_attempt:
+            sets.append("attempts = attempts - 1")
         rec = _returning(
             tx,
-            f"UPDATE jobs SET {sets}, lease_owner = NULL, lease_expires_at = NULL "
-            "WHERE id = ? AND run_seq = ? AND status = 'running'",
-            (*params, claim.job_id, claim.run_seq),
+            f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND run_seq = ? AND status = 'running'",
+            (*params, t.job_id, t.run_seq),
         )
         if rec is None:
-            raise StaleAttemptError(claim.job_id, claim.run_seq)
-        _job_event(tx, rec, now)
-        _outbox(tx, rec, now, self._wake_outbox)
+            raise StaleAttemptError(t.job_id, t.run_seq)
+        _job_event(tx, rec, t.at)
+        self._outbox(tx, rec, t.at)
         return rec
 
-    def complete(
-        self,
-        claim: Claim,
-        result_json: str,
-        now: float,
-        on_commit: Callable[[JobRecord], None],
-    ) -> Future[JobRecord]:
-        """The attempt succeeded: store its result."""
+    def apply(self, transition: Transition, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
+        """Apply a decided transition of a running job (StaleAttemptError when fenced off)."""
 
         def op(tx: Tx) -> JobRecord:
-            rec = self._finish(
-                tx,
-                claim,
-                "status = 'completed', result = ?, error = NULL, finished_at = ?",
-                (result_json, now),
-                now,
-            )
-            tx.after_commit(lambda: on_commit(rec))
-            return rec
-
-        return self.writer.submit(op)
-
-    def fail(
-        self,
-        claim: Claim,
-        error: dict[str, Any],
-        now: float,
-        retry_at: float | None,
-        status: str,
-        on_commit: Callable[[JobRecord], None],
-    ) -> Future[JobRecord]:
-        """The attempt failed: `schedule_retry` when retry_at is given, else end as `status`."""
-        err = orjson.dumps(error).decode()
-
-        def op(tx: Tx) -> JobRecord:
-            if retry_at is not None:
-                sets = "status = ?, error = ?, run_at = ?"
-                params: tuple[Any, ...] = (waiting_status(retry_at, now), err, retry_at)
-            else:
-                sets = "status = ?, error = ?, finished_at = ?"
-                params = (status, err, now)
-            rec = self._finish(tx, claim, sets, params, now)
-            tx.after_commit(lambda: on_commit(rec))
-            return rec
-
-        return self.writer.submit(op)
-
-    def release(self, claim: Claim, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
-        """Put a running job back to pending without counting the attempt (graceful drain)."""
-
-        def op(tx: Tx) -> JobRecord:
-            rec = self._finish(
-                tx, claim, "status = 'pending', attempts = attempts - 1, run_at = ?", (now,), now
-            )
+            rec = self._apply(tx, transition)
             tx.after_commit(lambda: on_commit(rec))
             return rec
 
@@ -457,7 +413,7 @@ class JobStore:
             )
             if rec is not None:
                 _job_event(tx, rec, now)
-                _outbox(tx, rec, now, self._wake_outbox)
+                self._outbox(tx, rec, now)
             else:
                 rec = _returning(
                     tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
@@ -515,16 +471,15 @@ class JobStore:
         now: float,
         owner: str,
         everyone_else: bool,
-        on_crash: Callable[[str], str],
+        decide: RescueDecider,
         on_commit: Callable[[], None],
-    ) -> Future[list[JobRecord]]:
+    ) -> Future[list[tuple[Transition, JobRecord]]]:
         """Recover running jobs whose lease expired (or, at an SQLite start, every job
-        not ours: the file lock proves their owner is dead). Per the task's `on_crash`
-        the job runs again or fails with `Crashed`; cancelled if a cancel was asked."""
+        not ours: the file lock proves their owner is dead), each as `decide` says."""
         cond = "lease_owner <> ? OR lease_owner IS NULL" if everyone_else else "lease_expires_at < ?"
         arg: Any = owner if everyone_else else now
 
-        def op(tx: Tx) -> list[JobRecord]:
+        def op(tx: Tx) -> list[tuple[Transition, JobRecord]]:
             rows = tx.all(
                 "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested FROM jobs "
                 f"WHERE status = 'running' AND ({cond}) LIMIT 1000",
@@ -532,22 +487,10 @@ class JobStore:
             )
             out = []
             for job_id, task, attempts, max_attempts, run_seq, cancel in rows:
-                claim = Claim(job_id, task, "", attempts, max_attempts, run_seq, None, now)
-                error = orjson.dumps(
-                    {
-                        "type": "Crashed",
-                        "message": f"attempt {attempts} was cut off (its worker stopped heartbeating)",
-                        "traceback": None,
-                    }
-                ).decode()
-                params: tuple[Any, ...]
-                if cancel:
-                    sets, params = "status = 'cancelled', finished_at = ?", (now,)
-                elif on_crash(task) == "fail" or attempts >= max(max_attempts, MIN_CRASH_ATTEMPTS):
-                    sets, params = "status = 'failed', error = ?, finished_at = ?", (error, now)
-                else:
-                    sets, params = "status = 'pending', error = ?, run_at = ?", (error, now)
-                out.append(self._finish(tx, claim, sets, params, now))
+                facts = AttemptFacts(str(job_id), int(run_seq), int(attempts), int(max_attempts))
+                transition = decide(facts, str(task), bool(cancel), now)
+                if transition is not None:
+                    out.append((transition, self._apply(tx, transition)))
             if out:
                 tx.after_commit(on_commit)
             return out

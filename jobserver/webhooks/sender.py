@@ -129,6 +129,8 @@ class WebhookSender:
         client: httpx.Client | None = None,
         rng: random.Random | None = None,
         parallel: int = 8,
+        wake: threading.Event | None = None,
+        on_attempt: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         secret_key(secret)  # a malformed secret is a configuration error: fail at start
         self.settings = settings
@@ -142,11 +144,11 @@ class WebhookSender:
         self.lease_s = settings.timeout + LEASE_MARGIN_S
         self._owns_client = client is None
         self.client = client or httpx.Client(trust_env=False, follow_redirects=False)
-        self.on_attempt: Callable[[str], None] = lambda outcome: None  # "delivered" | "retrying" | "failed"
+        self.on_attempt = on_attempt  # called with "delivered" | "retrying" | "failed"
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight: set[str] = set()
-        self._wake = threading.Event()
+        self._wake = wake or threading.Event()  # set by the outbox after a commit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="jobserver-webhooks", daemon=True)
 

@@ -1,0 +1,153 @@
+"""build(settings, clock): every part of one server, wired once.
+
+Each part gets its collaborators at construction; nothing is patched on
+afterwards. Building opens the database, creates the schema and starts the
+writer (storage is needed to build the rest), but starts no worker, claims
+nothing and serves nothing: the runtime starts the parts in order, after the
+listening socket is bound. Tests build the same parts in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+import peewee as pw
+from starlette.applications import Starlette
+
+from jobserver.core.clock import Clock
+from jobserver.core.config import Settings
+from jobserver.core.hub import Hub
+from jobserver.core.observers import JobObserver
+from jobserver.core.tasks import Registry
+from jobserver.http.app import Services, create_app
+from jobserver.http.webhook_routes import webhook_routes
+from jobserver.ops.maintenance import Maintenance
+from jobserver.ops.metrics import Metrics
+from jobserver.ops.rescuer import Rescuer
+from jobserver.ops.retention import Pruner
+from jobserver.ops.summary import INTERVAL_S, Summary
+from jobserver.runner.commands import JobCommands
+from jobserver.runner.dispatcher import Dispatcher
+from jobserver.runner.executor import Executor
+from jobserver.runner.queue import WorkerPool
+from jobserver.runner.reporter import Reporter
+from jobserver.runner.slots import Slots
+from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Writer
+from jobserver.webhooks.outbox import Outbox
+from jobserver.webhooks.sender import WebhookSender, load_secret
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Every long-lived part of one server process."""
+
+    settings: Settings
+    clock: Clock
+    owner: str
+    db: pw.Database
+    writer: Writer
+    store: JobStore
+    registry: Registry
+    hub: Hub
+    metrics: Metrics
+    summary: Summary
+    reporter: Reporter
+    slots: Slots
+    wakeup: Wakeup
+    tasks_loop: asyncio.AbstractEventLoop
+    executor: Executor
+    dispatcher: Dispatcher
+    commands: JobCommands
+    rescuer: Rescuer
+    pool: WorkerPool
+    webhook_sender: WebhookSender
+    pruner: Pruner
+    maintenance: Maintenance
+    app: Starlette
+
+
+def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
+    """Assemble every part (the writer runs; nothing else has started)."""
+    s = settings
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    registry = registry or Registry.from_modules(s.tasks.modules)
+    db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
+    create_schema(db)
+    writer = Writer(db, s.is_postgres)
+    writer.start()
+    outbox_wake = threading.Event()
+    store = JobStore(db, writer, s.is_postgres, Outbox(outbox_wake).record)
+    metrics = Metrics(store.count_in, clock.now)
+    summary = Summary()
+    observers: list[JobObserver] = [metrics, summary]
+    sender = WebhookSender(
+        s.webhooks,
+        db,
+        writer,
+        clock,
+        load_secret(s.webhooks, db, writer, s.is_postgres),
+        s.is_postgres,
+        wake=outbox_wake,
+        on_attempt=metrics.webhook_delivery,
+    )
+    hub = Hub()
+    wakeup = Wakeup()
+    reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
+    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency)
+    tasks_loop = asyncio.new_event_loop()
+    executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
+    lease_s = s.workers.lease_seconds
+    dispatcher = Dispatcher(
+        store, slots, executor, clock, wakeup, observers, owner, lease_s, s.workers.poll_interval
+    )
+    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
+    rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner)
+    pool = WorkerPool(dispatcher, executor, s.workers.threads)
+    pruner = Pruner(s.retention, writer, clock)
+
+    def flush_progress() -> None:
+        future = reporter.flush_once(clock.now())
+        if future is not None:
+            future.result()
+
+    def watchdog() -> None:
+        pool.replace(executor.watchdog_once())
+
+    def heartbeat() -> None:
+        executor.heartbeat_once(owner, lease_s)
+
+    maintenance = Maintenance(
+        clock,
+        [
+            (0.1, watchdog),
+            (s.events.progress_flush_interval, flush_progress),
+            (max(0.5, lease_s / 3), heartbeat),
+            (max(1.0, lease_s / 2), rescuer.rescue_once),
+            (s.retention.interval, pruner.start_pass),
+            (INTERVAL_S, summary.log_once),
+        ],
+    )
+    app = create_app(
+        Services(
+            s,
+            commands,
+            store,
+            registry,
+            hub,
+            workers_alive=lambda: pool.alive() > 0,
+            extra_routes=webhook_routes(store, sender),
+            metrics=metrics,
+        )
+    )
+    return Parts(
+        s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
+        tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, app,
+    )  # fmt: skip

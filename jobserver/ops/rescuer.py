@@ -1,0 +1,69 @@
+"""Rescuer: recovers running jobs whose owner is gone.
+
+A lease that expired means the owning process stopped heartbeating (killed,
+frozen, cut off). At an SQLite start every running row is rescued at once: the
+file lock proves the previous owner is dead. Each one ends as `decide` says
+for a crash (run again counted, or failed `Crashed`, or cancelled when a
+cancel was asked).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from jobserver.core.clock import Clock
+from jobserver.core.hub import Hub
+from jobserver.core.lifecycle import AttemptFacts, Outcome, Transition, decide
+from jobserver.core.observers import JobObserver
+from jobserver.core.records import JobRecord
+from jobserver.core.tasks import Registry
+from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class Rescuer:
+    """`rescue_once` is one pass; the maintenance thread repeats it."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: Registry,
+        clock: Clock,
+        hub: Hub,
+        wakeup: Wakeup,
+        observers: Sequence[JobObserver],
+        owner: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.hub = hub
+        self.wakeup = wakeup
+        self.observers = observers
+        self.owner = owner
+        self.rng = rng or random.Random()
+
+    def _decide(self, job: AttemptFacts, task: str, cancel_requested: bool, now: float) -> Transition | None:
+        return decide(
+            Outcome.crashed(cancel_requested), job, self.registry.options(task), now, self.rng.random()
+        )
+
+    def rescue_once(self, every_other_owner: bool = False) -> list[JobRecord]:
+        """Recover running jobs with an expired lease (or, with `every_other_owner`,
+        every running job not leased to this process)."""
+        rescued = self.store.rescue(
+            self.clock.now(), self.owner, every_other_owner, self._decide, self.wakeup.notify
+        ).result()
+        for transition, rec in rescued:
+            log.warning(
+                "rescued %s: now %s", rec.id, rec.status, extra={"job_id": rec.id, "action": "rescue"}
+            )
+            for observer in self.observers:
+                observer.transitioned(transition, rec, None)
+            self.hub.publish(rec.id)
+        return [rec for _, rec in rescued]

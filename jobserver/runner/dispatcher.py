@@ -1,0 +1,145 @@
+"""Dispatcher: the one place where jobs are claimed for this process.
+
+Two kinds of capacity are fed from the same claim path: sync worker threads
+(Huey's) and async slots (`workers.async_concurrency`). A claim transaction
+takes what fits either kind (the plan and the reservations come from `Slots`,
+on the writer thread): async claims start on the tasks' event loop at once,
+sync ones wait in the ready queue for an idle worker thread. Worker threads
+claim when they are idle; a feeder thread claims for async slots, so an async
+job never waits for a sync thread. Claim-time rules live in `Slots.plan` and
+`Slots.accept`: free capacity, per-task caps, and only tasks this process knows
+(a job of an unknown task stays pending for another node or the next deploy).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from jobserver.core.clock import Clock
+from jobserver.core.observers import JobObserver
+from jobserver.core.records import Claim, HandOff
+from jobserver.runner.executor import Executor
+from jobserver.runner.slots import Slots
+from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Tx
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Claims jobs for both kinds of capacity and hands them to the executor."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        slots: Slots,
+        executor: Executor,
+        clock: Clock,
+        wakeup: Wakeup,
+        observers: Sequence[JobObserver],
+        owner: str,
+        lease_s: float,
+        poll_interval_s: float,
+    ) -> None:
+        self.store = store
+        self.slots = slots
+        self.executor = executor
+        self.clock = clock
+        self.wakeup = wakeup
+        self.observers = observers
+        self.owner = owner
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.draining = False  # set once by the shutdown: no claim after it
+        self.handoff = HandOff(owner, lease_s, self._handoff_accept, self._handoff_deliver)
+        self._stop = threading.Event()
+        self._feeder = threading.Thread(target=self._feed, name="jobserver-async-feeder", daemon=True)
+
+    # ----------------------------------------------------------------- claim
+    def claim_once(self) -> int:
+        """One claim transaction for whatever capacity is free; returns how many jobs it took."""
+        if self.draining:
+            return 0
+        claims = self.store.claim(
+            self.owner, self.clock.now(), self.lease_s, self.slots.plan, self.slots.accept
+        ).result()
+        self._dispatch(claims)
+        return len(claims)
+
+    def _dispatch(self, claims: Sequence[Claim]) -> None:
+        queued = []
+        for claim in claims:
+            log.debug(
+                "claimed %s attempt %d",
+                claim.job_id,
+                claim.attempt,
+                extra={"job_id": claim.job_id, "action": "claim"},
+            )
+            for observer in self.observers:
+                observer.claimed(claim)
+            if self.slots.is_async(claim.task):
+                self.executor.execute(claim)  # schedules it on the event loop; does not block
+            else:
+                queued.append(claim)
+        if queued:
+            self.slots.push_ready(queued)
+            self.wakeup.notify(len(queued))
+
+    def next_sync(self) -> Claim | None:
+        """The next sync job for an idle worker thread: one claimed earlier, or a fresh claim."""
+        ready = self.slots.pop_ready()
+        if ready is not None or self.draining:
+            return ready
+        self.claim_once()
+        return self.slots.pop_ready()
+
+    def _handoff_accept(self, tx: Tx, job_id: str, task: str) -> bool:
+        """May a new due job go straight to an idle worker? (writer thread)"""
+        if self.draining:
+            return False
+        if not self.slots.is_async(task) and self.slots.ready_count() >= self.wakeup.waiting:
+            return False  # every idle worker already has a job waiting for it
+        return bool(self.slots.accept(tx, [(job_id, task)]))
+
+    def _handoff_deliver(self, claim: Claim) -> None:
+        self._dispatch([claim])
+
+    # -------------------------------------------------------------- idling
+    def idle_wait(self) -> None:
+        """Wait for a wake-up, at most until the next delayed job is due or a poll interval."""
+        if self._stop.is_set():
+            return
+        timeout = self.poll_interval_s
+        due = self.store.next_run_at()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self.clock.now()))
+        if timeout > 0:
+            self.wakeup.wait(timeout)
+
+    def _feed(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.slots.free_async() > 0 and self.claim_once():
+                    continue
+            except Exception:
+                log.exception("claiming for async tasks failed", extra={"action": "claim_failed"})
+                self._stop.wait(self.poll_interval_s)  # back off; the next pass tries again
+            self.idle_wait()
+
+    def start(self) -> None:
+        """Start the async feeder (only when some task is async)."""
+        if self.slots.has_async_tasks():
+            self._feeder.start()
+
+    # ------------------------------------------------------------- shutdown
+    def stop_claiming(self) -> list[Claim]:
+        """No claim after this; returns the sync jobs claimed but not started (to put back)."""
+        self.draining = True
+        self._stop.set()
+        self.wakeup.stop()
+        if self._feeder.is_alive():
+            self._feeder.join(timeout=5)
+        return self.slots.take_ready()

@@ -1,0 +1,344 @@
+"""Executor: runs claimed attempts and records how they ended.
+
+Owns the attempts running in this process: a sync task runs on the worker
+thread that claimed it, an async one on the tasks' event loop. When an attempt
+ends, its `Outcome` goes through `lifecycle.decide` and the store applies the
+transition with one fenced write, without the worker waiting for the commit
+(its next claim joins the same group commit). Also owns stopping: cancel, time
+limits, stale attempts (the heartbeat), the shutdown, and giving up a sync
+thread stuck in a blocking call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+
+from jobserver.core.clock import Clock
+from jobserver.core.context import JobContext
+from jobserver.core.errors import Cancelled, JobServerError, StaleAttemptError, Timeout
+from jobserver.core.hub import Hub
+from jobserver.core.lifecycle import AttemptFacts, Ending, Outcome, Transition, decide
+from jobserver.core.observers import JobObserver
+from jobserver.core.records import Claim, JobRecord
+from jobserver.core.tasks import Registry, TaskDef
+from jobserver.runner.attempt import Attempt, StopReason, to_json
+from jobserver.runner.reporter import Reporter
+from jobserver.runner.slots import Slots
+from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Writer
+
+log = logging.getLogger(__name__)
+STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
+
+
+def facts(claim: Claim) -> AttemptFacts:
+    """What `decide` needs to know of a claimed attempt."""
+    return AttemptFacts(claim.job_id, claim.run_seq, claim.attempt, claim.max_attempts)
+
+
+class Executor:
+    """Runs attempts, records their endings, and stops them when asked."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        writer: Writer,
+        registry: Registry,
+        clock: Clock,
+        hub: Hub,
+        slots: Slots,
+        wakeup: Wakeup,
+        reporter: Reporter,
+        observers: Sequence[JobObserver],
+        loop: asyncio.AbstractEventLoop,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.registry = registry
+        self.clock = clock
+        self.hub = hub
+        self.slots = slots
+        self.wakeup = wakeup
+        self.reporter = reporter
+        self.observers = observers
+        self.loop = loop
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._running: dict[str, Attempt] = {}
+        self._stop_before_start: dict[str, StopReason] = {}  # stops asked for jobs claimed, not started
+
+    def _attempt(self, claim: Claim, is_async: bool) -> Attempt:
+        return Attempt(claim, is_async, self.store, self.writer, self.reporter, self.clock)
+
+    # ------------------------------------------------------------------- run
+    def execute(self, claim: Claim) -> bool:
+        """Run a claimed job. Sync tasks run here; async ones go to the event loop.
+
+        Returns False when this thread was abandoned (stuck) and must exit."""
+        taskdef = self.registry.find(claim.task)
+        if taskdef is None:  # claims only take known tasks; a reload could still drop one
+            self.finish(self._attempt(claim, False), Outcome.released(started=False))
+            return True
+        attempt = self._attempt(claim, taskdef.is_async)
+        if claim.timeout_s is not None:
+            attempt.deadline = self.clock.monotonic() + claim.timeout_s
+        with self._lock:
+            self._running[claim.job_id] = attempt
+            stop = self._stop_before_start.pop(claim.job_id, None)
+        if stop is not None:
+            attempt.request_stop(stop)
+        if taskdef.is_async:
+            asyncio.run_coroutine_threadsafe(self._run_async(attempt, taskdef), self.loop)
+            return True
+        began = time.perf_counter()
+        outcome = self._run_sync(attempt, taskdef)
+        self.slots.ran(claim.task, time.perf_counter() - began)
+        if attempt.take_end():
+            self.finish(attempt, outcome)
+            return True
+        return False  # the watchdog gave this attempt up and replaced this thread
+
+    def _call_args(self, attempt: Attempt, taskdef: TaskDef) -> dict[str, Any]:
+        kwargs = taskdef.call_kwargs(orjson.loads(attempt.claim.args_json))
+        if taskdef.ctx_param:
+            kwargs[taskdef.ctx_param] = JobContext(attempt)
+        return kwargs
+
+    def _value(self, value: Any) -> Outcome:
+        try:
+            return Outcome.completed(to_json(value, "the task's return value"))
+        except JobServerError as exc:
+            return Outcome.raised(exc)
+
+    def _run_sync(self, attempt: Attempt, taskdef: TaskDef) -> Outcome:
+        try:
+            try:
+                kwargs = self._call_args(attempt, taskdef)
+                attempt.arm()
+                try:
+                    value = taskdef.fn(**kwargs)
+                finally:
+                    attempt.disarm()
+                return self._value(value)
+            except (Cancelled, Timeout) as exc:
+                return self._stopped(attempt, exc)
+            except StaleAttemptError:
+                return Outcome.stale()
+            except Exception as exc:
+                return Outcome.raised(exc)
+        except (Cancelled, Timeout) as exc:  # an interruption that landed in our own code
+            return self._stopped(attempt, exc)
+
+    def _stopped(self, attempt: Attempt, exc: BaseException) -> Outcome:
+        """The outcome of an attempt that stopped because it was asked to."""
+        reason = attempt.stop_reason
+        if reason == "timeout" or (isinstance(exc, Timeout) and reason is None):
+            return Outcome.raised(Timeout(f"attempt ran past its time limit of {attempt.claim.timeout_s}s"))
+        if reason == "stale":
+            return Outcome.stale()
+        if reason == "shutdown":
+            return Outcome.released(started=True)
+        return Outcome.cancelled()
+
+    async def _run_async(self, attempt: Attempt, taskdef: TaskDef) -> None:
+        attempt.loop = asyncio.get_running_loop()
+        attempt.async_task = asyncio.current_task()
+        try:
+            kwargs = self._call_args(attempt, taskdef)
+            if attempt.stop_requested.is_set():
+                raise asyncio.CancelledError()
+            outcome = self._value(await taskdef.fn(**kwargs))
+        except (asyncio.CancelledError, Cancelled, Timeout) as exc:
+            outcome = self._stopped(attempt, exc)
+        except StaleAttemptError:
+            outcome = Outcome.stale()
+        except Exception as exc:
+            outcome = Outcome.raised(exc)
+        attempt.async_task = None
+        if attempt.take_end():
+            self.finish(attempt, outcome)  # queues the writes; does not block the loop
+
+    # ---------------------------------------------------------------- finish
+    def finish(self, attempt: Attempt, outcome: Outcome) -> Future[JobRecord] | None:
+        """Record an attempt's outcome without waiting for the commit; the slot is freed
+        once it committed. None when nothing is written (a stale attempt)."""
+        claim = attempt.claim
+        transition = decide(
+            outcome, facts(claim), self.registry.options(claim.task), self.clock.now(), self.rng.random()
+        )
+        if transition is None:
+            self._free(attempt)
+            self.hub.publish(claim.job_id)
+            return None
+        self.reporter.flush_once(self.clock.now(), claim.job_id)  # queued first: the writer is FIFO
+        self._log(transition, claim, outcome)
+
+        def committed(rec: JobRecord) -> None:  # writer thread, after commit, before answers
+            for observer in self.observers:
+                observer.transitioned(transition, rec, claim)
+            self.hub.publish(claim.job_id)
+
+        try:
+            future = self.store.apply(transition, committed)
+        except Exception:
+            self._free(attempt)
+            raise
+        future.add_done_callback(lambda f: self._recorded(f, attempt))
+        return future
+
+    def _log(self, t: Transition, claim: Claim, outcome: Outcome) -> None:
+        extra = {"job_id": claim.job_id, "action": t.ending.value}
+        if t.status == "failed" and t.ending in (Ending.FAILED, Ending.RETRY_LATER):
+            log.error(
+                "failed %s after %d attempts", claim.job_id, claim.attempt, exc_info=outcome.exc, extra=extra
+            )
+        elif t.status == "failed":
+            log.error("failed %s: %s", claim.job_id, (t.error or {}).get("message"), extra=extra)
+        elif t.status == "pending" and t.counts_attempt:
+            log.warning(
+                "attempt %d of %s failed (%s); retrying",
+                claim.attempt,
+                claim.job_id,
+                (t.error or {}).get("type"),
+                extra=extra,
+            )
+        else:
+            log.debug("%s %s", t.status, claim.job_id, extra=extra)
+
+    def _recorded(self, future: Future[JobRecord], attempt: Attempt) -> None:
+        claim = attempt.claim
+        exc = future.exception()
+        if isinstance(exc, StaleAttemptError):
+            log.warning(
+                "attempt %d of %s was given up; its outcome is dropped",
+                claim.attempt,
+                claim.job_id,
+                extra={"job_id": claim.job_id, "action": "stale"},
+            )
+        elif exc is not None:
+            log.error(
+                "could not record the outcome of %s",
+                claim.job_id,
+                exc_info=exc,
+                extra={"job_id": claim.job_id, "action": "record_failed"},
+            )
+        self._free(attempt)
+
+    def _free(self, attempt: Attempt) -> None:
+        with self._lock:
+            if self._running.get(attempt.claim.job_id) is attempt:
+                del self._running[attempt.claim.job_id]
+        self.slots.release(attempt.claim.task)
+        self.wakeup.notify()
+
+    def release_unstarted(self, claims: Sequence[Claim]) -> list[Future[JobRecord]]:
+        """Put back jobs claimed for this process that never started (shutdown)."""
+        futures = []
+        for claim in claims:
+            future = self.finish(
+                self._attempt(claim, self.slots.is_async(claim.task)), Outcome.released(False)
+            )
+            if future is not None:
+                futures.append(future)
+        return futures
+
+    # -------------------------------------------------------------- controls
+    def request_stop(self, job_id: str, reason: StopReason, claimed_ahead: bool = False) -> None:
+        """Stop the local attempt of a job, if this process runs it (or has claimed it)."""
+        with self._lock:
+            attempt = self._running.get(job_id)
+            if attempt is None and claimed_ahead:
+                self._stop_before_start[job_id] = reason
+        if attempt is not None:
+            attempt.request_stop(reason)
+
+    def running(self) -> list[Attempt]:
+        """The attempts running in this process now."""
+        with self._lock:
+            return list(self._running.values())
+
+    def running_count(self) -> int:
+        """How many attempts run in this process now."""
+        with self._lock:
+            return len(self._running)
+
+    def heartbeat_once(self, owner: str, lease_s: float) -> None:
+        """Extend this process's leases and pick up cancels asked on other nodes."""
+        attempts = self.running()  # only attempts claimed (committed) before the heartbeat is sent
+        if not attempts:
+            return
+        leased = self.store.heartbeat(owner, self.clock.now(), lease_s).result()
+        for attempt in attempts:
+            lease = leased.get(attempt.claim.job_id)
+            if lease is None or lease[0] != attempt.claim.run_seq:
+                if self._still_running(attempt):
+                    attempt.request_stop("stale")  # recovered by another node: stop writing
+            elif lease[1]:
+                attempt.request_stop("cancel")
+
+    def _still_running(self, attempt: Attempt) -> bool:
+        with self._lock:
+            return self._running.get(attempt.claim.job_id) is attempt and not attempt.abandoned
+
+    def watchdog_once(self) -> int:
+        """Enforce time limits, and give up sync attempts stuck past the grace period;
+        returns how many worker threads were given up (to be replaced)."""
+        now = self.clock.monotonic()
+        abandoned = 0
+        for attempt in self.running():
+            if (
+                attempt.deadline is not None
+                and now >= attempt.deadline
+                and not attempt.stop_requested.is_set()
+            ):
+                attempt.request_stop("timeout")
+            if (
+                not attempt.is_async
+                and attempt.stop_at is not None
+                and not attempt.abandoned
+                and now - attempt.stop_at >= STUCK_GRACE_S
+            ):
+                self.abandon(attempt)
+                abandoned += 1
+        return abandoned
+
+    def abandon(self, attempt: Attempt) -> Future[JobRecord] | None:
+        """A sync task ignored its interruption (a blocking C call): record its end
+        without it and give its worker slot to a new thread. Its late writes are fenced."""
+        if not attempt.take_end():
+            return None
+        attempt.abandoned = True
+        claim = attempt.claim
+        log.warning(
+            "attempt %d of %s does not stop; giving it up",
+            claim.attempt,
+            claim.job_id,
+            extra={"job_id": claim.job_id, "action": "abandon"},
+        )
+        reason = attempt.stop_reason
+        outcome: Outcome
+        if reason == "timeout":
+            outcome = Outcome.raised(Timeout(f"attempt ran past its time limit of {claim.timeout_s}s"))
+        elif reason == "shutdown":
+            outcome = Outcome.released(True, " and did not stop within the shutdown grace period")
+        elif reason == "stale":
+            outcome = Outcome.stale()
+        else:
+            outcome = Outcome.cancelled()
+        return self.finish(attempt, outcome)
+
+    def stop_all(self, reason: StopReason) -> None:
+        """Ask every running attempt to stop (end of the shutdown grace period)."""
+        for attempt in self.running():
+            attempt.request_stop(reason)
