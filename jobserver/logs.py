@@ -53,6 +53,7 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("huey").setLevel(logging.WARNING)
+    logging.getLogger("peewee").setLevel(logging.INFO)  # "debug" means ours, not every SQL statement
     # warnings and uncaught exceptions go through the handler too, so every line has the chosen format
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught

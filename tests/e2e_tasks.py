@@ -182,3 +182,11 @@ def duplicate_step(ctx: JobContext) -> None:
 async def io_wait(seconds: float) -> float:
     await asyncio.sleep(seconds)
     return seconds
+
+
+@task(on_crash="fail")
+def at_most_once_in_c(ctx: JobContext, started: str, seconds: float) -> str:
+    """An at-most-once task stuck in a blocking C call."""
+    _mark(started, ctx.job_id)
+    time.sleep(seconds)
+    return "woke"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_json_logs_are_one_object_per_line_and_job_lines_carry_the_job_id(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"server": {"log_format": "json"}})
+    srv = start_server(tmp_path, config={"server": {"log_format": "json", "log_level": "debug"}})
     c = srv.client()
     ok = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}).json()["id"]
     bad = c.post("/jobs", json={"task": "jobserver.examples.fail", "args": {}}).json()["id"]

@@ -180,9 +180,23 @@ class Attempt:
             return value
         started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
-            raw = await fn(*args, **kwargs)
-        else:
-            raw = await asyncio.to_thread(fn, *args, **kwargs)
+            return await self._save_async(name, await fn(*args, **kwargs), started)
+        # A function on a thread cannot be stopped: when the task is cancelled meanwhile,
+        # let it finish and store its result, so what it did (and paid for) is not repeated.
+        step = asyncio.ensure_future(self._thread_step(name, fn, args, kwargs, started))
+        try:
+            return await asyncio.shield(step)
+        except asyncio.CancelledError:
+            if not step.done():
+                await asyncio.wait([step])
+            raise
+
+    async def _thread_step(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], started: float
+    ) -> Any:
+        return await self._save_async(name, await asyncio.to_thread(fn, *args, **kwargs), started)
+
+    async def _save_async(self, name: str, raw: Any, started: float) -> Any:
         result_json = to_json(raw, f"the result of step {name!r}")
         await self._writer.acall(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)

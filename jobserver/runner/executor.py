@@ -26,7 +26,7 @@ from jobserver.core.clock import Clock
 from jobserver.core.context import JobContext
 from jobserver.core.errors import Cancelled, JobServerError, StaleAttemptError, Timeout
 from jobserver.core.hub import Hub
-from jobserver.core.lifecycle import AttemptFacts, Ending, Outcome, Transition, decide
+from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Transition, decide
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tasks import Registry, TaskDef
@@ -198,23 +198,29 @@ class Executor:
         return future
 
     def _log(self, t: Transition, claim: Claim, outcome: Outcome) -> None:
-        extra = {"job_id": claim.job_id, "action": t.ending.value}
-        if t.status == "failed" and t.ending in (Ending.FAILED, Ending.RETRY_LATER):
-            log.error(
-                "failed %s after %d attempts", claim.job_id, claim.attempt, exc_info=outcome.exc, extra=extra
-            )
-        elif t.status == "failed":
-            log.error("failed %s: %s", claim.job_id, (t.error or {}).get("message"), extra=extra)
-        elif t.status == "pending" and t.counts_attempt:
+        """Per-job lines at DEBUG (a periodic INFO summary counts them); WARNING for a retry,
+        ERROR with the traceback when a job is given up."""
+        if t.status == Status.FAILED:
+            extra = {"job_id": claim.job_id, "action": "fail"}
+            if outcome.exc is not None:
+                log.error(
+                    "failed %s after %d attempts",
+                    claim.job_id,
+                    claim.attempt,
+                    exc_info=outcome.exc,
+                    extra=extra,
+                )
+            else:
+                log.error("failed %s: %s", claim.job_id, (t.error or {}).get("message"), extra=extra)
+        elif t.status == Status.PENDING and t.counts_attempt:
+            error_type = (t.error or {}).get("type")
+            extra = {"job_id": claim.job_id, "action": "retry"}
             log.warning(
-                "attempt %d of %s failed (%s); retrying",
-                claim.attempt,
-                claim.job_id,
-                (t.error or {}).get("type"),
-                extra=extra,
+                "attempt %d of %s failed (%s); retrying", claim.attempt, claim.job_id, error_type, extra=extra
             )
         else:
-            log.debug("%s %s", t.status, claim.job_id, extra=extra)
+            action = {Status.COMPLETED: "complete", Status.CANCELLED: "cancel"}.get(t.status, "release")
+            log.debug("%s %s", t.status, claim.job_id, extra={"job_id": claim.job_id, "action": action})
 
     def _recorded(self, future: Future[JobRecord], attempt: Attempt) -> None:
         claim = attempt.claim
