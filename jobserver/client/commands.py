@@ -6,8 +6,6 @@ or JOBSERVER_API_KEY. Answers are pretty JSON on stdout; an error is one line
 on stderr. Exit codes: 0 done; 1 a failed or cancelled job (`wait`,
 `submit --wait`), a timeout, or any other error; 2 a usage or validation error
 (bad flags, bad JSON, a 400, 413 or 422 from the server).
-
-Imports `client`, `errors` and `schemas` from jobserver, nothing else.
 """
 
 from __future__ import annotations

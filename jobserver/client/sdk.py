@@ -21,7 +21,7 @@ document) raises `ClientError`. Each of these exceptions carries `status_code`,
 `problem` (the parsed document) and `retry_after` (seconds, or None). Network
 failures stay httpx's own (`httpx.TransportError` and subclasses).
 
-Owns nothing but HTTP; imports only `schemas` and `errors` from jobserver.
+Owns nothing but HTTP.
 """
 
 from __future__ import annotations

@@ -1,27 +1,48 @@
 """JobContext: what a running task sees of its job (progress, log, cancel, steps).
 
-The context is a thin face over an `Attempt` (engine side), which owns the
-fencing token and the cancel flag. Imports errors only, plus the Attempt type
-for annotations.
+The context is a thin face over the runner's attempt, which owns the fencing
+token and the cancel flag; `AttemptHandle` is what the context needs of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from jobserver.core.errors import Cancelled
+from jobserver.core.records import Claim
 
-if TYPE_CHECKING:
-    from jobserver.runner.attempt import Attempt
+
+class AttemptHandle(Protocol):
+    """The running attempt behind a context."""
+
+    claim: Claim
+    is_async: bool
+    stop_requested: threading.Event
+
+    @property
+    def stop_reason(self) -> str | None: ...
+
+    def report_progress(self, current: float, total: float | None, message: str | None) -> None: ...
+
+    def report_log(self, message: str) -> None: ...
+
+    def step_sync(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any: ...
+
+    def step_async(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]: ...
 
 
 class JobContext:
     """Passed to a task's parameter annotated `JobContext`."""
 
-    def __init__(self, attempt: Attempt) -> None:
+    def __init__(self, attempt: AttemptHandle) -> None:
         self._attempt = attempt
 
     @property

@@ -1,4 +1,4 @@
-"""The exception tree of jobserver. Imports nothing from jobserver.
+"""The exception tree of jobserver.
 
     JobServerError
     ├── ConfigError                 a config value is missing or malformed (names the key)

@@ -2,7 +2,7 @@
 
 The writer publishes a job id after a commit that changed it; `GET /jobs/{id}?wait`
 and the event streams wait on it instead of polling the database. A publish for
-a job nobody watches costs a dict lookup. Imports nothing from jobserver.
+a job nobody watches costs a dict lookup.
 """
 
 from __future__ import annotations

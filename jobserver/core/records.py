@@ -1,7 +1,7 @@
 """Typed records read from or written to the job table, and their API form.
 
 Owns the column list, the row -> `JobRecord` mapping and the contract's job
-object. Imports only `clock`.
+object.
 """
 
 from __future__ import annotations

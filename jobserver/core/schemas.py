@@ -1,7 +1,4 @@
-"""Request and response bodies: the wire contract shared by the API and the client.
-
-Imports nothing from jobserver but `clock`.
-"""
+"""Request and response bodies: the wire contract shared by the API and the client."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ Owns the description of every route, its parameters and answers, the shared
 schemas (job, job list, problem document) and the submit body: a union
 discriminated by `task`, one member per registered task whose `args` is that
 task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`).
-
 """
 
 from __future__ import annotations

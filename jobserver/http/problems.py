@@ -1,7 +1,4 @@
-"""RFC 9457 problem documents and the one table mapping errors to HTTP answers.
-
-Imports errors only (and Starlette's Response).
-"""
+"""RFC 9457 problem documents and the one table mapping errors to HTTP answers."""
 
 from __future__ import annotations
 

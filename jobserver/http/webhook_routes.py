@@ -7,7 +7,7 @@ arrived. 404 for an unknown job. Reads run in a worker thread, never on the
 event loop. Added to the app through `Runtime.extra_routes`, so it sits behind
 the same auth middleware as every other route.
 
-Imports errors, problems, sender, store; no SQL here.
+No SQL here.
 """
 
 from __future__ import annotations

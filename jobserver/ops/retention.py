@@ -13,7 +13,6 @@ orphaned: the job is still past its horizon and the next pass finishes it.
 The maintenance thread starts a pass every `retention.interval` (`start_pass`)
 on a thread of its own, so a long prune never delays its other passes.
 Every statement is served by an index (see `tests/test_retention.py`).
-
 """
 
 from __future__ import annotations

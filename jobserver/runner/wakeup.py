@@ -1,7 +1,4 @@
-"""Wakeup: lets a commit wake an idle worker at once instead of waiting for a poll.
-
-Imports nothing from jobserver.
-"""
+"""Wakeup: lets a commit wake an idle worker at once instead of waiting for a poll."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Owns the tables and how a connection is opened (SQLite in WAL mode with a busy
 timeout, or PostgreSQL). Peewee is used for the schema and connections; the hot
-statements live in `store.py` as plain SQL. Imports only `errors`.
+statements live in `store.py` as plain SQL.
 
 Job states (the contract's vocabulary; internally a pending job whose run_at is
 still ahead is stored as 'scheduled' and shown as pending) and their moves::

@@ -7,8 +7,6 @@ Writes made on behalf of an attempt are fenced by its `run_seq`: when the row's
 `run_seq` moved on (the attempt was rescued, cancelled or retried), the write
 changes nothing and raises `StaleAttemptError`. Reads run on the calling
 thread's own connection (never call them on the event loop).
-
-Imports errors, clock, records, writer; never Huey or Starlette.
 """
 
 from __future__ import annotations
@@ -348,7 +346,7 @@ class JobStore:
         """Extend the lease of every job this process runs (one statement for all).
 
         Resolves to {job_id: (run_seq, cancel_requested)} of the jobs still leased to us,
-        so the engine can stop attempts that lost their lease or were cancelled elsewhere."""
+        so the executor can stop attempts that lost their lease or were cancelled elsewhere."""
 
         def op(tx: Tx) -> dict[str, tuple[int, bool]]:
             rows = tx.all(

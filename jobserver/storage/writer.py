@@ -8,8 +8,6 @@ the others), commits once, then answers each caller and runs the ops'
 after-commit hooks (waking workers, notifying watchers). This is group commit:
 under load, hundreds of submits share one fsync, and nothing ever waits on
 SQLite's lock (there is only one writer), least of all the event loop.
-
-Imports only `errors`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """WebhookSender: delivers the webhook outbox on its own threads.
 
-Owns what happens to a delivery row after `store._outbox` wrote it with the
+Owns what happens to a delivery row after the outbox wrote it with the
 job's final status: picking due rows, one attempt each through
 `webhooks.deliver_once`, and recording the attempt together with the row's
 next state in one writer op. Also owns the signing secret (`load_secret`) and
@@ -24,8 +24,6 @@ drop repeats.
 Threads: one loop thread picks due rows; each attempt runs on its own daemon
 thread, at most `parallel` at once, so a slow receiver holds up only its own
 delivery and never the writer, the workers or the API.
-
-Imports clock, config, webhooks, writer; never Starlette, Huey or the engine.
 """
 
 from __future__ import annotations
