@@ -200,6 +200,8 @@ class Runtime:
         p.tasks_loop.call_soon_threadsafe(p.tasks_loop.stop)
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=5)
+            if not self._loop_thread.is_alive():
+                p.tasks_loop.close()
         p.webhook_sender.stop()
         p.writer.stop()
         if self._lock_fd is not None:

@@ -1,0 +1,145 @@
+"""The executor, dispatcher and rescuer in-process: real SQLite, the parts from
+`build()`, and a manual clock for time limits, stuck threads and expired leases.
+Nothing here starts the worker threads: each test drives one step at a time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from jobserver.build import Parts, build
+from jobserver.core.clock import ManualClock
+from jobserver.core.config import load_settings
+from jobserver.core.records import Claim, JobIds, NewJob
+from jobserver.runner.executor import STUCK_GRACE_S
+from tests.e2e import has_line, wait_until
+
+
+@contextmanager
+def built(tmp_path: Path, clock: ManualClock) -> Iterator[Parts]:
+    settings = load_settings(
+        None,
+        environ={},
+        overrides={
+            "database.url": f"sqlite:///{tmp_path / 'jobs.db'}",
+            "tasks.modules": ["jobserver.examples", "tests.e2e_tasks"],
+        },
+        cwd=tmp_path,
+    )
+    parts = build(settings, clock)
+    loop_thread = threading.Thread(target=parts.tasks_loop.run_forever, daemon=True)
+    loop_thread.start()
+    try:
+        yield parts
+    finally:
+        parts.tasks_loop.call_soon_threadsafe(parts.tasks_loop.stop)
+        loop_thread.join(5)
+        parts.tasks_loop.close()
+        parts.writer.stop()
+
+
+def enqueue(
+    p: Parts, task: str, args: dict[str, object], max_attempts: int = 1, timeout_s: float | None = None
+) -> str:
+    now = p.clock.now()
+    job_id = JobIds().new()
+    new = NewJob(job_id, task, orjson.dumps(args).decode(), 0, max_attempts, timeout_s, None, None, now, now)
+    p.store.enqueue(new, None, lambda: None).result(10)
+    return job_id
+
+
+def claim_sync(p: Parts) -> Claim:
+    claim = p.dispatcher.next_sync()
+    assert claim is not None
+    return claim
+
+
+def run_on_thread(p: Parts, claim: Claim) -> tuple[threading.Thread, list[bool]]:
+    """Run the attempt on a thread of its own, as a worker thread would."""
+    returned: list[bool] = []
+    thread = threading.Thread(target=lambda: returned.append(p.executor.execute(claim)), daemon=True)
+    thread.start()
+    return thread, returned
+
+
+def settled(p: Parts, job_id: str, status: str) -> bool:
+    p.writer.call(lambda tx: None)  # every op queued before this one has committed
+    return p.store.get(job_id).to_api()["status"] == status
+
+
+def test_a_time_limit_is_enforced_on_the_manual_clock(tmp_path: Path) -> None:
+    clock = ManualClock()
+    started = tmp_path / "started"
+    with built(tmp_path, clock) as p:
+        job_id = enqueue(p, "tests.e2e_tasks.spins_past_timeout", {"started": str(started)}, 2, 0.5)
+        thread, _ = run_on_thread(p, claim_sync(p))
+        wait_until(lambda: has_line(started), 10, message="the task to start")
+        p.executor.watchdog_once()
+        assert p.executor.running_count() == 1  # no time has passed on the clock
+        clock.advance(0.5)
+        p.executor.watchdog_once()
+        thread.join(10)
+        wait_until(lambda: settled(p, job_id, "pending"), 10, message="the retry")
+        job = p.store.get(job_id).to_api()
+        assert (job["attempts"], job["error"]["type"]) == (1, "Timeout")
+        assert "time limit of 0.5s" in job["error"]["message"]
+        assert p.executor.running_count() == 0
+
+
+def test_a_stuck_thread_is_given_up_after_the_grace_period(tmp_path: Path) -> None:
+    clock = ManualClock()
+    started = tmp_path / "started"
+    with built(tmp_path, clock) as p:
+        job_id = enqueue(p, "tests.e2e_tasks.sleep_in_c", {"started": str(started), "seconds": 2.0})
+        claim = claim_sync(p)
+        thread, returned = run_on_thread(p, claim)
+        wait_until(lambda: has_line(started), 10, message="the task to start")
+        p.executor.request_stop(job_id, "cancel")
+        assert p.executor.watchdog_once() == 0  # inside the grace period
+        clock.advance(STUCK_GRACE_S)
+        assert p.executor.watchdog_once() == 1  # given up: its worker thread is to be replaced
+        wait_until(lambda: settled(p, job_id, "cancelled"), 10, message="the cancel to be recorded")
+        thread.join(10)
+        assert returned == [False]  # the stuck thread, once back, retires instead of recording again
+        assert p.store.get(job_id).status == "cancelled"
+
+
+def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        retried = enqueue(p, "tests.e2e_tasks.record", {"path": str(tmp_path / "x"), "value": "v"}, 3)
+        once = enqueue(p, "tests.e2e_tasks.at_most_once", {"started": "s", "release": "r"})
+        lease = p.settings.workers.lease_seconds
+        p.store.claim(
+            "gone", clock.now(), lease, lambda tx: (10, None), lambda tx, c: [i for i, _ in c]
+        ).result(10)
+        assert p.rescuer.rescue_once() == []  # the lease has not expired yet
+        clock.advance(lease + 1)
+        rescued = {rec.id: rec for rec in p.rescuer.rescue_once()}
+        assert rescued[retried].status == "pending" and rescued[retried].attempts == 1
+        assert rescued[once].status == "failed"  # on_crash="fail"
+        assert "Crashed" in (rescued[once].error or "")
+        metrics = p.metrics.render().decode()
+        assert 'jobserver_jobs_rescued_total{task="tests.e2e_tasks.at_most_once"} 1.0' in metrics
+        assert (
+            'jobserver_jobs_finished_total{status="failed",task="tests.e2e_tasks.at_most_once"} 1.0'
+            in metrics
+        )
+
+
+def test_the_shutdown_puts_back_claims_that_never_started(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        ids = [enqueue(p, "jobserver.examples.add", {"a": i, "b": 1}) for i in range(3)]
+        assert p.dispatcher.claim_once() == 3
+        assert {p.store.get(i).status for i in ids} == {"running"}
+        unstarted = p.dispatcher.stop_claiming()
+        assert sorted(c.job_id for c in unstarted) == sorted(ids)
+        for future in p.executor.release_unstarted(unstarted):
+            future.result(10)
+        assert [(p.store.get(i).status, p.store.get(i).attempts) for i in ids] == [("pending", 0)] * 3
+        assert p.dispatcher.claim_once() == 0  # nothing is claimed once the shutdown began
