@@ -52,10 +52,10 @@ from jobserver.core.errors import (
     TaskNotFoundError,
     WebhookURLError,
 )
+from jobserver.core.lifecycle import FINISHED
 from jobserver.core.schemas import MAX_WAIT_S
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED = frozenset({"completed", "failed", "cancelled"})
 # a server sends a keepalive comment every 15 s on an idle event stream
 EVENTS_READ_TIMEOUT_S = 45.0
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from jobserver.core.clock import rfc3339
+from jobserver.core.lifecycle import FINISHED
 
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
@@ -61,7 +62,7 @@ class JobRecord:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in FINISHED
 
     def to_api(self) -> dict[str, Any]:
         """The contract's job object."""

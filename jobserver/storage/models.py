@@ -26,8 +26,6 @@ from playhouse.postgres_ext import Psycopg3Database
 
 from jobserver.core.errors import StorageError
 
-FINISHED_STATES = ("completed", "failed", "cancelled")
-
 
 class BaseModel(pw.Model):
     class Meta:
