@@ -99,14 +99,24 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         on_attempt=metrics.webhook_delivery,
     )
     hub = Hub()
-    wakeup = Wakeup()
+    unheard_wakeups = threading.Event()
+    wakeup = Wakeup(unheard_wakeups)
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
     slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency)
     tasks_loop = asyncio.new_event_loop()
     executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
     lease_s = s.workers.lease_seconds
     dispatcher = Dispatcher(
-        store, slots, executor, clock, wakeup, observers, owner, lease_s, s.workers.poll_interval
+        store,
+        slots,
+        executor,
+        clock,
+        wakeup,
+        observers,
+        owner,
+        lease_s,
+        s.workers.poll_interval,
+        unheard_wakeups,
     )
     commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner)

@@ -6,7 +6,8 @@ takes what fits either kind (the plan and the reservations come from `Slots`,
 on the writer thread): async claims start on the tasks' event loop at once,
 sync ones wait in the ready queue for an idle worker thread. Worker threads
 claim when they are idle; a feeder thread claims for async slots, so an async
-job never waits for a sync thread. Claim-time rules live in `Slots.plan` and
+job never waits for a sync thread: idle worker threads claim for async slots
+too, and a wake-up that finds every worker thread busy wakes the feeder. Claim-time rules live in `Slots.plan` and
 `Slots.accept`: free capacity, per-task caps, and only tasks this process knows
 (a job of an unknown task stays pending for another node or the next deploy).
 """
@@ -43,6 +44,7 @@ class Dispatcher:
         owner: str,
         lease_s: float,
         poll_interval_s: float,
+        unheard_wakeups: threading.Event,
     ) -> None:
         self.store = store
         self.slots = slots
@@ -53,6 +55,7 @@ class Dispatcher:
         self.owner = owner
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
+        self._feeder_wake = unheard_wakeups  # the wake-ups no idle worker thread took
         self.draining = False  # set once by the shutdown: no claim after it
         self.handoff = HandOff(owner, lease_s, self._handoff_accept, self._handoff_deliver)
         self._stop = threading.Event()
@@ -108,26 +111,35 @@ class Dispatcher:
         self._dispatch([claim])
 
     # -------------------------------------------------------------- idling
-    def idle_wait(self) -> None:
-        """Wait for a wake-up, at most until the next delayed job is due or a poll interval."""
-        if self._stop.is_set():
-            return
+    def _idle_timeout(self) -> float:
+        """At most a poll interval, and no later than the next delayed job is due."""
         timeout = self.poll_interval_s
         due = self.store.next_run_at()
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.clock.now()))
+        return timeout
+
+    def idle_wait(self) -> None:
+        """An idle worker thread waits for a wake-up, a delayed job's time, or a poll interval."""
+        if self._stop.is_set():
+            return
+        timeout = self._idle_timeout()
         if timeout > 0:
             self.wakeup.wait(timeout)
 
     def _feed(self) -> None:
+        """Claim for free async slots whenever a wake-up found every worker thread busy."""
         while not self._stop.is_set():
+            self._feeder_wake.clear()
             try:
                 if self.slots.free_async() > 0 and self.claim_once():
                     continue
+                timeout = self._idle_timeout()
             except Exception:
                 log.exception("claiming for async tasks failed", extra={"action": "claim_failed"})
-                self._stop.wait(self.poll_interval_s)  # back off; the next pass tries again
-            self.idle_wait()
+                timeout = self.poll_interval_s  # back off; the next pass tries again
+            if timeout > 0:
+                self._feeder_wake.wait(timeout)
 
     def start(self) -> None:
         """Start the async feeder (only when some task is async)."""
@@ -139,7 +151,7 @@ class Dispatcher:
         """No claim after this; returns the sync jobs claimed but not started (to put back)."""
         self.draining = True
         self._stop.set()
-        self.wakeup.stop()
+        self.wakeup.stop()  # also wakes the feeder
         if self._feeder.is_alive():
             self._feeder.join(timeout=5)
         return self.slots.take_ready()
