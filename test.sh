@@ -14,7 +14,13 @@ stamp="$(sha256sum requirements/test.lock pyproject.toml) $(python3 -VV)"
 if [ "$(cat .venv/installed 2>/dev/null)" != "$stamp" ]; then
   echo "installing requirements/test.lock into .venv"
   rm -f .venv/installed
-  python3 -m venv --clear .venv
+  if ! python3 -m venv --clear .venv 2>/dev/null; then
+    # Debian's python3 makes venvs only with its python3-venv package
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -m venv --clear .venv
+  fi
   pip=(.venv/bin/pip -q --disable-pip-version-check)
   "${pip[@]}" install --require-hashes -r requirements/test.lock
   "${pip[@]}" install --no-deps --no-build-isolation -e .
