@@ -7,9 +7,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     JOBSERVER_DATABASE_URL=sqlite:////data/jobserver.db
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements/run.lock ./
 COPY jobserver ./jobserver
-RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 jobserver \
+# the locked dependencies (exact versions, hashes checked), then the package alone
+RUN pip install --no-cache-dir --require-hashes -r run.lock \
+    && pip install --no-cache-dir --no-deps --no-build-isolation . && useradd --create-home --uid 10001 jobserver \
     && mkdir /data && chown jobserver:jobserver /data
 
 USER jobserver
