@@ -60,6 +60,7 @@ class Attempt:
         self._used_steps: set[str] = set()
         self._lock = threading.Lock()
         self._thread_id: int | None = None  # set while a sync task may be interrupted
+        self._injected = False  # an interruption was sent to the task's thread
         self.async_task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.deadline: float | None = None  # monotonic
@@ -78,6 +79,7 @@ class Attempt:
             self.stop_requested.set()
             if self._thread_id is not None:
                 exc = Timeout if reason == "timeout" else Cancelled
+                self._injected = True
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self._thread_id), ctypes.py_object(exc)
                 )
@@ -95,14 +97,19 @@ class Attempt:
     def disarm(self) -> None:
         """The sync task returned: no interruption may land after this point.
 
-        An interruption injected just before we took the lock may fire inside
-        this method; it is swallowed and the clearing done again."""
+        An interruption sent but not yet raised is delivered here, inside a loop
+        that swallows it. It is never cleared with `PyThreadState_SetAsyncExc(id,
+        NULL)`: on CPython 3.11 that leaves the interpreter's "async exception
+        pending" flag set, and every thread then takes the slow path at every
+        loop and call for the rest of the process."""
         while True:
             try:
                 with self._lock:
-                    if self._thread_id is not None:
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
                     self._thread_id = None
+                    injected, self._injected = self._injected, False
+                if injected:
+                    for _ in range(100):  # a backward jump: a pending interruption fires here
+                        pass
                 return
             except (Cancelled, Timeout):
                 continue
