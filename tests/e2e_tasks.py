@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -190,3 +191,15 @@ def at_most_once_in_c(ctx: JobContext, started: str, seconds: float) -> str:
     _mark(started, ctx.job_id)
     time.sleep(seconds)
     return "woke"
+
+
+@task
+def read_fifo(ctx: JobContext, started: str, fifo: str) -> str:
+    """Blocks in a C call no interruption can cut short (reading a FIFO) until the test writes
+    to it. The marker holds the thread's native id, so the test can see it blocked in read(2)."""
+    fd = os.open(fifo, os.O_RDWR)  # Linux: never blocks, and read(2) waits for data instead of EOF
+    try:
+        _mark(started, str(threading.get_native_id()))
+        return os.read(fd, 1).decode()
+    finally:
+        os.close(fd)
