@@ -175,6 +175,15 @@ def _type_hints(name: str, fn: Callable[..., Any], sig: inspect.Signature) -> di
     return hints
 
 
+def _shown(raw: Any, annotation: Any) -> str:
+    """A type hint as the user wrote it, for messages."""
+    if isinstance(raw, str):
+        return raw
+    if inspect.isroutine(annotation):  # e.g. threading.Lock, a factory function
+        return f"{annotation.__module__}.{annotation.__qualname__}"
+    return inspect.formatannotation(annotation)
+
+
 def _short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -235,8 +244,7 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (annotation, default)
-        raw = param.annotation
-        shown[pname] = raw if isinstance(raw, str) else inspect.formatannotation(annotation)
+        shown[pname] = _shown(param.annotation, annotation)
     model, schema = _args_model(name, fields, shown)
     schema["title"] = f"{name} args"
     doc = inspect.getdoc(fn) or ""
