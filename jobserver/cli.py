@@ -1,18 +1,23 @@
-"""Command line: argv -> Settings -> logging -> runtime, or a client subcommand.
+"""Command line: argv -> Settings -> logging -> task modules -> runtime, or a client subcommand.
 
-`python -m jobserver [--config PATH] [--host H] [--port P]` serves; the client
-subcommands (submit, get, wait, list, cancel, retry, tasks) live in `cli_client`.
+`python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
+`jobserver` command) serves; the client subcommands (submit, get, wait, list,
+cancel, retry, tasks) live in `jobserver.client.commands`. A start that cannot
+work (bad config, a task module that does not import, a function that cannot be
+a task) prints one `jobserver: ...` line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from jobserver.core.config import load_settings
+from jobserver.core.config import Settings, load_settings
 from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
+from jobserver.core.tasks import Registry
 
 log = logging.getLogger(__name__)
 CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
@@ -41,6 +46,24 @@ def _client_first(args: list[str]) -> list[str]:
     return args
 
 
+def log_auth(settings: Settings) -> None:
+    """Say at start whether auth is on and how many keys there are; never the keys."""
+    count = len(settings.auth.api_keys)
+    if count:
+        log.info("auth on: %d API key%s", count, "" if count == 1 else "s", extra={"action": "auth"})
+    else:
+        log.info("auth off: no API keys are configured, every route is open", extra={"action": "auth"})
+
+
+def load_tasks(settings: Settings) -> Registry:
+    """Import the task modules with the working directory first on sys.path, as `python -m` has it,
+    so the installed `jobserver` command finds ./my_tasks.py too."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return Registry.from_modules(settings.tasks.modules)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args_list = _client_first(list(sys.argv[1:] if argv is None else argv))
@@ -57,24 +80,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobserver: {exc}", file=sys.stderr)
         return 2
     from jobserver import logs
-    from jobserver.runtime import Runtime, bind_listener
 
     logs.configure(settings.server.log_level, settings.server.log_format)
+    log_auth(settings)
+    try:
+        registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
+    except ConfigError as exc:
+        log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
+        print(f"jobserver: {exc}", file=sys.stderr)
+        return 2
+    from jobserver.runtime import Runtime, bind_listener
+
     host, port = settings.server.host, settings.server.port
     try:
-        sock = bind_listener(host, port)  # first: a server that cannot serve never claims a job
+        sock = bind_listener(host, port)  # a server that cannot serve never claims a job
     except OSError as exc:
         print(
             f"jobserver: cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
         )
         return 1
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, registry=registry)
     try:
         runtime.open()
     except DatabaseInUseError as exc:
         sock.close()
         print(f"jobserver: {exc}", file=sys.stderr)
         return 3
+    except ConfigError as exc:
+        sock.close()
+        print(f"jobserver: {exc}", file=sys.stderr)
+        return 2
     except (StorageError, ImportError) as exc:
         sock.close()
         print(f"jobserver: cannot start: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from jobserver.core.clock import Clock, SystemClock
 from jobserver.core.config import Settings
 from jobserver.core.errors import DatabaseInUseError
 from jobserver.core.records import JobRecord
+from jobserver.core.tasks import Registry
 from jobserver.runner.executor import STUCK_GRACE_S
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,12 @@ class _Server(uvicorn.Server):
 class Runtime:
     """Owns one server process's parts from start to stop."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, registry: Registry | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.registry = registry  # None: built from tasks.modules
         self._lock_fd: int | None = None
         self.drain_requested = threading.Event()
         self._signals = 0
@@ -98,7 +102,7 @@ class Runtime:
         path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)
-        self.parts = p = build(self.settings, self.clock)
+        self.parts = p = build(self.settings, self.clock, self.registry)
         log.info(
             "tasks registered: %s",
             ", ".join(t.name for t in p.registry.all()) or "none",

@@ -158,15 +158,46 @@ def test_unknown_override_key_is_an_error(tmp_path: Path) -> None:
         ('["k1","k2"]', ("k1", "k2")),
         (' [ "k,1" ] ', ("k,1",)),
         ("k1,k2", ("k1", "k2")),
-        (" k1 , k2 ,", ("k1", "k2")),
+        (" k1 , k2 ", ("k1", "k2")),
         ("k1", ("k1",)),
-        ("", ()),
-        ("[]", ()),
     ],
 )
 def test_environment_lists(tmp_path: Path, raw: str, expected: tuple[str, ...]) -> None:
     settings = load(tmp_path, environ={"JOBSERVER_AUTH_API_KEYS": raw})
     assert settings.auth.api_keys == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(" a , b ,", ("a", "b")), ("", ()), ("[]", ()), (" ", ())],
+)
+def test_environment_lists_other_than_api_keys_may_be_empty(
+    tmp_path: Path, raw: str, expected: tuple[str, ...]
+) -> None:
+    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_ALLOW_HOSTS": raw})
+    assert settings.webhooks.allow_hosts == expected
+
+
+@pytest.mark.parametrize("raw", ["", " ", ",", "[]", " [ ] ", '[""]', '["k1", " "]', "k1,,k2", "k1,", ", k1"])
+def test_api_keys_set_but_empty_or_blank_in_environment_are_refused(tmp_path: Path, raw: str) -> None:
+    """Auth never fails open: a key list that is set must hold keys, and no blank one."""
+    error = config_error(tmp_path, environ={"JOBSERVER_AUTH_API_KEYS": raw})
+    assert error.key == "auth.api_keys"
+    assert "JOBSERVER_AUTH_API_KEYS" in str(error)
+
+
+@pytest.mark.parametrize("keys", ['[""]', '["k1", "  "]'])
+def test_blank_api_key_in_file_is_refused(tmp_path: Path, keys: str) -> None:
+    path = write(tmp_path, f"[auth]\napi_keys = {keys}\n")
+    error = config_error(tmp_path, config_path=path)
+    assert error.key == "auth.api_keys"
+    assert str(path) in str(error)
+
+
+def test_absent_or_empty_api_keys_in_file_mean_open(tmp_path: Path) -> None:
+    """`api_keys = []` is the documented default of config.toml: auth off."""
+    assert load(tmp_path, config_path=write(tmp_path, "[auth]\napi_keys = []\n")).auth.api_keys == ()
+    assert load(tmp_path, config_path=write(tmp_path, "[auth]\n")).auth.api_keys == ()
 
 
 def test_environment_duration_list(tmp_path: Path) -> None:
@@ -180,15 +211,48 @@ def test_bad_json_list_in_environment(tmp_path: Path, raw: str) -> None:
     assert error.key == "tasks.modules"
 
 
-def test_unknown_jobserver_variables_are_ignored(tmp_path: Path) -> None:
+def test_known_non_config_variables_are_allowed(tmp_path: Path) -> None:
     environ = {
         "JOBSERVER_URL": "http://127.0.0.1:9999",
         "JOBSERVER_API_KEY": "secret",
-        "JOBSERVER_SERVER_NOPE": "1",
-        "JOBSERVER_": "x",
+        "JOBSERVER_TEST_PG_URL": "postgresql://localhost/test",
         "OTHER_SERVER_PORT": "1",
+        "JOBSERVERX_SERVER_PORT": "1",
     }
     assert load(tmp_path, environ=environ) == load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "JOBSERVER_WORKERS_THREDS",
+        "JOBSERVER_DATABSE_URL",
+        "JOBSERVER_SERVER_NOPE",
+        "JOBSERVER_SERVER",
+        "JOBSERVER_PORT",
+        "JOBSERVER_",
+        "jobserver_workers_thredz",
+        "JOBSERVER_APIKEY",
+    ],
+)
+def test_unknown_jobserver_variable_is_an_error(tmp_path: Path, name: str) -> None:
+    """A mistyped variable is refused as an unknown key in config.toml is, not ignored."""
+    error = config_error(tmp_path, environ={name: "2"})
+    assert error.key == name
+    assert name in str(error)
+    assert "unknown" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("JOBSERVER_WORKERS_THREDS", "JOBSERVER_WORKERS_THREADS"),
+        ("JOBSERVER_DATABSE_URL", "JOBSERVER_DATABASE_URL"),
+        ("JOBSERVER_APIKEY", "JOBSERVER_API_KEY"),
+    ],
+)
+def test_unknown_variable_error_suggests_the_closest_name(tmp_path: Path, name: str, suggestion: str) -> None:
+    assert f"did you mean {suggestion}?" in str(config_error(tmp_path, environ={name: "2"}))
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,15 @@
 Owns the config schema (sections, keys, defaults, limits), duration parsing, and
 the merge defaults < config.toml < JOBSERVER_<SECTION>_<KEY> environment <
 overrides (CLI flags). Every invalid value becomes `ConfigError(key, message)`
-naming the dotted key. Imports only jobserver.core.errors from jobserver.
+naming the dotted key. A JOBSERVER_* variable that names no config key and is not
+one of NON_CONFIG_VARIABLES is an error too, as an unknown key in config.toml is.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import math
 import os
@@ -27,6 +29,15 @@ from jobserver.core.errors import ConfigError
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
 _UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_PREFIX = "JOBSERVER_"
+NON_CONFIG_VARIABLES = frozenset(
+    {
+        "JOBSERVER_URL",  # the client commands: where the server is
+        "JOBSERVER_API_KEY",  # the client commands: the key they send
+        "JOBSERVER_TEST_PG_URL",  # the test suite: the PostgreSQL server of the postgres tests
+    }
+)
+"""JOBSERVER_* variables that are not config keys; any other JOBSERVER_* name must be one."""
+_KEEP_BLANK_ITEMS = frozenset({"auth.api_keys"})  # a blank key is refused, not dropped: auth never fails open
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_PREFIX = "sqlite:///"
 
@@ -130,7 +141,7 @@ class AuthSettings(_Section):
     @classmethod
     def _no_blank_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
         if any(not key.strip() for key in keys):
-            raise ValueError("API keys must not be empty")
+            raise ValueError("an API key must not be blank")
         return keys
 
 
@@ -220,7 +231,14 @@ def load_settings(
     for name in sorted(env):
         key = _env_key(name)
         if key is not None:
-            _put(data, key, _coerce(key, env[name]))
+            value = _coerce(key, env[name])
+            if key == "auth.api_keys" and not value:
+                # unlike `api_keys = []` in the file, a variable set to nothing is likely a
+                # deployment mistake (an unset $KEYS); running open would fail open
+                raise ConfigError(
+                    key, f"no API key in environment variable {name}; unset it to run without auth"
+                )
+            _put(data, key, value)
             sources[key] = f"environment variable {name}"
     for key, value in (overrides or {}).items():
         if value is None:
@@ -267,12 +285,36 @@ def _field_of(key: str) -> FieldInfo | None:
 
 
 def _env_key(name: str) -> str | None:
-    """Map JOBSERVER_WORKERS_LEASE_SECONDS to "workers.lease_seconds"; None if no such key."""
-    if not name.upper().startswith(_ENV_PREFIX):
+    """Map JOBSERVER_WORKERS_LEASE_SECONDS to "workers.lease_seconds"; None for a variable that is
+    not ours or is a known non-config one; ConfigError for any other JOBSERVER_* name."""
+    upper = name.upper()
+    if not upper.startswith(_ENV_PREFIX) or upper in NON_CONFIG_VARIABLES:
         return None
     section, _, rest = name[len(_ENV_PREFIX) :].lower().partition("_")
     key = f"{section}.{rest}"
-    return key if rest and _field_of(key) is not None else None
+    if rest and _field_of(key) is not None:
+        return key
+    raise ConfigError(name, f"unknown environment variable; {_closest_variable(upper)}")
+
+
+def _closest_variable(upper: str) -> str:
+    """A hint for a mistyped variable: the nearest known name, or how names are formed."""
+    known = [f"{_ENV_PREFIX}{s}_{k}".upper() for s, m in _sections().items() for k in m.model_fields]
+    known += sorted(NON_CONFIG_VARIABLES)
+    suffixes = {name[len(_ENV_PREFIX) :]: name for name in known}
+    close = difflib.get_close_matches(upper[len(_ENV_PREFIX) :], list(suffixes), n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {suffixes[close[0]]}?"
+    return "a config key is set as JOBSERVER_<SECTION>_<KEY>, e.g. JOBSERVER_SERVER_PORT"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    """Section name -> its settings model."""
+    return {
+        name: field.annotation
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -282,7 +324,8 @@ def _coerce(key: str, value: Any) -> Any:
         return value
     text = value.strip()
     if not text.startswith("["):
-        return [item.strip() for item in text.split(",") if item.strip()]
+        items = [item.strip() for item in text.split(",")] if text else []
+        return items if key in _KEEP_BLANK_ITEMS else [item for item in items if item]
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -2,6 +2,7 @@
 
     JobServerError
     ├── ConfigError                 a config value is missing or malformed (names the key)
+    │   └── TaskDefinitionError     a @task function cannot be registered (names the task and parameter)
     ├── StorageError                the database failed; the driver error is kept as __cause__
     │   └── DatabaseInUseError      another server holds this SQLite file
     ├── JobNotFoundError            404: no job with that id
@@ -46,6 +47,17 @@ class ConfigError(JobServerError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"config {key}: {message}")
+
+
+class TaskDefinitionError(ConfigError):
+    """A @task function cannot be registered."""
+
+    def __init__(self, task: str, param: str | None, message: str) -> None:
+        self.task = task
+        self.param = param
+        where = f"task {task}" if param is None else f"task {task}: parameter {param}"
+        JobServerError.__init__(self, f"{where}: {message}")
+        self.key = "tasks.modules"
 
 
 class StorageError(JobServerError):

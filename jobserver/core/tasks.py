@@ -5,21 +5,30 @@ from the modules named in `tasks.modules`, so there is no global registry. Each
 task's parameters become a pydantic model used to validate a job's `args` at
 submit time and to rebuild typed arguments when it runs.
 
-Imports errors only (and JobContext lazily, by name, to spot the context parameter).
+A function that cannot become a task (a parameter type pydantic cannot validate
+from JSON, a default that is not JSON, two tasks with one name) and a task module
+that cannot be imported raise ConfigError naming the task and parameter, or the
+module, in one line. The context parameter is spotted by its annotation's name, so
+a hint that exists only for type checkers works too.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import traceback
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_type_hints, overload
 
 import pydantic
+import pydantic_core
 from pydantic import ConfigDict
 
-from jobserver.core.errors import InvalidRequestError, TaskNotFoundError
+from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
 
 MARK = "__jobserver_task__"
 
@@ -114,12 +123,6 @@ def task(
     on_crash: Literal["retry", "fail"] = "retry",
 ) -> Any:
     """Mark a sync or async function as a task: `@task` or `@task(max_attempts=3, ...)`."""
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
-    if on_crash not in ("retry", "fail"):
-        raise ValueError('on_crash must be "retry" or "fail"')
-    if concurrency is not None and concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
     options = TaskOptions(
         max_attempts,
         (float(backoff[0]), float(backoff[1])),
@@ -131,25 +134,101 @@ def task(
     )
 
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(f, MARK, (name or f"{f.__module__}.{f.__name__}", options))
+        task_name = name or f"{f.__module__}.{f.__name__}"
+        if max_attempts < 1:
+            raise ValueError(f"task {task_name}: max_attempts must be at least 1")
+        if on_crash not in ("retry", "fail"):
+            raise ValueError(f'task {task_name}: on_crash must be "retry" or "fail"')
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"task {task_name}: concurrency must be at least 1")
+        setattr(f, MARK, (task_name, options))
         return f
 
     return mark(fn) if fn is not None else mark
 
 
 def _is_context(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # a hint left unresolved, e.g. imported only under TYPE_CHECKING
+        return annotation.rpartition(".")[2] == "JobContext"
     return getattr(annotation, "__name__", None) == "JobContext"
+
+
+def _type_hints(name: str, fn: Callable[..., Any], sig: inspect.Signature) -> dict[str, Any]:
+    """The resolved type hint of each parameter; TaskDefinitionError names one that cannot be resolved."""
+    try:
+        return get_type_hints(fn)
+    except Exception:  # any hint (the return's too) spoils the whole call: resolve them one by one
+        pass
+    namespace = getattr(inspect.unwrap(fn), "__globals__", {})
+    hints: dict[str, Any] = {}
+    for pname, param in sig.parameters.items():
+        raw = param.annotation
+        if raw is inspect.Parameter.empty or _is_context(raw):
+            continue
+        holder = types.SimpleNamespace(__annotations__={pname: raw})
+        try:
+            hints[pname] = get_type_hints(holder, globalns=namespace)[pname]
+        except Exception as exc:
+            message = f"cannot resolve its type hint {raw!r}: {type(exc).__name__}: {exc}"
+            raise TaskDefinitionError(name, pname, message) from exc
+    return hints
+
+
+def _shown(raw: Any, annotation: Any) -> str:
+    """A type hint as the user wrote it, for messages."""
+    if isinstance(raw, str):
+        return raw
+    if inspect.isroutine(annotation):  # e.g. threading.Lock, a factory function
+        return f"{annotation.__module__}.{annotation.__qualname__}"
+    return inspect.formatannotation(annotation)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_sentence(exc: BaseException) -> str:
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line.split(". ")[0].rstrip(".")
+
+
+def _args_model(
+    name: str, fields: dict[str, Any], shown: dict[str, str]
+) -> tuple[type[pydantic.BaseModel], dict[str, Any]]:
+    """The args model of a task and its JSON schema; TaskDefinitionError names a parameter that breaks it."""
+    for pname, (_, default) in fields.items():
+        if pname.startswith("_"):
+            raise TaskDefinitionError(name, pname, "an args name must not start with an underscore")
+        if default is not ...:
+            try:
+                pydantic_core.to_json(default)
+            except Exception as exc:  # whatever the serializer refuses, a job's stored args could not hold it
+                message = f"its default {_short_repr(default)} is not JSON-serializable"
+                raise TaskDefinitionError(name, pname, message) from exc
+    config = ConfigDict(extra="forbid")
+    try:
+        model = pydantic.create_model(f"{name.replace('.', '_')}_args", __config__=config, **fields)
+        return model, model.model_json_schema()
+    except Exception as exc:  # pydantic raises several kinds here; find the parameter behind it
+        for pname, spec in fields.items():
+            try:
+                pydantic.create_model("one_arg", __config__=config, **{pname: spec}).model_json_schema()
+            except Exception as one:
+                message = (
+                    f"its type {shown[pname]} cannot be validated from JSON args: {_first_sentence(one)}"
+                )
+                raise TaskDefinitionError(name, pname, message) from one
+        raise TaskDefinitionError(name, None, f"no args model: {_first_sentence(exc)}") from exc
 
 
 def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
     """Turn a marked function into a TaskDef (pydantic model from its signature)."""
     name, options = getattr(fn, MARK)
     sig = inspect.signature(fn)
-    try:
-        hints = get_type_hints(fn)
-    except Exception:
-        hints = {}
+    hints = _type_hints(name, fn, sig)
     fields: dict[str, Any] = {}
+    shown: dict[str, str] = {}
     ctx_param = None
     for pname, param in sig.parameters.items():
         annotation = hints.get(pname, param.annotation)
@@ -157,15 +236,15 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
             ctx_param = pname
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise TypeError(f"task {name}: *args and **kwargs are not supported")
+            stars = "*" if param.kind is param.VAR_POSITIONAL else "**"
+            message = f"{stars}{pname} cannot come from a job's args; use a list or dict parameter"
+            raise TaskDefinitionError(name, pname, message)
         if annotation is inspect.Parameter.empty:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (annotation, default)
-    model = pydantic.create_model(
-        f"{name.replace('.', '_')}_args", __config__=ConfigDict(extra="forbid"), **fields
-    )
-    schema = model.model_json_schema()
+        shown[pname] = _shown(param.annotation, annotation)
+    model, schema = _args_model(name, fields, shown)
     schema["title"] = f"{name} args"
     doc = inspect.getdoc(fn) or ""
     return TaskDef(
@@ -180,6 +259,30 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
     )
 
 
+# frames of these packages only pass an import error on: the user's line is the last one outside them
+_NOT_THE_CULPRIT = tuple(
+    str(Path(p).resolve()) + os.sep for p in (Path(__file__).parents[1], Path(importlib.__file__).parent)
+)
+
+
+def _import_error(module_name: str, exc: Exception) -> ConfigError:
+    """One line for a module that failed to import: the error and the line of user code that raised it."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<") and not frame.filename.startswith(_NOT_THE_CULPRIT)
+    ]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    detail = (str(exc).strip().splitlines() or [""])[0]
+    return ConfigError(
+        "tasks.modules", f"cannot import {module_name!r}: {type(exc).__name__}: {detail}{where}"
+    )
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"
+
+
 class Registry:
     """Task name -> TaskDef."""
 
@@ -190,16 +293,28 @@ class Registry:
 
     def add(self, taskdef: TaskDef) -> None:
         """Register one task; a duplicate name is an error."""
-        if taskdef.name in self._tasks and self._tasks[taskdef.name].fn is not taskdef.fn:
-            raise ValueError(f"two tasks are named {taskdef.name!r}")
+        other = self._tasks.get(taskdef.name)
+        if other is not None and other.fn is not taskdef.fn:
+            message = (
+                f"two functions have this name, {_qualname(other.fn)} and {_qualname(taskdef.fn)}; "
+                "rename one with @task(name=...)"
+            )
+            raise TaskDefinitionError(taskdef.name, None, message)
         self._tasks[taskdef.name] = taskdef
 
     @classmethod
     def from_modules(cls, modules: Iterable[str]) -> Registry:
-        """Import each module and register every function marked with `@task`."""
+        """Import each module and register every function marked with `@task`.
+
+        Raises ConfigError (key "tasks.modules") for a module that cannot be imported
+        and TaskDefinitionError for a function that cannot be a task.
+        """
         registry = cls()
         for module_name in modules:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # whatever the module's own code raises while it loads
+                raise _import_error(module_name, exc) from exc
             for value in vars(module).values():
                 if callable(value) and hasattr(value, MARK):
                     registry.add(build_taskdef(value))
