@@ -10,7 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e import Server, has_line, start_server, wait_until
+from tests.e2e import Server, start_server
+from tests.helpers import has_line, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from jobserver.client.commands import parse_key_value
-from tests.e2e import REPO, Server, free_port, start_server
+from tests.e2e import Server, start_server
+from tests.helpers import REPO, free_port
 
 pytestmark = pytest.mark.e2e
 

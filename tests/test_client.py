@@ -27,12 +27,8 @@ from jobserver.core.errors import (
     JobServerError,
     TaskNotFoundError,
 )
-from tests.e2e import (
-    Server,
-    has_line,
-    start_server,
-    wait_until,
-)
+from tests.e2e import Server, start_server
+from tests.helpers import has_line, wait_until
 
 pytestmark = pytest.mark.e2e
 

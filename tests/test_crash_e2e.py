@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import STARTED, Server, free_port, has_line, start_server, wait_until
+from tests.e2e import STARTED, Server, start_server
+from tests.helpers import free_port, has_line, wait_until
 
 pytestmark = pytest.mark.e2e
 FINISHED = {"completed", "failed", "cancelled"}

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobserver.core.records import Claim, JobRecord
 from jobserver.ops.metrics import Metrics
-from tests.e2e import Server, has_line, start_server, wait_until
+from tests.e2e import Server, start_server
+from tests.helpers import has_line, wait_until
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"

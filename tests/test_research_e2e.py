@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Server, start_server, wait_until
+from tests.e2e import Server, start_server
+from tests.helpers import wait_until
 from tests.test_agent_e2e import finished, read_events, submit
 
 pytestmark = pytest.mark.e2e

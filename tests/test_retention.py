@@ -15,7 +15,8 @@ from jobserver.ops.retention import CHILD_TABLES, EXPIRED_JOBS_SQL, EXPIRED_KEYS
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
-from tests.e2e import start_server, wait_until
+from tests.e2e import start_server
+from tests.helpers import wait_until
 from tests.storage import claim_one
 
 NOW = 1_800_000_000.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.e2e import REPO
+from tests.helpers import REPO
 
 
 def test_mypy_strict_passes() -> None:

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.e2e import Server, start_server, wait_until
+from tests.e2e import Server, start_server
+from tests.helpers import wait_until
 from tests.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.e2e
