@@ -11,6 +11,7 @@ import pytest
 from tests.e2e import STARTED, Server, start_server
 from tests.helpers import default_config, free_port
 from tests.inproc import RunningApp, running_app
+from tests.receiver import Receiver, running_receiver
 
 
 @pytest.fixture
@@ -25,6 +26,13 @@ def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]
     """One in-process app for a whole test module, for tests that do not interfere with each other."""
     with running_app(tmp_path_factory.mktemp("shared")) as running:
         yield running
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 with scripted answers."""
+    with running_receiver() as r:
+        yield r
 
 
 @pytest.fixture

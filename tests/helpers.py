@@ -6,6 +6,7 @@ server process, or Starlette's `TestClient` talking to the app in-process).
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,3 +132,27 @@ def read_events(
             key, _, value = line.partition(": ")
             fields[key] = value
     return out
+
+
+# ----------------------------------------------------------------- webhooks
+def webhook_attempts(c: httpx.Client, job_id: str, n: int, timeout: float = 20) -> list[dict[str, Any]]:
+    """Wait until GET /jobs/{id}/webhooks lists at least `n` attempts; return them."""
+
+    def listed() -> list[dict[str, Any]] | None:
+        r = c.get(f"/jobs/{job_id}/webhooks")
+        assert r.status_code == 200, r.text
+        got: list[dict[str, Any]] = r.json()["deliveries"]
+        return got if len(got) >= n else None
+
+    found: list[dict[str, Any]] = wait_until(listed, timeout, message=f"{n} webhook attempts of {job_id}")
+    return found
+
+
+def delivery_state(db_path: Path, job_id: str) -> tuple[str, int]:
+    """(state, attempts) of the job's delivery row, read from the server's database file."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        row = conn.execute(
+            "SELECT state, attempts FROM webhook_deliveries WHERE job_id = ?", (job_id,)
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1])
