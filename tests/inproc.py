@@ -91,6 +91,11 @@ class RunningApp:
         self.client = self.new_client()
 
     @property
+    def asgi_app(self) -> Any:
+        """The ASGI app, for clients that bring their own transport (Schemathesis, a plain TestClient)."""
+        return self.runtime.app
+
+    @property
     def db_path(self) -> Path:
         path = self.settings.sqlite_path()
         assert path is not None
@@ -98,7 +103,7 @@ class RunningApp:
 
     def new_client(self, api_key: str | None = None, timeout: float = CLIENT_TIMEOUT_S) -> TimedClient:
         """Another client on the same app (closed with it), sending `api_key` as a bearer token."""
-        return self._stack.enter_context(TimedClient(self.runtime.app, api_key, timeout))
+        return self._stack.enter_context(TimedClient(self.asgi_app, api_key, timeout))
 
 
 def settings_for(
