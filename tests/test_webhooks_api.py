@@ -18,11 +18,12 @@ from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver, Reply
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+SCHEDULE = ["20ms", "40ms", "80ms"]  # three retries, as in the test config, only sooner
 
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[RunningApp]:
-    with running_app(tmp_path, config={"webhooks": {"secret": SECRET}}) as app:
+    with running_app(tmp_path, config={"webhooks": {"secret": SECRET, "retry_schedule": SCHEDULE}}) as app:
         yield app
 
 
