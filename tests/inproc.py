@@ -9,6 +9,7 @@ through `running_app`.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,9 @@ assert issubclass(TestClient, httpx.Client), "the TestClient must be an httpx.Cl
 
 CLIENT_TIMEOUT_S = 30.0
 UNUSED_PORT = 8000  # nothing listens in-process; the config only needs a valid port
+# Threads a closed runtime must not leave behind. Worker threads may outlive it on purpose
+# (a task stuck in a C call is given up, not waited on); the app's reader pool is left to the GC.
+SERVICE_THREADS = ("jobserver-writer", "jobserver-maintenance", "jobserver-async", "jobserver-webhooks")
 
 
 def _start_timer(request: httpx.Request) -> None:
@@ -125,6 +129,7 @@ def running_app(
 ) -> Iterator[RunningApp]:
     """Open a runtime on `tmp_path/jobs.db`; close it (and its clients) however the block ends."""
     settings = settings_for(tmp_path, config, environ)
+    before = set(threading.enumerate())
     runtime = Runtime(settings, clock)
     runtime.open()
     try:
@@ -138,3 +143,5 @@ def running_app(
         # open() freezes every object alive at start-up, this test's garbage included; give
         # it back to the collector so one test process can open many runtimes.
         gc.unfreeze()
+    left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith(SERVICE_THREADS)]
+    assert not left, f"threads still running after close: {left}"
