@@ -1,4 +1,8 @@
-"""The example research agent, offline, against pages served on 127.0.0.1."""
+"""The example research agent, offline, against pages served on 127.0.0.1.
+
+Server processes, not the app in-process: once a research job has run, the submodule
+`jobserver.examples.research` (imported by the task) hides the `research` task on the
+`jobserver.examples` package, so a later registry built in the same process lacks it."""
 
 from __future__ import annotations
 
