@@ -96,9 +96,6 @@ class Runtime:
 
     def open(self) -> Parts:
         """Lock the SQLite file, build every part and start them; HTTP is served by `serve`."""
-        # The API, the writer and the workers share one GIL; Python's default 5 ms switch
-        # interval lets a busy thread keep a woken worker or the event loop waiting that long.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)
@@ -123,7 +120,6 @@ class Runtime:
         p.dispatcher.start()
         p.pool.start()
         p.maintenance.start()
-        gc.freeze()  # startup objects (modules, registry, schemas) need no more collection passes
         return p
 
     @property
@@ -140,7 +136,14 @@ class Runtime:
             os._exit(1)
 
     def serve(self, sock: socket.socket) -> None:
-        """Serve HTTP on the bound socket until a signal, then drain and close. Blocks."""
+        """Serve HTTP on the bound socket until a signal, then drain and close. Blocks.
+
+        Tunes the process, which serving owns: the API, the writer and the workers share
+        one GIL, and Python's default 5 ms switch interval lets a busy thread keep a woken
+        worker or the event loop waiting that long; start-up objects (modules, registry,
+        schemas) need no more collection passes."""
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        gc.freeze()
         s = self.settings.server
         config = uvicorn.Config(
             self.parts.app,

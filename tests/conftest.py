@@ -1,4 +1,5 @@
-"""Shared fixtures: a running server per test, on its own SQLite file."""
+"""Shared fixtures: the app in-process (tests/inproc.py) or the server as a subprocess
+(tests/e2e.py), each on its own SQLite file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import STARTED, Server, default_config, free_port, start_server
+from tests.e2e import STARTED, Server, start_server
+from tests.helpers import default_config, free_port
+from tests.inproc import RunningApp, running_app
+from tests.receiver import Receiver, running_receiver
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[RunningApp]:
+    """The real app with its worker threads, in this process, on a fresh SQLite file."""
+    with running_app(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """One in-process app for a whole test module, for tests that do not interfere with each other."""
+    with running_app(tmp_path_factory.mktemp("shared")) as running:
+        yield running
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 with scripted answers."""
+    with running_receiver() as r:
+        yield r
 
 
 @pytest.fixture
@@ -27,7 +52,7 @@ def _stop_servers() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for a whole test module, for tests that do not interfere with each other
+    """One server process for a whole test module, for tests that do not interfere with each other
     (built directly: `_stop_servers` stops what `start_server` started after every test)."""
     path = tmp_path_factory.mktemp("shared")
     srv = Server(path, default_config(path, free_port()), None).start()

@@ -8,77 +8,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, Config, free_port, merged_config, wait_until, write_config
+
 STARTED: list[Server] = []  # every server a test started; the conftest stops them after each test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def write_config(path: Path, config: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for section, values in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, message: str = "condition"
-) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)  # ok: the poll interval of a bounded wait
-
-
-def default_config(tmp_path: Path, port: int) -> dict[str, dict[str, Any]]:
-    return {
-        "server": {"host": "127.0.0.1", "port": port, "log_level": "info"},
-        "database": {"url": f"sqlite:///{tmp_path / 'jobs.db'}"},
-        "workers": {"threads": 4, "lease_seconds": 5, "shutdown_grace_seconds": 5},
-        "tasks": {"modules": ["jobserver.examples", "tests.e2e_tasks"]},
-        "webhooks": {
-            "allow_hosts": ["127.0.0.1", "localhost"],
-            "retry_schedule": ["200ms", "400ms", "800ms"],
-        },
-    }
 
 
 class Server:
     """A running `python -m jobserver` process."""
 
-    def __init__(self, tmp_path: Path, config: dict[str, dict[str, Any]], env: dict[str, str] | None) -> None:
+    def __init__(self, tmp_path: Path, config: Config, env: dict[str, str] | None) -> None:
         self.tmp_path = tmp_path
         self.config = config
         self.port = int(config["server"]["port"])
@@ -153,23 +97,11 @@ class Server:
 
 def start_server(
     tmp_path: Path,
-    config: dict[str, dict[str, Any]] | None = None,
+    config: Config | None = None,
     env: dict[str, str] | None = None,
     wait: bool = True,
 ) -> Server:
     """Start the server with the default test config updated section by section."""
-    merged = default_config(tmp_path, free_port())
-    for section, values in (config or {}).items():
-        merged.setdefault(section, {}).update(values)
-    srv = Server(tmp_path, merged, env)
+    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env)
     STARTED.append(srv)
     return srv.start(wait=wait)
-
-
-def has_line(path: Path) -> bool:
-    """A task's marker file holds at least one whole line (created is not enough: a kill can
-    land between the file's creation and its first write)."""
-    try:
-        return path.read_text().endswith("\n")
-    except FileNotFoundError:
-        return False

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from jobserver.cli import main
-from tests.e2e import free_port, wait_until
+from tests.helpers import free_port, wait_until
 
 SCRIPT = Path(sys.executable).with_name("jobserver")
 STOP = "no_such_tasks_module"  # a task module that is nowhere: the start ends before it opens anything

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from jobserver.client.commands import parse_key_value
-from tests.e2e import REPO, Server, free_port, start_server
+from tests.e2e import Server, start_server
+from tests.helpers import REPO, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -151,19 +151,3 @@ def test_api_key_from_flag_or_environment(tmp_path: Path) -> None:
         assert wrong.returncode == 1  # the flag wins over the environment
     finally:
         srv.stop()
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("n=3", ("n", 3)),
-        ("xs=[1, 2]", ("xs", [1, 2])),
-        ("flag=true", ("flag", True)),
-        ('s="7"', ("s", "7")),
-        ("s=hello world", ("s", "hello world")),
-        ("eq=a=b", ("eq", "a=b")),
-        ("empty=", ("empty", "")),
-    ],
-)
-def test_key_value_parses_json_else_keeps_the_string(text: str, expected: tuple[str, Any]) -> None:
-    assert parse_key_value(text) == expected

@@ -1,9 +1,9 @@
-"""The SDK (`jobserver.client.sdk`) against the real server.
+"""The SDK (`jobserver.client.sdk`) against the real app in-process (tests/inproc.py):
+the SDK is handed Starlette's TestClient as its `httpx.Client`.
 
-The server runs the way a user runs it (`python -m jobserver` as a subprocess,
-tests/e2e.py), because the app needs its runtime (writer thread, workers). One
-server serves the whole module; tests that would disturb it (auth, drain) start
-their own. Waits are the SDK's own bounded waits, never sleeps.
+One app serves the whole module; tests that would disturb it (auth) open their
+own. Waits are the SDK's own bounded waits, never sleeps. Submitting while the
+server drains on SIGTERM is in test_client_e2e.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from jobserver.client.sdk import Client, ClientError, Event, Job, parse_sse
 from jobserver.core.errors import (
-    DrainingError,
     IdempotencyMismatchError,
     InvalidRequestError,
     JobFinishedError,
@@ -27,14 +27,7 @@ from jobserver.core.errors import (
     JobServerError,
     TaskNotFoundError,
 )
-from tests.e2e import (
-    Server,
-    has_line,
-    start_server,
-    wait_until,
-)
-
-pytestmark = pytest.mark.e2e
+from tests.inproc import RunningApp, running_app
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -43,8 +36,8 @@ WAIT_S = 30.0
 
 
 @pytest.fixture
-def client(shared: Server) -> Iterator[Client]:
-    with Client(shared.url) as c:
+def client(shared_app: RunningApp) -> Iterator[Client]:
+    with Client(http_client=shared_app.client) as c:
         yield c
 
 
@@ -185,53 +178,23 @@ def test_events_of_a_retried_job_follow_the_rerun(client: Client) -> None:
     assert statuses == ["pending", "running", "failed", "pending", "running", "failed"]
 
 
-def test_a_given_http_client_is_used_and_left_open(shared: Server) -> None:
-    with httpx.Client(base_url=shared.url) as http:
+def test_a_given_http_client_is_used_and_left_open(shared_app: RunningApp) -> None:
+    with TestClient(shared_app.asgi_app) as http:
         with Client("http://unused.invalid", http_client=http) as c:
             assert c.tasks()
         assert http.get("/healthz").status_code == 200
 
 
 def test_api_keys_are_sent_as_bearer_tokens(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
-    try:
+    with running_app(tmp_path, config={"auth": {"api_keys": ["k1"]}}) as app:
         for key in (None, "wrong"):
-            with Client(srv.url, api_key=key) as c, pytest.raises(ClientError) as info:
+            with Client(api_key=key, http_client=app.client) as c, pytest.raises(ClientError) as info:
                 c.submit(ADD, {"a": 1, "b": 1})
             assert info.value.status_code == 401
             assert info.value.problem["code"] == "unauthorized"
-        with Client(srv.url, api_key="k1") as c:
+        with Client(api_key="k1", http_client=app.client) as c:
             job = c.submit(ADD, {"a": 1, "b": 1})
             assert c.wait(job["id"], timeout=WAIT_S)["result"] == 2
-    finally:
-        srv.stop()
-
-
-def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
-    srv = start_server(tmp_path)
-    started, release = tmp_path / "started", tmp_path / "release"
-    try:
-        with Client(srv.url) as c:
-            job = c.submit(
-                "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
-            )
-            wait_until(lambda: has_line(started), WAIT_S, message="the job to start")
-            srv.terminate()
-
-            def refused() -> DrainingError | None:
-                try:
-                    c.submit(ADD, {"a": 1, "b": 1})
-                except DrainingError as exc:
-                    return exc
-                return None
-
-            exc = wait_until(refused, WAIT_S, message="submissions to be refused")
-            assert exc.status_code == 503 and exc.retry_after is not None
-            assert c.get(job["id"])["status"] == "running"  # reads still work while draining
-            release.touch()
-        assert srv.wait_exit(WAIT_S) == 0
-    finally:
-        srv.stop()
 
 
 def test_parse_sse_joins_data_lines_and_skips_comments() -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import STARTED, Server, free_port, has_line, start_server, wait_until
+from tests.e2e import STARTED, Server, start_server
+from tests.helpers import finished, free_port, has_line, submit, wait_until
 
 pytestmark = pytest.mark.e2e
 FINISHED = {"completed", "failed", "cancelled"}
@@ -90,19 +91,11 @@ def _up(srv: Server) -> bool:
         return False
 
 
-def _submit(c: httpx.Client, task: str, args: dict) -> str:
-    r = c.post("/jobs", json={"task": task, "args": args})
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
-
 def test_cut_off_attempt_runs_again(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(
-        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
-    )
+    job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     wait_until(lambda: has_line(started), message="the attempt to start")
     srv.kill()
     release.touch()
@@ -118,7 +111,7 @@ def test_on_crash_fail_is_at_most_once(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(c, "tests.e2e_tasks.at_most_once", {"started": str(started), "release": str(release)})
+    job_id = submit(c, "tests.e2e_tasks.at_most_once", {"started": str(started), "release": str(release)})
     wait_until(lambda: has_line(started), message="the attempt to start")
     srv.kill()
     release.touch()
@@ -135,9 +128,7 @@ def test_poison_job_stops_after_crash_cap(tmp_path: Path) -> None:
     srv = start_server(tmp_path)
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "never"
-    job_id = _submit(
-        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
-    )
+    job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     for n in (1, 2, 3):
         wait_until(
             lambda: has_line(started) and len(started.read_text().splitlines()) == n,  # noqa: B023
@@ -148,6 +139,25 @@ def test_poison_job_stops_after_crash_cap(tmp_path: Path) -> None:
     job = c.get(f"/jobs/{job_id}", params={"wait": 20}).json()
     assert job["status"] == "failed" and job["error"]["type"] == "Crashed"
     assert job["attempts"] == 3
+    srv.stop()
+
+
+def test_steps_survive_sigkill_between_steps(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    c = srv.client()
+    effects, hold = tmp_path / "effects", tmp_path / "hold"
+    hold.touch()
+    job_id = submit(c, "tests.e2e_tasks.stepped", {"path": str(effects), "steps": 3, "hold": str(hold)})
+    wait_until(lambda: len(c.get(f"/jobs/{job_id}").json()["steps"]) == 2, message="two committed steps")
+    srv.kill()
+    hold.unlink()
+    srv.restart()
+    job = finished(c, job_id)
+    assert job["status"] == "completed" and job["result"] == [0, 10, 20]
+    assert job["attempts"] == 2
+    assert effects.read_text().splitlines() == ["step 0", "step 1", "step 2"]  # no step ran twice
+    assert [s["name"] for s in job["steps"]] == ["s0", "s1", "s2"]
+    assert all(s["status"] == "completed" and s["finished_at"] for s in job["steps"])
     srv.stop()
 
 
@@ -165,7 +175,7 @@ def test_second_server_on_same_file_is_refused(server: Server, tmp_path: Path) -
 
 def test_restart_right_after_sigkill_starts_normally(server: Server) -> None:
     c = server.client()
-    job_id = _submit(c, "jobserver.examples.add", {"a": 1, "b": 2})
+    job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2})
     server.kill()
     server.restart()
     assert c.get(f"/jobs/{job_id}", params={"wait": 10}).json()["result"] == 3
@@ -175,7 +185,7 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 10}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    running = _submit(
+    running = submit(
         c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
     )
     wait_until(lambda: has_line(started), message="the job to start")
@@ -199,9 +209,7 @@ def test_sigterm_grace_expiry_puts_jobs_back(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 0.5}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(
-        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
-    )
+    job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     delayed = c.post(
         "/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}, "delay": 1}
     ).json()["id"]
@@ -221,9 +229,7 @@ def test_second_signal_exits_at_once_and_loses_nothing(tmp_path: Path) -> None:
     srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 60}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job_id = _submit(
-        c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
-    )
+    job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     wait_until(lambda: has_line(started), message="the job to start")
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGINT)

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, 
 
 from tests.e2e import Server, start_server
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

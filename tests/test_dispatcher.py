@@ -5,43 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
-from jobserver.core.config import load_settings
 from jobserver.core.records import JobIds, NewJob
-from jobserver.runtime import Runtime
-from tests.e2e import wait_until
-
-
-@contextmanager
-def running(tmp_path: Path, threads: int = 4) -> Iterator[tuple[Runtime, TestClient]]:
-    settings = load_settings(
-        None,
-        environ={},
-        overrides={
-            "database.url": f"sqlite:///{tmp_path / 'jobs.db'}",
-            "workers.threads": threads,
-            "tasks.modules": ["jobserver.examples", "tests.e2e_tasks"],
-        },
-        cwd=tmp_path,
-    )
-    runtime = Runtime(settings)
-    runtime.open()
-    try:
-        with TestClient(runtime.app) as client:
-            yield runtime, client
-    finally:
-        runtime.close()
+from tests.helpers import wait_until
+from tests.inproc import running_app
 
 
 def test_async_jobs_run_while_the_only_sync_thread_is_busy(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
-    with running(tmp_path, threads=1) as (_, c):
+    with running_app(tmp_path, {"workers": {"threads": 1}}) as app:
+        c = app.client
         sync = c.post(
             "/jobs",
             json={
@@ -67,10 +43,11 @@ def test_async_jobs_run_while_the_only_sync_thread_is_busy(tmp_path: Path) -> No
 
 
 def test_a_job_of_an_unknown_task_stays_pending(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with running(tmp_path) as (runtime, c):
+    with running_app(tmp_path) as app:
+        c = app.client
         now = time.time()
         unknown = JobIds().new()
-        runtime.parts.store.enqueue(
+        app.runtime.parts.store.enqueue(
             NewJob(unknown, "elsewhere.task", "{}", 5, 1, None, None, None, now, now), None, lambda: None
         ).result(10)
         for _ in range(3):  # known jobs behind it (lower priority) still run
@@ -78,8 +55,8 @@ def test_a_job_of_an_unknown_task_stays_pending(tmp_path: Path, caplog: pytest.L
             assert c.get(f"/jobs/{known['id']}", params={"wait": 30}).json()["status"] == "completed"
         job = c.get(f"/jobs/{unknown}").json()
         assert (job["status"], job["attempts"], job["error"]) == ("pending", 0, None)
-    with caplog.at_level(logging.INFO, logger="jobserver"), running(tmp_path) as (_, c):
-        assert c.get(f"/jobs/{unknown}").json()["status"] == "pending"
+    with caplog.at_level(logging.INFO, logger="jobserver"), running_app(tmp_path) as app:
+        assert app.client.get(f"/jobs/{unknown}").json()["status"] == "pending"
     messages = [r.getMessage() for r in caplog.records]
     assert any("tasks registered:" in m and "jobserver.examples.add" in m for m in messages)
     assert any("do" in m and "not know" in m and "elsewhere.task" in m for m in messages)

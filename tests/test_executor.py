@@ -15,24 +15,15 @@ import pytest
 
 from jobserver.build import Parts, build
 from jobserver.core.clock import ManualClock
-from jobserver.core.config import load_settings
 from jobserver.core.records import Claim, JobIds, NewJob
 from jobserver.runner.executor import STUCK_GRACE_S
-from tests.e2e import has_line, wait_until
+from tests.helpers import has_line, wait_until
+from tests.inproc import settings_for
 
 
 @contextmanager
 def built(tmp_path: Path, clock: ManualClock) -> Iterator[Parts]:
-    settings = load_settings(
-        None,
-        environ={},
-        overrides={
-            "database.url": f"sqlite:///{tmp_path / 'jobs.db'}",
-            "tasks.modules": ["jobserver.examples", "tests.e2e_tasks"],
-        },
-        cwd=tmp_path,
-    )
-    parts = build(settings, clock)
+    parts = build(settings_for(tmp_path), clock)
     loop_thread = threading.Thread(target=parts.tasks_loop.run_forever, daemon=True)
     loop_thread.start()
     try:

@@ -1,5 +1,6 @@
-"""GET /metrics: Prometheus text that moves with the jobs (real server), and the
-Metrics object on its own (per-app registry, the webhook hook)."""
+"""GET /metrics: Prometheus text that moves with the jobs (the real app in-process, and
+the server process across a SIGKILL), and the Metrics object on its own (per-app
+registry, the webhook hook)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobserver.core.lifecycle import Ending, Status, Transition
 from jobserver.core.records import Claim, JobRecord
 from jobserver.ops.metrics import Metrics
-from tests.e2e import Server, has_line, start_server, wait_until
+from tests.e2e import start_server
+from tests.helpers import finished, has_line, submit, wait_until
+from tests.inproc import RunningApp
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -36,21 +39,8 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def submit(c: httpx.Client, task: str, args: dict, **extra: object) -> str:
-    r = c.post("/jobs", json={"task": task, "args": args, **extra})
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
-
-def finished(c: httpx.Client, job_id: str) -> dict:
-    job = c.get(f"/jobs/{job_id}", params={"wait": 20}).json()
-    assert job["status"] in ("completed", "failed", "cancelled"), job
-    return job
-
-
-@pytest.mark.e2e
-def test_counts_move_with_the_jobs(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_counts_move_with_the_jobs(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     before = scrape(c)
     assert value(before, "jobserver_jobs_submitted_total", task=ADD) == 0
     ids = [submit(c, ADD, {"a": i, "b": 1}) for i in range(3)]

@@ -7,14 +7,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from jobserver import task
 from jobserver.core.tasks import Registry, build_taskdef
 from jobserver.http.openapi import build_openapi
-from tests.e2e import Server, start_server
+from tests.inproc import RunningApp, running_app
 
 CONTRACT_ROUTES = {
     ("post", "/jobs"),
@@ -57,9 +56,8 @@ def submit_members(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: inline({"$ref": ref}, doc) for name, ref in mapping.items()}
 
 
-@pytest.mark.e2e
-def test_the_served_document_is_valid_and_complete(server: Server) -> None:
-    c = server.client()
+def test_the_served_document_is_valid_and_complete(app: RunningApp) -> None:
+    c = app.client
     r = c.get("/openapi.json")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     doc = r.json()
@@ -94,11 +92,10 @@ def test_the_served_document_is_valid_and_complete(server: Server) -> None:
     assert "404" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
 
 
-@pytest.mark.e2e
 def test_with_api_keys_the_document_declares_bearer_auth(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
-    assert srv.client().get("/openapi.json").status_code == 401
-    doc = srv.client("k1").get("/openapi.json").json()
+    with running_app(tmp_path, config={"auth": {"api_keys": ["k1"]}}) as app:
+        assert app.client.get("/openapi.json").status_code == 401
+        doc = app.new_client("k1").get("/openapi.json").json()
     validate(doc)
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import has_line, start_server, wait_until
+from tests.e2e import start_server
+from tests.helpers import has_line, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e import Server, has_line, start_server, wait_until
+from tests.e2e import Server, start_server
+from tests.helpers import has_line, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")

@@ -1,4 +1,8 @@
-"""The example research agent, offline, against pages served on 127.0.0.1."""
+"""The example research agent, offline, against pages served on 127.0.0.1.
+
+Server processes, not the app in-process: once a research job has run, the submodule
+`jobserver.examples.research` (imported by the task) hides the `research` task on the
+`jobserver.examples` package, so a later registry built in the same process lacks it."""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Server, start_server, wait_until
-from tests.test_agent_e2e import finished, read_events, submit
+from tests.e2e import Server, start_server
+from tests.helpers import finished, read_events, submit, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +80,7 @@ def test_research_fetches_summarizes_and_reports(server: Server, site: tuple[Sit
     assert "var x" not in result["summary"]
     assert set(result["sources"]) <= set(urls)
     assert job["progress"]["current"] == 6 and job["progress"]["total"] == 6
-    events = read_events(server.url, job_id)
+    events = read_events(c, job_id)
     assert sum(1 for e in events if e[1] == "log") == 6
     assert {st["name"] for st in job["steps"]} >= {f"fetch:{i}:{u}" for i, u in enumerate(urls)}
     assert all(n == 1 for n in s.hits.values())

@@ -19,7 +19,8 @@ from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks.outbox import Outbox
-from tests.e2e import start_server, wait_until
+from tests.helpers import wait_until
+from tests.inproc import running_app
 from tests.storage import claim_one, end_attempt
 
 NOW = 1_800_000_000.0
@@ -199,11 +200,9 @@ def test_pruning_statements_use_indexes(seed: Seed, sql: str) -> None:
     assert not any("TEMP B-TREE" in step for step in plan), plan
 
 
-@pytest.mark.e2e
 def test_the_server_prunes_on_its_own(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"retention": {"finished_jobs": "300ms", "interval": "100ms"}})
-    try:
-        c = srv.client()
+    with running_app(tmp_path, config={"retention": {"finished_jobs": "300ms", "interval": "100ms"}}) as app:
+        c = app.client
         r = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}})
         assert r.status_code == 202
         job_id = r.json()["id"]
@@ -211,5 +210,3 @@ def test_the_server_prunes_on_its_own(tmp_path: Path) -> None:
         wait_until(
             lambda: c.get(f"/jobs/{job_id}").status_code == 404, 10, message="the finished job to be pruned"
         )
-    finally:
-        srv.stop()

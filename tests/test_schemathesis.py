@@ -1,9 +1,10 @@
-"""Schemathesis against the live server: every route, generated valid and invalid
+"""Schemathesis against the running app: every route, generated valid and invalid
 requests; no answer may be a 5xx or differ from what /openapi.json promises.
 
-The schema is loaded from the running server's /openapi.json; the routes to
-parametrize over come from the same document builder, so a new route is tested
-without editing this file.
+The app runs in-process with its worker threads (tests/inproc.py) and Schemathesis
+calls it as an ASGI app. The schema is loaded from the app's /openapi.json; the
+routes to parametrize over come from the same document builder, so a new route is
+tested without editing this file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from jobserver.core.tasks import Registry
 from jobserver.http.openapi import build_openapi
-from tests.e2e import start_server
-
-pytestmark = pytest.mark.e2e
+from tests.inproc import running_app
 
 TASK_MODULES = ["jobserver.examples"]  # not the test tasks: some of them spin forever on purpose
 EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30}
@@ -37,29 +36,29 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 
 
 def test_every_route_conforms_to_its_schema(tmp_path: Path, subtests: pytest.Subtests) -> None:
-    server = start_server(
-        tmp_path,
-        config={
-            "tasks": {"modules": TASK_MODULES},
-            "webhooks": {"allow_hosts": [], "retry_schedule": ["1s"], "timeout": 1},
-        },
-    )
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", timeout=10)
-    described = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
-    assert described == {(method, path) for method, path, _ in ROUTES}
-    calls: list[str] = []
-    for method, path, has_inputs in ROUTES:
-        # negative cases need something to make invalid: a parameter or a body
-        modes = list(EXAMPLES) if has_inputs else [GenerationMode.POSITIVE]
-        for mode in modes:
-            with subtests.test(msg=f"{method} {path} {mode.value}"):
-                calls += run_cases(schema[path][method], mode, server.url)
-    assert len(calls) >= 300, len(calls)
-    assert server.proc is not None and server.proc.poll() is None, server.log()
+    config = {
+        "tasks": {"modules": TASK_MODULES},
+        "webhooks": {"allow_hosts": [], "retry_schedule": ["1s"], "timeout": 1},
+    }
+    with running_app(tmp_path, config=config) as app:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app.asgi_app)
+        described = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+        assert described == {(method, path) for method, path, _ in ROUTES}
+        calls: list[str] = []
+        for method, path, has_inputs in ROUTES:
+            # negative cases need something to make invalid: a parameter or a body
+            modes = list(EXAMPLES) if has_inputs else [GenerationMode.POSITIVE]
+            for mode in modes:
+                with subtests.test(msg=f"{method} {path} {mode.value}"):
+                    calls += run_cases(schema[path][method], mode)
+        assert len(calls) >= 300, len(calls)
+        # still whole: the database answers and the worker threads are alive
+        ready = app.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
 
 
-def run_cases(operation: Any, mode: GenerationMode, base_url: str) -> list[str]:
-    """Generate cases for one operation, call the server, check each answer; the calls made."""
+def run_cases(operation: Any, mode: GenerationMode) -> list[str]:
+    """Generate cases for one operation, call the app, check each answer; the calls made."""
     calls: list[str] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -72,7 +71,7 @@ def run_cases(operation: Any, mode: GenerationMode, base_url: str) -> list[str]:
     )
     def run(case: schemathesis.Case) -> None:
         calls.append(f"{case.method} {case.formatted_path}")
-        case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=10)
+        case.call_and_validate(checks=CHECKS, timeout=10)
 
     run()
     return calls

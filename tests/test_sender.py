@@ -28,7 +28,7 @@ from jobserver.storage.writer import Writer
 from jobserver.webhooks import payload as webhooks
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
-from tests.e2e import free_port, wait_until
+from tests.helpers import free_port, wait_until
 from tests.receiver import Receiver, Reply
 from tests.storage import claim_one, crash_decider, end_attempt, rescued_records
 

@@ -11,7 +11,8 @@ import pytest
 
 from jobserver.core.records import JobIds, NewJob
 from jobserver.storage.store import JobStore
-from tests.e2e import has_line, start_server, wait_until
+from tests.e2e import start_server
+from tests.helpers import has_line, wait_until
 from tests.storage import open_store
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,5 @@
-"""The job lifecycle over real HTTP against the real server process."""
+"""The job lifecycle through the HTTP API: the real app and its worker threads,
+in-process on a fresh SQLite file (tests/inproc.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import Server, has_line, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.helpers import has_line, wait_until
+from tests.inproc import RunningApp
 
 
 def submit(c: httpx.Client, task: str, args: dict | None = None, **extra) -> dict:
@@ -28,8 +28,8 @@ def wait_done(c: httpx.Client, job_id: str, timeout: float = 20) -> dict:
     return job
 
 
-def test_submit_poll_result(server: Server) -> None:
-    c = server.client()
+def test_submit_poll_result(app: RunningApp) -> None:
+    c = app.client
     job = submit(c, "jobserver.examples.add", {"a": 2, "b": 3})
     assert job["status"] == "pending" and job["attempts"] == 0
     done = wait_done(c, job["id"])
@@ -41,8 +41,8 @@ def test_submit_poll_result(server: Server) -> None:
     assert c.get(f"/jobs/{job['id']}").json()["result"] == 5
 
 
-def test_stored_args_are_validated_with_defaults(server: Server) -> None:
-    c = server.client()
+def test_stored_args_are_validated_with_defaults(app: RunningApp) -> None:
+    c = app.client
     job = submit(c, "jobserver.examples.sleep", {"seconds": "0.01"})
     assert job["args"] == {"seconds": 0.01, "steps": 10}
 
@@ -70,9 +70,9 @@ def test_stored_args_are_validated_with_defaults(server: Server) -> None:
     ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(
-    server: Server, body: dict, status: int, field: str | None
+    app: RunningApp, body: dict, status: int, field: str | None
 ) -> None:
-    c = server.client()
+    c = app.client
     r = c.post("/jobs", json=body)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -83,8 +83,8 @@ def test_bad_submissions_are_refused_and_change_nothing(
     assert c.get("/jobs").json()["jobs"] == []
 
 
-def test_malformed_json_wrong_type_and_too_large(server: Server) -> None:
-    c = server.client()
+def test_malformed_json_wrong_type_and_too_large(app: RunningApp) -> None:
+    c = app.client
     r = c.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["status"] == 400
     r = c.post("/jobs", content=b"task=x", headers={"content-type": "application/x-www-form-urlencoded"})
@@ -95,8 +95,8 @@ def test_malformed_json_wrong_type_and_too_large(server: Server) -> None:
     assert c.get("/jobs").json()["jobs"] == []
 
 
-def test_query_validation(server: Server) -> None:
-    c = server.client()
+def test_query_validation(app: RunningApp) -> None:
+    c = app.client
     assert c.get("/jobs", params={"limit": 501}).status_code == 422
     assert c.get("/jobs", params={"status": "nope"}).status_code == 422
     job = submit(c, "jobserver.examples.add", {"a": 1, "b": 1})
@@ -105,8 +105,8 @@ def test_query_validation(server: Server) -> None:
     assert r.status_code == 404 and r.json()["code"] == "job-not-found"
 
 
-def test_idempotency_replay_mismatch(server: Server) -> None:
-    c = server.client()
+def test_idempotency_replay_mismatch(app: RunningApp) -> None:
+    c = app.client
     body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
     first = c.post("/jobs", json=body, headers={"Idempotency-Key": "abc"})
     assert first.status_code == 202
@@ -124,12 +124,11 @@ def test_idempotency_replay_mismatch(server: Server) -> None:
     assert len(c.get("/jobs").json()["jobs"]) == 1
 
 
-def test_twenty_concurrent_submits_with_one_key_make_one_job(server: Server) -> None:
+def test_twenty_concurrent_submits_with_one_key_make_one_job(app: RunningApp) -> None:
     body = {"task": "jobserver.examples.add", "args": {"a": 5, "b": 5}}
 
     def post(_: int) -> httpx.Response:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            return c.post("/jobs", json=body, headers={"Idempotency-Key": "same"})
+        return app.client.post("/jobs", json=body, headers={"Idempotency-Key": "same"})
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(post, range(20)))
@@ -138,12 +137,11 @@ def test_twenty_concurrent_submits_with_one_key_make_one_job(server: Server) -> 
     assert codes.count(202) == 1, codes
     ids = {r.json()["id"] for r in answers if r.status_code in (200, 202)}
     assert len(ids) == 1
-    c = server.client()
-    assert len(c.get("/jobs").json()["jobs"]) == 1
+    assert len(app.client.get("/jobs").json()["jobs"]) == 1
 
 
-def test_retries_with_backoff_then_success(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_retries_with_backoff_then_success(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     log = tmp_path / "attempts.txt"
     job = submit(c, "tests.e2e_tasks.fail_then_succeed", {"path": str(log), "failures": 2})
     done = wait_done(c, job["id"])
@@ -151,8 +149,8 @@ def test_retries_with_backoff_then_success(server: Server, tmp_path: Path) -> No
     assert log.read_text().split("\n")[:3] == ["attempt 1", "attempt 2", "attempt 3"]
 
 
-def test_failure_keeps_last_error_with_traceback(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_failure_keeps_last_error_with_traceback(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     log = tmp_path / "attempts.txt"
     job = submit(c, "tests.e2e_tasks.fail_then_succeed", {"path": str(log), "failures": 5})
     done = wait_done(c, job["id"])
@@ -162,8 +160,8 @@ def test_failure_keeps_last_error_with_traceback(server: Server, tmp_path: Path)
     assert "Traceback" in done["error"]["traceback"]
 
 
-def test_retry_on_fail_and_retry_signal(server: Server) -> None:
-    c = server.client()
+def test_retry_on_fail_and_retry_signal(app: RunningApp) -> None:
+    c = app.client
     not_retried = wait_done(c, submit(c, "tests.e2e_tasks.only_keyerror_retried", {"exc": "value"})["id"])
     assert not_retried["status"] == "failed" and not_retried["attempts"] == 1
     retried = wait_done(c, submit(c, "tests.e2e_tasks.only_keyerror_retried", {"exc": "key"})["id"])
@@ -174,16 +172,16 @@ def test_retry_on_fail_and_retry_signal(server: Server) -> None:
     assert later["status"] == "completed" and later["result"] == 2
 
 
-def test_non_json_result_fails_clearly(server: Server) -> None:
-    c = server.client()
+def test_non_json_result_fails_clearly(app: RunningApp) -> None:
+    c = app.client
     done = wait_done(c, submit(c, "tests.e2e_tasks.not_json")["id"])
     assert done["status"] == "failed"
     assert done["error"]["type"] == "NotJSONSerializableError"
     assert "JSON" in done["error"]["message"]
 
 
-def test_delay_priority_and_run_at(server: Server) -> None:
-    c = server.client()
+def test_delay_priority_and_run_at(app: RunningApp) -> None:
+    c = app.client
     delayed = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=30)
     assert delayed["status"] == "pending" and delayed["run_at"] > delayed["created_at"]
     quick = wait_done(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2})["id"])
@@ -195,8 +193,8 @@ def test_delay_priority_and_run_at(server: Server) -> None:
     assert high["priority"] == 7
 
 
-def test_list_filters_and_cursor(server: Server) -> None:
-    c = server.client()
+def test_list_filters_and_cursor(app: RunningApp) -> None:
+    c = app.client
     ids = [submit(c, "jobserver.examples.add", {"a": i, "b": 0})["id"] for i in range(7)]
     wait_done(c, ids[-1])
     seen, cursor = [], None
@@ -221,8 +219,8 @@ def test_list_filters_and_cursor(server: Server) -> None:
     assert [j["id"] for j in rest["jobs"]] == [later[0]] and rest["next_cursor"] is None
 
 
-def test_delete_and_retry_endpoints(server: Server) -> None:
-    c = server.client()
+def test_delete_and_retry_endpoints(app: RunningApp) -> None:
+    c = app.client
     failed = wait_done(c, submit(c, "jobserver.examples.fail")["id"])
     assert failed["status"] == "failed"
     r = c.post(f"/jobs/{failed['id']}/retry")
@@ -240,8 +238,8 @@ def test_delete_and_retry_endpoints(server: Server) -> None:
     assert c.delete(f"/jobs/{done['id']}").status_code == 404
 
 
-def test_cancel_pending_never_runs(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_cancel_pending_never_runs(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     marker = tmp_path / "ran.txt"
     job = submit(c, "tests.e2e_tasks.record", {"path": str(marker), "value": "x"}, delay=0.5)
     r = c.post(f"/jobs/{job['id']}/cancel")
@@ -252,8 +250,8 @@ def test_cancel_pending_never_runs(server: Server, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_tasks_health_ready(server: Server) -> None:
-    c = server.client()
+def test_tasks_health_ready(app: RunningApp) -> None:
+    c = app.client
     tasks = {t["name"]: t for t in c.get("/tasks").json()["tasks"]}
     add = tasks["jobserver.examples.add"]
     assert set(add["args_schema"]["properties"]) == {"a", "b"}
@@ -264,8 +262,8 @@ def test_tasks_health_ready(server: Server) -> None:
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
 
 
-def test_healthz_answers_while_every_worker_is_busy(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_healthz_answers_while_every_worker_is_busy(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     started, release = tmp_path / "started", tmp_path / "release"
     for _ in range(4):
         submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})

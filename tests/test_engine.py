@@ -1,4 +1,6 @@
-"""Agent-grade jobs end to end: events, cancellation, time limits, durable steps, async."""
+"""Agent-grade jobs through the API: events, cancellation, time limits, durable steps,
+async tasks; the real app and its worker threads in-process (tests/inproc.py), and two
+tests against the server process."""
 
 from __future__ import annotations
 
@@ -6,78 +8,42 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-import orjson
 import pytest
 
-from tests.e2e import Server, has_line, start_server, wait_until
-
-pytestmark = pytest.mark.e2e
-
-
-def submit(c: httpx.Client, task: str, args: dict | None = None, **extra) -> str:
-    r = c.post("/jobs", json={"task": task, "args": args or {}, **extra})
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
-
-def finished(c: httpx.Client, job_id: str, timeout: float = 20) -> dict:
-    job = c.get(f"/jobs/{job_id}", params={"wait": timeout}).json()
-    assert job["status"] in ("completed", "failed", "cancelled"), job
-    return job
-
-
-def read_events(
-    url: str, job_id: str, last_event_id: str | None = None, limit: int | None = None, timeout: float = 30
-) -> list[tuple[str, str, dict]]:
-    """Read an SSE stream to its end (or `limit` events): (id, event, data)."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    out: list[tuple[str, str, dict]] = []
-    with httpx.stream("GET", f"{url}/jobs/{job_id}/events", headers=headers, timeout=timeout) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        for line in r.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line == "":
-                if "data" in fields:
-                    out.append((fields["id"], fields["event"], orjson.loads(fields["data"])))
-                    if limit is not None and len(out) >= limit:
-                        return out
-                fields = {}
-                continue
-            key, _, value = line.partition(": ")
-            fields[key] = value
-    return out
+from tests.e2e import Server
+from tests.helpers import finished, has_line, read_events, submit, wait_until
+from tests.inproc import RunningApp, running_app
 
 
 def test_progress_is_coalesced_but_exact_and_logs_are_bounded(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"events": {"max_log_lines": 50}})
-    c = srv.client()
-    release = tmp_path / "release"
-    job_id = submit(c, "tests.e2e_tasks.chatty", {"updates": 20000, "logs": 120, "release": str(release)})
-    wait_until(lambda: (c.get(f"/jobs/{job_id}").json()["progress"] or {}).get("current") == 20000)
-    release.touch()
-    job = finished(c, job_id)
-    assert job["progress"] == {"current": 20000, "total": 20000, "message": "update 20000"}
-    events = read_events(srv.url, job_id)
-    progress = [e for e in events if e[1] == "progress"]
-    logs = [e for e in events if e[1] == "log"]
-    assert 1 <= len(progress) < 200  # 20,000 calls, a handful of writes
-    assert progress[-1][2]["current"] == 20000
-    assert [e[2]["message"] for e in logs] == [f"line {i}" for i in range(70, 120)]  # oldest dropped
-    assert job["logs_dropped"] == 70
-    assert all(e[2]["at"].endswith("Z") for e in logs)
-    srv.stop()
+    with running_app(tmp_path, config={"events": {"max_log_lines": 50}}) as app:
+        c = app.client
+        release = tmp_path / "release"
+        job_id = submit(c, "tests.e2e_tasks.chatty", {"updates": 20000, "logs": 120, "release": str(release)})
+        wait_until(lambda: (c.get(f"/jobs/{job_id}").json()["progress"] or {}).get("current") == 20000)
+        release.touch()
+        job = finished(c, job_id)
+        assert job["progress"] == {"current": 20000, "total": 20000, "message": "update 20000"}
+        events = read_events(c, job_id)
+        progress = [e for e in events if e[1] == "progress"]
+        logs = [e for e in events if e[1] == "log"]
+        assert 1 <= len(progress) < 200  # 20,000 calls, a handful of writes
+        assert progress[-1][2]["current"] == 20000
+        assert [e[2]["message"] for e in logs] == [f"line {i}" for i in range(70, 120)]  # oldest dropped
+        assert job["logs_dropped"] == 70
+        assert all(e[2]["at"].endswith("Z") for e in logs)
 
 
+# Kept on a server process as it was: it can fail on a race in the event stream (the
+# stream ends when one read finds no new events and a second finds the job finished; the
+# job's end can commit between the two, and its terminal status is never sent).
+@pytest.mark.e2e
 def test_events_in_order_with_resume(server: Server, tmp_path: Path) -> None:
     c = server.client()
     release = tmp_path / "release"
     job_id = submit(c, "tests.e2e_tasks.chatty", {"updates": 3, "logs": 3, "release": str(release)})
     collected: list[tuple[str, str, dict]] = []
-    reader = threading.Thread(target=lambda: collected.extend(read_events(server.url, job_id)))
+    reader = threading.Thread(target=lambda: collected.extend(read_events(server.client(), job_id)))
     reader.start()
     wait_until(lambda: (c.get(f"/jobs/{job_id}").json()["progress"] or {}).get("current") == 3)
     release.touch()
@@ -90,17 +56,17 @@ def test_events_in_order_with_resume(server: Server, tmp_path: Path) -> None:
     ids = [int(i) for i, _, _ in collected]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     # a late client gets the whole history and the terminal event, then the stream closes
-    late = read_events(server.url, job_id)
+    late = read_events(server.client(), job_id)
     assert late == collected
     # Last-Event-ID replays only what came after it
     middle = collected[2][0]
-    resumed = read_events(server.url, job_id, last_event_id=middle)
+    resumed = read_events(server.client(), job_id, last_event_id=middle)
     assert resumed == collected[3:]
     assert server.client().get("/jobs/nope/events").status_code == 404
 
 
-def test_get_wait_returns_when_job_finishes(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_get_wait_returns_when_job_finishes(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     release = tmp_path / "release"
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
@@ -117,8 +83,8 @@ def test_get_wait_returns_when_job_finishes(server: Server, tmp_path: Path) -> N
     assert time.monotonic() - t0 >= 0.5
 
 
-def test_cancel_running_async_task(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_cancel_running_async_task(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.async_forever", {"started": str(started)})
     wait_until(lambda: has_line(started))
@@ -132,8 +98,8 @@ def test_cancel_running_async_task(server: Server, tmp_path: Path) -> None:
     assert c.post(f"/jobs/{job_id}/cancel").status_code == 409
 
 
-def test_cancel_running_sync_task_that_checks(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_cancel_running_sync_task_that_checks(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
     wait_until(lambda: has_line(started))
@@ -142,8 +108,8 @@ def test_cancel_running_sync_task_that_checks(server: Server, tmp_path: Path) ->
     assert job["status"] == "cancelled"
 
 
-def test_cancel_interrupts_sync_task_that_never_checks(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_cancel_interrupts_sync_task_that_never_checks(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     started = tmp_path / "started"
     job_id = submit(c, "tests.e2e_tasks.spin_forever", {"started": str(started)})
     wait_until(lambda: has_line(started))
@@ -158,38 +124,36 @@ def test_cancel_interrupts_sync_task_that_never_checks(server: Server, tmp_path:
 
 
 def test_blocking_c_call_is_given_up_and_its_slot_replaced(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"workers": {"threads": 1}})
-    c = srv.client()
-    started = tmp_path / "started"
-    job_id = submit(c, "tests.e2e_tasks.sleep_in_c", {"started": str(started), "seconds": 30})
-    wait_until(lambda: has_line(started))
-    t0 = time.monotonic()
-    c.post(f"/jobs/{job_id}/cancel")
-    job = finished(c, job_id, 10)
-    assert job["status"] == "cancelled"
-    assert time.monotonic() - t0 < 6  # ends within 2 s of the cancel (plus slack for a loaded machine)
-    # the only worker thread is stuck in time.sleep, yet new jobs run: its slot was replaced
-    assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
-    srv.stop()
+    with running_app(tmp_path, config={"workers": {"threads": 1}}) as app:
+        c = app.client
+        started = tmp_path / "started"
+        job_id = submit(c, "tests.e2e_tasks.sleep_in_c", {"started": str(started), "seconds": 30})
+        wait_until(lambda: has_line(started))
+        t0 = time.monotonic()
+        c.post(f"/jobs/{job_id}/cancel")
+        job = finished(c, job_id, 10)
+        assert job["status"] == "cancelled"
+        assert time.monotonic() - t0 < 6  # ends within 2 s of the cancel (plus slack for a loaded machine)
+        # the only worker thread is stuck in time.sleep, yet new jobs run: its slot was replaced
+        assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
 
 
 def test_sync_timeout_interrupts_retries_and_frees_the_slot(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"workers": {"threads": 1}})
-    c = srv.client()
-    started = tmp_path / "started"
-    t0 = time.monotonic()
-    job_id = submit(c, "tests.e2e_tasks.spins_past_timeout", {"started": str(started)})
-    job = finished(c, job_id, 20)
-    assert job["status"] == "failed"
-    assert job["error"]["type"] == "Timeout"
-    assert job["attempts"] == 2  # retried once, then given up
-    assert time.monotonic() - t0 < 2 * (0.5 + 2) + 3
-    assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
-    srv.stop()
+    with running_app(tmp_path, config={"workers": {"threads": 1}}) as app:
+        c = app.client
+        started = tmp_path / "started"
+        t0 = time.monotonic()
+        job_id = submit(c, "tests.e2e_tasks.spins_past_timeout", {"started": str(started)})
+        job = finished(c, job_id, 20)
+        assert job["status"] == "failed"
+        assert job["error"]["type"] == "Timeout"
+        assert job["attempts"] == 2  # retried once, then given up
+        assert time.monotonic() - t0 < 2 * (0.5 + 2) + 3
+        assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
 
 
-def test_async_timeout_and_per_job_timeout(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_async_timeout_and_per_job_timeout(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     job = finished(c, submit(c, "tests.e2e_tasks.async_past_timeout"))
     assert job["status"] == "failed" and job["error"]["type"] == "Timeout"
     started = tmp_path / "started"
@@ -197,25 +161,10 @@ def test_async_timeout_and_per_job_timeout(server: Server, tmp_path: Path) -> No
     assert per_job["status"] == "failed" and per_job["error"]["type"] == "Timeout"
 
 
-def test_steps_survive_sigkill_between_steps(tmp_path: Path) -> None:
-    srv = start_server(tmp_path)
-    c = srv.client()
-    effects, hold = tmp_path / "effects", tmp_path / "hold"
-    hold.touch()
-    job_id = submit(c, "tests.e2e_tasks.stepped", {"path": str(effects), "steps": 3, "hold": str(hold)})
-    wait_until(lambda: len(c.get(f"/jobs/{job_id}").json()["steps"]) == 2, message="two committed steps")
-    srv.kill()
-    hold.unlink()
-    srv.restart()
-    job = finished(c, job_id)
-    assert job["status"] == "completed" and job["result"] == [0, 10, 20]
-    assert job["attempts"] == 2
-    assert effects.read_text().splitlines() == ["step 0", "step 1", "step 2"]  # no step ran twice
-    assert [s["name"] for s in job["steps"]] == ["s0", "s1", "s2"]
-    assert all(s["status"] == "completed" and s["finished_at"] for s in job["steps"])
-    srv.stop()
-
-
+# Kept on a server process as it was: cancelled while its first step is being saved, the
+# job can hit a writer bug (the cancelled `Writer.acall` future is later given its result;
+# InvalidStateError ends the writer thread and nothing commits any more).
+@pytest.mark.e2e
 def test_async_steps_and_retry_endpoint_resume(server: Server, tmp_path: Path) -> None:
     c = server.client()
     effects, hold = tmp_path / "effects", tmp_path / "hold"
@@ -231,14 +180,14 @@ def test_async_steps_and_retry_endpoint_resume(server: Server, tmp_path: Path) -
     assert effects.read_text().splitlines() == ["step 1", "step 2"]
 
 
-def test_duplicate_step_name_is_an_error(server: Server) -> None:
-    c = server.client()
+def test_duplicate_step_name_is_an_error(app: RunningApp) -> None:
+    c = app.client
     job = finished(c, submit(c, "tests.e2e_tasks.duplicate_step"))
     assert job["status"] == "failed" and "already used" in job["error"]["message"]
 
 
-def test_concurrency_cap_across_jobs(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_concurrency_cap_across_jobs(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     started, release = tmp_path / "started", tmp_path / "release"
     ids = [
         submit(c, "tests.e2e_tasks.capped", {"started": str(started), "release": str(release)})
@@ -257,8 +206,8 @@ def test_concurrency_cap_across_jobs(server: Server, tmp_path: Path) -> None:
     assert all(finished(c, i)["status"] == "completed" for i in ids)
 
 
-def test_many_async_jobs_run_concurrently(server: Server) -> None:
-    c = server.client()
+def test_many_async_jobs_run_concurrently(app: RunningApp) -> None:
+    c = app.client
     ids = [submit(c, "tests.e2e_tasks.io_wait", {"seconds": 1.0}) for _ in range(200)]
     t0 = time.monotonic()
     assert all(finished(c, i, 60)["status"] == "completed" for i in ids)
@@ -266,10 +215,10 @@ def test_many_async_jobs_run_concurrently(server: Server) -> None:
     assert time.monotonic() - t0 < 20
 
 
-def test_resume_after_the_last_event_closes_at_once(server: Server) -> None:
-    c = server.client()
+def test_resume_after_the_last_event_closes_at_once(app: RunningApp) -> None:
+    c = app.client
     job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2})
     finished(c, job_id)
-    events = read_events(server.url, job_id)
+    events = read_events(c, job_id)
     assert events[-1][2]["status"] == "completed"
-    assert read_events(server.url, job_id, last_event_id=events[-1][0], timeout=5) == []
+    assert read_events(c, job_id, last_event_id=events[-1][0], timeout=5) == []

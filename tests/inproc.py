@@ -1,0 +1,140 @@
+"""The real app in-process: every part of the server (writer, worker threads, maintenance,
+webhook sender) on a real SQLite file in a temp dir, driven through Starlette's
+`TestClient` instead of a socket.
+
+The only module that builds the app for tests; fixtures and test modules go
+through `running_app`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.exceptions import StarletteDeprecationWarning
+
+from jobserver.core.clock import Clock
+from jobserver.core.config import Settings, load_settings
+from jobserver.runtime import Runtime
+from tests.helpers import Config, merged_config, write_config
+
+with warnings.catch_warnings():
+    # Starlette would rather drive its TestClient with httpx2, but the SDK under test is
+    # built on httpx and is handed the TestClient as its `httpx.Client`.
+    warnings.filterwarnings("ignore", "Using `httpx` with", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+assert issubclass(TestClient, httpx.Client), "the TestClient must be an httpx.Client (is httpx2 installed?)"
+
+CLIENT_TIMEOUT_S = 30.0
+UNUSED_PORT = 8000  # nothing listens in-process; the config only needs a valid port
+# Threads a closed runtime must not leave behind. Worker threads may outlive it on purpose
+# (a task stuck in a C call is given up, not waited on); the app's reader pool is left to the GC.
+SERVICE_THREADS = ("jobserver-writer", "jobserver-maintenance", "jobserver-async", "jobserver-webhooks")
+
+
+def _start_timer(request: httpx.Request) -> None:
+    request.extensions["jobserver.sent_at"] = time.monotonic()
+
+
+def _check_timeout(response: httpx.Response) -> None:
+    request = response.request
+    limit = request.extensions["timeout"].get("read")
+    took = time.monotonic() - request.extensions["jobserver.sent_at"]
+    if limit is not None and took > limit:
+        raise httpx.ReadTimeout(
+            f"answered after {took:.2f}s, over the {limit}s read timeout", request=request
+        )
+
+
+class TimedClient(TestClient):
+    """A TestClient that keeps httpx's timeouts: a call whose answer (its head) took longer
+    than the read timeout fails with `httpx.ReadTimeout`, as it would over a socket.
+
+    Without a socket nothing can cut a call short, so the check runs once the answer
+    arrives; a call that never answers is caught by pytest-timeout."""
+
+    def __init__(self, app: Any, api_key: str | None, timeout: float) -> None:
+        super().__init__(app, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        self.timeout = httpx.Timeout(timeout)
+        self.event_hooks = {"request": [_start_timer], "response": [_check_timeout]}
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+        extensions: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        # passed on as the request's timeout extension: TestClient warns about the argument
+        if timeout is not httpx.USE_CLIENT_DEFAULT:
+            extensions = {**(extensions or {}), "timeout": httpx.Timeout(timeout).as_dict()}
+        return super().request(method, url, extensions=extensions, **kwargs)
+
+
+@dataclass
+class RunningApp:
+    """A running runtime, its settings, and a TestClient on its app."""
+
+    runtime: Runtime
+    settings: Settings
+    tmp_path: Path
+    _stack: ExitStack = field(repr=False)
+    client: TimedClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = self.new_client()
+
+    @property
+    def asgi_app(self) -> Any:
+        """The ASGI app, for clients that bring their own transport (Schemathesis, a plain TestClient)."""
+        return self.runtime.app
+
+    @property
+    def db_path(self) -> Path:
+        path = self.settings.sqlite_path()
+        assert path is not None
+        return path
+
+    def new_client(self, api_key: str | None = None, timeout: float = CLIENT_TIMEOUT_S) -> TimedClient:
+        """Another client on the same app (closed with it), sending `api_key` as a bearer token."""
+        return self._stack.enter_context(TimedClient(self.asgi_app, api_key, timeout))
+
+
+def settings_for(
+    tmp_path: Path, config: Config | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The test config (tests/helpers.py) updated section by section, written to
+    `tmp_path/config.toml` and loaded the way the server loads it."""
+    path = tmp_path / "config.toml"
+    write_config(path, merged_config(tmp_path, UNUSED_PORT, config))
+    return load_settings(path, environ=dict(environ or {}), cwd=tmp_path)
+
+
+@contextmanager
+def running_app(
+    tmp_path: Path,
+    config: Config | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+) -> Iterator[RunningApp]:
+    """Open a runtime on `tmp_path/jobs.db`; close it (and its clients) however the block ends."""
+    settings = settings_for(tmp_path, config, environ)
+    before = set(threading.enumerate())
+    runtime = Runtime(settings, clock)
+    runtime.open()
+    try:
+        with ExitStack() as stack:
+            yield RunningApp(runtime, settings, tmp_path, stack)
+    finally:
+        runtime.close()
+    left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith(SERVICE_THREADS)]
+    assert not left, f"threads still running after close: {left}"

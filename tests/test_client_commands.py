@@ -1,0 +1,26 @@
+"""The CLI client's argument parsing, without a server (the commands against a server
+process are in test_cli_client.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobserver.client.commands import parse_key_value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("n=3", ("n", 3)),
+        ("xs=[1, 2]", ("xs", [1, 2])),
+        ("flag=true", ("flag", True)),
+        ('s="7"', ("s", "7")),
+        ("s=hello world", ("s", "hello world")),
+        ("eq=a=b", ("eq", "a=b")),
+        ("empty=", ("empty", "")),
+    ],
+)
+def test_key_value_parses_json_else_keeps_the_string(text: str, expected: tuple[str, Any]) -> None:
+    assert parse_key_value(text) == expected
