@@ -75,3 +75,18 @@ def test_failing_op_after_write_is_undone_alone(tmp_path: Path) -> None:
         keys = {r[0] for r in store._query("SELECT key FROM meta")}
         assert keys == {"good", "z"}
         assert hooks == ["good"]  # hooks of the undone op never run
+
+
+def test_an_op_cancelled_before_it_ran_is_dropped_and_the_writer_lives_on(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        gate = threading.Event()
+        held = store.writer.submit(lambda tx: gate.wait(10))
+        dropped = store.writer.submit(insert("dropped"))
+        assert dropped.cancel()  # its caller gave up while it waited (a cancelled await)
+        gate.set()
+        held.result(10)
+        assert store.writer.call(insert("after")) == "after"  # the writer thread is alive
+        assert count(store, "SELECT COUNT(*) FROM meta WHERE key = 'dropped'") == 0
+        running = store.writer.submit(lambda tx: gate.wait(10))
+        running.result(10)
+        assert not running.cancel()  # a finished op's answer stands

@@ -143,7 +143,7 @@ class Writer:
             first = self._queue.get()
             if first is _STOP:
                 break
-            batch = [first]
+            batch = [first] if first.future.set_running_or_notify_cancel() else []
             stop = False
             while len(batch) < MAX_BATCH:
                 try:
@@ -153,8 +153,12 @@ class Writer:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)
-            self._run_batch(batch)
+                # an op whose caller gave up (a cancelled await) before it ran is dropped;
+                # once running, its future can no longer be cancelled, so its answer always lands
+                if item.future.set_running_or_notify_cancel():
+                    batch.append(item)
+            if batch:
+                self._run_batch(batch)
             if stop:
                 break
         self._db.close()
