@@ -50,6 +50,15 @@ def has_line(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------- config
+def blocked_in_read(native_id: int) -> bool:
+    """The thread sleeps inside read(2) (syscall 0 on x86-64, 63 on arm64), per /proc."""
+    try:
+        syscall = Path(f"/proc/self/task/{native_id}/syscall").read_text().split()
+    except OSError:
+        return False
+    return bool(syscall) and syscall[0] in ("0", "63")
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

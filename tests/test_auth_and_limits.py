@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import start_server
 from tests.inproc import RunningApp, running_app
 
 ADD = "jobserver.examples.add"
@@ -65,14 +64,10 @@ def test_every_route_needs_a_key_but_health_and_the_dashboard(keyed: RunningApp)
         assert c.get(f"/jobs/{r.json()['id']}", params={"wait": 20}).json()["result"] == 3
 
 
-# Kept on a server process as it was: a stream read while its job finishes can miss the
-# terminal status (the event-stream race noted at test_engine.test_events_in_order_with_resume).
-@pytest.mark.e2e
-def test_event_stream_with_a_key(tmp_path: Path) -> None:
-    keyed = start_server(tmp_path, config={"auth": {"api_keys": ["k1", "k2"]}})
-    c = keyed.client("k2")
+def test_event_stream_with_a_key(keyed: RunningApp) -> None:
+    c = keyed.new_client("k2")
     job_id = c.post("/jobs", json={"task": ADD, "args": {"a": 2, "b": 2}}).json()["id"]
-    assert_unauthorized(keyed.client().get(f"/jobs/{job_id}/events"))
+    assert_unauthorized(keyed.new_client().get(f"/jobs/{job_id}/events"))
     with c.stream("GET", f"/jobs/{job_id}/events") as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")

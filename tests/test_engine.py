@@ -4,14 +4,14 @@ tests against the server process."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import Server
-from tests.helpers import finished, has_line, read_events, submit, wait_until
+from tests.helpers import blocked_in_read, finished, has_line, read_events, submit, wait_until
 from tests.inproc import RunningApp, running_app
 
 
@@ -34,16 +34,12 @@ def test_progress_is_coalesced_but_exact_and_logs_are_bounded(tmp_path: Path) ->
         assert all(e[2]["at"].endswith("Z") for e in logs)
 
 
-# Kept on a server process as it was: it can fail on a race in the event stream (the
-# stream ends when one read finds no new events and a second finds the job finished; the
-# job's end can commit between the two, and its terminal status is never sent).
-@pytest.mark.e2e
-def test_events_in_order_with_resume(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_events_in_order_with_resume(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     release = tmp_path / "release"
     job_id = submit(c, "tests.e2e_tasks.chatty", {"updates": 3, "logs": 3, "release": str(release)})
     collected: list[tuple[str, str, dict]] = []
-    reader = threading.Thread(target=lambda: collected.extend(read_events(server.client(), job_id)))
+    reader = threading.Thread(target=lambda: collected.extend(read_events(app.new_client(), job_id)))
     reader.start()
     wait_until(lambda: (c.get(f"/jobs/{job_id}").json()["progress"] or {}).get("current") == 3)
     release.touch()
@@ -56,13 +52,13 @@ def test_events_in_order_with_resume(server: Server, tmp_path: Path) -> None:
     ids = [int(i) for i, _, _ in collected]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     # a late client gets the whole history and the terminal event, then the stream closes
-    late = read_events(server.client(), job_id)
+    late = read_events(app.new_client(), job_id)
     assert late == collected
     # Last-Event-ID replays only what came after it
     middle = collected[2][0]
-    resumed = read_events(server.client(), job_id, last_event_id=middle)
+    resumed = read_events(app.new_client(), job_id, last_event_id=middle)
     assert resumed == collected[3:]
-    assert server.client().get("/jobs/nope/events").status_code == 404
+    assert app.client.get("/jobs/nope/events").status_code == 404
 
 
 def test_get_wait_returns_when_job_finishes(app: RunningApp, tmp_path: Path) -> None:
@@ -123,19 +119,27 @@ def test_cancel_interrupts_sync_task_that_never_checks(app: RunningApp, tmp_path
     assert all(finished(c, i)["status"] == "completed" for i in ids)
 
 
+@pytest.mark.untraced
 def test_blocking_c_call_is_given_up_and_its_slot_replaced(tmp_path: Path) -> None:
     with running_app(tmp_path, config={"workers": {"threads": 1}}) as app:
         c = app.client
-        started = tmp_path / "started"
-        job_id = submit(c, "tests.e2e_tasks.sleep_in_c", {"started": str(started), "seconds": 30})
+        started, fifo = tmp_path / "started", tmp_path / "fifo"
+        os.mkfifo(fifo)
+        job_id = submit(c, "tests.e2e_tasks.read_fifo", {"started": str(started), "fifo": str(fifo)})
         wait_until(lambda: has_line(started))
+        wait_until(
+            lambda: blocked_in_read(int(started.read_text().split()[0])),
+            message="the task to block in read(2)",
+        )
         t0 = time.monotonic()
         c.post(f"/jobs/{job_id}/cancel")
         job = finished(c, job_id, 10)
         assert job["status"] == "cancelled"
         assert time.monotonic() - t0 < 6  # ends within 2 s of the cancel (plus slack for a loaded machine)
-        # the only worker thread is stuck in time.sleep, yet new jobs run: its slot was replaced
+        # the only worker thread is stuck in read(2), yet new jobs run: its slot was replaced
         assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
+        fifo.write_bytes(b"x")  # the blocking call returns; its late outcome is dropped
+        assert finished(c, job_id)["status"] == "cancelled"
 
 
 def test_sync_timeout_interrupts_retries_and_frees_the_slot(tmp_path: Path) -> None:
@@ -161,12 +165,8 @@ def test_async_timeout_and_per_job_timeout(app: RunningApp, tmp_path: Path) -> N
     assert per_job["status"] == "failed" and per_job["error"]["type"] == "Timeout"
 
 
-# Kept on a server process as it was: cancelled while its first step is being saved, the
-# job can hit a writer bug (the cancelled `Writer.acall` future is later given its result;
-# InvalidStateError ends the writer thread and nothing commits any more).
-@pytest.mark.e2e
-def test_async_steps_and_retry_endpoint_resume(server: Server, tmp_path: Path) -> None:
-    c = server.client()
+def test_async_steps_and_retry_endpoint_resume(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
     effects, hold = tmp_path / "effects", tmp_path / "hold"
     hold.touch()
     job_id = submit(c, "tests.e2e_tasks.async_stepped", {"path": str(effects), "hold": str(hold)})

@@ -17,7 +17,7 @@ from jobserver.build import Parts, build
 from jobserver.core.clock import ManualClock
 from jobserver.core.records import Claim, JobIds, NewJob
 from jobserver.runner.executor import STUCK_GRACE_S
-from tests.helpers import has_line, wait_until
+from tests.helpers import blocked_in_read, has_line, wait_until
 from tests.inproc import settings_for
 
 
@@ -59,15 +59,6 @@ def run_on_thread(p: Parts, claim: Claim) -> tuple[threading.Thread, list[bool]]
     return thread, returned
 
 
-def blocked_in_read(native_id: int) -> bool:
-    """The thread sleeps inside read(2) (syscall 0 on x86-64, 63 on arm64), per /proc."""
-    try:
-        syscall = Path(f"/proc/self/task/{native_id}/syscall").read_text().split()
-    except OSError:
-        return False
-    return bool(syscall) and syscall[0] in ("0", "63")
-
-
 def settled(p: Parts, job_id: str, status: str) -> bool:
     p.writer.call(lambda tx: None)  # every op queued before this one has committed
     return p.store.get(job_id).to_api()["status"] == status
@@ -92,7 +83,7 @@ def test_a_time_limit_is_enforced_on_the_manual_clock(tmp_path: Path) -> None:
         assert p.executor.running_count() == 0
 
 
-@pytest.mark.no_cover  # a trace function spins while an interruption waits on a thread blocked in C (CPython 3.11)
+@pytest.mark.untraced
 def test_a_stuck_thread_is_given_up_after_the_grace_period(tmp_path: Path) -> None:
     clock = ManualClock()
     started = tmp_path / "started"

@@ -254,6 +254,7 @@ def create_app(svc: Services) -> Starlette:
 
     async def event_stream(job_id: str, after: int) -> AsyncIterator[bytes]:
         last_sent = time.monotonic()
+        finishing = False
         with svc.hub.watch(job_id) as changed:
             while True:
                 changed.clear()
@@ -268,8 +269,11 @@ def create_app(svc: Services) -> Starlette:
                     return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
-                if await read(_gone_or_finished, job_id):
+                if finishing:
                     return  # nothing after the cursor and the job is over (e.g. a resume after the end)
+                if await read(_gone_or_finished, job_id):
+                    finishing = True  # it may have finished between the two reads: read its events once more
+                    continue
                 try:
                     await asyncio.wait_for(changed.wait(), min(KEEPALIVE_S, recheck_s))
                 except TimeoutError:
