@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import peewee as pw
@@ -24,7 +25,7 @@ from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
 from jobserver.core.tasks import Registry
-from jobserver.http.app import Services, create_app
+from jobserver.http.app import READ_THREADS, Services, create_app
 from jobserver.http.webhook_routes import webhook_routes
 from jobserver.ops.maintenance import Maintenance
 from jobserver.ops.metrics import Metrics
@@ -71,6 +72,7 @@ class Parts:
     webhook_sender: WebhookSender
     pruner: Pruner
     maintenance: Maintenance
+    readers: ThreadPoolExecutor
     app: Starlette
 
 
@@ -145,6 +147,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             (INTERVAL_S, summary.log_once),
         ],
     )
+    readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
     app = create_app(
         Services(
             s,
@@ -154,10 +157,11 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             hub,
             workers_alive=lambda: pool.alive() > 0,
             extra_routes=webhook_routes(store, sender),
+            readers=readers,
             metrics=metrics,
         )
     )
     return Parts(
         s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
-        tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, app,
+        tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
     )  # fmt: skip

@@ -210,6 +210,7 @@ class Runtime:
             if not self._loop_thread.is_alive():
                 p.tasks_loop.close()
         p.webhook_sender.stop()
+        p.readers.shutdown(wait=False)
         p.writer.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -35,7 +35,7 @@ assert issubclass(TestClient, httpx.Client), "the TestClient must be an httpx.Cl
 CLIENT_TIMEOUT_S = 30.0
 UNUSED_PORT = 8000  # nothing listens in-process; the config only needs a valid port
 # Threads a closed runtime must not leave behind. Worker threads may outlive it on purpose
-# (a task stuck in a C call is given up, not waited on); the app's reader pool is left to the GC.
+# (a task stuck in a C call is given up, not waited on); the reader pool is shut down without waiting.
 SERVICE_THREADS = ("jobserver-writer", "jobserver-maintenance", "jobserver-async", "jobserver-webhooks")
 
 

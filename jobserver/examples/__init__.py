@@ -123,7 +123,7 @@ async def research(
 
     Each fetch is a durable step, so a retry or a restart after a crash does not
     fetch (or pay for) a finished page again."""
-    from jobserver.examples.research import fetch_page, summarize
+    from jobserver.examples.webpages import fetch_page, summarize
 
     limit = asyncio.Semaphore(max(1, concurrency))
     done = 0

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = frozenset({"/healthz", "/"})
 KEEPALIVE_S = 15.0
-READ_THREADS = 8  # each keeps its own read connection; a plain executor hop is cheaper than anyio's
+READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
 T = TypeVar("T")
 EVENT_PAGE = 500
 
@@ -67,6 +67,7 @@ class Services:
     hub: Hub
     workers_alive: Callable[[], bool]
     extra_routes: list[Route]
+    readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
 
 
@@ -128,7 +129,7 @@ def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
 def create_app(svc: Services) -> Starlette:
     """Build the ASGI app."""
     settings, commands, store = svc.settings, svc.commands, svc.store
-    readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
+    readers = svc.readers
 
     async def read(fn: Callable[..., T], *args: Any) -> T:
         """Run a database read on a reader thread (never on the event loop)."""

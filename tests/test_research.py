@@ -1,8 +1,5 @@
-"""The example research agent, offline, against pages served on 127.0.0.1.
-
-Server processes, not the app in-process: once a research job has run, the submodule
-`jobserver.examples.research` (imported by the task) hides the `research` task on the
-`jobserver.examples` package, so a later registry built in the same process lacks it."""
+"""The example research agent, offline, against pages served on 127.0.0.1: in-process,
+and on a server process where a SIGKILL is the point."""
 
 from __future__ import annotations
 
@@ -14,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Server, start_server
+from tests.e2e import start_server
 from tests.helpers import finished, read_events, submit, wait_until
-
-pytestmark = pytest.mark.e2e
+from tests.inproc import RunningApp
 
 PAGES = {
     f"/page{i}": f"<html><head><title>Page {i}</title><script>var x = 1;</script></head><body>"
@@ -66,9 +62,9 @@ def site() -> Iterator[tuple[Site, threading.Event]]:
     s.httpd.server_close()  # joins the handler threads, closing their sockets
 
 
-def test_research_fetches_summarizes_and_reports(server: Server, site: tuple[Site, threading.Event]) -> None:
+def test_research_fetches_summarizes_and_reports(app: RunningApp, site: tuple[Site, threading.Event]) -> None:
     s, _ = site
-    c = server.client()
+    c = app.client
     urls = [s.url + p for p in PAGES]
     job_id = submit(
         c, "jobserver.examples.research", {"question": "why durable jobs?", "urls": urls, "sentences": 3}
@@ -86,6 +82,7 @@ def test_research_fetches_summarizes_and_reports(server: Server, site: tuple[Sit
     assert all(n == 1 for n in s.hits.values())
 
 
+@pytest.mark.e2e
 def test_research_resumes_without_refetching_after_sigkill(
     tmp_path: Path, site: tuple[Site, threading.Event]
 ) -> None:
@@ -104,9 +101,9 @@ def test_research_resumes_without_refetching_after_sigkill(
     srv.stop()
 
 
-def test_research_honours_cancel(server: Server, site: tuple[Site, threading.Event]) -> None:
+def test_research_honours_cancel(app: RunningApp, site: tuple[Site, threading.Event]) -> None:
     s, _gate = site
-    c = server.client()
+    c = app.client
     job_id = submit(c, "jobserver.examples.research", {"question": "q", "urls": [s.url + "/slow"]})
     wait_until(lambda: s.hits["/slow"] == 1)
     c.post(f"/jobs/{job_id}/cancel")
