@@ -151,6 +151,14 @@ class Claim:
     started_at: float
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
 
+    @classmethod
+    def of(cls, rec: JobRecord, started_at: float) -> Claim:
+        """The claim of a row just marked running (its `attempts` and `run_seq` already moved on)."""
+        return cls(
+            rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq, rec.timeout_s,
+            started_at, rec.run_at,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class HandOff:

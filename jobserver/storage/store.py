@@ -271,17 +271,7 @@ class JobStore:
         )
         assert rec is not None
         _job_event(tx, rec, now)
-        claim = Claim(
-            rec.id,
-            rec.task,
-            rec.args,
-            rec.attempts,
-            rec.max_attempts,
-            rec.run_seq,
-            rec.timeout_s,
-            now,
-            rec.run_at,
-        )
+        claim = Claim.of(rec, now)
         tx.after_commit(lambda: handoff.deliver(claim))
 
     def claim(
@@ -320,19 +310,7 @@ class JobStore:
             for job_id in ids:  # keep the claim order
                 rec = by_id[job_id]
                 _job_event(tx, rec, now)
-                claims.append(
-                    Claim(
-                        rec.id,
-                        rec.task,
-                        rec.args,
-                        rec.attempts,
-                        rec.max_attempts,
-                        rec.run_seq,
-                        rec.timeout_s,
-                        now,
-                        rec.run_at,
-                    )
-                )
+                claims.append(Claim.of(rec, now))
             return claims
 
         return self.writer.submit(op)
