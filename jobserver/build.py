@@ -101,10 +101,9 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         on_attempt=metrics.webhook_delivery,
     )
     hub = Hub()
-    unheard_wakeups = threading.Event()
-    wakeup = Wakeup(unheard_wakeups)
+    wakeup = Wakeup()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
-    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency)
+    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
     tasks_loop = asyncio.new_event_loop()
     executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
     lease_s = s.workers.lease_seconds
@@ -118,7 +117,6 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         owner,
         lease_s,
         s.workers.poll_interval,
-        unheard_wakeups,
     )
     commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from jobserver import task
 from jobserver.core.records import Claim
 from jobserver.core.tasks import build_taskdef
@@ -34,7 +36,9 @@ class FakeTx:
 
 
 def slots(threads: int = 2, async_concurrency: int = 2) -> Slots:
-    return Slots([build_taskdef(f) for f in (quick, capped, waits)], threads, async_concurrency)
+    return Slots(
+        [build_taskdef(f) for f in (quick, capped, waits)], threads, async_concurrency, threading.Event()
+    )
 
 
 Q, C, W = (f"{__name__}.{n}" for n in ("quick", "capped", "waits"))
@@ -80,3 +84,12 @@ def test_ready_queue() -> None:
     s.push_ready([c])
     assert s.is_ready("j") and s.ready_count() == 1
     assert s.pop_ready() is c and s.pop_ready() is None
+
+
+def test_a_freed_async_slot_signals_async_work_and_a_sync_one_does_not() -> None:
+    s = slots(threads=1, async_concurrency=1)
+    assert s.accept(FakeTx(), [("w1", W), ("q1", Q)]) == ["w1", "q1"]
+    s.release(Q)
+    assert not s.async_work.is_set()
+    s.release(W)
+    assert s.async_work.is_set()  # a pending async job may fit now: the feeder looks

@@ -102,6 +102,8 @@ class JobCommands:
             now,
             run_at,
         )
+        # after the commit, unless the submit's own transaction handed the job to an idle worker
+        on_commit = self.dispatcher.async_job_added if taskdef.is_async else self.wakeup.notify
         idem = None
         if idem_key is not None:
             idem = (scope, idem_key, body_hash(raw_body))
@@ -110,7 +112,7 @@ class JobCommands:
             self._inflight_keys.add((scope, idem_key))
         try:
             created, value = await asyncio.wrap_future(
-                self.store.enqueue(new, idem, self.wakeup.notify, self.dispatcher.handoff)
+                self.store.enqueue(new, idem, on_commit, self.dispatcher.handoff)
             )
         finally:
             if idem_key is not None:

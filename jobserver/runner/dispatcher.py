@@ -7,7 +7,9 @@ on the writer thread): async claims start on the tasks' event loop at once,
 sync ones wait in the ready queue for an idle worker thread. Worker threads
 claim when they are idle; a feeder thread claims for async slots, so an async
 job never waits for a sync thread: idle worker threads claim for async slots
-too, and a wake-up that finds every worker thread busy wakes the feeder. Claim-time rules live in `Slots.plan` and
+too, and the feeder claims when async work may be waiting (a new async job
+that no idle worker thread heard of, or a freed async slot), so sync work never
+costs it a claim transaction. Claim-time rules live in `Slots.plan` and
 `Slots.accept`: free capacity, per-task caps, and only tasks this process knows
 (a job of an unknown task stays pending for another node or the next deploy).
 """
@@ -44,7 +46,6 @@ class Dispatcher:
         owner: str,
         lease_s: float,
         poll_interval_s: float,
-        unheard_wakeups: threading.Event,
     ) -> None:
         self.store = store
         self.slots = slots
@@ -55,7 +56,6 @@ class Dispatcher:
         self.owner = owner
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
-        self._feeder_wake = unheard_wakeups  # the wake-ups no idle worker thread took
         self.draining = False  # set once by the shutdown: no claim after it
         self.handoff = HandOff(owner, lease_s, self._handoff_accept, self._handoff_deliver)
         self._stop = threading.Event()
@@ -127,10 +127,16 @@ class Dispatcher:
         if timeout > 0:
             self.wakeup.wait(timeout)
 
+    def async_job_added(self) -> None:
+        """A new due async job committed: an idle worker thread claims it, else the feeder does."""
+        self.wakeup.notify()
+        if self.wakeup.waiting == 0:
+            self.slots.async_work.set()
+
     def _feed(self) -> None:
-        """Claim for free async slots whenever a wake-up found every worker thread busy."""
+        """Claim for free async slots whenever async work may be waiting."""
         while not self._stop.is_set():
-            self._feeder_wake.clear()
+            self.slots.async_work.clear()
             try:
                 if self.slots.free_async() > 0 and self.claim_once():
                     continue
@@ -139,7 +145,7 @@ class Dispatcher:
                 log.exception("claiming for async tasks failed", extra={"action": "claim_failed"})
                 timeout = self.poll_interval_s  # back off; the next pass tries again
             if timeout > 0:
-                self._feeder_wake.wait(timeout)
+                self.slots.async_work.wait(timeout)
 
     def start(self) -> None:
         """Start the async feeder (only when some task is async)."""
@@ -151,7 +157,8 @@ class Dispatcher:
         """No claim after this; returns the sync jobs claimed but not started (to put back)."""
         self.draining = True
         self._stop.set()
-        self.wakeup.stop()  # also wakes the feeder
+        self.wakeup.stop()
+        self.slots.async_work.set()  # the feeder sees the stop
         if self._feeder.is_alive():
             self._feeder.join(timeout=5)
         return self.slots.take_ready()

@@ -26,7 +26,12 @@ ASYNC_PER_CLAIM = 32  # async jobs one claim may take
 class Slots:
     """Capacity bookkeeping of one process (thread-safe)."""
 
-    def __init__(self, tasks: Iterable[TaskDef], threads: int, async_concurrency: int) -> None:
+    def __init__(
+        self, tasks: Iterable[TaskDef], threads: int, async_concurrency: int, async_work: threading.Event
+    ) -> None:
+        self.async_work = (
+            async_work  # set when async jobs may be claimable (the dispatcher's feeder waits on it)
+        )
         self._tasks = list(tasks)
         self._by_name = {t.name: t for t in self._tasks}
         self.threads = threads
@@ -117,8 +122,11 @@ class Slots:
 
     def release(self, task: str) -> None:
         """A job of `task` stopped running (or was never started): free its slot."""
+        is_async = self.is_async(task)
         with self._lock:
-            self._add(task, self.is_async(task), -1)
+            self._add(task, is_async, -1)
+        if is_async:
+            self.async_work.set()  # a pending async job may fit now
 
     def ran(self, task: str, seconds: float) -> None:
         """Record how long a sync run of `task` took (for taking short jobs ahead)."""

@@ -8,8 +8,7 @@ import threading
 class Wakeup:
     """A counter of "there may be work" signals that idle workers wait on."""
 
-    def __init__(self, unheard: threading.Event | None = None) -> None:
-        self._unheard = unheard  # set when a signal finds no idle worker (the async feeder waits on it)
+    def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._signals = 0
         self._stopped = False
@@ -20,9 +19,6 @@ class Wakeup:
         with self._cond:
             self._signals = min(self._signals + n, 64)  # more than the workers can take is noise
             self._cond.notify(n)
-            unheard = self.waiting == 0
-        if unheard and self._unheard is not None:
-            self._unheard.set()
 
     def wait(self, timeout: float) -> bool:
         """Wait for a signal or the timeout; True if a signal was taken."""
@@ -43,8 +39,6 @@ class Wakeup:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        if self._unheard is not None:
-            self._unheard.set()
 
     @property
     def stopped(self) -> bool:
