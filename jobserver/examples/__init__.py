@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import Counter
 
 from jobserver import JobContext, task
+from jobserver.examples.webpages import STOPWORDS, WORD, fetch_page, summarize
 
 
 @task
@@ -65,35 +65,6 @@ def fail(message: str = "this task always fails") -> None:
     raise RuntimeError(message)
 
 
-_WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]+")
-_STOP = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "and",
-        "or",
-        "of",
-        "to",
-        "in",
-        "is",
-        "it",
-        "for",
-        "on",
-        "with",
-        "as",
-        "at",
-        "by",
-        "this",
-        "that",
-        "be",
-        "are",
-        "was",
-        "from",
-    ]
-)
-
-
 @task(max_attempts=3)
 def analyze_documents(ctx: JobContext, documents: list[str], top: int = 5) -> dict[str, object]:
     """Analyze a batch of documents: word counts and top keywords per document, each a durable step."""
@@ -110,8 +81,8 @@ def analyze_documents(ctx: JobContext, documents: list[str], top: int = 5) -> di
 
 
 def _analyze(text: str, top: int) -> dict[str, object]:
-    words = [w.lower() for w in _WORD.findall(text)]
-    counts = Counter(w for w in words if w not in _STOP)
+    words = [w.lower() for w in WORD.findall(text)]
+    counts = Counter(w for w in words if w not in STOPWORDS)
     return {"words": len(words), "keywords": counts.most_common(top)}
 
 
@@ -123,7 +94,6 @@ async def research(
 
     Each fetch is a durable step, so a retry or a restart after a crash does not
     fetch (or pay for) a finished page again."""
-    from jobserver.examples.webpages import fetch_page, summarize
 
     limit = asyncio.Semaphore(max(1, concurrency))
     done = 0

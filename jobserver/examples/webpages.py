@@ -15,8 +15,8 @@ import httpx
 
 _SKIP = {"script", "style", "noscript", "template", "svg", "head"}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]+")
-_STOP = frozenset(
+WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]+")
+STOPWORDS = frozenset(
     [
         "the",
         "a",
@@ -104,15 +104,15 @@ async def fetch_page(url: str, timeout_s: float = 20.0) -> dict[str, str]:
 
 def summarize(question: str, pages: list[dict[str, str]], sentences: int) -> dict[str, Any]:
     """Pick the sentences that best cover the question and the pages' frequent words."""
-    words = Counter(w.lower() for p in pages for w in _WORD.findall(p["text"]) if w.lower() not in _STOP)
-    focus = {w.lower() for w in _WORD.findall(question)} - _STOP
+    words = Counter(w.lower() for p in pages for w in WORD.findall(p["text"]) if w.lower() not in STOPWORDS)
+    focus = {w.lower() for w in WORD.findall(question)} - STOPWORDS
     scored = []
     for p in pages:
         for s in _SENTENCE.split(p["text"]):
-            tokens = [w.lower() for w in _WORD.findall(s)]
+            tokens = [w.lower() for w in WORD.findall(s)]
             if len(tokens) < 4:
                 continue
-            score = sum(words[t] for t in tokens if t not in _STOP) / math.sqrt(len(tokens))
+            score = sum(words[t] for t in tokens if t not in STOPWORDS) / math.sqrt(len(tokens))
             score *= 1 + sum(t in focus for t in tokens)
             scored.append((score, s.strip(), p["url"]))
     best = sorted(scored, key=lambda x: -x[0])[:sentences]
