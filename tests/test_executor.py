@@ -142,3 +142,19 @@ def test_the_shutdown_puts_back_claims_that_never_started(tmp_path: Path) -> Non
             future.result(10)
         assert [(p.store.get(i).status, p.store.get(i).attempts) for i in ids] == [("pending", 0)] * 3
         assert p.dispatcher.claim_once() == 0  # nothing is claimed once the shutdown began
+
+
+def test_a_claim_that_commits_as_the_shutdown_begins_is_put_back(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        job_id = enqueue(p, "jobserver.examples.add", {"a": 1, "b": 2})
+        lease = p.settings.workers.lease_seconds
+        # a claim transaction under way (here: a submit's hand-off to an idle worker) ...
+        (claim,) = p.store.claim(
+            p.owner, clock.now(), lease, lambda tx: (1, None), lambda tx, c: [i for i, _ in c]
+        ).result(10)
+        assert p.dispatcher.stop_claiming() == []
+        p.dispatcher.handoff.deliver(claim)  # ... delivers after the shutdown began
+        wait_until(lambda: settled(p, job_id, "pending"), 10, message="the put-back")
+        assert p.store.get(job_id).attempts == 0
+        assert p.slots.pop_ready() is None  # nothing left for a worker that will never take it

@@ -57,6 +57,7 @@ class Dispatcher:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.draining = False  # set once by the shutdown: no claim after it
+        self._drain_lock = threading.Lock()  # a claim that commits as the shutdown begins is put back
         self.handoff = HandOff(owner, lease_s, self._handoff_accept, self._handoff_deliver)
         self._stop = threading.Event()
         self._feeder = threading.Thread(target=self._feed, name="jobserver-async-feeder", daemon=True)
@@ -73,6 +74,13 @@ class Dispatcher:
         return len(claims)
 
     def _dispatch(self, claims: Sequence[Claim]) -> None:
+        with self._drain_lock:
+            if self.draining:  # its transaction was under way when the shutdown began
+                self.executor.release_unstarted(claims)
+                return
+            self._start_or_queue(claims)
+
+    def _start_or_queue(self, claims: Sequence[Claim]) -> None:
         queued = []
         for claim in claims:
             log.debug(
@@ -155,10 +163,12 @@ class Dispatcher:
     # ------------------------------------------------------------- shutdown
     def stop_claiming(self) -> list[Claim]:
         """No claim after this; returns the sync jobs claimed but not started (to put back)."""
-        self.draining = True
+        with self._drain_lock:
+            self.draining = True
+            unstarted = self.slots.take_ready()
         self._stop.set()
         self.wakeup.stop()
         self.slots.async_work.set()  # the feeder sees the stop
         if self._feeder.is_alive():
             self._feeder.join(timeout=5)
-        return self.slots.take_ready()
+        return unstarted
