@@ -48,7 +48,7 @@ def test_json_logs_also_carry_warnings_and_uncaught_exceptions() -> None:
         "import logging, threading, warnings\n"
         "from jobserver import logs\n"
         "logs.configure('info', 'json')\n"
-        "logging.getLogger('jobserver.runner.engine').info('hello %s', 'x', extra={'job_id': 'j1'})\n"
+        "logging.getLogger('jobserver.runner.executor').info('hello %s', 'x', extra={'job_id': 'j1'})\n"
         "warnings.warn('careful')\n"
         "t = threading.Thread(target=lambda: 1 / 0, name='worker-x'); t.start(); t.join()\n"
         "raise RuntimeError('at the top')\n"
