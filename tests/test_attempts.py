@@ -1,6 +1,5 @@
-"""Agent-grade jobs through the API: events, cancellation, time limits, durable steps,
-async tasks; the real app and its worker threads in-process (tests/inproc.py), and two
-tests against the server process."""
+"""Agent-grade jobs through the API, in-process (tests/inproc.py): events, cancellation,
+time limits, stuck threads, durable steps, async tasks and concurrency caps."""
 
 from __future__ import annotations
 
