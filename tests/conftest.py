@@ -26,15 +26,17 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if item.get_closest_marker("untraced") is None:
         yield
         return
-    tracer = sys.gettrace()
+    tracer, new_thread_hook = (
+        sys.gettrace(),
+        threading.gettrace(),
+    )  # coverage gives each thread its own tracer
     sys.settrace(None)
     threading.settrace(None)  # type: ignore[arg-type]
     try:
         yield
     finally:
-        if tracer is not None:
-            threading.settrace(tracer)  # type: ignore[arg-type]
-            sys.settrace(tracer)
+        threading.settrace(new_thread_hook)  # type: ignore[arg-type]
+        sys.settrace(tracer)
 
 
 @pytest.fixture
