@@ -95,7 +95,7 @@ class Runtime:
         self._loop_thread: threading.Thread | None = None
 
     def open(self) -> Parts:
-        """Lock the SQLite file, build every part and start them; HTTP is served by `serve`."""
+        """Lock the SQLite file, build every part and start them (serving HTTP is separate)."""
         path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)

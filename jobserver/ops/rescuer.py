@@ -2,8 +2,8 @@
 
 A lease that expired means the owning process stopped heartbeating (killed,
 frozen, cut off). At an SQLite start every running row is rescued at once: the
-file lock proves the previous owner is dead. Each one ends as `decide` says
-for a crash (run again counted, or failed `Crashed`, or cancelled when a
+file lock proves the previous owner is dead. Each one ends as the lifecycle
+decides for a crash (run again counted, or failed `Crashed`, or cancelled when a
 cancel was asked).
 """
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class Rescuer:
-    """`rescue_once` is one pass; the maintenance thread repeats it."""
+    """One pass at a time; the maintenance thread repeats it."""
 
     def __init__(
         self,

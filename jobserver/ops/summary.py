@@ -2,7 +2,7 @@
 
 Per-job transitions are logged at DEBUG: at thousands of jobs a second, two
 INFO lines per job cost a fifth of the submit throughput. This observer counts
-instead, and `log_once` (a maintenance pass) writes one line when anything happened.
+instead, and a maintenance pass writes one line when anything happened.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ claim when they are idle; a feeder thread claims for async slots, so an async
 job never waits for a sync thread: idle worker threads claim for async slots
 too, and the feeder claims when async work may be waiting (a new async job
 that no idle worker thread heard of, or a freed async slot), so sync work never
-costs it a claim transaction. Claim-time rules live in `Slots.plan` and
-`Slots.accept`: free capacity, per-task caps, and only tasks this process knows
-(a job of an unknown task stays pending for another node or the next deploy).
+costs it a claim transaction. The claim-time rules (free capacity, per-task
+caps, and only tasks this process knows: a job of an unknown task stays pending
+for another node or the next deploy) are the slots' to decide, in one place.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Owns the attempts running in this process: a sync task runs on the worker
 thread that claimed it, an async one on the tasks' event loop. When an attempt
-ends, its `Outcome` goes through `lifecycle.decide` and the store applies the
+ends, the lifecycle decides what its outcome does to the job and the store applies the
 transition with one fenced write, without the worker waiting for the commit
 (its next claim joins the same group commit). Also owns stopping: cancel, time
 limits, stale attempts (the heartbeat), the shutdown, and giving up a sync
@@ -42,7 +42,7 @@ STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is give
 
 
 def facts(claim: Claim) -> AttemptFacts:
-    """What `decide` needs to know of a claimed attempt."""
+    """What the lifecycle's decision needs to know of a claimed attempt."""
     return AttemptFacts(claim.job_id, claim.run_seq, claim.attempt, claim.max_attempts)
 
 

@@ -1,20 +1,10 @@
-"""The database: connection factory, schema (Peewee models) and the job state machine.
+"""The database: connection factory and schema (Peewee models).
 
 Owns the tables and how a connection is opened (SQLite in WAL mode with a busy
 timeout, or PostgreSQL). Peewee is used for the schema and connections; the hot
-statements live in `store.py` as plain SQL.
-
-Job states (the contract's vocabulary; internally a pending job whose run_at is
-still ahead is stored as 'scheduled' and shown as pending) and their moves::
-
-                 claim                 complete
-    pending ───────────────► running ───────────► completed
-      ▲  │                    │  │ │
-      │  │ cancel             │  │ └─ fail (last attempt, Fail, Crashed) ──► failed
-      │  ▼                    │  │                                            │
-      │ cancelled ◄── cancel ─┘  └─ schedule_retry / rescue / release ─► pending
-      │   │                                                                   │
-      └───┴──────────────────────── retry (POST /jobs/{id}/retry) ◄───────────┘
+statements are plain SQL in the store. The job's statuses are the lifecycle's;
+only storage knows that a pending job whose run_at is still ahead is stored as
+'scheduled', so that claims read an index range of due jobs only.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """JobStore: every SQL statement about jobs, one transaction per transition.
 
-Methods are transition verbs (`enqueue`, `claim`, `complete`, `fail`,
-`schedule_retry`, `cancel`, `retry`, `rescue`, `release`); each builds an op and
-hands it to the `Writer`, returning a `Future` that resolves after commit.
-Writes made on behalf of an attempt are fenced by its `run_seq`: when the row's
-`run_seq` moved on (the attempt was rescued, cancelled or retried), the write
-changes nothing and raises `StaleAttemptError`. Reads run on the calling
-thread's own connection (never call them on the event loop).
+Methods are transition verbs: insert, claim, apply a decided transition, cancel,
+retry, rescue, delete. Each builds an op and hands it to the writer, returning a
+future that resolves after commit; what an attempt's outcome does to its job is
+decided by the lifecycle, not here. Writes made on behalf of an attempt are
+fenced by its `run_seq`: when the row's `run_seq` moved on (the attempt was
+rescued, cancelled or retried), the write changes nothing and raises
+`StaleAttemptError`. Reads run on the calling thread's own connection (never
+call them on the event loop).
 """
 
 from __future__ import annotations
