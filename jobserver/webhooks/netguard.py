@@ -10,8 +10,7 @@ Callers check a URL when a job is submitted (fast refusal with 422) and again
 right before each delivery attempt, then connect to one of the returned
 addresses rather than resolving the name a second time (DNS rebinding).
 
-Imports only the standard library and `jobserver.core.errors`: no database, no
-Starlette, no httpx. `resolve` blocks on DNS; call it from a worker thread.
+Resolving a name blocks on DNS: call it from a worker thread, never the event loop.
 """
 
 from __future__ import annotations
