@@ -35,10 +35,13 @@ from jobserver.ops.summary import INTERVAL_S, Summary
 from jobserver.runner.commands import JobCommands
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
+from jobserver.runner.notices import Notices
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
 from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.limits import LimitStore
+from jobserver.storage.listener import Listener
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
@@ -56,6 +59,7 @@ class Parts:
     db: pw.Database
     writer: Writer
     store: JobStore
+    limits: LimitStore
     registry: Registry
     hub: Hub
     metrics: Metrics
@@ -74,6 +78,7 @@ class Parts:
     maintenance: Maintenance
     readers: ThreadPoolExecutor
     app: Starlette
+    listener: Listener | None  # PostgreSQL with `database.notify`: the other nodes' commits
 
 
 def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
@@ -83,10 +88,19 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     registry = registry or Registry.from_modules(s.tasks.modules)
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
     create_schema(db)
-    writer = Writer(db, s.is_postgres)
+    node_tag = uuid.uuid4().hex[:12]
+    writer = Writer(db, s.is_postgres, node_tag, s.database.notify)
     writer.start()
     outbox_wake = threading.Event()
-    store = JobStore(db, writer, s.is_postgres, Outbox(outbox_wake).record)
+    wakeup = Wakeup()
+    async_work = threading.Event()
+
+    def job_due() -> None:
+        wakeup.notify()
+        async_work.set()
+
+    limits = LimitStore(db, writer, s.is_postgres, s.workers.poll_interval, job_due)
+    store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record)
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()
     observers: list[JobObserver] = [metrics, summary]
@@ -101,9 +115,8 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         on_attempt=metrics.webhook_delivery,
     )
     hub = Hub()
-    wakeup = Wakeup()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
-    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
+    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, async_work)
     tasks_loop = asyncio.new_event_loop()
     executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
     lease_s = s.workers.lease_seconds
@@ -134,6 +147,11 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     def heartbeat() -> None:
         executor.heartbeat_once(owner, lease_s)
 
+    def unpark() -> None:
+        due = limits.next_wake_at()
+        if due is not None and due <= clock.now():
+            limits.unpark_due(clock.now()).result()
+
     maintenance = Maintenance(
         clock,
         [
@@ -141,7 +159,9 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             (0.1, executor.record_retries_once),
             (s.events.progress_flush_interval, flush_progress),
             (max(0.5, lease_s / 3), heartbeat),
-            (max(1.0, lease_s / 2), rescuer.rescue_once),
+            (0.1, unpark),
+            # a lease expires at most a lease after the last heartbeat: freed within about one lease
+            (max(0.25, lease_s / 4), rescuer.rescue_once),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
         ],
@@ -160,7 +180,11 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             metrics=metrics,
         )
     )
+    listener = None
+    if s.is_postgres and s.database.notify:
+        notices = Notices(dispatcher, executor, hub)
+        listener = Listener(s.database.url, node_tag, notices.deliver, notices.resync)
     return Parts(
-        s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
-        tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
+        s, clock, owner, db, writer, store, limits, registry, hub, metrics, summary, reporter, slots, wakeup,
+        tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app, listener,
     )  # fmt: skip

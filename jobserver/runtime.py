@@ -118,6 +118,8 @@ class Runtime:
         self._loop_thread.start()
         p.webhook_sender.start()
         p.dispatcher.start()
+        if p.listener is not None:
+            p.listener.start()
         p.pool.start()
         p.maintenance.start()
         return p
@@ -201,6 +203,8 @@ class Runtime:
         self.drain(0)
         p.pool.stop(timeout_s=1)
         p.maintenance.stop()
+        if p.listener is not None:
+            p.listener.stop()
         future = p.reporter.flush_once(self.clock.now())
         if future is not None:
             wait([future], timeout=RECORD_TIMEOUT_S)

@@ -99,6 +99,7 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///data/jobserver.db"
     synchronous: Literal["normal", "full"] = "normal"
     busy_timeout: Duration = 5.0
+    notify: bool = True  # PostgreSQL: nodes wake each other with LISTEN/NOTIFY (else they poll)
 
     @field_validator("url")
     @classmethod

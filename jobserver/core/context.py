@@ -30,6 +30,8 @@ class AttemptHandle(Protocol):
 
     def report_log(self, message: str) -> None: ...
 
+    def report_usage(self, key: str, units: float) -> None: ...
+
     def step_sync(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any: ...
@@ -72,6 +74,11 @@ class JobContext:
     def log(self, message: str) -> None:
         """Append a log line, streamed to watchers of the job's events."""
         self._attempt.report_log(str(message))
+
+    def report_usage(self, key: str, units: float) -> None:
+        """Settle a rate limit's charge for this attempt with the real usage once known (the
+        difference to the estimated cost is charged or given back)."""
+        self._attempt.report_usage(key, units)
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` once per job and return its JSON result; later attempts get the stored value.

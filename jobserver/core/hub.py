@@ -33,6 +33,13 @@ class Hub:
             except RuntimeError:  # the loop already closed
                 pass
 
+    def publish_all(self) -> None:
+        """Wake every watcher (changes may have been missed, e.g. while notifications were down)."""
+        with self._lock:
+            job_ids = list(self._watchers)
+        for job_id in job_ids:
+            self.publish(job_id)
+
     @contextmanager
     def watch(self, job_id: str) -> Iterator[asyncio.Event]:
         """An event set whenever the job changes; clear it before each wait."""

@@ -20,8 +20,10 @@ from jobserver.core.lifecycle import FINISHED
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
     "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
-    "webhook_url, created_at, run_at, started_at, finished_at"
+    "webhook_url, created_at, run_at, started_at, finished_at, limits, blocked_by"
 )
+# internal statuses of a job the API shows as pending: delayed, and held back by a limit
+WAITING_TO_RUN = frozenset({"pending", "scheduled", "blocked"})
 
 
 def _loads(text: str | None) -> Any:
@@ -54,6 +56,8 @@ class JobRecord:
     run_at: float
     started_at: float | None
     finished_at: float | None
+    limits: str | None = None  # the job's limits bound to its args (JSON), fixed at submit
+    blocked_by: str | None = None  # the limit key that holds the job back, while it does
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -70,7 +74,7 @@ class JobRecord:
             "id": self.id,
             "task": self.task,
             "args": _loads(self.args),
-            "status": "pending" if self.status == "scheduled" else self.status,
+            "status": "pending" if self.status in WAITING_TO_RUN else self.status,
             "priority": self.priority,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
@@ -86,6 +90,7 @@ class JobRecord:
             "run_at": rfc3339(self.run_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
+            "blocked_by": self.blocked_by,
         }
 
 
@@ -103,6 +108,7 @@ class NewJob:
     idempotency_key: str | None
     created_at: float
     run_at: float
+    limits: str | None = None
 
     @property
     def status(self) -> str:
@@ -134,6 +140,7 @@ class NewJob:
             self.run_at,
             None,
             None,
+            self.limits,
         )
 
 
@@ -150,13 +157,14 @@ class Claim:
     timeout_s: float | None
     started_at: float
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
+    limits: str | None = None  # the limits the attempt holds (for ctx.report_usage)
 
     @classmethod
     def of(cls, rec: JobRecord, started_at: float) -> Claim:
         """The claim of a row just marked running (its `attempts` and `run_seq` already moved on)."""
         return cls(
             rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq, rec.timeout_s,
-            started_at, rec.run_at,
+            started_at, rec.run_at, rec.limits,
         )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ import pydantic_core
 from pydantic import ConfigDict
 
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
+from jobserver.core.limits import Concurrency, Limit, Rate, bind_all, check_templates
 from jobserver.core.schemas import MAX_STORED_DEPTH, json_violations
 
 MARK = "__jobserver_task__"
@@ -45,6 +46,7 @@ class TaskOptions:
     priority: int = 0
     concurrency: int | None = None
     on_crash: Literal["retry", "fail"] = "retry"
+    limits: tuple[Limit, ...] = ()
 
     def public(self) -> dict[str, Any]:
         """The options as GET /tasks shows them."""
@@ -56,6 +58,7 @@ class TaskOptions:
             "priority": self.priority,
             "concurrency": self.concurrency,
             "on_crash": self.on_crash,
+            "limits": [limit.public() for limit in self.limits],
         }
 
 
@@ -87,6 +90,25 @@ class TaskDef:
             raise InvalidRequestError(f"invalid args for task {self.name}", errors)
         return dumped
 
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        """Every limit a job of this task holds; `concurrency=n` is Concurrency(task name, n)."""
+        if self.options.concurrency is None:
+            return self.options.limits
+        own = Concurrency(self.name.replace("{", "{{").replace("}", "}}"), self.options.concurrency)
+        return (*self.options.limits, own)
+
+    def bind_limits(self, args: dict[str, Any]) -> str | None:
+        """The job's limits bound to its validated args (stored JSON); 422 when a key or cost
+        cannot be made from them."""
+        try:
+            return bind_all(self.limits, args)
+        except Exception as exc:  # a cost function is the task author's code: whatever it raises
+            error = {"loc": ["body", "args"], "type": "limit", "msg": f"{type(exc).__name__}: {exc}"}
+            raise InvalidRequestError(
+                f"the limits of task {self.name} cannot apply to these args", [error]
+            ) from None
+
     def call_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
         """Typed keyword arguments for the function, rebuilt from stored JSON args."""
         model = self.args_model.model_validate(args)
@@ -111,6 +133,7 @@ def task(
     priority: int = 0,
     concurrency: int | None = None,
     on_crash: Literal["retry", "fail"] = "retry",
+    limits: Iterable[Limit] = (),
 ) -> Callable[[F], F]: ...
 
 
@@ -125,6 +148,7 @@ def task(
     priority: int = 0,
     concurrency: int | None = None,
     on_crash: Literal["retry", "fail"] = "retry",
+    limits: Iterable[Limit] = (),
 ) -> Any:
     """Mark a sync or async function as a task: `@task` or `@task(max_attempts=3, ...)`."""
     options = TaskOptions(
@@ -135,6 +159,7 @@ def task(
         priority,
         concurrency,
         on_crash,
+        tuple(limits),
     )
 
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -145,6 +170,11 @@ def task(
             raise ValueError(f'task {task_name}: on_crash must be "retry" or "fail"')
         if concurrency is not None and concurrency < 1:
             raise ValueError(f"task {task_name}: concurrency must be at least 1")
+        for limit in options.limits:
+            if not isinstance(limit, (Concurrency, Rate)):
+                raise ValueError(
+                    f"task {task_name}: limits must be Concurrency(...) or Rate(...), got {limit!r}"
+                )
         setattr(f, MARK, (task_name, options))
         return f
 
@@ -249,6 +279,9 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
         fields[pname] = (annotation, default)
         shown[pname] = _shown(param.annotation, annotation)
     model, schema = _args_model(name, fields, shown)
+    problem = check_templates(options.limits, fields)
+    if problem is not None:
+        raise TaskDefinitionError(name, None, problem)
     schema["title"] = f"{name} args"
     doc = inspect.getdoc(fn) or ""
     return TaskDef(

@@ -24,6 +24,7 @@ import orjson
 
 from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, NotJSONSerializableError, StaleAttemptError, Timeout
+from jobserver.core.limits import load_held
 from jobserver.core.records import Claim
 from jobserver.runner.reporter import Reporter
 from jobserver.storage.store import JobStore
@@ -138,6 +139,17 @@ class Attempt:
 
     def report_log(self, message: str) -> None:
         self._reporter.log(self.claim.job_id, self.claim.run_seq, self._on_stale, message, self._clock.now())
+
+    def report_usage(self, key: str, units: float) -> None:
+        """Settle this attempt's charge of a rate key (its name or its template) with the real
+        usage; written without waiting, like progress."""
+        if isinstance(units, bool) or not isinstance(units, (int, float)) or not units >= 0:
+            raise ValueError(f"usage must be a number of at least 0, got {units!r}")
+        rates = [h for h in load_held(self.claim.limits) if h.kind == "rate"]
+        match = next((h for h in rates if key in (h.key, h.template)), None)
+        if match is None:
+            raise ValueError(f"{key!r} is not a rate limit of this job: {[h.key for h in rates]}")
+        self._steps_store.limits.report_usage(self.claim.job_id, self.claim.run_seq, match.key, float(units))
 
     # ---------------------------------------------------------------- steps
     def _begin_step(self, name: str) -> tuple[bool, Any]:

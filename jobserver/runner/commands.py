@@ -101,6 +101,7 @@ class JobCommands:
             idem_key,
             now,
             run_at,
+            taskdef.bind_limits(args),
         )
         # after the commit, unless the submit's own transaction handed the job to an idle worker
         on_commit = self.dispatcher.async_job_added if taskdef.is_async else self.wakeup.notify

@@ -9,9 +9,10 @@ claim when they are idle; a feeder thread claims for async slots, so an async
 job never waits for a sync thread: idle worker threads claim for async slots
 too, and the feeder claims when async work may be waiting (a new async job
 that no idle worker thread heard of, or a freed async slot), so sync work never
-costs it a claim transaction. The claim-time rules (free capacity, per-task
-caps, and only tasks this process knows: a job of an unknown task stays pending
-for another node or the next deploy) are the slots' to decide, in one place.
+costs it a claim transaction. The claim-time rules of this process (free capacity,
+and only tasks this process knows: a job of an unknown task stays pending for
+another node or the next deploy) are the slots' to decide, in one place; the
+limits that hold across processes are checked by the store in the same claim.
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ class Dispatcher:
         if self.draining:
             return 0
         claims = self.store.claim(
-            self.owner, self.clock.now(), self.lease_s, self.slots.plan, self.slots.accept
+            self.owner,
+            self.clock.now(),
+            self.lease_s,
+            self.slots.plan,
+            self.slots.accept,
+            self.slots.give_back,
         ).result()
         self._dispatch(claims)
         return len(claims)

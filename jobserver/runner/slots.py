@@ -1,16 +1,17 @@
 """Slots: how many jobs this process may start, and the jobs claimed ahead for idle workers.
 
 Owns the per-process capacity: sync slots (`workers.threads`), async slots
-(`workers.async_concurrency`), each task's `concurrency` cap, and the measured run
-time of each sync task. Claims are planned and accepted on the writer thread,
-inside the claim transaction, so two claims can never both take the last slot;
-a rolled-back claim gives its reservations back.
+(`workers.async_concurrency`) and the measured run time of each sync task.
+Claims are planned and accepted on the writer thread, inside the claim
+transaction, so two claims can never both take the last slot; a rolled-back
+claim gives its reservations back. Limits that hold across processes (a task's
+`concurrency` among them) are the store's to check, in the same transaction.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
 
 from jobserver.core.records import Claim
@@ -37,7 +38,6 @@ class Slots:
         self.threads = threads
         self.async_concurrency = async_concurrency
         self._lock = threading.Lock()
-        self._per_task: Counter[str] = Counter()  # reserved or running, per task
         self._sync = 0
         self._async = 0
         self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
@@ -68,9 +68,7 @@ class Slots:
             excluded = [
                 t.name
                 for t in self._tasks
-                if (t.is_async and free_async <= 0)
-                or (not t.is_async and free_sync <= 0)
-                or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
+                if (t.is_async and free_async <= 0) or (not t.is_async and free_sync <= 0)
             ]
         sync_room = free_sync + PREFETCH_MAX if free_sync > 0 else 0
         limit = sync_room + min(max(0, free_async), ASYNC_PER_CLAIM)
@@ -101,16 +99,12 @@ class Slots:
                         continue
                     budget -= cost
                     extra += 1
-                cap = td.options.concurrency
-                if cap is not None and self._per_task[task] >= cap:
-                    continue
                 self._add(task, is_async, +1)
                 taken.append((job_id, task))
         tx.on_rollback(lambda: self._give_back(taken))
         return [job_id for job_id, _ in taken]
 
     def _add(self, task: str, is_async: bool, n: int) -> None:
-        self._per_task[task] += n
         if is_async:
             self._async += n
         else:
@@ -119,6 +113,20 @@ class Slots:
     def _give_back(self, taken: list[tuple[str, str]]) -> None:
         for _, task in taken:
             self.release(task)
+
+    def give_back(self, tx: Tx, taken: list[tuple[str, str]]) -> None:
+        """Return the slots of accepted (id, task) candidates the claim did not take after all
+        (a limit held them back); a rollback of the claim reserves them again, for the claim's
+        own rollback hook to give back once."""
+        with self._lock:
+            for _, task in taken:
+                self._add(task, self.is_async(task), -1)
+        tx.on_rollback(lambda: self._reserve_again(taken))
+
+    def _reserve_again(self, taken: list[tuple[str, str]]) -> None:
+        with self._lock:
+            for _, task in taken:
+                self._add(task, self.is_async(task), +1)
 
     def release(self, task: str) -> None:
         """A job of `task` stopped running (or was never started): free its slot."""

@@ -52,6 +52,8 @@ class Job(BaseModel):
     run_at = pw.DoubleField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
+    limits = pw.TextField(null=True)  # the job's limits bound to its args, JSON; NULL: none
+    blocked_by = pw.CharField(max_length=200, null=True)  # the limit key that holds it back
 
     class Meta:
         table_name = "jobs"
@@ -77,6 +79,46 @@ class IdempotencyKey(BaseModel):
     class Meta:
         table_name = "idempotency_keys"
         primary_key = pw.CompositeKey("scope", "key")
+
+
+class LimitRow(BaseModel):
+    """One limit key: its latest declared size, and when its held-back jobs are looked at next.
+    On PostgreSQL a claim locks this row while it checks the key."""
+
+    key = pw.CharField(primary_key=True, max_length=200)
+    kind = pw.CharField(max_length=16)  # concurrency | rate
+    n = pw.DoubleField()
+    per_s = pw.DoubleField(null=True)
+    wake_at = pw.DoubleField(null=True, index=True)  # held-back jobs are looked at again then
+
+    class Meta:
+        table_name = "limits"
+
+
+class LimitHold(BaseModel):
+    """A running job holding a concurrency key; deleted in the transaction that ends the attempt."""
+
+    key = pw.CharField(max_length=200)
+    job_id = pw.CharField(max_length=36, index=True)
+
+    class Meta:
+        table_name = "limit_holds"
+        primary_key = pw.CompositeKey("key", "job_id")
+
+
+class LimitCharge(BaseModel):
+    """What one attempt's start cost a rate key; `ctx.report_usage` settles `units`."""
+
+    key = pw.CharField(max_length=200)
+    job_id = pw.CharField(max_length=36)
+    run_seq = pw.IntegerField()
+    at = pw.DoubleField()
+    units = pw.DoubleField()
+
+    class Meta:
+        table_name = "limit_charges"
+        primary_key = pw.CompositeKey("key", "job_id", "run_seq")
+        indexes = ((("key", "at"), False),)
 
 
 class Step(BaseModel):
@@ -156,6 +198,9 @@ class MetaValue(BaseModel):
 ALL_MODELS: list[type[BaseModel]] = [
     Job,
     IdempotencyKey,
+    LimitRow,
+    LimitHold,
+    LimitCharge,
     Step,
     Event,
     WebhookDelivery,
@@ -250,11 +295,25 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
     return Psycopg3Database(url.replace("postgres://", "postgresql://", 1), autorollback=False)
 
 
+def _add_missing_columns(db: pw.Database) -> None:
+    """Columns added to the job table since a database was made (NULL in old rows)."""
+    present = {c.name for c in db.get_columns("jobs")}
+    for column, sql_type in (("limits", "TEXT"), ("blocked_by", "VARCHAR(200)")):
+        if column not in present:
+            db.execute_sql(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
+
+
 def create_schema(db: pw.Database) -> None:
     """Create every table and index that does not exist yet."""
     try:
         with db.bind_ctx(ALL_MODELS), db.connection_context():
             db.create_tables(ALL_MODELS, safe=True)
+            _add_missing_columns(db)
+            # jobs held back by a limit, per key in claim order (the partial index holds only those)
+            db.execute_sql(
+                "CREATE INDEX IF NOT EXISTS jobs_blocked ON jobs (blocked_by, priority DESC, run_at, id) "
+                "WHERE status = 'blocked'"
+            )
             # The claim's order (priority DESC, run_at, id) needs a mixed-direction index.
             db.execute_sql(
                 "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority DESC, run_at, id)"

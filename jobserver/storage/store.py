@@ -22,6 +22,7 @@ import peewee as pw
 
 from jobserver.core.clock import rfc3339
 from jobserver.core.errors import (
+    IdempotencyInFlightError,
     IdempotencyMismatchError,
     JobFinishedError,
     JobNotFinishedError,
@@ -31,6 +32,7 @@ from jobserver.core.errors import (
 )
 from jobserver.core.lifecycle import FINISHED, AttemptFacts, Status, Transition
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
+from jobserver.storage.limits import DUE_NOTE, LimitStore
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 
@@ -39,11 +41,11 @@ from jobserver.storage.writer import Tx, Writer
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
 # SQLite claim candidates, in claim order, from the claim indexes (never a sort of the backlog)
 CLAIM_SQL = (
-    "SELECT id, task FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+    "SELECT id, task, limits FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
     "ORDER BY priority DESC, run_at, id LIMIT ?"
 )
 CLAIM_TASK_SQL = (  # one per task that may be taken, joined with UNION ALL
-    "SELECT * FROM (SELECT id, task, priority, run_at FROM jobs INDEXED BY jobs_claim_task "
+    "SELECT * FROM (SELECT id, task, priority, run_at, limits FROM jobs INDEXED BY jobs_claim_task "
     "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)"
 )
 
@@ -64,7 +66,13 @@ def body_hash(body: Any) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def idempotency_lock_id(scope: str, key: str) -> int:
+    """The PostgreSQL advisory lock that a submit with this key holds until it commits."""
+    return int.from_bytes(hashlib.sha256(f"{scope}\0{key}".encode()).digest()[:8], "big", signed=True)
+
+
 def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
+    tx.notify(f"c{rec.id}")  # watchers on other nodes read it again
     tx.execute(
         "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
         (rec.id, orjson.dumps(rec.to_api()).decode(), now),
@@ -79,10 +87,18 @@ def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
 class JobStore:
     """All job SQL. Writes go through the writer; reads use the caller's connection."""
 
-    def __init__(self, db: pw.Database, writer: Writer, pg: bool, outbox: InTxObserver | None = None) -> None:
+    def __init__(
+        self,
+        db: pw.Database,
+        writer: Writer,
+        pg: bool,
+        limits: LimitStore,
+        outbox: InTxObserver | None = None,
+    ) -> None:
         self.db = db
         self.writer = writer
         self.pg = pg
+        self.limits = limits
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
         self._outbox: InTxObserver = outbox or (lambda tx, rec, now: None)
 
@@ -102,8 +118,8 @@ class JobStore:
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
-            pages = [self._list(s, task, limit, cursor) for s in ("pending", "scheduled")]
-            merged = sorted(pages[0][0] + pages[1][0], key=lambda r: r.id, reverse=True)
+            pages = [self._list(s, task, limit, cursor) for s in ("pending", "scheduled", "blocked")]
+            merged = sorted([r for page, _ in pages for r in page], key=lambda r: r.id, reverse=True)
             more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
         return self._list(status, task, limit, cursor)
@@ -157,20 +173,22 @@ class JobStore:
 
     def count_in(self, statuses: Sequence[str]) -> dict[str, int]:
         """How many jobs are in each of `statuses` (index ranges, not a table scan)."""
-        wanted = list(statuses) + (["scheduled"] if "pending" in statuses else [])
+        wanted = list(statuses) + (["scheduled", "blocked"] if "pending" in statuses else [])
         marks = ", ".join("?" * len(wanted))
         rows = self._query(
             f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status", tuple(wanted)
         )
         out: dict[str, int] = {}
         for status, n in rows:
-            key = "pending" if status == "scheduled" else str(status)
+            key = "pending" if status in ("scheduled", "blocked") else str(status)
             out[key] = out.get(key, 0) + int(n)
         return out
 
     def waiting_tasks(self) -> list[str]:
         """The tasks of every job that waits to run (pending, delayed or between attempts)."""
-        rows = self._query("SELECT DISTINCT task FROM jobs WHERE status IN ('pending', 'scheduled')")
+        rows = self._query(
+            "SELECT DISTINCT task FROM jobs WHERE status IN ('pending', 'scheduled', 'blocked')"
+        )
         return sorted(str(task) for (task,) in rows)
 
     def writable(self) -> Future[None]:
@@ -205,6 +223,10 @@ class JobStore:
         def op(tx: Tx) -> tuple[bool, JobRecord | str]:
             if idem is not None:
                 scope, key, digest = idem
+                if self.pg:  # another node's submit with this key may be in its transaction now
+                    locked = tx.one("SELECT pg_try_advisory_xact_lock(?)", (idempotency_lock_id(scope, key),))
+                    if locked is None or not locked[0]:
+                        raise IdempotencyInFlightError(key)
                 row = tx.one(
                     "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
                     (scope, key),
@@ -224,8 +246,8 @@ class JobStore:
                 )
             tx.execute(
                 "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
-                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
+                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
+                "limits) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?)",
                 (
                     new.id,
                     new.task,
@@ -238,13 +260,22 @@ class JobStore:
                     new.webhook_url,
                     new.created_at,
                     new.run_at,
+                    new.limits,
                 ),
             )
             record = new.record()
             _job_event(tx, record, new.created_at)
-            if handoff is not None and record.status == "pending" and handoff.accept(tx, new.id, new.task):
+            # a job with limits is claimed the usual way, where its keys are checked
+            if (
+                handoff is not None
+                and record.status == "pending"
+                and new.limits is None
+                and handoff.accept(tx, new.id, new.task)
+            ):
                 self._hand_off(tx, record, handoff)  # the answer still shows the job as accepted
             else:
+                if record.status == "pending":
+                    tx.notify(DUE_NOTE)
                 tx.after_commit(on_commit)
             return True, record
 
@@ -256,7 +287,7 @@ class JobStore:
         if self.pg:
             where = f" AND task IN ({', '.join('?' * len(allowed))})" if allowed else ""
             return tx.all(
-                f"SELECT id, task FROM jobs WHERE status = 'pending' AND run_at <= ?{where} "
+                f"SELECT id, task, limits FROM jobs WHERE status = 'pending' AND run_at <= ?{where} "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
                 (now, *(allowed or ()), limit),
             )
@@ -267,7 +298,7 @@ class JobStore:
             [v for task in allowed for v in (task, now, limit)],
         )
         rows.sort(key=lambda r: (-r[2], r[3], r[0]))
-        return [(r[0], r[1]) for r in rows[:limit]]
+        return [(r[0], r[1], r[4]) for r in rows[:limit]]
 
     def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff) -> None:
         now = record.created_at
@@ -289,6 +320,7 @@ class JobStore:
         lease_s: float,
         plan: Callable[[Tx], tuple[int, list[str] | None]],
         accept: Callable[[Tx, list[tuple[str, str]]], list[str]],
+        give_back: Callable[[Tx, list[tuple[str, str]]], None],
     ) -> Future[list[Claim]]:
         """Take due jobs (highest priority, then oldest) for one attempt each.
 
@@ -296,7 +328,9 @@ class JobStore:
         tasks may be taken (None: any; per-process capacity, decided now, not when the
         op was queued);
         `accept` picks the ids to take from the (id, task) candidates and reserves
-        their slots (undone with `tx.on_rollback` if the transaction rolls back)."""
+        their slots (undone with `tx.on_rollback` if the transaction rolls back); then
+        the limits of those that have some are checked (a job that does not fit is parked)
+        and `give_back` returns the slots of the jobs not taken after all."""
 
         def op(tx: Tx) -> list[Claim]:
             tx.execute(PROMOTE_SQL, (now,))
@@ -304,7 +338,10 @@ class JobStore:
             if limit <= 0 or allowed == []:
                 return []
             candidates = self._candidates(tx, now, limit, allowed)
-            ids = accept(tx, [(str(i), str(t)) for i, t in candidates]) if candidates else []
+            ids = accept(tx, [(str(i), str(t)) for i, t, _ in candidates]) if candidates else []
+            limited = {str(i): (str(t), str(lim)) for i, t, lim in candidates if lim is not None}
+            if any(i in limited for i in ids):
+                ids = self._admit(tx, now, ids, limited, give_back)
             if not ids:
                 return []
             rows = tx.all(
@@ -314,6 +351,9 @@ class JobStore:
                 (owner, now + lease_s, now, *ids),
             )
             by_id = {rec.id: rec for rec in map(JobRecord.from_row, rows)}
+            held = [(r.id, r.run_seq, r.limits) for r in by_id.values() if r.limits is not None]
+            if held:
+                self.limits.take(tx, now, held)
             claims = []
             for job_id in ids:  # keep the claim order
                 rec = by_id[job_id]
@@ -322,6 +362,22 @@ class JobStore:
             return claims
 
         return self.writer.submit(op)
+
+    def _admit(
+        self,
+        tx: Tx,
+        now: float,
+        ids: list[str],
+        limited: dict[str, tuple[str, str]],
+        give_back: Callable[[Tx, list[tuple[str, str]]], None],
+    ) -> list[str]:
+        """The accepted ids whose limits let them start now; the slots of the others go back."""
+        admitted, _ = self.limits.admit(tx, now, [(i, limited[i][1]) for i in ids if i in limited])
+        keep = set(admitted)
+        returned = [(i, limited[i][0]) for i in ids if i in limited and i not in keep]
+        if returned:
+            give_back(tx, returned)
+        return [i for i in ids if i not in limited or i in keep]
 
     def next_run_at(self) -> float | None:
         """When the earliest scheduled job becomes due (for an idle worker's wait)."""
@@ -371,6 +427,10 @@ class JobStore:
         )
         if rec is None:
             raise StaleAttemptError(t.job_id, t.run_seq)
+        if rec.limits is not None:
+            self.limits.release(tx, rec.id, rec.limits)
+        if rec.status == "pending":
+            tx.notify(DUE_NOTE)
         _job_event(tx, rec, t.at)
         self._outbox(tx, rec, t.at)
         return rec
@@ -392,7 +452,7 @@ class JobStore:
             rec = _returning(
                 tx,
                 "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND status IN ('pending', 'scheduled')",
+                "lease_expires_at = NULL, blocked_by = NULL WHERE id = ? AND status IN ('pending', 'scheduled', 'blocked')",
                 (now, job_id),
             )
             if rec is not None:
@@ -402,6 +462,8 @@ class JobStore:
                 rec = _returning(
                     tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
                 )
+                if rec is not None:
+                    tx.notify(f"x{job_id}")  # the node running it stops the attempt at once
             if rec is None:
                 row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
                 if row is None:
@@ -429,6 +491,7 @@ class JobStore:
                 if row is None:
                     raise JobNotFoundError(job_id)
                 raise JobNotRetryableError(job_id, str(row[0]))
+            tx.notify(DUE_NOTE)
             _job_event(tx, rec, now)
             tx.after_commit(on_commit)
             return rec

@@ -35,13 +35,14 @@ MAX_BATCH = 512
 class Tx:
     """The transaction an op runs in: execute SQL, register after-commit hooks."""
 
-    __slots__ = ("_cur", "_hooks", "_pg", "_undo", "changed", "wrote")
+    __slots__ = ("_cur", "_hooks", "_notes", "_pg", "_undo", "changed", "wrote")
 
     def __init__(self, cur: Any, pg: bool) -> None:
         self._cur = cur
         self._pg = pg
         self._hooks: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []
+        self._notes: list[str] = []
         self.wrote = False
         self.changed = False  # some statement changed a row: the commit proves writes work
 
@@ -70,6 +71,16 @@ class Tx:
         """Run `hook` on the writer thread once this transaction has committed."""
         self._hooks.append(hook)
 
+    @property
+    def pg(self) -> bool:
+        """True on PostgreSQL (row locks and NOTIFY exist)."""
+        return self._pg
+
+    def notify(self, note: str) -> None:
+        """Tell the other nodes (PostgreSQL NOTIFY, sent with this transaction's commit)."""
+        if self._pg:
+            self._notes.append(note)
+
     def on_rollback(self, hook: Callable[[], None]) -> None:
         """Run `hook` if this op's work is rolled back (to undo in-memory bookkeeping)."""
         self._undo.append(hook)
@@ -84,6 +95,26 @@ def _pg_sql(sql: str) -> str:
     if out is None:
         out = _PG_CACHE[sql] = sql.replace("?", "%s")
     return out
+
+
+CHANNEL = "jobserver"
+NOTIFY_MAX_BYTES = 7000  # PostgreSQL refuses payloads of 8,000 bytes or more
+
+
+def notify_payloads(tag: str, notes: set[str]) -> list[str]:
+    """The notes of one commit as few NOTIFY payloads: "<tag> <note>,<note>,..."."""
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for note in sorted(notes):
+        if chunk and size + len(note) + 1 > NOTIFY_MAX_BYTES:
+            payloads.append(f"{tag} {','.join(chunk)}")
+            chunk, size = [], 0
+        chunk.append(note)
+        size += len(note) + 1
+    if chunk:
+        payloads.append(f"{tag} {','.join(chunk)}")
+    return payloads
 
 
 class _Item(Generic[T]):
@@ -112,9 +143,11 @@ class _Fallback(Exception):
 class Writer:
     """The single writer thread with group commit."""
 
-    def __init__(self, db: pw.Database, pg: bool) -> None:
+    def __init__(self, db: pw.Database, pg: bool, node_tag: str = "", notify: bool = True) -> None:
         self._db = db
         self._pg = pg
+        self._node_tag = node_tag  # our own notifications carry it, so our listener skips them
+        self._notify = pg and notify
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="jobserver-writer", daemon=True)
         self.batches = 0
@@ -215,6 +248,7 @@ class Writer:
         changed = False
         hooks: list[Callable[[], None]] = []
         undo: list[Callable[[], None]] = []
+        notes: set[str] = set()
         try:
             cur = self._db.connection().cursor()
             cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
@@ -236,7 +270,11 @@ class Writer:
                     undo.extend(tx._undo)
                     outcomes.append((item, True, value))
                     hooks.extend(tx._hooks)
+                    notes.update(tx._notes)
                     changed = changed or tx.changed
+            if notes and self._notify:
+                for payload in notify_payloads(self._node_tag, notes):
+                    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             cur.execute("COMMIT")
         except BaseException:
             _run_all(undo)  # nothing of this attempt stays: neither may its bookkeeping
