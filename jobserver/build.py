@@ -172,12 +172,14 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             s,
             commands,
             store,
+            limits,
             registry,
             hub,
             workers_alive=lambda: pool.alive() > 0,
             extra_routes=webhook_routes(store, sender),
             readers=readers,
             metrics=metrics,
+            now=clock.now,
         )
     )
     listener = None

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobserver import Fail, JobContext, Retry, task
+from jobserver import Concurrency, Fail, JobContext, Rate, Retry, task
 
 
 def _mark(path: str, line: str) -> None:
@@ -210,3 +210,50 @@ def read_fifo(ctx: JobContext, started: str, fifo: str) -> str:
 def echo(value: Any = None) -> Any:
     """Returns what it was given: any JSON value as args."""
     return value
+
+
+# ------------------------------------------------------------------ limits
+def _span(path: str, ctx: JobContext, began: float, key: str) -> None:
+    """One line per run: job id, key, start and end (wall clock, shared by every process)."""
+    _mark(path, f"{ctx.job_id} {key} {began:.6f} {time.time():.6f}")
+
+
+@task(limits=[Concurrency("llm:{model}", 3)], max_attempts=5)
+async def held_key(ctx: JobContext, path: str, model: str, hold_s: float = 0.05, release: str = "") -> None:
+    """Holds its model's key for `hold_s` seconds (or until `release` exists)."""
+    began = time.time()
+    _mark(path + ".start", f"{ctx.job_id} {began:.6f}")
+    while release and not Path(release).exists():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(hold_s)
+    _span(path, ctx, began, model)
+
+
+@task(limits=[Rate("tokens", 10, per="500ms", cost=lambda args: args["tokens"])], max_attempts=5)
+async def spends_tokens(ctx: JobContext, path: str, tokens: int) -> None:
+    """Starts are recorded with their cost: the test adds them up over every window."""
+    _mark(path, f"{ctx.job_id} {tokens} {time.time():.6f}")
+
+
+@task(limits=[Rate("budget:{team}", 10, per="60s", cost=6)])
+def settles_usage(ctx: JobContext, team: str, used: float) -> float:
+    """Charged an estimate of 6 at its start; reports what it really used."""
+    ctx.report_usage("budget:{team}", used)
+    return used
+
+
+@task
+def stamps_start(path: str) -> None:
+    """Writes the wall clock at its start (pickup latency across processes)."""
+    _mark(path, f"{time.time():.6f}")
+
+
+@task
+async def notices_cancel(ctx: JobContext, started: str, seen: str) -> None:
+    """Waits until it is cancelled, and writes the wall clock it was cancelled at."""
+    _mark(started, ctx.job_id)
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        _mark(seen, f"{time.time():.6f}")
+        raise

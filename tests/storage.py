@@ -6,10 +6,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import peewee as pw
+
 from jobserver.core.lifecycle import AttemptFacts, Outcome, Transition, decide
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tasks import TaskOptions
 from jobserver.runner.executor import facts
+from jobserver.storage.limits import LimitStore
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore, RescueDecider
 from jobserver.storage.writer import Writer
@@ -22,9 +25,14 @@ def open_store(tmp_path: Path, busy_timeout_s: float = 5.0) -> Iterator[JobStore
     writer = Writer(db, pg=False)
     writer.start()
     try:
-        yield JobStore(db, writer, pg=False)
+        yield JobStore(db, writer, False, limit_store(db, writer))
     finally:
         writer.stop()
+
+
+def limit_store(db: pw.Database, writer: Writer, woken: Callable[[], None] = lambda: None) -> LimitStore:
+    """The limits' SQL on a test's database (parked jobs looked at again every second)."""
+    return LimitStore(db, writer, False, 1.0, woken)
 
 
 def claim_one(store: JobStore, owner: str, now: float, lease_s: float):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks.outbox import Outbox
 from tests.helpers import wait_until
 from tests.inproc import running_app
-from tests.storage import claim_one, end_attempt
+from tests.storage import claim_one, end_attempt, limit_store
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -95,7 +95,9 @@ def seed(tmp_path: Path) -> Iterator[Seed]:
     create_schema(db)
     writer = Writer(db, False)
     writer.start()
-    yield Seed(db, writer, JobStore(db, writer, False, Outbox(threading.Event()).record))
+    yield Seed(
+        db, writer, JobStore(db, writer, False, limit_store(db, writer), Outbox(threading.Event()).record)
+    )
     writer.stop()
     db.close()
 

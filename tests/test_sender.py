@@ -30,7 +30,7 @@ from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
 from tests.helpers import free_port, wait_until
 from tests.receiver import Receiver, Reply
-from tests.storage import claim_one, crash_decider, end_attempt, rescued_records
+from tests.storage import claim_one, crash_decider, end_attempt, limit_store, rescued_records
 
 SECRET = webhooks.generate_secret()
 SCHEDULE = (5.0, 60.0, 300.0)
@@ -101,7 +101,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     writer = Writer(db, False)
     writer.start()
     outbox_wake = threading.Event()
-    store = JobStore(db, writer, False, Outbox(outbox_wake).record)
+    store = JobStore(db, writer, False, limit_store(db, writer), Outbox(outbox_wake).record)
     receiver = Receiver().start()
     sent: list[str] = []
     client = httpx.Client(

@@ -60,13 +60,32 @@ def test_short_jobs_are_taken_ahead_within_the_budget() -> None:
     assert 2 < len(ids) <= 2 + 64
 
 
-def test_concurrency_cap_and_async_slots() -> None:
+def test_async_slots_and_a_concurrency_cap_left_to_the_claims_limits() -> None:
     s = slots(threads=4, async_concurrency=2)
-    assert s.accept(FakeTx(), [("c1", C), ("c2", C), ("w1", W), ("w2", W), ("w3", W)]) == ["c1", "w1", "w2"]
+    # a task's `concurrency` is a limit the store checks across processes, not a slot here
+    assert s.accept(FakeTx(), [("c1", C), ("c2", C), ("w1", W), ("w2", W), ("w3", W)]) == [
+        "c1",
+        "c2",
+        "w1",
+        "w2",
+    ]
     _, allowed = s.plan(FakeTx())
-    assert allowed == [Q]
-    s.release(C)
-    assert sorted(s.plan(FakeTx())[1] or []) == sorted([C, Q])
+    assert sorted(allowed or []) == sorted([C, Q])  # async slots full: only sync tasks
+    s.release(W)
+    assert s.plan(FakeTx())[1] is None
+
+
+def test_give_back_returns_slots_and_a_rollback_does_not_count_them_twice() -> None:
+    s = slots(threads=1, async_concurrency=1)
+    tx = FakeTx()
+    assert s.accept(tx, [("a", Q), ("w", W)]) == ["a", "w"]
+    s.give_back(tx, [("a", Q)])  # a limit held it back after all
+    assert s.accept(FakeTx(), [("b", Q)]) == ["b"]
+    s.release(Q)
+    for hook in tx.undo:  # the claim rolled back: "w" is free again, "a" not freed twice
+        hook()
+    assert s.free_async() == 1
+    assert s.accept(FakeTx(), [("c", Q), ("d", Q)]) == ["c"]
 
 
 def test_rollback_gives_the_slots_back() -> None:

@@ -366,6 +366,13 @@ class Client:
         tasks: builtins.list[dict[str, Any]] = self._request("GET", "/tasks", _Call("tasks")).json()["tasks"]
         return tasks
 
+    def limits(self) -> builtins.list[dict[str, Any]]:
+        """Every limit key: its kind, limit, `per` window, current use and the jobs it holds back."""
+        keys: builtins.list[dict[str, Any]] = self._request("GET", "/limits", _Call("limits")).json()[
+            "limits"
+        ]
+        return keys
+
     def events(self, job_id: str, last_event_id: str | int | None = None) -> Iterator[Event]:
         """The job's events (stored ones first, then live) until its terminal `status` event.
 

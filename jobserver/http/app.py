@@ -45,6 +45,7 @@ from jobserver.http.problems import problem, problem_for, validation_problem
 from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobserver.ops.metrics import Metrics
 from jobserver.runner.commands import JobCommands
+from jobserver.storage.limits import LimitStore
 from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,14 @@ class Services:
     settings: Settings
     commands: JobCommands
     store: JobStore
+    limits: LimitStore
     registry: Registry
     hub: Hub
     workers_alive: Callable[[], bool]
     extra_routes: list[Route]
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
+    now: Callable[[], float] = time.time  # the server's clock (rate windows end relative to it)
 
 
 class BodyTooLarge(Exception):
@@ -351,6 +354,24 @@ def create_app(svc: Services) -> Starlette:
             }
         )
 
+    async def list_limits(request: Request) -> Response:
+        keys = await read(svc.limits.usage, svc.now())
+        return JSON(
+            {
+                "limits": [
+                    {
+                        "key": k.key,
+                        "kind": k.kind,
+                        "limit": k.limit,
+                        "per": k.per_s,
+                        "in_use": k.in_use,
+                        "blocked": k.blocked,
+                    }
+                    for k in keys
+                ]
+            }
+        )
+
     async def healthz(request: Request) -> Response:
         return JSON({"status": "ok"})
 
@@ -396,6 +417,7 @@ def create_app(svc: Services) -> Starlette:
         Route("/jobs/{job_id}/retry", guarded(retry), methods=["POST"]),
         Route("/jobs/{job_id}/events", guarded(events), methods=["GET"]),
         Route("/tasks", guarded(list_tasks), methods=["GET"]),
+        Route("/limits", guarded(list_limits), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

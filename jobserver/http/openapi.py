@@ -60,6 +60,10 @@ JOB_FIELDS: dict[str, Schema] = {
     "run_at": _timestamp(),
     "started_at": _timestamp(nullable=True),
     "finished_at": _timestamp(nullable=True),
+    "blocked_by": {
+        "type": ["string", "null"],
+        "description": "The limit key that holds this pending job back, while one does.",
+    },
 }
 
 SHARED_SCHEMAS: dict[str, Schema] = {
@@ -162,6 +166,30 @@ SHARED_SCHEMAS: dict[str, Schema] = {
                         "args_schema": {"type": "object"},
                         "options": {"type": "object"},
                         "is_async": {"type": "boolean"},
+                    },
+                },
+            }
+        },
+    },
+    "LimitList": {
+        "type": "object",
+        "required": ["limits"],
+        "properties": {
+            "limits": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "kind", "limit", "in_use", "blocked"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["concurrency", "rate"]},
+                        "limit": {"type": "number", "description": "Jobs at once, or cost units per window."},
+                        "per": {"type": ["number", "null"], "description": "A rate's window in seconds."},
+                        "in_use": {
+                            "type": "number",
+                            "description": "Jobs holding the key now, or the costs charged within the last window.",
+                        },
+                        "blocked": {"type": "integer", "description": "Pending jobs this key holds back."},
                     },
                 },
             }
@@ -449,6 +477,13 @@ def _paths(secured: bool) -> dict[str, Schema]:
             )
         },
         "/tasks": {"get": op("listTasks", "Registered tasks", {200: _json("The tasks.", _ref("TaskList"))})},
+        "/limits": {
+            "get": op(
+                "listLimits",
+                "Every limit key with its limit and current use",
+                {200: _json("The limit keys.", _ref("LimitList"))},
+            )
+        },
         "/healthz": {
             "get": op(
                 "healthz", "The process answers", {200: _json("Alive.", _ref("Health"))}, open_route=True

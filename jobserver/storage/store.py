@@ -320,7 +320,7 @@ class JobStore:
         lease_s: float,
         plan: Callable[[Tx], tuple[int, list[str] | None]],
         accept: Callable[[Tx, list[tuple[str, str]]], list[str]],
-        give_back: Callable[[Tx, list[tuple[str, str]]], None],
+        give_back: Callable[[Tx, list[tuple[str, str]]], None] = lambda tx, taken: None,
     ) -> Future[list[Claim]]:
         """Take due jobs (highest priority, then oldest) for one attempt each.
 

@@ -1,0 +1,142 @@
+"""Limits in one process on SQLite: Concurrency and Rate keys, parked jobs, GET /limits,
+ctx.report_usage, and the bad declarations and args refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobserver import Concurrency, Rate, task
+from jobserver.core.errors import TaskDefinitionError
+from jobserver.core.tasks import build_taskdef
+from tests.helpers import finished, submit, wait_until
+from tests.inproc import RunningApp
+from tests.limits_check import busiest_window, max_overlap, spans
+
+HELD = "tests.e2e_tasks.held_key"
+
+
+def job(c: httpx.Client, job_id: str) -> dict:  # type: ignore[type-arg]
+    return dict(c.get(f"/jobs/{job_id}").json())
+
+
+def limit(c: httpx.Client, key: str) -> dict:  # type: ignore[type-arg]
+    return next(k for k in c.get("/limits").json()["limits"] if k["key"] == key)
+
+
+def test_a_full_key_parks_its_jobs_and_holds_back_no_other_key(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    path, release = str(tmp_path / "spans"), str(tmp_path / "release")
+    a = [submit(c, HELD, {"path": path, "model": "a", "hold_s": 0, "release": release}) for _ in range(6)]
+    wait_until(lambda: sum(job(c, i)["status"] == "running" for i in a) == 3)
+    held_back = [job(c, i) for i in a if job(c, i)["status"] != "running"]
+    wait_until(lambda: all(job(c, j["id"])["blocked_by"] == "llm:a" for j in held_back))
+    assert all(j["status"] == "pending" for j in held_back)
+    # another key of the same task, and another task, run at once
+    b = submit(c, HELD, {"path": path, "model": "b", "hold_s": 0})
+    assert finished(c, b)["status"] == "completed"
+    assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
+    key = limit(c, "llm:a")
+    assert (key["kind"], key["limit"], key["in_use"], key["blocked"]) == ("concurrency", 3, 3, 3)
+    Path(release).touch()
+    assert all(finished(c, i)["status"] == "completed" for i in a)
+    assert max_overlap(spans(Path(path))["a"]) == 3
+    assert all(job(c, i)["blocked_by"] is None for i in a)
+    assert limit(c, "llm:a")["in_use"] == 0
+
+
+def test_many_jobs_on_one_key_never_exceed_it(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    path = str(tmp_path / "spans")
+    ids = [submit(c, HELD, {"path": path, "model": "m", "hold_s": 0.02}) for _ in range(30)]
+    assert all(finished(c, i)["status"] == "completed" for i in ids)
+    assert max_overlap(spans(Path(path))["m"]) == 3
+
+
+def test_a_rate_key_holds_over_every_window(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    path = str(tmp_path / "starts")
+    ids = [submit(c, "tests.e2e_tasks.spends_tokens", {"path": path, "tokens": 4}) for _ in range(6)]
+    jobs = [finished(c, i) for i in ids]
+    assert all(j["status"] == "completed" for j in jobs)
+    # charged when claimed: the job's started_at
+    starts = sorted(httpx_time(j["started_at"]) for j in jobs)
+    assert busiest_window([(at, 4.0) for at in starts], 0.5) <= 10
+    assert starts[-1] - starts[0] >= 1.0  # 24 tokens at 10 per 500 ms take at least two refills
+    key = limit(c, "tokens")
+    assert key["kind"] == "rate" and key["per"] == 0.5 and key["limit"] == 10
+
+
+def httpx_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_reported_usage_gives_back_what_the_estimate_overcharged(app: RunningApp) -> None:
+    c = app.client
+    # each start is charged 6 of 10 per minute: a second job would wait a minute, unless the
+    # first one reports that it used only 1
+    first = submit(c, "tests.e2e_tasks.settles_usage", {"team": "t", "used": 1})
+    assert finished(c, first)["status"] == "completed"
+    second = submit(c, "tests.e2e_tasks.settles_usage", {"team": "t", "used": 3})
+    assert finished(c, second, timeout=10)["status"] == "completed"
+    assert limit(c, "budget:t")["in_use"] == 4
+    third = submit(c, "tests.e2e_tasks.settles_usage", {"team": "t", "used": 6})
+    assert finished(c, third)["status"] == "completed"  # 4 + 6 fits
+    fourth = submit(c, "tests.e2e_tasks.settles_usage", {"team": "t", "used": 1})
+    wait_until(lambda: job(c, fourth)["blocked_by"] == "budget:t")  # 10 + 6 does not
+    assert job(c, fourth)["status"] == "pending"
+    assert limit(c, "budget:t")["in_use"] == 10
+
+
+def test_a_parked_job_can_be_cancelled(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    path, release = str(tmp_path / "spans"), str(tmp_path / "release")
+    ids = [submit(c, HELD, {"path": path, "model": "x", "release": release}) for _ in range(4)]
+    wait_until(lambda: any(job(c, i)["blocked_by"] == "llm:x" for i in ids))
+    parked = next(i for i in ids if job(c, i)["blocked_by"] == "llm:x")
+    r = c.post(f"/jobs/{parked}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelled" and r.json()["blocked_by"] is None
+    assert limit(c, "llm:x")["blocked"] == 0
+    Path(release).touch()
+    assert sum(finished(c, i)["status"] == "completed" for i in ids) == 3
+
+
+def test_a_task_concurrency_is_a_limit_keyed_by_the_task(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    started, release = tmp_path / "started", tmp_path / "release"
+    ids = [
+        submit(c, "tests.e2e_tasks.capped", {"started": str(started), "release": str(release)})
+        for _ in range(3)
+    ]
+    wait_until(lambda: limit(c, "tests.e2e_tasks.capped")["blocked"] == 1)
+    assert limit(c, "tests.e2e_tasks.capped")["in_use"] == 2
+    release.touch()
+    assert all(finished(c, i)["status"] == "completed" for i in ids)
+
+
+def test_args_that_break_a_limit_are_refused_and_queue_nothing(app: RunningApp) -> None:
+    c = app.client
+    r = c.post("/jobs", json={"task": "tests.e2e_tasks.spends_tokens", "args": {"path": "p", "tokens": 11}})
+    assert r.status_code == 422 and "more than its limit" in r.text
+    r = c.post("/jobs", json={"task": HELD, "args": {"path": "p", "model": "m" * 300}})
+    assert r.status_code == 422 and "characters" in r.text
+    assert c.get("/jobs").json()["jobs"] == []
+
+
+def test_declarations_are_checked_when_the_task_is_registered() -> None:
+    def f(model: str) -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match="not a parameter"):
+        build_taskdef(task(limits=[Concurrency("llm:{modle}", 2)])(f))
+    with pytest.raises(ValueError, match="at least 1"):
+        Concurrency("k", 0)
+    with pytest.raises(ValueError, match="rate window"):
+        Rate("k", 5, per="soon")
+    with pytest.raises(ValueError, match="only name args"):
+        Concurrency("k:{model.attr}", 1)
+    options = build_taskdef(task(limits=[Rate("t:{model}", 5, per="1m")])(f)).options.public()
+    assert options["limits"] == [{"kind": "rate", "key": "t:{model}", "limit": 5, "per_s": 60.0, "cost": 1}]
