@@ -160,8 +160,9 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             (s.events.progress_flush_interval, flush_progress),
             (max(0.5, lease_s / 3), heartbeat),
             (0.1, unpark),
-            # a lease expires at most a lease after the last heartbeat: freed within about one lease
-            (max(0.25, lease_s / 4), rescuer.rescue_once),
+            # a lease expires at most a lease after the last heartbeat: a dead node's jobs and
+            # limit slots come back within a lease and a tenth (one index range read per pass)
+            (max(0.1, lease_s / 10), rescuer.rescue_once),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
         ],

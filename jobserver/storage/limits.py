@@ -3,10 +3,12 @@
 A concurrency key is held by a row in `limit_holds` from the claim to the end of
 the attempt (the same transactions that mark the job running and end it); a
 rate key is charged a row in `limit_charges` at each start. A claim checks a
-job's keys with the key's `limits` row locked (PostgreSQL: `FOR UPDATE SKIP
-LOCKED`, so a claim never waits: a key another node is checking right now is
-skipped for this claim and its jobs stay pending), so two nodes can never both
-take the last unit.
+job's keys with the key's `limits` row locked (PostgreSQL: `FOR UPDATE`, in key
+order), so two nodes can never both take the last unit: a claim on another node
+checking the same key waits the few milliseconds until this one commits. (A
+claim that skipped a locked key instead left its jobs pending with nobody to
+claim them again until the next wake-up: with three nodes woken by the same
+notification, that was most claims.)
 
 A job that does not fit is parked: status 'blocked' with `blocked_by` (the API
 shows it pending), out of the claim's index range, so it holds back nobody and
@@ -65,20 +67,17 @@ class LimitStore:
         self.recheck_s = recheck_s  # parked jobs of a key are looked at again at least this often
         self.woken = woken  # after a commit that made jobs due again (wakes this process's workers)
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+        self._for_update = " FOR UPDATE" if pg else ""
 
     # ---------------------------------------------------------------- claim
-    def admit(self, tx: Tx, now: float, jobs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
-        """Of the (id, limits JSON) candidates, in claim order: (the ids that fit every key,
-        the ids left pending because another node is checking one of their keys). The rest
-        are parked on the first key they do not fit. Call `take` for the admitted once claimed."""
+    def admit(self, tx: Tx, now: float, jobs: Sequence[tuple[str, str]]) -> list[str]:
+        """Of the (id, limits JSON) candidates, in claim order, the ids that fit every key; the
+        rest are parked on the first key they do not fit. Call `take` for these once claimed."""
         held = {job_id: load_held(text) for job_id, text in jobs}
         keys = self._lock({h.key: h for hs in held.values() for h in hs}, tx, now)
-        admitted, skipped = [], []
+        admitted = []
         for job_id, _ in jobs:
             mine = held[job_id]
-            if any(h.key not in keys for h in mine):
-                skipped.append(job_id)
-                continue
             blocking = next((h for h in mine if keys[h.key].used + _units(h) > h.n), None)
             if blocking is not None:
                 self._park(tx, job_id, blocking, now)
@@ -86,23 +85,24 @@ class LimitStore:
             for h in mine:
                 keys[h.key].used += _units(h)
             admitted.append(job_id)
-        return admitted, skipped
+        return admitted
 
     def _lock(self, wanted: dict[str, HeldLimit], tx: Tx, now: float) -> dict[str, _Key]:
         """Lock the keys' rows (creating them), skipping those locked elsewhere; their use now."""
         if not wanted:
             return {}
         names = sorted(wanted)
-        for name in names:
-            h = wanted[name]
-            tx.execute(
-                "INSERT INTO limits (key, kind, n, per_s) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (name, h.kind, h.n, h.per_s),
-            )
         marks = ", ".join("?" * len(names))
-        rows = tx.all(
-            f"SELECT key, n, per_s FROM limits WHERE key IN ({marks}) ORDER BY key{self._skip_locked}", names
-        )
+        select = f"SELECT key, n, per_s FROM limits WHERE key IN ({marks}) ORDER BY key{self._for_update}"
+        rows = tx.all(select, names)
+        if len(rows) < len(names):  # a key's first job: make its row, then lock it
+            for name in sorted(set(names) - {str(r[0]) for r in rows}):
+                h = wanted[name]
+                tx.execute(
+                    "INSERT INTO limits (key, kind, n, per_s) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                    (name, h.kind, h.n, h.per_s),
+                )
+            rows = tx.all(select, names)
         out = {}
         for name, n, per_s in rows:
             h = wanted[str(name)]

@@ -372,7 +372,7 @@ class JobStore:
         give_back: Callable[[Tx, list[tuple[str, str]]], None],
     ) -> list[str]:
         """The accepted ids whose limits let them start now; the slots of the others go back."""
-        admitted, _ = self.limits.admit(tx, now, [(i, limited[i][1]) for i in ids if i in limited])
+        admitted = self.limits.admit(tx, now, [(i, limited[i][1]) for i in ids if i in limited])
         keep = set(admitted)
         returned = [(i, limited[i][0]) for i in ids if i in limited and i not in keep]
         if returned:

@@ -1,0 +1,188 @@
+"""Limits and cross-node wake-ups with several real server processes on one PostgreSQL database."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from jobserver.storage.store import idempotency_lock_id
+from tests.e2e import Server
+from tests.helpers import has_line, wait_until
+from tests.limits_check import busiest_window, max_overlap, spans
+from tests.test_postgres_e2e import node, pg_url, submit  # noqa: F401 (pg_url is a fixture)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+HELD = "tests.e2e_tasks.held_key"
+LEASE_S = 2.0
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def done(c: httpx.Client, job_id: str, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+    job = dict(c.get(f"/jobs/{job_id}", params={"wait": timeout}).json())
+    assert job["status"] in ("completed", "failed", "cancelled"), job
+    return job
+
+
+def test_no_limit_is_exceeded_across_three_nodes(tmp_path: Path, pg_url: str) -> None:
+    nodes = [node(tmp_path, n, pg_url) for n in "abc"]
+    clients = [n.client() for n in nodes]
+    path = str(tmp_path / "spans")
+    ids = [
+        submit(clients[i % 3], HELD, {"path": path, "model": "ab"[i % 2], "hold_s": 0.1}) for i in range(60)
+    ]
+    rated = [
+        submit(clients[i % 3], "tests.e2e_tasks.spends_tokens", {"path": str(tmp_path / "t"), "tokens": 4})
+        for i in range(8)
+    ]
+    assert all(done(clients[0], i)["status"] == "completed" for i in ids)
+    runs = spans(Path(path))
+    # each key was used to its limit and never beyond, though three nodes claimed at once
+    assert max_overlap(runs["a"]) == 3 and max_overlap(runs["b"]) == 3
+    jobs = [done(clients[1], i) for i in rated]
+    starts = [(at(j["started_at"]), 4.0) for j in jobs]
+    assert busiest_window(starts, 0.5) <= 10
+    keys = {k["key"]: k for k in clients[2].get("/limits").json()["limits"]}
+    assert keys["llm:a"]["in_use"] == 0 and keys["llm:a"]["blocked"] == 0
+
+
+def test_a_killed_nodes_slots_come_back_within_one_lease(tmp_path: Path, pg_url: str) -> None:
+    a = node(tmp_path, "a", pg_url, lease_seconds=LEASE_S)
+    b = node(tmp_path, "b", pg_url, lease_seconds=LEASE_S)
+    path, release = str(tmp_path / "spans"), str(tmp_path / "release")
+    for _ in range(3):
+        submit(a.client(), HELD, {"path": path, "model": "k", "release": release, "hold_s": 0})
+    starts = Path(path + ".start")
+    wait_until(lambda: has_line(starts) and len(starts.read_text().splitlines()) == 3)
+    # b has no slot of the key: its job is parked while a's three attempts hold it
+    c = b.client()
+    waiting = submit(c, HELD, {"path": str(tmp_path / "late"), "model": "k", "hold_s": 0})
+    wait_until(lambda: c.get(f"/jobs/{waiting}").json()["blocked_by"] == "llm:k")
+    killed_at = time.time()
+    a.kill()
+    Path(release).touch()
+    job = done(c, waiting, timeout=30)
+    assert job["status"] == "completed"
+    took = at(job["started_at"]) - killed_at
+    # the lease lapses at most a lease after the last heartbeat, and the rescue looks every tenth
+    assert took <= LEASE_S * 1.1 + 0.5, took
+
+
+def test_an_idle_node_picks_up_a_job_submitted_on_a_busy_node(tmp_path: Path, pg_url: str) -> None:
+    busy = node(tmp_path, "busy", pg_url, threads=1)
+    idle = node(tmp_path, "idle", pg_url, threads=2)
+    cb = busy.client()
+    started, release = tmp_path / "started", tmp_path / "release"
+    submit(cb, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    wait_until(lambda: has_line(started))
+    delays = []
+    for i in range(25):
+        stamp = tmp_path / f"stamp{i}"
+        job_id = submit(cb, "tests.e2e_tasks.stamps_start", {"path": str(stamp)})
+        job = done(idle.client(), job_id)
+        delays.append(float(stamp.read_text()) - at(job["created_at"]))
+    release.touch()
+    assert statistics.median(delays) <= 0.010, sorted(delays)
+
+
+def _watch_wait(url: str, job_id: str, out: list[float]) -> None:
+    with httpx.Client(base_url=url, timeout=30) as c:
+        c.get(f"/jobs/{job_id}", params={"wait": 30})
+        out.append(time.time())
+
+
+def _watch_stream(url: str, job_id: str, live: threading.Event, out: list[float]) -> None:
+    with httpx.stream("GET", f"{url}/jobs/{job_id}/events", timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                live.set()  # the stored events came: the stream follows the job now
+                if '"completed"' in line:
+                    out.append(time.time())
+                    return
+
+
+def test_waits_and_streams_see_another_nodes_change_within_50ms(tmp_path: Path, pg_url: str) -> None:
+    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url, threads=1)
+    ca = a.client()
+    wait_lags, stream_lags = [], []
+    for i in range(5):
+        started, release = tmp_path / f"started{i}", tmp_path / f"release{i}"
+        job_id = submit(
+            ca, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+        )
+        wait_until(lambda started=started: has_line(started))  # type: ignore[misc]
+        waited: list[float] = []
+        streamed: list[float] = []
+        live = threading.Event()
+        watchers = [
+            threading.Thread(target=_watch_wait, args=(b.url, job_id, waited)),
+            threading.Thread(target=_watch_stream, args=(b.url, job_id, live, streamed)),
+        ]
+        for t in watchers:
+            t.start()
+        assert live.wait(10)
+        release.touch()
+        for t in watchers:
+            t.join(timeout=30)
+        finished_at = at(ca.get(f"/jobs/{job_id}").json()["finished_at"])
+        wait_lags.append(waited[0] - finished_at)
+        stream_lags.append(streamed[0] - finished_at)
+    assert statistics.median(wait_lags) <= 0.050, wait_lags
+    assert statistics.median(stream_lags) <= 0.050, stream_lags
+    assert max(wait_lags + stream_lags) < 0.5  # none waited for a poll interval (1 s)
+
+
+def test_cancel_reaches_an_attempt_on_another_node_within_100ms(tmp_path: Path, pg_url: str) -> None:
+    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url, threads=1)
+    lags = []
+    for i in range(3):
+        started, seen = tmp_path / f"started{i}", tmp_path / f"seen{i}"
+        job_id = submit(
+            a.client(), "tests.e2e_tasks.notices_cancel", {"started": str(started), "seen": str(seen)}
+        )
+        wait_until(lambda started=started: has_line(started))  # type: ignore[misc]
+        asked = time.time()
+        assert b.client().post(f"/jobs/{job_id}/cancel").status_code == 202
+        wait_until(lambda seen=seen: has_line(seen))  # type: ignore[misc]
+        lags.append(float(seen.read_text()) - asked)
+        assert done(b.client(), job_id)["status"] == "cancelled"
+    assert statistics.median(lags) <= 0.100, lags
+
+
+def test_the_idempotency_in_flight_conflict_holds_across_nodes(tmp_path: Path, pg_url: str) -> None:
+    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+    # a submit with this key is in its transaction on some node: every node answers 409
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (idempotency_lock_id("public", "held"),))
+        for n in (a, b):
+            r = n.client().post("/jobs", json=body, headers={"Idempotency-Key": "held"})
+            assert r.status_code == 409, r.text
+    assert a.client().post("/jobs", json=body, headers={"Idempotency-Key": "held"}).status_code == 202
+    assert b.client().post("/jobs", json=body, headers={"Idempotency-Key": "held"}).status_code == 200
+    # the same key sent to both nodes at once: one job, never a server error
+    answers: list[int] = []
+
+    def send(n: Server, key: str) -> None:
+        with httpx.Client(base_url=n.url, timeout=30) as c:
+            answers.append(c.post("/jobs", json=body, headers={"Idempotency-Key": key}).status_code)
+
+    for i in range(20):
+        threads = [threading.Thread(target=send, args=(n, f"k{i}")) for n in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert set(answers) <= {200, 202, 409}, answers
+    assert answers.count(202) == 20
+    jobs = a.client().get("/jobs", params={"limit": 500}).json()["jobs"]
+    assert len(jobs) == 21
