@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.e2e import STARTED, Server, start_server
@@ -85,3 +88,17 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (dropped after it, open connections and all)."""
+    name = f"jobserver_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG}/{name}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from tests.e2e import Server, start_server
 from tests.helpers import has_line, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = f"jobserver_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG}/{name}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def node(tmp_path: Path, name: str, url: str, **workers: object) -> Server:
