@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from bench.soak import run_soak, violations
 from jobserver.storage.store import idempotency_lock_id
 from tests.e2e import Server
 from tests.helpers import has_line, wait_until
@@ -201,3 +202,10 @@ def test_the_idempotency_in_flight_conflict_holds_across_nodes(tmp_path: Path, p
     assert answers.count(202) == 20
     jobs = a.client().get("/jobs", params={"limit": 500}).json()["jobs"]
     assert len(jobs) == 21
+
+
+def test_soak_three_nodes_one_killed_nothing_lost_no_limit_exceeded(tmp_path: Path, pg_url: str) -> None:
+    """The suite's size of `python -m bench.soak` (3,000 jobs and two kills there)."""
+    result = run_soak(tmp_path, pg_url, jobs=300, kills=1)
+    assert violations(result, 300) == [], result
+    assert result["retried"] >= 1  # the kill cut attempts off, and they ran again elsewhere
