@@ -25,6 +25,7 @@ CONTRACT_ROUTES = {
     ("get", "/jobs/{job_id}/events"),
     ("get", "/jobs/{job_id}/webhooks"),
     ("get", "/tasks"),
+    ("get", "/limits"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobserver.core.errors import StorageError
-from jobserver.storage.writer import Tx
+from jobserver.storage.writer import Tx, notify_payloads
 from tests.storage import open_store
 
 
@@ -126,3 +126,11 @@ def test_a_locked_database_fails_writes_until_it_is_released(
         failures = [r for r in caplog.records if r.getMessage().startswith("database writes fail")]
         assert len(failures) == 1  # the outage is logged when it starts, not once per write
         assert any(r.getMessage().startswith("database writes work again") for r in caplog.records)
+
+
+def test_notify_payloads_stay_under_postgres_limit_and_carry_every_note() -> None:
+    notes = {f"c{i:036d}" for i in range(500)} | {"d"}
+    payloads = notify_payloads("node1", notes)
+    assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
+    assert all(p.startswith("node1 ") for p in payloads)
+    assert {n for p in payloads for n in p.split(" ", 1)[1].split(",")} == notes
