@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -147,10 +148,11 @@ def _limits_of(task: str) -> str | None:
     return None
 
 
-def drain(workdir: Path, nodes: int, task: str, jobs: int) -> dict[str, float]:
+def drain(workdir: Path, nodes: int, task: str, jobs: int, notify: bool = True) -> dict[str, float]:
     """Jobs/s for `nodes` nodes draining a backlog, and the CPU each side used."""
     with fresh_database() as url:
-        running = [Node(workdir / f"drain-{nodes}-{task}", f"n{i}", url).start() for i in range(nodes)]
+        where = workdir / f"drain-{nodes}-{task}-{notify}"
+        running = [Node(where, f"n{i}", url, notify=notify).start() for i in range(nodes)]
         try:
             cpu0 = sum(n.cpu_s() for n in running), _postgres_cpu_s()
             committed = insert_backlog(url, task, jobs)
@@ -200,6 +202,29 @@ def pickup(workdir: Path, notify: bool, samples: int) -> list[float]:
     return out
 
 
+def bare_commits(connections: int, seconds: float = 2.0) -> float:
+    """The machine's own limit: one-row commits per second on PostgreSQL, from `connections`
+    connections at once (each waits for its commit, as a node's writer does)."""
+    with fresh_database() as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, v text)")
+        counts = [0] * connections
+
+        def loop(i: int) -> None:
+            with psycopg.connect(url, autocommit=True) as conn:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    conn.execute("INSERT INTO t (v) VALUES ('x')")
+                    counts[i] += 1
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(connections)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return sum(counts) / seconds
+
+
 def ms(values: list[float], q: float) -> str:
     ordered = sorted(values)
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f} ms"
@@ -213,18 +238,26 @@ def main(argv: list[str]) -> int:
     print(f"load average at start: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="jobserver-nodes-") as tmp:
         workdir = Path(tmp)
+        for conns in (1, 3):
+            print(f"machine: one-row commits on {conns} connection(s): {bare_commits(conns):,.0f}/s")
         rows = []
         for task in ("bench.tasks.noop", "bench.tasks.noop_limited"):
             for n in (1, 2, 3):
                 print(f"drain {args.jobs} x {task} on {n} node(s)...", file=sys.stderr)
                 r = drain(workdir, n, task, args.jobs)
                 rows.append((task, n, r))
+        print(f"drain {args.jobs} x bench.tasks.noop on 3 nodes without NOTIFY...", file=sys.stderr)
+        quiet = drain(workdir, 3, "bench.tasks.noop", args.jobs, notify=False)
         print("| task | nodes | jobs/s | nodes' CPU (cores) | PostgreSQL CPU (cores) |")
         print("| --- | --- | --- | --- | --- |")
         for task, n, r in rows:
             print(
                 f"| {task} | {n} | {r['jobs_per_s']:,.0f} | {r['nodes_cpu']:.2f} | {r['postgres_cpu']:.2f} |"
             )
+        print(
+            f"| bench.tasks.noop, `database.notify = false` | 3 | {quiet['jobs_per_s']:,.0f} | "
+            f"{quiet['nodes_cpu']:.2f} | {quiet['postgres_cpu']:.2f} |"
+        )
         plain = {n: r["jobs_per_s"] for t, n, r in rows if t == "bench.tasks.noop"}
         limited = {n: r["jobs_per_s"] for t, n, r in rows if t != "bench.tasks.noop"}
         for n in (1, 2, 3):
