@@ -147,7 +147,10 @@ class LimitStore:
         for job_id, run_seq, text in claimed:
             for h in load_held(text):
                 if h.kind == "concurrency":
-                    tx.execute("INSERT INTO limit_holds (key, job_id) VALUES (?, ?)", (h.key, job_id))
+                    tx.execute(  # a hold left by a transition that did not free it would be kept, not doubled
+                        "INSERT INTO limit_holds (key, job_id) VALUES (?, ?) ON CONFLICT (key, job_id) DO NOTHING",
+                        (h.key, job_id),
+                    )
                 else:
                     tx.execute(
                         "INSERT INTO limit_charges (key, job_id, run_seq, at, units) VALUES (?, ?, ?, ?, ?)",
