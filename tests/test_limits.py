@@ -6,14 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from jobserver import Concurrency, Rate, task
 from jobserver.core.errors import TaskDefinitionError
+from jobserver.core.limits import HeldLimit
+from jobserver.core.records import JobIds, NewJob
 from jobserver.core.tasks import build_taskdef
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp
 from tests.limits_check import busiest_window, max_overlap, spans
+from tests.storage import claim_one, open_store
 
 HELD = "tests.e2e_tasks.held_key"
 
@@ -140,3 +144,18 @@ def test_declarations_are_checked_when_the_task_is_registered() -> None:
         Concurrency("k:{model.attr}", 1)
     options = build_taskdef(task(limits=[Rate("t:{model}", 5, per="1m")])(f)).options.public()
     assert options["limits"] == [{"kind": "rate", "key": "t:{model}", "limit": 5, "per_s": 60.0, "cost": 1}]
+
+
+def test_a_claim_whose_clock_reading_is_older_still_sees_every_charge_of_its_window(tmp_path: Path) -> None:
+    # a claim reads its clock before its op waits for the writer (and nodes interleave): a claim
+    # that ran later but read the clock earlier must still see the charges of its own window
+    two_per_10s = orjson.dumps([HeldLimit("r", "rate", 2, 10.0, 1.0, "r").to_json()]).decode()
+    ids = JobIds()
+    with open_store(tmp_path) as store:
+        for _ in range(4):
+            job = NewJob(ids.new(), "t", "{}", 0, 1, None, None, None, 100.0, 100.0, two_per_10s)
+            store.enqueue(job, None, lambda: None).result(10)
+        assert claim_one(store, "me", 100.0, 30) is not None  # charged at 100
+        assert claim_one(store, "me", 100.0, 30) is not None  # and again: the window is full
+        assert claim_one(store, "me", 115.0, 30) is not None  # both are out of (105, 115]
+        assert claim_one(store, "me", 108.0, 30) is None  # both are in (98, 108]: held back

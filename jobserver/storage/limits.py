@@ -31,6 +31,7 @@ from jobserver.core.limits import HeldLimit, load_held
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 
+CHARGE_KEPT_S = 60.0  # how long a charge is kept past its window
 UNPARK_PAGE = 64  # parked jobs one key's look at them reads at most
 DUE_NOTE = "d"  # NOTIFY: a job became due
 
@@ -119,8 +120,15 @@ class LimitStore:
             row = tx.one("SELECT COUNT(*) FROM limit_holds WHERE key = ?", (h.key,))
         else:
             assert h.per_s is not None
-            tx.execute("DELETE FROM limit_charges WHERE key = ? AND at <= ?", (h.key, now - h.per_s))
-            row = tx.one("SELECT COALESCE(SUM(units), 0) FROM limit_charges WHERE key = ?", (h.key,))
+            # a claim's `now` is read before its op waits for the writer, and nodes' claims interleave:
+            # a charge is dropped only long after it left every window a late claim may still look at
+            tx.execute(
+                "DELETE FROM limit_charges WHERE key = ? AND at <= ?", (h.key, now - h.per_s - CHARGE_KEPT_S)
+            )
+            row = tx.one(
+                "SELECT COALESCE(SUM(units), 0) FROM limit_charges WHERE key = ? AND at > ?",
+                (h.key, now - h.per_s),
+            )
         return float(row[0]) if row is not None else 0.0
 
     def _park(self, tx: Tx, job_id: str, h: HeldLimit, now: float) -> None:
@@ -134,7 +142,9 @@ class LimitStore:
     def _refill_at(self, tx: Tx, h: HeldLimit, now: float) -> float:
         """When enough of the key's window has passed for a start costing `h.cost` to fit."""
         assert h.per_s is not None
-        rows = tx.all("SELECT at, units FROM limit_charges WHERE key = ? ORDER BY at", (h.key,))
+        rows = tx.all(
+            "SELECT at, units FROM limit_charges WHERE key = ? AND at > ? ORDER BY at", (h.key, now - h.per_s)
+        )
         used = sum(float(u) for _, u in rows)
         for at, units in rows:
             used -= float(units)
