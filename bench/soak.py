@@ -37,7 +37,7 @@ def _bodies(jobs: int, workdir: Path) -> list[dict[str, Any]]:
     for i in range(jobs):
         kind = i % 10
         if kind < 4:
-            args = {"path": str(workdir / "spans"), "model": "abc"[i % 3], "hold_s": 0.02}
+            args = {"path": str(workdir / "spans"), "model": "abc"[i % 3], "hold_s": 0.05}
             out.append({"task": "bench.tasks.held", "args": args})
         elif kind == 4 and i % 20 == 4:
             out.append({"task": "bench.tasks.spend", "args": {"tokens": 10}})
