@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from jobserver.core.config import Settings, load_settings
 from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
+from jobserver.core.schedules import check_configured
 from jobserver.core.tasks import Registry
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_auth(settings)
     try:
         registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
+        check_configured(settings.schedules, registry)
     except ConfigError as exc:
         log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
         print(f"jobserver: {exc}", file=sys.stderr)
