@@ -134,6 +134,6 @@ def check_configured(specs: tuple[ScheduleSpec, ...], registry: Registry) -> lis
         except TaskNotFoundError as exc:
             raise ConfigError(f"schedules.{spec.name}.task", str(exc)) from exc
         except InvalidRequestError as exc:
-            fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors)
+            fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'][2:])}: {e['msg']}" for e in exc.errors)
             raise ConfigError(f"schedules.{spec.name}.args", fields or str(exc)) from exc
     return checked
