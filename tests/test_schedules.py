@@ -192,7 +192,9 @@ def test_put_creates_then_replaces_and_delete_removes(tmp_path: Path) -> None:
             "last_run_at": None,
             "last_job_id": None,
         }
-        r = app.client.put("/schedules/digest", json={"task": ADD, "cron": "*/5 * * * *", "args": {"a": 2, "b": 2}})
+        r = app.client.put(
+            "/schedules/digest", json={"task": ADD, "cron": "*/5 * * * *", "args": {"a": 2, "b": 2}}
+        )
         assert r.status_code == 200
         assert r.json()["timezone"] == "UTC"  # left out: back to the default
         assert r.json()["next_run_at"] == "2026-01-01T00:05:00.000Z"
@@ -209,9 +211,17 @@ def test_put_creates_then_replaces_and_delete_removes(tmp_path: Path) -> None:
         ({"task": ADD, "cron": "0 3 * *"}, ["body", "cron"], "validation-error"),
         ({"task": ADD, "cron": "0 3 * * * *"}, ["body", "cron"], "validation-error"),
         ({"task": ADD, "cron": "61 3 * * *"}, ["body", "cron"], "validation-error"),
-        ({"task": ADD, "cron": "0 3 * * *", "timezone": "Mars/Olympus"}, ["body", "timezone"], "validation-error"),
+        (
+            {"task": ADD, "cron": "0 3 * * *", "timezone": "Mars/Olympus"},
+            ["body", "timezone"],
+            "validation-error",
+        ),
         ({"task": "no.such.task", "cron": "0 3 * * *"}, ["body", "task"], "unknown-task"),
-        ({"task": ADD, "cron": "0 3 * * *", "args": {"a": "x", "b": 1}}, ["body", "args", "a"], "validation-error"),
+        (
+            {"task": ADD, "cron": "0 3 * * *", "args": {"a": "x", "b": 1}},
+            ["body", "args", "a"],
+            "validation-error",
+        ),
         ({"task": ADD, "cron": "0 3 * * *", "args": {"a": 1}}, ["body", "args", "b"], "validation-error"),
         ({"task": ADD, "cron": "0 3 * * *", "every": 5}, ["body", "every"], "validation-error"),
     ],
@@ -234,7 +244,10 @@ def test_bad_schedule_bodies_and_names(tmp_path: Path) -> None:
         assert c.put("/schedules/bad name!", json={"task": ADD, "cron": "0 3 * * *"}).status_code == 422
         r = c.put("/schedules/x", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400
-        assert c.put("/schedules/x", content=b"task=a", headers={"content-type": "text/plain"}).status_code == 415
+        assert (
+            c.put("/schedules/x", content=b"task=a", headers={"content-type": "text/plain"}).status_code
+            == 415
+        )
         assert c.get("/schedules").json() == {"schedules": []}
 
 
