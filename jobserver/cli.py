@@ -2,7 +2,7 @@
 
 `python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
 `jobserver` command) serves; the client subcommands (submit, get, wait, list,
-cancel, retry, tasks) live in `jobserver.client.commands`. A start that cannot
+cancel, retry, tasks, schedules, pause, resume, stats) live in `jobserver.client.commands`. A start that cannot
 work (bad config, a task module that does not import, a function that cannot be
 a task) prints one `jobserver: ...` line and exits 2.
 """
@@ -21,7 +21,9 @@ from jobserver.core.schedules import check_configured
 from jobserver.core.tasks import Registry
 
 log = logging.getLogger(__name__)
-CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
+CLIENT_COMMANDS = (
+    "submit", "get", "wait", "list", "cancel", "retry", "tasks", "schedules", "pause", "resume", "stats",
+)  # fmt: skip
 
 
 def serve_parser() -> argparse.ArgumentParser:
