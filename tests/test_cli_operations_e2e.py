@@ -4,7 +4,6 @@ with filters) as subprocesses against a real server process of their own."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
