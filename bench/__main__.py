@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict
     extra = load_extra_config(args.config)
     if args.only_ops:
         v, e = await run_operations(plan, workdir, extra, _log)
-        return values | v, errors | e
+        return values | v | {"bench.only_ops": True}, errors | e
     await _machine_limits(plan, workdir, values, errors)
     server_dir = workdir / "server"
     server_dir.mkdir()

@@ -283,6 +283,8 @@ def _rows_for(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str,
     sync_full = any(k.startswith("syncfull.") for k in values) or any(
         k.startswith("synchronous") for k in errors
     )
+    if values.get("bench.only_ops"):
+        return _ops_rows(plan)
     out = rows(plan, scale, sync_full, str(values.get("db.synchronous", "normal")))
     if any(k.startswith("ops.") for k in values) or any(k.startswith("ops ") for k in errors):
         out += _ops_rows(plan)

@@ -25,7 +25,7 @@ from jobserver.runner.executor import Executor
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
 
-BATCH_SIZE = 500
+BATCH_SIZE = 100  # ~20-30 ms of writer time each (bench --ops): a submit waits at most about that
 IDS_PER_BATCH = 500
 Batch = Callable[
     [str, str | None, Sequence[str] | None, str, int, float], Future[tuple[list[JobRecord], str | None]]
