@@ -194,6 +194,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
                         stats,
                         readers,
                         s.server.max_body_bytes,
+                        s.server.max_json_depth,
                     )
                 ),
             ],

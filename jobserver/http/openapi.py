@@ -14,7 +14,7 @@ from typing import Any
 
 from jobserver.core.operations import CancelFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, SubmitBody
+from jobserver.core.schemas import ID_PATTERN, MAX_LIMIT, MAX_WAIT_S, SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 
 VERSION = "3.1.0"
@@ -390,7 +390,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
                 ],
             ),
         },

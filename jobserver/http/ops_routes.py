@@ -20,6 +20,7 @@ route, not a job's). No SQL here.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +33,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from jobserver.core.errors import JobServerError, ScheduleNotFoundError, TaskNotFoundError
+from jobserver.core.errors import (
+    InvalidRequestError,
+    JobServerError,
+    MalformedRequestError,
+    ScheduleNotFoundError,
+    TaskNotFoundError,
+)
 from jobserver.core.operations import BulkFilter, CancelFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.http.app import JSON, BodyTooLarge, read_body
+from jobserver.core.schemas import json_violations
+from jobserver.http.app import JSON, LONG_NUMBER, BodyTooLarge, UnsupportedMediaType, read_body
 from jobserver.http.problems import problem, problem_for, validation_problem
 from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
@@ -59,34 +67,37 @@ class OpsServices:
     stats: Stats
     readers: ThreadPoolExecutor
     max_body_bytes: int
+    max_json_depth: int
 
 
-class _BadBody(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-async def _json_body(request: Request, limit: int, empty_ok: bool) -> Any:
-    """The parsed JSON body (415, 413 and 400 as the submit route answers them)."""
-    raw = await read_body(request, limit)
-    if not raw.strip() and empty_ok:
+async def _json_body(request: Request, limit: int, max_depth: int, empty_ok: bool) -> Any:
+    """The parsed JSON body, refused as the submit route refuses it: not JSON (415, 400), too
+    big (413), nested too deep or holding numbers that cannot be stored exactly (422).
+    With `empty_ok`, no body at all reads as `{}` (a bulk action without a filter)."""
+    if (
+        empty_ok
+        and request.headers.get("content-length") in ("0", None)
+        and not request.headers.get("transfer-encoding")
+    ):
         return {}
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise _BadBody(
-            problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send JSON with 'Content-Type: application/json'",
-            )
-        )
+        raise UnsupportedMediaType()
+    raw = await read_body(request, limit)
+    if empty_ok and not raw.strip():
+        return {}
     try:
-        return orjson.loads(raw)
+        parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _BadBody(
-            problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}")
+        raise MalformedRequestError(
+            "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
         ) from None
+    errors = json_violations(parsed, max_depth, ["body"])
+    if not errors and LONG_NUMBER.search(raw):  # integers beyond 64 bits: read exactly to refuse them
+        errors = json_violations(json.loads(raw), max_depth, ["body"])
+    if errors:
+        raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
+    return parsed
 
 
 def ops_routes(svc: OpsServices) -> list[Route]:
@@ -99,13 +110,14 @@ def ops_routes(svc: OpsServices) -> list[Route]:
         async def wrapper(request: Request) -> Response:
             try:
                 return await handler(request)
-            except _BadBody as exc:
-                return exc.response
             except JobServerError as exc:
                 return problem_for(exc)
             except BodyTooLarge:
                 detail = f"the body may take at most {svc.max_body_bytes} bytes"
                 return problem(413, "body-too-large", "Request body too large", detail)
+            except UnsupportedMediaType:
+                detail = "send JSON with 'Content-Type: application/json'"
+                return problem(415, "unsupported-media-type", "Unsupported media type", detail)
 
         return wrapper
 
@@ -142,7 +154,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
                     }
                 ],
             )
-        parsed = await _json_body(request, svc.max_body_bytes, empty_ok=False)
+        parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth, empty_ok=False)
         try:
             body = ScheduleBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -179,7 +191,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
 
     def bulk(model: type[BulkFilter], action: Callable[[Any], Awaitable[int]]) -> Handler:
         async def handler(request: Request) -> Response:
-            parsed = await _json_body(request, svc.max_body_bytes, empty_ok=True)
+            parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth, empty_ok=True)
             try:
                 f = model.model_validate(parsed)
             except pydantic.ValidationError as exc:
