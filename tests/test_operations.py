@@ -144,7 +144,10 @@ def test_bulk_routes_do_not_collide_with_a_jobs_own(tmp_path: Path) -> None:
         assert r.status_code == 202 and r.json()["status"] == "cancelled"
         assert app.client.get("/jobs/cancel").status_code == 404  # a job id, not the bulk route
         r = app.client.post("/jobs/retry", content=b"", headers={"content-type": "application/json"})
-        assert r.status_code == 200 and r.json() == {"count": 1}  # no body: every failed or cancelled job
+        assert r.status_code == 400  # matching every job takes an explicit {}
+        assert status(app, job_id) == "cancelled"
+        r = app.client.post("/jobs/retry", json={})
+        assert r.status_code == 200 and r.json() == {"count": 1}  # every failed or cancelled job
 
 
 # ----------------------------------------------------------------- stats

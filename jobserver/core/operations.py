@@ -11,7 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobserver.core.schemas import ID_PATTERN
+
 MAX_BULK_IDS = 10_000
+TASK_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (PostgreSQL text cannot hold NUL)
 
 
 class BulkFilter(BaseModel):
@@ -20,8 +23,8 @@ class BulkFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     status: str | None = None
-    task: str | None = Field(default=None, min_length=1, max_length=200)
-    ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+    task: str | None = Field(default=None, min_length=1, max_length=200, pattern=TASK_NAME_PATTERN)
+    ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = Field(
         default=None, max_length=MAX_BULK_IDS
     )
 

@@ -610,8 +610,8 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
     schedule = _name_param("The schedule's name.", NAME_PATTERN)
     task = _name_param("The task's name.", None)
 
-    def body(name: str, required: bool = True) -> Schema:
-        return {"required": required, "content": {"application/json": {"schema": _ref(name)}}}
+    def body(name: str) -> Schema:
+        return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
     one = _json("The schedule.", _ref("Schedule"))
     bulk_problems = (400, 413, 415, 422)
@@ -648,14 +648,14 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
             "post": op(
                 "cancelJobs", "Cancel every matching pending job, ask matching running ones to stop",
                 {200: _json("How many jobs were cancelled or asked to stop.", _ref("Count"))},
-                bulk_problems, requestBody=body("CancelFilter", required=False),
+                bulk_problems, requestBody=body("CancelFilter"),
             )
         },
         "/jobs/retry": {
             "post": op(
                 "retryJobs", "Retry every matching failed or cancelled job",
                 {200: _json("How many jobs were retried.", _ref("Count"))},
-                bulk_problems, requestBody=body("RetryFilter", required=False),
+                bulk_problems, requestBody=body("RetryFilter"),
             )
         },
         "/stats": {

@@ -70,22 +70,14 @@ class OpsServices:
     max_json_depth: int
 
 
-async def _json_body(request: Request, limit: int, max_depth: int, empty_ok: bool) -> Any:
+async def _json_body(request: Request, limit: int, max_depth: int) -> Any:
     """The parsed JSON body, refused as the submit route refuses it: not JSON (415, 400), too
-    big (413), nested too deep or holding numbers that cannot be stored exactly (422).
-    With `empty_ok`, no body at all reads as `{}` (a bulk action without a filter)."""
-    if (
-        empty_ok
-        and request.headers.get("content-length") in ("0", None)
-        and not request.headers.get("transfer-encoding")
-    ):
-        return {}
+    big (413), nested too deep or holding numbers that cannot be stored exactly (422). A bulk
+    action needs a body too: matching every job takes an explicit `{}`."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType()
     raw = await read_body(request, limit)
-    if empty_ok and not raw.strip():
-        return {}
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -154,7 +146,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
                     }
                 ],
             )
-        parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth, empty_ok=False)
+        parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth)
         try:
             body = ScheduleBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -191,7 +183,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
 
     def bulk(model: type[BulkFilter], action: Callable[[Any], Awaitable[int]]) -> Handler:
         async def handler(request: Request) -> Response:
-            parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth, empty_ok=True)
+            parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth)
             try:
                 f = model.model_validate(parsed)
             except pydantic.ValidationError as exc:
