@@ -1,7 +1,7 @@
 """Scheduler: turns each tick of every schedule into exactly one job.
 
-`tick_once` is one pass (the maintenance thread runs it every second; tests call
-it with a manual clock). A due schedule's tick is the latest one at or before
+One pass looks for due ticks (the maintenance thread runs one every second; tests
+run them with a manual clock). A due schedule's tick is the latest one at or before
 now: ticks missed while no server ran collapse into that one, which runs
 unless the schedule says `catch_up = false`. A tick counts as missed when no
 server reached it within `MISSED_AFTER_S`. Which process submits a tick is

@@ -2,7 +2,7 @@
 
 Counts by status and by task come from the maintained counters; throughput and
 failure rate over the last hour from the per-minute finish counts (the current
-minute and the 59 before it). `compact_once` is the maintenance pass that folds
+minute and the 59 before it). Its maintenance pass folds
 PostgreSQL's delta rows and drops old minutes.
 """
 

@@ -2,11 +2,11 @@
 
 Owns the per-process capacity: sync slots (`workers.threads`), async slots
 (`workers.async_concurrency`), each task's `concurrency` cap, and the measured run
-time of each sync task. It also leaves the jobs of paused tasks (asked through
-`paused`, inside the claim transaction) to wait: a claim names the tasks it may
-take, so the paused ones are never even read. Claims are planned and accepted on the writer thread,
-inside the claim transaction, so two claims can never both take the last slot;
-a rolled-back claim gives its reservations back.
+time of each sync task. It also leaves the jobs of paused tasks to wait (which
+tasks are paused is asked inside the claim transaction): a claim names the tasks
+it may take, so the paused ones are never even read. Claims are planned and
+accepted on the writer thread, inside the claim transaction, so two claims can
+never both take the last slot; a rolled-back claim gives its reservations back.
 """
 
 from __future__ import annotations

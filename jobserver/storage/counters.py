@@ -5,7 +5,7 @@ an attempt's end, cancel, retry, rescue, delete, retention) keeps them right in
 its own transaction, and `GET /stats` reads a few small rows instead of scanning
 the jobs. SQLite (one writer) adds to one row per (task, status). On PostgreSQL,
 where nodes write at once, a trigger only appends a delta row (no row lock, so
-no waits or deadlocks between claims); `compact` folds the deltas, under an
+no waits or deadlocks between claims); a maintenance pass folds the deltas, under an
 advisory lock that one node holds at a time. The tables are created once, with
 counts taken from the jobs already there, so an existing database opens as
 before.

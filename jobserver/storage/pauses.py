@@ -1,6 +1,6 @@
 """TaskPauses: which tasks are paused, stored so a pause survives restarts and holds on every node.
 
-The claim asks `paused(tx)` inside its own transaction. On SQLite one process
+The claim asks which tasks are paused inside its own transaction. On SQLite one process
 owns the file and every pause goes through its writer, so the answer is a set
 kept in memory and changed by the pause's own transaction (undone if it rolls
 back): a claim reads no extra row. On PostgreSQL another node may pause a task
