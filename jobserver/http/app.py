@@ -55,6 +55,7 @@ READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; 
 T = TypeVar("T")
 EVENT_PAGE = 500
 EVENT_ID_MAX = 2**63 - 1
+READY_WRITE_TIMEOUT_S = 2.0
 JOB_ID = re.compile(ID_PATTERN)
 LONG_NUMBER = re.compile(rb"\d{19}")  # 19 digits or more: may not fit in 64 bits
 
@@ -360,6 +361,9 @@ def create_app(svc: Services) -> Starlette:
         checks = {"database": "ok", "workers": "ok"}
         try:
             await read(store.ping)
+            await asyncio.wait_for(asyncio.wrap_future(store.writable()), READY_WRITE_TIMEOUT_S)
+        except TimeoutError:
+            checks["database"] = f"error: a write did not commit within {READY_WRITE_TIMEOUT_S}s"
         except Exception as exc:
             checks["database"] = f"error: {exc}"
         if not svc.workers_alive():
