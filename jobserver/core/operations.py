@@ -24,9 +24,7 @@ class BulkFilter(BaseModel):
 
     status: str | None = None
     task: str | None = Field(default=None, min_length=1, max_length=200, pattern=TASK_NAME_PATTERN)
-    ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = Field(
-        default=None, max_length=MAX_BULK_IDS
-    )
+    ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = Field(default=None, max_length=MAX_BULK_IDS)
 
 
 class CancelFilter(BulkFilter):
