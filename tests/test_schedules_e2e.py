@@ -66,3 +66,26 @@ def test_a_missed_tick_runs_once_across_sigkill_restarts(tmp_path: Path) -> None
         message="the tick to be taken again",
     )
     assert [j["id"] for j in scheduled(c)] == [jobs[0]["id"]]
+
+
+def test_an_on_time_tick_runs_once_with_restarts_before_and_after_it(tmp_path: Path) -> None:
+    """A real minute tick, reached by the running server on time (the wait is the rest of the
+    current minute, idle); SIGKILL restarts before and after it."""
+    every_minute = [{"name": "minutely", "task": ADD, "cron": "* * * * *", "args": {"a": 1, "b": 1}}]
+    srv: Server = start_server(tmp_path, {"schedules": every_minute})
+    c = srv.client()
+    tick = c.get("/schedules").json()["schedules"][0]["next_run_at"]
+    srv.kill()  # a restart before the tick keeps it
+    srv.restart()
+    assert c.get("/schedules").json()["schedules"][0]["next_run_at"] >= tick  # kept (or already taken)
+    key = f"schedule:minutely:{tick}"
+    job = wait_until(
+        lambda: next((j for j in scheduled(c) if j["idempotency_key"] == key), None),
+        timeout=90,
+        interval=0.2,
+        message=f"the job of the tick at {tick}",
+    )
+    srv.kill()  # and one right after it
+    srv.restart()
+    assert [j["id"] for j in scheduled(c) if j["idempotency_key"] == key] == [job["id"]]
+    assert finished(c, job["id"])["result"] == 2
