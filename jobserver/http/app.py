@@ -83,6 +83,7 @@ class Services:
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
     now: Callable[[], float] = time.time  # the server's clock (rate windows end relative to it)
+    paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
 
 
 class BodyTooLarge(Exception):
@@ -340,6 +341,7 @@ def create_app(svc: Services) -> Starlette:
             return True
 
     async def list_tasks(request: Request) -> Response:
+        paused = await read(svc.paused_tasks)
         return JSON(
             {
                 "tasks": [
@@ -349,6 +351,7 @@ def create_app(svc: Services) -> Starlette:
                         "args_schema": t.schema,
                         "options": t.options.public(),
                         "is_async": t.is_async,
+                        "paused": t.name in paused,
                     }
                     for t in svc.registry.all()
                 ]
