@@ -159,3 +159,17 @@ def test_a_claim_whose_clock_reading_is_older_still_sees_every_charge_of_its_win
         assert claim_one(store, "me", 100.0, 30) is not None  # and again: the window is full
         assert claim_one(store, "me", 115.0, 30) is not None  # both are out of (105, 115]
         assert claim_one(store, "me", 108.0, 30) is None  # both are in (98, 108]: held back
+
+
+def test_a_bulk_cancel_of_pending_jobs_takes_the_parked_ones_too(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    path, release = str(tmp_path / "spans"), str(tmp_path / "release")
+    ids = [submit(c, HELD, {"path": path, "model": "z", "release": release}) for _ in range(5)]
+    wait_until(lambda: limit(c, "llm:z")["blocked"] == 2)
+    r = c.post("/jobs/cancel", json={"status": "pending", "task": HELD})
+    assert r.status_code == 200 and r.json()["count"] == 2
+    assert limit(c, "llm:z")["blocked"] == 0
+    cancelled = [job(c, i) for i in ids if job(c, i)["status"] == "cancelled"]
+    assert len(cancelled) == 2 and all(j["blocked_by"] is None for j in cancelled)
+    Path(release).touch()
+    assert sum(finished(c, i)["status"] == "completed" for i in ids) == 3
