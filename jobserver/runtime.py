@@ -13,17 +13,20 @@ rescues it.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import functools
 import gc
 import logging
 import os
+import resource
 import socket
 import sys
 import threading
 import time
 from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -33,11 +36,36 @@ from jobserver.core.config import Settings
 from jobserver.core.errors import DatabaseInUseError
 from jobserver.core.records import JobRecord
 from jobserver.core.tasks import Registry
+from jobserver.http.protocol import BoundedHttpToolsProtocol, CapWarnings, ConnectionLimits
 from jobserver.runner.executor import STUCK_GRACE_S
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.001
 RECORD_TIMEOUT_S = 10.0  # how long the shutdown waits for its last writes to commit
+MIN_SPARE_FILES = 64  # open files kept free of client connections (database, webhooks, task I/O)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as servers commonly do; the new soft limit.
+
+    A client connection is an open file: with the usual soft limit of 1,024, a few
+    hundred slow clients would leave no file for the database or the next /healthz."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    return soft
+
+
+def connection_cap(max_connections: int, open_files: int) -> int:
+    """`max_connections`, lowered when it would leave too few files for everything else."""
+    if open_files == resource.RLIM_INFINITY:
+        return max_connections
+    spare = max(MIN_SPARE_FILES, open_files // 4)
+    return max(1, min(max_connections, open_files - spare))
 
 
 def lock_sqlite_file(path: Path) -> int:
@@ -145,12 +173,23 @@ class Runtime:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()
         s = self.settings.server
+        open_files = raise_open_files_limit()
+        cap = connection_cap(s.max_connections, open_files)
+        if cap < s.max_connections:
+            log.warning(
+                "server.max_connections = %d lowered to %d: the process may open %d files and keeps some "
+                "for the database and webhooks (raise the open-files limit, e.g. ulimit -n)",
+                s.max_connections, cap, open_files,
+                extra={"action": "connection_limit"},
+            )  # fmt: skip
+        limits = ConnectionLimits(s.max_header_bytes, s.max_header_lines, s.header_timeout, cap)
+        protocol = functools.partial(BoundedHttpToolsProtocol, limits=limits, cap_warnings=CapWarnings(cap))
         config = uvicorn.Config(
             self.parts.app,
             host=s.host,
             port=s.port,
             loop="uvloop",
-            http="httptools",
+            http=cast(type[asyncio.Protocol], protocol),
             lifespan="off",
             access_log=False,
             log_config=None,

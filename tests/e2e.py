@@ -7,6 +7,7 @@ dir, a fresh SQLite file, a free port; readiness is a bounded wait on /healthz.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -22,8 +23,11 @@ STARTED: list[Server] = []  # every server a test started; the conftest stops th
 class Server:
     """A running `python -m jobserver` process."""
 
-    def __init__(self, tmp_path: Path, config: Config, env: dict[str, str] | None) -> None:
+    def __init__(
+        self, tmp_path: Path, config: Config, env: dict[str, str] | None, open_files: int | None = None
+    ) -> None:
         self.tmp_path = tmp_path
+        self.open_files = open_files  # soft and hard RLIMIT_NOFILE of the process, when given
         self.config = config
         self.port = int(config["server"]["port"])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,11 +46,16 @@ class Server:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         log.close()
         if wait:
             self.wait_ready()
         return self
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
@@ -100,8 +109,10 @@ def start_server(
     config: Config | None = None,
     env: dict[str, str] | None = None,
     wait: bool = True,
+    open_files: int | None = None,
 ) -> Server:
-    """Start the server with the default test config updated section by section."""
-    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env)
+    """Start the server with the default test config updated section by section (and, given
+    `open_files`, that limit on its open files)."""
+    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env, open_files)
     STARTED.append(srv)
     return srv.start(wait=wait)

@@ -82,6 +82,10 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_args_bytes: int = Field(default=65_536, gt=0)
+    max_header_bytes: int = Field(default=32_768, ge=1024)
+    max_header_lines: int = Field(default=100, ge=1)
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
 
