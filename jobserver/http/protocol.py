@@ -7,10 +7,12 @@ bounds any client can hold memory and connections for as long as it likes:
 - a request head (request line and header lines) larger than
   `max_header_bytes`, or with more than `max_header_lines` header lines, gets a
   431 problem and the connection is closed; the bytes past the limit are never
-  fed to the parser, so memory stays bounded by the limit per connection;
+  fed to the parser, and header lines are counted after each read, so memory
+  stays bounded by the limits per connection;
 - a client must send a whole head within `header_timeout` of connecting or of
-  sending the first byte of its next request (slowloris); past it, a 408
-  problem, and the connection is closed;
+  sending the first byte of its next request (slowloris); past it (checked at
+  most half a timeout late on kept-alive connections), a 408 problem, and the
+  connection is closed;
 - at most `max_connections` connections are open. A connection over the cap
   takes the place of the one that has waited longest for a request head (a slow
   or idle client), so probes such as /healthz still get through a slow-client
@@ -112,21 +114,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         self.cap_warnings = cap_warnings
         self._head_bytes: int | None = 0  # bytes of the head being read; None while a request runs
-        self._head_lines = 0
         self._too_many_lines = False  # set by the parser's callbacks; the refusal follows once it returns
-        self._head_deadline: asyncio.TimerHandle | None = None
-        self._waiting_since = time.monotonic()  # since when this connection has had no request running
+        self._head_started_at: float | None = None  # loop time the head being read began; None: no head yet
+        self._deadline_check: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0  # loop time since when this connection has had no request running
         self._refused = False
 
     # ------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_deadline()
+        self._head_started_at = self._waiting_since = self.loop.time()
+        self._deadline_check = self.loop.call_later(self.limits.header_timeout_s, self._check_head_deadline)
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
+        self._stop_deadline_checks()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -135,7 +138,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         while data and not self.transport.is_closing():
             if self._head_bytes is None:  # a body, or the end of the head just parsed
                 super().data_received(data)
-                break
+                return
             room = self.limits.max_header_bytes - self._head_bytes
             if room <= 0:
                 self._refuse_head_too_large(f"the request head exceeds {self.limits.max_header_bytes} bytes")
@@ -143,7 +146,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
             super().data_received(piece)
-            if self._too_many_lines:
+            if self._too_many_lines or (self.headers and len(self.headers) > self.limits.max_header_lines):
                 self._refuse_head_too_large(
                     f"the request has more than {self.limits.max_header_lines} header lines"
                 )
@@ -152,21 +155,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_lines = 0
-        self._arm_head_deadline()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_lines += 1
-        if self._head_lines > self.limits.max_header_lines:
-            self._too_many_lines = True
-        if not self._too_many_lines:
-            super().on_header(name, value)
+        if self._head_started_at is None:
+            self._head_started_at = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        if self._too_many_lines:
-            return  # refused once the parser returns; the app never sees it
-        self._disarm_head_deadline()
-        self._head_bytes = None
+        if len(self.headers) > self.limits.max_header_lines:
+            self._too_many_lines = True  # refused once the parser returns; the app never sees it
+            return
+        self._head_started_at = self._head_bytes = None
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -181,7 +177,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._waiting_since = time.monotonic()
+        self._waiting_since = self.loop.time()
 
     # ---------------------------------------------------------------- limits
     def waiting_for_a_request(self) -> bool:
@@ -222,20 +218,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "the server is at its connection limit; retry later",
         )
 
-    def _arm_head_deadline(self) -> None:
-        if self._head_deadline is None:
-            self._waiting_since = time.monotonic()
-            self._head_deadline = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+    def _check_head_deadline(self) -> None:
+        """Close a client whose head is late, else look again when it would be.
 
-    def _disarm_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
-
-    def _head_timed_out(self) -> None:
-        self._head_deadline = None
+        One timer per connection rather than one per request keeps the cost of a request
+        to a clock read; a head that begins while no check is due is seen at most half
+        a timeout late."""
+        self._deadline_check = None
         if self.transport.is_closing() or self._refused:
             return
+        now, started, timeout_s = self.loop.time(), self._head_started_at, self.limits.header_timeout_s
+        if started is not None and now - started >= timeout_s:
+            self._head_timed_out()
+            return
+        due = started + timeout_s if started is not None else now + timeout_s / 2
+        self._deadline_check = self.loop.call_later(due - now, self._check_head_deadline)
+
+    def _stop_deadline_checks(self) -> None:
+        if self._deadline_check is not None:
+            self._deadline_check.cancel()
+            self._deadline_check = None
+
+    def _head_timed_out(self) -> None:
         log.debug("closed a client that sent no complete request head in %ss", self.limits.header_timeout_s,
                   extra={"action": "header_timeout"})  # fmt: skip
         if self._head_bytes and (self.cycle is None or self.cycle.response_complete):
@@ -251,7 +255,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
         """Answer with a problem document, stop reading, and close after a short linger."""
         self._refused = True
-        self._disarm_head_deadline()
+        self._stop_deadline_checks()
         response = problem(status, code, title, detail)
         head = [STATUS_LINE[status]]
         for name, value in [
