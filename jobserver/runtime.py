@@ -1,10 +1,12 @@
 """Runtime: starts and stops the parts in order, and handles signals.
 
 Start: bind the listening socket (a server that cannot serve never claims a
-job), lock the SQLite file (one server per file), build every part, rescue
+job), lock the SQLite file (one server per file) and check it (a damaged file
+stops the start), build every part, rescue
 what a previous process left running, start the tasks' event loop, the
 webhook sender, the dispatcher, the worker threads and the maintenance thread,
-then serve HTTP. Stop (SIGTERM/SIGINT): refuse new jobs (503), let running
+then serve HTTP with bounded connections (the open-files limit raised first).
+Stop (SIGTERM/SIGINT): refuse new jobs (503), let running
 jobs finish within the grace period, then record each one the grace period
 cut off (put back, or failed at once for an at-most-once task), flush, exit 0.
 A second signal exits at once; nothing accepted is lost, the next start
@@ -33,11 +35,12 @@ import uvicorn
 from jobserver.build import Parts, build
 from jobserver.core.clock import Clock, SystemClock
 from jobserver.core.config import Settings
-from jobserver.core.errors import DatabaseInUseError
+from jobserver.core.errors import DatabaseInUseError, StorageError
 from jobserver.core.records import JobRecord
 from jobserver.core.tasks import Registry
 from jobserver.http.protocol import BoundedHttpToolsProtocol, CapWarnings, ConnectionLimits
 from jobserver.runner.executor import STUCK_GRACE_S
+from jobserver.storage.integrity import check_sqlite_file
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.001
@@ -69,9 +72,16 @@ def connection_cap(max_connections: int, open_files: int) -> int:
 
 
 def lock_sqlite_file(path: Path) -> int:
-    """Take an OS lock next to the SQLite file; it dies with the process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """Take an OS lock next to the SQLite file; it dies with the process.
+
+    StorageError when the lock file cannot be opened (a read-only or missing directory,
+    a directory in its place), DatabaseInUseError when another process holds the lock."""
+    lock_path = str(path) + ".lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {lock_path}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -127,6 +137,12 @@ class Runtime:
         path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)
+            try:
+                check_sqlite_file(path, self.settings.database.startup_check)
+            except StorageError:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise
         self.parts = p = build(self.settings, self.clock, self.registry)
         log.info(
             "tasks registered: %s",

@@ -101,6 +101,7 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///data/jobserver.db"
     synchronous: Literal["normal", "full"] = "normal"
     busy_timeout: Duration = 5.0
+    startup_check: Duration = 5.0
 
     @field_validator("url")
     @classmethod
