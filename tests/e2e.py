@@ -7,7 +7,6 @@ dir, a fresh SQLite file, a free port; readiness is a bounded wait on /healthz.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -24,10 +23,10 @@ class Server:
     """A running `python -m jobserver` process."""
 
     def __init__(
-        self, tmp_path: Path, config: Config, env: dict[str, str] | None, open_files: int | None = None
+        self, tmp_path: Path, config: Config, env: dict[str, str] | None, prefix: list[str] | None = None
     ) -> None:
         self.tmp_path = tmp_path
-        self.open_files = open_files  # soft and hard RLIMIT_NOFILE of the process, when given
+        self.prefix = prefix or []  # a command the server runs under (e.g. setpriv, to drop privileges)
         self.config = config
         self.port = int(config["server"]["port"])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,21 +40,16 @@ class Server:
     def start(self, wait: bool = True) -> Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child process writes to it until it stops)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobserver", "--config", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "jobserver", "--config", str(self.config_path)],
             cwd=self.tmp_path,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         log.close()
         if wait:
             self.wait_ready()
         return self
-
-    def _limit_open_files(self) -> None:
-        assert self.open_files is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
@@ -109,10 +103,9 @@ def start_server(
     config: Config | None = None,
     env: dict[str, str] | None = None,
     wait: bool = True,
-    open_files: int | None = None,
+    prefix: list[str] | None = None,
 ) -> Server:
-    """Start the server with the default test config updated section by section (and, given
-    `open_files`, that limit on its open files)."""
-    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env, open_files)
+    """Start the server with the default test config updated section by section."""
+    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env, prefix)
     STARTED.append(srv)
     return srv.start(wait=wait)

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from jobserver import Fail, JobContext, Retry, task
 
@@ -203,3 +204,9 @@ def read_fifo(ctx: JobContext, started: str, fifo: str) -> str:
         return os.read(fd, 1).decode()
     finally:
         os.close(fd)
+
+
+@task
+def echo(value: Any = None) -> Any:
+    """Returns what it was given: any JSON value as args."""
+    return value

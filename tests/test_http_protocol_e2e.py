@@ -130,7 +130,9 @@ def test_slow_clients_beyond_the_open_files_limit_leave_healthz_answering(tmp_pa
     """With 256 open files (hard limit, so it cannot be raised), 300 connections that never
     finish their heads: the cap (under the limit) closes the oldest to make room, and /healthz
     keeps answering."""
-    srv = start_server(tmp_path, {"server": {"header_timeout": "60s"}}, open_files=256)
+    srv = start_server(
+        tmp_path, {"server": {"header_timeout": "60s"}}, prefix=["prlimit", "--nofile=256:256", "--"]
+    )
     socks = []
     try:
         for _ in range(300):

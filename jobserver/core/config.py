@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from jobserver.core.errors import ConfigError
+from jobserver.core.schemas import MAX_STORED_DEPTH
 
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
 _UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -86,6 +87,7 @@ class ServerSettings(_Section):
     max_header_lines: int = Field(default=100, ge=1)
     header_timeout: Duration = Field(default=10.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    max_json_depth: int = Field(default=64, ge=2, le=MAX_STORED_DEPTH)
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
 
