@@ -102,6 +102,20 @@ def test_too_many_header_lines_get_431(shared: Server) -> None:
     assert r.status_code == 200
 
 
+def test_pipelined_requests_and_bodies_with_many_lines_are_not_heads(shared: Server) -> None:
+    """Only the head is bounded: pipelined requests in one write are all answered, and a body of
+    300 lines is a body, not 300 header lines."""
+    get = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+        sock.sendall((get * 2 + get.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).encode())
+        received = read_until_closed(sock, 10)[0]
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 3, received[:600]
+
+    body = "{" + "\n" * 300 + '"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}'
+    r = shared.client().post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+
+
 def test_a_slow_client_is_closed_at_the_head_deadline(tmp_path: Path) -> None:
     srv = start_server(tmp_path, {"server": {"header_timeout": "1s"}})
     silent = socket.create_connection(("127.0.0.1", srv.port))
