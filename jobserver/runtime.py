@@ -185,7 +185,8 @@ class Runtime:
         Tunes the process, which serving owns: the API, the writer and the workers share
         one GIL, and Python's default 5 ms switch interval lets a busy thread keep a woken
         worker or the event loop waiting that long; start-up objects (modules, registry,
-        schemas) need no more collection passes."""
+        schemas) need no more collection passes; every client connection is an open file,
+        so the open-files limit is raised and the connection cap kept under it."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()
         s = self.settings.server
