@@ -2,12 +2,12 @@
 
 `python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
 `jobserver` command) serves; the client subcommands (submit, get, wait, list,
-cancel, retry, tasks) live in `jobserver.client.commands`. A start that cannot
-work prints one `jobserver: ...` line, never a traceback, and exits with the
-code of its cause (README, "Exit codes"): 1 cannot start (port, data directory
-or lock file, a damaged database, anything unforeseen), 2 bad configuration or
-task modules, 3 the SQLite file is in use by another server. A drained stop
-exits 0; a second signal exits 1 at once.
+cancel, retry, tasks, schedules, pause, resume, stats) live in
+`jobserver.client.commands`. A start that cannot work prints one `jobserver: ...`
+line, never a traceback, and exits with the code of its cause (README, "Start-up
+checks and exit codes"): 1 cannot start (port, data directory or lock file, a damaged database,
+anything unforeseen), 2 bad configuration or task modules, 3 the SQLite file is
+in use by another server. A drained stop exits 0; a second signal exits 1 at once.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from collections.abc import Sequence
 
 from jobserver.core.config import Settings, load_settings
 from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
+from jobserver.core.schedules import check_configured
 from jobserver.core.tasks import Registry
 
 log = logging.getLogger(__name__)
-CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
+CLIENT_COMMANDS = (
+    "submit", "get", "wait", "list", "cancel", "retry", "tasks", "schedules", "pause", "resume", "stats",
+)  # fmt: skip
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -130,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_auth(settings)
     try:
         registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
+        check_configured(settings.schedules, registry)
     except ConfigError as exc:
         log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
         print(f"jobserver: {exc}", file=sys.stderr)
