@@ -24,6 +24,7 @@ from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
+from jobserver.core.records import JobRecord
 from jobserver.core.tasks import Registry
 from jobserver.http.app import READ_THREADS, Services, create_app
 from jobserver.http.webhook_routes import webhook_routes
@@ -38,6 +39,7 @@ from jobserver.runner.executor import Executor
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
@@ -86,7 +88,18 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     writer = Writer(db, s.is_postgres)
     writer.start()
     outbox_wake = threading.Event()
-    store = JobStore(db, writer, s.is_postgres, Outbox(outbox_wake).record)
+    hub = Hub()
+    wakeup = Wakeup()
+    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
+
+    def woken(rec: JobRecord) -> None:
+        """A parked job is pending again: tell its watchers, and wake a worker to resume it."""
+        hub.publish(rec.id)
+        wakeup.notify()
+        if slots.is_async(rec.task):
+            slots.async_work.set()
+
+    store = JobStore(db, writer, s.is_postgres, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()
     observers: list[JobObserver] = [metrics, summary]
@@ -100,12 +113,12 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         wake=outbox_wake,
         on_attempt=metrics.webhook_delivery,
     )
-    hub = Hub()
-    wakeup = Wakeup()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
-    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
     tasks_loop = asyncio.new_event_loop()
-    executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
+    factory = JobFactory(s, registry)
+    executor = Executor(
+        store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop, factory
+    )
     lease_s = s.workers.lease_seconds
     dispatcher = Dispatcher(
         store,
@@ -118,7 +131,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         lease_s,
         s.workers.poll_interval,
     )
-    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
+    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory)
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
@@ -134,6 +147,9 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     def heartbeat() -> None:
         executor.heartbeat_once(owner, lease_s)
 
+    def wake_due() -> None:  # claims wake due sleepers too; this covers a server whose workers are all busy
+        store.wake_due(clock.now()).result()
+
     maintenance = Maintenance(
         clock,
         [
@@ -141,6 +157,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             (s.events.progress_flush_interval, flush_progress),
             (max(0.5, lease_s / 3), heartbeat),
             (max(1.0, lease_s / 2), rescuer.rescue_once),
+            (s.workers.poll_interval, wake_due),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
         ],

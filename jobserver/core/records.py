@@ -20,7 +20,7 @@ from jobserver.core.lifecycle import FINISHED
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
     "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
-    "webhook_url, created_at, run_at, started_at, finished_at"
+    "webhook_url, created_at, run_at, started_at, finished_at, parent_id, waiting_for, wake_at, resume"
 )
 
 
@@ -54,11 +54,22 @@ class JobRecord:
     run_at: float
     started_at: float | None
     finished_at: float | None
+    parent_id: str | None
+    waiting_for: str | None  # JSON {"kind", "name", "until"} while waiting
+    wake_at: float | None  # a waiting job's wake-up time (sleep end, wait timeout)
+    resume: int  # 1: the next claim resumes a parked run (not counted as an attempt)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """Build from a row selected with JOB_COLUMNS."""
         return cls(*row)
+
+    def _waiting_for(self) -> dict[str, Any] | None:
+        """`{"kind", "name", "until"}` while waiting (until as RFC 3339), else None."""
+        if self.status != "waiting" or self.waiting_for is None:
+            return None
+        data: dict[str, Any] = orjson.loads(self.waiting_for)
+        return {**data, "until": rfc3339(data.get("until"))}
 
     @property
     def finished(self) -> bool:
@@ -86,6 +97,8 @@ class JobRecord:
             "run_at": rfc3339(self.run_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
+            "parent_id": self.parent_id,
+            "waiting_for": self._waiting_for(),
         }
 
 
@@ -103,6 +116,7 @@ class NewJob:
     idempotency_key: str | None
     created_at: float
     run_at: float
+    parent_id: str | None = None
 
     @property
     def status(self) -> str:
@@ -134,6 +148,10 @@ class NewJob:
             self.run_at,
             None,
             None,
+            self.parent_id,
+            None,
+            None,
+            0,
         )
 
 

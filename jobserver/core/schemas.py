@@ -38,13 +38,31 @@ class SubmitBody(BaseModel):
         return self
 
 
+MAX_BATCH = 1000
+
+
+class BatchItem(SubmitBody):
+    """One job of POST /jobs/batch: a submit body with its own idempotency key."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class BatchBody(BaseModel):
+    """POST /jobs/batch: up to 1,000 submits, queued all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class ListQuery(BaseModel):
     """GET /jobs query string."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: str | None = Field(default=None, pattern="^(pending|running|completed|failed|cancelled)$")
+    status: str | None = Field(default=None, pattern="^(pending|running|waiting|completed|failed|cancelled)$")
     task: str | None = Field(default=None, max_length=200)
+    parent: str | None = Field(default=None, max_length=64)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, max_length=64)
 

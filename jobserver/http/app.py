@@ -31,7 +31,7 @@ from jobserver.core.config import Settings
 from jobserver.core.errors import JobNotFoundError, JobServerError
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
-from jobserver.core.schemas import GetQuery, ListQuery, SubmitBody
+from jobserver.core.schemas import BatchBody, GetQuery, ListQuery, SubmitBody
 from jobserver.core.tasks import Registry
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import problem, problem_for, validation_problem
@@ -155,20 +155,26 @@ def create_app(svc: Services) -> Starlette:
 
         return wrapper
 
-    async def submit(request: Request) -> Response:
+    async def json_body(request: Request) -> Any:
+        """The parsed JSON body, or the problem answer (415, 413, 400) to send instead."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
             return problem(
                 415,
                 "unsupported-media-type",
                 "Unsupported media type",
-                "send the job as JSON with 'Content-Type: application/json'",
+                "send the body as JSON with 'Content-Type: application/json'",
             )
         raw = await read_body(request, settings.server.max_body_bytes)
         try:
-            parsed = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}")
+
+    async def submit(request: Request) -> Response:
+        parsed = await json_body(request)
+        if isinstance(parsed, Response):
+            return parsed
         try:
             body = SubmitBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -194,6 +200,35 @@ def create_app(svc: Services) -> Starlette:
             headers["Idempotent-Replayed"] = "true"
             return JSON(record.to_api(), status_code=200, headers=headers)
         return JSON(record.to_api(), status_code=202, headers=headers)
+
+    async def submit_batch(request: Request) -> Response:
+        parsed = await json_body(request)
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            body = BatchBody.model_validate(parsed)
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "body")
+        raws = [{k: v for k, v in item.items() if k != "idempotency_key"} for item in parsed["jobs"]]
+        items = [(item, item.idempotency_key) for item in body.jobs]
+        results = await commands.submit_many(items, key_scope(request), raws)
+        return JSON({"jobs": [rec.to_api() for rec, _ in results]}, status_code=202)
+
+    async def signal(request: Request) -> Response:
+        parsed = await json_body(request)
+        if isinstance(parsed, Response):
+            return parsed
+        name = request.path_params["name"]
+        if not 1 <= len(name) <= 200:
+            return problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "a signal name has 1 to 200 characters",
+                errors=[{"loc": ["path", "name"], "msg": "1 to 200 characters", "type": "value_error"}],
+            )
+        record, repeated = await commands.signal(request.path_params["job_id"], name, parsed)
+        return JSON(record.to_api(), status_code=200 if repeated else 202)
 
     async def get_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -227,7 +262,7 @@ def create_app(svc: Services) -> Starlette:
             q = _query(ListQuery, request)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
-        jobs, cursor = await read(store.list_jobs, q.status, q.task, q.limit, q.cursor)
+        jobs, cursor = await read(store.list_jobs, q.status, q.task, q.limit, q.cursor, q.parent)
         return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
 
     async def cancel(request: Request) -> Response:
@@ -340,6 +375,8 @@ def create_app(svc: Services) -> Starlette:
     routes = [
         Route("/jobs", guarded(submit), methods=["POST"]),
         Route("/jobs", guarded(list_jobs), methods=["GET"]),
+        Route("/jobs/batch", guarded(submit_batch), methods=["POST"]),
+        Route("/jobs/{job_id}/signals/{name}", guarded(signal), methods=["POST"]),
         Route("/jobs/{job_id}", guarded(get_job), methods=["GET"]),
         Route("/jobs/{job_id}", guarded(delete), methods=["DELETE"]),
         Route("/jobs/{job_id}/cancel", guarded(cancel), methods=["POST"]),

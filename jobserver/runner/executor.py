@@ -26,13 +26,14 @@ from jobserver.core.clock import Clock
 from jobserver.core.context import JobContext
 from jobserver.core.errors import Cancelled, JobServerError, StaleAttemptError, Timeout
 from jobserver.core.hub import Hub
-from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Transition, decide
+from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Suspend, Transition, decide
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.runner.attempt import Attempt, StopReason, to_json
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
@@ -61,8 +62,10 @@ class Executor:
         reporter: Reporter,
         observers: Sequence[JobObserver],
         loop: asyncio.AbstractEventLoop,
+        factory: JobFactory | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        self.factory = factory
         self.store = store
         self.writer = writer
         self.registry = registry
@@ -79,7 +82,25 @@ class Executor:
         self._stop_before_start: dict[str, StopReason] = {}  # stops asked for jobs claimed, not started
 
     def _attempt(self, claim: Claim, is_async: bool) -> Attempt:
-        return Attempt(claim, is_async, self.store, self.writer, self.reporter, self.clock)
+        return Attempt(
+            claim,
+            is_async,
+            self.store,
+            self.writer,
+            self.reporter,
+            self.clock,
+            self.factory,
+            self.children_added,
+        )
+
+    def children_added(self, records: list[JobRecord]) -> None:
+        """A running task spawned jobs (committed): count them and wake workers for them."""
+        for rec in records:
+            for observer in self.observers:
+                observer.submitted(rec)
+        self.wakeup.notify(len(records))
+        if any(self.slots.is_async(rec.task) for rec in records):
+            self.slots.async_work.set()
 
     # ------------------------------------------------------------------- run
     def execute(self, claim: Claim) -> bool:
@@ -133,6 +154,8 @@ class Executor:
                 return self._value(value)
             except (Cancelled, Timeout) as exc:
                 return self._stopped(attempt, exc)
+            except Suspend as parked:
+                return Outcome.suspended(parked.park)
             except StaleAttemptError:
                 return Outcome.stale()
             except Exception as exc:
@@ -161,6 +184,8 @@ class Executor:
             outcome = self._value(await taskdef.fn(**kwargs))
         except (asyncio.CancelledError, Cancelled, Timeout) as exc:
             outcome = self._stopped(attempt, exc)
+        except Suspend as parked:
+            outcome = Outcome.suspended(parked.park)
         except StaleAttemptError:
             outcome = Outcome.stale()
         except Exception as exc:
@@ -219,7 +244,8 @@ class Executor:
                 "attempt %d of %s failed (%s); retrying", claim.attempt, claim.job_id, error_type, extra=extra
             )
         else:
-            action = {Status.COMPLETED: "complete", Status.CANCELLED: "cancel"}.get(t.status, "release")
+            actions = {Status.COMPLETED: "complete", Status.CANCELLED: "cancel", Status.WAITING: "park"}
+            action = actions.get(t.status, "release")
             log.debug("%s %s", t.status, claim.job_id, extra={"job_id": claim.job_id, "action": action})
 
     def _recorded(self, future: Future[JobRecord], attempt: Attempt) -> None:

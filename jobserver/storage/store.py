@@ -23,13 +23,23 @@ import peewee as pw
 from jobserver.core.clock import rfc3339
 from jobserver.core.errors import (
     IdempotencyMismatchError,
+    InvalidRequestError,
     JobFinishedError,
     JobNotFinishedError,
     JobNotFoundError,
     JobNotRetryableError,
+    SignalConflictError,
     StaleAttemptError,
 )
-from jobserver.core.lifecycle import FINISHED, AttemptFacts, Status, Transition
+from jobserver.core.lifecycle import (
+    FINISHED,
+    AttemptFacts,
+    Park,
+    Status,
+    Transition,
+    WaitKind,
+    cancelled_instead,
+)
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
 from jobserver.storage.writer import Tx, Writer
 
@@ -45,6 +55,25 @@ CLAIM_TASK_SQL = (  # one per task that may be taken, joined with UNION ALL
     "SELECT * FROM (SELECT id, task, priority, run_at FROM jobs INDEXED BY jobs_claim_task "
     "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)"
 )
+
+
+# Waiting jobs whose sleep ended or whose wait timed out: pending again, from the (status, wake_at) index
+WAKE_DUE_SQL = (
+    "UPDATE jobs SET status = 'pending', run_at = wake_at, waiting_for = NULL, wake_at = NULL "
+    "WHERE status = 'waiting' AND wake_at <= ?"
+)
+IN_CHUNK = 500  # ids per `IN (...)` list
+NOT_FINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
+SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a parked call's row is completed
+    "INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
+    "SELECT ?, ?, 'completed', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? "
+    "AND run_seq = ? AND status = 'running') ON CONFLICT (job_id, name) DO UPDATE SET "
+    "status = 'completed', result = excluded.result, finished_at = excluded.finished_at"
+)
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
 
 
 def waiting_status(run_at: float, now: float) -> str:
@@ -63,11 +92,60 @@ def body_hash(body: Any) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _loads_or_none(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
 def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
     tx.execute(
         "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
         (rec.id, orjson.dumps(rec.to_api()).decode(), now),
     )
+
+
+def _insert_job(tx: Tx, new: NewJob) -> JobRecord:
+    tx.execute(
+        "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
+        "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
+        "parent_id, resume) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?, 0)",
+        (
+            new.id,
+            new.task,
+            new.args_json,
+            new.status,
+            new.priority,
+            new.max_attempts,
+            new.timeout_s,
+            new.idempotency_key,
+            new.webhook_url,
+            new.created_at,
+            new.run_at,
+            new.parent_id,
+        ),
+    )
+    record = new.record()
+    _job_event(tx, record, new.created_at)
+    return record
+
+
+def _use_key(tx: Tx, idem: tuple[str, str, str], new: NewJob) -> str | None:
+    """Record the idempotency key for `new`; the first job's id when the key was used with
+    this body already (IdempotencyMismatchError when with another)."""
+    scope, key, digest = idem
+    row = tx.one("SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+    if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
+        # the job was pruned or deleted: the key starts afresh
+        tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+        row = None
+    if row is not None:
+        if row[0] != digest:
+            raise IdempotencyMismatchError(key)
+        return str(row[1])
+    tx.execute(
+        "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        (scope, key, digest, new.id, new.created_at),
+    )
+    return None
 
 
 def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
@@ -78,12 +156,22 @@ def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
 class JobStore:
     """All job SQL. Writes go through the writer; reads use the caller's connection."""
 
-    def __init__(self, db: pw.Database, writer: Writer, pg: bool, outbox: InTxObserver | None = None) -> None:
+    def __init__(
+        self,
+        db: pw.Database,
+        writer: Writer,
+        pg: bool,
+        outbox: InTxObserver | None = None,
+        on_woken: Callable[[JobRecord], None] | None = None,
+    ) -> None:
         self.db = db
         self.writer = writer
         self.pg = pg
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+        self._for_update = " FOR UPDATE" if pg else ""  # SQLite: the one writer serializes anyway
         self._outbox: InTxObserver = outbox or (lambda tx, rec, now: None)
+        # after the commit that made a waiting job pending again (wake its worker, tell watchers)
+        self._on_woken: Callable[[JobRecord], None] = on_woken or (lambda rec: None)
 
     # ---------------------------------------------------------------- reads
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -100,20 +188,23 @@ class JobStore:
         return JobRecord.from_row(rows[0])
 
     def list_jobs(
-        self, status: str | None, task: str | None, limit: int, cursor: str | None
+        self, status: str | None, task: str | None, limit: int, cursor: str | None, parent: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
-            pages = [self._list(s, task, limit, cursor) for s in ("pending", "scheduled")]
+            pages = [self._list(s, task, limit, cursor, parent) for s in ("pending", "scheduled")]
             merged = sorted(pages[0][0] + pages[1][0], key=lambda r: r.id, reverse=True)
             more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
-        return self._list(status, task, limit, cursor)
+        return self._list(status, task, limit, cursor, parent)
 
     def _list(
-        self, status: str | None, task: str | None, limit: int, cursor: str | None
+        self, status: str | None, task: str | None, limit: int, cursor: str | None, parent: str | None
     ) -> tuple[list[JobRecord], str | None]:
         where, params = [], []
+        if parent is not None:
+            where.append("parent_id = ?")
+            params.append(parent)
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -148,6 +239,12 @@ class JobStore:
             "SELECT name, result FROM steps WHERE job_id = ? AND status = 'completed'", (job_id,)
         )
         return {name: orjson.loads(result) for name, result in rows}
+
+    def step_rows(self, job_id: str) -> dict[str, tuple[str, Any]]:
+        """name -> (status, stored JSON) of every step row: a finished call's result, or a
+        parked call's wake-up facts (`{"until": ...}`)."""
+        rows = self._query("SELECT name, status, result FROM steps WHERE job_id = ?", (job_id,))
+        return {name: (str(status), _loads_or_none(result)) for name, status, result in rows}
 
     def events_after(self, job_id: str, after_id: int, limit: int = 500) -> list[tuple[int, str, str]]:
         """Stored events (id, kind, data) of a job after `after_id`."""
@@ -197,49 +294,163 @@ class JobStore:
 
         def op(tx: Tx) -> tuple[bool, JobRecord | str]:
             if idem is not None:
-                scope, key, digest = idem
-                row = tx.one(
-                    "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
-                    (scope, key),
-                )
-                if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
-                    # the job was pruned or deleted: the key starts afresh
-                    tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
-                    row = None
-                if row is not None:
-                    if row[0] != digest:
-                        raise IdempotencyMismatchError(key)
-                    return False, str(row[1])
-                tx.execute(
-                    "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (scope, key, digest, new.id, new.created_at),
-                )
-            tx.execute(
-                "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
-                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
-                (
-                    new.id,
-                    new.task,
-                    new.args_json,
-                    new.status,
-                    new.priority,
-                    new.max_attempts,
-                    new.timeout_s,
-                    new.idempotency_key,
-                    new.webhook_url,
-                    new.created_at,
-                    new.run_at,
-                ),
-            )
-            record = new.record()
-            _job_event(tx, record, new.created_at)
+                first = _use_key(tx, idem, new)
+                if first is not None:
+                    return False, first
+            record = _insert_job(tx, new)
             if handoff is not None and record.status == "pending" and handoff.accept(tx, new.id, new.task):
                 self._hand_off(tx, record, handoff)  # the answer still shows the job as accepted
             else:
                 tx.after_commit(on_commit)
             return True, record
+
+        return self.writer.submit(op)
+
+    def enqueue_many(
+        self, items: Sequence[tuple[NewJob, tuple[str, str, str] | None]], on_commit: Callable[[], None]
+    ) -> Future[list[tuple[bool, JobRecord]]]:
+        """Insert many jobs in one transaction, all or none; each item as `enqueue` does
+        (an item whose key was used with its body gives the first job, not created).
+        A key used with another body is a 422 naming the item's index."""
+
+        def op(tx: Tx) -> list[tuple[bool, JobRecord]]:
+            out: list[tuple[bool, JobRecord]] = []
+            for i, (new, idem) in enumerate(items):
+                first = None
+                if idem is not None:
+                    try:
+                        first = _use_key(tx, idem, new)
+                    except IdempotencyMismatchError as exc:
+                        loc = ["body", "jobs", i, "idempotency_key"]
+                        raise InvalidRequestError(
+                            f"jobs.{i}: {exc}",
+                            [{"loc": loc, "msg": str(exc), "type": "idempotency_key_reused"}],
+                        ) from None
+                if first is None:
+                    out.append((True, _insert_job(tx, new)))
+                else:
+                    rec = self._locked(tx, first)
+                    assert rec is not None
+                    out.append((False, rec))
+            tx.after_commit(on_commit)
+            return out
+
+        return self.writer.submit(op)
+
+    def spawn_op(
+        self, job_id: str, run_seq: int, step: tuple[str, str, int, float, float], children: Sequence[NewJob]
+    ) -> Callable[[Tx], list[JobRecord]]:
+        """An op that inserts a running job's children and the step that remembers their ids,
+        together: a rerun finds the step and never submits them twice. Fenced by `run_seq`."""
+
+        def op(tx: Tx) -> list[JobRecord]:
+            name, result_json, attempt, started, now = step
+            cur = tx.execute(
+                SAVE_STEP_SQL, (job_id, name, result_json, attempt, started, now, job_id, run_seq)
+            )
+            if cur.rowcount != 1:
+                raise StaleAttemptError(job_id, run_seq)
+            return [_insert_job(tx, new) for new in children]
+
+        return op
+
+    def save_step_op(
+        self, job_id: str, run_seq: int, step: tuple[str, str, int, float, float]
+    ) -> Callable[[Tx], None]:
+        """An op that stores a step's JSON result (fenced by `run_seq`)."""
+
+        def op(tx: Tx) -> None:
+            name, result_json, attempt, started, now = step
+            cur = tx.execute(
+                SAVE_STEP_SQL, (job_id, name, result_json, attempt, started, now, job_id, run_seq)
+            )
+            if cur.rowcount != 1:
+                raise StaleAttemptError(job_id, run_seq)
+
+        return op
+
+    def take_signal_op(
+        self, job_id: str, run_seq: int, step: tuple[str, int, float, float], until: float | None
+    ) -> Callable[[Tx], tuple[bool, Any]]:
+        """An op for `ctx.wait_for`: (True, payload) when the signal is there, (True, None)
+        when the wait timed out (either stored as the call's result), else (False, None)."""
+
+        def op(tx: Tx) -> tuple[bool, Any]:
+            name, attempt, started, now = step
+            row = tx.one("SELECT payload FROM signals WHERE job_id = ? AND name = ?", (job_id, name))
+            if row is not None:
+                value_json = str(row[0])
+            elif until is not None and now >= until:
+                value_json = "null"
+            else:
+                return False, None
+            self.save_step_op(job_id, run_seq, (name, value_json, attempt, started, now))(tx)
+            return True, orjson.loads(value_json)
+
+        return op
+
+    def gather_op(
+        self, job_id: str, run_seq: int, step: tuple[str, int, float, float], ids: Sequence[str]
+    ) -> Callable[[Tx], list[dict[str, Any]] | None]:
+        """An op for `ctx.gather`: the ends of `ids` in order (stored as the call's result)
+        once every one is finished, else None."""
+
+        def op(tx: Tx) -> list[dict[str, Any]] | None:
+            found: dict[str, tuple[Any, ...]] = {}
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                for row in tx.all(f"SELECT id, status, result, error FROM jobs WHERE id IN ({marks})", chunk):
+                    found[str(row[0])] = row
+            ends = []
+            for child in ids:
+                got = found.get(child)
+                if got is None:
+                    error = {"type": "JobNotFound", "message": f"no job with id {child!r}", "traceback": None}
+                    ends.append({"id": child, "status": "failed", "result": None, "error": error})
+                    continue
+                row = got
+                if row[1] not in FINISHED:
+                    return None
+                ends.append(
+                    {
+                        "id": child,
+                        "status": row[1],
+                        "result": _loads_or_none(row[2]),
+                        "error": _loads_or_none(row[3]),
+                    }
+                )
+            name, attempt, started, now = step
+            result_json = orjson.dumps(ends).decode()
+            self.save_step_op(job_id, run_seq, (name, result_json, attempt, started, now))(tx)
+            return ends
+
+        return op
+
+    def signal(
+        self, job_id: str, name: str, payload_json: str, digest: str, now: float
+    ) -> Future[tuple[bool, JobRecord]]:
+        """Keep a signal for a job; (True, job) when new, (False, job) for a repeat with an
+        equal body. A job waiting for it is pending again in the same transaction."""
+
+        def op(tx: Tx) -> tuple[bool, JobRecord]:
+            rec = self._locked(tx, job_id)
+            if rec is None:
+                raise JobNotFoundError(job_id)
+            row = tx.one("SELECT body_hash FROM signals WHERE job_id = ? AND name = ?", (job_id, name))
+            if row is not None:
+                if row[0] != digest:
+                    raise SignalConflictError(job_id, rec.status, name)
+                return False, rec
+            if rec.finished:
+                raise JobFinishedError(job_id, rec.status)
+            tx.execute(
+                "INSERT INTO signals (job_id, name, payload, body_hash, received_at) VALUES (?, ?, ?, ?, ?)",
+                (job_id, name, payload_json, digest, now),
+            )
+            waiting = _loads_or_none(rec.waiting_for) if rec.status == Status.WAITING else None
+            if waiting is not None and waiting.get("kind") == WaitKind.SIGNAL and waiting.get("name") == name:
+                rec = self._wake(tx, job_id, now) or rec
+            return True, rec
 
         return self.writer.submit(op)
 
@@ -293,6 +504,7 @@ class JobStore:
 
         def op(tx: Tx) -> list[Claim]:
             tx.execute(PROMOTE_SQL, (now,))
+            self._wake_due(tx, now)
             limit, allowed = plan(tx)
             if limit <= 0 or allowed == []:
                 return []
@@ -301,7 +513,7 @@ class JobStore:
             if not ids:
                 return []
             rows = tx.all(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1, "
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
                 f"lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id IN ({', '.join('?' * len(ids))}) "
                 f"AND status = 'pending' RETURNING {JOB_COLUMNS}",
                 (owner, now + lease_s, now, *ids),
@@ -317,9 +529,13 @@ class JobStore:
         return self.writer.submit(op)
 
     def next_run_at(self) -> float | None:
-        """When the earliest scheduled job becomes due (for an idle worker's wait)."""
-        rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled'")
-        return None if not rows or rows[0][0] is None else float(rows[0][0])
+        """When the earliest scheduled job or parked sleeper becomes due (an idle worker's wait)."""
+        rows = self._query(
+            "SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled' UNION ALL "
+            "SELECT MIN(wake_at) FROM jobs WHERE status = 'waiting' AND wake_at IS NOT NULL"
+        )
+        due = [float(r[0]) for r in rows if r[0] is not None]
+        return min(due) if due else None
 
     def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[dict[str, tuple[int, bool]]]:
         """Extend the lease of every job this process runs (one statement for all).
@@ -337,8 +553,15 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def _locked(self, tx: Tx, job_id: str) -> JobRecord | None:
+        """Read a job in `tx`, locking its row (PostgreSQL) against concurrent changes."""
+        row = tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{self._for_update}", (job_id,))
+        return None if row is None else JobRecord.from_row(row)
+
     def _apply(self, tx: Tx, t: Transition) -> JobRecord:
         """One fenced UPDATE: it changes the row only while the attempt `t.run_seq` still runs."""
+        if t.status == Status.WAITING:
+            return self._park(tx, t)
         sets = ["status = ?", "lease_owner = NULL", "lease_expires_at = NULL"]
         params: list[Any] = [
             waiting_status(t.run_at, t.at) if t.status == Status.PENDING and t.run_at else t.status
@@ -355,8 +578,9 @@ class JobStore:
         elif t.error is not None:
             sets.append("error = ?")
             params.append(orjson.dumps(t.error).decode())
-        if not t.counts_attempt:
-            sets.append("attempts = attempts - 1")
+        # A run given back is not counted; a resumed run was not counted when claimed, so it
+        # keeps its `resume` flag instead. Any other ending makes the next claim an attempt.
+        sets.append("attempts = attempts - 1 + resume" if not t.counts_attempt else "resume = 0")
         rec = _returning(
             tx,
             f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND run_seq = ? AND status = 'running'",
@@ -366,7 +590,101 @@ class JobStore:
             raise StaleAttemptError(t.job_id, t.run_seq)
         _job_event(tx, rec, t.at)
         self._outbox(tx, rec, t.at)
+        if rec.finished:
+            self._finished(tx, rec, t.at)
         return rec
+
+    def _park(self, tx: Tx, t: Transition) -> JobRecord:
+        """A run parks its job: waiting (no lease, no slot) until its wait is over, or pending
+        at once when it already is (the signal came, the awaited jobs finished meanwhile)."""
+        park = t.park
+        assert park is not None
+        if park.kind == WaitKind.CHILDREN and self.pg:
+            for chunk in _chunks(park.job_ids):  # an awaited job that ends now waits for this commit
+                tx.all(f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) FOR SHARE", chunk)
+        row = tx.one(
+            "SELECT cancel_requested FROM jobs WHERE id = ? AND run_seq = ? AND status = 'running'",
+            (t.job_id, t.run_seq),
+        )
+        if row is None:
+            raise StaleAttemptError(t.job_id, t.run_seq)
+        if row[0]:
+            return self._apply(tx, cancelled_instead(t))
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, resume = 1, "
+            "waiting_for = ?, wake_at = ? WHERE id = ?",
+            (orjson.dumps(park.waiting_for()).decode(), park.until, t.job_id),
+        )
+        assert rec is not None
+        _job_event(tx, rec, t.at)
+        if park.until is not None:  # the wake-up time of the call, kept for its reruns
+            tx.execute(
+                "INSERT INTO steps (job_id, name, status, result, attempt, started_at) "
+                "VALUES (?, ?, 'waiting', ?, ?, ?) ON CONFLICT (job_id, name) DO NOTHING",
+                (t.job_id, park.name, orjson.dumps({"until": park.until}).decode(), rec.attempts, t.at),
+            )
+        if not self._still_waits(tx, t.job_id, park, t.at):
+            woken = self._wake(tx, t.job_id, t.at)
+            assert woken is not None
+            return woken
+        self._outbox(tx, rec, t.at)
+        return rec
+
+    def _still_waits(self, tx: Tx, job_id: str, park: Park, now: float) -> bool:
+        """Is the park's wait still ahead? (For a gather: record each unfinished job awaited.)"""
+        if park.until is not None and park.until <= now:
+            return False
+        if park.kind == WaitKind.SIGNAL:
+            found = tx.one("SELECT 1 FROM signals WHERE job_id = ? AND name = ?", (job_id, park.name))
+            return found is None
+        if park.kind == WaitKind.CHILDREN:
+            waits = False
+            for chunk in _chunks(park.job_ids):
+                marks = ", ".join("?" * len(chunk))
+                for (other,) in tx.all(
+                    f"SELECT id FROM jobs WHERE id IN ({marks}) AND {NOT_FINISHED}", chunk
+                ):
+                    tx.execute(
+                        "INSERT INTO awaits (waiter_id, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                        (job_id, other),
+                    )
+                    waits = True
+            return waits
+        return True
+
+    def _wake(self, tx: Tx, job_id: str, now: float) -> JobRecord | None:
+        """A waiting job is pending again (its next claim resumes it)."""
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'pending', run_at = ?, waiting_for = NULL, wake_at = NULL "
+            "WHERE id = ? AND status = 'waiting'",
+            (now, job_id),
+        )
+        if rec is not None:
+            _job_event(tx, rec, now)
+            woken = rec
+            tx.after_commit(lambda: self._on_woken(woken))
+        return rec
+
+    def _wake_due(self, tx: Tx, now: float) -> None:
+        """Wake the waiting jobs whose sleep ended or whose wait timed out."""
+        for row in tx.all(WAKE_DUE_SQL + f" RETURNING {JOB_COLUMNS}", (now,)):
+            rec = JobRecord.from_row(row)
+            _job_event(tx, rec, now)
+            tx.after_commit(lambda rec=rec: self._on_woken(rec))  # type: ignore[misc]
+
+    def wake_due(self, now: float) -> Future[None]:
+        """Wake due sleepers and timed-out waits (also done by every claim)."""
+        return self.writer.submit(lambda tx: self._wake_due(tx, now))
+
+    def _finished(self, tx: Tx, rec: JobRecord, now: float) -> None:
+        """A job ended: a gather waiting for it as its last unfinished job resumes."""
+        for (waiter,) in tx.all("DELETE FROM awaits WHERE job_id = ? RETURNING waiter_id", (rec.id,)):
+            if self.pg:  # two ends of one gather on two nodes: the second sees the first's delete
+                tx.one("SELECT id FROM jobs WHERE id = ? FOR UPDATE", (waiter,))
+            if tx.one("SELECT 1 FROM awaits WHERE waiter_id = ? LIMIT 1", (waiter,)) is None:
+                self._wake(tx, str(waiter), now)
 
     def apply(self, transition: Transition, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
         """Apply a decided transition of a running job (StaleAttemptError when fenced off)."""
@@ -378,30 +696,52 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def _cancel_one(self, tx: Tx, job_id: str, now: float) -> JobRecord | None:
+        """Pending or waiting: cancelled now. Running: cancel_requested. Finished: None."""
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
+            "lease_expires_at = NULL, waiting_for = NULL, wake_at = NULL, resume = 0 "
+            "WHERE id = ? AND status IN ('pending', 'scheduled', 'waiting')",
+            (now, job_id),
+        )
+        if rec is not None:
+            _job_event(tx, rec, now)
+            self._outbox(tx, rec, now)
+            tx.execute("DELETE FROM awaits WHERE waiter_id = ?", (job_id,))
+            self._finished(tx, rec, now)
+            return rec
+        return _returning(
+            tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
+        )
+
     def cancel(self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
-        """Pending: cancelled at once. Running: cancel_requested, the attempt stops itself."""
+        """Pending or waiting: cancelled at once. Running: cancel_requested, the attempt stops
+        itself. Its unfinished descendants are cancelled the same way, in the same transaction."""
 
         def op(tx: Tx) -> JobRecord:
-            rec = _returning(
-                tx,
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND status IN ('pending', 'scheduled')",
-                (now, job_id),
-            )
-            if rec is not None:
-                _job_event(tx, rec, now)
-                self._outbox(tx, rec, now)
-            else:
-                rec = _returning(
-                    tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
-                )
+            rec = self._cancel_one(tx, job_id, now)
             if rec is None:
                 row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
                 if row is None:
                     raise JobNotFoundError(job_id)
                 raise JobFinishedError(job_id, str(row[0]))
-            final = rec
-            tx.after_commit(lambda: on_commit(final))
+            changed, parents = [rec], [job_id]
+            while parents:
+                children = tx.all(
+                    f"SELECT id FROM jobs WHERE parent_id = ? AND {NOT_FINISHED}", (parents.pop(),)
+                )
+                for (child,) in children:
+                    child_rec = self._cancel_one(tx, str(child), now)
+                    if child_rec is not None:
+                        changed.append(child_rec)
+                        parents.append(child_rec.id)
+
+            def committed() -> None:
+                for r in changed:
+                    on_commit(r)
+
+            tx.after_commit(committed)
             return rec
 
         return self.writer.submit(op)
@@ -413,7 +753,7 @@ class JobStore:
             rec = _returning(
                 tx,
                 "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
-                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0, resume = 0 "
                 "WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (now, job_id),
             )
@@ -437,7 +777,7 @@ class JobStore:
                 raise JobNotFoundError(job_id)
             if row[0] not in FINISHED:
                 raise JobNotFinishedError(job_id, str(row[0]))
-            for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
+            for table in ("events", "steps", "signals", "webhook_attempts", "webhook_deliveries", "jobs"):
                 column = "id" if table == "jobs" else "job_id"
                 tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
