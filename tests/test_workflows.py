@@ -56,7 +56,10 @@ def test_signal_sent_while_waiting_resumes_the_job(app: RunningApp) -> None:
     r = c.post(f"/jobs/{job_id}/signals/approve", json={"ok": True, "by": "ann"})
     assert r.status_code == 202, r.text
     job = finished(c, job_id)
-    assert job["status"] == "completed" and job["result"] == {"answer": {"ok": True, "by": "ann"}, "attempt": 1}
+    assert job["status"] == "completed" and job["result"] == {
+        "answer": {"ok": True, "by": "ann"},
+        "attempt": 1,
+    }
     assert lines(marks) == ["step 1", "step 2"]
     # repeats: an equal body is idempotent, another body conflicts, the job is finished anyway
     assert c.post(f"/jobs/{job_id}/signals/approve", json={"by": "ann", "ok": True}).status_code == 200
@@ -110,7 +113,9 @@ def test_a_failed_child_raises_child_failed_or_is_returned(app: RunningApp) -> N
     job = finished(c, job_id)
     assert job["status"] == "failed" and job["error"]["type"] == "ChildFailed", job
     assert "failed on purpose" in job["error"]["message"]
-    job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "fail": [1], "return_exceptions": True})
+    job_id = submit(
+        c, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "fail": [1], "return_exceptions": True}
+    )
     job = finished(c, job_id)
     failed_id = job["result"]["ids"][1]
     assert job["result"]["results"] == [0, {"failed": failed_id, "error": "Fail"}, 4], job
@@ -137,7 +142,10 @@ def test_cancelling_a_waiting_parent_cancels_its_children(app: RunningApp) -> No
 
 def test_batch_submits_all_or_nothing(app: RunningApp) -> None:
     c = app.client
-    items = [{"task": "jobserver.examples.add", "args": {"a": i, "b": 1}, "idempotency_key": f"k{i}"} for i in range(3)]
+    items = [
+        {"task": "jobserver.examples.add", "args": {"a": i, "b": 1}, "idempotency_key": f"k{i}"}
+        for i in range(3)
+    ]
     r = c.post("/jobs/batch", json={"jobs": items})
     assert r.status_code == 202, r.text
     ids = [j["id"] for j in r.json()["jobs"]]
@@ -154,5 +162,7 @@ def test_batch_submits_all_or_nothing(app: RunningApp) -> None:
     other_body = {**items[0], "args": {"a": 9, "b": 9}}
     r = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}, other_body]})
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "jobs", 1, "idempotency_key"]
-    assert c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 1001}).status_code == 422
+    assert (
+        c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 1001}).status_code == 422
+    )
     assert len(c.get("/jobs", params={"limit": 500}).json()["jobs"]) == before  # nothing queued
