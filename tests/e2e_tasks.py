@@ -253,11 +253,17 @@ def fan_out(
     fail: list[int] | None = None,
     return_exceptions: bool = False,
     hold: str = "",
+    pause: str = "",
 ) -> dict[str, Any]:
-    """Spawns `n` children at once, gathers them, spawns one more, and sums up."""
+    """Spawns `n` children at once, (waits while `pause` exists,) gathers them, spawns one
+    more, and sums up."""
     marks = fail or []
     args = [{"path": path, "i": i, "fail": i in marks, "hold": hold} for i in range(n)]
     ids = ctx.spawn_many("children", "tests.e2e_tasks.square", args)
+    if pause:
+        _mark(pause + ".spawned", ",".join(ids))
+    while pause and Path(pause).exists():
+        time.sleep(0.01)
     results = ctx.gather("all", ids, return_exceptions=return_exceptions)
     last = ctx.spawn("last", "tests.e2e_tasks.square", {"path": "", "i": n})
     (tail,) = ctx.gather("tail", [last])

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import orjson
 
 from jobserver.core.clock import ManualClock
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
+from tests.receiver import Receiver
 
 
 def lines(path: Path) -> list[str]:
@@ -166,3 +167,23 @@ def test_batch_submits_all_or_nothing(app: RunningApp) -> None:
         c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 1001}).status_code == 422
     )
     assert len(c.get("/jobs", params={"limit": 500}).json()["jobs"]) == before  # nothing queued
+
+
+def test_waiting_for_a_signal_sends_a_job_waiting_webhook(app: RunningApp, receiver: Receiver) -> None:
+    c = app.client
+    marks = app.tmp_path / "marks"
+    job_id = submit(c, "tests.e2e_tasks.approval", {"path": str(marks)}, webhook_url=receiver.url("/hook"))
+    [req] = receiver.wait_for(1, "/hook")
+    body = orjson.loads(req.body)
+    assert body["type"] == "job.waiting"
+    assert body["data"]["waiting_for"] == {"kind": "signal", "name": "approve", "until": None}
+    assert c.post(f"/jobs/{job_id}/signals/approve", json=True).status_code == 202
+    assert finished(c, job_id)["status"] == "completed"
+    types = [orjson.loads(r.body)["type"] for r in receiver.wait_for(2, "/hook")]
+    assert types == ["job.waiting", "job.completed"]
+    # a sleep is not waiting for a person: no job.waiting for it
+    sleeper = submit(
+        c, "tests.e2e_tasks.nap", {"path": str(marks), "seconds": 0.05}, webhook_url=receiver.url("/nap")
+    )
+    assert finished(c, sleeper)["status"] == "completed"
+    assert [orjson.loads(r.body)["type"] for r in receiver.wait_for(1, "/nap")] == ["job.completed"]

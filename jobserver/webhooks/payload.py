@@ -49,6 +49,7 @@ _EVENT_TYPES = {
     "completed": "job.completed",
     "failed": "job.failed",
     "cancelled": "job.cancelled",
+    "waiting": "job.waiting",  # only while waiting for a signal: an approver can be told
 }
 
 Outcome = Literal["delivered", "retry", "gave_up"]
@@ -91,7 +92,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def event_type_for(status: str) -> str:
-    """The event type for a finished job's status; ValueError for an unfinished one."""
+    """The event type for a finished (or signal-waiting) job's status; ValueError otherwise."""
     try:
         return _EVENT_TYPES[status]
     except KeyError:
