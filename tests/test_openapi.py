@@ -17,6 +17,8 @@ from tests.inproc import RunningApp, running_app
 
 CONTRACT_ROUTES = {
     ("post", "/jobs"),
+    ("post", "/jobs/batch"),
+    ("post", "/jobs/{job_id}/signals/{name}"),
     ("get", "/jobs"),
     ("get", "/jobs/{job_id}"),
     ("delete", "/jobs/{job_id}"),
@@ -161,3 +163,23 @@ def test_the_builder_does_not_change_the_task_schemas() -> None:
     before = copy.deepcopy(taskdef.schema)
     build_openapi(Registry([taskdef]), secured=True)
     assert taskdef.schema == before
+
+
+def test_workflow_routes_and_fields_are_described(app: RunningApp) -> None:
+    doc = app.client.get("/openapi.json").json()
+    job = doc["components"]["schemas"]["Job"]["properties"]
+    assert "waiting" in job["status"]["enum"] and "parent_id" in job and "waiting_for" in job
+    waiting_for = doc["components"]["schemas"]["WaitingFor"]
+    assert waiting_for["properties"]["kind"]["enum"] == ["sleep", "signal", "children"]
+    batch = doc["paths"]["/jobs/batch"]["post"]
+    assert (
+        batch["requestBody"]["content"]["application/json"]["schema"]["properties"]["jobs"]["maxItems"]
+        == 1000
+    )
+    item = doc["components"]["schemas"]["BatchItem"]
+    member = inline(item["oneOf"][0], doc)
+    assert "idempotency_key" in member["properties"]
+    signal = doc["paths"]["/jobs/{job_id}/signals/{name}"]["post"]
+    assert set(signal["responses"]) >= {"200", "202", "404", "409"}
+    params = {p["name"] for p in doc["paths"]["/jobs"]["get"]["parameters"]}
+    assert "parent" in params

@@ -12,12 +12,12 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, SubmitBody
+from jobserver.core.schemas import MAX_BATCH, MAX_LIMIT, MAX_WAIT_S, SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 
 VERSION = "3.1.0"
 PROBLEM_JSON = "application/problem+json"
-STATUSES = ["pending", "running", "completed", "failed", "cancelled"]
+STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 Schema = dict[str, Any]
@@ -60,6 +60,8 @@ JOB_FIELDS: dict[str, Schema] = {
     "run_at": _timestamp(),
     "started_at": _timestamp(nullable=True),
     "finished_at": _timestamp(nullable=True),
+    "parent_id": {"type": ["string", "null"], "description": "The job whose task spawned this one."},
+    "waiting_for": _nullable(_ref("WaitingFor")),
 }
 
 SHARED_SCHEMAS: dict[str, Schema] = {
@@ -101,6 +103,24 @@ SHARED_SCHEMAS: dict[str, Schema] = {
             "started_at": _timestamp(nullable=True),
             "finished_at": _timestamp(nullable=True),
         },
+    },
+    "WaitingFor": {
+        "type": "object",
+        "description": "What a waiting job waits for: the name given to the call that parked it.",
+        "required": ["kind", "name", "until"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["sleep", "signal", "children"]},
+            "name": {"type": "string"},
+            "until": {
+                **_timestamp(nullable=True),
+                "description": "When a sleep ends or a wait times out; null for no timeout and for children.",
+            },
+        },
+    },
+    "BatchAnswer": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
     },
     "Progress": {
         "type": "object",
@@ -276,15 +296,21 @@ def _common_submit_fields() -> dict[str, Schema]:
     return dict(props)
 
 
-def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
-    """The submit body (a `task`-discriminated union) and the components it refers to."""
+def submit_schemas(registry: Registry, batch_item: bool = False) -> tuple[Schema, dict[str, Schema]]:
+    """The submit body (a `task`-discriminated union) and the components it refers to;
+    with `batch_item`, an item of POST /jobs/batch (which may carry its `idempotency_key`)."""
     common = _common_submit_fields()
+    if batch_item:
+        common["idempotency_key"] = {
+            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 255}, {"type": "null"}],
+            "description": "This item's Idempotency-Key: same key and body give the first job again.",
+        }
     components: dict[str, Schema] = {}
     members, mapping = [], {}
     for taskdef in registry.all():
         args_name, args_components = task_args_component(taskdef)
         components.update(args_components)
-        member = f"{_UNSAFE.sub('_', taskdef.name)}.submit"
+        member = f"{_UNSAFE.sub('_', taskdef.name)}.{'batch-item' if batch_item else 'submit'}"
         required = ["task", "args"] if taskdef.schema.get("required") else ["task"]
         components[member] = {
             "type": "object",
@@ -382,6 +408,12 @@ def _paths(secured: bool) -> dict[str, Schema]:
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUSES}},
                     {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
                     {
+                        "name": "parent",
+                        "in": "query",
+                        "description": "Only the children of this job.",
+                        "schema": {"type": "string", "maxLength": 64},
+                    },
+                    {
                         "name": "limit",
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
@@ -389,6 +421,62 @@ def _paths(secured: bool) -> dict[str, Schema]:
                     {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 64}},
                 ],
             ),
+        },
+        "/jobs/batch": {
+            "post": op(
+                "submitJobs",
+                "Submit up to 1,000 jobs in one transaction",
+                {
+                    202: _json(
+                        "Accepted, in the order sent (replayed items give their first job).",
+                        _ref("BatchAnswer"),
+                    )
+                },
+                (400, 413, 415, 422, 503),
+                description="All or nothing: a bad item is a 422 naming it by index (`jobs.3.args.x`).",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["jobs"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "jobs": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": MAX_BATCH,
+                                        "items": _ref("BatchItem"),
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/jobs/{job_id}/signals/{name}": {
+            "post": op(
+                "signalJob",
+                "Send a signal (any JSON body) to a job",
+                {
+                    202: _json("Kept; a job waiting for it runs again.", _ref("Job")),
+                    200: _json("The same signal with an equal body was already sent.", _ref("Job")),
+                },
+                (400, 404, 409, 413, 415, 422),
+                description="409 when the signal was sent with another body or the job is finished.",
+                params=[
+                    _job_id(),
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,200}$"},
+                    },
+                ],
+                requestBody={"required": True, "content": {"application/json": {"schema": {}}}},
+            )
         },
         "/jobs/{job_id}": {
             "get": op(
@@ -498,7 +586,14 @@ def _paths(secured: bool) -> dict[str, Schema]:
 def build_openapi(registry: Registry, secured: bool, version: str = "0.1.0") -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
     body, task_components = submit_schemas(registry)
-    schemas = {**copy.deepcopy(SHARED_SCHEMAS), **task_components, "SubmitBody": body}
+    item, item_components = submit_schemas(registry, batch_item=True)
+    schemas = {
+        **copy.deepcopy(SHARED_SCHEMAS),
+        **task_components,
+        **item_components,
+        "SubmitBody": body,
+        "BatchItem": item,
+    }
     components: dict[str, Any] = {"schemas": schemas, "responses": _problem_responses()}
     doc: dict[str, Any] = {
         "openapi": VERSION,
