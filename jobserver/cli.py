@@ -20,7 +20,7 @@ from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
 from jobserver.core.tasks import Registry
 
 log = logging.getLogger(__name__)
-CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
+CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "signal", "tasks")
 
 
 def serve_parser() -> argparse.ArgumentParser:
