@@ -31,6 +31,9 @@ class Plan:
     scale_pending: int = 100_000
     drain_jobs: int = 100_000  # due jobs already queued when the server starts
     settle_timeout_s: float = 180.0  # bound on waiting for the queue to empty
+    parked_jobs: int = 10_000  # jobs parked at once, waiting for a signal
+    signal_samples: int = 200  # of them, signalled one at a time for the resume latency
+    fan_out: int = 1_000  # children of one spawn_many, then gathered
 
 
 FULL = Plan(name="full")
@@ -47,6 +50,8 @@ QUICK = Plan(
     idle_gap_s=0.2,
     drain_jobs=20_000,
     settle_timeout_s=60.0,
+    parked_jobs=2_000,
+    signal_samples=50,
 )
 
 

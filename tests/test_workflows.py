@@ -54,6 +54,8 @@ def test_signal_sent_while_waiting_resumes_the_job(app: RunningApp) -> None:
     job_id = submit(c, "tests.e2e_tasks.approval", {"path": str(marks)})
     job = wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
     assert job["waiting_for"] == {"kind": "signal", "name": "approve", "until": None}
+    assert "jobserver_jobs_waiting 1.0" in c.get("/metrics").text
+    assert [j["id"] for j in c.get("/jobs", params={"status": "waiting"}).json()["jobs"]] == [job_id]
     r = c.post(f"/jobs/{job_id}/signals/approve", json={"ok": True, "by": "ann"})
     assert r.status_code == 202, r.text
     job = finished(c, job_id)

@@ -27,6 +27,26 @@ def now() -> float:
 
 
 @task
+def await_signal(ctx: JobContext, name: str = "go", timeout: float | None = None) -> dict[str, object]:
+    """Park until the signal `name` comes (or `timeout` passes); its payload and when the run
+    resumed, in epoch seconds (for signal-latency benchmarks)."""
+    payload = ctx.wait_for(name, timeout=timeout)
+    return {"payload": payload, "resumed_at": time.time()}
+
+
+@task
+def fan_out(ctx: JobContext, n: int = 10) -> dict[str, object]:
+    """Spawn `n` no-op children in one transaction and gather them; how long the spawn took
+    and when the parent resumed after its last child, in epoch seconds (for benchmarks)."""
+    began = time.perf_counter()
+    ids = ctx.spawn_many("children", "jobserver.examples.noop", [{}] * n)
+    spent = time.perf_counter() - began
+    spawn_s = ctx.step("spawn-time", lambda: spent)  # the first run's figure, kept for the rerun
+    results = ctx.gather("all", ids)
+    return {"children": len(results), "spawn_s": spawn_s, "resumed_at": time.time()}
+
+
+@task
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b

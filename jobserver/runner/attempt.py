@@ -18,6 +18,7 @@ import asyncio
 import ctypes
 import threading
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -32,9 +33,26 @@ from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
 
 StopReason = Literal["cancel", "timeout", "stale", "shutdown"]
-# A durable call: a generator that yields writer ops, gets each op's result back, and
-# returns the call's value (or raises `Suspend` to park the job).
-Calls = Generator[Callable[[Tx], Any], Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A read a durable call needs, run on the worker's own connection (off the event loop)."""
+
+    fn: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A write whose commit the call does not wait for: it keeps its place in the writer's
+    queue, so it commits before anything the attempt writes after it."""
+
+    op: Callable[[Tx], Any]
+
+
+# A durable call: a generator that yields writer ops (run, committed, their result sent
+# back), `Read`s and `Later`s, and returns the call's value (or raises `Suspend`).
+Calls = Generator[Callable[[Tx], Any] | Read | Later, Any, Any]
 
 
 def to_json(value: Any, what: str) -> str:
@@ -221,9 +239,15 @@ class Attempt:
         if self._steps is None:
             self._steps = self._steps_store.step_rows(self.claim.job_id)
         try:
-            op = next(calls)
+            item = next(calls)
             while True:
-                op = calls.send(self._writer.call(op))
+                if isinstance(item, Read):
+                    item = calls.send(item.fn())
+                elif isinstance(item, Later):
+                    self._writer.submit(item.op)
+                    item = calls.send(None)
+                else:
+                    item = calls.send(self._writer.call(item))
         except StopIteration as stop:
             return stop.value
 
@@ -232,9 +256,15 @@ class Attempt:
         if self._steps is None:  # read off the tasks' event loop
             self._steps = await asyncio.to_thread(self._steps_store.step_rows, self.claim.job_id)
         try:
-            op = next(calls)
+            item = next(calls)
             while True:
-                op = calls.send(await self._writer.acall(op))
+                if isinstance(item, Read):
+                    item = calls.send(await asyncio.to_thread(item.fn))
+                elif isinstance(item, Later):
+                    self._writer.submit(item.op)
+                    item = calls.send(None)
+                else:
+                    item = calls.send(await self._writer.acall(item))
         except StopIteration as stop:
             return stop.value
 
@@ -259,9 +289,12 @@ class Attempt:
         done, stored = self._begin_step(name)
         if done:
             return stored
-        now = self._clock.now()
+        claim, now = self.claim, self._clock.now()
+        signals = yield Read(lambda: self._steps_store.signals(claim.job_id))
+        if name in signals:  # a signal never changes: no need to wait for its step to be stored
+            yield Later(self._save_step_op(name, orjson.dumps(signals[name]).decode(), now))
+            return signals[name]
         until = float(stored["until"]) if stored else (None if timeout is None else now + max(0.0, timeout))
-        claim = self.claim
         got, value = yield self._steps_store.take_signal_op(
             claim.job_id, claim.run_seq, self._call_facts(name), until
         )

@@ -156,7 +156,9 @@ class JobCommands:
                 ],
             )
         created, rec = await asyncio.wrap_future(
-            self.store.signal(job_id, name, payload_json, body_hash(payload), self.clock.now())
+            self.store.signal(
+                job_id, name, payload_json, body_hash(payload), self.clock.now(), self.dispatcher.handoff
+            )
         )
         self.hub.publish(job_id)
         return rec, not created

@@ -96,6 +96,23 @@ def _loads_or_none(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def _ends(ids: Sequence[str], found: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]] | None:
+    """The ends (id, status, result, error) of `ids` from their rows (id, status, result, error);
+    None while one is unfinished. A job that is gone counts as failed."""
+    ends = []
+    for job_id in ids:
+        row = found.get(job_id)
+        if row is None:
+            error = {"type": "JobNotFound", "message": f"no job with id {job_id!r}", "traceback": None}
+            ends.append({"id": job_id, "status": "failed", "result": None, "error": error})
+        elif row[1] not in FINISHED:
+            return None
+        else:
+            result, error = _loads_or_none(row[2]), _loads_or_none(row[3])
+            ends.append({"id": job_id, "status": row[1], "result": result, "error": error})
+    return ends
+
+
 def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
     tx.execute(
         "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
@@ -239,6 +256,22 @@ class JobStore:
             "SELECT name, result FROM steps WHERE job_id = ? AND status = 'completed'", (job_id,)
         )
         return {name: orjson.loads(result) for name, result in rows}
+
+    def signals(self, job_id: str) -> dict[str, Any]:
+        """name -> JSON payload of every signal the job got."""
+        rows = self._query("SELECT name, payload FROM signals WHERE job_id = ?", (job_id,))
+        return {str(name): orjson.loads(payload) for name, payload in rows}
+
+    def ends(self, ids: Sequence[str]) -> list[dict[str, Any]] | None:
+        """How the jobs `ids` ended, in order, or None while one of them is unfinished."""
+        found: dict[str, tuple[Any, ...]] = {}
+        for chunk in _chunks(ids):
+            marks = ", ".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT id, status, result, error FROM jobs WHERE id IN ({marks})", chunk
+            ):
+                found[str(row[0])] = row
+        return _ends(ids, found)
 
     def step_rows(self, job_id: str) -> dict[str, tuple[str, Any]]:
         """name -> (status, stored JSON) of every step row: a finished call's result, or a
@@ -401,24 +434,9 @@ class JobStore:
                 marks = ", ".join("?" * len(chunk))
                 for row in tx.all(f"SELECT id, status, result, error FROM jobs WHERE id IN ({marks})", chunk):
                     found[str(row[0])] = row
-            ends = []
-            for child in ids:
-                got = found.get(child)
-                if got is None:
-                    error = {"type": "JobNotFound", "message": f"no job with id {child!r}", "traceback": None}
-                    ends.append({"id": child, "status": "failed", "result": None, "error": error})
-                    continue
-                row = got
-                if row[1] not in FINISHED:
-                    return None
-                ends.append(
-                    {
-                        "id": child,
-                        "status": row[1],
-                        "result": _loads_or_none(row[2]),
-                        "error": _loads_or_none(row[3]),
-                    }
-                )
+            ends = _ends(ids, found)
+            if ends is None:
+                return None
             name, attempt, started, now = step
             result_json = orjson.dumps(ends).decode()
             self.save_step_op(job_id, run_seq, (name, result_json, attempt, started, now))(tx)
@@ -427,10 +445,17 @@ class JobStore:
         return op
 
     def signal(
-        self, job_id: str, name: str, payload_json: str, digest: str, now: float
+        self,
+        job_id: str,
+        name: str,
+        payload_json: str,
+        digest: str,
+        now: float,
+        handoff: HandOff | None = None,
     ) -> Future[tuple[bool, JobRecord]]:
         """Keep a signal for a job; (True, job) when new, (False, job) for a repeat with an
-        equal body. A job waiting for it is pending again in the same transaction."""
+        equal body. A job waiting for it is pending again in the same transaction, and with
+        `handoff` claimed there for an idle worker (the answer shows it as it was woken)."""
 
         def op(tx: Tx) -> tuple[bool, JobRecord]:
             rec = self._locked(tx, job_id)
@@ -449,7 +474,11 @@ class JobStore:
             )
             waiting = _loads_or_none(rec.waiting_for) if rec.status == Status.WAITING else None
             if waiting is not None and waiting.get("kind") == WaitKind.SIGNAL and waiting.get("name") == name:
-                rec = self._wake(tx, job_id, now) or rec
+                woken = self._wake(tx, job_id, now)
+                if woken is not None:
+                    rec = woken
+                    if handoff is not None and handoff.accept(tx, job_id, woken.task):
+                        self._hand_off(tx, woken, handoff, now)
             return True, rec
 
         return self.writer.submit(op)
@@ -473,12 +502,13 @@ class JobStore:
         rows.sort(key=lambda r: (-r[2], r[3], r[0]))
         return [(r[0], r[1]) for r in rows[:limit]]
 
-    def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff) -> None:
-        now = record.created_at
+    def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff, now: float | None = None) -> None:
+        """Claim a due job in the transaction that made it due (a new job, a resumed one)."""
+        now = record.created_at if now is None else now
         rec = _returning(
             tx,
-            "UPDATE jobs SET status = 'running', attempts = 1, run_seq = 1, lease_owner = ?, "
-            "lease_expires_at = ?, started_at = ? WHERE id = ?",
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
+            "resume = 0, lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id = ?",
             (handoff.owner, now + handoff.lease_s, now, record.id),
         )
         assert rec is not None
