@@ -132,7 +132,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         s.workers.poll_interval,
     )
     commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory)
-    rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner)
+    rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
 
@@ -154,6 +154,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         clock,
         [
             (0.1, watchdog),
+            (0.1, executor.record_retries_once),
             (s.events.progress_flush_interval, flush_progress),
             (max(0.5, lease_s / 3), heartbeat),
             (max(1.0, lease_s / 2), rescuer.rescue_once),

@@ -278,3 +278,9 @@ async def async_fan_out(ctx: JobContext, n: int) -> list[int]:
     ids = await ctx.spawn_many("children", "tests.e2e_tasks.square", [{"path": "", "i": i} for i in range(n)])
     results: list[int] = await ctx.gather("all", ids)
     return results
+
+
+@task
+def echo(value: Any = None) -> Any:
+    """Returns what it was given: any JSON value as args."""
+    return value

@@ -29,6 +29,7 @@ import pydantic_core
 from pydantic import ConfigDict
 
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
+from jobserver.core.schemas import MAX_STORED_DEPTH, json_violations
 
 MARK = "__jobserver_task__"
 
@@ -81,6 +82,9 @@ class TaskDef:
             ]
             raise InvalidRequestError(f"invalid args for task {self.name}", errors) from None
         dumped: dict[str, Any] = model.model_dump(mode="json")
+        errors = json_violations(dumped, MAX_STORED_DEPTH, ["body", "args"])
+        if errors:
+            raise InvalidRequestError(f"invalid args for task {self.name}", errors)
         return dumped
 
     def call_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def _is_context(annotation: Any) -> bool:
 def _type_hints(name: str, fn: Callable[..., Any], sig: inspect.Signature) -> dict[str, Any]:
     """The resolved type hint of each parameter; TaskDefinitionError names one that cannot be resolved."""
     try:
-        return get_type_hints(fn)
+        return get_type_hints(fn, include_extras=True)  # keep Annotated[..., Field(...)] constraints
     except Exception:  # any hint (the return's too) spoils the whole call: resolve them one by one
         pass
     namespace = getattr(inspect.unwrap(fn), "__globals__", {})
@@ -167,7 +171,7 @@ def _type_hints(name: str, fn: Callable[..., Any], sig: inspect.Signature) -> di
             continue
         holder = types.SimpleNamespace(__annotations__={pname: raw})
         try:
-            hints[pname] = get_type_hints(holder, globalns=namespace)[pname]
+            hints[pname] = get_type_hints(holder, globalns=namespace, include_extras=True)[pname]
         except Exception as exc:
             message = f"cannot resolve its type hint {raw!r}: {type(exc).__name__}: {exc}"
             raise TaskDefinitionError(name, pname, message) from exc
@@ -206,7 +210,7 @@ def _args_model(
             except Exception as exc:  # whatever the serializer refuses, a job's stored args could not hold it
                 message = f"its default {_short_repr(default)} is not JSON-serializable"
                 raise TaskDefinitionError(name, pname, message) from exc
-    config = ConfigDict(extra="forbid")
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON has no NaN or Infinity
     try:
         model = pydantic.create_model(f"{name.replace('.', '_')}_args", __config__=config, **fields)
         return model, model.model_json_schema()

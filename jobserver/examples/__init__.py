@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
+
+import httpx
+from pydantic import Field
 
 from jobserver import ChildFailed, JobContext, task
 from jobserver.examples.webpages import STOPWORDS, WORD, fetch_page, publish_report, summarize
@@ -35,7 +38,7 @@ def await_signal(ctx: JobContext, name: str = "go", timeout: float | None = None
 
 
 @task
-def fan_out(ctx: JobContext, n: int = 10) -> dict[str, object]:
+def fan_out(ctx: JobContext, n: Annotated[int, Field(ge=0, le=10_000)] = 10) -> dict[str, object]:
     """Spawn `n` no-op children in one transaction and gather them; how long the spawn took
     and when the parent resumed after its last child, in epoch seconds (for benchmarks)."""
     began = time.perf_counter()
@@ -107,7 +110,11 @@ def _analyze(text: str, top: int) -> dict[str, object]:
     return {"words": len(words), "keywords": counts.most_common(top)}
 
 
-@task(max_attempts=3, timeout=120, backoff=(1.0, 30.0))
+# a source that cannot be reached for a while is retried; a URL that can never work is not
+RETRIED_FETCH_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+@task(max_attempts=3, timeout=120, backoff=(1.0, 30.0), retry_on=RETRIED_FETCH_ERRORS)
 async def read_source(ctx: JobContext, question: str, url: str) -> dict[str, str]:
     """One sub-query of the research agent: fetch a page and keep its text (a durable step)."""
     ctx.progress(0, 1, f"reading {url}")

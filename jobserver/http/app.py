@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +30,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.config import Settings
-from jobserver.core.errors import JobNotFoundError, JobServerError
+from jobserver.core.errors import (
+    InvalidRequestError,
+    JobNotFoundError,
+    JobServerError,
+    MalformedRequestError,
+)
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
-from jobserver.core.schemas import BatchBody, GetQuery, ListQuery, SubmitBody
+from jobserver.core.schemas import ID_PATTERN, BatchBody, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import problem, problem_for, validation_problem
@@ -47,6 +54,10 @@ KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
 T = TypeVar("T")
 EVENT_PAGE = 500
+EVENT_ID_MAX = 2**63 - 1
+READY_WRITE_TIMEOUT_S = 2.0
+JOB_ID = re.compile(ID_PATTERN)
+LONG_NUMBER = re.compile(rb"\d{19}")  # 19 digits or more: may not fit in 64 bits
 
 
 class JSON(Response):
@@ -73,6 +84,23 @@ class Services:
 
 class BodyTooLarge(Exception):
     pass
+
+
+class UnsupportedMediaType(Exception):
+    pass
+
+
+def last_event_id(request: Request) -> int:
+    """The event id a stream resumes after: the Last-Event-ID header or `?last_event_id`,
+    ASCII digits within 64 bits, else a 400 (a stream that skipped events would look whole)."""
+    text = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= EVENT_ID_MAX):
+        raise MalformedRequestError(
+            "invalid-last-event-id",
+            "Invalid Last-Event-ID",
+            f"Last-Event-ID (or last_event_id) must be the id of an event: digits, at most {EVENT_ID_MAX}",
+        )
+    return int(text)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -141,6 +169,9 @@ def create_app(svc: Services) -> Starlette:
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
+            job_id = request.path_params.get("job_id")
+            if job_id is not None and not JOB_ID.fullmatch(job_id):
+                return problem_for(JobNotFoundError(job_id[:64]))  # no job has such an id
             try:
                 return await handler(request)
             except JobServerError as exc:
@@ -152,29 +183,40 @@ def create_app(svc: Services) -> Starlette:
                     "Request body too large",
                     f"the body may take at most {settings.server.max_body_bytes} bytes",
                 )
+            except UnsupportedMediaType:
+                return problem(
+                    415,
+                    "unsupported-media-type",
+                    "Unsupported media type",
+                    "send JSON with 'Content-Type: application/json'",
+                )
 
         return wrapper
 
-    async def json_body(request: Request) -> Any:
-        """The parsed JSON body, or the problem answer (415, 413, 400) to send instead."""
+    async def read_json(request: Request) -> Any:
+        """The JSON body, refused before any model sees it when it is not JSON (415, 400),
+        too big (413) or nested deeper than the limit (422)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
-            return problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the body as JSON with 'Content-Type: application/json'",
-            )
+            raise UnsupportedMediaType()
         raw = await read_body(request, settings.server.max_body_bytes)
         try:
-            return orjson.loads(raw)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}")
+            raise MalformedRequestError(
+                "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
+            ) from None
+        depth = settings.server.max_json_depth
+        errors = json_violations(parsed, depth, ["body"])
+        if not errors and LONG_NUMBER.search(raw):
+            # the fast parser reads integers beyond 64 bits as floats: read them exactly to refuse them
+            errors = json_violations(json.loads(raw), depth, ["body"])
+        if errors:
+            raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
+        return parsed
 
     async def submit(request: Request) -> Response:
-        parsed = await json_body(request)
-        if isinstance(parsed, Response):
-            return parsed
+        parsed = await read_json(request)
         try:
             body = SubmitBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -202,9 +244,7 @@ def create_app(svc: Services) -> Starlette:
         return JSON(record.to_api(), status_code=202, headers=headers)
 
     async def submit_batch(request: Request) -> Response:
-        parsed = await json_body(request)
-        if isinstance(parsed, Response):
-            return parsed
+        parsed = await read_json(request)
         try:
             body = BatchBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -215,9 +255,7 @@ def create_app(svc: Services) -> Starlette:
         return JSON({"jobs": [rec.to_api() for rec, _ in results]}, status_code=202)
 
     async def signal(request: Request) -> Response:
-        parsed = await json_body(request)
-        if isinstance(parsed, Response):
-            return parsed
+        parsed = await read_json(request)
         name = request.path_params["name"]
         if not 1 <= len(name) <= 200:
             return problem(
@@ -280,8 +318,7 @@ def create_app(svc: Services) -> Starlette:
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         await read(store.get, job_id)  # 404 before the stream starts
-        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-        after = int(last) if last.isdigit() else 0
+        after = last_event_id(request)
         return StreamingResponse(
             event_stream(job_id, after),
             media_type="text/event-stream",
@@ -346,6 +383,9 @@ def create_app(svc: Services) -> Starlette:
         checks = {"database": "ok", "workers": "ok"}
         try:
             await read(store.ping)
+            await asyncio.wait_for(asyncio.wrap_future(store.writable()), READY_WRITE_TIMEOUT_S)
+        except TimeoutError:
+            checks["database"] = f"error: a write did not commit within {READY_WRITE_TIMEOUT_S}s"
         except Exception as exc:
             checks["database"] = f"error: {exc}"
         if not svc.workers_alive():

@@ -12,7 +12,7 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.schemas import MAX_BATCH, MAX_LIMIT, MAX_WAIT_S, SubmitBody
+from jobserver.core.schemas import ID_PATTERN, MAX_BATCH, MAX_LIMIT, MAX_WAIT_S, SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 
 VERSION = "3.1.0"
@@ -418,7 +418,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
                 ],
             ),
         },

@@ -15,6 +15,7 @@ from jobserver.core.errors import (
     InvalidRequestError,
     JobNotFoundError,
     JobServerError,
+    MalformedRequestError,
     SignalConflictError,
     StorageError,
     TaskNotFoundError,
@@ -53,6 +54,8 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 def problem_for(exc: JobServerError) -> Response:
     """The problem document for one of our errors."""
+    if isinstance(exc, MalformedRequestError):
+        return problem(400, exc.code, exc.title, str(exc))
     for cls, status, code, title in ERROR_TABLE:
         if isinstance(exc, cls):
             extra: dict[str, Any] = {}

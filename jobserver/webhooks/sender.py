@@ -40,6 +40,8 @@ import peewee as pw
 
 from jobserver.core.clock import Clock, rfc3339
 from jobserver.core.config import WebhooksSettings
+from jobserver.core.errors import StorageError
+from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks.payload import AttemptResult, deliver_once, generate_secret, next_delay, secret_key
 
@@ -76,10 +78,7 @@ class DueDelivery:
 
 def _read(db: pw.Database, pg: bool, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """A read on the calling thread's own connection."""
-    if pg:
-        sql = sql.replace("?", "%s")
-    rows: list[tuple[Any, ...]] = db.execute_sql(sql, params).fetchall()
-    return rows
+    return read_rows(db, pg, sql, params)
 
 
 def load_secret(settings: WebhooksSettings, db: pw.Database, writer: Writer, pg: bool) -> str:
@@ -342,6 +341,8 @@ class WebhookSender:
                 # (or raced another sender): look again after the idle wait, not in a busy loop.
                 if due is not None and (started or due > now):
                     wait = min(IDLE_WAIT_S, max(MIN_WAIT_S, due - self.clock.now()))
+            except StorageError as exc:  # the writer logs the outage; deliveries wait for it to end
+                log.debug("webhook sender pass failed: %s", exc, extra={"action": "webhook_error"})
             except Exception:
                 log.exception("webhook sender pass failed", extra={"action": "webhook_error"})
             self._wake.wait(wait)
