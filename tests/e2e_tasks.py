@@ -234,13 +234,14 @@ async def async_approval(ctx: JobContext, path: str, timeout: float | None = Non
 
 
 @task
-def square(path: str, i: int, fail: bool = False, hold: str = "") -> int:
-    """A child: marks that it ran, waits while `hold` exists, fails on purpose when asked."""
+def square(path: str, i: int, fail: bool = False, hold: str = "", fail_while: str = "") -> int:
+    """A child: marks that it ran, waits while `hold` exists, fails on purpose when asked
+    (or while `fail_while` exists)."""
     if path:
         _mark(path, f"child {i}")
     while hold and Path(hold).exists():
         time.sleep(0.01)
-    if fail:
+    if fail or (fail_while and Path(fail_while).exists()):
         raise Fail(f"child {i} failed on purpose")
     return i * i
 
@@ -254,11 +255,14 @@ def fan_out(
     return_exceptions: bool = False,
     hold: str = "",
     pause: str = "",
+    fail_while: str = "",
 ) -> dict[str, Any]:
     """Spawns `n` children at once, (waits while `pause` exists,) gathers them, spawns one
     more, and sums up."""
     marks = fail or []
-    args = [{"path": path, "i": i, "fail": i in marks, "hold": hold} for i in range(n)]
+    args = [
+        {"path": path, "i": i, "fail": i in marks, "hold": hold, "fail_while": fail_while} for i in range(n)
+    ]
     ids = ctx.spawn_many("children", "tests.e2e_tasks.square", args)
     if pause:
         _mark(pause + ".spawned", ",".join(ids))

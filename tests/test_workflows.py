@@ -124,6 +124,24 @@ def test_a_failed_child_raises_child_failed_or_is_returned(app: RunningApp) -> N
     assert job["result"]["results"] == [0, {"failed": failed_id, "error": "Fail"}, 4], job
 
 
+def test_retrying_a_failed_child_then_its_parent_gathers_the_new_result(app: RunningApp) -> None:
+    c = app.client
+    broken = app.tmp_path / "broken"
+    broken.touch()
+    job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": "", "n": 2, "fail_while": str(broken)})
+    job = finished(c, job_id)
+    assert job["status"] == "failed" and job["error"]["type"] == "ChildFailed"
+    broken.unlink()
+    children = c.get("/jobs", params={"parent": job_id}).json()["jobs"]
+    assert len(children) == 2
+    for child in children:
+        assert c.post(f"/jobs/{child['id']}/retry").status_code == 202
+    assert c.post(f"/jobs/{job_id}/retry").status_code == 202
+    job = finished(c, job_id)
+    assert job["status"] == "completed" and job["result"]["results"] == [0, 1], job
+    assert len(c.get("/jobs", params={"parent": job_id}).json()["jobs"]) == 3  # the same two, and the tail
+
+
 def test_async_fan_out_gathers(app: RunningApp) -> None:
     job = finished(app.client, submit(app.client, "tests.e2e_tasks.async_fan_out", {"n": 20}))
     assert job["result"] == [i * i for i in range(20)], job

@@ -97,6 +97,11 @@ def _loads_or_none(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def all_completed(ends: Sequence[dict[str, Any]]) -> bool:
+    """Every job a gather waited on completed (its result may be stored for good)."""
+    return all(end["status"] == "completed" for end in ends)
+
+
 def _ends(ids: Sequence[str], found: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]] | None:
     """The ends (id, status, result, error) of `ids` from their rows (id, status, result, error);
     None while one is unfinished. A job that is gone counts as failed."""
@@ -432,8 +437,10 @@ class JobStore:
     def gather_op(
         self, job_id: str, run_seq: int, step: tuple[str, int, float, float], ids: Sequence[str]
     ) -> Callable[[Tx], list[dict[str, Any]] | None]:
-        """An op for `ctx.gather`: the ends of `ids` in order (stored as the call's result)
-        once every one is finished, else None."""
+        """An op for `ctx.gather`: the ends of `ids` in order once every one is finished, else
+        None. Stored as the call's result only when all completed: a gather with a failed or
+        cancelled job reads them again on every run, so retrying that job and then the
+        parent picks up the new result."""
 
         def op(tx: Tx) -> list[dict[str, Any]] | None:
             found: dict[str, tuple[Any, ...]] = {}
@@ -442,11 +449,10 @@ class JobStore:
                 for row in tx.all(f"SELECT id, status, result, error FROM jobs WHERE id IN ({marks})", chunk):
                     found[str(row[0])] = row
             ends = _ends(ids, found)
-            if ends is None:
-                return None
-            name, attempt, started, now = step
-            result_json = orjson.dumps(ends).decode()
-            self.save_step_op(job_id, run_seq, (name, result_json, attempt, started, now))(tx)
+            if ends is not None and all_completed(ends):
+                name, attempt, started, now = step
+                result_json = orjson.dumps(ends).decode()
+                self.save_step_op(job_id, run_seq, (name, result_json, attempt, started, now))(tx)
             return ends
 
         return op
