@@ -138,6 +138,15 @@ class AuthSettings(_Section):
     """[auth]: bearer API keys; none means the API is open."""
 
     api_keys: tuple[str, ...] = Field(default=(), repr=False)
+    open_paths: tuple[str, ...] = ("/healthz",)  # never need a key (probes, scrapers)
+
+    @field_validator("open_paths")
+    @classmethod
+    def _absolute_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if not path.startswith("/") or "?" in path:
+                raise ValueError(f"{path!r} is not a route path: give it as '/readyz'")
+        return paths
 
     @field_validator("api_keys")
     @classmethod

@@ -49,7 +49,7 @@ from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
-OPEN_PATHS = frozenset({"/healthz", "/"})
+DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
 KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
 T = TypeVar("T")
@@ -124,14 +124,15 @@ def key_scope(request: Request) -> str:
 
 
 class AuthMiddleware:
-    """Bearer API keys, compared in constant time; /healthz and the dashboard page stay open."""
+    """Bearer API keys, compared in constant time; `auth.open_paths` and the dashboard page stay open."""
 
-    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], open_paths: tuple[str, ...]) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
+        self.open_paths = frozenset({*open_paths, DASHBOARD_PAGE})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -434,7 +435,9 @@ def create_app(svc: Services) -> Starlette:
         routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error}
     )
     if settings.auth.api_keys:  # open servers skip the layer entirely
-        app.add_middleware(AuthMiddleware, api_keys=tuple(settings.auth.api_keys))
+        app.add_middleware(
+            AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
+        )
     return app
 
 

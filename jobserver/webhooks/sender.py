@@ -81,13 +81,19 @@ def _read(db: pw.Database, pg: bool, sql: str, params: Sequence[Any]) -> list[tu
     return read_rows(db, pg, sql, params)
 
 
+def stored_secret(db: pw.Database, pg: bool) -> str | None:
+    """The signing secret generated on a first start and kept in the database, if there is one."""
+    rows = _read(db, pg, "SELECT value FROM meta WHERE key = ?", (SECRET_META_KEY,))
+    return str(rows[0][0]) if rows else None
+
+
 def load_secret(settings: WebhooksSettings, db: pw.Database, writer: Writer, pg: bool) -> str:
     """The signing secret: `[webhooks] secret`, else the one kept in the database (made once)."""
     if settings.secret:
         return settings.secret
-    rows = _read(db, pg, "SELECT value FROM meta WHERE key = ?", (SECRET_META_KEY,))
-    if rows:
-        return str(rows[0][0])
+    stored = stored_secret(db, pg)
+    if stored is not None:
+        return stored
     candidate = generate_secret()
 
     def op(tx: Tx) -> str:
