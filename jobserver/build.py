@@ -25,27 +25,38 @@ from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import JobRecord
+from jobserver.core.schedules import Schedule, check_configured
 from jobserver.core.tasks import Registry
 from jobserver.http.app import READ_THREADS, Services, create_app
+from jobserver.http.ops_routes import OpsServices, ops_routes
 from jobserver.http.webhook_routes import webhook_routes
 from jobserver.ops.maintenance import Maintenance
 from jobserver.ops.metrics import Metrics
 from jobserver.ops.rescuer import Rescuer
 from jobserver.ops.retention import Pruner
+from jobserver.ops.scheduler import Scheduler
+from jobserver.ops.stats import COMPACT_INTERVAL_S, Stats
 from jobserver.ops.summary import INTERVAL_S, Summary
+from jobserver.runner.bulk import BulkActions
 from jobserver.runner.commands import JobCommands
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
+from jobserver.runner.pausing import TaskControl
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
 from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.pauses import TaskPauses
+from jobserver.storage.schedules import ScheduleStore
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
+
+SCHEDULER_INTERVAL_S = 1.0  # how often due schedule ticks are looked for
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,11 @@ class Parts:
     maintenance: Maintenance
     readers: ThreadPoolExecutor
     app: Starlette
+    task_pauses: TaskPauses
+    scheduler: Scheduler
+    configured_schedules: list[Schedule]  # config.toml's, checked against the tasks
+    stats: Stats
+    bulk: BulkActions
 
 
 def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
@@ -83,14 +99,20 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     s = settings
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
+    configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
     create_schema(db)
+    install_counters(db, s.is_postgres, clock.now())
     writer = Writer(db, s.is_postgres)
     writer.start()
     outbox_wake = threading.Event()
     hub = Hub()
     wakeup = Wakeup()
-    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
+    task_pauses = TaskPauses(db, writer, s.is_postgres)
+    task_pauses.load()
+    slots = Slots(
+        registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event(), task_pauses.paused
+    )
 
     def woken(rec: JobRecord) -> None:
         """A parked job is pending again: tell its watchers, and wake a worker to resume it."""
@@ -135,6 +157,11 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
+    scheduler = Scheduler(
+        ScheduleStore(db, writer, store, s.is_postgres), registry, clock, observers, dispatcher.job_added
+    )
+    stats = Stats(Counters(db, s.is_postgres), writer, clock)
+    bulk = BulkActions(store, clock, hub, wakeup, dispatcher, executor, observers)
 
     def flush_progress() -> None:
         future = reporter.flush_once(clock.now())
@@ -161,6 +188,8 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             (s.workers.poll_interval, wake_due),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
+            (SCHEDULER_INTERVAL_S, scheduler.tick_once),
+            (COMPACT_INTERVAL_S, lambda: stats.compact_once().result()),
         ],
     )
     readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
@@ -172,12 +201,28 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             registry,
             hub,
             workers_alive=lambda: pool.alive() > 0,
-            extra_routes=webhook_routes(store, sender),
+            extra_routes=[
+                *webhook_routes(store, sender),
+                *ops_routes(
+                    OpsServices(
+                        scheduler,
+                        scheduler.store,
+                        TaskControl(task_pauses, registry, clock, wakeup, slots),
+                        bulk,
+                        stats,
+                        readers,
+                        s.server.max_body_bytes,
+                        s.server.max_json_depth,
+                    )
+                ),
+            ],
             readers=readers,
             metrics=metrics,
+            paused_tasks=task_pauses.current,
         )
     )
     return Parts(
         s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
         tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
+        task_pauses, scheduler, configured_schedules, stats, bulk,
     )  # fmt: skip

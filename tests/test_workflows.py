@@ -207,3 +207,15 @@ def test_waiting_for_a_signal_sends_a_job_waiting_webhook(app: RunningApp, recei
     )
     assert finished(c, sleeper)["status"] == "completed"
     assert [orjson.loads(r.body)["type"] for r in receiver.wait_for(1, "/nap")] == ["job.completed"]
+
+
+def test_bulk_cancel_reaches_waiting_jobs(app: RunningApp) -> None:
+    c = app.client
+    marks = app.tmp_path / "marks"
+    parked = [submit(c, "tests.e2e_tasks.approval", {"path": str(marks)}) for _ in range(2)]
+    for job_id in parked:
+        wait_until(lambda job_id=job_id: waiting(app, job_id), message="the job to wait")
+    r = c.post("/jobs/cancel", json={"status": "waiting", "ids": parked})
+    assert r.status_code == 200 and r.json() == {"count": 2}, r.text
+    assert {finished(c, j)["status"] for j in parked} == {"cancelled"}
+    assert "jobserver_jobs_waiting 0.0" in c.get("/metrics").text

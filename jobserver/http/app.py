@@ -80,6 +80,7 @@ class Services:
     extra_routes: list[Route]
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
+    paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
 
 
 class BodyTooLarge(Exception):
@@ -362,6 +363,7 @@ def create_app(svc: Services) -> Starlette:
             return True
 
     async def list_tasks(request: Request) -> Response:
+        paused = await read(svc.paused_tasks)
         return JSON(
             {
                 "tasks": [
@@ -371,6 +373,7 @@ def create_app(svc: Services) -> Starlette:
                         "args_schema": t.schema,
                         "options": t.options.public(),
                         "is_async": t.is_async,
+                        "paused": t.name in paused,
                     }
                     for t in svc.registry.all()
                 ]

@@ -338,11 +338,9 @@ class JobStore:
         """
 
         def op(tx: Tx) -> tuple[bool, JobRecord | str]:
-            if idem is not None:
-                first = _use_key(tx, idem, new)
-                if first is not None:
-                    return False, first
-            record = _insert_job(tx, new)
+            created, record = self.insert(tx, new, idem)
+            if not isinstance(record, JobRecord):
+                return created, record
             if handoff is not None and record.status == "pending" and handoff.accept(tx, new.id, new.task):
                 self._hand_off(tx, record, handoff)  # the answer still shows the job as accepted
             else:
@@ -495,6 +493,17 @@ class JobStore:
             return True, rec
 
         return self.writer.submit(op)
+
+    def insert(self, tx: Tx, new: NewJob, idem: tuple[str, str, str] | None) -> tuple[bool, JobRecord | str]:
+        """Insert a job and its idempotency key inside `tx` (the submit's, or a schedule tick's).
+
+        (True, record) for a new job; (False, job_id) when the key (scope, key, body_hash)
+        already named a job that still exists."""
+        if idem is not None:
+            first = _use_key(tx, idem, new)
+            if first is not None:
+                return False, first
+        return True, _insert_job(tx, new)
 
     def _candidates(self, tx: Tx, now: float, limit: int, allowed: list[str] | None) -> list[tuple[Any, ...]]:
         """The next due (id, task) rows in claim order, from an index range, never a scan
@@ -858,5 +867,77 @@ class JobStore:
             if out:
                 tx.after_commit(on_commit)
             return out
+
+        return self.writer.submit(op)
+
+    # ---------------------------------------------------------- bulk actions
+    def _bulk_ids(
+        self, tx: Tx, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int
+    ) -> list[str]:
+        """The next ids in `status` after `after`, in id order, from the (status, id) index."""
+        where, params = ["status = ?", "id > ?"], [status, after]
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        if ids is not None:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            params.extend(ids)
+        rows = tx.all(
+            f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [str(r[0]) for r in rows]
+
+    def cancel_batch(
+        self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
+    ) -> Future[tuple[list[JobRecord], str | None]]:
+        """Cancel the next `limit` jobs in `status` after id `after` (a running one is asked to
+        stop); resolves to (changed jobs, id to continue after, or None when none are left)."""
+
+        def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
+            found = self._bulk_ids(tx, status, task, ids, after, limit)
+            if not found:
+                return [], None
+            marks = ", ".join("?" * len(found))
+            if status == "running":
+                sql = f"UPDATE jobs SET cancel_requested = 1 WHERE id IN ({marks}) AND status = ? AND cancel_requested = 0"
+                rows = tx.all(f"{sql} RETURNING {JOB_COLUMNS}", (*found, status))
+                return [JobRecord.from_row(r) for r in rows], found[-1]
+            rows = tx.all(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                f"waiting_for = NULL, wake_at = NULL, resume = 0 WHERE id IN ({marks}) AND status = ? "
+                f"RETURNING {JOB_COLUMNS}",
+                (now, *found, status),
+            )
+            records = [JobRecord.from_row(r) for r in rows]
+            for rec in records:
+                _job_event(tx, rec, now)
+                self._outbox(tx, rec, now)
+                if status == Status.WAITING:
+                    tx.execute("DELETE FROM awaits WHERE waiter_id = ?", (rec.id,))
+                self._finished(tx, rec, now)  # a gather waiting for it resumes
+            return records, found[-1]
+
+        return self.writer.submit(op)
+
+    def retry_batch(
+        self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
+    ) -> Future[tuple[list[JobRecord], str | None]]:
+        """Retry the next `limit` failed or cancelled jobs in `status` after id `after`, as
+        `retry` does one; resolves to (retried jobs, id to continue after, or None when done)."""
+
+        def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
+            found = self._bulk_ids(tx, status, task, ids, after, limit)
+            if not found:
+                return [], None
+            rows = tx.all(
+                "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0, resume = 0 "
+                f"WHERE id IN ({', '.join('?' * len(found))}) AND status = ? RETURNING {JOB_COLUMNS}",
+                (now, *found, status),
+            )
+            records = [JobRecord.from_row(r) for r in rows]
+            for rec in records:
+                _job_event(tx, rec, now)
+            return records, found[-1]
 
         return self.writer.submit(op)
