@@ -10,10 +10,12 @@ listening socket is bound. Tests build the same parts in-process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import NO_TRACING, Tracing, tracing_wanted
 from jobserver.http.app import READ_THREADS, Services, create_app
 from jobserver.http.webhook_routes import webhook_routes
 from jobserver.ops.maintenance import Maintenance
@@ -44,6 +47,8 @@ from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,34 @@ class Parts:
     maintenance: Maintenance
     readers: ThreadPoolExecutor
     app: Starlette
+    tracing: Tracing
 
 
-def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
-    """Assemble every part (the writer runs; nothing else has started)."""
+def load_tracing(environ: Mapping[str, str]) -> Tracing:
+    """OpenTelemetry when the OTEL_* variables ask for traces and the `otel` extra is installed;
+    otherwise the tracer that does nothing, and OpenTelemetry is never imported."""
+    if not tracing_wanted(environ):
+        return NO_TRACING
+    try:
+        from jobserver.ops.tracing import OtelTracing
+    except ImportError as exc:
+        log.warning(
+            "OTEL_* variables ask for traces, but OpenTelemetry is not installed (%s): "
+            "install jobserver[otel]; tracing stays off",
+            exc,
+            extra={"action": "tracing_off"},
+        )
+        return NO_TRACING
+    return OtelTracing.from_env(environ)
+
+
+def build(
+    settings: Settings, clock: Clock, registry: Registry | None = None, tracing: Tracing | None = None
+) -> Parts:
+    """Assemble every part (the writer runs; nothing else has started). Without `tracing`, the
+    process environment's OTEL_* variables decide."""
     s = settings
+    tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
@@ -99,13 +127,16 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         s.is_postgres,
         wake=outbox_wake,
         on_attempt=metrics.webhook_delivery,
+        tracing=tracing,
     )
     hub = Hub()
     wakeup = Wakeup()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
     slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
     tasks_loop = asyncio.new_event_loop()
-    executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
+    executor = Executor(
+        store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop, tracing=tracing
+    )
     lease_s = s.workers.lease_seconds
     dispatcher = Dispatcher(
         store,
@@ -157,9 +188,11 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             extra_routes=webhook_routes(store, sender),
             readers=readers,
             metrics=metrics,
+            tracing=tracing,
         )
     )
     return Parts(
         s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
         tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
+        tracing,
     )  # fmt: skip

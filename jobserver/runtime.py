@@ -33,6 +33,7 @@ from jobserver.core.config import Settings
 from jobserver.core.errors import DatabaseInUseError
 from jobserver.core.records import JobRecord
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import Tracing
 from jobserver.runner.executor import STUCK_GRACE_S
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,14 @@ class Runtime:
     """Owns one server process's parts from start to stop."""
 
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, registry: Registry | None = None
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        registry: Registry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None: the OTEL_* variables decide
         self.clock = clock or SystemClock()
         self.registry = registry  # None: built from tasks.modules
         self._lock_fd: int | None = None
@@ -99,7 +105,7 @@ class Runtime:
         path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)
-        self.parts = p = build(self.settings, self.clock, self.registry)
+        self.parts = p = build(self.settings, self.clock, self.registry, self.tracing)
         log.info(
             "tasks registered: %s",
             ", ".join(t.name for t in p.registry.all()) or "none",
@@ -212,6 +218,7 @@ class Runtime:
         p.webhook_sender.stop()
         p.readers.shutdown(wait=False)
         p.writer.stop()
+        p.tracing.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

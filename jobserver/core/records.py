@@ -20,7 +20,7 @@ from jobserver.core.lifecycle import FINISHED
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
     "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
-    "webhook_url, created_at, run_at, started_at, finished_at"
+    "webhook_url, created_at, run_at, started_at, finished_at, trace_context"
 )
 
 
@@ -54,6 +54,7 @@ class JobRecord:
     run_at: float
     started_at: float | None
     finished_at: float | None
+    trace_context: str | None = None  # the submit's trace context (tracing), JSON
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -103,6 +104,7 @@ class NewJob:
     idempotency_key: str | None
     created_at: float
     run_at: float
+    trace_context: str | None = None
 
     @property
     def status(self) -> str:
@@ -134,6 +136,7 @@ class NewJob:
             self.run_at,
             None,
             None,
+            self.trace_context,
         )
 
 
@@ -150,13 +153,14 @@ class Claim:
     timeout_s: float | None
     started_at: float
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
+    trace_context: str | None = None  # the submit's trace context, continued by the attempt's span
 
     @classmethod
     def of(cls, rec: JobRecord, started_at: float) -> Claim:
         """The claim of a row just marked running (its `attempts` and `run_seq` already moved on)."""
         return cls(
             rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq, rec.timeout_s,
-            started_at, rec.run_at,
+            started_at, rec.run_at, rec.trace_context,
         )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.schemas import GetQuery, ListQuery, SubmitBody
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import problem, problem_for, validation_problem
 from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -69,6 +70,7 @@ class Services:
     extra_routes: list[Route]
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
+    tracing: Tracing = NO_TRACING
 
 
 class BodyTooLarge(Exception):
@@ -188,12 +190,32 @@ def create_app(svc: Services) -> Starlette:
                     }
                 ],
             )
-        record, replayed = await commands.submit(body, idem_key, key_scope(request), parsed)
+        record, replayed = await commands.submit(
+            body, idem_key, key_scope(request), parsed, svc.tracing.carrier()
+        )
         headers = {"Location": f"/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
             return JSON(record.to_api(), status_code=200, headers=headers)
         return JSON(record.to_api(), status_code=202, headers=headers)
+
+    def traced(route: str, handler: Handler) -> Handler:
+        """A server span around the handler, continuing the trace the request's `traceparent` names."""
+        if not svc.tracing.enabled:
+            return handler
+
+        async def wrapper(request: Request) -> Response:
+            with svc.tracing.request(f"{request.method} {route}", request.headers) as span:
+                span.set("http.request.method", request.method)
+                span.set("http.route", route)
+                response = await handler(request)
+                span.set("http.response.status_code", response.status_code)
+                location = response.headers.get("location")
+                if location is not None:
+                    span.set("jobserver.job.id", location.rsplit("/", 1)[-1])
+                return response
+
+        return wrapper
 
     async def get_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -338,7 +360,7 @@ def create_app(svc: Services) -> Starlette:
         return HTMLResponse(page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>")
 
     routes = [
-        Route("/jobs", guarded(submit), methods=["POST"]),
+        Route("/jobs", traced("/jobs", guarded(submit)), methods=["POST"]),
         Route("/jobs", guarded(list_jobs), methods=["GET"]),
         Route("/jobs/{job_id}", guarded(get_job), methods=["GET"]),
         Route("/jobs/{job_id}", guarded(delete), methods=["DELETE"]),

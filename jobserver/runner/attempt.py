@@ -25,6 +25,7 @@ import orjson
 from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, NotJSONSerializableError, StaleAttemptError, Timeout
 from jobserver.core.records import Claim
+from jobserver.core.tracing import NO_ATTEMPT_TRACE, AttemptTrace
 from jobserver.runner.reporter import Reporter
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
@@ -46,9 +47,17 @@ class Attempt:
     """The executor's handle on one running attempt."""
 
     def __init__(
-        self, claim: Claim, is_async: bool, steps: JobStore, writer: Writer, reporter: Reporter, clock: Clock
+        self,
+        claim: Claim,
+        is_async: bool,
+        steps: JobStore,
+        writer: Writer,
+        reporter: Reporter,
+        clock: Clock,
+        trace: AttemptTrace = NO_ATTEMPT_TRACE,
     ) -> None:
         self.claim = claim
+        self.trace = trace
         self._steps_store = steps
         self._writer = writer
         self._reporter = reporter
@@ -173,7 +182,9 @@ class Attempt:
         if done:
             return value
         started = self._clock.now()
-        result_json = to_json(fn(*args, **kwargs), f"the result of step {name!r}")
+        with self.trace.step(name):
+            raw = fn(*args, **kwargs)
+        result_json = to_json(raw, f"the result of step {name!r}")
         self._writer.call(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
 
@@ -187,7 +198,9 @@ class Attempt:
             return value
         started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
-            return await self._save_async(name, await fn(*args, **kwargs), started)
+            with self.trace.step(name):
+                raw = await fn(*args, **kwargs)
+            return await self._save_async(name, raw, started)
         # A function on a thread cannot be stopped: when the task is cancelled meanwhile,
         # let it finish and store its result, so what it did (and paid for) is not repeated.
         step = asyncio.ensure_future(self._thread_step(name, fn, args, kwargs, started))
@@ -201,7 +214,9 @@ class Attempt:
     async def _thread_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], started: float
     ) -> Any:
-        return await self._save_async(name, await asyncio.to_thread(fn, *args, **kwargs), started)
+        with self.trace.step(name):  # current in the thread too: to_thread copies the context
+            raw = await asyncio.to_thread(fn, *args, **kwargs)
+        return await self._save_async(name, raw, started)
 
     async def _save_async(self, name: str, raw: Any, started: float) -> Any:
         result_json = to_json(raw, f"the result of step {name!r}")

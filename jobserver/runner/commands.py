@@ -62,9 +62,15 @@ class JobCommands:
         return self.dispatcher.draining
 
     async def submit(
-        self, body: SubmitBody, idem_key: str | None, scope: str, raw_body: Any
+        self,
+        body: SubmitBody,
+        idem_key: str | None,
+        scope: str,
+        raw_body: Any,
+        trace_context: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and insert a job; (record, replayed)."""
+        """Validate and insert a job; (record, replayed). `trace_context` is the submit's, kept on
+        the job so that its attempts join that trace."""
         if self.draining:
             raise DrainingError()
         taskdef = self.registry.get(body.task)
@@ -101,6 +107,7 @@ class JobCommands:
             idem_key,
             now,
             run_at,
+            trace_context,
         )
         # after the commit, unless the submit's own transaction handed the job to an idle worker
         on_commit = self.dispatcher.async_job_added if taskdef.is_async else self.wakeup.notify

@@ -47,6 +47,7 @@ class Job(BaseModel):
     run_at = pw.DoubleField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
+    trace_context = pw.TextField(null=True)  # the submit's trace context (tracing on), JSON
 
     class Meta:
         table_name = "jobs"
@@ -179,11 +180,24 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
     return Psycopg3Database(url.replace("postgres://", "postgresql://", 1), autorollback=False)
 
 
+# Columns added after their table was first released: (table, column, SQL type), all nullable.
+# A database made by an older version gets them at start.
+ADDED_COLUMNS = [("jobs", "trace_context", "TEXT")]
+
+
+def _add_columns(db: pw.Database) -> None:
+    for table, column, sql_type in ADDED_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            exists = " IF NOT EXISTS" if isinstance(db, pw.PostgresqlDatabase) else ""  # nodes start at once
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {sql_type}")
+
+
 def create_schema(db: pw.Database) -> None:
-    """Create every table and index that does not exist yet."""
+    """Create every table, column and index that does not exist yet."""
     try:
         with db.bind_ctx(ALL_MODELS), db.connection_context():
             db.create_tables(ALL_MODELS, safe=True)
+            _add_columns(db)
             # The claim's order (priority DESC, run_at, id) needs a mixed-direction index.
             db.execute_sql(
                 "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority DESC, run_at, id)"

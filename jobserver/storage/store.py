@@ -217,8 +217,8 @@ class JobStore:
                 )
             tx.execute(
                 "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
-                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
+                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
+                "trace_context) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?)",
                 (
                     new.id,
                     new.task,
@@ -231,6 +231,7 @@ class JobStore:
                     new.webhook_url,
                     new.created_at,
                     new.run_at,
+                    new.trace_context,
                 ),
             )
             record = new.record()
