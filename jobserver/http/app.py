@@ -24,7 +24,7 @@ import pydantic
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.config import Settings
@@ -35,7 +35,14 @@ from jobserver.core.schemas import GetQuery, ListQuery, SubmitBody
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi
-from jobserver.http.problems import problem, problem_for, validation_problem
+from jobserver.http.problems import (
+    PROBLEM_TYPES,
+    problem,
+    problem_for,
+    problem_page_html,
+    problem_page_markdown,
+    validation_problem,
+)
 from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobserver.ops.metrics import Metrics
 from jobserver.runner.commands import JobCommands
@@ -44,6 +51,7 @@ from jobserver.storage.store import JobStore
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = frozenset({"/healthz", "/"})
+OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
 KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
 T = TypeVar("T")
@@ -105,7 +113,7 @@ class AuthMiddleware:
         self.keys = [k.encode() for k in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or _open_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -122,6 +130,10 @@ class AuthMiddleware:
             return
         scope["jobserver.api_key"] = token.decode()
         await self.app(scope, receive, send)
+
+
+def _open_path(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
@@ -354,6 +366,15 @@ def create_app(svc: Services) -> Starlette:
             openapi_doc.append(orjson.dumps(build_openapi(svc.registry, bool(settings.auth.api_keys))))
         return Response(openapi_doc[0], media_type="application/json")
 
+    async def problem_page(request: Request) -> Response:
+        code = request.path_params["code"]
+        kind = PROBLEM_TYPES.get(code)
+        if kind is None:
+            return problem(404, "not-found", "Not found", f"no problem type is named {code!r}")
+        if "text/markdown" in request.headers.get("accept", ""):
+            return Response(problem_page_markdown(code, kind), media_type="text/markdown")
+        return HTMLResponse(problem_page_html(code, kind))
+
     page = resources.files("jobserver.http").joinpath("static/index.html")
 
     async def dashboard(request: Request) -> Response:
@@ -373,6 +394,7 @@ def create_app(svc: Services) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", dashboard, methods=["GET"]),
+        Route("/problems/{code}", problem_page, methods=["GET"]),
         *svc.extra_routes,
     ]
     app = Starlette(
@@ -399,9 +421,21 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return problem(
+    response = problem(
         405,
         "method-not-allowed",
         "Method not allowed",
         f"{request.method} is not allowed on {request.url.path}",
     )
+    response.headers["Allow"] = ", ".join(allowed_methods(request))
+    return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path (RFC 9110: a 405 lists them in Allow)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return sorted(methods)

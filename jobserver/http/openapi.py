@@ -1,9 +1,12 @@
-"""OpenAPI 3.1: the document served at GET /openapi.json.
+"""OpenAPI 3.2: the document served at GET /openapi.json.
 
 Owns the description of every route, its parameters and answers, the shared
-schemas (job, job list, problem document) and the submit body: a union
+schemas (job, job list, problem document), the submit body: a union
 discriminated by `task`, one member per registered task whose `args` is that
-task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`).
+task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`),
+and the event stream, described the way OpenAPI 3.2 describes Server-Sent
+Events: an `itemSchema` for one event (`event`, `data`, `id`), a union
+discriminated by `event` whose members say what each event's JSON `data` holds.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, SubmitBody
+from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, RUN_AT_PATTERN, RUN_AT_YEARS, SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
+from jobserver.http.problems import PROBLEM_TYPES
 
-VERSION = "3.1.0"
+VERSION = "3.2.0"
 PROBLEM_JSON = "application/problem+json"
 STATUSES = ["pending", "running", "completed", "failed", "cancelled"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp]([Ss])?://"  # the scheme is checked; the host when it resolves
 
 Schema = dict[str, Any]
 
@@ -200,6 +205,53 @@ SHARED_SCHEMAS: dict[str, Schema] = {
     },
 }
 
+
+def _event(kind: str, description: str, data: Schema) -> Schema:
+    """One kind of Server-Sent Event: its `event` name and what its JSON `data` holds."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["event", "data", "id"],
+        "properties": {
+            "event": {"const": kind},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "id": {
+                "type": "string",
+                "pattern": "^[0-9]+$",
+                "description": "Resume after it with Last-Event-ID.",
+            },
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
+EVENT_SCHEMAS: dict[str, Schema] = {
+    "StatusEvent": _event("status", "The job changed status; `data` is the job object.", _ref("Job")),
+    "ProgressEvent": _event("progress", "The task reported progress.", _ref("Progress")),
+    "LogEvent": _event(
+        "log",
+        "The task logged a line.",
+        {
+            "type": "object",
+            "required": ["message", "at"],
+            "properties": {"message": {"type": "string"}, "at": _timestamp()},
+        },
+    ),
+}
+EVENT_KINDS = {"status": "StatusEvent", "progress": "ProgressEvent", "log": "LogEvent"}
+
+
+def event_item_schema() -> Schema:
+    """One event of a job's stream, discriminated by its `event` field."""
+    return {
+        "oneOf": [_ref(name) for name in EVENT_KINDS.values()],
+        "discriminator": {
+            "propertyName": "event",
+            "mapping": {kind: f"#/components/schemas/{name}" for kind, name in EVENT_KINDS.items()},
+        },
+    }
+
+
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("MalformedJSON", "The body is not valid JSON."),
     401: ("Unauthorized", "Missing or wrong API key."),
@@ -272,8 +324,30 @@ def _common_submit_fields() -> dict[str, Schema]:
     for key in ("task", "args"):
         props.pop(key, None)
     props["delay"]["description"] = "Seconds to wait before the first attempt (not with run_at)."
-    props["run_at"]["description"] = "When the first attempt may run, with an offset or Z (not with delay)."
+    props["run_at"]["description"] = (
+        f"When the first attempt may run, with an offset or Z (not with delay); a date from "
+        f"{RUN_AT_YEARS[0]} to {RUN_AT_YEARS[1]}."
+    )
+    for member in props["run_at"]["anyOf"]:
+        if member.get("type") == "string":
+            member["pattern"] = RUN_AT_PATTERN
+    props["webhook_url"]["description"] = (
+        "An http(s) URL, POSTed to when the job finishes. Refused (422, webhook-url-refused) when "
+        "its host does not resolve or resolves to an internal address the server does not allow."
+    )
+    for member in props["webhook_url"]["anyOf"]:
+        if member.get("type") == "string":
+            member["pattern"] = WEBHOOK_URL_PATTERN
     return dict(props)
+
+
+# delay and run_at are two ways to say when: a body gives at most one of them
+ONE_SCHEDULE: Schema = {
+    "not": {
+        "required": ["delay", "run_at"],
+        "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
+    }
+}
 
 
 def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
@@ -297,6 +371,7 @@ def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
             },
             "required": required,
             "additionalProperties": False,
+            **ONE_SCHEDULE,
         }
         members.append(_ref(member))
         mapping[taskdef.name] = f"#/components/schemas/{member}"
@@ -306,6 +381,7 @@ def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
             "required": ["task"],
             "additionalProperties": False,
             "properties": {"task": {"type": "string"}, "args": {"type": "object"}, **common},
+            **ONE_SCHEDULE,
         }
         return fallback, components
     return {"oneOf": members, "discriminator": {"propertyName": "task", "mapping": mapping}}, components
@@ -429,13 +505,18 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 {
                     200: {
                         "description": "`status`, `progress` and `log` events; ends after the final status.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"itemSchema": _ref("JobEvent")}},
                     }
                 },
                 (404,),
                 params=[
                     _job_id(),
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "maxLength": 32}},
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "description": "Resume after this event id; a value that is not one starts from the first event.",
+                        "schema": {"type": "string"},
+                    },
                 ],
             )
         },
@@ -477,7 +558,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
             )
         },
         "/openapi.json": {
-            "get": op("openapi", "This document", {200: _json("OpenAPI 3.1.", {"type": "object"})})
+            "get": op("openapi", "This document", {200: _json("OpenAPI 3.2.", {"type": "object"})})
         },
         "/": {
             "get": op(
@@ -492,13 +573,44 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 open_route=True,
             )
         },
+        "/problems/{code}": {
+            "get": op(
+                "problemType",
+                "The page explaining a problem type (the `type` of an error answer)",
+                {
+                    200: {
+                        "description": "HTML, or Markdown when the request accepts text/markdown.",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+                (404,),
+                params=[
+                    {
+                        "name": "code",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(PROBLEM_TYPES)},
+                    }
+                ],
+                open_route=True,
+            )
+        },
     }
 
 
 def build_openapi(registry: Registry, secured: bool, version: str = "0.1.0") -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
     body, task_components = submit_schemas(registry)
-    schemas = {**copy.deepcopy(SHARED_SCHEMAS), **task_components, "SubmitBody": body}
+    schemas = {
+        **copy.deepcopy(SHARED_SCHEMAS),
+        **copy.deepcopy(EVENT_SCHEMAS),
+        "JobEvent": event_item_schema(),
+        **task_components,
+        "SubmitBody": body,
+    }
     components: dict[str, Any] = {"schemas": schemas, "responses": _problem_responses()}
     doc: dict[str, Any] = {
         "openapi": VERSION,
