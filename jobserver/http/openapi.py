@@ -17,6 +17,7 @@ from typing import Any
 
 from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, RUN_AT_PATTERN, RUN_AT_YEARS, SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
+from jobserver.core.version import package_version
 from jobserver.http.problems import PROBLEM_TYPES
 
 VERSION = "3.2.0"
@@ -601,7 +602,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
     }
 
 
-def build_openapi(registry: Registry, secured: bool, version: str = "0.1.0") -> dict[str, Any]:
+def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
     body, task_components = submit_schemas(registry)
     schemas = {
@@ -616,7 +617,7 @@ def build_openapi(registry: Registry, secured: bool, version: str = "0.1.0") -> 
         "openapi": VERSION,
         "info": {
             "title": "jobserver",
-            "version": version,
+            "version": package_version(),
             "description": "A durable job server: submit jobs, watch them, read their results.",
         },
         "paths": _paths(secured),

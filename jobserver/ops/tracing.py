@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from importlib.metadata import PackageNotFoundError, entry_points, version
+from importlib.metadata import entry_points
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -34,17 +34,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from jobserver.core.errors import ConfigError
 from jobserver.core.records import Claim
 from jobserver.core.tracing import AttemptTrace, AttributeValue, Span
+from jobserver.core.version import package_version
 
 INSTRUMENTATION = "jobserver"
 OTLP_BY_PROTOCOL = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 FAILED_OUTCOMES = ("failed", "retrying")  # an attempt whose task raised
-
-
-def _package_version() -> str:
-    try:
-        return version("jobserver")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
 
 
 def _parent(trace_context: str | None) -> Context | None:
@@ -120,7 +114,7 @@ class OtelTracing:
     def __init__(self, provider: TracerProvider, owns_provider: bool = False) -> None:
         self.provider = provider
         self.owns_provider = owns_provider  # shut it down at close (the server's own, not a test's)
-        self.tracer = provider.get_tracer(INSTRUMENTATION, _package_version())
+        self.tracer = provider.get_tracer(INSTRUMENTATION, package_version())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OtelTracing:
@@ -128,7 +122,7 @@ class OtelTracing:
         that spans made by the tasks' own instrumentation join the same traces."""
         env = os.environ if environ is None else environ
         named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-        base: dict[str, Any] = {"service.version": _package_version()}
+        base: dict[str, Any] = {"service.version": package_version()}
         if not named:
             base["service.name"] = "jobserver"
         provider = TracerProvider(resource=Resource.create(base))
