@@ -14,6 +14,7 @@ figure could not be measured; missed targets do not change the exit code.
     python -m bench --scale          # adds 1,000,000 finished / 100,000 pending jobs
     python -m bench --quick --sync-full  # the synchronous = "full" submit figure in a quick run too
     python -m bench --config extra.toml  # merged over the bench's server config
+    python -m bench --peers          # side by side with BackgroundTasks and Celery (bench extra)
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (configs, logs, databases)"
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="only jobserver beside FastAPI BackgroundTasks and Celery + Redis, alternating (bench extra)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the --peers run (at least 2)")
     return parser.parse_args(argv)
 
 
@@ -145,12 +152,39 @@ async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict
     return values, errors
 
 
+def _peers(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> int:
+    from bench.side_by_side import run_peers, table
+
+    try:
+        values, errors = uvloop.run(run_peers(plan, workdir, max(2, args.rounds), _log))
+    finally:
+        if args.keep:
+            _log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    values["bench.elapsed_s"] = time.perf_counter() - t0
+    values["machine.cpus"] = os.cpu_count()
+    if args.json:
+        sys.stdout.buffer.write(
+            orjson.dumps({"values": values, "errors": errors}, option=orjson.OPT_INDENT_2)
+        )
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"jobserver beside its peers ({plan.name} plan, {values['bench.elapsed_s']:.0f} s, {os.cpu_count()} CPUs)"
+        )
+        print(table(values, errors))
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; print the report; 1 when some figure could not be measured."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = make_plan(args.quick, args.idle_seconds)
     workdir = Path(tempfile.mkdtemp(prefix="jobserver-bench-"))
     t0 = time.perf_counter()
+    if args.peers:
+        return _peers(args, plan, workdir, t0)
     try:
         values, errors = uvloop.run(run(args, plan, workdir))
     finally:

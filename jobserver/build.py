@@ -150,7 +150,7 @@ def build(
         s.workers.poll_interval,
     )
     commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
-    rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner)
+    rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
 
@@ -169,6 +169,7 @@ def build(
         clock,
         [
             (0.1, watchdog),
+            (0.1, executor.record_retries_once),
             (s.events.progress_flush_interval, flush_progress),
             (max(0.5, lease_s / 3), heartbeat),
             (max(1.0, lease_s / 2), rescuer.rescue_once),

@@ -29,7 +29,7 @@ def serve_parser() -> argparse.ArgumentParser:
         prog="python -m jobserver",
         description="Run the job server. Client commands: "
         + ", ".join(CLIENT_COMMANDS)
-        + " (see `python -m jobserver submit --help`).",
+        + " (see `python -m jobserver submit --help`); `secret` prints the webhook signing secret.",
     )
     parser.add_argument("--config", help="path of config.toml (default: ./config.toml if present)")
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
@@ -66,6 +66,46 @@ def load_tasks(settings: Settings) -> Registry:
     return Registry.from_modules(settings.tasks.modules)
 
 
+def print_secret(argv: list[str]) -> int:
+    """`python -m jobserver secret [--config PATH]`: the webhook signing secret receivers need,
+    from the config or, when it is generated, from the database (read, never created)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobserver secret", description="Print the webhook signing secret."
+    )
+    parser.add_argument("--config", help="path of config.toml (default: ./config.toml if present)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"jobserver: {exc}", file=sys.stderr)
+        return 2
+    if settings.webhooks.secret:
+        print(settings.webhooks.secret)
+        return 0
+    from jobserver.storage.models import open_database
+    from jobserver.webhooks.sender import stored_secret
+
+    path = settings.sqlite_path()
+    if path is not None and not path.exists():
+        print(f"jobserver: no database at {path} yet: the secret is made on the first start", file=sys.stderr)
+        return 1
+    d = settings.database
+    try:
+        db = open_database(d.url, path, d.synchronous, d.busy_timeout)
+        secret = stored_secret(db, settings.is_postgres)
+        db.close()
+    except StorageError as exc:
+        print(f"jobserver: cannot read the secret: {exc}", file=sys.stderr)
+        return 1
+    if secret is None:
+        print(
+            "jobserver: no secret in the database yet: the secret is made on the first start", file=sys.stderr
+        )
+        return 1
+    print(secret)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args_list = _client_first(list(sys.argv[1:] if argv is None else argv))
@@ -73,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jobserver.client.commands import main as client_main
 
         return client_main(args_list)
+    if args_list and args_list[0] == "secret":
+        return print_secret(args_list[1:])
     if args_list and args_list[0] == "serve":
         args_list = args_list[1:]
     args = serve_parser().parse_args(args_list)

@@ -2,7 +2,7 @@
 # Regenerate the lock files from the version ranges in pyproject.toml, for CPython 3.11 on
 # Linux x86_64, with the sha256 of every release file:
 #   test.lock  the test environment (what ./test.sh installs): [project] dependencies + the
-#              "test" extra + the build backend
+#              "test" and "bench" extras + the build backend
 #              (requirements/build.in: the project is installed without build isolation)
 #   run.lock   running the server: [project] dependencies + the build backend, at the versions
 #              test.lock has
@@ -24,5 +24,5 @@ if [ -z "${UV:-}" ]; then
 fi
 flags=(--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes
        --custom-compile-command requirements/lock.sh --quiet)
-"$UV" pip compile pyproject.toml requirements/build.in --extra test "${flags[@]}" -o requirements/test.lock "$@"
+"$UV" pip compile pyproject.toml requirements/build.in --extra test --extra bench "${flags[@]}" -o requirements/test.lock "$@"
 "$UV" pip compile pyproject.toml requirements/build.in -c requirements/test.lock "${flags[@]}" -o requirements/run.lock "$@"

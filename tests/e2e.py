@@ -22,8 +22,11 @@ STARTED: list[Server] = []  # every server a test started; the conftest stops th
 class Server:
     """A running `python -m jobserver` process."""
 
-    def __init__(self, tmp_path: Path, config: Config, env: dict[str, str] | None) -> None:
+    def __init__(
+        self, tmp_path: Path, config: Config, env: dict[str, str] | None, prefix: list[str] | None = None
+    ) -> None:
         self.tmp_path = tmp_path
+        self.prefix = prefix or []  # a command the server runs under (e.g. setpriv, to drop privileges)
         self.config = config
         self.port = int(config["server"]["port"])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,7 +40,7 @@ class Server:
     def start(self, wait: bool = True) -> Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child process writes to it until it stops)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobserver", "--config", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "jobserver", "--config", str(self.config_path)],
             cwd=self.tmp_path,
             env=self.env,
             stdout=log,
@@ -100,8 +103,9 @@ def start_server(
     config: Config | None = None,
     env: dict[str, str] | None = None,
     wait: bool = True,
+    prefix: list[str] | None = None,
 ) -> Server:
     """Start the server with the default test config updated section by section."""
-    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env)
+    srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env, prefix)
     STARTED.append(srv)
     return srv.start(wait=wait)

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from jobserver import Fail, JobContext, Retry, task
 
@@ -226,3 +227,9 @@ async def async_two_steps(ctx: JobContext) -> int:
 async def _async_side_effect_free(a: int) -> int:
     await asyncio.sleep(0)
     return a + 1
+
+
+@task
+def echo(value: Any = None) -> Any:
+    """Returns what it was given: any JSON value as args."""
+    return value

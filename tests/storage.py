@@ -16,8 +16,8 @@ from jobserver.storage.writer import Writer
 
 
 @contextmanager
-def open_store(tmp_path: Path) -> Iterator[JobStore]:
-    db = open_database("sqlite:///x", tmp_path / "jobs.db", "normal", 5.0)
+def open_store(tmp_path: Path, busy_timeout_s: float = 5.0) -> Iterator[JobStore]:
+    db = open_database("sqlite:///x", tmp_path / "jobs.db", "normal", busy_timeout_s)
     create_schema(db)
     writer = Writer(db, pg=False)
     writer.start()

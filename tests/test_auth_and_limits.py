@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.inproc import RunningApp, running_app
+from jobserver.core.errors import ConfigError
+from tests.inproc import RunningApp, running_app, settings_for
 
 ADD = "jobserver.examples.add"
 
@@ -118,3 +119,19 @@ def test_limit_over_500_is_refused(app: RunningApp) -> None:
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["errors"][0]["loc"] == ["query", "limit"]
     assert c.get("/jobs", params={"limit": 500}).status_code == 200
+
+
+def test_open_paths_open_probes_and_scrapers_on_purpose(tmp_path: Path) -> None:
+    config = {"auth": {"api_keys": ["k1"], "open_paths": ["/healthz", "/readyz", "/metrics"]}}
+    with running_app(tmp_path, config) as app:
+        anonymous = app.new_client()
+        assert anonymous.get("/readyz").status_code == 200
+        assert anonymous.get("/metrics").status_code == 200
+        assert anonymous.get("/healthz").status_code == 200
+        assert_unauthorized(anonymous.get("/jobs"))  # everything else still needs the key
+        assert_unauthorized(anonymous.get("/readyz/"))  # a path is open exactly, not as a prefix
+
+
+def test_open_paths_must_be_route_paths(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="open_paths"):
+        settings_for(tmp_path, {"auth": {"open_paths": ["readyz"]}})

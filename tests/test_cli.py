@@ -202,3 +202,28 @@ def test_console_script_imports_task_modules_from_the_working_directory(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_secret_prints_the_generated_signing_secret(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(cwd, ["jobserver.examples"])
+    assert main(["secret"]) == 1  # no database yet: nothing is created to answer
+    assert "no database at" in capsys.readouterr().err
+    assert not (cwd / "jobs.db").exists()
+    from tests.inproc import running_app
+
+    (cwd / "srv").mkdir()
+    with running_app(cwd / "srv") as app:  # a first start generates the secret
+        db = app.db_path
+    (cwd / "config.toml").write_text(f'[database]\nurl = "sqlite:///{db}"\n')
+    assert main(["secret"]) == 0
+    printed = capsys.readouterr().out.strip()
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT value FROM meta WHERE key = 'webhook_secret'").fetchone()[0]
+    assert printed == stored and printed.startswith("whsec_")
+    (cwd / "config.toml").write_text(
+        f'[database]\nurl = "sqlite:///{db}"\n[webhooks]\nsecret = "whsec_AAAA"\n'
+    )
+    assert main(["secret"]) == 0
+    assert capsys.readouterr().out.strip() == "whsec_AAAA"  # a configured secret wins

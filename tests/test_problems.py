@@ -10,14 +10,18 @@ from jobserver.http.problems import ERROR_TABLE, PROBLEM_TYPES
 from tests.helpers import REPO
 from tests.inproc import RunningApp, running_app
 
-# problem(<status>, "<code>", ...) anywhere in the package, plus the error table
+# problem(<status>, "<code>", ...) and MalformedRequestError("<code>", ...) (a 400) anywhere in the
+# package, plus the error table
 PROBLEM_CALL = re.compile(r'problem\(\s*(\d{3}),\s*"([a-z0-9-]+)"')
+MALFORMED = re.compile(r'MalformedRequestError\(\s*"([a-z0-9-]+)"')
 
 
 def codes_in_source() -> set[tuple[int, str]]:
     found = set()
     for path in (REPO / "jobserver").rglob("*.py"):
-        found |= {(int(s), c) for s, c in PROBLEM_CALL.findall(path.read_text())}
+        text = path.read_text()
+        found |= {(int(s), c) for s, c in PROBLEM_CALL.findall(text)}
+        found |= {(400, c) for c in MALFORMED.findall(text)}
     return found | {(status, code) for _, status, code, _ in ERROR_TABLE}
 
 

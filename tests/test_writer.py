@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
+from jobserver.core.errors import StorageError
 from jobserver.storage.writer import Tx
 from tests.storage import open_store
 
@@ -90,3 +92,37 @@ def test_an_op_cancelled_before_it_ran_is_dropped_and_the_writer_lives_on(tmp_pa
         running = store.writer.submit(lambda tx: gate.wait(10))
         running.result(10)
         assert not running.cancel()  # a finished op's answer stands
+
+
+def test_a_read_only_connection_fails_as_storage_error_and_a_new_one_recovers(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.writer.call(lambda tx: tx.execute("PRAGMA query_only = 1"))  # as a read-only file would
+        with pytest.raises(StorageError, match="readonly"):
+            store.writer.call(insert("refused"))
+        assert not store.writer.health.ok
+        assert store.writer.call(insert("after")) == "after"  # on a new connection
+        assert store.writer.health.ok
+        assert count(store) == 1
+
+
+def test_a_locked_database_fails_writes_until_it_is_released(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_store(tmp_path, busy_timeout_s=0.05) as store:
+        other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            for i in range(3):
+                with pytest.raises(StorageError, match="locked"):
+                    store.writer.call(insert(f"k{i}"))
+            with pytest.raises(StorageError):
+                store.writable().result(10)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert not store.writer.health.ok
+        store.writable().result(10)  # the probe write commits: writes work again
+        assert store.writer.health.ok
+        failures = [r for r in caplog.records if r.getMessage().startswith("database writes fail")]
+        assert len(failures) == 1  # the outage is logged when it starts, not once per write
+        assert any(r.getMessage().startswith("database writes work again") for r in caplog.records)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from jobserver.core.errors import ConfigError
+from jobserver.core.schemas import MAX_STORED_DEPTH
 
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
 _UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -82,6 +83,7 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_args_bytes: int = Field(default=65_536, gt=0)
+    max_json_depth: int = Field(default=64, ge=2, le=MAX_STORED_DEPTH)
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -136,6 +138,15 @@ class AuthSettings(_Section):
     """[auth]: bearer API keys; none means the API is open."""
 
     api_keys: tuple[str, ...] = Field(default=(), repr=False)
+    open_paths: tuple[str, ...] = ("/healthz",)  # never need a key (probes, scrapers)
+
+    @field_validator("open_paths")
+    @classmethod
+    def _absolute_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if not path.startswith("/") or "?" in path:
+                raise ValueError(f"{path!r} is not a route path: give it as '/readyz'")
+        return paths
 
     @field_validator("api_keys")
     @classmethod

@@ -8,6 +8,7 @@
     ├── JobNotFoundError            404: no job with that id
     ├── TaskNotFoundError           422: no task with that name
     ├── InvalidRequestError         422: a field of the request is wrong (carries `errors`)
+    ├── MalformedRequestError       400: the request cannot be read at all (carries its problem `code`)
     ├── ConflictError               409: the job is not in a state that allows it
     │   ├── JobFinishedError        cancel of a finished job
     │   ├── JobNotFinishedError     delete of an unfinished job
@@ -96,6 +97,15 @@ class InvalidRequestError(JobServerError):
 
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         self.errors = errors or []
+        super().__init__(message)
+
+
+class MalformedRequestError(JobServerError):
+    """The request cannot be read: not JSON, or a header that is not what it must be."""
+
+    def __init__(self, code: str, title: str, message: str) -> None:
+        self.code = code
+        self.title = title
         super().__init__(message)
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_WAIT_S = 60
+INT_MIN = -(2**63)  # what the JSON encoder and both databases store exactly
+INT_MAX = 2**64 - 1
+MAX_STORED_DEPTH = 200  # the JSON encoder stops at 255 levels; config caps request bodies below this
+ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids and cursors: anything else names no job
+EVENT_ID_MAX = 2**63 - 1  # the largest Last-Event-ID: event ids are 64-bit integers
 MAX_LIMIT = 500
 # run_at's date as written (before its offset) is from 1970 to 8999: far from datetime's limits in
 # any offset, and a rule that a JSON Schema pattern states exactly (RUN_AT_PATTERN)
@@ -63,6 +69,29 @@ class SubmitBody(BaseModel):
         return self
 
 
+def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str, Any]]:
+    """Where a parsed JSON value goes beyond what is stored exactly: nesting deeper than
+    `max_depth`, integers outside 64 bits, numbers that are not finite. Iterative, so a
+    hostile depth never reaches Python's recursion limit; stops at the first nesting error."""
+    errors: list[dict[str, Any]] = []
+    stack: list[tuple[Any, list[str], int]] = [(value, loc, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= max_depth:
+                msg = f"nested deeper than {max_depth} levels"
+                return [*errors, {"loc": where, "msg": msg, "type": "too_deep"}]
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((v, [*where, str(k)], depth + 1) for k, v in pairs)
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
+            errors.append({"loc": where, "msg": "integer outside the 64-bit range", "type": "int_range"})
+        elif isinstance(item, float) and not math.isfinite(item):
+            errors.append({"loc": where, "msg": "number is not finite", "type": "finite_number"})
+    return errors
+
+
 class ListQuery(BaseModel):
     """GET /jobs query string."""
 
@@ -71,7 +100,7 @@ class ListQuery(BaseModel):
     status: str | None = Field(default=None, pattern="^(pending|running|completed|failed|cancelled)$")
     task: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(default=None, max_length=64)
+    cursor: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
 class GetQuery(BaseModel):

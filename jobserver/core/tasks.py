@@ -30,6 +30,7 @@ import pydantic_core
 from pydantic import ConfigDict
 
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
+from jobserver.core.schemas import MAX_STORED_DEPTH, json_violations
 
 MARK = "__jobserver_task__"
 
@@ -93,6 +94,9 @@ class TaskDef:
             ]
             raise InvalidRequestError(f"invalid args for task {self.name}", errors) from None
         dumped: dict[str, Any] = model.model_dump(mode="json")
+        errors = json_violations(dumped, MAX_STORED_DEPTH, ["body", "args"])
+        if errors:
+            raise InvalidRequestError(f"invalid args for task {self.name}", errors)
         return dumped
 
     def call_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +233,7 @@ def _args_model(
             except Exception as exc:  # whatever the serializer refuses, a job's stored args could not hold it
                 message = f"its default {_short_repr(default)} is not JSON-serializable"
                 raise TaskDefinitionError(name, pname, message) from exc
-    config = ConfigDict(extra="forbid")
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON has no NaN or Infinity
     try:
         model = pydantic.create_model(f"{name.replace('.', '_')}_args", __config__=config, **fields)
         return model, model.model_json_schema()

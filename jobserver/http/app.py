@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +30,15 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.config import Settings
-from jobserver.core.errors import JobNotFoundError, JobServerError
+from jobserver.core.errors import (
+    InvalidRequestError,
+    JobNotFoundError,
+    JobServerError,
+    MalformedRequestError,
+)
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
-from jobserver.core.schemas import GetQuery, ListQuery, SubmitBody
+from jobserver.core.schemas import EVENT_ID_MAX, ID_PATTERN, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi
@@ -50,12 +57,15 @@ from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
-OPEN_PATHS = frozenset({"/healthz", "/"})
+DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
 OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
 KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
 T = TypeVar("T")
 EVENT_PAGE = 500
+READY_WRITE_TIMEOUT_S = 2.0
+JOB_ID = re.compile(ID_PATTERN)
+LONG_NUMBER = re.compile(rb"\d{19}")  # 19 digits or more: may not fit in 64 bits
 
 
 class JSON(Response):
@@ -85,6 +95,23 @@ class BodyTooLarge(Exception):
     pass
 
 
+class UnsupportedMediaType(Exception):
+    pass
+
+
+def last_event_id(request: Request) -> int:
+    """The event id a stream resumes after: the Last-Event-ID header or `?last_event_id`,
+    ASCII digits within 64 bits, else a 400 (a stream that skipped events would look whole)."""
+    text = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= EVENT_ID_MAX):
+        raise MalformedRequestError(
+            "invalid-last-event-id",
+            "Invalid Last-Event-ID",
+            f"Last-Event-ID (or last_event_id) must be the id of an event: digits, at most {EVENT_ID_MAX}",
+        )
+    return int(text)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes `limit` bytes (never read whole)."""
     declared = request.headers.get("content-length")
@@ -106,14 +133,22 @@ def key_scope(request: Request) -> str:
 
 
 class AuthMiddleware:
-    """Bearer API keys, compared in constant time; /healthz and the dashboard page stay open."""
+    """Bearer API keys, compared in constant time; `auth.open_paths`, the dashboard page and the
+    problem pages stay open."""
 
-    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], open_paths: tuple[str, ...]) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
+        self.open_paths = frozenset({*open_paths, DASHBOARD_PAGE})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or _open_path(scope["path"]):
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or path in self.open_paths
+            or path.startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -130,10 +165,6 @@ class AuthMiddleware:
             return
         scope["jobserver.api_key"] = token.decode()
         await self.app(scope, receive, send)
-
-
-def _open_path(path: str) -> bool:
-    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
@@ -155,6 +186,9 @@ def create_app(svc: Services) -> Starlette:
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
+            job_id = request.path_params.get("job_id")
+            if job_id is not None and not JOB_ID.fullmatch(job_id):
+                return problem_for(JobNotFoundError(job_id[:64]))  # no job has such an id
             try:
                 return await handler(request)
             except JobServerError as exc:
@@ -166,23 +200,40 @@ def create_app(svc: Services) -> Starlette:
                     "Request body too large",
                     f"the body may take at most {settings.server.max_body_bytes} bytes",
                 )
+            except UnsupportedMediaType:
+                return problem(
+                    415,
+                    "unsupported-media-type",
+                    "Unsupported media type",
+                    "send JSON with 'Content-Type: application/json'",
+                )
 
         return wrapper
 
-    async def submit(request: Request) -> Response:
+    async def read_json(request: Request) -> Any:
+        """The JSON body, refused before any model sees it when it is not JSON (415, 400),
+        too big (413) or nested deeper than the limit (422)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
-            return problem(
-                415,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the job as JSON with 'Content-Type: application/json'",
-            )
+            raise UnsupportedMediaType()
         raw = await read_body(request, settings.server.max_body_bytes)
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}")
+            raise MalformedRequestError(
+                "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
+            ) from None
+        depth = settings.server.max_json_depth
+        errors = json_violations(parsed, depth, ["body"])
+        if not errors and LONG_NUMBER.search(raw):
+            # the fast parser reads integers beyond 64 bits as floats: read them exactly to refuse them
+            errors = json_violations(json.loads(raw), depth, ["body"])
+        if errors:
+            raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
+        return parsed
+
+    async def submit(request: Request) -> Response:
+        parsed = await read_json(request)
         try:
             body = SubmitBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -279,8 +330,7 @@ def create_app(svc: Services) -> Starlette:
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         await read(store.get, job_id)  # 404 before the stream starts
-        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-        after = int(last) if last.isdigit() else 0
+        after = last_event_id(request)
         return StreamingResponse(
             event_stream(job_id, after),
             media_type="text/event-stream",
@@ -345,6 +395,9 @@ def create_app(svc: Services) -> Starlette:
         checks = {"database": "ok", "workers": "ok"}
         try:
             await read(store.ping)
+            await asyncio.wait_for(asyncio.wrap_future(store.writable()), READY_WRITE_TIMEOUT_S)
+        except TimeoutError:
+            checks["database"] = f"error: a write did not commit within {READY_WRITE_TIMEOUT_S}s"
         except Exception as exc:
             checks["database"] = f"error: {exc}"
         if not svc.workers_alive():
@@ -401,7 +454,9 @@ def create_app(svc: Services) -> Starlette:
         routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error}
     )
     if settings.auth.api_keys:  # open servers skip the layer entirely
-        app.add_middleware(AuthMiddleware, api_keys=tuple(settings.auth.api_keys))
+        app.add_middleware(
+            AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
+        )
     return app
 
 

@@ -15,7 +15,15 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S, RUN_AT_PATTERN, RUN_AT_YEARS, SubmitBody
+from jobserver.core.schemas import (
+    EVENT_ID_MAX,
+    ID_PATTERN,
+    MAX_LIMIT,
+    MAX_WAIT_S,
+    RUN_AT_PATTERN,
+    RUN_AT_YEARS,
+    SubmitBody,
+)
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.core.version import package_version
 from jobserver.http.problems import PROBLEM_TYPES
@@ -205,6 +213,17 @@ SHARED_SCHEMAS: dict[str, Schema] = {
         },
     },
 }
+
+
+def digits_at_most(limit: int) -> str:
+    """A pattern for the decimal strings (leading zeros allowed) of at most as many digits as
+    `limit` has and a value of at most `limit`: exact where a length cap alone would not be."""
+    top = str(limit)
+    shorter = f"[0-9]{{1,{len(top) - 1}}}" if len(top) > 1 else None
+    same_length = [
+        f"{top[:i]}[0-{int(top[i]) - 1}][0-9]{{{len(top) - i - 1}}}" for i in range(len(top)) if top[i] != "0"
+    ]
+    return f"^({'|'.join(a for a in [shorter, *same_length, top] if a)})$"
 
 
 def _event(kind: str, description: str, data: Schema) -> Schema:
@@ -463,7 +482,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
                 ],
             ),
         },
@@ -515,8 +534,8 @@ def _paths(secured: bool) -> dict[str, Schema]:
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
-                        "description": "Resume after this event id; a value that is not one starts from the first event.",
-                        "schema": {"type": "string"},
+                        "description": "Resume after this event id (digits, at most 2^63 - 1); anything else is a 400.",
+                        "schema": {"type": "string", "pattern": digits_at_most(EVENT_ID_MAX)},
                     },
                 ],
             )

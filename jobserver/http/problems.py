@@ -18,6 +18,7 @@ from jobserver.core.errors import (
     InvalidRequestError,
     JobNotFoundError,
     JobServerError,
+    MalformedRequestError,
     StorageError,
     TaskNotFoundError,
     WebhookURLError,
@@ -125,6 +126,15 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "The body is not valid JSON.",
         "Send a JSON object with `Content-Type: application/json`; `detail` says where parsing stopped.",
     ),
+    "invalid-last-event-id": ProblemType(
+        (400,),
+        "Invalid Last-Event-ID",
+        "An event stream was asked to resume after an event id (`Last-Event-ID`, or `?last_event_id`) "
+        "that cannot be one: event ids are digits, at most 9223372036854775807. Resuming after it "
+        "would skip events without saying so.",
+        "Send back the `id` of the last event received, as it was sent, or leave the header out to "
+        "read the stream from its first event.",
+    ),
     "unsupported-media-type": ProblemType(
         (415,),
         "Unsupported media type",
@@ -207,6 +217,8 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 def problem_for(exc: JobServerError) -> Response:
     """The problem document for one of our errors."""
+    if isinstance(exc, MalformedRequestError):
+        return problem(400, exc.code, exc.title, str(exc))
     for cls, status, code, title in ERROR_TABLE:
         if isinstance(exc, cls):
             extra: dict[str, Any] = {}

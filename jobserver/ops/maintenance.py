@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from jobserver.core.clock import Clock
+from jobserver.core.errors import StorageError
 
 log = logging.getLogger(__name__)
 Pass = tuple[float, Callable[[], object]]  # (interval in seconds, the pass)
@@ -32,6 +33,8 @@ class Maintenance:
                 self._next[i] = now + interval
                 try:
                     fn()
+                except StorageError as exc:  # the writer logs the outage once, not every pass
+                    log.debug("maintenance pass %s failed: %s", getattr(fn, "__name__", fn), exc)
                 except Exception:
                     log.exception(
                         "maintenance pass %s failed",

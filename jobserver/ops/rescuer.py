@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from jobserver.core.clock import Clock
 from jobserver.core.hub import Hub
@@ -37,6 +37,7 @@ class Rescuer:
         wakeup: Wakeup,
         observers: Sequence[JobObserver],
         owner: str,
+        alive: Callable[[], Collection[str]],
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -46,6 +47,7 @@ class Rescuer:
         self.wakeup = wakeup
         self.observers = observers
         self.owner = owner
+        self.alive = alive  # the jobs this process runs now: never rescued from under itself
         self.rng = rng or random.Random()
 
     def _decide(self, job: AttemptFacts, task: str, cancel_requested: bool, now: float) -> Transition | None:
@@ -57,7 +59,7 @@ class Rescuer:
         """Recover running jobs with an expired lease (or, with `every_other_owner`,
         every running job not leased to this process)."""
         rescued = self.store.rescue(
-            self.clock.now(), self.owner, every_other_owner, self._decide, self.wakeup.notify
+            self.clock.now(), self.owner, every_other_owner, self._decide, self.wakeup.notify, self.alive()
         ).result()
         for transition, rec in rescued:
             log.warning(

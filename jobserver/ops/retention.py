@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from jobserver.core.clock import Clock
 from jobserver.core.config import RetentionSettings
+from jobserver.core.errors import StorageError
 from jobserver.storage.writer import Tx, Writer
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class Pruner:
     def _pass(self) -> None:
         try:
             self.run_once(self.clock.now())
+        except StorageError as exc:  # the writer logs the outage once
+            log.debug("pruning failed: %s; the next pass tries again", exc, extra={"action": "prune_failed"})
         except Exception:
             log.exception("pruning failed; the next pass tries again", extra={"action": "prune_failed"})
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from jobserver.core.clock import Clock
+from jobserver.core.errors import StorageError
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import Claim, HandOff
 from jobserver.runner.executor import Executor
@@ -30,6 +32,7 @@ from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx
 
 log = logging.getLogger(__name__)
+BACKOFF_MIN_S = 0.05
 
 
 class Dispatcher:
@@ -60,6 +63,10 @@ class Dispatcher:
         self._drain_lock = threading.Lock()  # a claim that commits as the shutdown begins is put back
         self.handoff = HandOff(owner, lease_s, self._handoff_accept, self._handoff_deliver)
         self._stop = threading.Event()
+        self._backoff_lock = threading.Lock()
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+        self.backoff_max_s = max(poll_interval_s, BACKOFF_MIN_S)
         self._feeder = threading.Thread(target=self._feed, name="jobserver-async-feeder", daemon=True)
 
     # ----------------------------------------------------------------- claim
@@ -100,12 +107,33 @@ class Dispatcher:
             self.wakeup.notify(len(queued))
 
     def next_sync(self) -> Claim | None:
-        """The next sync job for an idle worker thread: one claimed earlier, or a fresh claim."""
+        """The next sync job for an idle worker thread: one claimed earlier, or a fresh claim.
+        While the database fails, claims back off (the caller's next call waits)."""
         ready = self.slots.pop_ready()
         if ready is not None or self.draining:
             return ready
-        self.claim_once()
+        if self._guarded_claim() is None:
+            return None
         return self.slots.pop_ready()
+
+    def _guarded_claim(self) -> int | None:
+        """One claim (how many jobs it took), or None after waiting out a database failure:
+        doubling waits from BACKOFF_MIN_S up to the poll interval, shared by every thread
+        that claims, in real time (a failing disk does not follow a test's manual clock)."""
+        delay = self._retry_at - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
+            return None
+        try:
+            taken = self.claim_once()
+        except StorageError as exc:
+            with self._backoff_lock:
+                self._backoff_s = min(max(BACKOFF_MIN_S, self._backoff_s * 2), self.backoff_max_s)
+                self._retry_at = time.monotonic() + self._backoff_s
+            log.debug("claim failed: %s", exc, extra={"action": "claim_failed"})
+            return None
+        self._backoff_s = 0.0
+        return taken
 
     def _handoff_accept(self, tx: Tx, job_id: str, task: str) -> bool:
         """May a new due job go straight to an idle worker? (writer thread)"""
@@ -122,7 +150,10 @@ class Dispatcher:
     def _idle_timeout(self) -> float:
         """At most a poll interval, and no later than the next delayed job is due."""
         timeout = self.poll_interval_s
-        due = self.store.next_run_at()
+        try:
+            due = self.store.next_run_at()
+        except StorageError:
+            return timeout
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.clock.now()))
         return timeout
@@ -146,7 +177,7 @@ class Dispatcher:
         while not self._stop.is_set():
             self.slots.async_work.clear()
             try:
-                if self.slots.free_async() > 0 and self.claim_once():
+                if self.slots.free_async() > 0 and self._guarded_claim():
                     continue
                 timeout = self._idle_timeout()
             except Exception:

@@ -16,15 +16,16 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from jobserver.core.clock import Clock
 from jobserver.core.context import JobContext
-from jobserver.core.errors import Cancelled, JobServerError, StaleAttemptError, Timeout
+from jobserver.core.errors import Cancelled, JobServerError, StaleAttemptError, StorageError, Timeout
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Transition, decide
 from jobserver.core.observers import JobObserver
@@ -40,6 +41,21 @@ from jobserver.storage.writer import Writer
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
+RECORD_RETRY_S = 300  # how long an outcome the database refuses is retried before the job is given up
+RECORD_RETRY_MIN_DELAY_S = 0.1
+RECORD_RETRY_MAX_DELAY_S = 5.0
+
+
+@dataclass
+class _Unrecorded:
+    """An attempt's outcome on its way to the database, with its retry state."""
+
+    attempt: Attempt
+    transition: Transition
+    committed: Callable[[JobRecord], None]
+    give_up_at: float | None = None
+    next_at: float = 0.0
+    delay_s: float = 0.0
 
 
 def facts(claim: Claim) -> AttemptFacts:
@@ -90,6 +106,7 @@ class Executor:
         self._lock = threading.Lock()
         self._running: dict[str, Attempt] = {}
         self._stop_before_start: dict[str, StopReason] = {}  # stops asked for jobs claimed, not started
+        self._unrecorded: dict[str, _Unrecorded] = {}  # outcomes the database refused, to write again
 
     def _attempt(self, claim: Claim, is_async: bool, traced: bool = False) -> Attempt:
         """The handle of an attempt; `traced` for one whose task runs (not a put-back)."""
@@ -208,12 +225,15 @@ class Executor:
                 observer.transitioned(transition, rec, claim)
             self.hub.publish(claim.job_id)
 
+        return self._record(_Unrecorded(attempt, transition, committed))
+
+    def _record(self, pending: _Unrecorded) -> Future[JobRecord]:
         try:
-            future = self.store.apply(transition, committed)
+            future = self.store.apply(pending.transition, pending.committed)
         except Exception:
-            self._free(attempt)
+            self._free(pending.attempt)
             raise
-        future.add_done_callback(lambda f: self._recorded(f, attempt))
+        future.add_done_callback(lambda f: self._recorded(f, pending))
         return future
 
     def _log(self, t: Transition, claim: Claim, outcome: Outcome) -> None:
@@ -241,9 +261,12 @@ class Executor:
             action = {Status.COMPLETED: "complete", Status.CANCELLED: "cancel"}.get(t.status, "release")
             log.debug("%s %s", t.status, claim.job_id, extra={"job_id": claim.job_id, "action": action})
 
-    def _recorded(self, future: Future[JobRecord], attempt: Attempt) -> None:
+    def _recorded(self, future: Future[JobRecord], pending: _Unrecorded) -> None:
+        attempt = pending.attempt
         claim = attempt.claim
         exc = future.exception()
+        if isinstance(exc, StorageError) and self._retry_later(pending, exc):
+            return  # still running as far as the database knows: the slot and the lease are kept
         if isinstance(exc, StaleAttemptError):
             log.warning(
                 "attempt %d of %s was given up; its outcome is dropped",
@@ -259,6 +282,39 @@ class Executor:
                 extra={"job_id": claim.job_id, "action": "record_failed"},
             )
         self._free(attempt)
+
+    def _retry_later(self, pending: _Unrecorded, exc: StorageError) -> bool:
+        """Keep an outcome the database refused (disk full, locked) to write again soon, so a
+        finished job is not run a second time once its lease expires; False once it is given up."""
+        now = time.monotonic()
+        claim = pending.attempt.claim
+        if pending.give_up_at is None:
+            pending.give_up_at = now + RECORD_RETRY_S
+            log.warning(
+                "could not record the outcome of %s (%s); retrying for up to %ds",
+                claim.job_id,
+                exc,
+                RECORD_RETRY_S,
+                extra={"job_id": claim.job_id, "action": "record_retry"},
+            )
+        if now >= pending.give_up_at:
+            return False
+        pending.delay_s = min(RECORD_RETRY_MAX_DELAY_S, max(RECORD_RETRY_MIN_DELAY_S, pending.delay_s * 2))
+        pending.next_at = now + pending.delay_s
+        with self._lock:
+            self._unrecorded[claim.job_id] = pending
+        return True
+
+    def record_retries_once(self) -> int:
+        """Write again the outcomes whose retry is due; how many were sent."""
+        now = time.monotonic()
+        with self._lock:
+            due = [p for p in self._unrecorded.values() if p.next_at <= now]
+            for pending in due:
+                del self._unrecorded[pending.attempt.claim.job_id]
+        for pending in due:
+            self._record(pending)
+        return len(due)
 
     def _free(self, attempt: Attempt) -> None:
         with self._lock:
@@ -292,6 +348,11 @@ class Executor:
         """The attempts running in this process now."""
         with self._lock:
             return list(self._running.values())
+
+    def running_ids(self) -> set[str]:
+        """The ids of the jobs whose attempts run in this process now."""
+        with self._lock:
+            return set(self._running)
 
     def running_count(self) -> int:
         """How many attempts run in this process now."""

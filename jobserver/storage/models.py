@@ -9,12 +9,17 @@ only storage knows that a pending job whose run_at is still ahead is stored as
 
 from __future__ import annotations
 
+import os
+import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import peewee as pw
 from playhouse.postgres_ext import Psycopg3Database
 
 from jobserver.core.errors import StorageError
+from jobserver.storage.failures import DRIVER_ERRORS, as_storage_error
 
 
 class BaseModel(pw.Model):
@@ -160,11 +165,77 @@ ALL_MODELS: list[type[BaseModel]] = [
 ]
 
 
+class SqliteFile(pw.SqliteDatabase):
+    """A SQLite database whose connections, in every thread, can be reopened.
+
+    A connection that saw its database read-only (a file system remounted read-only,
+    `PRAGMA query_only`) stays so; when writes fail that way, every thread closes its
+    connection at its next use and opens a new one. A connection is only ever closed
+    by its own thread: the driver is not safe otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._generation = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection = super()._connect()  # type: ignore[misc]
+        self._thread_state().generation = self._generation
+        return conn
+
+    def connection(self) -> sqlite3.Connection:
+        self.refresh()
+        conn: sqlite3.Connection = super().connection()
+        return conn
+
+    def refresh(self) -> None:
+        """Close this thread's connection if every connection was asked to reopen since it opened."""
+        state = self._thread_state()
+        if not state.closed and getattr(state, "generation", self._generation) != self._generation:
+            try:
+                self._close(state.conn)  # type: ignore[attr-defined]
+            except sqlite3.Error:
+                pass
+            state.reset()
+
+    def reopen_all(self) -> None:
+        """Ask every thread to open a new connection at its next use."""
+        self._generation += 1
+
+    def _thread_state(self) -> Any:
+        """Peewee's per-thread connection state."""
+        return self.__dict__["_state"]
+
+
+def read_rows(db: pw.Database, pg: bool, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """A read (`?` placeholders) on the calling thread's own connection; a database failure
+    is a StorageError."""
+    if pg:
+        sql = sql.replace("?", "%s")
+    try:
+        rows: list[tuple[Any, ...]] = db.execute_sql(sql, params).fetchall()
+    except DRIVER_ERRORS as exc:
+        raise as_storage_error(exc, "read") from exc
+    return rows
+
+
+def check_writable(sqlite_path: Path) -> None:
+    """Refuse a database file (or its WAL files) this process cannot write: SQLite would open
+    it read-only without a word, and keep it so for the life of the process."""
+    for path in (sqlite_path, *(sqlite_path.with_name(sqlite_path.name + s) for s in ("-wal", "-shm"))):
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"the database file {path} is not writable: {exc.strerror}") from exc
+
+
 def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_timeout_s: float) -> pw.Database:
     """Open (not yet connect) the database named by `url`, with our pragmas."""
     if sqlite_path is not None:
         sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        return pw.SqliteDatabase(
+        check_writable(sqlite_path)
+        return SqliteFile(
             str(sqlite_path),
             pragmas={
                 "journal_mode": "wal",

@@ -13,7 +13,7 @@ call them on the event loop).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -31,6 +31,7 @@ from jobserver.core.errors import (
 )
 from jobserver.core.lifecycle import FINISHED, AttemptFacts, Status, Transition
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
+from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
@@ -87,10 +88,7 @@ class JobStore:
 
     # ---------------------------------------------------------------- reads
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self.pg:
-            sql = sql.replace("?", "%s")
-        rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
-        return rows
+        return read_rows(self.db, self.pg, sql, params)
 
     def get(self, job_id: str) -> JobRecord:
         """One job, or JobNotFoundError."""
@@ -174,6 +172,15 @@ class JobStore:
         """The tasks of every job that waits to run (pending, delayed or between attempts)."""
         rows = self._query("SELECT DISTINCT task FROM jobs WHERE status IN ('pending', 'scheduled')")
         return sorted(str(task) for (task,) in rows)
+
+    def writable(self) -> Future[None]:
+        """Resolves when writes work: at once while the last write committed, else after a
+        probe write (a StorageError when that fails too)."""
+        if self.writer.health.ok:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        return self.writer.probe()
 
     def ping(self) -> None:
         """Raise if the database cannot answer."""
@@ -451,20 +458,24 @@ class JobStore:
         everyone_else: bool,
         decide: RescueDecider,
         on_commit: Callable[[], None],
+        alive: Collection[str] = (),
     ) -> Future[list[tuple[Transition, JobRecord]]]:
         """Recover running jobs whose lease expired (or, at an SQLite start, every job
-        not ours: the file lock proves their owner is dead), each as `decide` says."""
+        not ours: the file lock proves their owner is dead), each as `decide` says. Our own
+        jobs in `alive` still run here (their lease lapsed while writes failed): they are kept."""
         cond = "lease_owner <> ? OR lease_owner IS NULL" if everyone_else else "lease_expires_at < ?"
         arg: Any = owner if everyone_else else now
 
         def op(tx: Tx) -> list[tuple[Transition, JobRecord]]:
             rows = tx.all(
-                "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested FROM jobs "
+                "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested, lease_owner FROM jobs "
                 f"WHERE status = 'running' AND ({cond}) LIMIT 1000",
                 (arg,),
             )
             out = []
-            for job_id, task, attempts, max_attempts, run_seq, cancel in rows:
+            for job_id, task, attempts, max_attempts, run_seq, cancel, lease_owner in rows:
+                if lease_owner == owner and job_id in alive:
+                    continue
                 facts = AttemptFacts(str(job_id), int(run_seq), int(attempts), int(max_attempts))
                 transition = decide(facts, str(task), bool(cancel), now)
                 if transition is not None:

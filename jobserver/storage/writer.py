@@ -16,6 +16,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
@@ -23,6 +24,8 @@ from typing import Any, Generic, TypeVar
 import peewee as pw
 
 from jobserver.core.errors import StorageError
+from jobserver.storage.failures import WriteHealth, as_storage_error, needs_new_connection
+from jobserver.storage.models import SqliteFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,7 +35,7 @@ MAX_BATCH = 512
 class Tx:
     """The transaction an op runs in: execute SQL, register after-commit hooks."""
 
-    __slots__ = ("_cur", "_hooks", "_pg", "_undo", "wrote")
+    __slots__ = ("_cur", "_hooks", "_pg", "_undo", "changed", "wrote")
 
     def __init__(self, cur: Any, pg: bool) -> None:
         self._cur = cur
@@ -40,6 +43,7 @@ class Tx:
         self._hooks: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []
         self.wrote = False
+        self.changed = False  # some statement changed a row: the commit proves writes work
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement (`?` placeholders) and return the cursor."""
@@ -48,6 +52,8 @@ class Tx:
         if self._pg:
             sql = _pg_sql(sql)
         self._cur.execute(sql, params)
+        if self.wrote and not self.changed and self._cur.rowcount > 0:
+            self.changed = True
         return self._cur
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
@@ -113,6 +119,7 @@ class Writer:
         self._thread = threading.Thread(target=self._loop, name="jobserver-writer", daemon=True)
         self.batches = 0
         self.ops = 0
+        self.health = WriteHealth()
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -137,6 +144,18 @@ class Writer:
     async def acall(self, op: Callable[[Tx], T]) -> T:
         """Run an op from the event loop without blocking it."""
         return await asyncio.wrap_future(self.submit(op))
+
+    def probe(self) -> Future[None]:
+        """A small real write (one row of the meta table), to learn whether writes work now."""
+
+        def op(tx: Tx) -> None:
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('write_probe', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (repr(time.time()),),
+            )
+
+        return self.submit(op)
 
     def _loop(self) -> None:
         while True:
@@ -169,7 +188,7 @@ class Writer:
         an error aborts the transaction) sends the batch down the slow path:
         roll back and run every op in a transaction of its own."""
         try:
-            outcomes, hooks = self._attempt_batch(batch)
+            outcomes, hooks, changed = self._attempt_batch(batch)
         except _Fallback:
             self._rollback_quietly()
             for item in batch:
@@ -178,20 +197,22 @@ class Writer:
         except Exception as exc:  # the transaction itself failed: every op fails
             self._fail_all(batch, exc)
             return
-        self._publish(outcomes, hooks, len(batch))
+        self._publish(outcomes, hooks, len(batch), changed)
 
     def _run_batch_alone(self, item: _Item[Any]) -> None:
         try:
-            outcomes, hooks = self._attempt_batch([item], alone=True)
+            outcomes, hooks, changed = self._attempt_batch([item], alone=True)
         except Exception as exc:
             self._fail_all([item], exc)
             return
-        self._publish(outcomes, hooks, 1)
+        self._publish(outcomes, hooks, 1, changed)
 
     def _attempt_batch(
         self, batch: list[_Item[Any]], alone: bool = False
-    ) -> tuple[list[tuple[_Item[Any], bool, Any]], list[Callable[[], None]]]:
+    ) -> tuple[list[tuple[_Item[Any], bool, Any]], list[Callable[[], None]], bool]:
+        """(each op's outcome, the after-commit hooks, whether a row changed)."""
         outcomes: list[tuple[_Item[Any], bool, Any]] = []
+        changed = False
         hooks: list[Callable[[], None]] = []
         undo: list[Callable[[], None]] = []
         try:
@@ -201,12 +222,13 @@ class Writer:
                 tx = Tx(cur, self._pg)
                 try:
                     value = item.op(tx)
-                except Exception as exc:
+                except Exception as raised:
+                    exc = as_storage_error(raised, "write")
                     undo.extend(tx._undo)
                     if alone:
                         cur.execute("ROLLBACK")
                         _run_all(undo)
-                        return [(item, False, exc)], []
+                        return [(item, False, exc)], [], False
                     if tx.wrote or self._pg:
                         raise _Fallback() from exc
                     outcomes.append((item, False, exc))  # failed before writing: nothing to undo
@@ -214,26 +236,43 @@ class Writer:
                     undo.extend(tx._undo)
                     outcomes.append((item, True, value))
                     hooks.extend(tx._hooks)
+                    changed = changed or tx.changed
             cur.execute("COMMIT")
         except BaseException:
             _run_all(undo)  # nothing of this attempt stays: neither may its bookkeeping
             raise
-        return outcomes, hooks
+        return outcomes, hooks, changed
 
     def _fail_all(self, batch: list[_Item[Any]], exc: Exception) -> None:
-        log.exception("write transaction failed", extra={"action": "write_failed"})
+        error = as_storage_error(exc, "write")
+        if error is exc:  # not the database's failure: a bug in an op
+            log.exception("write transaction failed", extra={"action": "write_failed"})
+        else:
+            self._failed(exc)
         self._rollback_quietly()
-        error = StorageError(f"database write failed: {exc}")
-        error.__cause__ = exc
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(error)
 
+    def _failed(self, exc: BaseException) -> None:
+        self.health.failed(exc)
+        if needs_new_connection(exc) and isinstance(self._db, SqliteFile):
+            self._db.reopen_all()
+
     def _publish(
-        self, outcomes: list[tuple[_Item[Any], bool, Any]], hooks: list[Callable[[], None]], size: int
+        self,
+        outcomes: list[tuple[_Item[Any], bool, Any]],
+        hooks: list[Callable[[], None]],
+        size: int,
+        changed: bool,
     ) -> None:
         self.batches += 1
         self.ops += size
+        failures = [v for _, ok, v in outcomes if not ok and isinstance(v, StorageError)]
+        if failures:
+            self._failed(failures[0].__cause__ or failures[0])
+        elif changed:  # a commit that changed nothing proves nothing (a read-only file allows it)
+            self.health.succeeded()
         for hook in hooks:  # wake-ups first: an idle worker should not wait for the answers
             try:
                 hook()

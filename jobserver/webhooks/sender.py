@@ -40,7 +40,9 @@ import peewee as pw
 
 from jobserver.core.clock import Clock, rfc3339
 from jobserver.core.config import WebhooksSettings
+from jobserver.core.errors import StorageError
 from jobserver.core.tracing import NO_TRACING, Tracing
+from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks.payload import AttemptResult, deliver_once, generate_secret, next_delay, secret_key
 
@@ -80,19 +82,22 @@ class DueDelivery:
 
 def _read(db: pw.Database, pg: bool, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """A read on the calling thread's own connection."""
-    if pg:
-        sql = sql.replace("?", "%s")
-    rows: list[tuple[Any, ...]] = db.execute_sql(sql, params).fetchall()
-    return rows
+    return read_rows(db, pg, sql, params)
+
+
+def stored_secret(db: pw.Database, pg: bool) -> str | None:
+    """The signing secret generated on a first start and kept in the database, if there is one."""
+    rows = _read(db, pg, "SELECT value FROM meta WHERE key = ?", (SECRET_META_KEY,))
+    return str(rows[0][0]) if rows else None
 
 
 def load_secret(settings: WebhooksSettings, db: pw.Database, writer: Writer, pg: bool) -> str:
     """The signing secret: `[webhooks] secret`, else the one kept in the database (made once)."""
     if settings.secret:
         return settings.secret
-    rows = _read(db, pg, "SELECT value FROM meta WHERE key = ?", (SECRET_META_KEY,))
-    if rows:
-        return str(rows[0][0])
+    stored = stored_secret(db, pg)
+    if stored is not None:
+        return stored
     candidate = generate_secret()
 
     def op(tx: Tx) -> str:
@@ -360,6 +365,8 @@ class WebhookSender:
                 # (or raced another sender): look again after the idle wait, not in a busy loop.
                 if due is not None and (started or due > now):
                     wait = min(IDLE_WAIT_S, max(MIN_WAIT_S, due - self.clock.now()))
+            except StorageError as exc:  # the writer logs the outage; deliveries wait for it to end
+                log.debug("webhook sender pass failed: %s", exc, extra={"action": "webhook_error"})
             except Exception:
                 log.exception("webhook sender pass failed", extra={"action": "webhook_error"})
             self._wake.wait(wait)
