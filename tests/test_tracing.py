@@ -212,6 +212,9 @@ def test_exporters_are_named_by_the_standard_variables() -> None:
 IMPORT_PROBE = textwrap.dedent(
     """
     import sys, tempfile
+    # redis (in the test lock for the bench's Celery; huey imports it when present) imports
+    # OpenTelemetry by itself: keep it out, the server does not need it
+    sys.modules["redis"] = None
     from pathlib import Path
     from tests.helpers import finished, submit
     from tests.inproc import running_app

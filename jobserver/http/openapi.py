@@ -226,6 +226,11 @@ def digits_at_most(limit: int) -> str:
     return f"^({'|'.join(a for a in [shorter, *same_length, top] if a)})$"
 
 
+def last_event_id_pattern() -> str:
+    """An event id the stream resumes after, or empty: read from the first event, as without it."""
+    return "^$|" + digits_at_most(EVENT_ID_MAX)
+
+
 def _event(kind: str, description: str, data: Schema) -> Schema:
     """One kind of Server-Sent Event: its `event` name and what its JSON `data` holds."""
     return {
@@ -273,7 +278,7 @@ def event_item_schema() -> Schema:
 
 
 PROBLEMS: dict[int, tuple[str, str]] = {
-    400: ("MalformedJSON", "The body is not valid JSON."),
+    400: ("BadRequest", "The body is not valid JSON, or a header is not what it must be (Last-Event-ID)."),
     401: ("Unauthorized", "Missing or wrong API key."),
     404: ("NotFound", "No such job."),
     409: ("Conflict", "The job's state does not allow this (or the Idempotency-Key is in use)."),
@@ -528,14 +533,15 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "content": {"text/event-stream": {"itemSchema": _ref("JobEvent")}},
                     }
                 },
-                (404,),
+                (400, 404),
                 params=[
                     _job_id(),
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
-                        "description": "Resume after this event id (digits, at most 2^63 - 1); anything else is a 400.",
-                        "schema": {"type": "string", "pattern": digits_at_most(EVENT_ID_MAX)},
+                        "description": "Resume after this event id (digits, at most 2^63 - 1; empty: from the "
+                        "first event); anything else is a 400.",
+                        "schema": {"type": "string", "pattern": last_event_id_pattern()},
                     },
                 ],
             )
