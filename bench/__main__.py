@@ -12,6 +12,7 @@ figure could not be measured; missed targets do not change the exit code.
     python -m bench                  # full run, a few minutes
     python -m bench --idle-seconds 600   # a longer idle before the after-idle pickups
     python -m bench --scale          # adds 1,000,000 finished / 100,000 pending jobs
+    python -m bench --ops            # adds GET /stats at 1,000,000 jobs, a bulk retry of 100,000
     python -m bench --quick --sync-full  # the synchronous = "full" submit figure in a quick run too
     python -m bench --config extra.toml  # merged over the bench's server config
     python -m bench --peers          # side by side with BackgroundTasks and Celery (bench extra)
@@ -42,6 +43,7 @@ from bench.jobserver_figures import (
     merge,
     run_figures,
 )
+from bench.operations import run_operations
 from bench.plan import Plan, make_plan
 from bench.scale import run_scale
 from bench.servers import BenchError
@@ -52,6 +54,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs for CI smoke use (under a minute)")
     parser.add_argument(
         "--scale", action="store_true", help="also measure on databases seeded with many jobs"
+    )
+    parser.add_argument(
+        "--ops", action="store_true", help="also measure GET /stats on a big database and a bulk retry"
+    )
+    parser.add_argument(
+        "--only-ops", action="store_true", help="measure only the --ops figures (no machine limits)"
     )
     parser.add_argument(
         "--sync-full",
@@ -130,6 +138,9 @@ async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict
     }
     errors: dict[str, str] = {}
     extra = load_extra_config(args.config)
+    if args.only_ops:
+        v, e = await run_operations(plan, workdir, extra, _log)
+        return values | v | {"bench.only_ops": True}, errors | e
     await _machine_limits(plan, workdir, values, errors)
     server_dir = workdir / "server"
     server_dir.mkdir()
@@ -146,6 +157,10 @@ async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict
         errors |= e
     if args.scale:
         v, e = await run_scale(plan, workdir, extra, _log)
+        values |= v
+        errors |= e
+    if args.ops:
+        v, e = await run_operations(plan, workdir, extra, _log)
         values |= v
         errors |= e
     values["machine.load_end"] = os.getloadavg()[0]

@@ -30,6 +30,8 @@ class Plan:
     scale_finished: int = 1_000_000
     scale_pending: int = 100_000
     drain_jobs: int = 100_000  # due jobs already queued when the server starts
+    stats_finished: int = 1_000_000  # --ops: finished jobs under GET /stats
+    bulk_jobs: int = 100_000  # --ops: failed jobs one POST /jobs/retry takes
     settle_timeout_s: float = 180.0  # bound on waiting for the queue to empty
 
 
@@ -46,6 +48,8 @@ QUICK = Plan(
     idle_samples=10,
     idle_gap_s=0.2,
     drain_jobs=20_000,
+    stats_finished=200_000,
+    bulk_jobs=20_000,
     settle_timeout_s=60.0,
 )
 

@@ -241,6 +241,21 @@ def _scale_rows(plan: Plan) -> list[Row]:
     return out
 
 
+def _ops_rows(plan: Plan) -> list[Row]:
+    """--ops: GET /stats on a big database, a bulk retry and the submits it runs beside."""
+    big, bulk = f"{plan.stats_finished:,} finished jobs", f"bulk retry of {plan.bulk_jobs:,} jobs"
+    return [
+        Row(f"[{big}] GET /stats p50", "ops.stats_big.stats_p50_ms", "ms", "empty database", "ops.stats_empty.stats_p50_ms", ("<=", 5)),
+        Row(f"[{big}] GET /stats p99", "ops.stats_big.stats_p99_ms", "ms", "empty database", "ops.stats_empty.stats_p99_ms"),
+        Row(f"[{big}] first start (counters built)", "ops.stats_big.startup_s", "s", "empty database", "ops.stats_empty.startup_s"),
+        Row(f"[{bulk}] time", "ops.bulk.bulk_retry_s", "s"),
+        Row(f"[{bulk}] jobs retried", "ops.bulk.bulk_retry_jobs_per_s", "/s"),
+        Row(f"[{bulk}] submit p50 meanwhile", "ops.bulk.probe_during_p50_ms", "ms", "just before", "ops.bulk.probe_before_p50_ms"),
+        Row(f"[{bulk}] submit p99 meanwhile", "ops.bulk.probe_during_p99_ms", "ms", "just before", "ops.bulk.probe_before_p99_ms", ("<=", 100)),
+        Row(f"[{bulk}] slowest submit meanwhile", "ops.bulk.probe_max_during_ms", "ms"),
+    ]  # fmt: skip
+
+
 def _fmt(value: Any, unit: str) -> str:
     if not isinstance(value, (int, float)):
         return "n/a"
@@ -268,7 +283,12 @@ def _rows_for(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str,
     sync_full = any(k.startswith("syncfull.") for k in values) or any(
         k.startswith("synchronous") for k in errors
     )
-    return rows(plan, scale, sync_full, str(values.get("db.synchronous", "normal")))
+    if values.get("bench.only_ops"):
+        return _ops_rows(plan)
+    out = rows(plan, scale, sync_full, str(values.get("db.synchronous", "normal")))
+    if any(k.startswith("ops.") for k in values) or any(k.startswith("ops ") for k in errors):
+        out += _ops_rows(plan)
+    return out
 
 
 def table(plan: Plan, scale: bool, values: dict[str, Any], errors: dict[str, str]) -> str:

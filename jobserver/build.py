@@ -26,29 +26,39 @@ from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
+from jobserver.core.schedules import Schedule, check_configured
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing, tracing_wanted
 from jobserver.http.app import READ_THREADS, Services, create_app
+from jobserver.http.ops_routes import OpsServices, ops_routes
 from jobserver.http.webhook_routes import webhook_routes
 from jobserver.ops.maintenance import Maintenance
 from jobserver.ops.metrics import Metrics
 from jobserver.ops.rescuer import Rescuer
 from jobserver.ops.retention import Pruner
+from jobserver.ops.scheduler import Scheduler
+from jobserver.ops.stats import COMPACT_INTERVAL_S, Stats
 from jobserver.ops.summary import INTERVAL_S, Summary
+from jobserver.runner.bulk import BulkActions
 from jobserver.runner.commands import JobCommands
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
+from jobserver.runner.pausing import TaskControl
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
 from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.pauses import TaskPauses
+from jobserver.storage.schedules import ScheduleStore
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
 
 log = logging.getLogger(__name__)
+SCHEDULER_INTERVAL_S = 1.0  # how often due schedule ticks are looked for
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,11 @@ class Parts:
     maintenance: Maintenance
     readers: ThreadPoolExecutor
     app: Starlette
+    task_pauses: TaskPauses
+    scheduler: Scheduler
+    configured_schedules: list[Schedule]  # config.toml's, checked against the tasks
+    stats: Stats
+    bulk: BulkActions
     tracing: Tracing
 
 
@@ -109,8 +124,10 @@ def build(
     tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
+    configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
     create_schema(db)
+    install_counters(db, s.is_postgres, clock.now())
     writer = Writer(db, s.is_postgres)
     writer.start()
     outbox_wake = threading.Event()
@@ -132,7 +149,11 @@ def build(
     hub = Hub()
     wakeup = Wakeup()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
-    slots = Slots(registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event())
+    task_pauses = TaskPauses(db, writer, s.is_postgres)
+    task_pauses.load()
+    slots = Slots(
+        registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event(), task_pauses.paused
+    )
     tasks_loop = asyncio.new_event_loop()
     executor = Executor(
         store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop, tracing=tracing
@@ -153,6 +174,11 @@ def build(
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
+    scheduler = Scheduler(
+        ScheduleStore(db, writer, store, s.is_postgres), registry, clock, observers, dispatcher.job_added
+    )
+    stats = Stats(Counters(db, s.is_postgres), writer, clock)
+    bulk = BulkActions(store, clock, hub, wakeup, dispatcher, executor, observers)
 
     def flush_progress() -> None:
         future = reporter.flush_once(clock.now())
@@ -175,6 +201,8 @@ def build(
             (max(1.0, lease_s / 2), rescuer.rescue_once),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
+            (SCHEDULER_INTERVAL_S, scheduler.tick_once),
+            (COMPACT_INTERVAL_S, lambda: stats.compact_once().result()),
         ],
     )
     readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
@@ -186,14 +214,29 @@ def build(
             registry,
             hub,
             workers_alive=lambda: pool.alive() > 0,
-            extra_routes=webhook_routes(store, sender),
+            extra_routes=[
+                *webhook_routes(store, sender),
+                *ops_routes(
+                    OpsServices(
+                        scheduler,
+                        scheduler.store,
+                        TaskControl(task_pauses, registry, clock, wakeup, slots),
+                        bulk,
+                        stats,
+                        readers,
+                        s.server.max_body_bytes,
+                        s.server.max_json_depth,
+                    )
+                ),
+            ],
             readers=readers,
             metrics=metrics,
             tracing=tracing,
+            paused_tasks=task_pauses.current,
         )
     )
     return Parts(
         s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
         tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
-        tracing,
+        task_pauses, scheduler, configured_schedules, stats, bulk, tracing,
     )  # fmt: skip

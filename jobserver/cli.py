@@ -2,7 +2,7 @@
 
 `python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
 `jobserver` command) serves; the client subcommands (submit, get, wait, list,
-cancel, retry, tasks) live in `jobserver.client.commands`. A start that cannot
+cancel, retry, tasks, schedules, pause, resume, stats) live in `jobserver.client.commands`. A start that cannot
 work (bad config, a task module that does not import, a function that cannot be
 a task) prints one `jobserver: ...` line and exits 2.
 """
@@ -17,11 +17,14 @@ from collections.abc import Sequence
 
 from jobserver.core.config import Settings, load_settings
 from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
+from jobserver.core.schedules import check_configured
 from jobserver.core.tasks import Registry
 from jobserver.core.version import package_version
 
 log = logging.getLogger(__name__)
-CLIENT_COMMANDS = ("submit", "get", "wait", "list", "cancel", "retry", "tasks")
+CLIENT_COMMANDS = (
+    "submit", "get", "wait", "list", "cancel", "retry", "tasks", "schedules", "pause", "resume", "stats",
+)  # fmt: skip
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -129,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_auth(settings)
     try:
         registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
+        check_configured(settings.schedules, registry)
     except ConfigError as exc:
         log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
         print(f"jobserver: {exc}", file=sys.stderr)

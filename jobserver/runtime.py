@@ -118,6 +118,7 @@ class Runtime:
                 extra={"action": "unknown_tasks"},
             )  # fmt: skip
         p.rescuer.rescue_once(every_other_owner=not self.settings.is_postgres)
+        p.scheduler.sync_configured(p.configured_schedules)
         self._loop_thread = threading.Thread(
             target=p.tasks_loop.run_forever, name="jobserver-async", daemon=True
         )

@@ -17,7 +17,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 FINISHED = ("completed", "failed", "cancelled")
-Config = dict[str, dict[str, Any]]
+Config = dict[str, Any]  # section -> {key: value}, or "schedules" -> a list of [[schedules]] tables
 
 
 def free_port() -> int:
@@ -68,14 +68,18 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
 def write_config(path: Path, config: Config) -> None:
     lines = []
     for section, values in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        tables = values if isinstance(values, list) else [values]
+        for table in tables:
+            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -98,7 +102,10 @@ def merged_config(tmp_path: Path, port: int, config: Config | None) -> Config:
     """The default test config updated section by section."""
     merged = default_config(tmp_path, port)
     for section, values in (config or {}).items():
-        merged.setdefault(section, {}).update(values)
+        if isinstance(values, list):
+            merged[section] = values
+        else:
+            merged.setdefault(section, {}).update(values)
     return merged
 
 

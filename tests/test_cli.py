@@ -120,6 +120,17 @@ def test_task_definition_error_is_one_line_and_exit_2(cwd: Path, capsys: pytest.
     assert line.startswith("jobserver: task lock_tasks.guarded: parameter lock: ")
 
 
+def test_bad_schedule_is_one_line_and_exit_2_before_the_database_is_touched(
+    cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule = '[[schedules]]\nname = "nightly"\ntask = "jobserver.examples.add"\ncron = "0 3 * * *"\n'
+    write_config(cwd, ["jobserver.examples"], schedule + "args = {a = 1}\n")
+    code, err = run(capsys)
+    assert code == 2
+    assert error_lines(err) == ["jobserver: config schedules.nightly.args: b: Field required"]
+    assert not (cwd / "jobs.db").exists()
+
+
 def test_mistyped_environment_variable_is_one_line_and_exit_2(
     cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,6 +34,17 @@ CONTRACT_ROUTES = {
     ("get", "/"),
     ("get", "/openapi.json"),
     ("get", "/problems/{code}"),
+    ("get", "/schedules"),
+    ("get", "/schedules/{name}"),
+    ("put", "/schedules/{name}"),
+    ("delete", "/schedules/{name}"),
+    ("post", "/schedules/{name}/pause"),
+    ("post", "/schedules/{name}/resume"),
+    ("post", "/tasks/{name}/pause"),
+    ("post", "/tasks/{name}/resume"),
+    ("post", "/jobs/cancel"),
+    ("post", "/jobs/retry"),
+    ("get", "/stats"),
 }
 
 
@@ -96,6 +107,28 @@ def test_the_served_document_is_valid_and_complete(app: RunningApp) -> None:
         ]
     assert {"202", "200"} <= set(submit)
     assert "404" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
+
+
+def test_every_route_of_the_app_is_documented(app: RunningApp) -> None:
+    doc = app.client.get("/openapi.json").json()
+    documented = {(method, path) for path, item in doc["paths"].items() for method in item}
+    served = {
+        (method.lower(), route.path)
+        for route in app.asgi_app.routes
+        for method in (route.methods or ()) - {"HEAD"}
+    }
+    assert served == documented
+
+
+def test_the_operator_bodies_are_the_validators_schemas(app: RunningApp) -> None:
+    doc = app.client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["ScheduleBody"]["properties"]) == {"task", "cron", "timezone", "args", "catch_up"}
+    assert schemas["ScheduleBody"]["required"] == ["task", "cron"]
+    assert schemas["CancelFilter"]["properties"]["status"]["anyOf"][0]["enum"] == ["pending", "running"]
+    assert schemas["RetryFilter"]["properties"]["status"]["anyOf"][0]["enum"] == ["failed", "cancelled"]
+    put = doc["paths"]["/schedules/{name}"]["put"]
+    assert {"200", "201", "422"} <= set(put["responses"])
 
 
 def test_with_api_keys_the_document_declares_bearer_auth(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""The client subcommands of `python -m jobserver`: submit, get, wait, list, cancel, retry, tasks.
+"""The client subcommands of `python -m jobserver`: submit, get, wait, list, cancel, retry, tasks,
+schedules, pause, resume, stats.
+
+`cancel` and `retry` take one job id, or filters (`--status`, `--task`, `--id`, or
+`--all`) for every matching job, answering `{"count": n}`.
 
 Each talks to a running server through `client.Client`, found through `--url`
 or JOBSERVER_URL (default http://127.0.0.1:8000), with the key from `--api-key`
@@ -131,11 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help=f"page size (default 50, at most {MAX_LIMIT})")
     p.add_argument("--cursor", help="next_cursor of the previous page")
 
-    for name, text in (("cancel", "cancel a job"), ("retry", "run a failed or cancelled job again")):
+    for name, text, statuses in (
+        ("cancel", "cancel a job, or every job a filter matches", ["pending", "running"]),
+        (
+            "retry",
+            "run a failed or cancelled job again, or every one a filter matches",
+            ["failed", "cancelled"],
+        ),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("job_id", metavar="ID")
+        p.add_argument("job_id", metavar="ID", nargs="?", help="one job (or give filters instead)")
+        p.add_argument("--status", choices=statuses, help="only jobs in this status")
+        p.add_argument("--task", help="only jobs of this task")
+        p.add_argument("--id", dest="ids", action="append", metavar="ID", help="only these jobs (repeatable)")
+        p.add_argument("--all", action="store_true", help="every job the action applies to")
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks")
+    for name, text in (
+        ("pause", "hold a task's pending jobs back"),
+        ("resume", "let a paused task's jobs run"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("task", metavar="TASK")
+    p = sub.add_parser("schedules", parents=[common], help="list schedules, or pause, resume or delete one")
+    p.add_argument("action", nargs="?", choices=["list", "pause", "resume", "delete"], default="list")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (for pause, resume, delete)")
+    sub.add_parser("stats", parents=[common], help="counts by status and task; the last hour's throughput")
     return parser
 
 
@@ -197,13 +222,53 @@ def run(client: Client, args: argparse.Namespace) -> int:
         return _finished_code(job)
     elif command == "list":
         _print(client.list(status=args.status, task=args.task, limit=args.limit, cursor=args.cursor))
-    elif command == "cancel":
-        _print(client.cancel(args.job_id))
-    elif command == "retry":
-        _print(client.retry(args.job_id))
+    elif command in ("cancel", "retry"):
+        return _cancel_or_retry(client, args)
     elif command == "tasks":
         _print({"tasks": client.tasks()})
+    elif command in ("pause", "resume"):
+        _print(client.pause_task(args.task) if command == "pause" else client.resume_task(args.task))
+    elif command == "schedules":
+        return _schedules(client, args)
+    elif command == "stats":
+        _print(client.stats())
     return 0
+
+
+def _cancel_or_retry(client: Client, args: argparse.Namespace) -> int:
+    """One job by id, or every job the filters match (`--all`: no filter)."""
+    filters = args.status is not None or args.task is not None or args.ids is not None
+    if args.job_id is not None:
+        if filters or args.all:
+            return _usage(f"{args.command}: give a job ID or filters, not both")
+        _print(client.cancel(args.job_id) if args.command == "cancel" else client.retry(args.job_id))
+        return 0
+    if not filters and not args.all:
+        return _usage(f"{args.command}: give a job ID, filters (--status, --task, --id), or --all")
+    many = client.cancel_many if args.command == "cancel" else client.retry_many
+    _print({"count": many(status=args.status, task=args.task, ids=args.ids)})
+    return 0
+
+
+def _schedules(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        _print({"schedules": client.schedules()})
+        return 0
+    if args.name is None:
+        return _usage(f"schedules {args.action}: name the schedule")
+    if args.action == "delete":
+        client.delete_schedule(args.name)
+        print(f"jobserver: schedule {args.name} deleted", file=sys.stderr)
+    elif args.action == "pause":
+        _print(client.pause_schedule(args.name))
+    else:
+        _print(client.resume_schedule(args.name))
+    return 0
+
+
+def _usage(message: str) -> int:
+    print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+    return 2
 
 
 def describe(exc: JobServerError) -> str:

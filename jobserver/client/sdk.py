@@ -15,7 +15,8 @@ instead of queuing a new one (202).
 Errors: the `code` of a problem document maps back to the server's exception
 classes from `jobserver.core.errors` (JobNotFoundError, TaskNotFoundError,
 InvalidRequestError with `.errors`, WebhookURLError, IdempotencyMismatchError,
-the ConflictError subclasses, DrainingError, StorageError). Every other error
+the ConflictError subclasses, DrainingError, StorageError, ScheduleNotFoundError; an
+unknown task in a pause or resume is TaskNotFoundError too). Every other error
 answer (401, 400, 413, 415, an unknown route, a 5xx, a body that is not a problem
 document) raises `ClientError`. Each of these exceptions carries `status_code`,
 `problem` (the parsed document) and `retry_after` (seconds, or None). Network
@@ -48,6 +49,7 @@ from jobserver.core.errors import (
     JobNotFoundError,
     JobNotRetryableError,
     JobServerError,
+    ScheduleNotFoundError,
     StorageError,
     TaskNotFoundError,
     WebhookURLError,
@@ -91,6 +93,7 @@ class _Call(NamedTuple):
     task: str = ""
     key: str = ""
     webhook_url: str = ""
+    name: str = ""  # a schedule's
 
 
 # a 409 "conflict" says which call failed (our side) and, in its detail, the job's state
@@ -125,6 +128,8 @@ _BUILDERS: dict[str, Callable[[_Call, str, builtins.list[Any]], JobServerError]]
     "conflict": lambda call, detail, errors: _conflict(call, detail),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
+    "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
+    "task-not-found": lambda call, detail, errors: TaskNotFoundError(call.task),
 }
 
 
@@ -200,6 +205,20 @@ def _json_or_text(text: str) -> Any:
 
 def _job_path(job_id: str, suffix: str = "") -> str:
     return f"/jobs/{quote(str(job_id), safe='')}{suffix}"
+
+
+def _schedule_path(name: str, suffix: str = "") -> str:
+    return f"/schedules/{quote(name, safe='')}{suffix}"
+
+
+def _filter(status: str | None, task: str | None, ids: Iterable[str] | None) -> dict[str, Any]:
+    """A bulk action's filter body: only the fields given."""
+    body: dict[str, Any] = {
+        "status": status,
+        "task": task,
+        "ids": None if ids is None else builtins.list(ids),
+    }
+    return {k: v for k, v in body.items() if v is not None}
 
 
 class Client:
@@ -385,6 +404,78 @@ class Client:
                 response.read()
                 raise error_for(response, _Call("events", job_id))
             yield from parse_sse(response.iter_lines())
+
+    # ------------------------------------------------------------ operations
+    def schedules(self) -> builtins.list[dict[str, Any]]:
+        """Every schedule: name, task, cron, timezone, args, catch_up, paused, next/last run."""
+        data: builtins.list[dict[str, Any]] = self._request("GET", "/schedules", _Call("schedules")).json()[
+            "schedules"
+        ]
+        return data
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """One schedule; ScheduleNotFoundError when there is none."""
+        return self._json("GET", _schedule_path(name), _Call("schedule", name=name))
+
+    def put_schedule(
+        self,
+        name: str,
+        task: str,
+        cron: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timezone: str = "UTC",
+        catch_up: bool = True,
+    ) -> dict[str, Any]:
+        """Create or replace a schedule (five-field cron in an IANA time zone); the stored schedule."""
+        body = {"task": task, "cron": cron, "timezone": timezone, "args": args or {}, "catch_up": catch_up}
+        return self._json("PUT", _schedule_path(name), _Call("put_schedule", task=task, name=name), json=body)
+
+    def delete_schedule(self, name: str) -> None:
+        """Remove a schedule (its jobs stay); ScheduleNotFoundError when there is none."""
+        self._request("DELETE", _schedule_path(name), _Call("delete_schedule", name=name))
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        """Stop a schedule's ticks."""
+        return self._json("POST", _schedule_path(name, "/pause"), _Call("pause_schedule", name=name))
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Tick again, from the next tick after now."""
+        return self._json("POST", _schedule_path(name, "/resume"), _Call("resume_schedule", name=name))
+
+    def pause_task(self, task: str) -> dict[str, Any]:
+        """Hold the task's pending jobs back (running ones finish); TaskNotFoundError for an unknown task."""
+        return self._json("POST", f"/tasks/{quote(task, safe='')}/pause", _Call("pause_task", task=task))
+
+    def resume_task(self, task: str) -> dict[str, Any]:
+        """Let the task's jobs run again."""
+        return self._json("POST", f"/tasks/{quote(task, safe='')}/resume", _Call("resume_task", task=task))
+
+    def cancel_many(
+        self, status: str | None = None, task: str | None = None, ids: Iterable[str] | None = None
+    ) -> int:
+        """Cancel every matching job (pending at once, running asked to stop); how many."""
+        body = _filter(status, task, ids)
+        return int(
+            self._json("POST", "/jobs/cancel", _Call("cancel_many", task=task or ""), json=body)["count"]
+        )
+
+    def retry_many(
+        self, status: str | None = None, task: str | None = None, ids: Iterable[str] | None = None
+    ) -> int:
+        """Retry every matching failed or cancelled job; how many."""
+        body = _filter(status, task, ids)
+        return int(
+            self._json("POST", "/jobs/retry", _Call("retry_many", task=task or ""), json=body)["count"]
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by status and task, and the last hour's throughput and failure rate."""
+        return self._json("GET", "/stats", _Call("stats"))
+
+    def _json(self, method: str, path: str, call: _Call, json: Any = None) -> dict[str, Any]:
+        data: dict[str, Any] = self._request(method, path, call, json=json).json()
+        return data
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from jobserver.core.errors import ConfigError
+from jobserver.core.schedules import ScheduleSpec
 from jobserver.core.schemas import MAX_STORED_DEPTH
 
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
@@ -207,6 +208,7 @@ class Settings(_Section):
     webhooks: WebhooksSettings = WebhooksSettings()
     retention: RetentionSettings = RetentionSettings()
     events: EventsSettings = EventsSettings()
+    schedules: tuple[ScheduleSpec, ...] = ()  # [[schedules]]: checked against the tasks at start
 
     @property
     def is_postgres(self) -> bool:
@@ -258,11 +260,34 @@ def load_settings(
             raise ConfigError(key, "unknown key")
         _put(data, key, _coerce(key, value))
         sources[key] = "command line"
+    _check_schedules(data.get("schedules", []))
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise _to_config_error(exc, sources) from exc
     return _resolve_sqlite(settings, base)
+
+
+def _check_schedules(tables: object) -> None:
+    """Each [[schedules]] table is valid and its name unique; ConfigError names the bad schedule."""
+    if not isinstance(tables, list):
+        raise ConfigError("schedules", "write each schedule as a [[schedules]] table")
+    seen: set[str] = set()
+    for i, table in enumerate(tables):
+        name = table.get("name") if isinstance(table, dict) else None
+        label = f"schedules.{name}" if isinstance(name, str) and name else f"schedules[{i}]"
+        try:
+            spec = ScheduleSpec.model_validate(table)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            raise ConfigError(
+                f"{label}.{field}" if field else label, message.removeprefix("Value error, ")
+            ) from exc
+        if spec.name in seen:
+            raise ConfigError(label, "two schedules have this name")
+        seen.add(spec.name)
 
 
 def _config_file(config_path: str | os.PathLike[str] | None, base: Path) -> Path | None:

@@ -7,6 +7,7 @@
     │   └── DatabaseInUseError      another server holds this SQLite file
     ├── JobNotFoundError            404: no job with that id
     ├── TaskNotFoundError           422: no task with that name
+    ├── ScheduleNotFoundError       404: no schedule with that name
     ├── InvalidRequestError         422: a field of the request is wrong (carries `errors`)
     ├── MalformedRequestError       400: the request cannot be read at all (carries its problem `code`)
     ├── ConflictError               409: the job is not in a state that allows it
@@ -90,6 +91,14 @@ class TaskNotFoundError(JobServerError):
     def __init__(self, task: str) -> None:
         self.task = task
         super().__init__(f"no task named {task!r} is registered")
+
+
+class ScheduleNotFoundError(JobServerError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r}")
 
 
 class InvalidRequestError(JobServerError):

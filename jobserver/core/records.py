@@ -16,6 +16,7 @@ import orjson
 
 from jobserver.core.clock import rfc3339
 from jobserver.core.lifecycle import FINISHED
+from jobserver.core.schedules import schedule_of
 
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
@@ -82,6 +83,7 @@ class JobRecord:
             "cancel_requested": bool(self.cancel_requested),
             "logs_dropped": self.logs_dropped,
             "idempotency_key": self.idempotency_key,
+            "schedule": schedule_of(self.idempotency_key),  # the schedule whose tick submitted it
             "webhook_url": self.webhook_url,
             "created_at": rfc3339(self.created_at),
             "run_at": rfc3339(self.run_at),

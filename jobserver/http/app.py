@@ -89,6 +89,7 @@ class Services:
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
     tracing: Tracing = NO_TRACING
+    paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
 
 
 class BodyTooLarge(Exception):
@@ -373,6 +374,7 @@ def create_app(svc: Services) -> Starlette:
             return True
 
     async def list_tasks(request: Request) -> Response:
+        paused = await read(svc.paused_tasks)
         return JSON(
             {
                 "tasks": [
@@ -382,6 +384,7 @@ def create_app(svc: Services) -> Starlette:
                         "args_schema": t.schema,
                         "options": t.options.public(),
                         "is_async": t.is_async,
+                        "paused": t.name in paused,
                     }
                     for t in svc.registry.all()
                 ]

@@ -15,6 +15,8 @@ import copy
 import re
 from typing import Any
 
+from jobserver.core.operations import CancelFilter, RetryFilter
+from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import (
     EVENT_ID_MAX,
     ID_PATTERN,
@@ -69,6 +71,7 @@ JOB_FIELDS: dict[str, Schema] = {
         "description": "Log lines dropped (oldest first) to keep events.max_log_lines.",
     },
     "idempotency_key": {"type": ["string", "null"]},
+    "schedule": {"type": ["string", "null"], "description": "The schedule whose tick submitted the job."},
     "webhook_url": {"type": ["string", "null"]},
     "created_at": _timestamp(),
     "run_at": _timestamp(),
@@ -176,6 +179,7 @@ SHARED_SCHEMAS: dict[str, Schema] = {
                         "args_schema": {"type": "object"},
                         "options": {"type": "object"},
                         "is_async": {"type": "boolean"},
+                        "paused": {"type": "boolean", "description": "Its pending jobs are held back."},
                     },
                 },
             }
@@ -280,7 +284,7 @@ def event_item_schema() -> Schema:
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not valid JSON, or a header is not what it must be (Last-Event-ID)."),
     401: ("Unauthorized", "Missing or wrong API key."),
-    404: ("NotFound", "No such job."),
+    404: ("NotFound", "No such job, schedule or task."),
     409: ("Conflict", "The job's state does not allow this (or the Idempotency-Key is in use)."),
     413: ("TooLarge", "The body is larger than `server.max_body_bytes`."),
     415: ("UnsupportedMediaType", "The body is not JSON."),
@@ -627,6 +631,171 @@ def _paths(secured: bool) -> dict[str, Schema]:
     }
 
 
+# ------------------------------------------------------------------- operations
+def _count_schema() -> Schema:
+    return {
+        "type": "object",
+        "required": ["count"],
+        "properties": {"count": {"type": "integer", "minimum": 0}},
+    }
+
+
+def _finish_counts() -> Schema:
+    return {
+        "type": "object",
+        "properties": {
+            "completed": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "cancelled": {"type": "integer"},
+            "throughput_per_minute": {"type": "number", "description": "Jobs finished per minute."},
+            "failure_rate": {
+                "type": ["number", "null"],
+                "description": "failed / (completed + failed); null when none ended.",
+            },
+        },
+    }
+
+
+OPS_SCHEMAS: dict[str, Schema] = {
+    "Schedule": {
+        "type": "object",
+        "required": [
+            "name",
+            "task",
+            "cron",
+            "timezone",
+            "args",
+            "catch_up",
+            "paused",
+            "next_run_at",
+            "last_run_at",
+            "last_job_id",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "task": {"type": "string"},
+            "cron": {"type": "string", "description": "Five-field cron."},
+            "timezone": {"type": "string", "description": "IANA time zone of the cron."},
+            "args": {"type": "object"},
+            "catch_up": {"type": "boolean", "description": "Run the latest tick missed while no server ran."},
+            "paused": {"type": "boolean"},
+            "next_run_at": _timestamp(nullable=True),
+            "last_run_at": _timestamp(nullable=True),
+            "last_job_id": {"type": ["string", "null"]},
+        },
+    },
+    "ScheduleList": {
+        "type": "object",
+        "required": ["schedules"],
+        "properties": {"schedules": {"type": "array", "items": _ref("Schedule")}},
+    },
+    "ScheduleBody": ScheduleBody.model_json_schema(),
+    "CancelFilter": CancelFilter.model_json_schema(),
+    "RetryFilter": RetryFilter.model_json_schema(),
+    "Count": _count_schema(),
+    "TaskPause": {
+        "type": "object",
+        "required": ["name", "paused"],
+        "properties": {"name": {"type": "string"}, "paused": {"type": "boolean"}},
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["at", "counts", "tasks", "last_hour"],
+        "properties": {
+            "at": _timestamp(),
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "tasks": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+            "last_hour": {
+                "allOf": [
+                    _finish_counts(),
+                    {"properties": {"tasks": {"type": "object", "additionalProperties": _finish_counts()}}},
+                ]
+            },
+        },
+    },
+}
+
+
+def _name_param(what: str, pattern: str | None) -> Schema:
+    schema: Schema = {"type": "string", "minLength": 1, "maxLength": 200}
+    if pattern:
+        schema["pattern"] = pattern
+    return {"name": "name", "in": "path", "required": True, "description": what, "schema": schema}
+
+
+def ops_paths(secured: bool) -> dict[str, Schema]:
+    """Schedules, pausing a task, bulk actions and /stats."""
+
+    def op(
+        op_id: str, summary: str, ok: dict[int, Schema], problems: tuple[int, ...], **extra: Any
+    ) -> Schema:
+        return {
+            "operationId": op_id,
+            "summary": summary,
+            **extra,
+            "responses": _answers(ok, problems, secured),
+        }
+
+    schedule = _name_param("The schedule's name.", NAME_PATTERN)
+    task = _name_param("The task's name.", None)
+
+    def body(name: str) -> Schema:
+        return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+    one = _json("The schedule.", _ref("Schedule"))
+    bulk_problems = (400, 413, 415, 422)
+    return {
+        "/schedules": {"get": op("listSchedules", "Every schedule", {200: _json("Schedules.", _ref("ScheduleList"))}, ())},
+        "/schedules/{name}": {
+            "get": op("getSchedule", "Read a schedule", {200: one}, (404,), parameters=[schedule]),
+            "put": op(
+                "putSchedule",
+                "Create or replace a schedule (a field left out takes its default)",
+                {201: _json("Created.", _ref("Schedule")), 200: _json("Replaced.", _ref("Schedule"))},
+                (400, 413, 415, 422),
+                parameters=[schedule],
+                requestBody=body("ScheduleBody"),
+            ),
+            "delete": op("deleteSchedule", "Remove a schedule (its jobs stay)", {204: {"description": "Removed."}}, (404,), parameters=[schedule]),
+        },
+        "/schedules/{name}/pause": {
+            "post": op("pauseSchedule", "Stop a schedule's ticks", {200: one}, (404,), parameters=[schedule])
+        },
+        "/schedules/{name}/resume": {
+            "post": op("resumeSchedule", "Tick again from the next tick after now", {200: one}, (404,), parameters=[schedule])
+        },
+        "/tasks/{name}/pause": {
+            "post": op(
+                "pauseTask", "Hold a task's pending jobs back (running ones finish)",
+                {200: _json("Paused.", _ref("TaskPause"))}, (404,), parameters=[task],
+            )
+        },
+        "/tasks/{name}/resume": {
+            "post": op("resumeTask", "Let a task's jobs run again", {200: _json("Resumed.", _ref("TaskPause"))}, (404,), parameters=[task])
+        },
+        "/jobs/cancel": {
+            "post": op(
+                "cancelJobs", "Cancel every matching pending job, ask matching running ones to stop",
+                {200: _json("How many jobs were cancelled or asked to stop.", _ref("Count"))},
+                bulk_problems, requestBody=body("CancelFilter"),
+            )
+        },
+        "/jobs/retry": {
+            "post": op(
+                "retryJobs", "Retry every matching failed or cancelled job",
+                {200: _json("How many jobs were retried.", _ref("Count"))},
+                bulk_problems, requestBody=body("RetryFilter"),
+            )
+        },
+        "/stats": {
+            "get": op("getStats", "Counts by status and task; the last hour's throughput and failure rate", {200: _json("Stats.", _ref("Stats"))}, ())
+        },
+    }  # fmt: skip
+
+
 def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
     body, task_components = submit_schemas(registry)
@@ -634,6 +803,7 @@ def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
         **copy.deepcopy(SHARED_SCHEMAS),
         **copy.deepcopy(EVENT_SCHEMAS),
         "JobEvent": event_item_schema(),
+        **copy.deepcopy(OPS_SCHEMAS),
         **task_components,
         "SubmitBody": body,
     }
@@ -645,7 +815,7 @@ def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
             "version": package_version(),
             "description": "A durable job server: submit jobs, watch them, read their results.",
         },
-        "paths": _paths(secured),
+        "paths": {**_paths(secured), **ops_paths(secured)},
         "components": components,
     }
     if secured:

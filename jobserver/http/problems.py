@@ -19,6 +19,7 @@ from jobserver.core.errors import (
     JobNotFoundError,
     JobServerError,
     MalformedRequestError,
+    ScheduleNotFoundError,
     StorageError,
     TaskNotFoundError,
     WebhookURLError,
@@ -28,6 +29,7 @@ from jobserver.core.errors import (
 ERROR_TABLE: list[tuple[type[JobServerError], int, str, str]] = [
     (JobNotFoundError, 404, "job-not-found", "Job not found"),
     (TaskNotFoundError, 422, "unknown-task", "Unknown task"),
+    (ScheduleNotFoundError, 404, "schedule-not-found", "Schedule not found"),
     (InvalidRequestError, 422, "validation-error", "Invalid request"),
     (WebhookURLError, 422, "webhook-url-refused", "Webhook URL refused"),
     (IdempotencyMismatchError, 422, "idempotency-key-reused", "Idempotency-Key reused with another body"),

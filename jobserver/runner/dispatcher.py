@@ -172,6 +172,13 @@ class Dispatcher:
         if self.wakeup.waiting == 0:
             self.slots.async_work.set()
 
+    def job_added(self, task: str) -> None:
+        """A new due job of `task` committed without a hand-off (e.g. a schedule's tick): wake a claimer."""
+        if self.slots.is_async(task):
+            self.async_job_added()
+        else:
+            self.wakeup.notify()
+
     def _feed(self) -> None:
         """Claim for free async slots whenever async work may be waiting."""
         while not self._stop.is_set():

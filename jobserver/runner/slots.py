@@ -2,16 +2,18 @@
 
 Owns the per-process capacity: sync slots (`workers.threads`), async slots
 (`workers.async_concurrency`), each task's `concurrency` cap, and the measured run
-time of each sync task. Claims are planned and accepted on the writer thread,
-inside the claim transaction, so two claims can never both take the last slot;
-a rolled-back claim gives its reservations back.
+time of each sync task. It also leaves the jobs of paused tasks to wait (which
+tasks are paused is asked inside the claim transaction): a claim names the tasks
+it may take, so the paused ones are never even read. Claims are planned and
+accepted on the writer thread, inside the claim transaction, so two claims can
+never both take the last slot; a rolled-back claim gives its reservations back.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from jobserver.core.records import Claim
 from jobserver.core.tasks import TaskDef
@@ -27,7 +29,12 @@ class Slots:
     """Capacity bookkeeping of one process (thread-safe)."""
 
     def __init__(
-        self, tasks: Iterable[TaskDef], threads: int, async_concurrency: int, async_work: threading.Event
+        self,
+        tasks: Iterable[TaskDef],
+        threads: int,
+        async_concurrency: int,
+        async_work: threading.Event,
+        paused: Callable[[Tx], frozenset[str]] = lambda tx: frozenset(),
     ) -> None:
         self.async_work = (
             async_work  # set when async jobs may be claimable (the dispatcher's feeder waits on it)
@@ -43,6 +50,7 @@ class Slots:
         self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
         self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
         self._unknown_seen = False  # a candidate's task is unknown here: claims name the known tasks
+        self._paused = paused  # the paused tasks, as the claim transaction sees them
 
     def has_async_tasks(self) -> bool:
         return any(t.is_async for t in self._tasks)
@@ -62,13 +70,15 @@ class Slots:
         A claim takes a job for every idle worker thread (they pick the extra ones up
         from the ready queue), short jobs ahead within a run-time budget, and async
         jobs up to the free async slots: under load one transaction feeds every worker."""
+        paused = self._paused(tx)
         with self._lock:
             free_sync = self.threads - self._sync
             free_async = self.async_concurrency - self._async
             excluded = [
                 t.name
                 for t in self._tasks
-                if (t.is_async and free_async <= 0)
+                if t.name in paused
+                or (t.is_async and free_async <= 0)
                 or (not t.is_async and free_sync <= 0)
                 or (t.options.concurrency is not None and self._per_task[t.name] >= t.options.concurrency)
             ]
@@ -81,6 +91,7 @@ class Slots:
     def accept(self, tx: Tx, candidates: list[tuple[str, str]]) -> list[str]:
         """Reserve slots for the (id, task) candidates that fit, in order; undone on rollback."""
         taken: list[tuple[str, str]] = []
+        paused = self._paused(tx)
         with self._lock:
             # beyond one job per idle thread, take short jobs ahead (by measured run time),
             # at most ~PREFETCH_BUDGET_S of work per idle thread: a job taken ahead waits
@@ -91,6 +102,8 @@ class Slots:
                 td = self._by_name.get(task)
                 if td is None:  # never claimed here: it stays pending for a process that knows it
                     self._unknown_seen = True
+                    continue
+                if task in paused:  # a hand-off of a new job, or a claim that began before the pause
                     continue
                 is_async = td.is_async
                 if is_async and self._async >= self.async_concurrency:

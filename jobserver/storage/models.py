@@ -154,6 +154,38 @@ class MetaValue(BaseModel):
         table_name = "meta"
 
 
+class ScheduleRow(BaseModel):
+    """A periodic job: its definition, its pause, and the next tick it owes (one job per tick)."""
+
+    name = pw.CharField(primary_key=True, max_length=100)
+    task = pw.CharField(max_length=200)
+    cron = pw.CharField(max_length=200)
+    timezone = pw.CharField(max_length=64)
+    args = pw.TextField()
+    catch_up = pw.IntegerField(default=1)
+    paused = pw.IntegerField(default=0)
+    source = pw.CharField(max_length=16)  # "config" (kept in step with config.toml at start) or "api"
+    next_run_at = pw.DoubleField()
+    last_run_at = pw.DoubleField(null=True)
+    last_job_id = pw.CharField(max_length=36, null=True)
+    created_at = pw.DoubleField()
+    updated_at = pw.DoubleField()
+
+    class Meta:
+        table_name = "schedules"
+        indexes = ((("paused", "next_run_at"), False),)  # the tick pass reads due ones only
+
+
+class TaskPause(BaseModel):
+    """A paused task: its jobs stay pending (the claim leaves them) until it is resumed."""
+
+    task = pw.CharField(primary_key=True, max_length=200)
+    paused_at = pw.DoubleField()
+
+    class Meta:
+        table_name = "task_pauses"
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Job,
     IdempotencyKey,
@@ -162,6 +194,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     WebhookDelivery,
     WebhookAttempt,
     MetaValue,
+    ScheduleRow,
+    TaskPause,
 ]
 
 

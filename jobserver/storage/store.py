@@ -203,46 +203,9 @@ class JobStore:
         """
 
         def op(tx: Tx) -> tuple[bool, JobRecord | str]:
-            if idem is not None:
-                scope, key, digest = idem
-                row = tx.one(
-                    "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
-                    (scope, key),
-                )
-                if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
-                    # the job was pruned or deleted: the key starts afresh
-                    tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
-                    row = None
-                if row is not None:
-                    if row[0] != digest:
-                        raise IdempotencyMismatchError(key)
-                    return False, str(row[1])
-                tx.execute(
-                    "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (scope, key, digest, new.id, new.created_at),
-                )
-            tx.execute(
-                "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
-                "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
-                "trace_context) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?)",
-                (
-                    new.id,
-                    new.task,
-                    new.args_json,
-                    new.status,
-                    new.priority,
-                    new.max_attempts,
-                    new.timeout_s,
-                    new.idempotency_key,
-                    new.webhook_url,
-                    new.created_at,
-                    new.run_at,
-                    new.trace_context,
-                ),
-            )
-            record = new.record()
-            _job_event(tx, record, new.created_at)
+            created, record = self.insert(tx, new, idem)
+            if not isinstance(record, JobRecord):
+                return created, record
             if handoff is not None and record.status == "pending" and handoff.accept(tx, new.id, new.task):
                 self._hand_off(tx, record, handoff)  # the answer still shows the job as accepted
             else:
@@ -250,6 +213,53 @@ class JobStore:
             return True, record
 
         return self.writer.submit(op)
+
+    def insert(self, tx: Tx, new: NewJob, idem: tuple[str, str, str] | None) -> tuple[bool, JobRecord | str]:
+        """Insert a job and its idempotency key inside `tx` (the submit's, or a schedule tick's).
+
+        (True, record) for a new job; (False, job_id) when the key (scope, key, body_hash)
+        already named a job that still exists."""
+        if idem is not None:
+            scope, key, digest = idem
+            row = tx.one(
+                "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
+                (scope, key),
+            )
+            if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
+                # the job was pruned or deleted: the key starts afresh
+                tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+                row = None
+            if row is not None:
+                if row[0] != digest:
+                    raise IdempotencyMismatchError(key)
+                return False, str(row[1])
+            tx.execute(
+                "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (scope, key, digest, new.id, new.created_at),
+            )
+        tx.execute(
+            "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
+            "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
+            "trace_context) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?)",
+            (
+                new.id,
+                new.task,
+                new.args_json,
+                new.status,
+                new.priority,
+                new.max_attempts,
+                new.timeout_s,
+                new.idempotency_key,
+                new.webhook_url,
+                new.created_at,
+                new.run_at,
+                new.trace_context,
+            ),
+        )
+        record = new.record()
+        _job_event(tx, record, new.created_at)
+        return True, record
 
     def _candidates(self, tx: Tx, now: float, limit: int, allowed: list[str] | None) -> list[tuple[Any, ...]]:
         """The next due (id, task) rows in claim order, from an index range, never a scan
@@ -483,5 +493,73 @@ class JobStore:
             if out:
                 tx.after_commit(on_commit)
             return out
+
+        return self.writer.submit(op)
+
+    # ---------------------------------------------------------- bulk actions
+    def _bulk_ids(
+        self, tx: Tx, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int
+    ) -> list[str]:
+        """The next ids in `status` after `after`, in id order, from the (status, id) index."""
+        where, params = ["status = ?", "id > ?"], [status, after]
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        if ids is not None:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            params.extend(ids)
+        rows = tx.all(
+            f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [str(r[0]) for r in rows]
+
+    def cancel_batch(
+        self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
+    ) -> Future[tuple[list[JobRecord], str | None]]:
+        """Cancel the next `limit` jobs in `status` after id `after` (a running one is asked to
+        stop); resolves to (changed jobs, id to continue after, or None when none are left)."""
+
+        def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
+            found = self._bulk_ids(tx, status, task, ids, after, limit)
+            if not found:
+                return [], None
+            marks = ", ".join("?" * len(found))
+            if status == "running":
+                sql = f"UPDATE jobs SET cancel_requested = 1 WHERE id IN ({marks}) AND status = ? AND cancel_requested = 0"
+                rows = tx.all(f"{sql} RETURNING {JOB_COLUMNS}", (*found, status))
+                return [JobRecord.from_row(r) for r in rows], found[-1]
+            rows = tx.all(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "
+                f"WHERE id IN ({marks}) AND status = ? RETURNING {JOB_COLUMNS}",
+                (now, *found, status),
+            )
+            records = [JobRecord.from_row(r) for r in rows]
+            for rec in records:
+                _job_event(tx, rec, now)
+                self._outbox(tx, rec, now)
+            return records, found[-1]
+
+        return self.writer.submit(op)
+
+    def retry_batch(
+        self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
+    ) -> Future[tuple[list[JobRecord], str | None]]:
+        """Retry the next `limit` failed or cancelled jobs in `status` after id `after`, as
+        `retry` does one; resolves to (retried jobs, id to continue after, or None when done)."""
+
+        def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
+            found = self._bulk_ids(tx, status, task, ids, after, limit)
+            if not found:
+                return [], None
+            rows = tx.all(
+                "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                f"WHERE id IN ({', '.join('?' * len(found))}) AND status = ? RETURNING {JOB_COLUMNS}",
+                (now, *found, status),
+            )
+            records = [JobRecord.from_row(r) for r in rows]
+            for rec in records:
+                _job_event(tx, rec, now)
+            return records, found[-1]
 
         return self.writer.submit(op)

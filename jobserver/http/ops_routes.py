@@ -1,0 +1,214 @@
+"""HTTP routes of operations: schedules, pausing a task, bulk cancel/retry, and /stats.
+
+    GET    /schedules                   {"schedules": [schedule, ...]}
+    GET    /schedules/{name}            schedule; 404
+    PUT    /schedules/{name}            create (201) or replace (200); 422 names the bad field
+    DELETE /schedules/{name}            204; 404
+    POST   /schedules/{name}/pause      200 schedule; 404
+    POST   /schedules/{name}/resume     200 schedule; 404
+    POST   /tasks/{name}/pause          200 {"name", "paused": true}; 404
+    POST   /tasks/{name}/resume         200 {"name", "paused": false}; 404
+    POST   /jobs/cancel                 200 {"count": n} for {"status"?, "task"?, "ids"?}
+    POST   /jobs/retry                  200 {"count": n}
+    GET    /stats                       counts by status and task; the last hour's throughput
+
+Reads run on the reader pool and writes through the writer, never on the event
+loop. Added to the app beside the job routes (a POST to /jobs/cancel is this
+route, not a job's). No SQL here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from jobserver.core.errors import (
+    InvalidRequestError,
+    JobServerError,
+    MalformedRequestError,
+    ScheduleNotFoundError,
+    TaskNotFoundError,
+)
+from jobserver.core.operations import BulkFilter, CancelFilter, RetryFilter
+from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
+from jobserver.core.schemas import json_violations
+from jobserver.http.app import JSON, LONG_NUMBER, BodyTooLarge, UnsupportedMediaType, read_body
+from jobserver.http.problems import problem, problem_for, validation_problem
+from jobserver.ops.scheduler import Scheduler
+from jobserver.ops.stats import Stats
+from jobserver.runner.bulk import BulkActions
+from jobserver.runner.pausing import TaskControl
+from jobserver.storage.schedules import ScheduleStore
+
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+_NAME = re.compile(NAME_PATTERN)
+
+
+@dataclass
+class OpsServices:
+    """What the operator routes need."""
+
+    scheduler: Scheduler
+    schedules: ScheduleStore
+    tasks: TaskControl
+    bulk: BulkActions
+    stats: Stats
+    readers: ThreadPoolExecutor
+    max_body_bytes: int
+    max_json_depth: int
+
+
+async def _json_body(request: Request, limit: int, max_depth: int) -> Any:
+    """The parsed JSON body, refused as the submit route refuses it: not JSON (415, 400), too
+    big (413), nested too deep or holding numbers that cannot be stored exactly (422). A bulk
+    action needs a body too: matching every job takes an explicit `{}`."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType()
+    raw = await read_body(request, limit)
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequestError(
+            "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
+        ) from None
+    errors = json_violations(parsed, max_depth, ["body"])
+    if not errors and LONG_NUMBER.search(raw):  # integers beyond 64 bits: read exactly to refuse them
+        errors = json_violations(json.loads(raw), max_depth, ["body"])
+    if errors:
+        raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
+    return parsed
+
+
+def ops_routes(svc: OpsServices) -> list[Route]:
+    """The routes to add to the app."""
+
+    async def read(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(svc.readers, fn, *args)
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except JobServerError as exc:
+                return problem_for(exc)
+            except BodyTooLarge:
+                detail = f"the body may take at most {svc.max_body_bytes} bytes"
+                return problem(413, "body-too-large", "Request body too large", detail)
+            except UnsupportedMediaType:
+                detail = "send JSON with 'Content-Type: application/json'"
+                return problem(415, "unsupported-media-type", "Unsupported media type", detail)
+
+        return wrapper
+
+    def schedule_name(request: Request) -> str:
+        name: str = request.path_params["name"]
+        if not _valid_name(name):
+            raise ScheduleNotFoundError(name)
+        return name
+
+    async def list_schedules(request: Request) -> Response:
+        states = await read(svc.schedules.all)
+        return JSON({"schedules": [s.to_api() for s in states]})
+
+    async def get_schedule(request: Request) -> Response:
+        name = schedule_name(request)
+        state = await read(svc.schedules.get, name)
+        if state is None:
+            raise ScheduleNotFoundError(name)
+        return JSON(state.to_api())
+
+    async def put_schedule(request: Request) -> Response:
+        name: str = request.path_params["name"]
+        if not _valid_name(name):
+            return problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "a schedule name has 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                errors=[
+                    {
+                        "loc": ["path", "name"],
+                        "msg": f"must match {NAME_PATTERN}",
+                        "type": "string_pattern_mismatch",
+                    }
+                ],
+            )
+        parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth)
+        try:
+            body = ScheduleBody.model_validate(parsed)
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "body")
+        created, state = await asyncio.wrap_future(svc.scheduler.put(name, body))
+        return JSON(state.to_api(), status_code=201 if created else 200)
+
+    async def delete_schedule(request: Request) -> Response:
+        name = schedule_name(request)
+        if not await asyncio.wrap_future(svc.schedules.delete(name)):
+            raise ScheduleNotFoundError(name)
+        return Response(status_code=204)
+
+    def pause_schedule(paused: bool) -> Handler:
+        async def handler(request: Request) -> Response:
+            name = schedule_name(request)
+            state = await asyncio.wrap_future(svc.scheduler.set_paused(name, paused))
+            if state is None:
+                raise ScheduleNotFoundError(name)
+            return JSON(state.to_api())
+
+        return handler
+
+    def pause_task(paused: bool) -> Handler:
+        async def handler(request: Request) -> Response:
+            name: str = request.path_params["name"]
+            try:
+                await svc.tasks.set_paused(name, paused)
+            except TaskNotFoundError as exc:  # a path that names nothing: 404, not a 422 on a field
+                return problem(404, "task-not-found", "Task not found", str(exc))
+            return JSON({"name": name, "paused": paused})
+
+        return handler
+
+    def bulk(model: type[BulkFilter], action: Callable[[Any], Awaitable[int]]) -> Handler:
+        async def handler(request: Request) -> Response:
+            parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth)
+            try:
+                f = model.model_validate(parsed)
+            except pydantic.ValidationError as exc:
+                return validation_problem(exc, "body")
+            return JSON({"count": await action(f)})
+
+        return handler
+
+    async def stats(request: Request) -> Response:
+        return JSON(await read(svc.stats.read))
+
+    return [
+        Route("/jobs/cancel", guarded(bulk(CancelFilter, svc.bulk.cancel)), methods=["POST"]),
+        Route("/jobs/retry", guarded(bulk(RetryFilter, svc.bulk.retry)), methods=["POST"]),
+        Route("/schedules", guarded(list_schedules), methods=["GET"]),
+        Route("/schedules/{name}", guarded(get_schedule), methods=["GET"]),
+        Route("/schedules/{name}", guarded(put_schedule), methods=["PUT"]),
+        Route("/schedules/{name}", guarded(delete_schedule), methods=["DELETE"]),
+        Route("/schedules/{name}/pause", guarded(pause_schedule(True)), methods=["POST"]),
+        Route("/schedules/{name}/resume", guarded(pause_schedule(False)), methods=["POST"]),
+        Route("/tasks/{name}/pause", guarded(pause_task(True)), methods=["POST"]),
+        Route("/tasks/{name}/resume", guarded(pause_task(False)), methods=["POST"]),
+        Route("/stats", guarded(stats), methods=["GET"]),
+    ]
+
+
+def _valid_name(name: str) -> bool:
+    return _NAME.match(name) is not None

@@ -1,0 +1,130 @@
+"""Scheduler: turns each tick of every schedule into exactly one job.
+
+One pass looks for due ticks (the maintenance thread runs one every second; tests
+run them with a manual clock). A due schedule's tick is the latest one at or before
+now: ticks missed while no server ran collapse into that one, which runs
+unless the schedule says `catch_up = false`. A tick counts as missed when no
+server reached it within `MISSED_AFTER_S`. Which process submits a tick is
+settled in the store (one transaction takes the tick and inserts its job).
+Also owns the schedules' life: the config's at start, and those made over HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+
+from jobserver.core.clock import Clock
+from jobserver.core.observers import JobObserver
+from jobserver.core.records import JobIds, JobRecord, NewJob
+from jobserver.core.schedules import (
+    IDEMPOTENCY_SCOPE,
+    Schedule,
+    ScheduleBody,
+    check_schedule,
+    idempotency_key,
+    latest_tick,
+    next_tick,
+)
+from jobserver.core.tasks import Registry
+from jobserver.storage.schedules import ScheduleState, ScheduleStore
+from jobserver.storage.store import body_hash
+
+log = logging.getLogger(__name__)
+MISSED_AFTER_S = 60.0  # a tick first reached later than this after its time was missed (no server ran)
+
+
+class Scheduler:
+    """Submits schedules' ticks and keeps the schedules."""
+
+    def __init__(
+        self,
+        store: ScheduleStore,
+        registry: Registry,
+        clock: Clock,
+        observers: Sequence[JobObserver],
+        job_added: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.observers = observers
+        self.job_added = job_added  # wakes whoever claims a new due job of this task
+        self.ids = JobIds()
+
+    # ------------------------------------------------------------- ticking
+    def tick_once(self) -> int:
+        """Submit the job of every schedule whose tick has come; how many jobs were submitted."""
+        now = self.clock.now()
+        submitted = 0
+        for state in self.store.due(now):
+            tick = max(latest_tick(state.cron, state.timezone, now), state.next_run_at)
+            missed = now - tick > MISSED_AFTER_S
+            job = None if missed and not state.catch_up else self._job(state, tick, now)
+            upcoming = next_tick(state.cron, state.timezone, now)
+            result = self.store.fire(
+                state.name, state.next_run_at, tick, upcoming, job, self._submitted
+            ).result()
+            if isinstance(result, JobRecord):
+                submitted += 1
+                log.info(
+                    "schedule %s: tick %s submitted job %s%s",
+                    state.name,
+                    result.idempotency_key,
+                    result.id,
+                    " (a missed tick, caught up)" if missed else "",
+                    extra={"job_id": result.id, "action": "schedule_tick"},
+                )
+            elif job is None and missed:
+                log.info(
+                    "schedule %s: missed tick skipped (catch_up = false)",
+                    state.name,
+                    extra={"action": "schedule_skip"},
+                )
+        return submitted
+
+    def _job(self, state: ScheduleState, tick: float, now: float) -> tuple[NewJob, tuple[str, str, str]]:
+        """The tick's job: the schedule's args, the task's options, the tick's idempotency key."""
+        key = idempotency_key(state.name, tick)
+        taskdef = self.registry.find(state.task)
+        priority = taskdef.options.priority if taskdef is not None else 0
+        max_attempts = taskdef.options.max_attempts if taskdef is not None else 1
+        timeout = taskdef.options.timeout if taskdef is not None else None
+        new = NewJob(
+            self.ids.new(), state.task, state.args, priority, max_attempts, timeout, None, key, now, now
+        )
+        return new, (IDEMPOTENCY_SCOPE, key, body_hash({"schedule": state.name, "tick": tick}))
+
+    def _submitted(self, record: JobRecord) -> None:
+        """After the tick's commit (writer thread): tell the observers, wake a worker."""
+        for observer in self.observers:
+            observer.submitted(record)
+        self.job_added(record.task)
+
+    # ------------------------------------------------------------ keeping
+    def sync_configured(self, schedules: Sequence[Schedule]) -> None:
+        """Store the config's (checked) schedules; drop the ones that left the config."""
+        removed = self.store.sync_configured(schedules, self.clock.now()).result()
+        if schedules:
+            log.info(
+                "schedules from the config: %s",
+                ", ".join(s.name for s in schedules),
+                extra={"action": "schedules"},
+            )
+        if removed:
+            log.info(
+                "schedules no longer in the config removed: %s",
+                ", ".join(removed),
+                extra={"action": "schedules"},
+            )
+
+    def put(self, name: str, body: ScheduleBody) -> Future[tuple[bool, ScheduleState]]:
+        """Create or replace a schedule (checked first: TaskNotFoundError / InvalidRequestError)."""
+        schedule = check_schedule(name, body, self.registry)
+        return self.store.put(schedule, "api", self.clock.now())
+
+    def set_paused(self, name: str, paused: bool) -> Future[ScheduleState | None]:
+        """Pause, or resume from the next tick after now."""
+        now = self.clock.now()
+        return self.store.set_paused(name, paused, lambda s: next_tick(s.cron, s.timezone, now), now)

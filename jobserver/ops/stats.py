@@ -1,0 +1,72 @@
+"""Stats: the answer of GET /stats, read from the job counters (never from the jobs).
+
+Counts by status and by task come from the maintained counters; throughput and
+failure rate over the last hour from the per-minute finish counts (the current
+minute and the 59 before it). Its maintenance pass folds
+PostgreSQL's delta rows and drops old minutes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any
+
+from jobserver.core.clock import Clock, rfc3339
+from jobserver.storage.counters import KEEP_MINUTES, Counters
+from jobserver.storage.writer import Writer
+
+STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+WINDOW_MINUTES = 60
+COMPACT_INTERVAL_S = 5.0
+
+
+class Stats:
+    """Reads the counters; compacts them."""
+
+    def __init__(self, counters: Counters, writer: Writer, clock: Clock) -> None:
+        self.counters = counters
+        self.writer = writer
+        self.clock = clock
+
+    def read(self) -> dict[str, Any]:
+        """The /stats document (call on a reader thread)."""
+        now = self.clock.now()
+        by_task = self.counters.by_task()
+        finished = self.counters.finished_since(int(now // 60) - (WINDOW_MINUTES - 1))
+        totals = dict.fromkeys(STATUSES, 0)
+        for per_status in by_task.values():
+            for status, n in per_status.items():
+                totals[status] = totals.get(status, 0) + n
+        tasks = {task: {**dict.fromkeys(STATUSES, 0), **per} for task, per in sorted(by_task.items())}
+        return {
+            "at": rfc3339(now),
+            "counts": totals,
+            "tasks": tasks,
+            "last_hour": _window(finished),
+        }
+
+    def compact_once(self) -> Future[None]:
+        """Fold delta rows (PostgreSQL, one node at a time) and drop minutes older than a day."""
+        oldest = int(self.clock.now() // 60) - KEEP_MINUTES
+        return self.writer.submit(lambda tx: self.counters.compact(tx, oldest))
+
+
+def _window(finished: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Throughput and failure rate of the finishes in the window, overall and per task."""
+
+    def summary(per: dict[str, int]) -> dict[str, Any]:
+        completed, failed, cancelled = (per.get(s, 0) for s in ("completed", "failed", "cancelled"))
+        ended = completed + failed
+        return {
+            "completed": completed,
+            "failed": failed,
+            "cancelled": cancelled,
+            "throughput_per_minute": round((completed + failed + cancelled) / WINDOW_MINUTES, 3),
+            "failure_rate": round(failed / ended, 4) if ended else None,
+        }
+
+    total: dict[str, int] = {}
+    for per in finished.values():
+        for status, n in per.items():
+            total[status] = total.get(status, 0) + n
+    return {**summary(total), "tasks": {task: summary(per) for task, per in sorted(finished.items())}}
