@@ -18,6 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from jobserver.core.tasks import Registry
 from jobserver.http.openapi import build_openapi, ops_paths
@@ -38,6 +39,9 @@ ROUTES = [
 ]
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
+# A schedule's cron, timezone and task are checked by the server, not by its schema (which cannot
+# state what a valid cron expression is): a schema-valid body may be refused with 422.
+EXCLUDED = {"PUT /schedules/{name}": [positive_data_acceptance]}
 
 
 def test_every_route_conforms_to_its_schema(
@@ -80,7 +84,9 @@ def run_cases(operation: Any, mode: GenerationMode, examples: int, webhook_url: 
     def run(case: schemathesis.Case) -> None:
         calls.append(f"{case.method} {case.formatted_path}")
         as_a_client_sends(case, webhook_url)
-        case.call_and_validate(checks=ALL_CHECKS, timeout=10)
+        case.call_and_validate(
+            checks=ALL_CHECKS, excluded_checks=EXCLUDED.get(operation.label, []), timeout=10
+        )
 
     run()
     return calls

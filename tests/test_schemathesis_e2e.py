@@ -36,6 +36,10 @@ def test_schemathesis_with_every_check_reports_nothing(tmp_path: Path, receiver:
         "--generation-deterministic",
         "--request-timeout",
         "10",
+        # a schedule's cron, timezone and task are checked by the server, not its schema: the
+        # in-process test covers this operation with every check but positive_data_acceptance
+        "--exclude-operation-id",
+        "putSchedule",
         f"{srv.url}/openapi.json",
     ]
     env = {

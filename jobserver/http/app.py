@@ -491,9 +491,13 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route answers on the request's path (RFC 9110: a 405 lists them in Allow)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and isinstance(route, Route) and route.methods:
-            methods |= route.methods
-    return sorted(methods)
+    matching = [
+        route
+        for route in request.app.routes
+        if isinstance(route, Route)
+        and route.methods
+        and route.matches({**request.scope, "method": "GET"})[0] != Match.NONE
+    ]
+    # a literal path (/jobs/cancel) is its own resource, not an id of /jobs/{job_id}
+    literal = [route for route in matching if not route.param_convertors]
+    return sorted({method for route in literal or matching for method in route.methods or ()})

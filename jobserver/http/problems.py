@@ -110,6 +110,18 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "No job has this id: it never existed, was deleted, or was pruned after `retention.finished_jobs`.",
         "Check the id; `GET /jobs` lists the jobs the server keeps.",
     ),
+    "schedule-not-found": ProblemType(
+        (404,),
+        "Schedule not found",
+        "No schedule has this name: it was never made, or it was deleted.",
+        "`GET /schedules` lists the schedules; `PUT /schedules/{name}` makes one.",
+    ),
+    "task-not-found": ProblemType(
+        (404,),
+        "Task not found",
+        "No task with this name is registered on this server, so it cannot be paused or resumed.",
+        "`GET /tasks` lists the registered tasks.",
+    ),
     "not-found": ProblemType(
         (404,),
         "Not found",
