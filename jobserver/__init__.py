@@ -3,6 +3,7 @@
 from jobserver.core.context import JobContext
 from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry
 from jobserver.core.tasks import task
+from jobserver.core.version import package_version
 
 __all__ = ["ChildFailed", "Fail", "JobContext", "JobServerError", "Retry", "task"]
-__version__ = "0.1.0"
+__version__ = package_version()

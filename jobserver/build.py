@@ -10,10 +10,12 @@ listening socket is bound. Tests build the same parts in-process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ from jobserver.core.observers import JobObserver
 from jobserver.core.records import JobRecord
 from jobserver.core.schedules import Schedule, check_configured
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import NO_TRACING, Tracing, tracing_wanted
 from jobserver.http.app import READ_THREADS, Services, create_app
 from jobserver.http.ops_routes import OpsServices, ops_routes
 from jobserver.http.webhook_routes import webhook_routes
@@ -56,6 +59,7 @@ from jobserver.storage.writer import Writer
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
 
+log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL_S = 1.0  # how often due schedule ticks are looked for
 
 
@@ -92,11 +96,34 @@ class Parts:
     configured_schedules: list[Schedule]  # config.toml's, checked against the tasks
     stats: Stats
     bulk: BulkActions
+    tracing: Tracing
 
 
-def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
-    """Assemble every part (the writer runs; nothing else has started)."""
+def load_tracing(environ: Mapping[str, str]) -> Tracing:
+    """OpenTelemetry when the OTEL_* variables ask for traces and the `otel` extra is installed;
+    otherwise the tracer that does nothing, and OpenTelemetry is never imported."""
+    if not tracing_wanted(environ):
+        return NO_TRACING
+    try:
+        from jobserver.ops.tracing import OtelTracing
+    except ImportError as exc:
+        log.warning(
+            "OTEL_* variables ask for traces, but OpenTelemetry is not installed (%s): "
+            "install jobserver[otel]; tracing stays off",
+            exc,
+            extra={"action": "tracing_off"},
+        )
+        return NO_TRACING
+    return OtelTracing.from_env(environ)
+
+
+def build(
+    settings: Settings, clock: Clock, registry: Registry | None = None, tracing: Tracing | None = None
+) -> Parts:
+    """Assemble every part (the writer runs; nothing else has started). Without `tracing`, the
+    process environment's OTEL_* variables decide."""
     s = settings
+    tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
     configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
@@ -134,12 +161,24 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         s.is_postgres,
         wake=outbox_wake,
         on_attempt=metrics.webhook_delivery,
+        tracing=tracing,
     )
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
     tasks_loop = asyncio.new_event_loop()
     factory = JobFactory(s, registry)
     executor = Executor(
-        store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop, factory
+        store,
+        writer,
+        registry,
+        clock,
+        hub,
+        slots,
+        wakeup,
+        reporter,
+        observers,
+        tasks_loop,
+        factory,
+        tracing=tracing,
     )
     lease_s = s.workers.lease_seconds
     dispatcher = Dispatcher(
@@ -218,11 +257,12 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             ],
             readers=readers,
             metrics=metrics,
+            tracing=tracing,
             paused_tasks=task_pauses.current,
         )
     )
     return Parts(
         s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
         tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
-        task_pauses, scheduler, configured_schedules, stats, bulk,
+        task_pauses, scheduler, configured_schedules, stats, bulk, tracing,
     )  # fmt: skip

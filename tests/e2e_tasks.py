@@ -284,6 +284,29 @@ async def async_fan_out(ctx: JobContext, n: int) -> list[int]:
     return results
 
 
+@task(max_attempts=2, backoff=(0.01, 0.01))
+def two_steps(ctx: JobContext, fail_first: bool = False) -> int:
+    """Two durable steps; with `fail_first`, the first attempt fails after them."""
+    a = ctx.step("fetch", lambda: 1)
+    b = ctx.step("summarize", lambda: a + 1)
+    if fail_first and ctx.attempt == 1:
+        raise ValueError("the first attempt fails")
+    return int(b)
+
+
+@task
+async def async_two_steps(ctx: JobContext) -> int:
+    """A step run on a thread, then an async one."""
+    a = await ctx.step("fetch", lambda: 1)
+    b = await ctx.step("summarize", _async_side_effect_free, a)
+    return int(b)
+
+
+async def _async_side_effect_free(a: int) -> int:
+    await asyncio.sleep(0)
+    return a + 1
+
+
 @task
 def echo(value: Any = None) -> Any:
     """Returns what it was given: any JSON value as args."""

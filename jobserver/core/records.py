@@ -21,7 +21,7 @@ from jobserver.core.schedules import schedule_of
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
     "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
-    "webhook_url, created_at, run_at, started_at, finished_at, parent_id, waiting_for, wake_at, resume"
+    "webhook_url, created_at, run_at, started_at, finished_at, parent_id, waiting_for, wake_at, resume, trace_context"
 )
 
 
@@ -59,6 +59,7 @@ class JobRecord:
     waiting_for: str | None  # JSON {"kind", "name", "until"} while waiting
     wake_at: float | None  # a waiting job's wake-up time (sleep end, wait timeout)
     resume: int  # 1: the next claim resumes a parked run (not counted as an attempt)
+    trace_context: str | None = None  # the submit's trace context (tracing), JSON
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -119,6 +120,7 @@ class NewJob:
     created_at: float
     run_at: float
     parent_id: str | None = None
+    trace_context: str | None = None
 
     @property
     def status(self) -> str:
@@ -154,6 +156,7 @@ class NewJob:
             None,
             None,
             0,
+            self.trace_context,
         )
 
 
@@ -170,13 +173,14 @@ class Claim:
     timeout_s: float | None
     started_at: float
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
+    trace_context: str | None = None  # the submit's trace context, continued by the attempt's span
 
     @classmethod
     def of(cls, rec: JobRecord, started_at: float) -> Claim:
         """The claim of a row just marked running (its `attempts` and `run_seq` already moved on)."""
         return cls(
             rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq, rec.timeout_s,
-            started_at, rec.run_at,
+            started_at, rec.run_at, rec.trace_context,
         )  # fmt: skip
 
 

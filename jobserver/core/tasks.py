@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_type_hints, overload
 
+import orjson
 import pydantic
 import pydantic_core
 from pydantic import ConfigDict
@@ -73,11 +74,22 @@ class TaskDef:
     schema: dict[str, Any] = field(default_factory=dict)
 
     def validate_args(self, args: Any) -> dict[str, Any]:
-        """Validated args with defaults filled in, as JSON-ready values; 422 when bad."""
+        """Validated args with defaults filled in, as JSON-ready values; 422 when bad.
+
+        Validated as JSON in pydantic's strict mode, so that what is accepted is exactly what
+        the published JSON schema allows: "5" is not an integer nor true a number (a number
+        whose fraction is zero is an integer, as JSON Schema has it)."""
         try:
-            model = self.args_model.model_validate(args if args is not None else {})
+            raw = orjson.dumps(_integral(args if args is not None else {}))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            unstorable = [
+                {"loc": ["body", "args"], "msg": f"not storable as JSON: {exc}", "type": "json_type"}
+            ]
+            raise InvalidRequestError(f"invalid args for task {self.name}", unstorable) from None
+        try:
+            model = self.args_model.model_validate_json(raw, strict=True)
         except pydantic.ValidationError as exc:
-            errors = [
+            errors: list[dict[str, Any]] = [
                 {"loc": ["body", "args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
             ]
             raise InvalidRequestError(f"invalid args for task {self.name}", errors) from None
@@ -91,6 +103,17 @@ class TaskDef:
         """Typed keyword arguments for the function, rebuilt from stored JSON args."""
         model = self.args_model.model_validate(args)
         return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _integral(value: Any) -> Any:
+    """JSON values with every number whose fraction is zero written as an integer."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 F = TypeVar("F", bound=Callable[..., Any])

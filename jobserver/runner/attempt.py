@@ -27,6 +27,7 @@ from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, Timeout
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
 from jobserver.core.records import Claim, JobRecord
+from jobserver.core.tracing import NO_ATTEMPT_TRACE, AttemptTrace
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.submission import JobFactory
 from jobserver.storage.store import JobStore
@@ -78,8 +79,10 @@ class Attempt:
         clock: Clock,
         factory: JobFactory | None = None,
         on_spawned: Callable[[list[JobRecord]], None] | None = None,
+        trace: AttemptTrace = NO_ATTEMPT_TRACE,
     ) -> None:
         self.claim = claim
+        self.trace = trace
         self._steps_store = steps
         self._factory = factory
         self._on_spawned = on_spawned or (lambda recs: None)
@@ -198,7 +201,9 @@ class Attempt:
         if done:
             return value
         started = self._clock.now()
-        result_json = to_json(fn(*args, **kwargs), f"the result of step {name!r}")
+        with self.trace.step(name):
+            raw = fn(*args, **kwargs)
+        result_json = to_json(raw, f"the result of step {name!r}")
         self._writer.call(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
 
@@ -212,7 +217,9 @@ class Attempt:
             return value
         started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
-            return await self._save_async(name, await fn(*args, **kwargs), started)
+            with self.trace.step(name):
+                raw = await fn(*args, **kwargs)
+            return await self._save_async(name, raw, started)
         # A function on a thread cannot be stopped: when the task is cancelled meanwhile,
         # let it finish and store its result, so what it did (and paid for) is not repeated.
         step = asyncio.ensure_future(self._thread_step(name, fn, args, kwargs, started))
@@ -226,7 +233,9 @@ class Attempt:
     async def _thread_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], started: float
     ) -> Any:
-        return await self._save_async(name, await asyncio.to_thread(fn, *args, **kwargs), started)
+        with self.trace.step(name):  # current in the thread too: to_thread copies the context
+            raw = await asyncio.to_thread(fn, *args, **kwargs)
+        return await self._save_async(name, raw, started)
 
     async def _save_async(self, name: str, raw: Any, started: float) -> Any:
         result_json = to_json(raw, f"the result of step {name!r}")

@@ -71,12 +71,18 @@ class JobCommands:
         return self.dispatcher.draining
 
     async def submit(
-        self, body: SubmitBody, idem_key: str | None, scope: str, raw_body: Any
+        self,
+        body: SubmitBody,
+        idem_key: str | None,
+        scope: str,
+        raw_body: Any,
+        trace_context: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and insert a job; (record, replayed)."""
+        """Validate and insert a job; (record, replayed). `trace_context` is the submit's, kept on
+        the job so that its attempts join that trace."""
         if self.draining:
             raise DrainingError()
-        new = self.factory.new(body, self.clock.now(), idem_key)
+        new = self.factory.new(body, self.clock.now(), idem_key, trace_context=trace_context)
         taskdef = self.registry.get(new.task)
         if body.webhook_url is not None:
             await self._check_webhook(body.webhook_url)

@@ -31,6 +31,7 @@ from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Suspend, Tra
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tasks import Registry, TaskDef
+from jobserver.core.tracing import NO_ATTEMPT_TRACE, NO_TRACING, Tracing
 from jobserver.runner.attempt import Attempt, StopReason, to_json
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
@@ -63,6 +64,16 @@ def facts(claim: Claim) -> AttemptFacts:
     return AttemptFacts(claim.job_id, claim.run_seq, claim.attempt, claim.max_attempts)
 
 
+def outcome_word(t: Transition | None) -> str:
+    """How an attempt ended, in one word (a span's outcome): completed, failed, cancelled,
+    retrying (another attempt follows), released (put back, not counted) or stale (fenced off)."""
+    if t is None:
+        return "stale"
+    if t.status == Status.PENDING:
+        return "retrying" if t.counts_attempt else "released"
+    return str(t.status)
+
+
 class Executor:
     """Runs attempts, records their endings, and stops them when asked."""
 
@@ -80,9 +91,11 @@ class Executor:
         loop: asyncio.AbstractEventLoop,
         factory: JobFactory | None = None,
         rng: random.Random | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.factory = factory
         self.store = store
+        self.tracing = tracing
         self.writer = writer
         self.registry = registry
         self.clock = clock
@@ -98,7 +111,9 @@ class Executor:
         self._stop_before_start: dict[str, StopReason] = {}  # stops asked for jobs claimed, not started
         self._unrecorded: dict[str, _Unrecorded] = {}  # outcomes the database refused, to write again
 
-    def _attempt(self, claim: Claim, is_async: bool) -> Attempt:
+    def _attempt(self, claim: Claim, is_async: bool, traced: bool = False) -> Attempt:
+        """The handle of an attempt; `traced` for one whose task runs (not a put-back)."""
+        trace = self.tracing.attempt(claim) if traced else NO_ATTEMPT_TRACE
         return Attempt(
             claim,
             is_async,
@@ -108,6 +123,7 @@ class Executor:
             self.clock,
             self.factory,
             self.children_added,
+            trace,
         )
 
     def children_added(self, records: list[JobRecord]) -> None:
@@ -128,7 +144,7 @@ class Executor:
         if taskdef is None:  # claims only take known tasks; a reload could still drop one
             self.finish(self._attempt(claim, False), Outcome.released(started=False))
             return True
-        attempt = self._attempt(claim, taskdef.is_async)
+        attempt = self._attempt(claim, taskdef.is_async, traced=True)
         if claim.timeout_s is not None:
             attempt.deadline = self.clock.monotonic() + claim.timeout_s
         with self._lock:
@@ -163,11 +179,12 @@ class Executor:
         try:
             try:
                 kwargs = self._call_args(attempt, taskdef)
-                attempt.arm()
-                try:
-                    value = taskdef.fn(**kwargs)
-                finally:
-                    attempt.disarm()
+                with attempt.trace.current():  # entered and left outside the interruptible window
+                    attempt.arm()
+                    try:
+                        value = taskdef.fn(**kwargs)
+                    finally:
+                        attempt.disarm()
                 return self._value(value)
             except (Cancelled, Timeout) as exc:
                 return self._stopped(attempt, exc)
@@ -198,7 +215,9 @@ class Executor:
             kwargs = self._call_args(attempt, taskdef)
             if attempt.stop_requested.is_set():
                 raise asyncio.CancelledError()
-            outcome = self._value(await taskdef.fn(**kwargs))
+            with attempt.trace.current():
+                value = await taskdef.fn(**kwargs)
+            outcome = self._value(value)
         except (asyncio.CancelledError, Cancelled, Timeout) as exc:
             outcome = self._stopped(attempt, exc)
         except Suspend as parked:
@@ -219,6 +238,7 @@ class Executor:
         transition = decide(
             outcome, facts(claim), self.registry.options(claim.task), self.clock.now(), self.rng.random()
         )
+        attempt.trace.end(outcome_word(transition), outcome.exc)
         if transition is None:
             self._free(attempt)
             self.hub.publish(claim.job_id)

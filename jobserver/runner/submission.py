@@ -31,9 +31,15 @@ class JobFactory:
         self.ids = JobIds()
 
     def new(
-        self, body: SubmitBody, now: float, idem_key: str | None = None, parent_id: str | None = None
+        self,
+        body: SubmitBody,
+        now: float,
+        idem_key: str | None = None,
+        parent_id: str | None = None,
+        trace_context: str | None = None,
     ) -> NewJob:
-        """The job a valid body asks for (TaskNotFoundError, InvalidRequestError when not)."""
+        """The job a valid body asks for (TaskNotFoundError, InvalidRequestError when not);
+        `trace_context` is the submit's, kept so the job's attempts join that trace."""
         taskdef = self.registry.get(body.task)
         args = taskdef.validate_args(body.args)
         args_json = orjson.dumps(args).decode()
@@ -63,6 +69,7 @@ class JobFactory:
             now,
             run_at,
             parent_id,
+            trace_context,
         )
 
     def child(

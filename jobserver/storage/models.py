@@ -58,6 +58,7 @@ class Job(BaseModel):
     waiting_for = pw.TextField(null=True)
     wake_at = pw.DoubleField(null=True)
     resume = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
+    trace_context = pw.TextField(null=True)  # the submit's trace context (tracing on), JSON
 
     class Meta:
         table_name = "jobs"
@@ -326,6 +327,7 @@ ADDED_COLUMNS = (
     ("jobs", "waiting_for", "TEXT"),
     ("jobs", "wake_at", "DOUBLE PRECISION"),
     ("jobs", "resume", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "trace_context", "TEXT"),
 )
 
 
@@ -333,7 +335,8 @@ def _add_missing_columns(db: pw.Database) -> None:
     tables = set(db.get_tables())
     for table, column, ddl in ADDED_COLUMNS:
         if table in tables and column not in {c.name for c in db.get_columns(table)}:
-            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+            exists = " IF NOT EXISTS" if isinstance(db, pw.PostgresqlDatabase) else ""  # nodes start at once
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {ddl}")
 
 
 def create_schema(db: pw.Database) -> None:

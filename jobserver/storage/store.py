@@ -130,7 +130,7 @@ def _insert_job(tx: Tx, new: NewJob) -> JobRecord:
     tx.execute(
         "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
         "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
-        "parent_id, resume) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?, 0)",
+        "parent_id, resume, trace_context) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?, 0, ?)",
         (
             new.id,
             new.task,
@@ -144,6 +144,7 @@ def _insert_job(tx: Tx, new: NewJob) -> JobRecord:
             new.created_at,
             new.run_at,
             new.parent_id,
+            new.trace_context,
         ),
     )
     record = new.record()
