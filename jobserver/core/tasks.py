@@ -30,7 +30,7 @@ import pydantic_core
 from pydantic import ConfigDict
 
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
-from jobserver.core.schemas import MAX_STORED_DEPTH, json_violations
+from jobserver.core.schemas import INT_MAX, INT_MIN, MAX_STORED_DEPTH, json_violations
 
 MARK = "__jobserver_task__"
 
@@ -220,6 +220,21 @@ def _first_sentence(exc: BaseException) -> str:
     return line.split(". ")[0].rstrip(".")
 
 
+def _bounded_integers(schema: Any) -> Any:
+    """The schema with every integer bounded to what is stored exactly (64 bits), as the API
+    enforces: a client reading the schema learns the bounds before a 422 tells it."""
+    if isinstance(schema, dict):
+        out = {k: _bounded_integers(v) for k, v in schema.items()}
+        kind = out.get("type")
+        if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
+            out["minimum"] = max(out.get("minimum", INT_MIN), INT_MIN)
+            out["maximum"] = min(out.get("maximum", INT_MAX), INT_MAX)
+        return out
+    if isinstance(schema, list):
+        return [_bounded_integers(v) for v in schema]
+    return schema
+
+
 def _args_model(
     name: str, fields: dict[str, Any], shown: dict[str, str]
 ) -> tuple[type[pydantic.BaseModel], dict[str, Any]]:
@@ -236,7 +251,7 @@ def _args_model(
     config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON has no NaN or Infinity
     try:
         model = pydantic.create_model(f"{name.replace('.', '_')}_args", __config__=config, **fields)
-        return model, model.model_json_schema()
+        return model, _bounded_integers(model.model_json_schema())
     except Exception as exc:  # pydantic raises several kinds here; find the parameter behind it
         for pname, spec in fields.items():
             try:

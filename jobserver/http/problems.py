@@ -93,6 +93,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Use a fresh key for a different job, or resend the original body. Keys are kept for "
         "`retention.idempotency_keys` and are scoped per API key.",
     ),
+    "signal-conflict": ProblemType(
+        (409,),
+        "Signal already sent with another body",
+        "A signal with this name was already delivered to the job with a different JSON body. A signal "
+        "is delivered once: sending it again with the same body is answered 200 and changes nothing.",
+        "Send the same body again to confirm it, or use another signal name for a different message.",
+    ),
     "idempotency-key-in-flight": ProblemType(
         (409,),
         "Request with this Idempotency-Key in progress",
