@@ -1,9 +1,19 @@
 """jobserver: an embedded, durable job server (REST API + worker threads over SQLite)."""
 
 from jobserver.core.context import JobContext
-from jobserver.core.errors import Fail, JobServerError, Retry
+from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry
 from jobserver.core.limits import Concurrency, Rate
 from jobserver.core.tasks import task
+from jobserver.core.version import package_version
 
-__all__ = ["Concurrency", "Fail", "JobContext", "JobServerError", "Rate", "Retry", "task"]
-__version__ = "0.1.0"
+__all__ = [
+    "ChildFailed",
+    "Concurrency",
+    "Fail",
+    "JobContext",
+    "JobServerError",
+    "Rate",
+    "Retry",
+    "task",
+]
+__version__ = package_version()

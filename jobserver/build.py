@@ -10,10 +10,12 @@ listening socket is bound. Tests build the same parts in-process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,8 +26,10 @@ from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
+from jobserver.core.records import JobRecord
 from jobserver.core.schedules import Schedule, check_configured
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import NO_TRACING, Tracing, tracing_wanted
 from jobserver.http.app import READ_THREADS, Services, create_app
 from jobserver.http.ops_routes import OpsServices, ops_routes
 from jobserver.http.webhook_routes import webhook_routes
@@ -45,6 +49,7 @@ from jobserver.runner.pausing import TaskControl
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.limits import LimitStore
@@ -57,6 +62,7 @@ from jobserver.storage.writer import Writer
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
 
+log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL_S = 1.0  # how often due schedule ticks are looked for
 
 
@@ -94,12 +100,35 @@ class Parts:
     configured_schedules: list[Schedule]  # config.toml's, checked against the tasks
     stats: Stats
     bulk: BulkActions
+    tracing: Tracing
     listener: Listener | None  # PostgreSQL with `database.notify`: the other nodes' commits
 
 
-def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
-    """Assemble every part (the writer runs; nothing else has started)."""
+def load_tracing(environ: Mapping[str, str]) -> Tracing:
+    """OpenTelemetry when the OTEL_* variables ask for traces and the `otel` extra is installed;
+    otherwise the tracer that does nothing, and OpenTelemetry is never imported."""
+    if not tracing_wanted(environ):
+        return NO_TRACING
+    try:
+        from jobserver.ops.tracing import OtelTracing
+    except ImportError as exc:
+        log.warning(
+            "OTEL_* variables ask for traces, but OpenTelemetry is not installed (%s): "
+            "install jobserver[otel]; tracing stays off",
+            exc,
+            extra={"action": "tracing_off"},
+        )
+        return NO_TRACING
+    return OtelTracing.from_env(environ)
+
+
+def build(
+    settings: Settings, clock: Clock, registry: Registry | None = None, tracing: Tracing | None = None
+) -> Parts:
+    """Assemble every part (the writer runs; nothing else has started). Without `tracing`, the
+    process environment's OTEL_* variables decide."""
     s = settings
+    tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
     configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
@@ -110,15 +139,28 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     writer = Writer(db, s.is_postgres, node_tag, s.database.notify)
     writer.start()
     outbox_wake = threading.Event()
+    hub = Hub()
     wakeup = Wakeup()
-    async_work = threading.Event()
+    task_pauses = TaskPauses(db, writer, s.is_postgres)
+    task_pauses.load()
+    slots = Slots(
+        registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event(), task_pauses.paused
+    )
 
     def job_due() -> None:
+        """Jobs held back by a limit are due again: wake the workers (thread and async)."""
         wakeup.notify()
-        async_work.set()
+        slots.async_work.set()
+
+    def woken(rec: JobRecord) -> None:
+        """A parked job is pending again: tell its watchers, and wake a worker to resume it."""
+        hub.publish(rec.id)
+        wakeup.notify()
+        if slots.is_async(rec.task):
+            slots.async_work.set()
 
     limits = LimitStore(db, writer, s.is_postgres, s.workers.poll_interval, job_due)
-    store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record)
+    store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()
     observers: list[JobObserver] = [metrics, summary]
@@ -131,16 +173,25 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         s.is_postgres,
         wake=outbox_wake,
         on_attempt=metrics.webhook_delivery,
+        tracing=tracing,
     )
-    hub = Hub()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
-    task_pauses = TaskPauses(db, writer, s.is_postgres)
-    task_pauses.load()
-    slots = Slots(
-        registry.all(), s.workers.threads, s.workers.async_concurrency, async_work, task_pauses.paused
-    )
     tasks_loop = asyncio.new_event_loop()
-    executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
+    factory = JobFactory(s, registry)
+    executor = Executor(
+        store,
+        writer,
+        registry,
+        clock,
+        hub,
+        slots,
+        wakeup,
+        reporter,
+        observers,
+        tasks_loop,
+        factory,
+        tracing=tracing,
+    )
     lease_s = s.workers.lease_seconds
     dispatcher = Dispatcher(
         store,
@@ -153,7 +204,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         lease_s,
         s.workers.poll_interval,
     )
-    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
+    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory)
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
@@ -179,6 +230,9 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         if due is not None and due <= clock.now():
             limits.unpark_due(clock.now()).result()
 
+    def wake_due() -> None:  # claims wake due sleepers too; this covers a server whose workers are all busy
+        store.wake_due(clock.now()).result()
+
     maintenance = Maintenance(
         clock,
         [
@@ -190,6 +244,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             # a lease expires at most a lease after the last heartbeat: a dead node's jobs and
             # limit slots come back within a lease and a tenth (one index range read per pass)
             (max(0.1, lease_s / 10), rescuer.rescue_once),
+            (s.workers.poll_interval, wake_due),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
             (SCHEDULER_INTERVAL_S, scheduler.tick_once),
@@ -224,6 +279,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             readers=readers,
             metrics=metrics,
             now=clock.now,
+            tracing=tracing,
             paused_tasks=task_pauses.current,
         )
     )
@@ -234,5 +290,5 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     return Parts(
         s, clock, owner, db, writer, store, limits, registry, hub, metrics, summary, reporter, slots, wakeup,
         tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
-        task_pauses, scheduler, configured_schedules, stats, bulk, listener,
+        task_pauses, scheduler, configured_schedules, stats, bulk, tracing, listener,
     )  # fmt: skip

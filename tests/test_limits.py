@@ -153,7 +153,7 @@ def test_a_claim_whose_clock_reading_is_older_still_sees_every_charge_of_its_win
     ids = JobIds()
     with open_store(tmp_path) as store:
         for _ in range(4):
-            job = NewJob(ids.new(), "t", "{}", 0, 1, None, None, None, 100.0, 100.0, two_per_10s)
+            job = NewJob(ids.new(), "t", "{}", 0, 1, None, None, None, 100.0, 100.0, limits=two_per_10s)
             store.enqueue(job, None, lambda: None).result(10)
         assert claim_one(store, "me", 100.0, 30) is not None  # charged at 100
         assert claim_one(store, "me", 100.0, 30) is not None  # and again: the window is full

@@ -116,9 +116,10 @@ def test_nodes_wake_each_other_at_once(tmp_path: Path, pg_url: str) -> None:
         pickups.append(float(stamp.read_text()) - at(job["created_at"]))
     # the listeners' connections are cut: they come back, and so do the wake-ups
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN jobserver'"
-        assert len(conn.execute(cut).fetchall()) == 2
-        count = "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN jobserver'"
+        # this test's database only: other tests' nodes listen on the same server
+        ours = "FROM pg_stat_activity WHERE query = 'LISTEN jobserver' AND datname = current_database()"
+        assert len(conn.execute(f"SELECT pg_terminate_backend(pid) {ours}").fetchall()) == 2
+        count = f"SELECT count(*) {ours}"
         wait_until(lambda: conn.execute(count).fetchone() == (2,), message="the listeners to reconnect")
     stamp = tmp_path / "stamp-after-reconnect"
     job = done(ci, submit(cb, "tests.e2e_tasks.stamps_start", {"path": str(stamp)}))

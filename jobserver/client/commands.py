@@ -1,5 +1,5 @@
-"""The client subcommands of `python -m jobserver`: submit, get, wait, list, cancel, retry, tasks,
-schedules, pause, resume, stats.
+"""The client subcommands of `python -m jobserver`: submit, get, wait, list, cancel, retry, signal,
+tasks, schedules, pause, resume, stats.
 
 `cancel` and `retry` take one job id, or filters (`--status`, `--task`, `--id`, or
 `--all`) for every matching job, answering `{"count": n}`.
@@ -63,6 +63,13 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, like '{\"a\": 1}'")
     return value
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -130,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
 
     p = sub.add_parser("list", parents=[common], help="list jobs, newest first")
-    p.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
+    p.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
     p.add_argument("--task")
+    p.add_argument("--parent", metavar="ID", help="only the children of job ID")
     p.add_argument("--limit", type=int, default=50, help=f"page size (default 50, at most {MAX_LIMIT})")
     p.add_argument("--cursor", help="next_cursor of the previous page")
 
@@ -149,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task", help="only jobs of this task")
         p.add_argument("--id", dest="ids", action="append", metavar="ID", help="only these jobs (repeatable)")
         p.add_argument("--all", action="store_true", help="every job the action applies to")
+
+    p = sub.add_parser(
+        "signal", parents=[common], help="send a signal to a job (a job waiting for it runs again)"
+    )
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("payload", metavar="JSON", nargs="?", type=_json_value, default=None, help="default: null")
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks")
     for name, text in (
@@ -221,9 +236,18 @@ def run(client: Client, args: argparse.Namespace) -> int:
         _print(job)
         return _finished_code(job)
     elif command == "list":
-        _print(client.list(status=args.status, task=args.task, limit=args.limit, cursor=args.cursor))
+        _print(
+            client.list(
+                status=args.status, task=args.task, limit=args.limit, cursor=args.cursor, parent=args.parent
+            )
+        )
     elif command in ("cancel", "retry"):
         return _cancel_or_retry(client, args)
+    elif command == "signal":
+        job = client.signal(args.job_id, args.name, args.payload)
+        if job.replayed:
+            print(f"jobserver: signal {args.name!r} was already sent with this payload", file=sys.stderr)
+        _print(job)
     elif command == "tasks":
         _print({"tasks": client.tasks()})
     elif command in ("pause", "resume"):

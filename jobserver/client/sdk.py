@@ -50,6 +50,7 @@ from jobserver.core.errors import (
     JobNotRetryableError,
     JobServerError,
     ScheduleNotFoundError,
+    SignalConflictError,
     StorageError,
     TaskNotFoundError,
     WebhookURLError,
@@ -99,6 +100,7 @@ class _Call(NamedTuple):
 # a 409 "conflict" says which call failed (our side) and, in its detail, the job's state
 _CONFLICTS: dict[str, type[ConflictError]] = {
     "cancel": JobFinishedError,
+    "signal": JobFinishedError,
     "retry": JobNotRetryableError,
     "delete": JobNotFinishedError,
 }
@@ -126,6 +128,7 @@ _BUILDERS: dict[str, Callable[[_Call, str, builtins.list[Any]], JobServerError]]
     "idempotency-key-reused": lambda call, detail, errors: IdempotencyMismatchError(call.key),
     "idempotency-key-in-flight": lambda call, detail, errors: IdempotencyInFlightError(call.key),
     "conflict": lambda call, detail, errors: _conflict(call, detail),
+    "signal-conflict": lambda call, detail, errors: SignalConflictError(call.job_id, "unknown", call.key),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
     "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
@@ -316,6 +319,28 @@ class Client:
         job.replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
         return job
 
+    def submit_many(self, jobs: Iterable[dict[str, Any]]) -> builtins.list[Job]:
+        """Submit up to 1,000 jobs in one transaction, all or none (`POST /jobs/batch`).
+
+        Each item is a submit body (`task`, `args`, options) and may carry its own
+        `idempotency_key` (a key used before with the same body gives the first job). A bad
+        item raises InvalidRequestError whose `errors` name it by index
+        (`["body", "jobs", 3, "args", "x"]`), and nothing is queued."""
+        items = [dict(job) for job in jobs]
+        response = self._request("POST", "/jobs/batch", _Call("submit_many"), json={"jobs": items})
+        return [Job(data) for data in response.json()["jobs"]]
+
+    def signal(self, job_id: str, name: str, payload: Any = None) -> Job:
+        """Send the signal `name` with a JSON payload to a job; a job waiting for it runs again.
+
+        The same name again with an equal payload is accepted (`replayed` True); with another
+        payload it raises SignalConflictError, and on a finished job JobFinishedError."""
+        path = _job_path(job_id, f"/signals/{quote(name, safe='')}")
+        response = self._request("POST", path, _Call("signal", job_id, key=name), json=payload)
+        job = Job(response.json())
+        job.replayed = response.status_code == 200
+        return job
+
     def get(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
         """Read a job; with `wait` (at most 60 s) the server holds the answer until it is finished."""
         params = {"wait": wait} if wait is not None else None
@@ -336,14 +361,17 @@ class Client:
                 return job
 
     def list(
-        self, status: str | None = None, task: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        parent: str | None = None,
     ) -> dict[str, Any]:
-        """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`."""
-        params = {
-            k: v
-            for k, v in (("status", status), ("task", task), ("limit", limit), ("cursor", cursor))
-            if v is not None
-        }
+        """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`; `parent` lists
+        the children of that job."""
+        pairs = (("status", status), ("task", task), ("limit", limit), ("cursor", cursor), ("parent", parent))
+        params = {k: v for k, v in pairs if v is not None}
         data: dict[str, Any] = self._request("GET", "/jobs", _Call("list"), params=params).json()
         return data
 
@@ -353,10 +381,11 @@ class Client:
         task: str | None = None,
         page_size: int = 50,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching job, newest first, fetching pages of `page_size` as needed."""
         while True:
-            page = self.list(status=status, task=task, limit=page_size, cursor=cursor)
+            page = self.list(status=status, task=task, limit=page_size, cursor=cursor, parent=parent)
             yield from page["jobs"]
             cursor = page.get("next_cursor")
             if not cursor:

@@ -21,7 +21,8 @@ from jobserver.core.schedules import schedule_of
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
     "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
-    "webhook_url, created_at, run_at, started_at, finished_at, limits, blocked_by"
+    "webhook_url, created_at, run_at, started_at, finished_at, parent_id, waiting_for, wake_at, "
+    "resume, trace_context, limits, blocked_by"
 )
 # internal statuses of a job the API shows as pending: delayed, and held back by a limit
 WAITING_TO_RUN = frozenset({"pending", "scheduled", "blocked"})
@@ -57,6 +58,11 @@ class JobRecord:
     run_at: float
     started_at: float | None
     finished_at: float | None
+    parent_id: str | None
+    waiting_for: str | None  # JSON {"kind", "name", "until"} while waiting
+    wake_at: float | None  # a waiting job's wake-up time (sleep end, wait timeout)
+    resume: int  # 1: the next claim resumes a parked run (not counted as an attempt)
+    trace_context: str | None = None  # the submit's trace context (tracing), JSON
     limits: str | None = None  # the job's limits bound to its args (JSON), fixed at submit
     blocked_by: str | None = None  # the limit key that holds the job back, while it does
 
@@ -64,6 +70,13 @@ class JobRecord:
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """Build from a row selected with JOB_COLUMNS."""
         return cls(*row)
+
+    def _waiting_for(self) -> dict[str, Any] | None:
+        """`{"kind", "name", "until"}` while waiting (until as RFC 3339), else None."""
+        if self.status != "waiting" or self.waiting_for is None:
+            return None
+        data: dict[str, Any] = orjson.loads(self.waiting_for)
+        return {**data, "until": rfc3339(data.get("until"))}
 
     @property
     def finished(self) -> bool:
@@ -92,6 +105,8 @@ class JobRecord:
             "run_at": rfc3339(self.run_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
+            "parent_id": self.parent_id,
+            "waiting_for": self._waiting_for(),
             "blocked_by": self.blocked_by,
         }
 
@@ -110,6 +125,8 @@ class NewJob:
     idempotency_key: str | None
     created_at: float
     run_at: float
+    parent_id: str | None = None
+    trace_context: str | None = None
     limits: str | None = None
 
     @property
@@ -142,6 +159,11 @@ class NewJob:
             self.run_at,
             None,
             None,
+            self.parent_id,
+            None,
+            None,
+            0,
+            self.trace_context,
             self.limits,
         )
 
@@ -159,6 +181,7 @@ class Claim:
     timeout_s: float | None
     started_at: float
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
+    trace_context: str | None = None  # the submit's trace context, continued by the attempt's span
     limits: str | None = None  # the limits the attempt holds (for ctx.report_usage)
 
     @classmethod
@@ -166,7 +189,7 @@ class Claim:
         """The claim of a row just marked running (its `attempts` and `run_seq` already moved on)."""
         return cls(
             rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq, rec.timeout_s,
-            started_at, rec.run_at, rec.limits,
+            started_at, rec.run_at, rec.trace_context, rec.limits,
         )  # fmt: skip
 
 

@@ -96,7 +96,7 @@ class Scheduler:
         timeout = taskdef.options.timeout if taskdef is not None else None
         new = NewJob(
             self.ids.new(), state.task, state.args, priority, max_attempts, timeout, None, key, now, now,
-            self._limits(taskdef, state),
+            limits=self._limits(taskdef, state),
         )  # fmt: skip
         return new, (IDEMPOTENCY_SCOPE, key, body_hash({"schedule": state.name, "tick": tick}))
 
