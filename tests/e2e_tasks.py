@@ -343,6 +343,20 @@ def settles_usage(ctx: JobContext, team: str, used: float) -> float:
     return used
 
 
+@task(limits=[Concurrency("gate:{team}", 1)])
+def gated_approval(ctx: JobContext, team: str) -> Any:
+    """Holds its team's only slot, and waits for the `go` signal (a parked run holds none)."""
+    return ctx.wait_for("go")
+
+
+@task
+def spawns_held(ctx: JobContext, path: str, model: str, release: str, n: int) -> int:
+    """Spawns `n` children that share one Concurrency key of 3, and gathers them."""
+    args = [{"path": path, "model": model, "hold_s": 0, "release": release} for _ in range(n)]
+    ids = ctx.spawn_many("held", "tests.e2e_tasks.held_key", args)
+    return len(ctx.gather("all", ids))
+
+
 @task
 def stamps_start(path: str) -> None:
     """Writes the wall clock at its start (pickup latency across processes)."""

@@ -1,5 +1,6 @@
 """Limits in one process on SQLite: Concurrency and Rate keys, parked jobs, GET /limits,
-ctx.report_usage, and the bad declarations and args refused."""
+ctx.report_usage, the bad declarations and args refused, and limits with workflows (a
+waiting run's slots, batch submits, spawned children)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.limits_check import busiest_window, max_overlap, spans
 from tests.storage import claim_one, open_store
 
 HELD = "tests.e2e_tasks.held_key"
+GATED = "tests.e2e_tasks.gated_approval"
 
 
 def job(c: httpx.Client, job_id: str) -> dict:  # type: ignore[type-arg]
@@ -173,3 +175,38 @@ def test_a_bulk_cancel_of_pending_jobs_takes_the_parked_ones_too(app: RunningApp
     assert len(cancelled) == 2 and all(j["blocked_by"] is None for j in cancelled)
     Path(release).touch()
     assert sum(finished(c, i)["status"] == "completed" for i in ids) == 3
+
+
+# --------------------------------------------------------- with workflows
+def test_a_waiting_job_frees_its_slot_and_takes_it_again_to_resume(app: RunningApp) -> None:
+    c = app.client
+    r = c.post("/jobs/batch", json={"jobs": [{"task": GATED, "args": {"team": "t"}} for _ in range(2)]})
+    assert r.status_code == 202, r.text
+    first, second = (j["id"] for j in r.json()["jobs"])
+    # one slot on "gate:t": the second runs only because the first's park gave the slot back
+    wait_until(lambda: all(job(c, i)["status"] == "waiting" for i in (first, second)))
+    key = limit(c, "gate:t")  # the batch bound the task's limits to each job's args
+    assert (key["limit"], key["in_use"], key["blocked"]) == (1, 0, 0)
+    for i in (first, second):
+        assert c.post(f"/jobs/{i}/signals/go", json=i).status_code == 202
+    assert [finished(c, i)["result"] for i in (first, second)] == [first, second]
+    assert all(job(c, i)["attempts"] == 1 for i in (first, second))
+    assert limit(c, "gate:t")["in_use"] == 0
+
+
+def test_spawned_children_hold_their_task_limits(app: RunningApp, tmp_path: Path) -> None:
+    c = app.client
+    path, release = str(tmp_path / "spans"), str(tmp_path / "release")
+    args = {"path": path, "model": "kids", "release": release, "n": 5}
+    parent = submit(c, "tests.e2e_tasks.spawns_held", args)
+
+    def children() -> list[dict]:  # type: ignore[type-arg]
+        return list(c.get("/jobs", params={"parent": parent}).json()["jobs"])
+
+    wait_until(lambda: sum(ch["status"] == "running" for ch in children()) == 3)
+    wait_until(lambda: sum(ch["blocked_by"] == "llm:kids" for ch in children()) == 2)
+    assert job(c, parent)["status"] == "waiting"
+    Path(release).touch()
+    assert finished(c, parent)["result"] == 5
+    assert max_overlap(spans(Path(path))["kids"]) == 3
+    assert limit(c, "llm:kids")["in_use"] == 0
