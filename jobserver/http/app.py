@@ -296,13 +296,14 @@ def create_app(svc: Services) -> Starlette:
         job_id = request.path_params["job_id"]
         await read(store.get, job_id)  # 404 before the stream starts
         after = last_event_id(request)
+        follow = request.query_params.get("follow", "true").lower() not in ("false", "0")
         return StreamingResponse(
-            event_stream(job_id, after),
+            event_stream(job_id, after, follow),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def event_stream(job_id: str, after: int) -> AsyncIterator[bytes]:
+    async def event_stream(job_id: str, after: int, follow: bool) -> AsyncIterator[bytes]:
         last_sent = time.monotonic()
         finishing = False
         with svc.hub.watch(job_id) as changed:
@@ -319,7 +320,7 @@ def create_app(svc: Services) -> Starlette:
                     return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
-                if finishing:
+                if finishing or not follow:
                     return  # nothing after the cursor and the job is over (e.g. a resume after the end)
                 if await read(_gone_or_finished, job_id):
                     finishing = True  # it may have finished between the two reads: read its events once more

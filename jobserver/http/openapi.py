@@ -12,7 +12,7 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.operations import CancelFilter, RetryFilter
+from jobserver.core.operations import CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import ID_PATTERN, MAX_LIMIT, MAX_WAIT_S, SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
@@ -440,6 +440,12 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 params=[
                     _job_id(),
                     {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "maxLength": 32}},
+                    {
+                        "name": "follow",
+                        "in": "query",
+                        "description": "false: send the stored events and end, without waiting for more.",
+                        "schema": {"type": "boolean", "default": True},
+                    },
                 ],
             )
         },
@@ -560,6 +566,7 @@ OPS_SCHEMAS: dict[str, Schema] = {
     "ScheduleBody": ScheduleBody.model_json_schema(),
     "CancelFilter": CancelFilter.model_json_schema(),
     "RetryFilter": RetryFilter.model_json_schema(),
+    "DeleteFilter": DeleteFilter.model_json_schema(),
     "Count": _count_schema(),
     "TaskPause": {
         "type": "object",
@@ -656,6 +663,13 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
                 "retryJobs", "Retry every matching failed or cancelled job",
                 {200: _json("How many jobs were retried.", _ref("Count"))},
                 bulk_problems, requestBody=body("RetryFilter"),
+            )
+        },
+        "/jobs/delete": {
+            "post": op(
+                "deleteJobs", "Delete every matching finished job (unfinished ones are left alone)",
+                {200: _json("How many jobs were deleted.", _ref("Count"))},
+                bulk_problems, requestBody=body("DeleteFilter"),
             )
         },
         "/stats": {

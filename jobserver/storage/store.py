@@ -540,6 +540,31 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def delete_batch(
+        self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
+    ) -> Future[tuple[list[JobRecord], str | None]]:
+        """Forget the next `limit` finished jobs in `status` after id `after`, as `delete` does
+        one; resolves to (deleted jobs as they were, id to continue after, or None when done)."""
+
+        def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
+            found = self._bulk_ids(tx, status, task, ids, after, limit)
+            if not found:
+                return [], None
+            marks = ", ".join("?" * len(found))
+            rows = tx.all(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks}) AND status = ?", (*found, status)
+            )
+            records = [JobRecord.from_row(r) for r in rows]
+            gone = [rec.id for rec in records]
+            if gone:
+                gone_marks = ", ".join("?" * len(gone))
+                for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
+                    column = "id" if table == "jobs" else "job_id"
+                    tx.execute(f"DELETE FROM {table} WHERE {column} IN ({gone_marks})", tuple(gone))
+            return records, found[-1]
+
+        return self.writer.submit(op)
+
     def retry_batch(
         self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
     ) -> Future[tuple[list[JobRecord], str | None]]:
