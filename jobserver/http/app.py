@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from jobserver.core.clock import rfc3339
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
     InvalidRequestError,
@@ -38,6 +39,7 @@ from jobserver.core.errors import (
 )
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
+from jobserver.core.records import JobRecord
 from jobserver.core.schemas import ID_PATTERN, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.http.openapi import build_openapi
@@ -81,6 +83,23 @@ class Services:
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
     paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
+
+
+HELD = ("pending", "scheduled")  # stored statuses of a pending job
+
+
+def pending_reason(record: JobRecord, registry: Registry, paused: frozenset[str]) -> dict[str, Any] | None:
+    """Why a pending job is not running yet, for people: `code`, `detail` (and `until` when delayed)."""
+    if record.status not in HELD:
+        return None
+    if record.status == "scheduled":
+        until = rfc3339(record.run_at)
+        return {"code": "delayed", "detail": f"delayed until {until}", "until": until}
+    if record.task in paused:
+        return {"code": "task_paused", "detail": f"task {record.task} is paused"}
+    if registry.find(record.task) is None:
+        return {"code": "unknown_task", "detail": f"no task {record.task} is registered on this server"}
+    return {"code": "no_free_worker", "detail": "waiting for a free worker thread (all are busy)"}
 
 
 class BodyTooLarge(Exception):
@@ -268,17 +287,31 @@ def create_app(svc: Services) -> Starlette:
 
     def job_with_steps(job_id: str) -> dict[str, Any]:
         """The job object with its steps: both reads in one thread hop."""
-        data = store.get(job_id).to_api()
+        record = store.get(job_id)
+        data = with_reason(record, svc.paused_tasks() if record.status in HELD else frozenset())
         data["steps"] = store.steps(job_id)
         return data
+
+    def with_reason(record: JobRecord, paused: frozenset[str]) -> dict[str, Any]:
+        data = record.to_api()
+        data["pending_reason"] = pending_reason(record, svc.registry, paused)
+        return data
+
+    def listed(
+        status: str | None, task: str | None, limit: int, cursor: str | None, key: str | None, scope: str
+    ) -> dict[str, Any]:
+        jobs, next_cursor = store.list_jobs(status, task, limit, cursor, (scope, key) if key else None)
+        paused = svc.paused_tasks() if any(j.status in HELD for j in jobs) else frozenset()
+        return {"jobs": [with_reason(j, paused) for j in jobs], "next_cursor": next_cursor}
 
     async def list_jobs(request: Request) -> Response:
         try:
             q = _query(ListQuery, request)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
-        jobs, cursor = await read(store.list_jobs, q.status, q.task, q.limit, q.cursor)
-        return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
+        return JSON(
+            await read(listed, q.status, q.task, q.limit, q.cursor, q.idempotency_key, key_scope(request))
+        )
 
     async def cancel(request: Request) -> Response:
         record = await commands.cancel(request.path_params["job_id"])

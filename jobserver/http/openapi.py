@@ -58,6 +58,17 @@ JOB_FIELDS: dict[str, Schema] = {
     },
     "idempotency_key": {"type": ["string", "null"]},
     "schedule": {"type": ["string", "null"], "description": "The schedule whose tick submitted the job."},
+    "pending_reason": {
+        "type": ["object", "null"],
+        "description": "Why a pending job is not running yet (null otherwise): `code` is delayed (with "
+        "`until`), task_paused, unknown_task or no_free_worker; `detail` says it in words.",
+        "properties": {
+            "code": {"type": "string", "enum": ["delayed", "task_paused", "unknown_task", "no_free_worker"]},
+            "detail": {"type": "string"},
+            "until": _timestamp(),
+        },
+        "required": ["code", "detail"],
+    },
     "webhook_url": {"type": ["string", "null"]},
     "created_at": _timestamp(),
     "run_at": _timestamp(),
@@ -391,6 +402,12 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
                     {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
+                    {
+                        "name": "idempotency_key",
+                        "in": "query",
+                        "description": "Only the job submitted with this Idempotency-Key (under the caller's API key).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    },
                 ],
             ),
         },
@@ -586,7 +603,25 @@ OPS_SCHEMAS: dict[str, Schema] = {
             "last_hour": {
                 "allOf": [
                     _finish_counts(),
-                    {"properties": {"tasks": {"type": "object", "additionalProperties": _finish_counts()}}},
+                    {
+                        "properties": {
+                            "tasks": {"type": "object", "additionalProperties": _finish_counts()},
+                            "minutes": {
+                                "type": "array",
+                                "description": "The 60 minutes of the window, oldest first: finishes per minute.",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["at", "completed", "failed", "cancelled"],
+                                    "properties": {
+                                        "at": _timestamp(),
+                                        "completed": {"type": "integer"},
+                                        "failed": {"type": "integer"},
+                                        "cancelled": {"type": "integer"},
+                                    },
+                                },
+                            },
+                        }
+                    },
                 ]
             },
         },

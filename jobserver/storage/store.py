@@ -98,20 +98,35 @@ class JobStore:
         return JobRecord.from_row(rows[0])
 
     def list_jobs(
-        self, status: str | None, task: str | None, limit: int, cursor: str | None
+        self,
+        status: str | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        idempotency: tuple[str, str] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; `cursor` is the last id of the previous page."""
+        """Newest first; `cursor` is the last id of the previous page; `idempotency` (scope,
+        key) keeps the job submitted under that Idempotency-Key."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
-            pages = [self._list(s, task, limit, cursor) for s in ("pending", "scheduled")]
+            pages = [self._list(s, task, limit, cursor, idempotency) for s in ("pending", "scheduled")]
             merged = sorted(pages[0][0] + pages[1][0], key=lambda r: r.id, reverse=True)
             more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
-        return self._list(status, task, limit, cursor)
+        return self._list(status, task, limit, cursor, idempotency)
 
     def _list(
-        self, status: str | None, task: str | None, limit: int, cursor: str | None
+        self,
+        status: str | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        idempotency: tuple[str, str] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
+        if idempotency is not None:
+            where.append("id IN (SELECT job_id FROM idempotency_keys WHERE scope = ? AND key = ?)")
+            params.extend(idempotency)
         if status is not None:
             where.append("status = ?")
             params.append(status)
