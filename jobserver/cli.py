@@ -3,9 +3,11 @@
 `python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
 `jobserver` command) serves; the client subcommands (submit, get, wait, follow, logs,
 list, cancel, retry, delete, webhooks, tasks, schedules, pause, resume, stats) live in
-`jobserver.client.commands`. A start that cannot
-work (bad config, a task module that does not import, a function that cannot be
-a task) prints one `jobserver: ...` line and exits 2.
+`jobserver.client.commands`. A start that cannot work prints one `jobserver: ...`
+line, never a traceback, and exits with the code of its cause (README, "Start-up
+checks and exit codes"): 1 cannot start (port, data directory or lock file, a damaged database,
+anything unforeseen), 2 bad configuration or task modules, 3 the SQLite file is
+in use by another server. A drained stop exits 0; a second signal exits 1 at once.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime.open()
     except DatabaseInUseError as exc:
         sock.close()
-        print(f"jobserver: {exc}", file=sys.stderr)
+        print(f"jobserver: cannot start: {exc}", file=sys.stderr)
         return 3
     except ConfigError as exc:
         sock.close()
@@ -161,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageError, ImportError) as exc:
         sock.close()
         print(f"jobserver: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unforeseen, and still one line: the traceback goes to the DEBUG log
+        sock.close()
+        log.debug("the start failed", exc_info=exc)
+        print(f"jobserver: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     log.info(
         "serving on http://%s:%d (database %s)",

@@ -1,10 +1,12 @@
 """Runtime: starts and stops the parts in order, and handles signals.
 
 Start: bind the listening socket (a server that cannot serve never claims a
-job), lock the SQLite file (one server per file), build every part, rescue
+job), lock the SQLite file (one server per file) and check it (a damaged file
+stops the start), build every part, rescue
 what a previous process left running, start the tasks' event loop, the
 webhook sender, the dispatcher, the worker threads and the maintenance thread,
-then serve HTTP. Stop (SIGTERM/SIGINT): refuse new jobs (503), let running
+then serve HTTP with bounded connections (the open-files limit raised first).
+Stop (SIGTERM/SIGINT): refuse new jobs (503), let running
 jobs finish within the grace period, then record each one the grace period
 cut off (put back, or failed at once for an at-most-once task), flush, exit 0.
 A second signal exits at once; nothing accepted is lost, the next start
@@ -13,37 +15,73 @@ rescues it.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import functools
 import gc
 import logging
 import os
+import resource
 import socket
 import sys
 import threading
 import time
 from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
 from jobserver.build import Parts, build
 from jobserver.core.clock import Clock, SystemClock
 from jobserver.core.config import Settings
-from jobserver.core.errors import DatabaseInUseError
+from jobserver.core.errors import DatabaseInUseError, StorageError
 from jobserver.core.records import JobRecord
 from jobserver.core.tasks import Registry
+from jobserver.http.protocol import BoundedHttpToolsProtocol, CapWarnings, ConnectionLimits
 from jobserver.runner.executor import STUCK_GRACE_S
+from jobserver.storage.integrity import check_sqlite_file
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.001
 RECORD_TIMEOUT_S = 10.0  # how long the shutdown waits for its last writes to commit
+MIN_SPARE_FILES = 64  # open files kept free of client connections (database, webhooks, task I/O)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as servers commonly do; the new soft limit.
+
+    A client connection is an open file: with the usual soft limit of 1,024, a few
+    hundred slow clients would leave no file for the database or the next /healthz."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    return soft
+
+
+def connection_cap(max_connections: int, open_files: int) -> int:
+    """`max_connections`, lowered when it would leave too few files for everything else."""
+    if open_files == resource.RLIM_INFINITY:
+        return max_connections
+    spare = max(MIN_SPARE_FILES, open_files // 4)
+    return max(1, min(max_connections, open_files - spare))
 
 
 def lock_sqlite_file(path: Path) -> int:
-    """Take an OS lock next to the SQLite file; it dies with the process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """Take an OS lock next to the SQLite file; it dies with the process.
+
+    StorageError when the lock file cannot be opened (a read-only or missing directory,
+    a directory in its place), DatabaseInUseError when another process holds the lock."""
+    lock_path = str(path) + ".lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {lock_path}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -99,6 +137,12 @@ class Runtime:
         path = self.settings.sqlite_path()
         if path is not None:
             self._lock_fd = lock_sqlite_file(path)
+            try:
+                check_sqlite_file(path, self.settings.database.startup_check)
+            except StorageError:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise
         self.parts = p = build(self.settings, self.clock, self.registry)
         log.info(
             "tasks registered: %s",
@@ -142,16 +186,28 @@ class Runtime:
         Tunes the process, which serving owns: the API, the writer and the workers share
         one GIL, and Python's default 5 ms switch interval lets a busy thread keep a woken
         worker or the event loop waiting that long; start-up objects (modules, registry,
-        schemas) need no more collection passes."""
+        schemas) need no more collection passes; every client connection is an open file,
+        so the open-files limit is raised and the connection cap kept under it."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()
         s = self.settings.server
+        open_files = raise_open_files_limit()
+        cap = connection_cap(s.max_connections, open_files)
+        if cap < s.max_connections:
+            log.warning(
+                "server.max_connections = %d lowered to %d: the process may open %d files and keeps some "
+                "for the database and webhooks (raise the open-files limit, e.g. ulimit -n)",
+                s.max_connections, cap, open_files,
+                extra={"action": "connection_limit"},
+            )  # fmt: skip
+        limits = ConnectionLimits(s.max_header_bytes, s.max_header_lines, s.header_timeout, cap)
+        protocol = functools.partial(BoundedHttpToolsProtocol, limits=limits, cap_warnings=CapWarnings(cap))
         config = uvicorn.Config(
             self.parts.app,
             host=s.host,
             port=s.port,
             loop="uvloop",
-            http="httptools",
+            http=cast(type[asyncio.Protocol], protocol),
             lifespan="off",
             access_log=False,
             log_config=None,

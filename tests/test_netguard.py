@@ -7,6 +7,7 @@ answered by a fake `getaddrinfo`, so no test depends on outside DNS.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable, Iterator
 
@@ -161,12 +162,26 @@ def test_host_name_matched_case_insensitively(dns: dict[str, list[str]]) -> None
 def test_name_with_any_private_address_is_refused(dns: dict[str, list[str]]) -> None:
     dns["mixed.example.com"] = [PUBLIC_V4, "10.0.0.1"]
     dns["public.example.com"] = [PUBLIC_V4, "2606:4700::1111"]
-    with pytest.raises(WebhookURLError, match=r"10\.0\.0\.1"):
+    with pytest.raises(WebhookURLError, match=r"mixed\.example\.com is not a public address"):
         netguard.check_webhook_url("https://mixed.example.com/", False, [])
     assert netguard.check_webhook_url("https://public.example.com/", False, []) == [
         ipaddress.ip_address(PUBLIC_V4),
         ipaddress.ip_address("2606:4700::1111"),
     ]
+
+
+def test_refusal_names_the_host_but_not_the_internal_address(
+    dns: dict[str, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    dns["rel-internal.test"] = ["10.1.2.3"]
+    with (
+        caplog.at_level(logging.DEBUG, logger="jobserver.webhooks.netguard"),
+        pytest.raises(WebhookURLError) as info,
+    ):
+        netguard.check_webhook_url("https://rel-internal.test/hook", False, [])
+    assert "rel-internal.test" in info.value.reason
+    assert "10.1.2.3" not in str(info.value)
+    assert any("10.1.2.3" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
 
 
 def test_unresolvable_host_is_refused(dns: dict[str, list[str]]) -> None:

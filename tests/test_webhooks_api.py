@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from tests.fakedns import fake_getaddrinfo
 from tests.helpers import delivery_state, submit, wait_until, webhook_attempts
 from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver, Reply
@@ -157,3 +159,22 @@ def test_forbidden_webhook_urls_are_refused_at_submit(tmp_path: Path) -> None:
             assert r.headers["content-type"] == "application/problem+json"
             assert any("webhook_url" in e["loc"] for e in r.json()["errors"]), (url, r.json())
         assert c.get("/jobs").json()["jobs"] == []
+
+
+def test_refusal_at_submit_does_not_reveal_the_resolved_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo({"rel-internal.test": ["10.1.2.3"]}))
+    with running_app(tmp_path, config={"webhooks": {"allow_hosts": []}}) as app:
+        r = app.client.post(
+            "/jobs",
+            json={
+                "task": "jobserver.examples.add",
+                "args": {"a": 1, "b": 2},
+                "webhook_url": "http://rel-internal.test/hook",
+            },
+        )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "rel-internal.test" in r.json()["detail"]
+    assert "10.1.2.3" not in r.text

@@ -84,6 +84,10 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_args_bytes: int = Field(default=65_536, gt=0)
+    max_header_bytes: int = Field(default=32_768, ge=1024)
+    max_header_lines: int = Field(default=100, ge=1)
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     max_json_depth: int = Field(default=64, ge=2, le=MAX_STORED_DEPTH)
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
@@ -100,6 +104,7 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///data/jobserver.db"
     synchronous: Literal["normal", "full"] = "normal"
     busy_timeout: Duration = 5.0
+    startup_check: Duration = 5.0
 
     @field_validator("url")
     @classmethod

@@ -10,17 +10,25 @@ Callers check a URL when a job is submitted (fast refusal with 422) and again
 right before each delivery attempt, then connect to one of the returned
 addresses rather than resolving the name a second time (DNS rebinding).
 
+A refusal names only the host the client gave, never the address it resolved
+to: the problem document goes back to the client, and echoing internal DNS
+answers would let anyone map the private network through the API. The address
+is logged at DEBUG for the operator.
+
 Resolving a name blocks on DNS: call it from a worker thread, never the event loop.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from jobserver.core.errors import WebhookURLError
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -133,6 +141,14 @@ def _allowed_by_list(host: str, ip: IPAddress, allow_hosts: Sequence[str]) -> bo
     return False
 
 
+def _not_public_reason(host: str) -> str:
+    """Why a host is refused, naming the host as given and never an address it resolved to."""
+    return (
+        f"{host} is not a public address (it is, or resolves to, a private or internal one); "
+        "an operator can permit it with [webhooks] allow_hosts or allow_private"
+    )
+
+
 def check_webhook_url(url: str, allow_private: bool, allow_hosts: Sequence[str]) -> list[IPAddress]:
     """Screen `url` and resolve its host; return its addresses or raise WebhookURLError.
 
@@ -150,9 +166,6 @@ def check_webhook_url(url: str, allow_private: bool, allow_hosts: Sequence[str])
         return addresses
     for ip in addresses:
         if is_forbidden_ip(ip) and not _allowed_by_list(host, ip, allow_hosts):
-            raise WebhookURLError(
-                url,
-                f"{host} resolves to {ip}, which is not a public address "
-                "(set [webhooks] allow_hosts or allow_private to permit it)",
-            )
+            log.debug("webhook URL refused: %s resolves to %s", host, ip, extra={"action": "webhook_refused"})
+            raise WebhookURLError(url, _not_public_reason(host))
     return addresses

@@ -1,0 +1,55 @@
+"""The connection cap's WARNING: one at the first hit, then at most one per interval with the
+counts since; driven on a real event loop with a short interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from jobserver.http.protocol import CapWarnings
+
+
+class _Lines(logging.Handler):
+    """Collects the WARNING lines and sets `second` when two have arrived (on the loop's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+        self.second = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        if len(self.lines) == 2:
+            self.second.set()
+
+
+def test_cap_warnings_are_rate_limited_and_keep_count() -> None:
+    logger = logging.getLogger("jobserver.http.protocol")
+
+    async def flood() -> list[str]:
+        lines = _Lines()
+        logger.addHandler(lines)
+        try:
+            warnings = CapWarnings(limit=20, interval_s=0.2)
+            for i in range(50):
+                warnings.hit(evicted=i % 2 == 0)
+            assert len(lines.lines) == 1  # the first at once, the other 49 wait for the interval
+            await asyncio.wait_for(lines.second.wait(), 5)
+            return lines.lines
+        finally:
+            logger.removeHandler(lines)
+
+    lines = asyncio.run(flood())
+    assert "server.max_connections = 20" in lines[0]
+    assert "1 waiting client(s) closed to make room, 0 new connection(s) refused" in lines[0]
+    assert "24 waiting client(s) closed to make room, 25 new connection(s) refused" in lines[1]
+
+
+def test_a_hit_after_a_quiet_interval_is_reported_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    warnings = CapWarnings(limit=5, interval_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="jobserver.http.protocol"):
+        warnings.hit(evicted=False)
+        warnings.hit(evicted=False)
+    assert [r.getMessage().count("1 new connection(s) refused") for r in caplog.records] == [1, 1]
