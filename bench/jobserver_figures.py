@@ -314,12 +314,29 @@ async def fig_sse(b: Bench) -> dict[str, Any]:
 
 
 Figure = Callable[[Bench], Awaitable[dict[str, Any]]]
+
+
+def _workflow(name: str) -> Figure:
+    """A figure of bench.workflows (imported late: that module builds on this one)."""
+
+    async def figure(b: Bench) -> dict[str, Any]:
+        from bench import workflows
+
+        result: dict[str, Any] = await getattr(workflows, name)(b)
+        return result
+
+    figure.__name__ = name
+    return figure
+
+
 # Quiet figures first; the submit runs leave a backlog, so only the one before another figure waits for it.
 FIGURES: list[tuple[str, Figure]] = [
     ("pickup latency", fig_pickup),
     ("end-to-end no-op jobs", fig_e2e),
     ("async I/O concurrency", fig_async_io),
     ("reads (list filters, get by id)", fig_reads),
+    ("parked jobs and signal resume latency", _workflow("fig_parked_and_signals")),
+    ("spawn_many and gather", _workflow("fig_fan_out")),
     ("submit throughput and latency", fig_submit),
     ("submit with event streams open", fig_sse),
 ]

@@ -33,6 +33,9 @@ class Plan:
     stats_finished: int = 1_000_000  # --ops: finished jobs under GET /stats
     bulk_jobs: int = 100_000  # --ops: failed jobs one POST /jobs/retry takes
     settle_timeout_s: float = 180.0  # bound on waiting for the queue to empty
+    parked_jobs: int = 10_000  # jobs parked at once, waiting for a signal
+    signal_samples: int = 200  # of them, signalled one at a time for the resume latency
+    fan_out: int = 1_000  # children of one spawn_many, then gathered
 
 
 FULL = Plan(name="full")
@@ -51,6 +54,8 @@ QUICK = Plan(
     stats_finished=200_000,
     bulk_jobs=20_000,
     settle_timeout_s=60.0,
+    parked_jobs=2_000,
+    signal_samples=50,
 )
 
 

@@ -164,6 +164,64 @@ def rows(plan: Plan, scale: bool, sync_full: bool = False, synchronous: str = "n
             for name, label in READ_ROWS
         ),
         Row(
+            f"parked jobs waiting for a signal ({plan.parked_jobs:,}): server threads",
+            "parked.threads_after",
+            "threads",
+            "threads before parking",
+            "parked.threads_before",
+        ),
+        Row(
+            "  resident memory per 1,000 parked, last round of five",
+            "parked.rss_last_round_per_1000_mb",
+            "MiB",
+            "first round",
+            "parked.rss_first_round_per_1000_mb",
+        ),
+        Row(
+            "  resident memory with all parked",
+            "parked.rss_after_mb",
+            "MiB",
+            "before parking",
+            "parked.rss_before_mb",
+        ),
+        Row(
+            f"signal -> resumed run p50 ({plan.signal_samples} one at a time, the rest parked)",
+            "signal.resume_p50_ms",
+            "ms",
+            "pickup p50, right after a submit",
+            "pickup.warm_p50_ms",
+            ("<=", 5),
+        ),
+        Row(
+            "signal -> resumed run p99",
+            "signal.resume_p99_ms",
+            "ms",
+            "pickup p99, right after a submit",
+            "pickup.warm_p99_ms",
+        ),
+        Row(
+            "  all the other parked jobs signalled at once, resumed",
+            "signal.all_resumed_per_s",
+            "/s",
+            "end-to-end no-op jobs",
+            "e2e.jobs_per_s",
+        ),
+        Row(
+            f"spawn_many of {plan.fan_out:,} children (one transaction)",
+            "spawn.children_per_s",
+            "/s",
+            "SQLite 100 rows/txn",
+            "sqlite.rows100_per_s",
+        ),
+        Row("  the same, wall", "spawn.many_ms", "ms"),
+        Row(
+            f"gather of {plan.fan_out:,}: last child's end -> parent running",
+            "gather.resume_ms",
+            "ms",
+            "pickup p50, right after a submit",
+            "pickup.warm_p50_ms",
+        ),
+        Row(
             f"submit with {plan.sse_streams} event streams open",
             "sse.submit.rps",
             "/s",
@@ -265,6 +323,8 @@ def _fmt(value: Any, unit: str) -> str:
         return f"{value:.2f} ms" if value < 100 else f"{value:,.0f} ms"
     if unit == "s":
         return f"{value:.2f} s"
+    if unit == "MiB":
+        return f"{value:,.1f} MiB"
     return f"{value:.0f} {unit}"
 
 

@@ -10,10 +10,12 @@ listening socket is bound. Tests build the same parts in-process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,8 +26,10 @@ from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
 from jobserver.core.observers import JobObserver
+from jobserver.core.records import JobRecord
 from jobserver.core.schedules import Schedule, check_configured
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import NO_TRACING, Tracing, tracing_wanted
 from jobserver.http.app import READ_THREADS, Services, create_app
 from jobserver.http.ops_routes import OpsServices, ops_routes
 from jobserver.http.webhook_routes import webhook_routes
@@ -44,6 +48,7 @@ from jobserver.runner.pausing import TaskControl
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.models import create_schema, open_database
@@ -54,6 +59,7 @@ from jobserver.storage.writer import Writer
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
 
+log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL_S = 1.0  # how often due schedule ticks are looked for
 
 
@@ -90,11 +96,34 @@ class Parts:
     configured_schedules: list[Schedule]  # config.toml's, checked against the tasks
     stats: Stats
     bulk: BulkActions
+    tracing: Tracing
 
 
-def build(settings: Settings, clock: Clock, registry: Registry | None = None) -> Parts:
-    """Assemble every part (the writer runs; nothing else has started)."""
+def load_tracing(environ: Mapping[str, str]) -> Tracing:
+    """OpenTelemetry when the OTEL_* variables ask for traces and the `otel` extra is installed;
+    otherwise the tracer that does nothing, and OpenTelemetry is never imported."""
+    if not tracing_wanted(environ):
+        return NO_TRACING
+    try:
+        from jobserver.ops.tracing import OtelTracing
+    except ImportError as exc:
+        log.warning(
+            "OTEL_* variables ask for traces, but OpenTelemetry is not installed (%s): "
+            "install jobserver[otel]; tracing stays off",
+            exc,
+            extra={"action": "tracing_off"},
+        )
+        return NO_TRACING
+    return OtelTracing.from_env(environ)
+
+
+def build(
+    settings: Settings, clock: Clock, registry: Registry | None = None, tracing: Tracing | None = None
+) -> Parts:
+    """Assemble every part (the writer runs; nothing else has started). Without `tracing`, the
+    process environment's OTEL_* variables decide."""
     s = settings
+    tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
     configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
@@ -104,7 +133,22 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     writer = Writer(db, s.is_postgres)
     writer.start()
     outbox_wake = threading.Event()
-    store = JobStore(db, writer, s.is_postgres, Outbox(outbox_wake).record)
+    hub = Hub()
+    wakeup = Wakeup()
+    task_pauses = TaskPauses(db, writer, s.is_postgres)
+    task_pauses.load()
+    slots = Slots(
+        registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event(), task_pauses.paused
+    )
+
+    def woken(rec: JobRecord) -> None:
+        """A parked job is pending again: tell its watchers, and wake a worker to resume it."""
+        hub.publish(rec.id)
+        wakeup.notify()
+        if slots.is_async(rec.task):
+            slots.async_work.set()
+
+    store = JobStore(db, writer, s.is_postgres, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()
     observers: list[JobObserver] = [metrics, summary]
@@ -117,17 +161,25 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         s.is_postgres,
         wake=outbox_wake,
         on_attempt=metrics.webhook_delivery,
+        tracing=tracing,
     )
-    hub = Hub()
-    wakeup = Wakeup()
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
-    task_pauses = TaskPauses(db, writer, s.is_postgres)
-    task_pauses.load()
-    slots = Slots(
-        registry.all(), s.workers.threads, s.workers.async_concurrency, threading.Event(), task_pauses.paused
-    )
     tasks_loop = asyncio.new_event_loop()
-    executor = Executor(store, writer, registry, clock, hub, slots, wakeup, reporter, observers, tasks_loop)
+    factory = JobFactory(s, registry)
+    executor = Executor(
+        store,
+        writer,
+        registry,
+        clock,
+        hub,
+        slots,
+        wakeup,
+        reporter,
+        observers,
+        tasks_loop,
+        factory,
+        tracing=tracing,
+    )
     lease_s = s.workers.lease_seconds
     dispatcher = Dispatcher(
         store,
@@ -140,7 +192,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
         lease_s,
         s.workers.poll_interval,
     )
-    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers)
+    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory)
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, clock)
@@ -161,6 +213,9 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
     def heartbeat() -> None:
         executor.heartbeat_once(owner, lease_s)
 
+    def wake_due() -> None:  # claims wake due sleepers too; this covers a server whose workers are all busy
+        store.wake_due(clock.now()).result()
+
     maintenance = Maintenance(
         clock,
         [
@@ -169,6 +224,7 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             (s.events.progress_flush_interval, flush_progress),
             (max(0.5, lease_s / 3), heartbeat),
             (max(1.0, lease_s / 2), rescuer.rescue_once),
+            (s.workers.poll_interval, wake_due),
             (s.retention.interval, pruner.start_pass),
             (INTERVAL_S, summary.log_once),
             (SCHEDULER_INTERVAL_S, scheduler.tick_once),
@@ -201,11 +257,12 @@ def build(settings: Settings, clock: Clock, registry: Registry | None = None) ->
             ],
             readers=readers,
             metrics=metrics,
+            tracing=tracing,
             paused_tasks=task_pauses.current,
         )
     )
     return Parts(
         s, clock, owner, db, writer, store, registry, hub, metrics, summary, reporter, slots, wakeup,
         tasks_loop, executor, dispatcher, commands, rescuer, pool, sender, pruner, maintenance, readers, app,
-        task_pauses, scheduler, configured_schedules, stats, bulk,
+        task_pauses, scheduler, configured_schedules, stats, bulk, tracing,
     )  # fmt: skip

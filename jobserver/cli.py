@@ -22,11 +22,12 @@ from jobserver.core.config import Settings, load_settings
 from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
 from jobserver.core.schedules import check_configured
 from jobserver.core.tasks import Registry
+from jobserver.core.version import package_version
 
 log = logging.getLogger(__name__)
 CLIENT_COMMANDS = (
-    "submit", "get", "wait", "follow", "logs", "list", "cancel", "retry", "delete", "webhooks", "tasks",
-    "schedules", "pause", "resume", "stats",
+    "submit", "get", "wait", "follow", "logs", "list", "cancel", "retry", "delete", "webhooks", "signal",
+    "tasks", "schedules", "pause", "resume", "stats",
 )  # fmt: skip
 
 
@@ -40,6 +41,7 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="path of config.toml (default: ./config.toml if present)")
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+    parser.add_argument("--version", action="version", version=f"jobserver {package_version()}")
     return parser
 
 

@@ -38,6 +38,7 @@ from jobserver.core.config import Settings
 from jobserver.core.errors import DatabaseInUseError, StorageError
 from jobserver.core.records import JobRecord
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import Tracing
 from jobserver.http.protocol import BoundedHttpToolsProtocol, CapWarnings, ConnectionLimits
 from jobserver.runner.executor import STUCK_GRACE_S
 from jobserver.storage.integrity import check_sqlite_file
@@ -120,9 +121,14 @@ class Runtime:
     """Owns one server process's parts from start to stop."""
 
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, registry: Registry | None = None
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        registry: Registry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None: the OTEL_* variables decide
         self.clock = clock or SystemClock()
         self.registry = registry  # None: built from tasks.modules
         self._lock_fd: int | None = None
@@ -143,7 +149,7 @@ class Runtime:
                 os.close(self._lock_fd)
                 self._lock_fd = None
                 raise
-        self.parts = p = build(self.settings, self.clock, self.registry)
+        self.parts = p = build(self.settings, self.clock, self.registry, self.tracing)
         log.info(
             "tasks registered: %s",
             ", ".join(t.name for t in p.registry.all()) or "none",
@@ -269,6 +275,7 @@ class Runtime:
         p.webhook_sender.stop()
         p.readers.shutdown(wait=False)
         p.writer.stop()
+        p.tracing.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

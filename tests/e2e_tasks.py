@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobserver import Fail, JobContext, Retry, task
+from jobserver import ChildFailed, Fail, JobContext, Retry, task
 
 
 def _mark(path: str, line: str) -> None:
@@ -204,6 +204,107 @@ def read_fifo(ctx: JobContext, started: str, fifo: str) -> str:
         return os.read(fd, 1).decode()
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------ agent workflows
+@task
+def nap(ctx: JobContext, path: str, seconds: float) -> str:
+    """A step, a durable sleep, a step: each step's side effect must happen once."""
+    ctx.step("before", _side_effect, path, 1)
+    ctx.sleep("nap", seconds)
+    ctx.step("after", _side_effect, path, 2)
+    return f"awake after attempt {ctx.attempt}"
+
+
+@task
+def approval(ctx: JobContext, path: str, timeout: float | None = None) -> dict[str, Any]:
+    """Drafts (a step), waits for the `approve` signal, then publishes (a step)."""
+    ctx.step("draft", _side_effect, path, 1)
+    answer = ctx.wait_for("approve", timeout=timeout)
+    ctx.step("publish", _side_effect, path, 2)
+    return {"answer": answer, "attempt": ctx.attempt}
+
+
+@task
+async def async_approval(ctx: JobContext, path: str, timeout: float | None = None) -> dict[str, Any]:
+    await ctx.step("draft", _side_effect, path, 1)
+    answer = await ctx.wait_for("approve", timeout=timeout)
+    await ctx.sleep("settle", 0.05)
+    return {"answer": answer, "attempt": ctx.attempt}
+
+
+@task
+def square(path: str, i: int, fail: bool = False, hold: str = "", fail_while: str = "") -> int:
+    """A child: marks that it ran, waits while `hold` exists, fails on purpose when asked
+    (or while `fail_while` exists)."""
+    if path:
+        _mark(path, f"child {i}")
+    while hold and Path(hold).exists():
+        time.sleep(0.01)
+    if fail or (fail_while and Path(fail_while).exists()):
+        raise Fail(f"child {i} failed on purpose")
+    return i * i
+
+
+@task
+def fan_out(
+    ctx: JobContext,
+    path: str,
+    n: int,
+    fail: list[int] | None = None,
+    return_exceptions: bool = False,
+    hold: str = "",
+    pause: str = "",
+    fail_while: str = "",
+) -> dict[str, Any]:
+    """Spawns `n` children at once, (waits while `pause` exists,) gathers them, spawns one
+    more, and sums up."""
+    marks = fail or []
+    args = [
+        {"path": path, "i": i, "fail": i in marks, "hold": hold, "fail_while": fail_while} for i in range(n)
+    ]
+    ids = ctx.spawn_many("children", "tests.e2e_tasks.square", args)
+    if pause:
+        _mark(pause + ".spawned", ",".join(ids))
+    while pause and Path(pause).exists():
+        time.sleep(0.01)
+    results = ctx.gather("all", ids, return_exceptions=return_exceptions)
+    last = ctx.spawn("last", "tests.e2e_tasks.square", {"path": "", "i": n})
+    (tail,) = ctx.gather("tail", [last])
+    shown = [
+        {"failed": r.job_id, "error": r.error["type"]} if isinstance(r, ChildFailed) else r for r in results
+    ]
+    return {"results": shown, "tail": tail, "ids": ids, "attempt": ctx.attempt}
+
+
+@task
+async def async_fan_out(ctx: JobContext, n: int) -> list[int]:
+    ids = await ctx.spawn_many("children", "tests.e2e_tasks.square", [{"path": "", "i": i} for i in range(n)])
+    results: list[int] = await ctx.gather("all", ids)
+    return results
+
+
+@task(max_attempts=2, backoff=(0.01, 0.01))
+def two_steps(ctx: JobContext, fail_first: bool = False) -> int:
+    """Two durable steps; with `fail_first`, the first attempt fails after them."""
+    a = ctx.step("fetch", lambda: 1)
+    b = ctx.step("summarize", lambda: a + 1)
+    if fail_first and ctx.attempt == 1:
+        raise ValueError("the first attempt fails")
+    return int(b)
+
+
+@task
+async def async_two_steps(ctx: JobContext) -> int:
+    """A step run on a thread, then an async one."""
+    a = await ctx.step("fetch", lambda: 1)
+    b = await ctx.step("summarize", _async_side_effect_free, a)
+    return int(b)
+
+
+async def _async_side_effect_free(a: int) -> int:
+    await asyncio.sleep(0)
+    return a + 1
 
 
 @task

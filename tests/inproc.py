@@ -22,6 +22,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from jobserver.core.clock import Clock
 from jobserver.core.config import Settings, load_settings
+from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.runtime import Runtime
 from tests.helpers import Config, merged_config, write_config
 
@@ -125,11 +126,13 @@ def running_app(
     config: Config | None = None,
     environ: Mapping[str, str] | None = None,
     clock: Clock | None = None,
+    tracing: Tracing = NO_TRACING,
 ) -> Iterator[RunningApp]:
-    """Open a runtime on `tmp_path/jobs.db`; close it (and its clients) however the block ends."""
+    """Open a runtime on `tmp_path/jobs.db`; close it (and its clients) however the block ends.
+    Tracing is off unless `tracing` is given (the test process's OTEL_* variables play no part)."""
     settings = settings_for(tmp_path, config, environ)
     before = set(threading.enumerate())
-    runtime = Runtime(settings, clock)
+    runtime = Runtime(settings, clock, tracing=tracing)
     runtime.open()
     try:
         with ExitStack() as stack:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import signal
@@ -68,6 +69,13 @@ def test_help_still_works(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert info.value.code == 0
     assert "--config" in capsys.readouterr().out
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"jobserver {importlib.metadata.version('jobserver')}\n"
 
 
 def test_unknown_task_module_is_one_line_and_exit_2(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:

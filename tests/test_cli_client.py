@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import Server, start_server
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +116,25 @@ def test_list_filters_and_pages(shared: Server) -> None:
 def test_tasks(shared: Server) -> None:
     names = {t["name"] for t in ok_json(cli("--json", "tasks", url=shared.url))["tasks"]}
     assert {ADD, FAIL, NOOP} <= names
+
+
+def test_signal_sends_json_and_lists_waiting_jobs(shared: Server, tmp_path: Path) -> None:
+    args = json.dumps({"path": str(tmp_path / "marks")})
+    job = ok_json(cli("--json", "submit", "tests.e2e_tasks.approval", "--args", args, url=shared.url))
+
+    def listed_waiting() -> bool:
+        waiting = ok_json(cli("--json", "list", "--status", "waiting", url=shared.url))
+        return any(j["id"] == job["id"] for j in waiting["jobs"])
+
+    wait_until(listed_waiting, 30, message="the job to be listed as waiting")
+    sent = ok_json(cli("--json", "signal", job["id"], "approve", '{"by": "cli"}', url=shared.url))
+    assert sent["id"] == job["id"]
+    done = ok_json(cli("--json", "wait", job["id"], "--timeout", "30", url=shared.url))
+    assert done["result"] == {"answer": {"by": "cli"}, "attempt": 1}
+    again = cli("signal", job["id"], "approve", '{"by": "someone else"}', url=shared.url)
+    assert again.returncode == 1 and "another body" in one_line(again)
+    bad = cli("signal", job["id"], "approve", "{not json", url=shared.url)
+    assert bad.returncode == 2
 
 
 def test_bad_input_exits_2_with_one_line(shared: Server) -> None:

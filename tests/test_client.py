@@ -25,9 +25,11 @@ from jobserver.core.errors import (
     JobNotFoundError,
     JobNotRetryableError,
     JobServerError,
+    SignalConflictError,
     TaskNotFoundError,
     WaitTimeoutError,
 )
+from tests.helpers import wait_until
 from tests.inproc import RunningApp, running_app
 
 ADD = "jobserver.examples.add"
@@ -237,3 +239,39 @@ def test_errors_without_a_problem_document_raise_client_error() -> None:
     assert info.value.status_code == 502
     assert "bad gateway" in str(info.value)
     assert isinstance(info.value, JobServerError)
+
+
+def test_signal_resumes_a_waiting_job_and_repeats_are_idempotent(
+    client: Client, shared_app: RunningApp
+) -> None:
+    marks = shared_app.tmp_path / "signal-marks"
+    job = client.submit("tests.e2e_tasks.approval", {"path": str(marks)})
+
+    def parked() -> bool:
+        return client.get(job["id"])["status"] == "waiting"
+
+    wait_until(parked, WAIT_S, message="the job to wait for its signal")
+    sent = client.signal(job["id"], "approve", {"ok": True})
+    assert not sent.replayed and sent["id"] == job["id"]
+    assert client.signal(job["id"], "approve", {"ok": True}).replayed
+    with pytest.raises(SignalConflictError) as conflict:
+        client.signal(job["id"], "approve", {"ok": False})
+    assert conflict.value.status_code == 409 and conflict.value.name == "approve"
+    done = client.wait(job["id"], timeout=WAIT_S)
+    assert done["result"] == {"answer": {"ok": True}, "attempt": 1}
+    with pytest.raises(JobFinishedError):
+        client.signal(job["id"], "other", 1)
+
+
+def test_submit_many_queues_all_or_nothing(client: Client) -> None:
+    jobs = client.submit_many(
+        [{"task": ADD, "args": {"a": i, "b": i}, "idempotency_key": f"many-{i}"} for i in range(3)]
+    )
+    assert [client.wait(j["id"], timeout=WAIT_S)["result"] for j in jobs] == [0, 2, 4]
+    again = client.submit_many([{"task": ADD, "args": {"a": 0, "b": 0}, "idempotency_key": "many-0"}])
+    assert again[0]["id"] == jobs[0]["id"]
+    with pytest.raises(InvalidRequestError) as bad:
+        client.submit_many(
+            [{"task": ADD, "args": {"a": 1, "b": 1}}, {"task": ADD, "args": {"a": "x", "b": 1}}]
+        )
+    assert bad.value.errors[0]["loc"] == ["body", "jobs", 1, "args", "a"]

@@ -388,3 +388,65 @@ def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
         expect(page.locator("#auth-banner")).to_be_hidden()
     finally:
         srv.stop()
+
+
+def test_waiting_job_is_listed_and_a_signal_from_the_form_completes_it(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    sent = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a")})
+    approved = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "b")})
+    page.goto(server.url)
+    page.locator("#filter-status").select_option("waiting")
+    for job in (sent, approved):
+        r = row(page, job["id"])
+        expect(r).to_have_attribute("data-status", "waiting")
+        expect(r.locator(".waits")).to_have_text("signal approve")
+
+    open_job(page, sent["id"])
+    expect(page.locator("#detail-fields")).to_contain_text("signal approve")
+    expect(page.locator("#detail-signal-section")).to_be_visible()
+    expect(page.locator("#signal-name")).to_have_value("approve")
+    page.locator("#signal-body").fill('{"by": "browser", "ok": true}')
+    page.locator("#signal-send").click()
+    expect(page.locator("#signal-ok")).to_contain_text('Signal "approve" sent')
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(page.locator("#detail-result")).to_contain_text('"browser"')
+    expect(page.locator("#detail-signal-section")).to_be_hidden()
+    assert wait_finished(client, sent["id"])["result"]["answer"] == {"by": "browser", "ok": True}
+
+    open_job(page, approved["id"])
+    page.locator("#signal-approve").click()
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    assert wait_finished(client, approved["id"])["result"]["answer"] == {"approved": True}
+
+
+def test_a_bad_signal_body_is_refused_in_the_page(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    job = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a")})
+    page.goto(server.url)
+    expect(row(page, job["id"])).to_have_attribute("data-status", "waiting")
+    open_job(page, job["id"])
+    page.locator("#signal-body").fill("{not json")
+    page.locator("#signal-send").click()
+    expect(page.locator("#signal-problem")).to_contain_text("not valid JSON")
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "waiting"
+
+
+def test_children_show_as_a_tree_with_their_statuses(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    parent = submit(client, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "hold": str(hold)})
+    page.goto(server.url)
+    expect(row(page, parent["id"])).to_have_attribute("data-status", "waiting")
+    open_job(page, parent["id"])
+    expect(page.locator("#detail-fields")).to_contain_text("children all")
+    nodes = page.locator("#detail-children li[data-job-id]")
+    expect(nodes).to_have_count(3)
+    expect(page.locator('#detail-children li[data-status="running"]').first).to_be_visible()
+    hold.unlink()
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(nodes).to_have_count(4)  # the tail child spawned after the gather
+    expect(page.locator('#detail-children li[data-status="completed"]')).to_have_count(4)

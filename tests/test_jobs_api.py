@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,8 +44,28 @@ def test_submit_poll_result(app: RunningApp) -> None:
 
 def test_stored_args_are_validated_with_defaults(app: RunningApp) -> None:
     c = app.client
-    job = submit(c, "jobserver.examples.sleep", {"seconds": "0.01"})
-    assert job["args"] == {"seconds": 0.01, "steps": 10}
+    job = submit(c, "jobserver.examples.sleep", {"seconds": 0})
+    assert job["args"] == {"seconds": 0.0, "steps": 10}
+    assert isinstance(job["args"]["seconds"], float)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ({"a": "2", "b": 1}, "a"),  # a string is not an integer, however it reads
+        ({"a": True, "b": 1}, "a"),
+        ({"a": 2.5, "b": 1}, "a"),
+    ],
+)
+def test_args_are_taken_as_their_json_schema_says(app: RunningApp, args: dict[str, Any], field: str) -> None:
+    r = app.client.post("/jobs", json={"task": "jobserver.examples.add", "args": args})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["body", "args", field]
+
+
+def test_a_number_whose_fraction_is_zero_is_an_integer(app: RunningApp) -> None:
+    job = submit(app.client, "jobserver.examples.add", {"a": 2.0, "b": 3})
+    assert job["args"] == {"a": 2, "b": 3}
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,12 @@ from jobserver.core.lifecycle import (
     AttemptFacts,
     Ending,
     Outcome,
+    Park,
     Status,
     Transition,
+    WaitKind,
     backoff_s,
+    cancelled_instead,
     decide,
 )
 from jobserver.core.tasks import TaskOptions
@@ -241,6 +244,17 @@ CASES: list[tuple[str, Outcome, int, int, TaskOptions | None, Status, float | No
         False,
         None,
     ),
+    (
+        "parked on its last attempt: waiting, not counted",
+        Outcome.suspended(Park(WaitKind.SLEEP, "nap", NOW + 60)),
+        3,
+        3,
+        RETRY3,
+        Status.WAITING,
+        None,
+        False,
+        None,
+    ),
 ]
 
 
@@ -303,3 +317,16 @@ def test_errors_carry_what_happened() -> None:
 def test_status_is_the_contract_vocabulary() -> None:
     assert [s.value for s in Status] == ["pending", "running", "waiting", "completed", "failed", "cancelled"]
     assert {"completed", "failed", "cancelled"} == FINISHED
+
+
+def test_a_park_carries_what_the_job_waits_for() -> None:
+    park = Park(WaitKind.CHILDREN, "all", None, ("c1", "c2"))
+    t = decide(Outcome.suspended(park), job(1), None, NOW, 0.5)  # an unknown task parks too
+    assert t is not None and t.park == park and t.status == Status.WAITING and not t.finished
+    assert park.waiting_for() == {"kind": "children", "name": "all", "until": None}
+    cancelled = cancelled_instead(t)
+    assert (cancelled.status, cancelled.run_seq, (cancelled.error or {}).get("type")) == (
+        Status.CANCELLED,
+        7,
+        "Cancelled",
+    )

@@ -128,6 +128,10 @@ def _record(task: str, status: str, started_at: float, finished_at: float | None
         0.0,
         started_at,
         finished_at,
+        None,
+        None,
+        None,
+        0,
     )
 
 

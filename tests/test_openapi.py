@@ -1,5 +1,6 @@
-"""GET /openapi.json: a valid OpenAPI 3.1 document of every route, with each
-registered task's args schema in the `task`-discriminated submit body."""
+"""GET /openapi.json: a valid OpenAPI 3.2 document of every route, with each
+registered task's args schema in the `task`-discriminated submit body, and the
+event stream described as OpenAPI 3.2 describes Server-Sent Events."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from jobserver import task
 from jobserver.core.tasks import Registry, build_taskdef
 from jobserver.http.openapi import build_openapi
+from tests.helpers import read_events, submit
 from tests.inproc import RunningApp, running_app
 
 CONTRACT_ROUTES = {
     ("post", "/jobs"),
+    ("post", "/jobs/batch"),
+    ("post", "/jobs/{job_id}/signals/{name}"),
     ("get", "/jobs"),
     ("get", "/jobs/{job_id}"),
     ("delete", "/jobs/{job_id}"),
@@ -30,6 +35,7 @@ CONTRACT_ROUTES = {
     ("get", "/metrics"),
     ("get", "/"),
     ("get", "/openapi.json"),
+    ("get", "/problems/{code}"),
     ("get", "/schedules"),
     ("get", "/schedules/{name}"),
     ("put", "/schedules/{name}"),
@@ -74,7 +80,7 @@ def test_the_served_document_is_valid_and_complete(app: RunningApp) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     doc = r.json()
     validate(doc)
-    assert doc["openapi"].startswith("3.1")
+    assert doc["openapi"].startswith("3.2")
     routes = {(method, path) for path, item in doc["paths"].items() for method in item}
     assert routes == CONTRACT_ROUTES
     assert "securitySchemes" not in doc["components"] and "security" not in doc
@@ -89,7 +95,9 @@ def test_the_served_document_is_valid_and_complete(app: RunningApp) -> None:
         assert member["additionalProperties"] is False
 
     events = doc["paths"]["/jobs/{job_id}/events"]["get"]["responses"]
-    assert "text/event-stream" in events["200"]["content"]
+    assert events["200"]["content"]["text/event-stream"] == {
+        "itemSchema": {"$ref": "#/components/schemas/JobEvent"}
+    }
     metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert "text/plain" in metrics
     submit = doc["paths"]["/jobs"]["post"]["responses"]
@@ -120,7 +128,11 @@ def test_the_operator_bodies_are_the_validators_schemas(app: RunningApp) -> None
     schemas = doc["components"]["schemas"]
     assert set(schemas["ScheduleBody"]["properties"]) == {"task", "cron", "timezone", "args", "catch_up"}
     assert schemas["ScheduleBody"]["required"] == ["task", "cron"]
-    assert schemas["CancelFilter"]["properties"]["status"]["anyOf"][0]["enum"] == ["pending", "running"]
+    assert schemas["CancelFilter"]["properties"]["status"]["anyOf"][0]["enum"] == [
+        "pending",
+        "running",
+        "waiting",
+    ]
     assert schemas["RetryFilter"]["properties"]["status"]["anyOf"][0]["enum"] == ["failed", "cancelled"]
     put = doc["paths"]["/schedules/{name}"]["put"]
     assert {"200", "201", "422"} <= set(put["responses"])
@@ -195,3 +207,60 @@ def test_the_builder_does_not_change_the_task_schemas() -> None:
     before = copy.deepcopy(taskdef.schema)
     build_openapi(Registry([taskdef]), secured=True)
     assert taskdef.schema == before
+
+
+def test_workflow_routes_and_fields_are_described(app: RunningApp) -> None:
+    doc = app.client.get("/openapi.json").json()
+    job = doc["components"]["schemas"]["Job"]["properties"]
+    assert "waiting" in job["status"]["enum"] and "parent_id" in job and "waiting_for" in job
+    waiting_for = doc["components"]["schemas"]["WaitingFor"]
+    assert waiting_for["properties"]["kind"]["enum"] == ["sleep", "signal", "children"]
+    batch = doc["paths"]["/jobs/batch"]["post"]
+    assert (
+        batch["requestBody"]["content"]["application/json"]["schema"]["properties"]["jobs"]["maxItems"]
+        == 1000
+    )
+    item = doc["components"]["schemas"]["BatchItem"]
+    member = inline(item["oneOf"][0], doc)
+    assert "idempotency_key" in member["properties"]
+    signal = doc["paths"]["/jobs/{job_id}/signals/{name}"]["post"]
+    assert set(signal["responses"]) >= {"200", "202", "404", "409"}
+    params = {p["name"] for p in doc["paths"]["/jobs"]["get"]["parameters"]}
+    assert "parent" in params
+
+
+def test_every_event_a_stream_sends_matches_the_item_schema_of_its_kind(app: RunningApp) -> None:
+    """The stream as a client reads it: each event's `data`, parsed as JSON, is valid against
+    the `contentSchema` of the member that its `event` names in the discriminator."""
+    doc = app.client.get("/openapi.json").json()
+    item = doc["components"]["schemas"]["JobEvent"]
+    mapping = item["discriminator"]["mapping"]
+    assert item["discriminator"]["propertyName"] == "event"
+    assert sorted(m["$ref"] for m in item["oneOf"]) == sorted(mapping.values())
+    job_id = submit(app.client, "tests.e2e_tasks.two_steps", {"fail_first": True})
+    ctx = submit(app.client, "jobserver.examples.sleep", {"seconds": 0.01, "steps": 2})
+    seen = set()
+    for jid in (job_id, ctx):
+        events = read_events(app.client, jid)
+        for event_id, kind, data in events:
+            member = inline({"$ref": mapping[kind]}, doc)
+            assert member["properties"]["event"] == {"const": kind}
+            assert jsonschema.Draft202012Validator(member).is_valid(
+                {"event": kind, "data": "{}", "id": event_id}
+            )
+            content = member["properties"]["data"]
+            assert content["contentMediaType"] == "application/json"
+            errors = list(jsonschema.Draft202012Validator(content["contentSchema"]).iter_errors(data))
+            assert not errors, (kind, data, errors[0].message)
+            seen.add(kind)
+    assert seen == {"status", "progress"}
+    bad = inline({"$ref": mapping["status"]}, doc)["properties"]["data"]["contentSchema"]
+    assert not jsonschema.Draft202012Validator(bad).is_valid({"id": 1})  # the check can fail
+
+
+def test_an_undeclared_method_gets_405_with_every_method_of_the_path(app: RunningApp) -> None:
+    r = app.client.request("PATCH", "/jobs")
+    assert r.status_code == 405
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["allow"] == "GET, HEAD, POST"
+    assert app.client.request("TRACE", "/tasks").headers["allow"] == "GET, HEAD"

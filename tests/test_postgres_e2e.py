@@ -110,3 +110,23 @@ def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_u
     assert time.monotonic() - t0 < 10  # a re-read every poll interval, not the 30 s bound
     t.join(timeout=10)
     assert not t.is_alive() and '"completed"' in seen[-1]
+
+
+def test_workflows_across_nodes_signal_sleep_and_gather(tmp_path: Path, pg_url: str) -> None:
+    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    ca, cb = a.client(), b.client()
+    marks = tmp_path / "marks"
+    waiting = submit(ca, "tests.e2e_tasks.approval", {"path": str(marks)})
+    wait_until(lambda: cb.get(f"/jobs/{waiting}").json()["status"] == "waiting")
+    assert cb.post(f"/jobs/{waiting}/signals/approve", json={"via": "b"}).status_code == 202
+    assert ca.post(f"/jobs/{waiting}/signals/approve", json={"via": "b"}).status_code == 200
+    assert ca.get(f"/jobs/{waiting}", params={"wait": 30}).json()["result"]["answer"] == {"via": "b"}
+
+    sleeper = submit(cb, "tests.e2e_tasks.nap", {"path": str(tmp_path / "nap"), "seconds": 0.5})
+    fan = submit(ca, "tests.e2e_tasks.fan_out", {"path": str(tmp_path / "kids"), "n": 40})
+    job = cb.get(f"/jobs/{fan}", params={"wait": 30}).json()
+    assert job["status"] == "completed" and job["attempts"] == 1, job
+    assert job["result"]["results"] == [i * i for i in range(40)]
+    assert sorted((tmp_path / "kids").read_text().split("\n")[:-1]) == sorted(f"child {i}" for i in range(40))
+    assert ca.get(f"/jobs/{sleeper}", params={"wait": 30}).json()["status"] == "completed"
+    assert (tmp_path / "nap").read_text().split() == ["step", "1", "step", "2"]

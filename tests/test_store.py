@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, St
 from jobserver.core.lifecycle import Outcome
 from jobserver.core.records import Claim, JobIds, NewJob
 from jobserver.storage.store import JobStore
-from tests.storage import crash_decider, end_attempt, open_store, rescued_records
+from tests.storage import claim_one, crash_decider, end_attempt, open_store, rescued_records
 
 IDS = JobIds()
 NOW = 1_700_000_000.0
@@ -148,3 +149,32 @@ def test_rolled_back_claim_undoes_its_reservation(tmp_path: Path) -> None:
             store.claim("me", NOW, 30, lambda tx: (1, None), accept).result(10)
         assert reserved == []
         assert store.get(job_id).status == "pending"
+
+
+# The jobs table as the release before agent workflows created it (no parent_id, waiting_for,
+# wake_at, resume; no signals or awaits tables).
+OLD_JOBS_DDL = (
+    "CREATE TABLE jobs (id VARCHAR(36) NOT NULL PRIMARY KEY, task VARCHAR(200) NOT NULL, args TEXT NOT NULL, "
+    "status VARCHAR(16) NOT NULL, priority INTEGER NOT NULL, attempts INTEGER NOT NULL, "
+    "max_attempts INTEGER NOT NULL, timeout_s REAL, run_seq INTEGER NOT NULL, lease_owner VARCHAR(64), "
+    "lease_expires_at REAL, cancel_requested INTEGER NOT NULL, logs_dropped INTEGER NOT NULL, progress TEXT, "
+    "result TEXT, error TEXT, idempotency_key VARCHAR(255), webhook_url TEXT, created_at REAL NOT NULL, "
+    "run_at REAL NOT NULL, started_at REAL, finished_at REAL)"
+)
+
+
+def test_a_database_from_before_workflows_opens_and_keeps_its_jobs(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.execute(OLD_JOBS_DDL)
+        conn.execute("CREATE INDEX jobs_status_run_at ON jobs (status, run_at)")
+        conn.execute(
+            "INSERT INTO jobs VALUES ('old-1', 'jobserver.examples.add', '{}', 'pending', 0, 1, 3, NULL, 1, "
+            "NULL, NULL, 0, 0, NULL, NULL, NULL, NULL, NULL, 1.0, 1.0, NULL, NULL)"
+        )
+    with open_store(tmp_path) as store:
+        rec = store.get("old-1")
+        assert (rec.attempts, rec.resume, rec.parent_id, rec.waiting_for) == (1, 0, None, None)
+        assert rec.to_api()["waiting_for"] is None
+        claim = claim_one(store, "me", 2.0, 30)
+        assert claim is not None and claim.attempt == 2  # an old job's next claim is an attempt
+        assert store.signals("old-1") == {} and store.list_jobs(None, None, 10, None, "old-1") == ([], None)

@@ -8,12 +8,13 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import Field
 
 from jobserver import JobContext, task
-from jobserver.core.errors import ConfigError
+from jobserver.core.errors import ConfigError, InvalidRequestError
 from jobserver.core.tasks import Registry, build_taskdef
 
 
@@ -183,3 +184,15 @@ def test_good_tasks_still_build() -> None:
     taskdef = build_taskdef(fine)
     assert taskdef.ctx_param == "ctx"
     assert taskdef.validate_args({"a": 1}) == {"a": 1, "b": "x", "c": None}
+
+
+def test_annotated_field_constraints_bound_the_args() -> None:
+    def bounded(ctx: JobContext, n: Annotated[int, Field(ge=0, le=10)] = 1) -> int:
+        return n
+
+    taskdef = build_taskdef(task(bounded))
+    assert taskdef.schema["properties"]["n"]["maximum"] == 10
+    assert taskdef.validate_args({"n": 3}) == {"n": 3}
+    with pytest.raises(InvalidRequestError) as refused:
+        taskdef.validate_args({"n": 11})
+    assert refused.value.errors[0]["loc"] == ["body", "args", "n"]

@@ -105,6 +105,22 @@ class AsyncClient:
         options.update(timeout=timeout, webhook_url=webhook_url)
         return await self._run(protocol.submit(task, args, options, idempotency_key))
 
+    async def submit_many(self, jobs: Iterable[dict[str, Any]]) -> builtins.list[Job]:
+        """Submit up to 1,000 jobs in one transaction, all or none (`POST /jobs/batch`).
+
+        Each item is a submit body (`task`, `args`, options) and may carry its own
+        `idempotency_key` (a key used before with the same body gives the first job). A bad
+        item raises InvalidRequestError whose `errors` name it by index
+        (`["body", "jobs", 3, "args", "x"]`), and nothing is queued."""
+        return await self._run(protocol.submit_many(jobs))
+
+    async def signal(self, job_id: str, name: str, payload: Any = None) -> Job:
+        """Send the signal `name` with a JSON payload to a job; a job waiting for it runs again.
+
+        The same name again with an equal payload is accepted (`replayed` True); with another
+        payload it raises SignalConflictError, and on a finished job JobFinishedError."""
+        return await self._run(protocol.signal(job_id, name, payload))
+
     async def get(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
         """Read a job; with `wait` (at most 60 s) the server holds the answer until it is finished."""
         return await self._run(protocol.get(job_id, wait, self.timeout_s))
@@ -114,12 +130,17 @@ class AsyncClient:
         return await self._run(protocol.wait(job_id, timeout, self.timeout_s))
 
     async def list(
-        self, status: str | None = None, task: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        parent: str | None = None,
     ) -> dict[str, Any]:
-        """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`."""
-        return await self._run(
-            protocol.list_jobs({"status": status, "task": task, "limit": limit, "cursor": cursor})
-        )
+        """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`; `parent` lists
+        the children of that job."""
+        query = {"status": status, "task": task, "limit": limit, "cursor": cursor, "parent": parent}
+        return await self._run(protocol.list_jobs(query))
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a pending job at once, or ask a running one to stop; JobFinishedError when finished."""
@@ -211,10 +232,11 @@ class AsyncClient:
         task: str | None = None,
         page_size: int = 50,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Every matching job, newest first, fetching pages of `page_size` as needed."""
         while True:
-            page = await self.list(status=status, task=task, limit=page_size, cursor=cursor)
+            page = await self.list(status=status, task=task, limit=page_size, cursor=cursor, parent=parent)
             for job in page["jobs"]:
                 yield job
             cursor = page.get("next_cursor")

@@ -1,5 +1,5 @@
 """The client subcommands of `python -m jobserver`: submit, get, wait, follow, logs, list,
-cancel, retry, delete, webhooks, tasks, schedules, pause, resume, stats.
+cancel, retry, delete, signal, webhooks, tasks, schedules, pause, resume, stats.
 
 `cancel`, `retry` and `delete` take one job id, or filters (`--status`, `--task`, `--id`,
 or `--all`) for every matching job.
@@ -78,6 +78,13 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, like '{\"a\": 1}'")
     return value
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -159,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="ID")
 
     p = sub.add_parser("list", parents=[common], help="list jobs, newest first")
-    p.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
+    p.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
     p.add_argument("--task")
+    p.add_argument("--parent", metavar="ID", help="only the children of job ID")
     p.add_argument("--limit", type=int, default=50, help=f"page size (default 50, at most {MAX_LIMIT})")
     p.add_argument("--cursor", help="next_cursor of the previous page")
 
@@ -179,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task", help="only jobs of this task")
         p.add_argument("--id", dest="ids", action="append", metavar="ID", help="only these jobs (repeatable)")
         p.add_argument("--all", action="store_true", help="every job the action applies to")
+
+    p = sub.add_parser(
+        "signal", parents=[common], help="send a signal to a job (a job waiting for it runs again)"
+    )
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("payload", metavar="JSON", nargs="?", type=_json_value, default=None, help="default: null")
 
     p = sub.add_parser("tasks", parents=[common], help="one line per task; `tasks NAME` for its args schema")
     p.add_argument("name", nargs="?", metavar="NAME", help="one task: its args schema and options")
@@ -325,12 +340,19 @@ def run(client: Client, args: argparse.Namespace, output: Output) -> int:
         job = client.get(args.job_id, wait=args.wait)
         output.show(job, render.job_table(job))
     elif command == "list":
-        page = client.list(status=args.status, task=args.task, limit=args.limit, cursor=args.cursor)
+        page = client.list(
+            status=args.status, task=args.task, limit=args.limit, cursor=args.cursor, parent=args.parent
+        )
         output.show(page, render.jobs_table(page["jobs"]))
         if not output.as_json and page.get("next_cursor"):
             output.note(f"more: --cursor {page['next_cursor']}")
     elif command in ("cancel", "retry", "delete"):
         return _one_or_many(client, args, output)
+    elif command == "signal":
+        job = client.signal(args.job_id, args.name, args.payload)
+        if job.replayed:
+            output.note(f"jobserver: signal {args.name!r} was already sent with this payload")
+        output.show(job, f"signal {args.name} sent; job {job['id']} is {job['status']}")
     elif command == "webhooks":
         deliveries = client.webhooks(args.job_id)
         columns = ("ATTEMPT", "AT", "STATUS", "ERROR", "MS")

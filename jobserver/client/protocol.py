@@ -34,6 +34,7 @@ from jobserver.core.errors import (
     JobNotRetryableError,
     JobServerError,
     ScheduleNotFoundError,
+    SignalConflictError,
     StorageError,
     TaskNotFoundError,
     WaitTimeoutError,
@@ -139,6 +140,7 @@ Exchange = Generator[Request, httpx.Response, T]
 # a 409 "conflict" says which call failed (our side) and, in its detail, the job's state
 _CONFLICTS: dict[str, type[ConflictError]] = {
     "cancel": JobFinishedError,
+    "signal": JobFinishedError,
     "retry": JobNotRetryableError,
     "delete": JobNotFinishedError,
 }
@@ -166,6 +168,7 @@ _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] 
     "idempotency-key-reused": lambda call, detail, errors: IdempotencyMismatchError(call.key),
     "idempotency-key-in-flight": lambda call, detail, errors: IdempotencyInFlightError(call.key),
     "conflict": lambda call, detail, errors: _conflict(call, detail),
+    "signal-conflict": lambda call, detail, errors: SignalConflictError(call.job_id, "unknown", call.key),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
     "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
@@ -330,6 +333,22 @@ def submit(task: str, args: dict[str, Any] | None, options: dict[str, Any], key:
     response = yield request("POST", "/jobs", call, json=body, headers=headers, retry_safe=key is not None)
     job = Job(response.json())
     job.replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+    return job
+
+
+def submit_many(jobs: Iterable[dict[str, Any]]) -> Exchange[builtins.list[Job]]:
+    """POST /jobs/batch: all or none; never resent (items need not carry keys)."""
+    body = {"jobs": [dict(job) for job in jobs]}
+    response = yield request("POST", "/jobs/batch", Call("submit_many"), json=body)
+    return [Job(data) for data in response.json()["jobs"]]
+
+
+def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
+    """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent."""
+    path = job_path(job_id, f"/signals/{quote(name, safe='')}")
+    response = yield request("POST", path, Call("signal", job_id, key=name), json=payload)
+    job = Job(response.json())
+    job.replayed = response.status_code == 200
     return job
 
 

@@ -154,6 +154,22 @@ class Client:
         options.update(timeout=timeout, webhook_url=webhook_url)
         return self._run(protocol.submit(task, args, options, idempotency_key))
 
+    def submit_many(self, jobs: Iterable[dict[str, Any]]) -> builtins.list[Job]:
+        """Submit up to 1,000 jobs in one transaction, all or none (`POST /jobs/batch`).
+
+        Each item is a submit body (`task`, `args`, options) and may carry its own
+        `idempotency_key` (a key used before with the same body gives the first job). A bad
+        item raises InvalidRequestError whose `errors` name it by index
+        (`["body", "jobs", 3, "args", "x"]`), and nothing is queued."""
+        return self._run(protocol.submit_many(jobs))
+
+    def signal(self, job_id: str, name: str, payload: Any = None) -> Job:
+        """Send the signal `name` with a JSON payload to a job; a job waiting for it runs again.
+
+        The same name again with an equal payload is accepted (`replayed` True); with another
+        payload it raises SignalConflictError, and on a finished job JobFinishedError."""
+        return self._run(protocol.signal(job_id, name, payload))
+
     def get(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
         """Read a job; with `wait` (at most 60 s) the server holds the answer until it is finished."""
         return self._run(protocol.get(job_id, wait, self.timeout_s))
@@ -163,12 +179,17 @@ class Client:
         return self._run(protocol.wait(job_id, timeout, self.timeout_s))
 
     def list(
-        self, status: str | None = None, task: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        parent: str | None = None,
     ) -> dict[str, Any]:
-        """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`."""
-        return self._run(
-            protocol.list_jobs({"status": status, "task": task, "limit": limit, "cursor": cursor})
-        )
+        """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`; `parent` lists
+        the children of that job."""
+        query = {"status": status, "task": task, "limit": limit, "cursor": cursor, "parent": parent}
+        return self._run(protocol.list_jobs(query))
 
     def iter_jobs(
         self,
@@ -176,10 +197,11 @@ class Client:
         task: str | None = None,
         page_size: int = 50,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching job, newest first, fetching pages of `page_size` as needed."""
         while True:
-            page = self.list(status=status, task=task, limit=page_size, cursor=cursor)
+            page = self.list(status=status, task=task, limit=page_size, cursor=cursor, parent=parent)
             yield from page["jobs"]
             cursor = page.get("next_cursor")
             if not cursor:

@@ -1,7 +1,10 @@
-"""JobContext: what a running task sees of its job (progress, log, cancel, steps).
+"""JobContext: what a running task sees of its job (progress, log, cancel, steps,
+and the durable calls of agent workflows: sleep, wait_for, spawn, gather).
 
 The context is a thin face over the runner's attempt, which owns the fencing
 token and the cancel flag; `AttemptHandle` is what the context needs of it.
+A durable call is a generator of writes the attempt drives: on the worker
+thread in a sync task, awaited in an async one; the same code serves both.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Protocol
 
 from jobserver.core.errors import Cancelled
 from jobserver.core.records import Claim
+
+Calls = Generator[Any, Any, Any]
 
 
 class AttemptHandle(Protocol):
@@ -37,6 +42,20 @@ class AttemptHandle(Protocol):
     def step_async(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[Any]: ...
+
+    def drive_sync(self, calls: Calls) -> Any: ...
+
+    def drive_async(self, calls: Calls) -> Awaitable[Any]: ...
+
+    def sleep_calls(self, name: str, seconds: float) -> Calls: ...
+
+    def wait_for_calls(self, name: str, timeout: float | None) -> Calls: ...
+
+    def spawn_calls(
+        self, name: str, task: str, many_args: Sequence[dict[str, Any]], options: dict[str, Any], one: bool
+    ) -> Calls: ...
+
+    def gather_calls(self, name: str, ids: Sequence[str], return_exceptions: bool) -> Calls: ...
 
 
 class JobContext:
@@ -82,3 +101,34 @@ class JobContext:
         if inspect.iscoroutinefunction(fn):
             return self._attempt.step_sync(name, lambda *a, **k: asyncio.run(fn(*a, **k)), args, kwargs)
         return self._attempt.step_sync(name, fn, args, kwargs)
+
+    # ------------------------------------------------------- agent workflows
+    def _drive(self, calls: Calls) -> Any:
+        if self._attempt.is_async:
+            return self._attempt.drive_async(calls)
+        return self._attempt.drive_sync(calls)
+
+    def sleep(self, name: str, seconds: float) -> Any:
+        """Sleep durably: the job parks (no thread, lease or slot) and runs again from the top
+        once `seconds` have passed, even across restarts. Returns None."""
+        return self._drive(self._attempt.sleep_calls(name, seconds))
+
+    def wait_for(self, name: str, timeout: float | None = None) -> Any:
+        """The JSON payload of the signal `name` sent to this job (parking until it comes), or
+        None when `timeout` seconds pass first. A signal sent earlier is returned at once."""
+        return self._drive(self._attempt.wait_for_calls(name, timeout))
+
+    def spawn(self, name: str, task: str, args: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Submit a child job (options: priority, max_attempts, timeout, delay); its id.
+        A rerun returns the same id and submits nothing."""
+        return self._drive(self._attempt.spawn_calls(name, task, [args or {}], options, True))
+
+    def spawn_many(self, name: str, task: str, list_of_args: Sequence[dict[str, Any]], **options: Any) -> Any:
+        """Submit one child per args in one transaction; their ids, in order."""
+        return self._drive(self._attempt.spawn_calls(name, task, list(list_of_args), options, False))
+
+    def gather(self, name: str, ids: Sequence[str], return_exceptions: bool = False) -> Any:
+        """The results of the jobs `ids`, in order, once every one is finished (the job parks
+        until then). A failed or cancelled one raises `ChildFailed`, or with
+        `return_exceptions=True` takes its place in the list."""
+        return self._drive(self._attempt.gather_calls(name, ids, return_exceptions))

@@ -14,7 +14,8 @@
     │   ├── JobFinishedError        cancel of a finished job
     │   ├── JobNotFinishedError     delete of an unfinished job
     │   ├── JobNotRetryableError    retry of a job that is neither failed nor cancelled
-    │   └── IdempotencyInFlightError the first request with this key is still being handled
+    │   ├── IdempotencyInFlightError the first request with this key is still being handled
+    │   └── SignalConflictError     the signal was already sent to the job with another body
     ├── IdempotencyMismatchError    422: the key was used with another body
     ├── DrainingError               503: the server is shutting down
     ├── StaleAttemptError           a write from an attempt that was already given up (fencing)
@@ -23,7 +24,8 @@
     ├── ServerUnavailableError      client side: no answer from the server (refused, reset, timed out)
     └── WaitTimeoutError            client side: a waited-on job is not finished in time (carries `job`)
 
-Signals a task raises on purpose do not end in Error: `Retry`, `Fail`. `Cancelled`
+Signals a task raises on purpose do not end in Error: `Retry`, `Fail`. `ChildFailed`
+is raised by `ctx.gather` for a job it waited on that failed or was cancelled. `Cancelled`
 is raised inside a task by `ctx.check_cancelled()` or injected into a sync task's
 thread; `Timeout` is injected the same way when the deadline passes.
 """
@@ -153,6 +155,16 @@ class IdempotencyInFlightError(ConflictError):
         self.status = "in_flight"
 
 
+class SignalConflictError(ConflictError):
+    """The signal was already sent to this job with a different body."""
+
+    def __init__(self, job_id: str, status: str, name: str) -> None:
+        self.name = name
+        super().__init__(
+            job_id, status, f"signal {name!r} was already sent to job {job_id} with another body"
+        )
+
+
 class IdempotencyMismatchError(JobServerError):
     """The Idempotency-Key was already used with a different request body."""
 
@@ -225,3 +237,14 @@ class Cancelled(BaseException):
 
 class Timeout(BaseException):
     """The attempt ran past its time limit; raised inside the task."""
+
+
+class ChildFailed(Exception):
+    """A job that `ctx.gather` waited on failed or was cancelled; `error` is its error object."""
+
+    def __init__(self, job_id: str, error: dict[str, Any] | None, status: str = "failed") -> None:
+        self.job_id = job_id
+        self.error = error
+        self.status = status
+        message = (error or {}).get("message") or status
+        super().__init__(f"job {job_id} {status}: {message}")

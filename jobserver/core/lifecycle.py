@@ -15,10 +15,17 @@ told the transition instead of guessing from row fields.
                  │   └─ FAILED / RETRY_LATER with attempts left (backoff),
                  │      CRASHED (counted), RELEASED (not counted)
                  ├── POST /retry ── failed | cancelled
-                 └── (pending) ── POST /cancel ──> cancelled
+                 ├── (pending | waiting) ── POST /cancel ──> cancelled
+                 │
+                 └── wake-up: the sleep ended, the signal came, the awaited jobs finished
+                       ▲
+    running ──SUSPENDED──> waiting  (not an attempt; holds no thread, lease or slot)
 
-`waiting` (a task parked by a durable sleep, a signal or its children) belongs
-to the same vocabulary; nothing enters it yet.
+A task parks itself with `ctx.sleep`, `ctx.wait_for` or `ctx.gather` (the
+`Suspend` raised inside it carries the `Park`). The run ends without counting
+as an attempt; when the wait is over the job is pending again, flagged so that
+its next claim resumes it instead of starting a new attempt, and its function
+runs from the top, finding every finished call's stored result.
 """
 
 from __future__ import annotations
@@ -60,6 +67,39 @@ class Ending(StrEnum):
     RELEASED = "released"  # the shutdown stopped it, or it never started before the shutdown
     CRASHED = "crashed"  # its process stopped heartbeating; found by the rescue
     STALE = "stale"  # it had already been given up: it may write nothing
+    SUSPENDED = "suspended"  # the task parked itself (sleep, signal, children)
+
+
+class WaitKind(StrEnum):
+    """What a waiting job waits for (`waiting_for.kind`)."""
+
+    SLEEP = "sleep"
+    SIGNAL = "signal"
+    CHILDREN = "children"
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """What a parked run waits for: the call's kind and name, the wake-up time (a sleep's
+    end or a wait's timeout; None for none), and for a gather the jobs it waits on."""
+
+    kind: WaitKind
+    name: str
+    until: float | None = None
+    job_ids: tuple[str, ...] = ()
+
+    def waiting_for(self) -> dict[str, Any]:
+        """The job's `waiting_for` object (times as epoch seconds; the API shows RFC 3339)."""
+        return {"kind": str(self.kind), "name": self.name, "until": self.until}
+
+
+class Suspend(BaseException):
+    """Raised inside a task by a call that parks it; the executor turns it into a SUSPENDED
+    outcome. A BaseException so `except Exception` in task code does not swallow it."""
+
+    def __init__(self, park: Park) -> None:
+        self.park = park
+        super().__init__(f"parked: {park.kind} {park.name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +113,7 @@ class Outcome:
     started: bool = True  # RELEASED: False when the task's code never ran
     cancel_requested: bool = False  # CRASHED: a cancel was asked before the crash
     note: str = ""  # CRASHED / RELEASED: why, for the error message
+    park: Park | None = None  # SUSPENDED: what the job waits for
 
     @classmethod
     def completed(cls, result_json: str) -> Outcome:
@@ -100,6 +141,10 @@ class Outcome:
     def stale(cls) -> Outcome:
         return cls(Ending.STALE)
 
+    @classmethod
+    def suspended(cls, park: Park) -> Outcome:
+        return cls(Ending.SUSPENDED, park=park)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptFacts:
@@ -125,10 +170,19 @@ class Transition:
     result_json: str | None = None
     error: ErrorInfo | None = None  # None keeps the stored error (a put-back changes none)
     counts_attempt: bool = True  # False: the cut attempt is given back
+    park: Park | None = None  # WAITING: what for
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+
+def cancelled_instead(t: Transition) -> Transition:
+    """A park that finds a cancel asked meanwhile (on another node) ends the job cancelled."""
+    return Transition(
+        t.job_id, t.run_seq, Ending.CANCELLED, Status.CANCELLED, t.at,
+        error=_error("Cancelled", "the job was cancelled"),
+    )  # fmt: skip
 
 
 def error_info(exc: BaseException, type_name: str | None = None) -> ErrorInfo:
@@ -183,6 +237,8 @@ def decide(
             return to(Status.COMPLETED, result_json=outcome.result_json)
         case Ending.CANCELLED:
             return to(Status.CANCELLED, error=_error("Cancelled", "the job was cancelled"))
+        case Ending.SUSPENDED:
+            return to(Status.WAITING, park=outcome.park, counts_attempt=False)
         case Ending.RELEASED:
             at_most_once = options is not None and options.on_crash == "fail"
             if outcome.started and at_most_once:

@@ -28,9 +28,9 @@ class BulkFilter(BaseModel):
 
 
 class CancelFilter(BulkFilter):
-    """POST /jobs/cancel: pending jobs are cancelled at once, running ones are asked to stop."""
+    """POST /jobs/cancel: pending and waiting jobs are cancelled at once, running ones are asked to stop."""
 
-    status: Literal["pending", "running"] | None = None
+    status: Literal["pending", "running", "waiting"] | None = None
 
 
 class DeleteFilter(BulkFilter):

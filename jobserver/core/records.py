@@ -21,7 +21,7 @@ from jobserver.core.schedules import schedule_of
 JOB_COLUMNS = (
     "id, task, args, status, priority, attempts, max_attempts, timeout_s, run_seq, lease_owner, "
     "lease_expires_at, cancel_requested, logs_dropped, progress, result, error, idempotency_key, "
-    "webhook_url, created_at, run_at, started_at, finished_at"
+    "webhook_url, created_at, run_at, started_at, finished_at, parent_id, waiting_for, wake_at, resume, trace_context"
 )
 
 
@@ -55,11 +55,23 @@ class JobRecord:
     run_at: float
     started_at: float | None
     finished_at: float | None
+    parent_id: str | None
+    waiting_for: str | None  # JSON {"kind", "name", "until"} while waiting
+    wake_at: float | None  # a waiting job's wake-up time (sleep end, wait timeout)
+    resume: int  # 1: the next claim resumes a parked run (not counted as an attempt)
+    trace_context: str | None = None  # the submit's trace context (tracing), JSON
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """Build from a row selected with JOB_COLUMNS."""
         return cls(*row)
+
+    def _waiting_for(self) -> dict[str, Any] | None:
+        """`{"kind", "name", "until"}` while waiting (until as RFC 3339), else None."""
+        if self.status != "waiting" or self.waiting_for is None:
+            return None
+        data: dict[str, Any] = orjson.loads(self.waiting_for)
+        return {**data, "until": rfc3339(data.get("until"))}
 
     @property
     def finished(self) -> bool:
@@ -88,6 +100,8 @@ class JobRecord:
             "run_at": rfc3339(self.run_at),
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
+            "parent_id": self.parent_id,
+            "waiting_for": self._waiting_for(),
         }
 
 
@@ -105,6 +119,8 @@ class NewJob:
     idempotency_key: str | None
     created_at: float
     run_at: float
+    parent_id: str | None = None
+    trace_context: str | None = None
 
     @property
     def status(self) -> str:
@@ -136,6 +152,11 @@ class NewJob:
             self.run_at,
             None,
             None,
+            self.parent_id,
+            None,
+            None,
+            0,
+            self.trace_context,
         )
 
 
@@ -152,13 +173,14 @@ class Claim:
     timeout_s: float | None
     started_at: float
     run_at: float | None = None  # when the attempt was due (queue-wait metric)
+    trace_context: str | None = None  # the submit's trace context, continued by the attempt's span
 
     @classmethod
     def of(cls, rec: JobRecord, started_at: float) -> Claim:
         """The claim of a row just marked running (its `attempts` and `run_seq` already moved on)."""
         return cls(
             rec.id, rec.task, rec.args, rec.attempts, rec.max_attempts, rec.run_seq, rec.timeout_s,
-            started_at, rec.run_at,
+            started_at, rec.run_at, rec.trace_context,
         )  # fmt: skip
 
 

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_WAIT_S = 60
 INT_MIN = -(2**63)  # what the JSON encoder and both databases store exactly
 INT_MAX = 2**64 - 1
 MAX_STORED_DEPTH = 200  # the JSON encoder stops at 255 levels; config caps request bodies below this
 ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids and cursors: anything else names no job
+EVENT_ID_MAX = 2**63 - 1  # the largest Last-Event-ID: event ids are 64-bit integers
 MAX_LIMIT = 500
-RUN_AT_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-RUN_AT_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)  # far from datetime's limits in any offset
+# run_at's date as written (before its offset) is from 1970 to 8999: far from datetime's limits in
+# any offset, and a rule that a JSON Schema pattern states exactly (RUN_AT_PATTERN)
+RUN_AT_YEARS = (1970, 8999)
+RUN_AT_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3})-"
+
+
+# RFC 3339's date-time, as JSON Schema's "date-time" format has it: a "T", seconds, an offset
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 class SubmitBody(BaseModel):
@@ -32,14 +40,32 @@ class SubmitBody(BaseModel):
     timeout: float | None = Field(default=None, gt=0, le=30 * 86400)
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
+    @field_validator("priority", "delay", "max_attempts", "timeout", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any) -> Any:
+        """A JSON number, as the schema says (pydantic alone would also take "5" and true)."""
+        if isinstance(value, bool | str):
+            raise ValueError("must be a JSON number")
+        return value
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        """Only an RFC 3339 string (pydantic alone would also take numbers and other spellings)."""
+        if value is None or isinstance(value, dt.datetime):
+            return value
+        if not isinstance(value, str) or not RFC3339.match(value):
+            raise ValueError("run_at must be an RFC 3339 date-time with an offset, e.g. 2030-01-01T09:00:00Z")
+        return value
+
     @model_validator(mode="after")
     def _one_schedule(self) -> SubmitBody:
         if self.delay is not None and self.run_at is not None:
             raise ValueError("give either delay or run_at, not both")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ValueError("run_at needs a timezone offset or Z")
-        if self.run_at is not None and not RUN_AT_MIN <= self.run_at <= RUN_AT_MAX:
-            raise ValueError("run_at must be between 1970-01-01 and 9000-01-01 (UTC)")
+        if self.run_at is not None and not RUN_AT_YEARS[0] <= self.run_at.year <= RUN_AT_YEARS[1]:
+            raise ValueError(f"run_at must be a date from {RUN_AT_YEARS[0]} to {RUN_AT_YEARS[1]}")
         return self
 
 
@@ -66,13 +92,31 @@ def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str
     return errors
 
 
+MAX_BATCH = 1000
+
+
+class BatchItem(SubmitBody):
+    """One job of POST /jobs/batch: a submit body with its own idempotency key."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class BatchBody(BaseModel):
+    """POST /jobs/batch: up to 1,000 submits, queued all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class ListQuery(BaseModel):
     """GET /jobs query string."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: str | None = Field(default=None, pattern="^(pending|running|completed|failed|cancelled)$")
+    status: str | None = Field(default=None, pattern="^(pending|running|waiting|completed|failed|cancelled)$")
     task: str | None = Field(default=None, max_length=200)
+    parent: str | None = Field(default=None, max_length=64)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_type_hints, overload
 
+import orjson
 import pydantic
 import pydantic_core
 from pydantic import ConfigDict
 
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
-from jobserver.core.schemas import MAX_STORED_DEPTH, json_violations
+from jobserver.core.schemas import INT_MAX, INT_MIN, MAX_STORED_DEPTH, json_violations
 
 MARK = "__jobserver_task__"
 
@@ -73,11 +74,22 @@ class TaskDef:
     schema: dict[str, Any] = field(default_factory=dict)
 
     def validate_args(self, args: Any) -> dict[str, Any]:
-        """Validated args with defaults filled in, as JSON-ready values; 422 when bad."""
+        """Validated args with defaults filled in, as JSON-ready values; 422 when bad.
+
+        Validated as JSON in pydantic's strict mode, so that what is accepted is exactly what
+        the published JSON schema allows: "5" is not an integer nor true a number (a number
+        whose fraction is zero is an integer, as JSON Schema has it)."""
         try:
-            model = self.args_model.model_validate(args if args is not None else {})
+            raw = orjson.dumps(_integral(args if args is not None else {}))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            unstorable = [
+                {"loc": ["body", "args"], "msg": f"not storable as JSON: {exc}", "type": "json_type"}
+            ]
+            raise InvalidRequestError(f"invalid args for task {self.name}", unstorable) from None
+        try:
+            model = self.args_model.model_validate_json(raw, strict=True)
         except pydantic.ValidationError as exc:
-            errors = [
+            errors: list[dict[str, Any]] = [
                 {"loc": ["body", "args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
             ]
             raise InvalidRequestError(f"invalid args for task {self.name}", errors) from None
@@ -91,6 +103,17 @@ class TaskDef:
         """Typed keyword arguments for the function, rebuilt from stored JSON args."""
         model = self.args_model.model_validate(args)
         return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _integral(value: Any) -> Any:
+    """JSON values with every number whose fraction is zero written as an integer."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -160,7 +183,7 @@ def _is_context(annotation: Any) -> bool:
 def _type_hints(name: str, fn: Callable[..., Any], sig: inspect.Signature) -> dict[str, Any]:
     """The resolved type hint of each parameter; TaskDefinitionError names one that cannot be resolved."""
     try:
-        return get_type_hints(fn)
+        return get_type_hints(fn, include_extras=True)  # keep Annotated[..., Field(...)] constraints
     except Exception:  # any hint (the return's too) spoils the whole call: resolve them one by one
         pass
     namespace = getattr(inspect.unwrap(fn), "__globals__", {})
@@ -171,7 +194,7 @@ def _type_hints(name: str, fn: Callable[..., Any], sig: inspect.Signature) -> di
             continue
         holder = types.SimpleNamespace(__annotations__={pname: raw})
         try:
-            hints[pname] = get_type_hints(holder, globalns=namespace)[pname]
+            hints[pname] = get_type_hints(holder, globalns=namespace, include_extras=True)[pname]
         except Exception as exc:
             message = f"cannot resolve its type hint {raw!r}: {type(exc).__name__}: {exc}"
             raise TaskDefinitionError(name, pname, message) from exc
@@ -197,6 +220,21 @@ def _first_sentence(exc: BaseException) -> str:
     return line.split(". ")[0].rstrip(".")
 
 
+def _bounded_integers(schema: Any) -> Any:
+    """The schema with every integer bounded to what is stored exactly (64 bits), as the API
+    enforces: a client reading the schema learns the bounds before a 422 tells it."""
+    if isinstance(schema, dict):
+        out = {k: _bounded_integers(v) for k, v in schema.items()}
+        kind = out.get("type")
+        if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
+            out["minimum"] = max(out.get("minimum", INT_MIN), INT_MIN)
+            out["maximum"] = min(out.get("maximum", INT_MAX), INT_MAX)
+        return out
+    if isinstance(schema, list):
+        return [_bounded_integers(v) for v in schema]
+    return schema
+
+
 def _args_model(
     name: str, fields: dict[str, Any], shown: dict[str, str]
 ) -> tuple[type[pydantic.BaseModel], dict[str, Any]]:
@@ -213,7 +251,7 @@ def _args_model(
     config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON has no NaN or Infinity
     try:
         model = pydantic.create_model(f"{name.replace('.', '_')}_args", __config__=config, **fields)
-        return model, model.model_json_schema()
+        return model, _bounded_integers(model.model_json_schema())
     except Exception as exc:  # pydantic raises several kinds here; find the parameter behind it
         for pname, spec in fields.items():
             try:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Annotated, Any
 
-from jobserver import JobContext, task
-from jobserver.examples.webpages import STOPWORDS, WORD, fetch_page, summarize
+import httpx
+from pydantic import Field
+
+from jobserver import ChildFailed, JobContext, task
+from jobserver.examples.webpages import STOPWORDS, WORD, fetch_page, publish_report, summarize
 
 
 @task
@@ -23,6 +27,26 @@ def noop() -> None:
 def now() -> float:
     """Return the time the task started, in epoch seconds (for pickup-latency benchmarks)."""
     return time.time()
+
+
+@task
+def await_signal(ctx: JobContext, name: str = "go", timeout: float | None = None) -> dict[str, object]:
+    """Park until the signal `name` comes (or `timeout` passes); its payload and when the run
+    resumed, in epoch seconds (for signal-latency benchmarks)."""
+    payload = ctx.wait_for(name, timeout=timeout)
+    return {"payload": payload, "resumed_at": time.time()}
+
+
+@task
+def fan_out(ctx: JobContext, n: Annotated[int, Field(ge=0, le=10_000)] = 10) -> dict[str, object]:
+    """Spawn `n` no-op children in one transaction and gather them; how long the spawn took
+    and when the parent resumed after its last child, in epoch seconds (for benchmarks)."""
+    began = time.perf_counter()
+    ids = ctx.spawn_many("children", "jobserver.examples.noop", [{}] * n)
+    spent = time.perf_counter() - began
+    spawn_s = ctx.step("spawn-time", lambda: spent)  # the first run's figure, kept for the rerun
+    results = ctx.gather("all", ids)
+    return {"children": len(results), "spawn_s": spawn_s, "resumed_at": time.time()}
 
 
 @task
@@ -86,30 +110,60 @@ def _analyze(text: str, top: int) -> dict[str, object]:
     return {"words": len(words), "keywords": counts.most_common(top)}
 
 
+# a source that cannot be reached for a while is retried; a URL that can never work is not
+RETRIED_FETCH_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+@task(max_attempts=3, timeout=120, backoff=(1.0, 30.0), retry_on=RETRIED_FETCH_ERRORS)
+async def read_source(ctx: JobContext, question: str, url: str) -> dict[str, str]:
+    """One sub-query of the research agent: fetch a page and keep its text (a durable step)."""
+    ctx.progress(0, 1, f"reading {url}")
+    page: dict[str, str] = await ctx.step("fetch", fetch_page, url)
+    ctx.progress(1, 1, f"read {page['title'] or url}")
+    return page
+
+
 @task(max_attempts=3, timeout=600, backoff=(1.0, 30.0))
 async def research(
-    ctx: JobContext, question: str, urls: list[str], sentences: int = 5, concurrency: int = 8
+    ctx: JobContext,
+    question: str,
+    urls: list[str],
+    sentences: int = 5,
+    approval_timeout: float = 86_400.0,
+    publish_dir: str = "data/reports",
 ) -> dict[str, object]:
-    """Research agent: fetch pages concurrently, extract their text, and write an extractive summary.
+    """Research agent: one child job per source, gathered; a drafted report that waits for a
+    person's approval (signal `approval`, e.g. `{"approved": true}`); then published as a file.
 
-    Each fetch is a durable step, so a retry or a restart after a crash does not
-    fetch (or pay for) a finished page again."""
+    Nothing holds a worker while the children run or while the draft waits: the job parks
+    (`waiting`) and runs again from the top, where every finished call returns its stored
+    result, so no page is fetched twice and the draft is written once, even across restarts."""
+    ctx.progress(0, 4, f"reading {len(urls)} sources")
+    ids = await ctx.spawn_many(
+        "sources", "jobserver.examples.read_source", [{"question": question, "url": u} for u in urls]
+    )
+    ends = await ctx.gather("read", ids, return_exceptions=True)
+    pages = [page for page in ends if isinstance(page, dict)]
+    failed = [end.job_id for end in ends if isinstance(end, ChildFailed)]
+    ctx.progress(1, 4, f"read {len(pages)} of {len(urls)} sources")
 
-    limit = asyncio.Semaphore(max(1, concurrency))
-    done = 0
+    def draft() -> dict[str, Any]:
+        ctx.log(f"drafted a report from {len(pages)} pages")
+        return {
+            "question": question,
+            "pages": len(pages),
+            "failed_sources": failed,
+            **summarize(question, pages, sentences),
+        }
 
-    async def one(i: int, url: str) -> dict[str, str]:
-        nonlocal done
-        async with limit:
-            ctx.check_cancelled()
-            page: dict[str, str] = await ctx.step(f"fetch:{i}:{url}", fetch_page, url)
-        done += 1
-        ctx.progress(done, len(urls), f"read {url}")
-        ctx.log(f"fetched {url} ({len(page['text'])} chars)")
-        return page
-
-    ctx.progress(0, len(urls), "fetching pages")
-    pages = await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
-    ctx.check_cancelled()
-    summary = await ctx.step("summarize", summarize, question, pages, sentences)
-    return {"question": question, "pages": len(pages), **summary}
+    report: dict[str, Any] = await ctx.step("draft", draft)
+    ctx.progress(2, 4, "waiting for approval (signal 'approval')")
+    decision = await ctx.wait_for("approval", timeout=approval_timeout)
+    if decision is None:
+        return {**report, "published": None, "outcome": "approval timed out"}
+    if not (isinstance(decision, dict) and decision.get("approved")):
+        return {**report, "published": None, "outcome": "rejected", "decision": decision}
+    ctx.progress(3, 4, "publishing")
+    path = await ctx.step("publish", publish_report, publish_dir, ctx.job_id, report)
+    ctx.progress(4, 4, "published")
+    return {**report, "published": path, "outcome": "published", "decision": decision}

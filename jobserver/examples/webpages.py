@@ -1,14 +1,18 @@
 """Helpers of the example research agent: fetch a page, extract its text, summarize.
 
 Plain functions (no jobserver imports) so they can be wrapped in `ctx.step`.
+`publish_report` writes the report as Markdown and replaces the file atomically, so
+a rerun of its step (a crash while it ran) still leaves one whole file.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,3 +125,16 @@ def summarize(question: str, pages: list[dict[str, str]], sentences: int) -> dic
         "sources": sorted({u for _, _, u in best}),
         "keywords": [w for w, _ in words.most_common(10)],
     }
+
+
+def publish_report(directory: str, job_id: str, report: dict[str, Any]) -> str:
+    """Write the report as Markdown to `<directory>/<job_id>.md` (atomically); its path."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{job_id}.md"
+    sources = "\n".join(f"- {u}" for u in report.get("sources", []))
+    text = f"# {report['question']}\n\n{report['summary']}\n\n## Sources\n\n{sources}\n"
+    partial = target.with_suffix(".md.partial")
+    partial.write_text(text)
+    os.replace(partial, target)
+    return str(target.resolve())

@@ -26,7 +26,7 @@ import pydantic
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.clock import rfc3339
@@ -40,10 +40,26 @@ from jobserver.core.errors import (
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.records import JobRecord
-from jobserver.core.schemas import ID_PATTERN, GetQuery, ListQuery, SubmitBody, json_violations
+from jobserver.core.schemas import (
+    EVENT_ID_MAX,
+    ID_PATTERN,
+    BatchBody,
+    GetQuery,
+    ListQuery,
+    SubmitBody,
+    json_violations,
+)
 from jobserver.core.tasks import Registry
+from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi
-from jobserver.http.problems import problem, problem_for, validation_problem
+from jobserver.http.problems import (
+    PROBLEM_TYPES,
+    problem,
+    problem_for,
+    problem_page_html,
+    problem_page_markdown,
+    validation_problem,
+)
 from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobserver.ops.metrics import Metrics
 from jobserver.runner.commands import JobCommands
@@ -52,11 +68,11 @@ from jobserver.storage.store import JobStore
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
+OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
 KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
 T = TypeVar("T")
 EVENT_PAGE = 500
-EVENT_ID_MAX = 2**63 - 1
 READY_WRITE_TIMEOUT_S = 2.0
 JOB_ID = re.compile(ID_PATTERN)
 LONG_NUMBER = re.compile(rb"\d{19}")  # 19 digits or more: may not fit in 64 bits
@@ -82,6 +98,7 @@ class Services:
     extra_routes: list[Route]
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
     metrics: Metrics | None = None
+    tracing: Tracing = NO_TRACING
     paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
 
 
@@ -144,7 +161,8 @@ def key_scope(request: Request) -> str:
 
 
 class AuthMiddleware:
-    """Bearer API keys, compared in constant time; `auth.open_paths` and the dashboard page stay open."""
+    """Bearer API keys, compared in constant time; `auth.open_paths`, the dashboard page and the
+    problem pages stay open."""
 
     def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], open_paths: tuple[str, ...]) -> None:
         self.app = app
@@ -152,7 +170,13 @@ class AuthMiddleware:
         self.open_paths = frozenset({*open_paths, DASHBOARD_PAGE})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or path in self.open_paths
+            or path.startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -257,12 +281,57 @@ def create_app(svc: Services) -> Starlette:
                     }
                 ],
             )
-        record, replayed = await commands.submit(body, idem_key, key_scope(request), parsed)
+        record, replayed = await commands.submit(
+            body, idem_key, key_scope(request), parsed, svc.tracing.carrier()
+        )
         headers = {"Location": f"/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
             return JSON(record.to_api(), status_code=200, headers=headers)
         return JSON(record.to_api(), status_code=202, headers=headers)
+
+    async def submit_batch(request: Request) -> Response:
+        parsed = await read_json(request)
+        try:
+            body = BatchBody.model_validate(parsed)
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "body")
+        raws = [{k: v for k, v in item.items() if k != "idempotency_key"} for item in parsed["jobs"]]
+        items = [(item, item.idempotency_key) for item in body.jobs]
+        results = await commands.submit_many(items, key_scope(request), raws)
+        return JSON({"jobs": [rec.to_api() for rec, _ in results]}, status_code=202)
+
+    async def signal(request: Request) -> Response:
+        parsed = await read_json(request)
+        name = request.path_params["name"]
+        if not 1 <= len(name) <= 200:
+            return problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "a signal name has 1 to 200 characters",
+                errors=[{"loc": ["path", "name"], "msg": "1 to 200 characters", "type": "value_error"}],
+            )
+        record, repeated = await commands.signal(request.path_params["job_id"], name, parsed)
+        return JSON(record.to_api(), status_code=200 if repeated else 202)
+
+    def traced(route: str, handler: Handler) -> Handler:
+        """A server span around the handler, continuing the trace the request's `traceparent` names."""
+        if not svc.tracing.enabled:
+            return handler
+
+        async def wrapper(request: Request) -> Response:
+            with svc.tracing.request(f"{request.method} {route}", request.headers) as span:
+                span.set("http.request.method", request.method)
+                span.set("http.route", route)
+                response = await handler(request)
+                span.set("http.response.status_code", response.status_code)
+                location = response.headers.get("location")
+                if location is not None:
+                    span.set("jobserver.job.id", location.rsplit("/", 1)[-1])
+                return response
+
+        return wrapper
 
     async def get_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -298,9 +367,16 @@ def create_app(svc: Services) -> Starlette:
         return data
 
     def listed(
-        status: str | None, task: str | None, limit: int, cursor: str | None, key: str | None, scope: str
+        status: str | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        parent: str | None,
+        key: str | None,
+        scope: str,
     ) -> dict[str, Any]:
-        jobs, next_cursor = store.list_jobs(status, task, limit, cursor, (scope, key) if key else None)
+        idempotency = (scope, key) if key else None
+        jobs, next_cursor = store.list_jobs(status, task, limit, cursor, parent, idempotency)
         paused = svc.paused_tasks() if any(j.status in HELD for j in jobs) else frozenset()
         return {"jobs": [with_reason(j, paused) for j in jobs], "next_cursor": next_cursor}
 
@@ -310,7 +386,9 @@ def create_app(svc: Services) -> Starlette:
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
         return JSON(
-            await read(listed, q.status, q.task, q.limit, q.cursor, q.idempotency_key, key_scope(request))
+            await read(
+                listed, q.status, q.task, q.limit, q.cursor, q.parent, q.idempotency_key, key_scope(request)
+            )
         )
 
     async def cancel(request: Request) -> Response:
@@ -420,14 +498,25 @@ def create_app(svc: Services) -> Starlette:
             openapi_doc.append(orjson.dumps(build_openapi(svc.registry, bool(settings.auth.api_keys))))
         return Response(openapi_doc[0], media_type="application/json")
 
+    async def problem_page(request: Request) -> Response:
+        code = request.path_params["code"]
+        kind = PROBLEM_TYPES.get(code)
+        if kind is None:
+            return problem(404, "not-found", "Not found", f"no problem type is named {code!r}")
+        if "text/markdown" in request.headers.get("accept", ""):
+            return Response(problem_page_markdown(code, kind), media_type="text/markdown")
+        return HTMLResponse(problem_page_html(code, kind))
+
     page = resources.files("jobserver.http").joinpath("static/index.html")
 
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>")
 
     routes = [
-        Route("/jobs", guarded(submit), methods=["POST"]),
+        Route("/jobs", traced("/jobs", guarded(submit)), methods=["POST"]),
         Route("/jobs", guarded(list_jobs), methods=["GET"]),
+        Route("/jobs/batch", guarded(submit_batch), methods=["POST"]),
+        Route("/jobs/{job_id}/signals/{name}", guarded(signal), methods=["POST"]),
         Route("/jobs/{job_id}", guarded(get_job), methods=["GET"]),
         Route("/jobs/{job_id}", guarded(delete), methods=["DELETE"]),
         Route("/jobs/{job_id}/cancel", guarded(cancel), methods=["POST"]),
@@ -439,6 +528,7 @@ def create_app(svc: Services) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", dashboard, methods=["GET"]),
+        Route("/problems/{code}", problem_page, methods=["GET"]),
         *svc.extra_routes,
     ]
     app = Starlette(
@@ -467,9 +557,25 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return problem(
+    response = problem(
         405,
         "method-not-allowed",
         "Method not allowed",
         f"{request.method} is not allowed on {request.url.path}",
     )
+    response.headers["Allow"] = ", ".join(allowed_methods(request))
+    return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path (RFC 9110: a 405 lists them in Allow)."""
+    matching = [
+        route
+        for route in request.app.routes
+        if isinstance(route, Route)
+        and route.methods
+        and route.matches({**request.scope, "method": "GET"})[0] != Match.NONE
+    ]
+    # a literal path (/jobs/cancel) is its own resource, not an id of /jobs/{job_id}
+    literal = [route for route in matching if not route.param_convertors]
+    return sorted({method for route in literal or matching for method in route.methods or ()})

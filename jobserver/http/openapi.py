@@ -1,9 +1,12 @@
-"""OpenAPI 3.1: the document served at GET /openapi.json.
+"""OpenAPI 3.2: the document served at GET /openapi.json.
 
 Owns the description of every route, its parameters and answers, the shared
-schemas (job, job list, problem document) and the submit body: a union
+schemas (job, job list, problem document), the submit body: a union
 discriminated by `task`, one member per registered task whose `args` is that
-task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`).
+task's pydantic JSON schema (its `$defs` hoisted into `components/schemas`),
+and the event stream, described the way OpenAPI 3.2 describes Server-Sent
+Events: an `itemSchema` for one event (`event`, `data`, `id`), a union
+discriminated by `event` whose members say what each event's JSON `data` holds.
 """
 
 from __future__ import annotations
@@ -14,13 +17,25 @@ from typing import Any
 
 from jobserver.core.operations import CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.core.schemas import ID_PATTERN, MAX_LIMIT, MAX_WAIT_S, SubmitBody
+from jobserver.core.schemas import (
+    EVENT_ID_MAX,
+    ID_PATTERN,
+    MAX_BATCH,
+    MAX_LIMIT,
+    MAX_WAIT_S,
+    RUN_AT_PATTERN,
+    RUN_AT_YEARS,
+    SubmitBody,
+)
 from jobserver.core.tasks import Registry, TaskDef
+from jobserver.core.version import package_version
+from jobserver.http.problems import PROBLEM_TYPES
 
-VERSION = "3.1.0"
+VERSION = "3.2.0"
 PROBLEM_JSON = "application/problem+json"
-STATUSES = ["pending", "running", "completed", "failed", "cancelled"]
+STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp]([Ss])?://"  # the scheme is checked; the host when it resolves
 
 Schema = dict[str, Any]
 
@@ -74,6 +89,8 @@ JOB_FIELDS: dict[str, Schema] = {
     "run_at": _timestamp(),
     "started_at": _timestamp(nullable=True),
     "finished_at": _timestamp(nullable=True),
+    "parent_id": {"type": ["string", "null"], "description": "The job whose task spawned this one."},
+    "waiting_for": _nullable(_ref("WaitingFor")),
 }
 
 SHARED_SCHEMAS: dict[str, Schema] = {
@@ -115,6 +132,24 @@ SHARED_SCHEMAS: dict[str, Schema] = {
             "started_at": _timestamp(nullable=True),
             "finished_at": _timestamp(nullable=True),
         },
+    },
+    "WaitingFor": {
+        "type": "object",
+        "description": "What a waiting job waits for: the name given to the call that parked it.",
+        "required": ["kind", "name", "until"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["sleep", "signal", "children"]},
+            "name": {"type": "string"},
+            "until": {
+                **_timestamp(nullable=True),
+                "description": "When a sleep ends or a wait times out; null for no timeout and for children.",
+            },
+        },
+    },
+    "BatchAnswer": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
     },
     "Progress": {
         "type": "object",
@@ -215,8 +250,71 @@ SHARED_SCHEMAS: dict[str, Schema] = {
     },
 }
 
+
+def digits_at_most(limit: int) -> str:
+    """A pattern for the decimal strings (leading zeros allowed) of at most as many digits as
+    `limit` has and a value of at most `limit`: exact where a length cap alone would not be."""
+    top = str(limit)
+    shorter = f"[0-9]{{1,{len(top) - 1}}}" if len(top) > 1 else None
+    same_length = [
+        f"{top[:i]}[0-{int(top[i]) - 1}][0-9]{{{len(top) - i - 1}}}" for i in range(len(top)) if top[i] != "0"
+    ]
+    return f"^({'|'.join(a for a in [shorter, *same_length, top] if a)})$"
+
+
+def last_event_id_pattern() -> str:
+    """An event id the stream resumes after, or empty: read from the first event, as without it."""
+    return "^$|" + digits_at_most(EVENT_ID_MAX)
+
+
+def _event(kind: str, description: str, data: Schema) -> Schema:
+    """One kind of Server-Sent Event: its `event` name and what its JSON `data` holds."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["event", "data", "id"],
+        "properties": {
+            "event": {"const": kind},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "id": {
+                "type": "string",
+                "pattern": "^[0-9]+$",
+                "description": "Resume after it with Last-Event-ID.",
+            },
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
+EVENT_SCHEMAS: dict[str, Schema] = {
+    "StatusEvent": _event("status", "The job changed status; `data` is the job object.", _ref("Job")),
+    "ProgressEvent": _event("progress", "The task reported progress.", _ref("Progress")),
+    "LogEvent": _event(
+        "log",
+        "The task logged a line.",
+        {
+            "type": "object",
+            "required": ["message", "at"],
+            "properties": {"message": {"type": "string"}, "at": _timestamp()},
+        },
+    ),
+}
+EVENT_KINDS = {"status": "StatusEvent", "progress": "ProgressEvent", "log": "LogEvent"}
+
+
+def event_item_schema() -> Schema:
+    """One event of a job's stream, discriminated by its `event` field."""
+    return {
+        "oneOf": [_ref(name) for name in EVENT_KINDS.values()],
+        "discriminator": {
+            "propertyName": "event",
+            "mapping": {kind: f"#/components/schemas/{name}" for kind, name in EVENT_KINDS.items()},
+        },
+    }
+
+
 PROBLEMS: dict[int, tuple[str, str]] = {
-    400: ("MalformedJSON", "The body is not valid JSON."),
+    400: ("BadRequest", "The body is not valid JSON, or a header is not what it must be (Last-Event-ID)."),
     401: ("Unauthorized", "Missing or wrong API key."),
     404: ("NotFound", "No such job, schedule or task."),
     409: ("Conflict", "The job's state does not allow this (or the Idempotency-Key is in use)."),
@@ -287,19 +385,47 @@ def _common_submit_fields() -> dict[str, Schema]:
     for key in ("task", "args"):
         props.pop(key, None)
     props["delay"]["description"] = "Seconds to wait before the first attempt (not with run_at)."
-    props["run_at"]["description"] = "When the first attempt may run, with an offset or Z (not with delay)."
+    props["run_at"]["description"] = (
+        f"When the first attempt may run, with an offset or Z (not with delay); a date from "
+        f"{RUN_AT_YEARS[0]} to {RUN_AT_YEARS[1]}."
+    )
+    for member in props["run_at"]["anyOf"]:
+        if member.get("type") == "string":
+            member["pattern"] = RUN_AT_PATTERN
+    props["webhook_url"]["description"] = (
+        "An http(s) URL, POSTed to when the job finishes. Refused (422, webhook-url-refused) when "
+        "its host does not resolve or resolves to an internal address the server does not allow."
+    )
+    for member in props["webhook_url"]["anyOf"]:
+        if member.get("type") == "string":
+            member["pattern"] = WEBHOOK_URL_PATTERN
     return dict(props)
 
 
-def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
-    """The submit body (a `task`-discriminated union) and the components it refers to."""
+# delay and run_at are two ways to say when: a body gives at most one of them
+ONE_SCHEDULE: Schema = {
+    "not": {
+        "required": ["delay", "run_at"],
+        "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
+    }
+}
+
+
+def submit_schemas(registry: Registry, batch_item: bool = False) -> tuple[Schema, dict[str, Schema]]:
+    """The submit body (a `task`-discriminated union) and the components it refers to;
+    with `batch_item`, an item of POST /jobs/batch (which may carry its `idempotency_key`)."""
     common = _common_submit_fields()
+    if batch_item:
+        common["idempotency_key"] = {
+            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 255}, {"type": "null"}],
+            "description": "This item's Idempotency-Key: same key and body give the first job again.",
+        }
     components: dict[str, Schema] = {}
     members, mapping = [], {}
     for taskdef in registry.all():
         args_name, args_components = task_args_component(taskdef)
         components.update(args_components)
-        member = f"{_UNSAFE.sub('_', taskdef.name)}.submit"
+        member = f"{_UNSAFE.sub('_', taskdef.name)}.{'batch-item' if batch_item else 'submit'}"
         required = ["task", "args"] if taskdef.schema.get("required") else ["task"]
         components[member] = {
             "type": "object",
@@ -312,6 +438,7 @@ def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
             },
             "required": required,
             "additionalProperties": False,
+            **ONE_SCHEDULE,
         }
         members.append(_ref(member))
         mapping[taskdef.name] = f"#/components/schemas/{member}"
@@ -321,6 +448,7 @@ def submit_schemas(registry: Registry) -> tuple[Schema, dict[str, Schema]]:
             "required": ["task"],
             "additionalProperties": False,
             "properties": {"task": {"type": "string"}, "args": {"type": "object"}, **common},
+            **ONE_SCHEDULE,
         }
         return fallback, components
     return {"oneOf": members, "discriminator": {"propertyName": "task", "mapping": mapping}}, components
@@ -397,6 +525,12 @@ def _paths(secured: bool) -> dict[str, Schema]:
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUSES}},
                     {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
                     {
+                        "name": "parent",
+                        "in": "query",
+                        "description": "Only the children of this job.",
+                        "schema": {"type": "string", "maxLength": 64},
+                    },
+                    {
                         "name": "limit",
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
@@ -410,6 +544,63 @@ def _paths(secured: bool) -> dict[str, Schema]:
                     },
                 ],
             ),
+        },
+        "/jobs/batch": {
+            "post": op(
+                "submitJobs",
+                "Submit up to 1,000 jobs in one transaction",
+                {
+                    202: _json(
+                        "Accepted, in the order sent (replayed items give their first job).",
+                        _ref("BatchAnswer"),
+                    )
+                },
+                (400, 413, 415, 422, 503),
+                description="All or nothing: a bad item is a 422 naming it by index (`jobs.3.args.x`).",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["jobs"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "jobs": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": MAX_BATCH,
+                                        "items": _ref("BatchItem"),
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/jobs/{job_id}/signals/{name}": {
+            "post": op(
+                "signalJob",
+                "Send a signal (any JSON body) to a job",
+                {
+                    202: _json("Kept; a job waiting for it runs again.", _ref("Job")),
+                    200: _json("The same signal with an equal body was already sent.", _ref("Job")),
+                },
+                (400, 404, 409, 413, 415, 422),
+                description="409 when the signal was sent with another body or the job is finished.",
+                params=[
+                    _job_id(),
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "description": "The name the task waits for (`ctx.wait_for(name)`).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    },
+                ],
+                requestBody={"required": True, "content": {"application/json": {"schema": {}}}},
+            )
         },
         "/jobs/{job_id}": {
             "get": op(
@@ -450,13 +641,19 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 {
                     200: {
                         "description": "`status`, `progress` and `log` events; ends after the final status.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"itemSchema": _ref("JobEvent")}},
                     }
                 },
-                (404,),
+                (400, 404),
                 params=[
                     _job_id(),
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "maxLength": 32}},
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "description": "Resume after this event id (digits, at most 2^63 - 1; empty: from the "
+                        "first event); anything else is a 400.",
+                        "schema": {"type": "string", "pattern": last_event_id_pattern()},
+                    },
                     {
                         "name": "follow",
                         "in": "query",
@@ -504,7 +701,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
             )
         },
         "/openapi.json": {
-            "get": op("openapi", "This document", {200: _json("OpenAPI 3.1.", {"type": "object"})})
+            "get": op("openapi", "This document", {200: _json("OpenAPI 3.2.", {"type": "object"})})
         },
         "/": {
             "get": op(
@@ -516,6 +713,31 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     }
                 },
+                open_route=True,
+            )
+        },
+        "/problems/{code}": {
+            "get": op(
+                "problemType",
+                "The page explaining a problem type (the `type` of an error answer)",
+                {
+                    200: {
+                        "description": "HTML, or Markdown when the request accepts text/markdown.",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+                (404,),
+                params=[
+                    {
+                        "name": "code",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(PROBLEM_TYPES)},
+                    }
+                ],
                 open_route=True,
             )
         },
@@ -688,7 +910,7 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
         },
         "/jobs/cancel": {
             "post": op(
-                "cancelJobs", "Cancel every matching pending job, ask matching running ones to stop",
+                "cancelJobs", "Cancel every matching pending or waiting job, ask matching running ones to stop",
                 {200: _json("How many jobs were cancelled or asked to stop.", _ref("Count"))},
                 bulk_problems, requestBody=body("CancelFilter"),
             )
@@ -713,21 +935,26 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
     }  # fmt: skip
 
 
-def build_openapi(registry: Registry, secured: bool, version: str = "0.1.0") -> dict[str, Any]:
+def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
     body, task_components = submit_schemas(registry)
+    item, item_components = submit_schemas(registry, batch_item=True)
     schemas = {
         **copy.deepcopy(SHARED_SCHEMAS),
+        **copy.deepcopy(EVENT_SCHEMAS),
+        "JobEvent": event_item_schema(),
         **copy.deepcopy(OPS_SCHEMAS),
         **task_components,
+        **item_components,
         "SubmitBody": body,
+        "BatchItem": item,
     }
     components: dict[str, Any] = {"schemas": schemas, "responses": _problem_responses()}
     doc: dict[str, Any] = {
         "openapi": VERSION,
         "info": {
             "title": "jobserver",
-            "version": version,
+            "version": package_version(),
             "description": "A durable job server: submit jobs, watch them, read their results.",
         },
         "paths": {**_paths(secured), **ops_paths(secured)},

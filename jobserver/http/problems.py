@@ -1,7 +1,10 @@
-"""RFC 9457 problem documents and the one table mapping errors to HTTP answers."""
+"""RFC 9457 problem documents, the one table mapping errors to HTTP answers, and the page
+that each problem `type` URI (`/problems/<code>`) answers, explaining the error."""
 
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,6 +20,7 @@ from jobserver.core.errors import (
     JobServerError,
     MalformedRequestError,
     ScheduleNotFoundError,
+    SignalConflictError,
     StorageError,
     TaskNotFoundError,
     WebhookURLError,
@@ -36,10 +40,192 @@ ERROR_TABLE: list[tuple[type[JobServerError], int, str, str]] = [
         "idempotency-key-in-flight",
         "Request with this Idempotency-Key in progress",
     ),
+    (SignalConflictError, 409, "signal-conflict", "Signal already sent with another body"),
     (ConflictError, 409, "conflict", "Conflict with the job's state"),
     (DrainingError, 503, "draining", "Server is shutting down"),
     (StorageError, 503, "storage-unavailable", "Database unavailable"),
 ]
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    """What a problem `type` URI's page says: the statuses it comes with, why, and what to do."""
+
+    statuses: tuple[int, ...]
+    title: str
+    explanation: str
+    remedy: str
+
+
+PROBLEM_TYPES: dict[str, ProblemType] = {
+    "validation-error": ProblemType(
+        (422,),
+        "Invalid request",
+        "The body, the query string or a header does not match what the route accepts: a missing or "
+        "unknown field, a value of the wrong type or out of range, args that the task's parameters do not "
+        "accept, `delay` together with `run_at`, or an `Idempotency-Key` that is empty or too long. "
+        "Nothing was queued or changed.",
+        'Read the `errors` list: each entry names the field (`loc`, e.g. `["body", "args", "a"]`), '
+        "what is wrong with it (`msg`) and a machine-readable `type`. `GET /tasks` lists each task's args "
+        "schema and `GET /openapi.json` describes every route.",
+    ),
+    "unknown-task": ProblemType(
+        (422,),
+        "Unknown task",
+        "The `task` of the submit names no task registered on this server.",
+        "`GET /tasks` lists the registered tasks; a task is registered when its module is in "
+        "`tasks.modules` (`JOBSERVER_TASKS_MODULES`).",
+    ),
+    "webhook-url-refused": ProblemType(
+        (422,),
+        "Webhook URL refused",
+        "The `webhook_url` is not an http(s) URL, or its host resolves to a loopback, private, "
+        "link-local or otherwise internal address, which the server does not send webhooks to "
+        "(a guard against server-side request forgery).",
+        "Use a public http(s) URL, or allow the host on the server with `webhooks.allow_hosts` "
+        "(or `webhooks.allow_private` for every internal address).",
+    ),
+    "idempotency-key-reused": ProblemType(
+        (422,),
+        "Idempotency-Key reused with another body",
+        "A job was already submitted with this `Idempotency-Key` and a different body. A key names one "
+        "submit: sending it again with the same body returns the first job, with another body it is refused.",
+        "Use a fresh key for a different job, or resend the original body. Keys are kept for "
+        "`retention.idempotency_keys` and are scoped per API key.",
+    ),
+    "signal-conflict": ProblemType(
+        (409,),
+        "Signal already sent with another body",
+        "A signal with this name was already delivered to the job with a different JSON body. A signal "
+        "is delivered once: sending it again with the same body is answered 200 and changes nothing.",
+        "Send the same body again to confirm it, or use another signal name for a different message.",
+    ),
+    "idempotency-key-in-flight": ProblemType(
+        (409,),
+        "Request with this Idempotency-Key in progress",
+        "Another request with the same `Idempotency-Key` is still being handled.",
+        "Retry after a moment: once the first request is answered, the same key and body return its job.",
+    ),
+    "conflict": ProblemType(
+        (409,),
+        "Conflict with the job's state",
+        "The job's status does not allow this action: cancelling a finished job, retrying a job that is "
+        "neither failed nor cancelled, or deleting a job that has not finished.",
+        "Read the job (`GET /jobs/{id}`) to see its status; `detail` says which status refused the action.",
+    ),
+    "job-not-found": ProblemType(
+        (404,),
+        "Job not found",
+        "No job has this id: it never existed, was deleted, or was pruned after `retention.finished_jobs`.",
+        "Check the id; `GET /jobs` lists the jobs the server keeps.",
+    ),
+    "schedule-not-found": ProblemType(
+        (404,),
+        "Schedule not found",
+        "No schedule has this name: it was never made, or it was deleted.",
+        "`GET /schedules` lists the schedules; `PUT /schedules/{name}` makes one.",
+    ),
+    "task-not-found": ProblemType(
+        (404,),
+        "Task not found",
+        "No task with this name is registered on this server, so it cannot be paused or resumed.",
+        "`GET /tasks` lists the registered tasks.",
+    ),
+    "not-found": ProblemType(
+        (404,),
+        "Not found",
+        "No route answers this path (or no problem type has this name).",
+        "`GET /openapi.json` lists every route.",
+    ),
+    "method-not-allowed": ProblemType(
+        (405,),
+        "Method not allowed",
+        "The route exists but does not answer this HTTP method.",
+        "The `Allow` header of the answer lists the methods the route answers.",
+    ),
+    "malformed-json": ProblemType(
+        (400,),
+        "Malformed JSON",
+        "The body is not valid JSON.",
+        "Send a JSON object with `Content-Type: application/json`; `detail` says where parsing stopped.",
+    ),
+    "invalid-last-event-id": ProblemType(
+        (400,),
+        "Invalid Last-Event-ID",
+        "An event stream was asked to resume after an event id (`Last-Event-ID`, or `?last_event_id`) "
+        "that cannot be one: event ids are digits, at most 9223372036854775807. Resuming after it "
+        "would skip events without saying so.",
+        "Send back the `id` of the last event received, as it was sent, or leave the header out to "
+        "read the stream from its first event.",
+    ),
+    "unsupported-media-type": ProblemType(
+        (415,),
+        "Unsupported media type",
+        "The body was not sent as JSON.",
+        "Send `Content-Type: application/json` (or another `+json` type) with a JSON body.",
+    ),
+    "body-too-large": ProblemType(
+        (413,),
+        "Request body too large",
+        "The body is larger than `server.max_body_bytes`; the server stopped reading it.",
+        "Send less: keep large inputs elsewhere (object storage, a database) and pass their location "
+        "in `args`, or raise `server.max_body_bytes`.",
+    ),
+    "unauthorized": ProblemType(
+        (401,),
+        "Unauthorized",
+        "The server has API keys configured and the request carried none, or a wrong one.",
+        "Send `Authorization: Bearer <key>` with one of the keys in `auth.api_keys`.",
+    ),
+    "draining": ProblemType(
+        (503,),
+        "Server is shutting down",
+        "The server received SIGTERM and is draining: it lets running jobs finish and accepts no new "
+        "ones. Reads still work.",
+        "Retry after `Retry-After` seconds, against this server once it is back or another node.",
+    ),
+    "storage-unavailable": ProblemType(
+        (503,),
+        "Database unavailable",
+        "The database could not be read or written (locked, read-only, full or unreachable). "
+        "Nothing was changed by this request.",
+        "Retry after `Retry-After` seconds; `GET /readyz` says when the database answers again.",
+    ),
+    "internal-error": ProblemType(
+        (500,),
+        "Internal error",
+        "The server failed in a way it did not expect; the server's log has the traceback.",
+        "Retry later, and report it with the time of the request: no input should cause this.",
+    ),
+}
+
+
+def problem_page_markdown(code: str, kind: ProblemType) -> str:
+    """The page of one problem type, as Markdown."""
+    statuses = ", ".join(str(s) for s in kind.statuses)
+    return (
+        f"# {kind.title}\n\n"
+        f"`type`: `/problems/{code}` · HTTP status: {statuses}\n\n"
+        f"{kind.explanation}\n\n## What to do\n\n{kind.remedy}\n"
+    )
+
+
+def problem_page_html(code: str, kind: ProblemType) -> str:
+    """The page of one problem type, as HTML (code spans kept as <code>)."""
+
+    def text(value: str) -> str:
+        parts = html.escape(value, quote=False).split("`")
+        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+    statuses = ", ".join(str(s) for s in kind.statuses)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(kind.title)} · jobserver</title></head><body>"
+        f"<h1>{html.escape(kind.title)}</h1>"
+        f"<p><code>type</code>: <code>/problems/{html.escape(code)}</code> · HTTP status: {statuses}</p>"
+        f"<p>{text(kind.explanation)}</p><h2>What to do</h2><p>{text(kind.remedy)}</p>"
+        "</body></html>"
+    )
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:

@@ -49,14 +49,17 @@ WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 StatusCounts = Callable[[Sequence[str]], Mapping[str, int]]
 
 
+GAUGED = ("pending", "running", "waiting")  # statuses counted per scrape (index ranges)
+
+
 class _QueueGauges(Collector):
-    """`jobserver_jobs_pending` and `jobserver_jobs_running`, counted in the database per scrape."""
+    """`jobserver_jobs_pending`, `_running` and `_waiting`, counted in the database per scrape."""
 
     def __init__(self, counts: StatusCounts) -> None:
         self._counts = counts
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family("pending"), self._family("running")]
+        return [self._family(status) for status in GAUGED]
 
     @staticmethod
     def _family(status: str) -> GaugeMetricFamily:
@@ -64,12 +67,12 @@ class _QueueGauges(Collector):
 
     def collect(self) -> Iterable[Metric]:
         try:
-            counts = self._counts(("pending", "running"))
+            counts = self._counts(GAUGED)
         except Exception as exc:  # a scrape must not fail because the database is busy or gone
             log.warning("metrics: cannot count jobs: %s", exc, extra={"action": "metrics_failed"})
             return []
         families = []
-        for status in ("pending", "running"):
+        for status in GAUGED:
             family = self._family(status)
             family.add_metric([], float(counts.get(status, 0)))
             families.append(family)

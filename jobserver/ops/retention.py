@@ -39,6 +39,7 @@ CHILD_TABLES = (
     ("webhook_attempts", "id"),
     ("webhook_deliveries", "id"),
     ("steps", "job_id, name"),
+    ("signals", "job_id, name"),
     ("events", "id"),
 )
 EXPIRED_KEYS_SQL = (

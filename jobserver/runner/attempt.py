@@ -17,19 +17,43 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
 from jobserver.core.clock import Clock
-from jobserver.core.errors import Cancelled, NotJSONSerializableError, StaleAttemptError, Timeout
-from jobserver.core.records import Claim
+from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, Timeout
+from jobserver.core.lifecycle import Park, Suspend, WaitKind
+from jobserver.core.records import Claim, JobRecord
+from jobserver.core.tracing import NO_ATTEMPT_TRACE, AttemptTrace
 from jobserver.runner.reporter import Reporter
+from jobserver.runner.submission import JobFactory
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
 
 StopReason = Literal["cancel", "timeout", "stale", "shutdown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A read a durable call needs, run on the worker's own connection (off the event loop)."""
+
+    fn: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A write whose commit the call does not wait for: it keeps its place in the writer's
+    queue, so it commits before anything the attempt writes after it."""
+
+    op: Callable[[Tx], Any]
+
+
+# A durable call: a generator that yields writer ops (run, committed, their result sent
+# back), `Read`s and `Later`s, and returns the call's value (or raises `Suspend`).
+Calls = Generator[Callable[[Tx], Any] | Read | Later, Any, Any]
 
 
 def to_json(value: Any, what: str) -> str:
@@ -46,17 +70,30 @@ class Attempt:
     """The executor's handle on one running attempt."""
 
     def __init__(
-        self, claim: Claim, is_async: bool, steps: JobStore, writer: Writer, reporter: Reporter, clock: Clock
+        self,
+        claim: Claim,
+        is_async: bool,
+        steps: JobStore,
+        writer: Writer,
+        reporter: Reporter,
+        clock: Clock,
+        factory: JobFactory | None = None,
+        on_spawned: Callable[[list[JobRecord]], None] | None = None,
+        trace: AttemptTrace = NO_ATTEMPT_TRACE,
     ) -> None:
         self.claim = claim
+        self.trace = trace
         self._steps_store = steps
+        self._factory = factory
+        self._on_spawned = on_spawned or (lambda recs: None)
         self._writer = writer
         self._reporter = reporter
         self._clock = clock
         self.is_async = is_async
         self.stop_requested = threading.Event()
         self.stop_reason: StopReason | None = None
-        self._steps: dict[str, Any] | None = None  # stored step results, read at the first step
+        # name -> (status, JSON) of the job's stored calls, read at the first call
+        self._steps: dict[str, tuple[str, Any]] | None = None
         self._used_steps: set[str] = set()
         self._lock = threading.Lock()
         self._thread_id: int | None = None  # set while a sync task may be interrupted
@@ -141,39 +178,32 @@ class Attempt:
 
     # ---------------------------------------------------------------- steps
     def _begin_step(self, name: str) -> tuple[bool, Any]:
+        """(True, result) for a finished call, else (False, parked facts or None); names are
+        unique per job, whatever kind of call uses them."""
         if name in self._used_steps:
             raise ValueError(f"step name {name!r} was already used in this attempt")
         self._used_steps.add(name)
         assert self._steps is not None
-        if name in self._steps:
-            return True, self._steps[name]
-        return False, None
+        status, value = self._steps.get(name, ("", None))
+        return status == "completed", value
 
     def _save_step_op(self, name: str, result_json: str, started: float) -> Callable[[Tx], None]:
-        claim, now = self.claim, self._clock.now()
-
-        def op(tx: Tx) -> None:
-            cur = tx.execute(
-                "INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
-                "SELECT ?, ?, 'completed', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? "
-                "AND run_seq = ? AND status = 'running')",
-                (claim.job_id, name, result_json, claim.attempt, started, now, claim.job_id, claim.run_seq),
-            )
-            if cur.rowcount != 1:
-                raise StaleAttemptError(claim.job_id, claim.run_seq)
-
-        return op
+        claim = self.claim
+        step = (name, result_json, claim.attempt, started, self._clock.now())
+        return self._steps_store.save_step_op(claim.job_id, claim.run_seq, step)
 
     def step_sync(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if self._steps is None:
-            self._steps = self._steps_store.step_results(self.claim.job_id)
+            self._steps = self._steps_store.step_rows(self.claim.job_id)
         done, value = self._begin_step(name)
         if done:
             return value
         started = self._clock.now()
-        result_json = to_json(fn(*args, **kwargs), f"the result of step {name!r}")
+        with self.trace.step(name):
+            raw = fn(*args, **kwargs)
+        result_json = to_json(raw, f"the result of step {name!r}")
         self._writer.call(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
 
@@ -181,13 +211,15 @@ class Attempt:
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if self._steps is None:  # read off the tasks' event loop
-            self._steps = await asyncio.to_thread(self._steps_store.step_results, self.claim.job_id)
+            self._steps = await asyncio.to_thread(self._steps_store.step_rows, self.claim.job_id)
         done, value = self._begin_step(name)
         if done:
             return value
         started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
-            return await self._save_async(name, await fn(*args, **kwargs), started)
+            with self.trace.step(name):
+                raw = await fn(*args, **kwargs)
+            return await self._save_async(name, raw, started)
         # A function on a thread cannot be stopped: when the task is cancelled meanwhile,
         # let it finish and store its result, so what it did (and paid for) is not repeated.
         step = asyncio.ensure_future(self._thread_step(name, fn, args, kwargs, started))
@@ -201,9 +233,118 @@ class Attempt:
     async def _thread_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], started: float
     ) -> Any:
-        return await self._save_async(name, await asyncio.to_thread(fn, *args, **kwargs), started)
+        with self.trace.step(name):  # current in the thread too: to_thread copies the context
+            raw = await asyncio.to_thread(fn, *args, **kwargs)
+        return await self._save_async(name, raw, started)
 
     async def _save_async(self, name: str, raw: Any, started: float) -> Any:
         result_json = to_json(raw, f"the result of step {name!r}")
         await self._writer.acall(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
+
+    # -------------------------------------------------------- durable calls
+    def drive_sync(self, calls: Calls) -> Any:
+        """Run a durable call on this (worker) thread, waiting for each of its writes."""
+        if self._steps is None:
+            self._steps = self._steps_store.step_rows(self.claim.job_id)
+        try:
+            item = next(calls)
+            while True:
+                if isinstance(item, Read):
+                    item = calls.send(item.fn())
+                elif isinstance(item, Later):
+                    self._writer.submit(item.op)
+                    item = calls.send(None)
+                else:
+                    item = calls.send(self._writer.call(item))
+        except StopIteration as stop:
+            return stop.value
+
+    async def drive_async(self, calls: Calls) -> Any:
+        """Run a durable call in an async task, awaiting each of its writes."""
+        if self._steps is None:  # read off the tasks' event loop
+            self._steps = await asyncio.to_thread(self._steps_store.step_rows, self.claim.job_id)
+        try:
+            item = next(calls)
+            while True:
+                if isinstance(item, Read):
+                    item = calls.send(await asyncio.to_thread(item.fn))
+                elif isinstance(item, Later):
+                    self._writer.submit(item.op)
+                    item = calls.send(None)
+                else:
+                    item = calls.send(await self._writer.acall(item))
+        except StopIteration as stop:
+            return stop.value
+
+    def _call_facts(self, name: str) -> tuple[str, int, float, float]:
+        now = self._clock.now()
+        return name, self.claim.attempt, now, now
+
+    def sleep_calls(self, name: str, seconds: float) -> Calls:
+        """A durable sleep: the wake-up time is stored when the job first parks on it."""
+        done, parked = self._begin_step(name)
+        if done:
+            return None
+        now = self._clock.now()
+        until = float(parked["until"]) if parked else now + max(0.0, float(seconds))
+        if until > now:
+            raise Suspend(Park(WaitKind.SLEEP, name, until))
+        yield self._save_step_op(name, "null", now)
+        return None
+
+    def wait_for_calls(self, name: str, timeout: float | None) -> Calls:
+        """The payload of signal `name` (kept if it came early), or None once `timeout` passed."""
+        done, stored = self._begin_step(name)
+        if done:
+            return stored
+        claim, now = self.claim, self._clock.now()
+        signals = yield Read(lambda: self._steps_store.signals(claim.job_id))
+        if name in signals:  # a signal never changes: no need to wait for its step to be stored
+            yield Later(self._save_step_op(name, orjson.dumps(signals[name]).decode(), now))
+            return signals[name]
+        until = float(stored["until"]) if stored else (None if timeout is None else now + max(0.0, timeout))
+        got, value = yield self._steps_store.take_signal_op(
+            claim.job_id, claim.run_seq, self._call_facts(name), until
+        )
+        if got:
+            return value
+        raise Suspend(Park(WaitKind.SIGNAL, name, until))
+
+    def spawn_calls(
+        self, name: str, task: str, many_args: Sequence[dict[str, Any]], options: dict[str, Any], one: bool
+    ) -> Calls:
+        """Submit children with the step that remembers their ids, in one transaction."""
+        done, stored = self._begin_step(name)
+        if done:
+            return stored
+        assert self._factory is not None, "spawning needs the job factory"
+        claim, now = self.claim, self._clock.now()
+        children = [self._factory.child(claim.job_id, task, dict(a), options, now) for a in many_args]
+        ids = [c.id for c in children]
+        result = ids[0] if one else ids
+        step = (name, orjson.dumps(result).decode(), claim.attempt, now, now)
+        records = yield self._steps_store.spawn_op(claim.job_id, claim.run_seq, step, children)
+        self._on_spawned(records)
+        return result
+
+    def gather_calls(self, name: str, ids: Sequence[str], return_exceptions: bool) -> Calls:
+        """The results of `ids` in order once all are finished; parks the job until then."""
+        done, ends = self._begin_step(name)
+        if not done:
+            claim = self.claim
+            ends = yield self._steps_store.gather_op(
+                claim.job_id, claim.run_seq, self._call_facts(name), list(ids)
+            )
+            if ends is None:
+                raise Suspend(Park(WaitKind.CHILDREN, name, None, tuple(ids)))
+        results: list[Any] = []
+        for end in ends:
+            if end["status"] == "completed":
+                results.append(end["result"])
+                continue
+            failed = ChildFailed(end["id"], end["error"], end["status"])
+            if not return_exceptions:
+                raise failed
+            results.append(failed)
+        return results

@@ -55,7 +55,7 @@ class BulkActions:
 
     async def cancel(self, f: CancelFilter) -> int:
         """Cancel matching pending jobs, ask matching running ones to stop; how many."""
-        statuses: list[str] = [f.status] if f.status else ["pending", "running"]
+        statuses: list[str] = [f.status] if f.status else ["pending", "waiting", "running"]
         return await self._run(self.store.cancel_batch, _stored(statuses), f, self._cancelled)
 
     async def retry(self, f: RetryFilter) -> int:

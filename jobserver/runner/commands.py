@@ -15,15 +15,23 @@ import orjson
 
 from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
-from jobserver.core.errors import DrainingError, IdempotencyInFlightError, InvalidRequestError
+from jobserver.core.errors import (
+    DrainingError,
+    IdempotencyInFlightError,
+    InvalidRequestError,
+    JobServerError,
+    TaskNotFoundError,
+    WebhookURLError,
+)
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import Status
 from jobserver.core.observers import JobObserver
-from jobserver.core.records import JobIds, JobRecord, NewJob
+from jobserver.core.records import JobRecord
 from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore, body_hash
 from jobserver.webhooks.netguard import check_webhook_url
@@ -43,6 +51,7 @@ class JobCommands:
         dispatcher: Dispatcher,
         executor: Executor,
         observers: Sequence[JobObserver],
+        factory: JobFactory,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -53,7 +62,7 @@ class JobCommands:
         self.dispatcher = dispatcher
         self.executor = executor
         self.observers = observers
-        self.ids = JobIds()
+        self.factory = factory
         self._inflight_keys: set[tuple[str, str]] = set()
 
     @property
@@ -62,46 +71,21 @@ class JobCommands:
         return self.dispatcher.draining
 
     async def submit(
-        self, body: SubmitBody, idem_key: str | None, scope: str, raw_body: Any
+        self,
+        body: SubmitBody,
+        idem_key: str | None,
+        scope: str,
+        raw_body: Any,
+        trace_context: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and insert a job; (record, replayed)."""
+        """Validate and insert a job; (record, replayed). `trace_context` is the submit's, kept on
+        the job so that its attempts join that trace."""
         if self.draining:
             raise DrainingError()
-        taskdef = self.registry.get(body.task)
-        args = taskdef.validate_args(body.args)
-        args_json = orjson.dumps(args).decode()
-        limit = self.settings.server.max_args_bytes
-        if len(args_json) > limit:
-            raise InvalidRequestError(
-                "args are too large",
-                [
-                    {
-                        "loc": ["body", "args"],
-                        "type": "too_large",
-                        "msg": f"args take {len(args_json)} bytes, at most {limit}",
-                    }
-                ],
-            )
+        new = self.factory.new(body, self.clock.now(), idem_key, trace_context=trace_context)
+        taskdef = self.registry.get(new.task)
         if body.webhook_url is not None:
-            webhooks = self.settings.webhooks
-            await asyncio.to_thread(
-                check_webhook_url, body.webhook_url, webhooks.allow_private, webhooks.allow_hosts
-            )
-        now = self.clock.now()
-        run_at = body.run_at.timestamp() if body.run_at is not None else now + (body.delay or 0.0)
-        opts = taskdef.options
-        new = NewJob(
-            self.ids.new(),
-            taskdef.name,
-            args_json,
-            body.priority if body.priority is not None else opts.priority,
-            body.max_attempts or opts.max_attempts,
-            body.timeout if body.timeout is not None else opts.timeout,
-            body.webhook_url,
-            idem_key,
-            now,
-            run_at,
-        )
+            await self._check_webhook(body.webhook_url)
         # after the commit, unless the submit's own transaction handed the job to an idle worker
         on_commit = self.dispatcher.async_job_added if taskdef.is_async else self.wakeup.notify
         idem = None
@@ -125,14 +109,75 @@ class JobCommands:
         record = await asyncio.to_thread(self.store.get, str(value))
         return record, True
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a job (pending: at once; running: ask the attempt to stop)."""
+    async def _check_webhook(self, url: str) -> None:
+        webhooks = self.settings.webhooks
+        await asyncio.to_thread(check_webhook_url, url, webhooks.allow_private, webhooks.allow_hosts)
 
-        def after(rec: JobRecord) -> None:
-            self.hub.publish(job_id)
+    async def submit_many(
+        self, items: Sequence[tuple[SubmitBody, str | None]], scope: str, raw_items: Sequence[Any]
+    ) -> list[tuple[JobRecord, bool]]:
+        """Validate and insert many jobs in one transaction, all or none; (record, replayed)
+        per item, in order. A bad item is a 422 whose fields are named `jobs.<index>....`."""
+        if self.draining:
+            raise DrainingError()
+        now = self.clock.now()
+        news = []
+        for i, (body, key) in enumerate(items):
+            try:
+                news.append(self.factory.new(body, now, key))
+                if body.webhook_url is not None:
+                    await self._check_webhook(body.webhook_url)
+            except (InvalidRequestError, TaskNotFoundError, WebhookURLError) as exc:
+                raise _at_index(exc, i) from None
+        idems = [
+            None if key is None else (scope, key, body_hash(raw))
+            for (_, key), raw in zip(items, raw_items, strict=True)
+        ]
+        any_async = any(self.registry.get(n.task).is_async for n in news)
+        on_commit = self.dispatcher.async_job_added if any_async else self.wakeup.notify
+        results = await asyncio.wrap_future(
+            self.store.enqueue_many(list(zip(news, idems, strict=True)), on_commit)
+        )
+        out = []
+        for created, rec in results:
+            if created:
+                for observer in self.observers:
+                    observer.submitted(rec)
+            out.append((rec, not created))
+        return out
+
+    async def signal(self, job_id: str, name: str, payload: Any) -> tuple[JobRecord, bool]:
+        """Deliver a signal to a job; (record, repeated). A job waiting for it runs again."""
+        payload_json = orjson.dumps(payload).decode()
+        limit = self.settings.server.max_args_bytes
+        if len(payload_json) > limit:
+            raise InvalidRequestError(
+                "the signal's payload is too large",
+                [
+                    {
+                        "loc": ["body"],
+                        "type": "too_large",
+                        "msg": f"{len(payload_json)} bytes, at most {limit}",
+                    }
+                ],
+            )
+        created, rec = await asyncio.wrap_future(
+            self.store.signal(
+                job_id, name, payload_json, body_hash(payload), self.clock.now(), self.dispatcher.handoff
+            )
+        )
+        self.hub.publish(job_id)
+        return rec, not created
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job and its unfinished descendants (pending or waiting: at once; running:
+        ask the attempt to stop)."""
+
+        def after(rec: JobRecord) -> None:  # the job and each unfinished descendant
+            self.hub.publish(rec.id)
             if rec.status == Status.RUNNING:
                 self.executor.request_stop(
-                    job_id, "cancel", claimed_ahead=self.dispatcher.slots.is_ready(job_id)
+                    rec.id, "cancel", claimed_ahead=self.dispatcher.slots.is_ready(rec.id)
                 )
             else:
                 for observer in self.observers:
@@ -152,3 +197,17 @@ class JobCommands:
     async def delete(self, job_id: str) -> None:
         """Forget a finished job."""
         await asyncio.wrap_future(self.store.delete(job_id))
+
+
+def _at_index(exc: JobServerError, index: int) -> InvalidRequestError:
+    """The error of one batch item, its fields named under `jobs.<index>`."""
+    if isinstance(exc, InvalidRequestError):
+        errors = exc.errors
+    elif isinstance(exc, TaskNotFoundError):
+        errors = [{"loc": ["body", "task"], "msg": str(exc), "type": "unknown_task"}]
+    elif isinstance(exc, WebhookURLError):
+        errors = [{"loc": ["body", "webhook_url"], "msg": exc.reason, "type": "refused"}]
+    else:
+        errors = []
+    moved = [{**e, "loc": ["body", "jobs", index, *e["loc"][1:]]} for e in errors]
+    return InvalidRequestError(f"jobs.{index}: {exc}", moved)

@@ -27,13 +27,15 @@ from jobserver.core.clock import Clock
 from jobserver.core.context import JobContext
 from jobserver.core.errors import Cancelled, JobServerError, StaleAttemptError, StorageError, Timeout
 from jobserver.core.hub import Hub
-from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Transition, decide
+from jobserver.core.lifecycle import AttemptFacts, Outcome, Status, Suspend, Transition, decide
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tasks import Registry, TaskDef
+from jobserver.core.tracing import NO_ATTEMPT_TRACE, NO_TRACING, Tracing
 from jobserver.runner.attempt import Attempt, StopReason, to_json
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
@@ -62,6 +64,16 @@ def facts(claim: Claim) -> AttemptFacts:
     return AttemptFacts(claim.job_id, claim.run_seq, claim.attempt, claim.max_attempts)
 
 
+def outcome_word(t: Transition | None) -> str:
+    """How an attempt ended, in one word (a span's outcome): completed, failed, cancelled,
+    retrying (another attempt follows), released (put back, not counted) or stale (fenced off)."""
+    if t is None:
+        return "stale"
+    if t.status == Status.PENDING:
+        return "retrying" if t.counts_attempt else "released"
+    return str(t.status)
+
+
 class Executor:
     """Runs attempts, records their endings, and stops them when asked."""
 
@@ -77,9 +89,13 @@ class Executor:
         reporter: Reporter,
         observers: Sequence[JobObserver],
         loop: asyncio.AbstractEventLoop,
+        factory: JobFactory | None = None,
         rng: random.Random | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
+        self.factory = factory
         self.store = store
+        self.tracing = tracing
         self.writer = writer
         self.registry = registry
         self.clock = clock
@@ -95,8 +111,29 @@ class Executor:
         self._stop_before_start: dict[str, StopReason] = {}  # stops asked for jobs claimed, not started
         self._unrecorded: dict[str, _Unrecorded] = {}  # outcomes the database refused, to write again
 
-    def _attempt(self, claim: Claim, is_async: bool) -> Attempt:
-        return Attempt(claim, is_async, self.store, self.writer, self.reporter, self.clock)
+    def _attempt(self, claim: Claim, is_async: bool, traced: bool = False) -> Attempt:
+        """The handle of an attempt; `traced` for one whose task runs (not a put-back)."""
+        trace = self.tracing.attempt(claim) if traced else NO_ATTEMPT_TRACE
+        return Attempt(
+            claim,
+            is_async,
+            self.store,
+            self.writer,
+            self.reporter,
+            self.clock,
+            self.factory,
+            self.children_added,
+            trace,
+        )
+
+    def children_added(self, records: list[JobRecord]) -> None:
+        """A running task spawned jobs (committed): count them and wake workers for them."""
+        for rec in records:
+            for observer in self.observers:
+                observer.submitted(rec)
+        self.wakeup.notify(len(records))
+        if any(self.slots.is_async(rec.task) for rec in records):
+            self.slots.async_work.set()
 
     # ------------------------------------------------------------------- run
     def execute(self, claim: Claim) -> bool:
@@ -107,7 +144,7 @@ class Executor:
         if taskdef is None:  # claims only take known tasks; a reload could still drop one
             self.finish(self._attempt(claim, False), Outcome.released(started=False))
             return True
-        attempt = self._attempt(claim, taskdef.is_async)
+        attempt = self._attempt(claim, taskdef.is_async, traced=True)
         if claim.timeout_s is not None:
             attempt.deadline = self.clock.monotonic() + claim.timeout_s
         with self._lock:
@@ -142,14 +179,17 @@ class Executor:
         try:
             try:
                 kwargs = self._call_args(attempt, taskdef)
-                attempt.arm()
-                try:
-                    value = taskdef.fn(**kwargs)
-                finally:
-                    attempt.disarm()
+                with attempt.trace.current():  # entered and left outside the interruptible window
+                    attempt.arm()
+                    try:
+                        value = taskdef.fn(**kwargs)
+                    finally:
+                        attempt.disarm()
                 return self._value(value)
             except (Cancelled, Timeout) as exc:
                 return self._stopped(attempt, exc)
+            except Suspend as parked:
+                return Outcome.suspended(parked.park)
             except StaleAttemptError:
                 return Outcome.stale()
             except Exception as exc:
@@ -175,9 +215,13 @@ class Executor:
             kwargs = self._call_args(attempt, taskdef)
             if attempt.stop_requested.is_set():
                 raise asyncio.CancelledError()
-            outcome = self._value(await taskdef.fn(**kwargs))
+            with attempt.trace.current():
+                value = await taskdef.fn(**kwargs)
+            outcome = self._value(value)
         except (asyncio.CancelledError, Cancelled, Timeout) as exc:
             outcome = self._stopped(attempt, exc)
+        except Suspend as parked:
+            outcome = Outcome.suspended(parked.park)
         except StaleAttemptError:
             outcome = Outcome.stale()
         except Exception as exc:
@@ -194,6 +238,7 @@ class Executor:
         transition = decide(
             outcome, facts(claim), self.registry.options(claim.task), self.clock.now(), self.rng.random()
         )
+        attempt.trace.end(outcome_word(transition), outcome.exc)
         if transition is None:
             self._free(attempt)
             self.hub.publish(claim.job_id)
@@ -239,7 +284,8 @@ class Executor:
                 "attempt %d of %s failed (%s); retrying", claim.attempt, claim.job_id, error_type, extra=extra
             )
         else:
-            action = {Status.COMPLETED: "complete", Status.CANCELLED: "cancel"}.get(t.status, "release")
+            actions = {Status.COMPLETED: "complete", Status.CANCELLED: "cancel", Status.WAITING: "park"}
+            action = actions.get(t.status, "release")
             log.debug("%s %s", t.status, claim.job_id, extra={"job_id": claim.job_id, "action": action})
 
     def _recorded(self, future: Future[JobRecord], pending: _Unrecorded) -> None:

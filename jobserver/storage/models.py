@@ -52,6 +52,13 @@ class Job(BaseModel):
     run_at = pw.DoubleField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
+    # agent workflows: the parent that spawned it; what a waiting job waits for and until when;
+    # 1 while the next claim resumes a parked run (a resume is not an attempt)
+    parent_id = pw.CharField(max_length=36, null=True)
+    waiting_for = pw.TextField(null=True)
+    wake_at = pw.DoubleField(null=True)
+    resume = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
+    trace_context = pw.TextField(null=True)  # the submit's trace context (tracing on), JSON
 
     class Meta:
         table_name = "jobs"
@@ -62,6 +69,8 @@ class Job(BaseModel):
             (("finished_at",), False),  # retention (NULL until finished)
             (("lease_expires_at",), False),  # rescue (NULL unless running)
             (("status", "run_at"), False),  # promotion of scheduled jobs, next due time
+            (("status", "wake_at"), False),  # due sleepers and wait timeouts, never a scan
+            (("parent_id", "id"), False),  # a parent's children
         )
 
 
@@ -93,6 +102,31 @@ class Step(BaseModel):
     class Meta:
         table_name = "steps"
         primary_key = pw.CompositeKey("job_id", "name")
+
+
+class Signal(BaseModel):
+    """A signal sent to a job (`POST /jobs/{id}/signals/{name}`), kept until the job reads it."""
+
+    job_id = pw.CharField(max_length=36)
+    name = pw.CharField(max_length=200)
+    payload = pw.TextField()
+    body_hash = pw.CharField(max_length=64)
+    received_at = pw.DoubleField()
+
+    class Meta:
+        table_name = "signals"
+        primary_key = pw.CompositeKey("job_id", "name")
+
+
+class Await(BaseModel):
+    """A parked gather's unfinished job: the waiter resumes when its last row is gone."""
+
+    waiter_id = pw.CharField(max_length=36)
+    job_id = pw.CharField(max_length=36, index=True)
+
+    class Meta:
+        table_name = "awaits"
+        primary_key = pw.CompositeKey("waiter_id", "job_id")
 
 
 class Event(BaseModel):
@@ -189,6 +223,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     Job,
     IdempotencyKey,
     Step,
+    Signal,
+    Await,
     Event,
     WebhookDelivery,
     WebhookAttempt,
@@ -284,10 +320,30 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
     return Psycopg3Database(url.replace("postgres://", "postgresql://", 1), autorollback=False)
 
 
+# Columns added to existing tables after their first release: (table, column, DDL type).
+# A database made by an older version gets them at open, before any index on them is made.
+ADDED_COLUMNS = (
+    ("jobs", "parent_id", "VARCHAR(36)"),
+    ("jobs", "waiting_for", "TEXT"),
+    ("jobs", "wake_at", "DOUBLE PRECISION"),
+    ("jobs", "resume", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "trace_context", "TEXT"),
+)
+
+
+def _add_missing_columns(db: pw.Database) -> None:
+    tables = set(db.get_tables())
+    for table, column, ddl in ADDED_COLUMNS:
+        if table in tables and column not in {c.name for c in db.get_columns(table)}:
+            exists = " IF NOT EXISTS" if isinstance(db, pw.PostgresqlDatabase) else ""  # nodes start at once
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {ddl}")
+
+
 def create_schema(db: pw.Database) -> None:
-    """Create every table and index that does not exist yet."""
+    """Create every table, column and index that does not exist yet."""
     try:
         with db.bind_ctx(ALL_MODELS), db.connection_context():
+            _add_missing_columns(db)
             db.create_tables(ALL_MODELS, safe=True)
             # The claim's order (priority DESC, run_at, id) needs a mixed-direction index.
             db.execute_sql(

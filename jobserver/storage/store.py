@@ -23,13 +23,23 @@ import peewee as pw
 from jobserver.core.clock import rfc3339
 from jobserver.core.errors import (
     IdempotencyMismatchError,
+    InvalidRequestError,
     JobFinishedError,
     JobNotFinishedError,
     JobNotFoundError,
     JobNotRetryableError,
+    SignalConflictError,
     StaleAttemptError,
 )
-from jobserver.core.lifecycle import FINISHED, AttemptFacts, Status, Transition
+from jobserver.core.lifecycle import (
+    FINISHED,
+    AttemptFacts,
+    Park,
+    Status,
+    Transition,
+    WaitKind,
+    cancelled_instead,
+)
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
@@ -48,6 +58,25 @@ CLAIM_TASK_SQL = (  # one per task that may be taken, joined with UNION ALL
 )
 
 
+# Waiting jobs whose sleep ended or whose wait timed out: pending again, from the (status, wake_at) index
+WAKE_DUE_SQL = (
+    "UPDATE jobs SET status = 'pending', run_at = wake_at, waiting_for = NULL, wake_at = NULL "
+    "WHERE status = 'waiting' AND wake_at <= ?"
+)
+IN_CHUNK = 500  # ids per `IN (...)` list
+NOT_FINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
+SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a parked call's row is completed
+    "INSERT INTO steps (job_id, name, status, result, attempt, started_at, finished_at) "
+    "SELECT ?, ?, 'completed', ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? "
+    "AND run_seq = ? AND status = 'running') ON CONFLICT (job_id, name) DO UPDATE SET "
+    "status = 'completed', result = excluded.result, finished_at = excluded.finished_at"
+)
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
+
+
 def waiting_status(run_at: float, now: float) -> str:
     """'pending' when due, 'scheduled' when run_at is still ahead."""
     return "scheduled" if run_at > now else "pending"
@@ -64,11 +93,83 @@ def body_hash(body: Any) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _loads_or_none(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def all_completed(ends: Sequence[dict[str, Any]]) -> bool:
+    """Every job a gather waited on completed (its result may be stored for good)."""
+    return all(end["status"] == "completed" for end in ends)
+
+
+def _ends(ids: Sequence[str], found: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]] | None:
+    """The ends (id, status, result, error) of `ids` from their rows (id, status, result, error);
+    None while one is unfinished. A job that is gone counts as failed."""
+    ends = []
+    for job_id in ids:
+        row = found.get(job_id)
+        if row is None:
+            error = {"type": "JobNotFound", "message": f"no job with id {job_id!r}", "traceback": None}
+            ends.append({"id": job_id, "status": "failed", "result": None, "error": error})
+        elif row[1] not in FINISHED:
+            return None
+        else:
+            result, error = _loads_or_none(row[2]), _loads_or_none(row[3])
+            ends.append({"id": job_id, "status": row[1], "result": result, "error": error})
+    return ends
+
+
 def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
     tx.execute(
         "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
         (rec.id, orjson.dumps(rec.to_api()).decode(), now),
     )
+
+
+def _insert_job(tx: Tx, new: NewJob) -> JobRecord:
+    tx.execute(
+        "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
+        "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at, "
+        "parent_id, resume, trace_context) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?, 0, ?)",
+        (
+            new.id,
+            new.task,
+            new.args_json,
+            new.status,
+            new.priority,
+            new.max_attempts,
+            new.timeout_s,
+            new.idempotency_key,
+            new.webhook_url,
+            new.created_at,
+            new.run_at,
+            new.parent_id,
+            new.trace_context,
+        ),
+    )
+    record = new.record()
+    _job_event(tx, record, new.created_at)
+    return record
+
+
+def _use_key(tx: Tx, idem: tuple[str, str, str], new: NewJob) -> str | None:
+    """Record the idempotency key for `new`; the first job's id when the key was used with
+    this body already (IdempotencyMismatchError when with another)."""
+    scope, key, digest = idem
+    row = tx.one("SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+    if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
+        # the job was pruned or deleted: the key starts afresh
+        tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+        row = None
+    if row is not None:
+        if row[0] != digest:
+            raise IdempotencyMismatchError(key)
+        return str(row[1])
+    tx.execute(
+        "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        (scope, key, digest, new.id, new.created_at),
+    )
+    return None
 
 
 def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
@@ -79,12 +180,22 @@ def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
 class JobStore:
     """All job SQL. Writes go through the writer; reads use the caller's connection."""
 
-    def __init__(self, db: pw.Database, writer: Writer, pg: bool, outbox: InTxObserver | None = None) -> None:
+    def __init__(
+        self,
+        db: pw.Database,
+        writer: Writer,
+        pg: bool,
+        outbox: InTxObserver | None = None,
+        on_woken: Callable[[JobRecord], None] | None = None,
+    ) -> None:
         self.db = db
         self.writer = writer
         self.pg = pg
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
+        self._for_update = " FOR UPDATE" if pg else ""  # SQLite: the one writer serializes anyway
         self._outbox: InTxObserver = outbox or (lambda tx, rec, now: None)
+        # after the commit that made a waiting job pending again (wake its worker, tell watchers)
+        self._on_woken: Callable[[JobRecord], None] = on_woken or (lambda rec: None)
 
     # ---------------------------------------------------------------- reads
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -103,16 +214,19 @@ class JobStore:
         task: str | None,
         limit: int,
         cursor: str | None,
+        parent: str | None = None,
         idempotency: tuple[str, str] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page; `idempotency` (scope,
         key) keeps the job submitted under that Idempotency-Key."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
-            pages = [self._list(s, task, limit, cursor, idempotency) for s in ("pending", "scheduled")]
+            pages = [
+                self._list(s, task, limit, cursor, parent, idempotency) for s in ("pending", "scheduled")
+            ]
             merged = sorted(pages[0][0] + pages[1][0], key=lambda r: r.id, reverse=True)
             more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
-        return self._list(status, task, limit, cursor, idempotency)
+        return self._list(status, task, limit, cursor, parent, idempotency)
 
     def _list(
         self,
@@ -120,10 +234,14 @@ class JobStore:
         task: str | None,
         limit: int,
         cursor: str | None,
+        parent: str | None = None,
         idempotency: tuple[str, str] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         where: list[str] = []
         params: list[Any] = []
+        if parent is not None:
+            where.append("parent_id = ?")
+            params.append(parent)
         if idempotency is not None:
             where.append("id IN (SELECT job_id FROM idempotency_keys WHERE scope = ? AND key = ?)")
             params.extend(idempotency)
@@ -161,6 +279,28 @@ class JobStore:
             "SELECT name, result FROM steps WHERE job_id = ? AND status = 'completed'", (job_id,)
         )
         return {name: orjson.loads(result) for name, result in rows}
+
+    def signals(self, job_id: str) -> dict[str, Any]:
+        """name -> JSON payload of every signal the job got."""
+        rows = self._query("SELECT name, payload FROM signals WHERE job_id = ?", (job_id,))
+        return {str(name): orjson.loads(payload) for name, payload in rows}
+
+    def ends(self, ids: Sequence[str]) -> list[dict[str, Any]] | None:
+        """How the jobs `ids` ended, in order, or None while one of them is unfinished."""
+        found: dict[str, tuple[Any, ...]] = {}
+        for chunk in _chunks(ids):
+            marks = ", ".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT id, status, result, error FROM jobs WHERE id IN ({marks})", chunk
+            ):
+                found[str(row[0])] = row
+        return _ends(ids, found)
+
+    def step_rows(self, job_id: str) -> dict[str, tuple[str, Any]]:
+        """name -> (status, stored JSON) of every step row: a finished call's result, or a
+        parked call's wake-up facts (`{"until": ...}`)."""
+        rows = self._query("SELECT name, status, result FROM steps WHERE job_id = ?", (job_id,))
+        return {name: (str(status), _loads_or_none(result)) for name, status, result in rows}
 
     def events_after(self, job_id: str, after_id: int, limit: int = 500) -> list[tuple[int, str, str]]:
         """Stored events (id, kind, data) of a job after `after_id`."""
@@ -229,51 +369,161 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def enqueue_many(
+        self, items: Sequence[tuple[NewJob, tuple[str, str, str] | None]], on_commit: Callable[[], None]
+    ) -> Future[list[tuple[bool, JobRecord]]]:
+        """Insert many jobs in one transaction, all or none; each item as `enqueue` does
+        (an item whose key was used with its body gives the first job, not created).
+        A key used with another body is a 422 naming the item's index."""
+
+        def op(tx: Tx) -> list[tuple[bool, JobRecord]]:
+            out: list[tuple[bool, JobRecord]] = []
+            for i, (new, idem) in enumerate(items):
+                first = None
+                if idem is not None:
+                    try:
+                        first = _use_key(tx, idem, new)
+                    except IdempotencyMismatchError as exc:
+                        loc = ["body", "jobs", i, "idempotency_key"]
+                        raise InvalidRequestError(
+                            f"jobs.{i}: {exc}",
+                            [{"loc": loc, "msg": str(exc), "type": "idempotency_key_reused"}],
+                        ) from None
+                if first is None:
+                    out.append((True, _insert_job(tx, new)))
+                else:
+                    rec = self._locked(tx, first)
+                    assert rec is not None
+                    out.append((False, rec))
+            tx.after_commit(on_commit)
+            return out
+
+        return self.writer.submit(op)
+
+    def spawn_op(
+        self, job_id: str, run_seq: int, step: tuple[str, str, int, float, float], children: Sequence[NewJob]
+    ) -> Callable[[Tx], list[JobRecord]]:
+        """An op that inserts a running job's children and the step that remembers their ids,
+        together: a rerun finds the step and never submits them twice. Fenced by `run_seq`."""
+
+        def op(tx: Tx) -> list[JobRecord]:
+            name, result_json, attempt, started, now = step
+            cur = tx.execute(
+                SAVE_STEP_SQL, (job_id, name, result_json, attempt, started, now, job_id, run_seq)
+            )
+            if cur.rowcount != 1:
+                raise StaleAttemptError(job_id, run_seq)
+            return [_insert_job(tx, new) for new in children]
+
+        return op
+
+    def save_step_op(
+        self, job_id: str, run_seq: int, step: tuple[str, str, int, float, float]
+    ) -> Callable[[Tx], None]:
+        """An op that stores a step's JSON result (fenced by `run_seq`)."""
+
+        def op(tx: Tx) -> None:
+            name, result_json, attempt, started, now = step
+            cur = tx.execute(
+                SAVE_STEP_SQL, (job_id, name, result_json, attempt, started, now, job_id, run_seq)
+            )
+            if cur.rowcount != 1:
+                raise StaleAttemptError(job_id, run_seq)
+
+        return op
+
+    def take_signal_op(
+        self, job_id: str, run_seq: int, step: tuple[str, int, float, float], until: float | None
+    ) -> Callable[[Tx], tuple[bool, Any]]:
+        """An op for `ctx.wait_for`: (True, payload) when the signal is there, (True, None)
+        when the wait timed out (either stored as the call's result), else (False, None)."""
+
+        def op(tx: Tx) -> tuple[bool, Any]:
+            name, attempt, started, now = step
+            row = tx.one("SELECT payload FROM signals WHERE job_id = ? AND name = ?", (job_id, name))
+            if row is not None:
+                value_json = str(row[0])
+            elif until is not None and now >= until:
+                value_json = "null"
+            else:
+                return False, None
+            self.save_step_op(job_id, run_seq, (name, value_json, attempt, started, now))(tx)
+            return True, orjson.loads(value_json)
+
+        return op
+
+    def gather_op(
+        self, job_id: str, run_seq: int, step: tuple[str, int, float, float], ids: Sequence[str]
+    ) -> Callable[[Tx], list[dict[str, Any]] | None]:
+        """An op for `ctx.gather`: the ends of `ids` in order once every one is finished, else
+        None. Stored as the call's result only when all completed: a gather with a failed or
+        cancelled job reads them again on every run, so retrying that job and then the
+        parent picks up the new result."""
+
+        def op(tx: Tx) -> list[dict[str, Any]] | None:
+            found: dict[str, tuple[Any, ...]] = {}
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                for row in tx.all(f"SELECT id, status, result, error FROM jobs WHERE id IN ({marks})", chunk):
+                    found[str(row[0])] = row
+            ends = _ends(ids, found)
+            if ends is not None and all_completed(ends):
+                name, attempt, started, now = step
+                result_json = orjson.dumps(ends).decode()
+                self.save_step_op(job_id, run_seq, (name, result_json, attempt, started, now))(tx)
+            return ends
+
+        return op
+
+    def signal(
+        self,
+        job_id: str,
+        name: str,
+        payload_json: str,
+        digest: str,
+        now: float,
+        handoff: HandOff | None = None,
+    ) -> Future[tuple[bool, JobRecord]]:
+        """Keep a signal for a job; (True, job) when new, (False, job) for a repeat with an
+        equal body. A job waiting for it is pending again in the same transaction, and with
+        `handoff` claimed there for an idle worker (the answer shows it as it was woken)."""
+
+        def op(tx: Tx) -> tuple[bool, JobRecord]:
+            rec = self._locked(tx, job_id)
+            if rec is None:
+                raise JobNotFoundError(job_id)
+            row = tx.one("SELECT body_hash FROM signals WHERE job_id = ? AND name = ?", (job_id, name))
+            if row is not None:
+                if row[0] != digest:
+                    raise SignalConflictError(job_id, rec.status, name)
+                return False, rec
+            if rec.finished:
+                raise JobFinishedError(job_id, rec.status)
+            tx.execute(
+                "INSERT INTO signals (job_id, name, payload, body_hash, received_at) VALUES (?, ?, ?, ?, ?)",
+                (job_id, name, payload_json, digest, now),
+            )
+            waiting = _loads_or_none(rec.waiting_for) if rec.status == Status.WAITING else None
+            if waiting is not None and waiting.get("kind") == WaitKind.SIGNAL and waiting.get("name") == name:
+                woken = self._wake(tx, job_id, now)
+                if woken is not None:
+                    rec = woken
+                    if handoff is not None and handoff.accept(tx, job_id, woken.task):
+                        self._hand_off(tx, woken, handoff, now)
+            return True, rec
+
+        return self.writer.submit(op)
+
     def insert(self, tx: Tx, new: NewJob, idem: tuple[str, str, str] | None) -> tuple[bool, JobRecord | str]:
         """Insert a job and its idempotency key inside `tx` (the submit's, or a schedule tick's).
 
         (True, record) for a new job; (False, job_id) when the key (scope, key, body_hash)
         already named a job that still exists."""
         if idem is not None:
-            scope, key, digest = idem
-            row = tx.one(
-                "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
-                (scope, key),
-            )
-            if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
-                # the job was pruned or deleted: the key starts afresh
-                tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
-                row = None
-            if row is not None:
-                if row[0] != digest:
-                    raise IdempotencyMismatchError(key)
-                return False, str(row[1])
-            tx.execute(
-                "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (scope, key, digest, new.id, new.created_at),
-            )
-        tx.execute(
-            "INSERT INTO jobs (id, task, args, status, priority, attempts, max_attempts, timeout_s, "
-            "run_seq, cancel_requested, logs_dropped, idempotency_key, webhook_url, created_at, run_at) "
-            "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, 0, 0, ?, ?, ?, ?)",
-            (
-                new.id,
-                new.task,
-                new.args_json,
-                new.status,
-                new.priority,
-                new.max_attempts,
-                new.timeout_s,
-                new.idempotency_key,
-                new.webhook_url,
-                new.created_at,
-                new.run_at,
-            ),
-        )
-        record = new.record()
-        _job_event(tx, record, new.created_at)
-        return True, record
+            first = _use_key(tx, idem, new)
+            if first is not None:
+                return False, first
+        return True, _insert_job(tx, new)
 
     def _candidates(self, tx: Tx, now: float, limit: int, allowed: list[str] | None) -> list[tuple[Any, ...]]:
         """The next due (id, task) rows in claim order, from an index range, never a scan
@@ -294,12 +544,13 @@ class JobStore:
         rows.sort(key=lambda r: (-r[2], r[3], r[0]))
         return [(r[0], r[1]) for r in rows[:limit]]
 
-    def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff) -> None:
-        now = record.created_at
+    def _hand_off(self, tx: Tx, record: JobRecord, handoff: HandOff, now: float | None = None) -> None:
+        """Claim a due job in the transaction that made it due (a new job, a resumed one)."""
+        now = record.created_at if now is None else now
         rec = _returning(
             tx,
-            "UPDATE jobs SET status = 'running', attempts = 1, run_seq = 1, lease_owner = ?, "
-            "lease_expires_at = ?, started_at = ? WHERE id = ?",
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
+            "resume = 0, lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id = ?",
             (handoff.owner, now + handoff.lease_s, now, record.id),
         )
         assert rec is not None
@@ -325,6 +576,7 @@ class JobStore:
 
         def op(tx: Tx) -> list[Claim]:
             tx.execute(PROMOTE_SQL, (now,))
+            self._wake_due(tx, now)
             limit, allowed = plan(tx)
             if limit <= 0 or allowed == []:
                 return []
@@ -333,7 +585,7 @@ class JobStore:
             if not ids:
                 return []
             rows = tx.all(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_seq = run_seq + 1, "
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
                 f"lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id IN ({', '.join('?' * len(ids))}) "
                 f"AND status = 'pending' RETURNING {JOB_COLUMNS}",
                 (owner, now + lease_s, now, *ids),
@@ -349,9 +601,13 @@ class JobStore:
         return self.writer.submit(op)
 
     def next_run_at(self) -> float | None:
-        """When the earliest scheduled job becomes due (for an idle worker's wait)."""
-        rows = self._query("SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled'")
-        return None if not rows or rows[0][0] is None else float(rows[0][0])
+        """When the earliest scheduled job or parked sleeper becomes due (an idle worker's wait)."""
+        rows = self._query(
+            "SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled' UNION ALL "
+            "SELECT MIN(wake_at) FROM jobs WHERE status = 'waiting' AND wake_at IS NOT NULL"
+        )
+        due = [float(r[0]) for r in rows if r[0] is not None]
+        return min(due) if due else None
 
     def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[dict[str, tuple[int, bool]]]:
         """Extend the lease of every job this process runs (one statement for all).
@@ -369,8 +625,15 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def _locked(self, tx: Tx, job_id: str) -> JobRecord | None:
+        """Read a job in `tx`, locking its row (PostgreSQL) against concurrent changes."""
+        row = tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{self._for_update}", (job_id,))
+        return None if row is None else JobRecord.from_row(row)
+
     def _apply(self, tx: Tx, t: Transition) -> JobRecord:
         """One fenced UPDATE: it changes the row only while the attempt `t.run_seq` still runs."""
+        if t.status == Status.WAITING:
+            return self._park(tx, t)
         sets = ["status = ?", "lease_owner = NULL", "lease_expires_at = NULL"]
         params: list[Any] = [
             waiting_status(t.run_at, t.at) if t.status == Status.PENDING and t.run_at else t.status
@@ -387,8 +650,9 @@ class JobStore:
         elif t.error is not None:
             sets.append("error = ?")
             params.append(orjson.dumps(t.error).decode())
-        if not t.counts_attempt:
-            sets.append("attempts = attempts - 1")
+        # A run given back is not counted; a resumed run was not counted when claimed, so it
+        # keeps its `resume` flag instead. Any other ending makes the next claim an attempt.
+        sets.append("attempts = attempts - 1 + resume" if not t.counts_attempt else "resume = 0")
         rec = _returning(
             tx,
             f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND run_seq = ? AND status = 'running'",
@@ -398,7 +662,101 @@ class JobStore:
             raise StaleAttemptError(t.job_id, t.run_seq)
         _job_event(tx, rec, t.at)
         self._outbox(tx, rec, t.at)
+        if rec.finished:
+            self._finished(tx, rec, t.at)
         return rec
+
+    def _park(self, tx: Tx, t: Transition) -> JobRecord:
+        """A run parks its job: waiting (no lease, no slot) until its wait is over, or pending
+        at once when it already is (the signal came, the awaited jobs finished meanwhile)."""
+        park = t.park
+        assert park is not None
+        if park.kind == WaitKind.CHILDREN and self.pg:
+            for chunk in _chunks(park.job_ids):  # an awaited job that ends now waits for this commit
+                tx.all(f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) FOR SHARE", chunk)
+        row = tx.one(
+            "SELECT cancel_requested FROM jobs WHERE id = ? AND run_seq = ? AND status = 'running'",
+            (t.job_id, t.run_seq),
+        )
+        if row is None:
+            raise StaleAttemptError(t.job_id, t.run_seq)
+        if row[0]:
+            return self._apply(tx, cancelled_instead(t))
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, resume = 1, "
+            "waiting_for = ?, wake_at = ? WHERE id = ?",
+            (orjson.dumps(park.waiting_for()).decode(), park.until, t.job_id),
+        )
+        assert rec is not None
+        _job_event(tx, rec, t.at)
+        if park.until is not None:  # the wake-up time of the call, kept for its reruns
+            tx.execute(
+                "INSERT INTO steps (job_id, name, status, result, attempt, started_at) "
+                "VALUES (?, ?, 'waiting', ?, ?, ?) ON CONFLICT (job_id, name) DO NOTHING",
+                (t.job_id, park.name, orjson.dumps({"until": park.until}).decode(), rec.attempts, t.at),
+            )
+        if not self._still_waits(tx, t.job_id, park, t.at):
+            woken = self._wake(tx, t.job_id, t.at)
+            assert woken is not None
+            return woken
+        self._outbox(tx, rec, t.at)
+        return rec
+
+    def _still_waits(self, tx: Tx, job_id: str, park: Park, now: float) -> bool:
+        """Is the park's wait still ahead? (For a gather: record each unfinished job awaited.)"""
+        if park.until is not None and park.until <= now:
+            return False
+        if park.kind == WaitKind.SIGNAL:
+            found = tx.one("SELECT 1 FROM signals WHERE job_id = ? AND name = ?", (job_id, park.name))
+            return found is None
+        if park.kind == WaitKind.CHILDREN:
+            waits = False
+            for chunk in _chunks(park.job_ids):
+                marks = ", ".join("?" * len(chunk))
+                for (other,) in tx.all(
+                    f"SELECT id FROM jobs WHERE id IN ({marks}) AND {NOT_FINISHED}", chunk
+                ):
+                    tx.execute(
+                        "INSERT INTO awaits (waiter_id, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                        (job_id, other),
+                    )
+                    waits = True
+            return waits
+        return True
+
+    def _wake(self, tx: Tx, job_id: str, now: float) -> JobRecord | None:
+        """A waiting job is pending again (its next claim resumes it)."""
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'pending', run_at = ?, waiting_for = NULL, wake_at = NULL "
+            "WHERE id = ? AND status = 'waiting'",
+            (now, job_id),
+        )
+        if rec is not None:
+            _job_event(tx, rec, now)
+            woken = rec
+            tx.after_commit(lambda: self._on_woken(woken))
+        return rec
+
+    def _wake_due(self, tx: Tx, now: float) -> None:
+        """Wake the waiting jobs whose sleep ended or whose wait timed out."""
+        for row in tx.all(WAKE_DUE_SQL + f" RETURNING {JOB_COLUMNS}", (now,)):
+            rec = JobRecord.from_row(row)
+            _job_event(tx, rec, now)
+            tx.after_commit(lambda rec=rec: self._on_woken(rec))  # type: ignore[misc]
+
+    def wake_due(self, now: float) -> Future[None]:
+        """Wake due sleepers and timed-out waits (also done by every claim)."""
+        return self.writer.submit(lambda tx: self._wake_due(tx, now))
+
+    def _finished(self, tx: Tx, rec: JobRecord, now: float) -> None:
+        """A job ended: a gather waiting for it as its last unfinished job resumes."""
+        for (waiter,) in tx.all("DELETE FROM awaits WHERE job_id = ? RETURNING waiter_id", (rec.id,)):
+            if self.pg:  # two ends of one gather on two nodes: the second sees the first's delete
+                tx.one("SELECT id FROM jobs WHERE id = ? FOR UPDATE", (waiter,))
+            if tx.one("SELECT 1 FROM awaits WHERE waiter_id = ? LIMIT 1", (waiter,)) is None:
+                self._wake(tx, str(waiter), now)
 
     def apply(self, transition: Transition, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
         """Apply a decided transition of a running job (StaleAttemptError when fenced off)."""
@@ -410,30 +768,52 @@ class JobStore:
 
         return self.writer.submit(op)
 
+    def _cancel_one(self, tx: Tx, job_id: str, now: float) -> JobRecord | None:
+        """Pending or waiting: cancelled now. Running: cancel_requested. Finished: None."""
+        rec = _returning(
+            tx,
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
+            "lease_expires_at = NULL, waiting_for = NULL, wake_at = NULL, resume = 0 "
+            "WHERE id = ? AND status IN ('pending', 'scheduled', 'waiting')",
+            (now, job_id),
+        )
+        if rec is not None:
+            _job_event(tx, rec, now)
+            self._outbox(tx, rec, now)
+            tx.execute("DELETE FROM awaits WHERE waiter_id = ?", (job_id,))
+            self._finished(tx, rec, now)
+            return rec
+        return _returning(
+            tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
+        )
+
     def cancel(self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
-        """Pending: cancelled at once. Running: cancel_requested, the attempt stops itself."""
+        """Pending or waiting: cancelled at once. Running: cancel_requested, the attempt stops
+        itself. Its unfinished descendants are cancelled the same way, in the same transaction."""
 
         def op(tx: Tx) -> JobRecord:
-            rec = _returning(
-                tx,
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND status IN ('pending', 'scheduled')",
-                (now, job_id),
-            )
-            if rec is not None:
-                _job_event(tx, rec, now)
-                self._outbox(tx, rec, now)
-            else:
-                rec = _returning(
-                    tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
-                )
+            rec = self._cancel_one(tx, job_id, now)
             if rec is None:
                 row = tx.one("SELECT status FROM jobs WHERE id = ?", (job_id,))
                 if row is None:
                     raise JobNotFoundError(job_id)
                 raise JobFinishedError(job_id, str(row[0]))
-            final = rec
-            tx.after_commit(lambda: on_commit(final))
+            changed, parents = [rec], [job_id]
+            while parents:
+                children = tx.all(
+                    f"SELECT id FROM jobs WHERE parent_id = ? AND {NOT_FINISHED}", (parents.pop(),)
+                )
+                for (child,) in children:
+                    child_rec = self._cancel_one(tx, str(child), now)
+                    if child_rec is not None:
+                        changed.append(child_rec)
+                        parents.append(child_rec.id)
+
+            def committed() -> None:
+                for r in changed:
+                    on_commit(r)
+
+            tx.after_commit(committed)
             return rec
 
         return self.writer.submit(op)
@@ -445,7 +825,7 @@ class JobStore:
             rec = _returning(
                 tx,
                 "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
-                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0, resume = 0 "
                 "WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (now, job_id),
             )
@@ -469,7 +849,7 @@ class JobStore:
                 raise JobNotFoundError(job_id)
             if row[0] not in FINISHED:
                 raise JobNotFinishedError(job_id, str(row[0]))
-            for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
+            for table in ("events", "steps", "signals", "webhook_attempts", "webhook_deliveries", "jobs"):
                 column = "id" if table == "jobs" else "job_id"
                 tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
@@ -543,14 +923,18 @@ class JobStore:
                 rows = tx.all(f"{sql} RETURNING {JOB_COLUMNS}", (*found, status))
                 return [JobRecord.from_row(r) for r in rows], found[-1]
             rows = tx.all(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "
-                f"WHERE id IN ({marks}) AND status = ? RETURNING {JOB_COLUMNS}",
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                f"waiting_for = NULL, wake_at = NULL, resume = 0 WHERE id IN ({marks}) AND status = ? "
+                f"RETURNING {JOB_COLUMNS}",
                 (now, *found, status),
             )
             records = [JobRecord.from_row(r) for r in rows]
             for rec in records:
                 _job_event(tx, rec, now)
                 self._outbox(tx, rec, now)
+                if status == Status.WAITING:
+                    tx.execute("DELETE FROM awaits WHERE waiter_id = ?", (rec.id,))
+                self._finished(tx, rec, now)  # a gather waiting for it resumes
             return records, found[-1]
 
         return self.writer.submit(op)
@@ -592,7 +976,7 @@ class JobStore:
                 return [], None
             rows = tx.all(
                 "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
-                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                "run_at = ?, started_at = NULL, finished_at = NULL, cancel_requested = 0, resume = 0 "
                 f"WHERE id IN ({', '.join('?' * len(found))}) AND status = ? RETURNING {JOB_COLUMNS}",
                 (now, *found, status),
             )

@@ -1,5 +1,6 @@
 """The webhook outbox's writing side: a finished job's delivery row is inserted in
-the same transaction that finished the job, so a committed ending always has its
+the same transaction that finished the job (and a `job.waiting` one in the
+transaction that parked a job to wait for a signal), so a committed ending always has its
 webhook and a rolled-back one never does. The sender (its own threads) is woken
 after the commit through the event both are given at construction.
 """
@@ -26,8 +27,11 @@ class Outbox:
         self._wake = wake
 
     def record(self, tx: Tx, rec: JobRecord, now: float) -> None:
-        """Insert the delivery row when `rec` is a finished job with a webhook_url."""
-        if not rec.webhook_url or rec.status not in FINISHED:
+        """Insert the delivery row when `rec` is a finished job with a webhook_url, or one that
+        starts waiting for a signal."""
+        if not rec.webhook_url:
+            return
+        if rec.status not in FINISHED and (rec.to_api()["waiting_for"] or {}).get("kind") != "signal":
             return
         tx.after_commit(self._wake.set)
         delivery_id = f"msg_{rec.id.replace('-', '')}_{rec.run_seq}_{int(now * 1000)}"

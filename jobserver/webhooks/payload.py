@@ -28,7 +28,7 @@ import ipaddress
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -49,6 +49,7 @@ _EVENT_TYPES = {
     "completed": "job.completed",
     "failed": "job.failed",
     "cancelled": "job.cancelled",
+    "waiting": "job.waiting",  # only while waiting for a signal: an approver can be told
 }
 
 Outcome = Literal["delivered", "retry", "gave_up"]
@@ -91,7 +92,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def event_type_for(status: str) -> str:
-    """The event type for a finished job's status; ValueError for an unfinished one."""
+    """The event type for a finished (or signal-waiting) job's status; ValueError otherwise."""
     try:
         return _EVENT_TYPES[status]
     except KeyError:
@@ -163,8 +164,11 @@ def deliver_once(
     allow_private: bool,
     allow_hosts: Sequence[str],
     timeout_s: float,
+    trace_headers: Mapping[str, str] | None = None,
 ) -> AttemptResult:
     """POST one signed delivery to `url`; never raises for network or receiver errors.
+
+    `trace_headers` (`traceparent`, ...) continue the job's trace at the receiver.
 
     The URL is checked again and the request goes to its first allowed address.
     A refused URL is an attempt with outcome "retry" and no request sent.
@@ -198,6 +202,7 @@ def deliver_once(
         # TLS connection must not carry a request for another host name.
         "connection": "close",
     }
+    headers = {**(trace_headers or {}), **headers}  # never in place of our own
     extensions = {"sni_hostname": server_name} if pinned_url.startswith("https:") else {}
     try:
         # stream(): the receiver's body is never read, so it cannot fill memory.

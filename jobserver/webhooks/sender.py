@@ -41,6 +41,7 @@ import peewee as pw
 from jobserver.core.clock import Clock, rfc3339
 from jobserver.core.config import WebhooksSettings
 from jobserver.core.errors import StorageError
+from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks.payload import AttemptResult, deliver_once, generate_secret, next_delay, secret_key
@@ -54,7 +55,8 @@ MIN_WAIT_S = 0.01
 STOP_GRACE_S = 2.0  # how long stop() lets attempts in flight finish and be recorded
 
 DUE_SQL = (
-    "SELECT id, job_id, url, payload, attempts FROM webhook_deliveries "
+    "SELECT id, job_id, url, payload, attempts, event_type, "
+    "(SELECT trace_context FROM jobs WHERE jobs.id = webhook_deliveries.job_id) FROM webhook_deliveries "
     "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
 )
 NEXT_DUE_SQL = "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'"
@@ -74,6 +76,8 @@ class DueDelivery:
     url: str
     payload: str
     attempts: int
+    event_type: str = ""
+    trace_context: str | None = None  # the job's, when it was submitted with tracing on
 
 
 def _read(db: pw.Database, pg: bool, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -134,6 +138,7 @@ class WebhookSender:
         parallel: int = 8,
         wake: threading.Event | None = None,
         on_attempt: Callable[[str], None] = lambda outcome: None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         secret_key(secret)  # a malformed secret is a configuration error: fail at start
         self.settings = settings
@@ -148,6 +153,7 @@ class WebhookSender:
         self._owns_client = client is None
         self.client = client or httpx.Client(trust_env=False, follow_redirects=False)
         self.on_attempt = on_attempt  # called with "delivered" | "retrying" | "failed"
+        self.tracing = tracing
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight: set[str] = set()
@@ -175,7 +181,9 @@ class WebhookSender:
 
     def _due(self, now: float, limit: int) -> list[DueDelivery]:
         rows = _read(self.db, self.pg, DUE_SQL, (now, limit))
-        return [DueDelivery(str(i), str(j), str(u), str(p), int(n)) for i, j, u, p, n in rows]
+        return [
+            DueDelivery(str(i), str(j), str(u), str(p), int(n), str(e), t) for i, j, u, p, n, e, t in rows
+        ]
 
     def _next_due(self) -> float | None:
         rows = _read(self.db, self.pg, NEXT_DUE_SQL, ())
@@ -233,17 +241,27 @@ class WebhookSender:
     def _attempt(self, delivery: DueDelivery, now: float) -> None:
         """One attempt of one delivery, then its record; never raises (runs on its own thread)."""
         try:
-            result = deliver_once(
-                self.client,
-                delivery.url,
-                delivery.id,
-                delivery.payload.encode(),
-                self.secret,
-                now,
-                self.settings.allow_private,
-                self.settings.allow_hosts,
-                self.settings.timeout,
-            )
+            with self.tracing.delivery(f"webhook {delivery.event_type}", delivery.trace_context) as span:
+                span.set("jobserver.job.id", delivery.job_id)
+                span.set("jobserver.webhook.id", delivery.id)
+                span.set("jobserver.webhook.attempt", delivery.attempts + 1)
+                span.set("http.request.method", "POST")
+                span.set("url.full", delivery.url)
+                result = deliver_once(
+                    self.client,
+                    delivery.url,
+                    delivery.id,
+                    delivery.payload.encode(),
+                    self.secret,
+                    now,
+                    self.settings.allow_private,
+                    self.settings.allow_hosts,
+                    self.settings.timeout,
+                    span.headers(),
+                )
+                span.set("http.response.status_code", result.status_code)
+                span.set("jobserver.webhook.outcome", result.outcome)
+                span.set("jobserver.webhook.error", result.error)
             outcome = self._record(delivery, result, now)
             self.on_attempt(outcome)
         except Exception:

@@ -1,0 +1,95 @@
+"""JobFactory: a validated submission turned into a job row, the same way for every source.
+
+`POST /jobs`, each item of `POST /jobs/batch` and a task's `ctx.spawn` all build
+their jobs here: the task must be known, its args valid (defaults filled in)
+and not too large, and the options resolved against the task's. Pure apart
+from the id generator: nothing here writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pydantic
+
+from jobserver.core.config import Settings
+from jobserver.core.errors import InvalidRequestError
+from jobserver.core.records import JobIds, NewJob
+from jobserver.core.schemas import SubmitBody
+from jobserver.core.tasks import Registry
+
+SPAWN_OPTIONS = frozenset({"priority", "max_attempts", "timeout", "delay"})
+
+
+class JobFactory:
+    """Builds `NewJob`s from submit bodies."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.ids = JobIds()
+
+    def new(
+        self,
+        body: SubmitBody,
+        now: float,
+        idem_key: str | None = None,
+        parent_id: str | None = None,
+        trace_context: str | None = None,
+    ) -> NewJob:
+        """The job a valid body asks for (TaskNotFoundError, InvalidRequestError when not);
+        `trace_context` is the submit's, kept so the job's attempts join that trace."""
+        taskdef = self.registry.get(body.task)
+        args = taskdef.validate_args(body.args)
+        args_json = orjson.dumps(args).decode()
+        limit = self.settings.server.max_args_bytes
+        if len(args_json) > limit:
+            raise InvalidRequestError(
+                "args are too large",
+                [
+                    {
+                        "loc": ["body", "args"],
+                        "type": "too_large",
+                        "msg": f"args take {len(args_json)} bytes, at most {limit}",
+                    }
+                ],
+            )
+        run_at = body.run_at.timestamp() if body.run_at is not None else now + (body.delay or 0.0)
+        opts = taskdef.options
+        return NewJob(
+            self.ids.new(),
+            taskdef.name,
+            args_json,
+            body.priority if body.priority is not None else opts.priority,
+            body.max_attempts or opts.max_attempts,
+            body.timeout if body.timeout is not None else opts.timeout,
+            body.webhook_url,
+            idem_key,
+            now,
+            run_at,
+            parent_id,
+            trace_context,
+        )
+
+    def child(
+        self, parent_id: str, task: str, args: dict[str, Any], options: dict[str, Any], now: float
+    ) -> NewJob:
+        """A job spawned by a running task (options: priority, max_attempts, timeout, delay)."""
+        unknown = sorted(set(options) - SPAWN_OPTIONS)
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown spawn options {unknown}; use {sorted(SPAWN_OPTIONS)}",
+                [
+                    {"loc": ["options", k], "msg": "unknown option", "type": "extra_forbidden"}
+                    for k in unknown
+                ],
+            )
+        try:
+            body = SubmitBody(task=task, args=args, **options)
+        except pydantic.ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            raise InvalidRequestError(
+                f"cannot spawn {task}: {exc.error_count()} invalid fields", errors
+            ) from None
+        return self.new(body, now, parent_id=parent_id)

@@ -1,0 +1,51 @@
+"""Schemathesis hooks for runs against jobserver (`SCHEMATHESIS_HOOKS=tests.schemathesis_hooks`).
+
+Two values of a submit are accepted or refused by what lies outside the request, which no
+schema can state, so schema-valid ones are made into values a client would send:
+- each `Idempotency-Key` names one body: a key reused with another body is refused with 422
+  by design (the contract), and Schemathesis draws the same few keys for many bodies. Same
+  key and same body still replay the first job.
+- a `webhook_url` goes to `SCHEMATHESIS_WEBHOOK_URL` (a receiver on 127.0.0.1 that the
+  server allows): a generated host would be looked up in DNS and then refused (422) as not
+  resolving or as internal; webhook URL screening has its own tests (test_netguard.py).
+Invalid values stay as drawn, so negative cases stay negative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+import schemathesis
+
+KEY_HEADER = "Idempotency-Key"
+MAX_KEY = 255
+DIGEST_CHARS = 16
+MAX_WEBHOOK_URL = 2048
+WEBHOOK_URL = re.compile("^[Hh][Tt][Tt][Pp]([Ss])?://")  # as the OpenAPI document states it
+
+
+def key_for_body(key: str, body: Any) -> str:
+    """`key` made specific to `body` (equal JSON, equal key), still 1 to 255 characters."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{key[: MAX_KEY - DIGEST_CHARS - 1]}.{digest[:DIGEST_CHARS]}"
+
+
+def as_a_client_sends(case: schemathesis.Case, webhook_url: str | None) -> None:
+    """Make the case's schema-valid key and webhook URL what a client would send (see above)."""
+    body = case.body
+    if isinstance(body, dict) and webhook_url is not None:
+        url = body.get("webhook_url")
+        if isinstance(url, str) and len(url) <= MAX_WEBHOOK_URL and WEBHOOK_URL.match(url):
+            body["webhook_url"] = webhook_url
+    key = (case.headers or {}).get(KEY_HEADER)
+    if isinstance(key, str) and 1 <= len(key) <= MAX_KEY:
+        case.headers[KEY_HEADER] = key_for_body(key, body)
+
+
+@schemathesis.hook
+def before_call(ctx: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+    as_a_client_sends(case, os.environ.get("SCHEMATHESIS_WEBHOOK_URL"))

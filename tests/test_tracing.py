@@ -1,0 +1,250 @@
+"""OpenTelemetry traces in-process: the real app with an SDK tracer provider whose spans go
+to the SDK's in-memory exporter. One trace runs from a submit that carried a `traceparent`
+through every attempt and step to the webhook delivery, which carries `traceparent` on.
+Also: the OTEL_* variables that turn tracing on, and a server without them never importing
+OpenTelemetry at all (checked in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from jobserver.core.errors import ConfigError
+from jobserver.core.tracing import tracing_wanted
+from jobserver.ops.tracing import OtelTracing, _exporters
+from tests.helpers import REPO, finished, submit, wait_until
+from tests.inproc import running_app
+from tests.receiver import Receiver
+
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CALLER_SPAN_ID = 0x00F067AA0BA902B7
+TRACEPARENT = f"00-{TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01"
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[OtelTracing, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield OtelTracing(provider), exporter
+    provider.shutdown()
+
+
+def named(exporter: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name.startswith(prefix)]
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+def trace_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.trace_id
+
+
+def test_one_trace_runs_from_the_submit_through_attempts_and_steps_to_the_webhook(
+    tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter], receiver: Receiver
+) -> None:
+    tracing, exporter = spans
+    with running_app(tmp_path, tracing=tracing) as app:
+        r = app.client.post(
+            "/jobs",
+            json={
+                "task": "tests.e2e_tasks.two_steps",
+                "args": {"fail_first": True},
+                "webhook_url": receiver.url("/hook"),
+            },
+            headers={"traceparent": TRACEPARENT},
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        assert "trace_context" not in r.json()  # kept on the job, not part of the job object
+        assert finished(app.client, job_id)["status"] == "completed"
+        [hook] = receiver.wait_for(1, "/hook")
+        wait_until(lambda: named(exporter, "webhook "), 10, message="the webhook span")
+
+    [submit_span] = named(exporter, "POST /jobs")
+    assert submit_span.kind == SpanKind.SERVER
+    assert (trace_id(submit_span), parent_id(submit_span)) == (TRACE_ID, CALLER_SPAN_ID)
+    assert submit_span.attributes is not None
+    assert submit_span.attributes["http.response.status_code"] == 202
+    assert submit_span.attributes["jobserver.job.id"] == job_id
+
+    attempts = sorted(named(exporter, "run "), key=lambda s: s.start_time or 0)
+    assert [(s.attributes or {}).get("jobserver.attempt") for s in attempts] == [1, 2]
+    assert [(s.attributes or {}).get("jobserver.outcome") for s in attempts] == ["retrying", "completed"]
+    for attempt in attempts:
+        assert attempt.name == "run tests.e2e_tasks.two_steps"
+        assert attempt.kind == SpanKind.CONSUMER
+        assert (trace_id(attempt), parent_id(attempt)) == (TRACE_ID, span_id(submit_span))
+        assert (attempt.attributes or {})["jobserver.job.id"] == job_id
+        assert (attempt.attributes or {})["jobserver.task"] == "tests.e2e_tasks.two_steps"
+    assert attempts[0].status.status_code == StatusCode.ERROR
+    assert [e.name for e in attempts[0].events] == ["exception"]
+
+    # the steps ran in the first attempt; the second one got their stored results
+    steps = named(exporter, "step ")
+    assert sorted(s.name for s in steps) == ["step fetch", "step summarize"]
+    assert {(trace_id(s), parent_id(s)) for s in steps} == {(TRACE_ID, span_id(attempts[0]))}
+
+    [webhook] = named(exporter, "webhook ")
+    assert webhook.name == "webhook job.completed"
+    assert webhook.kind == SpanKind.CLIENT
+    assert (trace_id(webhook), parent_id(webhook)) == (TRACE_ID, span_id(submit_span))
+    assert (webhook.attributes or {})["http.response.status_code"] == 200
+    assert hook.headers["traceparent"] == f"00-{TRACE_ID:032x}-{span_id(webhook):016x}-01"
+
+
+def test_steps_of_an_async_task_nest_under_its_attempt(
+    tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter]
+) -> None:
+    tracing, exporter = spans
+    with running_app(tmp_path, tracing=tracing) as app:
+        job_id = submit(app.client, "tests.e2e_tasks.async_two_steps")
+        assert finished(app.client, job_id)["result"] == 2
+        wait_until(lambda: named(exporter, "run "), 10, message="the attempt span")
+    [submit_span] = named(exporter, "POST /jobs")
+    assert submit_span.parent is None  # no traceparent: the submit starts a trace
+    [attempt] = named(exporter, "run ")
+    assert (attempt.attributes or {})["jobserver.outcome"] == "completed"
+    assert parent_id(attempt) == span_id(submit_span)
+    steps = named(exporter, "step ")
+    assert sorted(s.name for s in steps) == ["step fetch", "step summarize"]
+    assert {parent_id(s) for s in steps} == {span_id(attempt)}
+    assert {trace_id(s) for s in [*steps, attempt]} == {trace_id(submit_span)}
+
+
+def test_an_attempt_after_a_restart_joins_the_trace_its_job_keeps(tmp_path: Path) -> None:
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    providers = [TracerProvider(), TracerProvider()]
+    for provider, exporter in zip(providers, (first, second), strict=True):
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with running_app(tmp_path, tracing=OtelTracing(providers[0])) as app:
+        r = app.client.post(
+            "/jobs",
+            json={"task": "tests.e2e_tasks.two_steps", "args": {}, "delay": 3600},
+            headers={"traceparent": TRACEPARENT},
+        )
+        job_id = r.json()["id"]
+    [submit_span] = named(first, "POST /jobs")
+    assert not named(first, "run ")
+    with sqlite3.connect(tmp_path / "jobs.db") as db:  # the delay is over
+        db.execute("UPDATE jobs SET status = 'pending', run_at = 0 WHERE id = ?", (job_id,))
+    with running_app(tmp_path, tracing=OtelTracing(providers[1])) as app:  # a new process, as it were
+        assert finished(app.client, job_id)["status"] == "completed"
+        wait_until(lambda: named(second, "run "), 10, message="the attempt span")
+    [attempt] = named(second, "run ")
+    assert (trace_id(attempt), parent_id(attempt)) == (TRACE_ID, span_id(submit_span))
+    for provider in providers:
+        provider.shutdown()
+
+
+def test_without_tracing_no_context_is_kept_and_webhooks_carry_no_traceparent(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    with running_app(tmp_path) as app:
+        r = app.client.post(
+            "/jobs",
+            json={
+                "task": "jobserver.examples.add",
+                "args": {"a": 1, "b": 2},
+                "webhook_url": receiver.url("/h"),
+            },
+            headers={"traceparent": TRACEPARENT},
+        )
+        [hook] = receiver.wait_for(1, "/h")
+        job_id = r.json()["id"]
+    assert "traceparent" not in hook.headers
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        assert db.execute("SELECT trace_context FROM jobs WHERE id = ?", (job_id,)).fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    ("environ", "wanted"),
+    [
+        ({}, False),
+        ({"OTEL_SERVICE_NAME": "api"}, False),  # naming the service alone sends nothing anywhere
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": "console"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "false"}, True),
+    ],
+)
+def test_the_standard_variables_turn_tracing_on(environ: dict[str, str], wanted: bool) -> None:
+    assert tracing_wanted(environ) is wanted
+
+
+def test_exporters_are_named_by_the_standard_variables() -> None:
+    [otlp] = _exporters({})
+    assert type(otlp).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    assert [type(e).__name__ for e in _exporters({"OTEL_TRACES_EXPORTER": "console,otlp"})] == [
+        "ConsoleSpanExporter",
+        "OTLPSpanExporter",
+    ]
+    assert _exporters({"OTEL_TRACES_EXPORTER": "none"}) == []
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
+        _exporters({"OTEL_TRACES_EXPORTER": "zipkin"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        _exporters({"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+
+
+# Builds the app from the environment (as the server does), runs a job, and prints whether
+# any OpenTelemetry module was imported. A fresh interpreter: this one imported it above.
+IMPORT_PROBE = textwrap.dedent(
+    """
+    import sys, tempfile
+    # redis (in the test lock for the bench's Celery; huey imports it when present) imports
+    # OpenTelemetry by itself: keep it out, the server does not need it
+    sys.modules["redis"] = None
+    from pathlib import Path
+    from tests.helpers import finished, submit
+    from tests.inproc import running_app
+    from jobserver.build import load_tracing
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with running_app(Path(tmp), tracing=load_tracing(os.environ)) as app:
+            assert app.runtime.parts.tracing.enabled is (sys.argv[1] == "on"), app.runtime.parts.tracing
+            job_id = submit(app.client, "tests.e2e_tasks.two_steps", {})
+            assert finished(app.client, job_id)["status"] == "completed"
+    print(sorted({m.split(".")[0] for m in sys.modules if m.startswith("opentelemetry")}))
+    """
+)
+
+
+def test_without_the_variables_opentelemetry_is_never_imported() -> None:
+    def probe(extra: dict[str, str], mode: str) -> str:
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **extra}
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORT_PROBE, mode],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert probe({}, "off") == "[]"
+    # the same probe sees the import when the variables ask for traces
+    assert probe({"OTEL_TRACES_EXPORTER": "console"}, "on") == "['opentelemetry']"

@@ -1,0 +1,221 @@
+"""Agent workflows in-process on a real SQLite file: durable sleep, signals, children,
+gather and the batch submit, driven through the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from jobserver.core.clock import ManualClock
+from tests.helpers import finished, submit, wait_until
+from tests.inproc import RunningApp, running_app
+from tests.receiver import Receiver
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def status_of(app: RunningApp, job_id: str) -> dict:
+    return app.client.get(f"/jobs/{job_id}").json()
+
+
+def waiting(app: RunningApp, job_id: str) -> dict | None:
+    job = status_of(app, job_id)
+    return job if job["status"] == "waiting" else None
+
+
+def test_durable_sleep_parks_without_a_thread_and_resumes_once_due(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with running_app(tmp_path, {"workers": {"threads": 1}}, clock=clock) as app:
+        marks = tmp_path / "marks"
+        job_id = submit(app.client, "tests.e2e_tasks.nap", {"path": str(marks), "seconds": 3600})
+        job = wait_until(lambda: waiting(app, job_id), message="the job to park")
+        assert job["waiting_for"]["kind"] == "sleep" and job["waiting_for"]["name"] == "nap"
+        assert job["waiting_for"]["until"].startswith("2023-11-14T23:13:20")  # clock start + 1 h
+        assert job["attempts"] == 1 and job["started_at"] is not None
+        # the one worker thread is free: another job runs while this one sleeps
+        other = submit(app.client, "jobserver.examples.add", {"a": 1, "b": 2})
+        assert finished(app.client, other)["result"] == 3
+        assert app.runtime.parts.executor.running_count() == 0
+        clock.advance(3601)
+        job = finished(app.client, job_id)
+        assert job["status"] == "completed" and job["attempts"] == 1, job
+        assert job["result"] == "awake after attempt 1"
+        assert lines(marks) == ["step 1", "step 2"]
+        assert [s["name"] for s in job["steps"]] == ["before", "nap", "after"]
+        assert job["waiting_for"] is None
+
+
+def test_signal_sent_while_waiting_resumes_the_job(app: RunningApp) -> None:
+    marks = app.tmp_path / "marks"
+    c = app.client
+    job_id = submit(c, "tests.e2e_tasks.approval", {"path": str(marks)})
+    job = wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
+    assert job["waiting_for"] == {"kind": "signal", "name": "approve", "until": None}
+    assert "jobserver_jobs_waiting 1.0" in c.get("/metrics").text
+    assert [j["id"] for j in c.get("/jobs", params={"status": "waiting"}).json()["jobs"]] == [job_id]
+    r = c.post(f"/jobs/{job_id}/signals/approve", json={"ok": True, "by": "ann"})
+    assert r.status_code == 202, r.text
+    job = finished(c, job_id)
+    assert job["status"] == "completed" and job["result"] == {
+        "answer": {"ok": True, "by": "ann"},
+        "attempt": 1,
+    }
+    assert lines(marks) == ["step 1", "step 2"]
+    # repeats: an equal body is idempotent, another body conflicts, the job is finished anyway
+    assert c.post(f"/jobs/{job_id}/signals/approve", json={"by": "ann", "ok": True}).status_code == 200
+    assert c.post(f"/jobs/{job_id}/signals/approve", json={"ok": False}).status_code == 409
+    assert c.post(f"/jobs/{job_id}/signals/other", json=1).status_code == 409
+    assert c.post("/jobs/nope/signals/approve", json=1).status_code == 404
+
+
+def test_early_signal_is_kept_and_timeout_returns_none(app: RunningApp) -> None:
+    c = app.client
+    marks = app.tmp_path / "marks"
+    job_id = submit(c, "tests.e2e_tasks.approval", {"path": str(marks)}, delay=3600)
+    assert c.post(f"/jobs/{job_id}/signals/approve", json="yes").status_code == 202
+    assert status_of(app, job_id)["status"] == "pending"
+    job_id2 = submit(c, "tests.e2e_tasks.approval", {"path": str(marks), "timeout": 0.2})
+    job = wait_until(lambda: waiting(app, job_id2), message="the job to wait")
+    assert job["waiting_for"]["until"] is not None
+    done = finished(c, job_id2)
+    assert done["result"] == {"answer": None, "attempt": 1}
+    # a signal after the timeout changes nothing: the job is finished
+    assert c.post(f"/jobs/{job_id2}/signals/approve", json="late").status_code == 409
+
+
+def test_async_task_waits_and_sleeps_durably(app: RunningApp) -> None:
+    c = app.client
+    job_id = submit(c, "tests.e2e_tasks.async_approval", {"path": str(app.tmp_path / "m")})
+    wait_until(lambda: waiting(app, job_id), message="the async job to wait")
+    assert c.post(f"/jobs/{job_id}/signals/approve", json=[1, 2]).status_code == 202
+    job = finished(c, job_id)
+    assert job["result"] == {"answer": [1, 2], "attempt": 1}, job
+
+
+def test_children_are_spawned_once_and_gathered_with_one_thread(tmp_path: Path) -> None:
+    with running_app(tmp_path, {"workers": {"threads": 1}}) as app:
+        c = app.client
+        marks = tmp_path / "marks"
+        job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": str(marks), "n": 5})
+        job = finished(c, job_id)
+        assert job["status"] == "completed", job
+        assert job["result"]["results"] == [0, 1, 4, 9, 16] and job["result"]["tail"] == 25
+        assert job["attempts"] == 1 and job["result"]["attempt"] == 1
+        assert sorted(lines(marks)) == [f"child {i}" for i in range(5)]
+        children = c.get("/jobs", params={"parent": job_id}).json()["jobs"]
+        assert len(children) == 6 and all(ch["parent_id"] == job_id for ch in children)
+        assert {ch["id"] for ch in children} >= set(job["result"]["ids"])
+
+
+def test_a_failed_child_raises_child_failed_or_is_returned(app: RunningApp) -> None:
+    c = app.client
+    job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "fail": [1]})
+    job = finished(c, job_id)
+    assert job["status"] == "failed" and job["error"]["type"] == "ChildFailed", job
+    assert "failed on purpose" in job["error"]["message"]
+    job_id = submit(
+        c, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "fail": [1], "return_exceptions": True}
+    )
+    job = finished(c, job_id)
+    failed_id = job["result"]["ids"][1]
+    assert job["result"]["results"] == [0, {"failed": failed_id, "error": "Fail"}, 4], job
+
+
+def test_retrying_a_failed_child_then_its_parent_gathers_the_new_result(app: RunningApp) -> None:
+    c = app.client
+    broken = app.tmp_path / "broken"
+    broken.touch()
+    job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": "", "n": 2, "fail_while": str(broken)})
+    job = finished(c, job_id)
+    assert job["status"] == "failed" and job["error"]["type"] == "ChildFailed"
+    broken.unlink()
+    children = c.get("/jobs", params={"parent": job_id}).json()["jobs"]
+    assert len(children) == 2
+    for child in children:
+        assert c.post(f"/jobs/{child['id']}/retry").status_code == 202
+    assert c.post(f"/jobs/{job_id}/retry").status_code == 202
+    job = finished(c, job_id)
+    assert job["status"] == "completed" and job["result"]["results"] == [0, 1], job
+    assert len(c.get("/jobs", params={"parent": job_id}).json()["jobs"]) == 3  # the same two, and the tail
+
+
+def test_async_fan_out_gathers(app: RunningApp) -> None:
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.async_fan_out", {"n": 20}))
+    assert job["result"] == [i * i for i in range(20)], job
+
+
+def test_cancelling_a_waiting_parent_cancels_its_children(app: RunningApp) -> None:
+    c = app.client
+    hold = app.tmp_path / "hold"
+    hold.touch()
+    job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "hold": str(hold)})
+    job = wait_until(lambda: waiting(app, job_id), message="the parent to gather")
+    assert job["waiting_for"] == {"kind": "children", "name": "all", "until": None}
+    r = c.post(f"/jobs/{job_id}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    hold.unlink()
+    for child in c.get("/jobs", params={"parent": job_id}).json()["jobs"]:
+        assert finished(c, child["id"])["status"] == "cancelled"
+
+
+def test_batch_submits_all_or_nothing(app: RunningApp) -> None:
+    c = app.client
+    items = [
+        {"task": "jobserver.examples.add", "args": {"a": i, "b": 1}, "idempotency_key": f"k{i}"}
+        for i in range(3)
+    ]
+    r = c.post("/jobs/batch", json={"jobs": items})
+    assert r.status_code == 202, r.text
+    ids = [j["id"] for j in r.json()["jobs"]]
+    assert [finished(c, i)["result"] for i in ids] == [1, 2, 3]
+    again = c.post("/jobs/batch", json={"jobs": items}).json()["jobs"]
+    assert [j["id"] for j in again] == ids
+    before = len(c.get("/jobs", params={"limit": 500}).json()["jobs"])
+    bad = [*items[:1], {"task": "jobserver.examples.add", "args": {"a": "x", "b": 1}}]
+    r = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}, *bad]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["loc"] == ["body", "jobs", 2, "args", "a"], r.json()
+    r = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}, {"task": "nope"}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "jobs", 1, "task"]
+    other_body = {**items[0], "args": {"a": 9, "b": 9}}
+    r = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}, other_body]})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "jobs", 1, "idempotency_key"]
+    assert (
+        c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 1001}).status_code == 422
+    )
+    assert len(c.get("/jobs", params={"limit": 500}).json()["jobs"]) == before  # nothing queued
+
+
+def test_waiting_for_a_signal_sends_a_job_waiting_webhook(app: RunningApp, receiver: Receiver) -> None:
+    c = app.client
+    marks = app.tmp_path / "marks"
+    job_id = submit(c, "tests.e2e_tasks.approval", {"path": str(marks)}, webhook_url=receiver.url("/hook"))
+    [req] = receiver.wait_for(1, "/hook")
+    body = orjson.loads(req.body)
+    assert body["type"] == "job.waiting"
+    assert body["data"]["waiting_for"] == {"kind": "signal", "name": "approve", "until": None}
+    assert c.post(f"/jobs/{job_id}/signals/approve", json=True).status_code == 202
+    assert finished(c, job_id)["status"] == "completed"
+    types = [orjson.loads(r.body)["type"] for r in receiver.wait_for(2, "/hook")]
+    assert types == ["job.waiting", "job.completed"]
+    # a sleep is not waiting for a person: no job.waiting for it
+    sleeper = submit(
+        c, "tests.e2e_tasks.nap", {"path": str(marks), "seconds": 0.05}, webhook_url=receiver.url("/nap")
+    )
+    assert finished(c, sleeper)["status"] == "completed"
+    assert [orjson.loads(r.body)["type"] for r in receiver.wait_for(1, "/nap")] == ["job.completed"]
+
+
+def test_bulk_cancel_reaches_waiting_jobs(app: RunningApp) -> None:
+    c = app.client
+    marks = app.tmp_path / "marks"
+    parked = [submit(c, "tests.e2e_tasks.approval", {"path": str(marks)}) for _ in range(2)]
+    for job_id in parked:
+        wait_until(lambda job_id=job_id: waiting(app, job_id), message="the job to wait")
+    r = c.post("/jobs/cancel", json={"status": "waiting", "ids": parked})
+    assert r.status_code == 200 and r.json() == {"count": 2}, r.text
+    assert {finished(c, j)["status"] for j in parked} == {"cancelled"}
+    assert "jobserver_jobs_waiting 0.0" in c.get("/metrics").text
