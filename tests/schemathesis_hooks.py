@@ -37,10 +37,18 @@ def key_for_body(key: str, body: Any) -> str:
 def as_a_client_sends(case: schemathesis.Case, webhook_url: str | None) -> None:
     """Make the case's schema-valid key and webhook URL what a client would send (see above)."""
     body = case.body
-    if isinstance(body, dict) and webhook_url is not None:
-        url = body.get("webhook_url")
-        if isinstance(url, str) and len(url) <= MAX_WEBHOOK_URL and WEBHOOK_URL.match(url):
-            body["webhook_url"] = webhook_url
+    items = body.get("jobs") if isinstance(body, dict) else None  # POST /jobs/batch: each item a submit body
+    for item in [body, *(items if isinstance(items, list) else [])]:
+        if isinstance(item, dict) and webhook_url is not None:
+            url = item.get("webhook_url")
+            if isinstance(url, str) and len(url) <= MAX_WEBHOOK_URL and WEBHOOK_URL.match(url):
+                item["webhook_url"] = webhook_url
+        item_key = item.get("idempotency_key") if isinstance(item, dict) and item is not body else None
+        if isinstance(item_key, str) and 1 <= len(item_key) <= MAX_KEY:
+            assert isinstance(item, dict)
+            item["idempotency_key"] = key_for_body(
+                item_key, {k: v for k, v in item.items() if k != "idempotency_key"}
+            )
     key = (case.headers or {}).get(KEY_HEADER)
     if isinstance(key, str) and 1 <= len(key) <= MAX_KEY:
         case.headers[KEY_HEADER] = key_for_body(key, body)
