@@ -34,21 +34,31 @@ def key_for_body(key: str, body: Any) -> str:
     return f"{key[: MAX_KEY - DIGEST_CHARS - 1]}.{digest[:DIGEST_CHARS]}"
 
 
+def _as_a_client_submits(job: Any, webhook_url: str | None) -> None:
+    """One submit body (or batch item): its webhook URL to the receiver, its own key per body."""
+    if not isinstance(job, dict):
+        return
+    url = job.get("webhook_url")
+    if (
+        webhook_url is not None
+        and isinstance(url, str)
+        and len(url) <= MAX_WEBHOOK_URL
+        and WEBHOOK_URL.match(url)
+    ):
+        job["webhook_url"] = webhook_url
+    key = job.get("idempotency_key")
+    if isinstance(key, str) and 1 <= len(key) <= MAX_KEY:
+        job["idempotency_key"] = key_for_body(key, {k: v for k, v in job.items() if k != "idempotency_key"})
+
+
 def as_a_client_sends(case: schemathesis.Case, webhook_url: str | None) -> None:
-    """Make the case's schema-valid key and webhook URL what a client would send (see above)."""
+    """Make the case's schema-valid keys and webhook URLs what a client would send (see above),
+    in a submit body and in each item of a batch."""
     body = case.body
-    items = body.get("jobs") if isinstance(body, dict) else None  # POST /jobs/batch: each item a submit body
-    for item in [body, *(items if isinstance(items, list) else [])]:
-        if isinstance(item, dict) and webhook_url is not None:
-            url = item.get("webhook_url")
-            if isinstance(url, str) and len(url) <= MAX_WEBHOOK_URL and WEBHOOK_URL.match(url):
-                item["webhook_url"] = webhook_url
-        item_key = item.get("idempotency_key") if isinstance(item, dict) and item is not body else None
-        if isinstance(item_key, str) and 1 <= len(item_key) <= MAX_KEY:
-            assert isinstance(item, dict)
-            item["idempotency_key"] = key_for_body(
-                item_key, {k: v for k, v in item.items() if k != "idempotency_key"}
-            )
+    _as_a_client_submits(body, webhook_url)
+    if isinstance(body, dict) and isinstance(body.get("jobs"), list):
+        for item in body["jobs"]:
+            _as_a_client_submits(item, webhook_url)
     key = (case.headers or {}).get(KEY_HEADER)
     if isinstance(key, str) and 1 <= len(key) <= MAX_KEY:
         case.headers[KEY_HEADER] = key_for_body(key, body)

@@ -1,6 +1,10 @@
 """Schemathesis as its users run it: the `schemathesis run --checks all` command against the
 real server process's /openapi.json, every phase (coverage, fuzzing, stateful through the
-links it infers from `Location`), deterministic and bounded; it must report nothing."""
+links it infers from `Location`), deterministic and bounded; it must report nothing.
+
+It takes minutes (every phase, every operation, over a socket), so it runs when
+JOBSERVER_TEST_SCHEMATHESIS_CLI=1 is set; the suite always runs every check in-process
+(test_schemathesis.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,13 @@ from tests.e2e import start_server
 from tests.helpers import REPO
 from tests.receiver import Receiver
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        os.environ.get("JOBSERVER_TEST_SCHEMATHESIS_CLI") != "1",
+        reason="minutes long: set JOBSERVER_TEST_SCHEMATHESIS_CLI=1 (every check runs in-process anyway)",
+    ),
+]
 
 TASK_MODULES = ["jobserver.examples"]  # not the test tasks: some of them spin forever on purpose
 

@@ -36,6 +36,7 @@ NON_CONFIG_VARIABLES = frozenset(
         "JOBSERVER_URL",  # the client commands: where the server is
         "JOBSERVER_API_KEY",  # the client commands: the key they send
         "JOBSERVER_TEST_PG_URL",  # the test suite: the PostgreSQL server of the postgres tests
+        "JOBSERVER_TEST_SCHEMATHESIS_CLI",  # the test suite: also run the Schemathesis command (minutes)
     }
 )
 """JOBSERVER_* variables that are not config keys; any other JOBSERVER_* name must be one."""
