@@ -1,8 +1,8 @@
 """Command line: argv -> Settings -> logging -> task modules -> runtime, or a client subcommand.
 
 `python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
-`jobserver` command) serves; the client subcommands (submit, get, wait, list,
-cancel, retry, tasks, schedules, pause, resume, stats) live in
+`jobserver` command) serves; the client subcommands (submit, get, wait, follow, logs,
+list, cancel, retry, delete, webhooks, tasks, schedules, pause, resume, stats) live in
 `jobserver.client.commands`. A start that cannot work prints one `jobserver: ...`
 line, never a traceback, and exits with the code of its cause (README, "Start-up
 checks and exit codes"): 1 cannot start (port, data directory or lock file, a damaged database,
@@ -26,8 +26,8 @@ from jobserver.core.version import package_version
 
 log = logging.getLogger(__name__)
 CLIENT_COMMANDS = (
-    "submit", "get", "wait", "list", "cancel", "retry", "signal", "tasks", "schedules", "pause", "resume",
-    "stats",
+    "submit", "get", "wait", "follow", "logs", "list", "cancel", "retry", "delete", "webhooks", "signal",
+    "tasks", "schedules", "pause", "resume", "stats",
 )  # fmt: skip
 
 
@@ -48,8 +48,8 @@ def serve_parser() -> argparse.ArgumentParser:
 def _client_first(args: list[str]) -> list[str]:
     """Accept the client's global options before the command: `--url U submit ...`."""
     i = 0
-    while i + 1 < len(args) and args[i] in ("--url", "--api-key"):
-        i += 2
+    while i < len(args) and args[i] in ("--url", "--api-key", "--json"):
+        i += 1 if args[i] == "--json" else 2
     if 0 < i < len(args) and args[i] in CLIENT_COMMANDS:
         return [args[i], *args[:i], *args[i + 1 :]]
     return args

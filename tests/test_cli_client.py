@@ -55,23 +55,25 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_submit_wait_get_and_wait_again(shared: Server) -> None:
-    done = ok_json(cli("submit", ADD, "-a", "a=2", "-a", "b=40", "--wait", url=shared.url))
+    done = ok_json(cli("--json", "submit", ADD, "-a", "a=2", "-a", "b=40", "--wait", url=shared.url))
     assert (done["status"], done["result"]) == ("completed", 42)
 
-    assert ok_json(cli("get", done["id"], url=shared.url))["result"] == 42
-    assert ok_json(cli("get", done["id"], "--wait", "5", url=shared.url))["status"] == "completed"
-    assert ok_json(cli("wait", done["id"], "--timeout", "30", url=shared.url))["result"] == 42
+    assert ok_json(cli("--json", "get", done["id"], url=shared.url))["result"] == 42
+    assert ok_json(cli("--json", "get", done["id"], "--wait", "5", url=shared.url))["status"] == "completed"
+    assert ok_json(cli("--json", "wait", done["id"], "--timeout", "30", url=shared.url))["result"] == 42
 
 
 def test_failed_job_exits_1_and_can_be_retried(shared: Server) -> None:
-    submitted = cli("submit", FAIL, "--args", '{"message": "cli says no"}', "--wait", url=shared.url)
+    submitted = cli(
+        "--json", "submit", FAIL, "--args", '{"message": "cli says no"}', "--wait", url=shared.url
+    )
     assert submitted.returncode == 1
     job = json.loads(submitted.stdout)
     assert job["status"] == "failed"
     assert "failed" in one_line(submitted) and "cli says no" in submitted.stderr
 
     assert cli("wait", job["id"], url=shared.url).returncode == 1
-    again = ok_json(cli("retry", job["id"], url=shared.url))
+    again = ok_json(cli("--json", "retry", job["id"], url=shared.url))
     assert (again["id"], again["status"], again["attempts"]) == (job["id"], "pending", 0)
     assert cli("wait", job["id"], "--timeout", "30", url=shared.url).returncode == 1
 
@@ -79,6 +81,7 @@ def test_failed_job_exits_1_and_can_be_retried(shared: Server) -> None:
 def test_cancel_a_delayed_job(shared: Server) -> None:
     job = ok_json(
         cli(
+            "--json",
             "submit",
             ADD,
             "--args",
@@ -93,40 +96,40 @@ def test_cancel_a_delayed_job(shared: Server) -> None:
     assert job["status"] == "pending"
 
     timed_out = cli("wait", job["id"], "--timeout", "0.2", url=shared.url)
-    assert timed_out.returncode == 1 and "still pending" in one_line(timed_out)
-    assert ok_json(cli("cancel", job["id"], url=shared.url))["status"] == "cancelled"
-    assert cli("wait", job["id"], url=shared.url).returncode == 1
+    assert timed_out.returncode == 4 and "still pending" in one_line(timed_out)
+    assert ok_json(cli("--json", "cancel", job["id"], url=shared.url))["status"] == "cancelled"
+    assert cli("wait", job["id"], url=shared.url).returncode == 3
 
     refused = cli("cancel", job["id"], url=shared.url)
     assert refused.returncode == 1 and "already finished" in one_line(refused)
 
 
 def test_list_filters_and_pages(shared: Server) -> None:
-    ids = [ok_json(cli("submit", NOOP, "--delay", "3600", url=shared.url))["id"] for _ in range(2)]
+    ids = [ok_json(cli("--json", "submit", NOOP, "--delay", "3600", url=shared.url))["id"] for _ in range(2)]
 
-    page = ok_json(cli("list", "--task", NOOP, "--limit", "1", url=shared.url))
+    page = ok_json(cli("--json", "list", "--task", NOOP, "--limit", "1", url=shared.url))
     assert [j["id"] for j in page["jobs"]] == ids[-1:] and page["next_cursor"]
-    pending = ok_json(cli("list", "--task", NOOP, "--status", "pending", url=shared.url))
+    pending = ok_json(cli("--json", "list", "--task", NOOP, "--status", "pending", url=shared.url))
     assert [j["id"] for j in pending["jobs"]] == ids[::-1]
 
 
 def test_tasks(shared: Server) -> None:
-    names = {t["name"] for t in ok_json(cli("tasks", url=shared.url))["tasks"]}
+    names = {t["name"] for t in ok_json(cli("--json", "tasks", url=shared.url))["tasks"]}
     assert {ADD, FAIL, NOOP} <= names
 
 
 def test_signal_sends_json_and_lists_waiting_jobs(shared: Server, tmp_path: Path) -> None:
     args = json.dumps({"path": str(tmp_path / "marks")})
-    job = ok_json(cli("submit", "tests.e2e_tasks.approval", "--args", args, url=shared.url))
+    job = ok_json(cli("--json", "submit", "tests.e2e_tasks.approval", "--args", args, url=shared.url))
 
     def listed_waiting() -> bool:
-        waiting = ok_json(cli("list", "--status", "waiting", url=shared.url))
+        waiting = ok_json(cli("--json", "list", "--status", "waiting", url=shared.url))
         return any(j["id"] == job["id"] for j in waiting["jobs"])
 
     wait_until(listed_waiting, 30, message="the job to be listed as waiting")
-    sent = ok_json(cli("signal", job["id"], "approve", '{"by": "cli"}', url=shared.url))
+    sent = ok_json(cli("--json", "signal", job["id"], "approve", '{"by": "cli"}', url=shared.url))
     assert sent["id"] == job["id"]
-    done = ok_json(cli("wait", job["id"], "--timeout", "30", url=shared.url))
+    done = ok_json(cli("--json", "wait", job["id"], "--timeout", "30", url=shared.url))
     assert done["result"] == {"answer": {"by": "cli"}, "attempt": 1}
     again = cli("signal", job["id"], "approve", '{"by": "someone else"}', url=shared.url)
     assert again.returncode == 1 and "another body" in one_line(again)
@@ -153,10 +156,10 @@ def test_bad_input_exits_2_with_one_line(shared: Server) -> None:
 def test_url_flag_wins_over_the_environment(shared: Server) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 
-    assert ok_json(cli("tasks", "--url", shared.url, url=dead))["tasks"]
-    assert ok_json(cli("--url", shared.url, "tasks", url=dead))["tasks"]  # global options first
+    assert ok_json(cli("--json", "tasks", "--url", shared.url, url=dead))["tasks"]
+    assert ok_json(cli("--json", "--url", shared.url, "tasks", url=dead))["tasks"]  # global options first
     unreachable = cli("tasks", url=dead)
-    assert unreachable.returncode == 1 and "cannot reach" in one_line(unreachable)
+    assert unreachable.returncode == 5 and "cannot reach" in one_line(unreachable)
 
 
 def test_api_key_from_flag_or_environment(tmp_path: Path) -> None:
@@ -164,8 +167,8 @@ def test_api_key_from_flag_or_environment(tmp_path: Path) -> None:
     try:
         refused = cli("tasks", url=srv.url)
         assert refused.returncode == 1 and "401" in one_line(refused)
-        assert ok_json(cli("tasks", "--api-key", "k1", url=srv.url))["tasks"]
-        assert ok_json(cli("tasks", url=srv.url, JOBSERVER_API_KEY="k1"))["tasks"]
+        assert ok_json(cli("--json", "tasks", "--api-key", "k1", url=srv.url))["tasks"]
+        assert ok_json(cli("--json", "tasks", url=srv.url, JOBSERVER_API_KEY="k1"))["tasks"]
         wrong = cli("tasks", "--api-key", "wrong", url=srv.url, JOBSERVER_API_KEY="k1")
         assert wrong.returncode == 1  # the flag wins over the environment
     finally:

@@ -28,11 +28,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_pause_and_resume_a_task(server: Server) -> None:
     c = server.client()
-    assert ok_json(cli("pause", ADD, url=server.url)) == {"name": ADD, "paused": True}
+    assert ok_json(cli("--json", "pause", ADD, url=server.url)) == {"name": ADD, "paused": True}
     job_id = submit(c, ADD, {"a": 2, "b": 3})
     assert finished(c, submit(c, NOOP))["status"] == "completed"
     assert c.get(f"/jobs/{job_id}").json()["status"] == "pending"
-    assert ok_json(cli("resume", ADD, url=server.url)) == {"name": ADD, "paused": False}
+    assert ok_json(cli("--json", "resume", ADD, url=server.url)) == {"name": ADD, "paused": False}
     assert finished(c, job_id)["result"] == 5
     unknown = cli("pause", "no.such.task", url=server.url)
     assert unknown.returncode == 2 and "no task named 'no.such.task'" in one_line(unknown)
@@ -41,11 +41,13 @@ def test_pause_and_resume_a_task(server: Server) -> None:
 def test_bulk_cancel_and_retry_with_filters(server: Server) -> None:
     c = server.client()
     ids = [submit(c, NOOP, delay=3600) for _ in range(3)]
-    assert ok_json(cli("cancel", "--task", NOOP, "--status", "pending", url=server.url)) == {"count": 3}
+    assert ok_json(cli("--json", "cancel", "--task", NOOP, "--status", "pending", url=server.url)) == {
+        "count": 3
+    }
     assert {c.get(f"/jobs/{j}").json()["status"] for j in ids} == {"cancelled"}
-    assert ok_json(cli("retry", "--id", ids[0], "--id", ids[1], url=server.url)) == {"count": 2}
+    assert ok_json(cli("--json", "retry", "--id", ids[0], "--id", ids[1], url=server.url)) == {"count": 2}
     assert [finished(c, j)["status"] for j in ids] == ["completed", "completed", "cancelled"]
-    assert ok_json(cli("retry", ids[2], url=server.url))["status"] == "pending"
+    assert ok_json(cli("--json", "retry", ids[2], url=server.url))["status"] == "pending"
     nothing = cli("cancel", url=server.url)
     assert nothing.returncode == 2 and "give a job ID, filters" in one_line(nothing)
     bad = cli("retry", "--status", "running", url=server.url)
@@ -56,14 +58,14 @@ def test_schedules_and_stats(server: Server) -> None:
     c = server.client()
     r = c.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
     assert r.status_code in (200, 201)
-    listed = ok_json(cli("schedules", url=server.url))["schedules"]
+    listed = ok_json(cli("--json", "schedules", url=server.url))["schedules"]
     assert [(s["name"], s["cron"], s["paused"]) for s in listed] == [("nightly", "0 3 * * *", False)]
-    assert ok_json(cli("schedules", "pause", "nightly", url=server.url))["paused"] is True
-    assert ok_json(cli("schedules", "resume", "nightly", url=server.url))["paused"] is False
+    assert ok_json(cli("--json", "schedules", "pause", "nightly", url=server.url))["paused"] is True
+    assert ok_json(cli("--json", "schedules", "resume", "nightly", url=server.url))["paused"] is False
     deleted = cli("schedules", "delete", "nightly", url=server.url)
     assert deleted.returncode == 0, deleted.stderr
     again = cli("schedules", "delete", "nightly", url=server.url)
     assert again.returncode == 1 and "no schedule named 'nightly'" in one_line(again)
-    stats = ok_json(cli("stats", url=server.url))
+    stats = ok_json(cli("--json", "stats", url=server.url))
     assert set(stats) == {"at", "counts", "tasks", "last_hour"}
     assert set(stats["counts"]) == {"pending", "running", "waiting", "completed", "failed", "cancelled"}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from jobserver.client.sdk import Client, ClientError, Event, Job, parse_sse
+from jobserver.client.sdk import Client, ClientError, Event, Job, UnauthorizedError, parse_sse
 from jobserver.core.errors import (
     IdempotencyMismatchError,
     InvalidRequestError,
@@ -27,6 +27,7 @@ from jobserver.core.errors import (
     JobServerError,
     SignalConflictError,
     TaskNotFoundError,
+    WaitTimeoutError,
 )
 from tests.helpers import wait_until
 from tests.inproc import RunningApp, running_app
@@ -104,7 +105,9 @@ def test_unknown_job_raises_job_not_found_everywhere(client: Client) -> None:
 def test_delayed_job_stays_pending_then_cancels(client: Client) -> None:
     job = client.submit(ADD, {"a": 1, "b": 2}, delay=3600)
 
-    assert client.wait(job["id"], timeout=0.2)["status"] == "pending"  # wait gives up, job as last read
+    with pytest.raises(WaitTimeoutError) as gave_up:
+        client.wait(job["id"], timeout=0.2)
+    assert (gave_up.value.job_id, gave_up.value.job["status"]) == (job["id"], "pending")  # as last read
     with pytest.raises(JobNotFinishedError):
         client.delete(job["id"])
     assert client.cancel(job["id"])["status"] == "cancelled"
@@ -189,11 +192,16 @@ def test_a_given_http_client_is_used_and_left_open(shared_app: RunningApp) -> No
 
 def test_api_keys_are_sent_as_bearer_tokens(tmp_path: Path) -> None:
     with running_app(tmp_path, config={"auth": {"api_keys": ["k1"]}}) as app:
+        messages = set()
         for key in (None, "wrong"):
-            with Client(api_key=key, http_client=app.client) as c, pytest.raises(ClientError) as info:
+            with Client(api_key=key, http_client=app.client) as c, pytest.raises(UnauthorizedError) as info:
                 c.submit(ADD, {"a": 1, "b": 1})
-            assert info.value.status_code == 401
+            assert info.value.status_code == 401 and isinstance(info.value, ClientError)
             assert info.value.problem["code"] == "unauthorized"
+            assert info.value.key_sent is (key is not None)
+            messages.add(str(info.value))
+        assert any("needs an API key" in m for m in messages)
+        assert any("refused the API key" in m for m in messages)
         with Client(api_key="k1", http_client=app.client) as c:
             job = c.submit(ADD, {"a": 1, "b": 1})
             assert c.wait(job["id"], timeout=WAIT_S)["result"] == 2

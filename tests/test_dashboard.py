@@ -163,7 +163,7 @@ def test_detail_pane_shows_job_and_live_event_log(server: Server, client: httpx.
     expect(page.locator("#detail-args")).to_contain_text('"seconds"')
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "live")
     expect(log_entries(page, "status", "running").first).to_be_visible()
-    expect(log_entries(page, "progress").first).to_be_visible()
+    expect(page.locator("#detail-progress-text")).to_contain_text("/8")  # progress goes to the bar
 
     expect(page.locator("#detail-status")).to_have_text("completed")
     expect(log_entries(page, "status", "completed")).to_have_count(1)
@@ -207,6 +207,7 @@ def test_cancel_button_cancels_a_running_sleep_job(server: Server, client: httpx
     open_job(page, job["id"])
     expect(page.locator("#btn-retry")).to_be_hidden()
 
+    page.once("dialog", lambda dialog: dialog.accept())  # Cancel asks first
     page.locator("#btn-cancel").click()
 
     expect(page.locator("#detail-status")).to_have_text("cancelled")
@@ -258,6 +259,7 @@ def test_retry_button_restarts_a_cancelled_sleep_job(
     expect(page.locator("#detail-status")).to_have_text("running")
     expect(page.locator("#btn-cancel")).to_be_visible()
     assert client.get(f"/jobs/{job['id']}").json()["status"] in ("pending", "running")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#btn-cancel").click()
     expect(row(page, job["id"])).to_have_attribute("data-status", "cancelled")
 

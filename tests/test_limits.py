@@ -39,6 +39,8 @@ def test_a_full_key_parks_its_jobs_and_holds_back_no_other_key(app: RunningApp, 
     wait_until(lambda: sum(job(c, i)["status"] == "running" for i in a) == 3)
     held_back = [job(c, i) for i in a if job(c, i)["status"] != "running"]
     wait_until(lambda: all(job(c, j["id"])["blocked_by"] == "llm:a" for j in held_back))
+    reason = job(c, held_back[0]["id"])["pending_reason"]  # what the dashboard says of it
+    assert reason["code"] == "blocked_by_limit" and "llm:a" in reason["detail"]
     assert all(j["status"] == "pending" for j in held_back)
     # another key of the same task, and another task, run at once
     b = submit(c, HELD, {"path": path, "model": "b", "hold_s": 0})

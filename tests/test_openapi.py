@@ -47,6 +47,7 @@ CONTRACT_ROUTES = {
     ("post", "/tasks/{name}/resume"),
     ("post", "/jobs/cancel"),
     ("post", "/jobs/retry"),
+    ("post", "/jobs/delete"),
     ("get", "/stats"),
 }
 

@@ -85,7 +85,7 @@ def run_cases(operation: Any, mode: GenerationMode, examples: int, webhook_url: 
         calls.append(f"{case.method} {case.formatted_path}")
         as_a_client_sends(case, webhook_url)
         case.call_and_validate(
-            checks=ALL_CHECKS, excluded_checks=EXCLUDED.get(operation.label, []), timeout=10
+            checks=ALL_CHECKS, excluded_checks=EXCLUDED.get(operation.label, []), timeout=30
         )
 
     run()

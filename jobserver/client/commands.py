@@ -1,15 +1,21 @@
-"""The client subcommands of `python -m jobserver`: submit, get, wait, list, cancel, retry, signal,
-tasks, schedules, pause, resume, stats.
+"""The client subcommands of `python -m jobserver`: submit, get, wait, follow, logs, list,
+cancel, retry, delete, signal, webhooks, tasks, schedules, pause, resume, stats.
 
-`cancel` and `retry` take one job id, or filters (`--status`, `--task`, `--id`, or
-`--all`) for every matching job, answering `{"count": n}`.
+`cancel`, `retry` and `delete` take one job id, or filters (`--status`, `--task`, `--id`,
+or `--all`) for every matching job.
 
 Each talks to a running server through `client.Client`, found through `--url`
 or JOBSERVER_URL (default http://127.0.0.1:8000), with the key from `--api-key`
-or JOBSERVER_API_KEY. Answers are pretty JSON on stdout; an error is one line
-on stderr. Exit codes: 0 done; 1 a failed or cancelled job (`wait`,
-`submit --wait`), a timeout, or any other error; 2 a usage or validation error
-(bad flags, bad JSON, a 400, 413 or 422 from the server).
+or JOBSERVER_API_KEY. People get tables (render.py); `--json` gives the API's JSON
+for scripts. `submit` prints the job id at once; `--wait`, `wait` and `follow` then show
+a live line with the progress and the latest log line (`follow` prints every log line
+too), and Ctrl-C stops watching, leaves the job running and says how to watch it again.
+An error is one line on stderr.
+
+Exit codes (EXIT_* below): 0 done, or the job completed; 1 the job failed, or any other
+error; 2 a usage or validation error (bad flags, bad JSON, a 400, 413 or 422); 3 the job
+was cancelled; 4 the wait timed out with the job unfinished; 5 the server cannot be
+reached; 130 interrupted with Ctrl-C (the job keeps running).
 """
 
 from __future__ import annotations
@@ -18,22 +24,31 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-import httpx
+from rich.live import Live
 
+from jobserver.client import render
 from jobserver.client.sdk import DEFAULT_URL, Client, ClientError
 from jobserver.core.errors import (
     IdempotencyMismatchError,
     InvalidRequestError,
     JobServerError,
+    ServerUnavailableError,
     TaskNotFoundError,
+    WaitTimeoutError,
     WebhookURLError,
 )
-from jobserver.core.schemas import MAX_LIMIT
+from jobserver.core.lifecycle import FINISHED
+from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S
 
 PROG = "python -m jobserver"
+FINISHED_NAMES = ("completed", "failed", "cancelled")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMED_OUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+POLL_S = 1.0  # how often the live line reads the job's new events while it waits
 USAGE_ERRORS = (InvalidRequestError, TaskNotFoundError, WebhookURLError, IdempotencyMismatchError)
 
 
@@ -77,6 +92,12 @@ def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
         "--url", default=default, help=f"server URL (env JOBSERVER_URL, default {DEFAULT_URL})"
     )
     parser.add_argument("--api-key", default=default, help="API key (env JOBSERVER_API_KEY)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if default is None else default,
+        help="print the API's JSON instead of tables (for scripts)",
+    )
 
 
 def _add_submit(p: argparse.ArgumentParser) -> None:
@@ -107,8 +128,9 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wait",
         action="store_true",
-        help="wait until the job is finished; exit 1 if it failed or was cancelled",
+        help="wait until the job is finished, with a live progress line; the exit code says how it ended",
     )
+    p.add_argument("--follow", action="store_true", help="as --wait, printing every log line of the job")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _add_submit(sub.add_parser("submit", parents=[common], help="submit a job and print it"))
+    _add_submit(sub.add_parser("submit", parents=[common], help="submit a job and print its id"))
 
     p = sub.add_parser("get", parents=[common], help="print a job")
     p.add_argument("job_id", metavar="ID")
@@ -128,13 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, metavar="S", help="hold up to S seconds (at most 60) until it is finished"
     )
 
-    p = sub.add_parser(
-        "wait",
-        parents=[common],
-        help="wait until a job is finished; exit 0 completed, 1 failed, cancelled or timed out",
-    )
+    for name, text in (
+        ("wait", "wait until a job is finished; exit 0 completed, 1 failed, 3 cancelled, 4 timed out"),
+        ("follow", "as wait, printing every log line of the job as it comes"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("job_id", metavar="ID")
+        p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
+
+    p = sub.add_parser("logs", parents=[common], help="print a job's log lines (ctx.log)")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the job ends")
+
+    p = sub.add_parser("webhooks", parents=[common], help="a job's webhook delivery attempts")
+    p.add_argument("job_id", metavar="ID")
 
     p = sub.add_parser("list", parents=[common], help="list jobs, newest first")
     p.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
@@ -150,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
             "run a failed or cancelled job again, or every one a filter matches",
             ["failed", "cancelled"],
         ),
+        ("delete", "forget a finished job, or every finished job a filter matches", list(FINISHED_NAMES)),
     ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("job_id", metavar="ID", nargs="?", help="one job (or give filters instead)")
@@ -165,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("payload", metavar="JSON", nargs="?", type=_json_value, default=None, help="default: null")
 
-    sub.add_parser("tasks", parents=[common], help="list the registered tasks")
+    p = sub.add_parser("tasks", parents=[common], help="one line per task; `tasks NAME` for its args schema")
+    p.add_argument("name", nargs="?", metavar="NAME", help="one task: its args schema and options")
     for name, text in (
         ("pause", "hold a task's pending jobs back"),
         ("resume", "let a paused task's jobs run"),
@@ -179,26 +210,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+class Output:
+    """Where answers go: JSON for scripts, tables for people; notes and progress on stderr."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.out, self.err = render.consoles()
+
+    def json(self, value: Any) -> None:
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def show(self, value: Any, human: Any) -> None:
+        """`value` as JSON, or `human` (a rich renderable or a line) for people."""
+        if self.as_json:
+            self.json(value)
+        else:
+            self.out.print(human, soft_wrap=not isinstance(human, str), highlight=False)
+
+    def note(self, text: str) -> None:
+        self.err.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
-def _finished_code(job: Mapping[str, Any]) -> int:
-    """Exit code for a waited-on job: 0 completed, 1 failed, cancelled or still unfinished."""
+def _ended_code(job: Mapping[str, Any], output: Output) -> int:
+    """The exit code for a finished job, with one line on stderr when it did not complete."""
     status = job.get("status")
     if status == "completed":
-        return 0
-    if status in ("failed", "cancelled"):
-        error = job.get("error") or {}
-        reason = f": {error.get('type')}: {error.get('message')}" if error else ""
-        print(f"jobserver: job {job.get('id')} {status}{reason}", file=sys.stderr)
-    else:
-        print(f"jobserver: timed out; job {job.get('id')} is still {status}", file=sys.stderr)
-    return 1
+        return EXIT_OK
+    error = job.get("error") or {}
+    reason = f": {error.get('type')}: {error.get('message')}" if error else ""
+    output.note(f"jobserver: job {job.get('id')} {status}{reason}")
+    return EXIT_CANCELLED if status == "cancelled" else EXIT_FAILED
 
 
-def _submit(client: Client, args: argparse.Namespace) -> int:
+def watch(client: Client, job_id: str, timeout: float | None, echo_logs: bool, output: Output) -> int:
+    """Wait for a job with a live progress line; print it, and the exit code for how it ended."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_event: str | None = None
+    latest_log = ""
+    job = client.get(job_id)
+    try:
+        with Live(
+            render.progress_line(job, ""), console=output.err, transient=True, auto_refresh=False
+        ) as live:
+            while True:
+                for event in client.events(job_id, last_event, follow=False):
+                    last_event = event.id
+                    if event.event == "log" and isinstance(event.data, dict):
+                        latest_log = str(event.data.get("message", ""))
+                        if echo_logs:
+                            live.console.print(_log_line(event.data), highlight=False, markup=False)
+                live.update(render.progress_line(job, latest_log), refresh=True)
+                if job["status"] in FINISHED:
+                    break
+                remaining = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise WaitTimeoutError(job, float(timeout or 0))
+                job = client.get(job_id, wait=round(min(remaining, float(MAX_WAIT_S)), 3))
+    except KeyboardInterrupt:
+        output.note(
+            f"jobserver: stopped watching; job {job_id} is still {job['status']} on the server. "
+            f"Watch it again: {PROG} wait {job_id}"
+        )
+        return EXIT_INTERRUPTED
+    output.show(job, render.job_table(job))
+    return _ended_code(job, output)
+
+
+def _log_line(data: Mapping[str, Any]) -> str:
+    return f"{str(data.get('at') or '')[:23].replace('T', ' ')}  {data.get('message', '')}"
+
+
+def _submit(client: Client, args: argparse.Namespace, output: Output) -> int:
     job_args = args.args if args.args is not None else dict(args.arg)
     job = client.submit(
         args.task,
@@ -212,87 +295,168 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         idempotency_key=args.idempotency_key,
     )
     if job.replayed:
-        print(
-            f"jobserver: Idempotency-Key {args.idempotency_key!r} was used before; this is that job",
-            file=sys.stderr,
-        )
-    if not args.wait:
-        _print(job)
-        return 0
-    done = client.wait(job["id"])
-    _print(done)
-    return _finished_code(done)
+        output.note(f"jobserver: Idempotency-Key {args.idempotency_key!r} was used before; this is that job")
+    waiting = args.wait or args.follow
+    if output.as_json and not waiting:
+        output.json(job)
+        return EXIT_OK
+    if not output.as_json:
+        sys.stdout.write(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
+        sys.stdout.flush()
+        if not waiting:
+            output.note(f"jobserver: {job['task']} is {job['status']}; watch it: {PROG} wait {job['id']}")
+            return EXIT_OK
+    return watch(client, job["id"], None, args.follow, output)
 
 
-def run(client: Client, args: argparse.Namespace) -> int:
+def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
+    lines = []
+    try:
+        for event in client.events(args.job_id, follow=args.follow):
+            if event.event != "log" or not isinstance(event.data, dict):
+                continue
+            if output.as_json:
+                lines.append(event.data)
+            else:
+                output.out.print(_log_line(event.data), highlight=False, markup=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        output.note(f"jobserver: stopped; follow again: {PROG} logs {args.job_id} --follow")
+        return EXIT_INTERRUPTED
+    if output.as_json:
+        output.json({"logs": lines})
+    return EXIT_OK
+
+
+def run(client: Client, args: argparse.Namespace, output: Output) -> int:
     """Run one parsed subcommand; the exit code."""
     command = args.command
     if command == "submit":
-        return _submit(client, args)
+        return _submit(client, args, output)
+    if command in ("wait", "follow"):
+        return watch(client, args.job_id, args.timeout, command == "follow", output)
+    if command == "logs":
+        return _logs(client, args, output)
     if command == "get":
-        _print(client.get(args.job_id, wait=args.wait))
-    elif command == "wait":
-        job = client.wait(args.job_id, timeout=args.timeout)
-        _print(job)
-        return _finished_code(job)
+        job = client.get(args.job_id, wait=args.wait)
+        output.show(job, render.job_table(job))
     elif command == "list":
-        _print(
-            client.list(
-                status=args.status, task=args.task, limit=args.limit, cursor=args.cursor, parent=args.parent
-            )
+        page = client.list(
+            status=args.status, task=args.task, limit=args.limit, cursor=args.cursor, parent=args.parent
         )
-    elif command in ("cancel", "retry"):
-        return _cancel_or_retry(client, args)
+        output.show(page, render.jobs_table(page["jobs"]))
+        if not output.as_json and page.get("next_cursor"):
+            output.note(f"more: --cursor {page['next_cursor']}")
+    elif command in ("cancel", "retry", "delete"):
+        return _one_or_many(client, args, output)
     elif command == "signal":
         job = client.signal(args.job_id, args.name, args.payload)
         if job.replayed:
-            print(f"jobserver: signal {args.name!r} was already sent with this payload", file=sys.stderr)
-        _print(job)
+            output.note(f"jobserver: signal {args.name!r} was already sent with this payload")
+        output.show(job, f"signal {args.name} sent; job {job['id']} is {job['status']}")
+    elif command == "webhooks":
+        deliveries = client.webhooks(args.job_id)
+        columns = ("ATTEMPT", "AT", "STATUS", "ERROR", "MS")
+        rows = [
+            [d.get("attempt"), d.get("at"), d.get("status_code"), d.get("error"), d.get("duration_ms")]
+            for d in deliveries
+        ]
+        output.show({"deliveries": deliveries}, render.rows_table(columns, rows) if rows else "no deliveries")
     elif command == "tasks":
-        _print({"tasks": client.tasks()})
+        return _tasks(client, args, output)
     elif command in ("pause", "resume"):
-        _print(client.pause_task(args.task) if command == "pause" else client.resume_task(args.task))
+        state = client.pause_task(args.task) if command == "pause" else client.resume_task(args.task)
+        output.show(state, f"task {args.task} {'paused' if state.get('paused') else 'resumed'}")
     elif command == "schedules":
-        return _schedules(client, args)
+        return _schedules(client, args, output)
     elif command == "stats":
-        _print(client.stats())
-    return 0
+        _stats(client.stats(), output)
+    return EXIT_OK
 
 
-def _cancel_or_retry(client: Client, args: argparse.Namespace) -> int:
+def _tasks(client: Client, args: argparse.Namespace, output: Output) -> int:
+    tasks = client.tasks()
+    if args.name is None:
+        output.show({"tasks": tasks}, render.tasks_table(tasks))
+        return EXIT_OK
+    found = [t for t in tasks if t["name"] == args.name]
+    if not found:
+        raise TaskNotFoundError(args.name)
+    output.json(found[0])  # the schema is JSON for people too
+    return EXIT_OK
+
+
+def _stats(stats: dict[str, Any], output: Output) -> None:
+    hour = stats.get("last_hour", {})
+    rows = [
+        [name, *(per.get(s, 0) for s in render.STATUS_STYLES)] for name, per in stats.get("tasks", {}).items()
+    ]
+    rows.append(["(all)", *(stats.get("counts", {}).get(s, 0) for s in render.STATUS_STYLES)])
+    output.show(stats, render.rows_table(["TASK", *(s.upper() for s in render.STATUS_STYLES)], rows))
+    if not output.as_json:
+        rate = hour.get("failure_rate")
+        output.out.print(
+            f"last hour: {hour.get('completed', 0)} completed, {hour.get('failed', 0)} failed, "
+            f"{hour.get('throughput_per_minute', 0)}/min, failure rate "
+            + ("n/a" if rate is None else f"{rate:.1%}"),
+            highlight=False,
+        )
+
+
+def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> int:
     """One job by id, or every job the filters match (`--all`: no filter)."""
     filters = args.status is not None or args.task is not None or args.ids is not None
+    command = args.command
     if args.job_id is not None:
         if filters or args.all:
-            return _usage(f"{args.command}: give a job ID or filters, not both")
-        _print(client.cancel(args.job_id) if args.command == "cancel" else client.retry(args.job_id))
-        return 0
+            return _usage(f"{command}: give a job ID or filters, not both")
+        if command == "delete":
+            client.delete(args.job_id)
+            output.show({"id": args.job_id, "deleted": True}, f"job {args.job_id} deleted")
+            return EXIT_OK
+        job = client.cancel(args.job_id) if command == "cancel" else client.retry(args.job_id)
+        output.show(job, f"job {job['id']} is {job['status']}")
+        return EXIT_OK
     if not filters and not args.all:
-        return _usage(f"{args.command}: give a job ID, filters (--status, --task, --id), or --all")
-    many = client.cancel_many if args.command == "cancel" else client.retry_many
-    _print({"count": many(status=args.status, task=args.task, ids=args.ids)})
-    return 0
+        return _usage(f"{command}: give a job ID, filters (--status, --task, --id), or --all")
+    many = {"cancel": client.cancel_many, "retry": client.retry_many, "delete": client.delete_many}[command]
+    count = many(status=args.status, task=args.task, ids=args.ids)
+    past = {"cancel": "cancelled", "retry": "retried", "delete": "deleted"}[command]
+    output.show({"count": count}, f"{past} {count} job{'' if count == 1 else 's'}")
+    return EXIT_OK
 
 
-def _schedules(client: Client, args: argparse.Namespace) -> int:
+def _schedules(client: Client, args: argparse.Namespace, output: Output) -> int:
     if args.action == "list":
-        _print({"schedules": client.schedules()})
-        return 0
+        schedules = client.schedules()
+        columns = ("NAME", "TASK", "CRON", "TIMEZONE", "STATE", "NEXT RUN", "LAST RUN")
+        rows = [
+            [
+                s["name"],
+                s["task"],
+                s["cron"],
+                s["timezone"],
+                "paused" if s["paused"] else "active",
+                s.get("next_run_at"),
+                s.get("last_run_at"),
+            ]
+            for s in schedules
+        ]
+        output.show({"schedules": schedules}, render.rows_table(columns, rows) if rows else "no schedules")
+        return EXIT_OK
     if args.name is None:
         return _usage(f"schedules {args.action}: name the schedule")
     if args.action == "delete":
         client.delete_schedule(args.name)
-        print(f"jobserver: schedule {args.name} deleted", file=sys.stderr)
-    elif args.action == "pause":
-        _print(client.pause_schedule(args.name))
-    else:
-        _print(client.resume_schedule(args.name))
-    return 0
+        output.note(f"jobserver: schedule {args.name} deleted")
+        return EXIT_OK
+    made = client.pause_schedule(args.name) if args.action == "pause" else client.resume_schedule(args.name)
+    output.show(made, f"schedule {args.name} {'paused' if made['paused'] else 'active'}")
+    return EXIT_OK
 
 
 def _usage(message: str) -> int:
     print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
 
 
 def describe(exc: JobServerError) -> str:
@@ -313,7 +477,11 @@ def describe(exc: JobServerError) -> str:
 
 def _exit_code(exc: JobServerError) -> int:
     status = getattr(exc, "status_code", None)
-    return 2 if isinstance(exc, USAGE_ERRORS) or status in (400, 413, 422) else 1
+    if isinstance(exc, WaitTimeoutError):
+        return EXIT_TIMED_OUT
+    if isinstance(exc, ServerUnavailableError):
+        return EXIT_UNREACHABLE
+    return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) or status in (400, 413, 422) else EXIT_FAILED
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -327,12 +495,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     api_key = args.api_key or env.get("JOBSERVER_API_KEY") or None
     try:
         with Client(url, api_key=api_key) as client:
-            return run(client, args)
+            return run(client, args, Output(args.json))
+    except WaitTimeoutError as exc:
+        print(f"jobserver: timed out; job {exc.job_id} is still {exc.job.get('status')}", file=sys.stderr)
+        return EXIT_TIMED_OUT
     except JobServerError as exc:
         print(f"jobserver: {describe(exc)}", file=sys.stderr)
         return _exit_code(exc)
-    except httpx.TransportError as exc:
-        print(f"jobserver: cannot reach the server at {url}: {exc or type(exc).__name__}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

@@ -20,7 +20,9 @@
     ├── DrainingError               503: the server is shutting down
     ├── StaleAttemptError           a write from an attempt that was already given up (fencing)
     ├── NotJSONSerializableError    a task returned or stepped a value that is not JSON
-    └── WebhookURLError             422: a webhook URL is refused (scheme, or a private address)
+    ├── WebhookURLError             422: a webhook URL is refused (scheme, or a private address)
+    ├── ServerUnavailableError      client side: no answer from the server (refused, reset, timed out)
+    └── WaitTimeoutError            client side: a waited-on job is not finished in time (carries `job`)
 
 Signals a task raises on purpose do not end in Error: `Retry`, `Fail`. `ChildFailed`
 is raised by `ctx.gather` for a job it waited on that failed or was cancelled. `Cancelled`
@@ -195,6 +197,25 @@ class WebhookURLError(JobServerError):
         self.url = url
         self.reason = reason
         super().__init__(f"webhook_url {url!r} is refused: {reason}")
+
+
+class ServerUnavailableError(JobServerError):
+    """The server could not be reached, or stopped answering; the transport error is kept as __cause__."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach the jobserver at {url}: {reason}")
+
+
+class WaitTimeoutError(JobServerError):
+    """A job was not finished when the wait gave up; `job` is the job as last read."""
+
+    def __init__(self, job: dict[str, Any], timeout_s: float) -> None:
+        self.job = job
+        self.job_id = str(job.get("id", ""))
+        self.timeout_s = timeout_s
+        super().__init__(f"job {self.job_id} is still {job.get('status')} after {timeout_s:g} s")
 
 
 class Retry(Exception):

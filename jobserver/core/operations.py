@@ -33,6 +33,12 @@ class CancelFilter(BulkFilter):
     status: Literal["pending", "running", "waiting"] | None = None
 
 
+class DeleteFilter(BulkFilter):
+    """POST /jobs/delete: finished jobs are forgotten with their events, steps and deliveries."""
+
+    status: Literal["completed", "failed", "cancelled"] | None = None
+
+
 class RetryFilter(BulkFilter):
     """POST /jobs/retry: failed and cancelled jobs get a fresh round of attempts."""
 

@@ -119,6 +119,7 @@ class ListQuery(BaseModel):
     parent: str | None = Field(default=None, max_length=64)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 class GetQuery(BaseModel):

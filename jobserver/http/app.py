@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from jobserver.core.clock import rfc3339
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
     InvalidRequestError,
@@ -38,6 +39,7 @@ from jobserver.core.errors import (
 )
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
+from jobserver.core.records import JobRecord
 from jobserver.core.schemas import (
     EVENT_ID_MAX,
     ID_PATTERN,
@@ -101,6 +103,25 @@ class Services:
     now: Callable[[], float] = time.time  # the server's clock (rate windows end relative to it)
     tracing: Tracing = NO_TRACING
     paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
+
+
+HELD = ("pending", "scheduled", "blocked")  # stored statuses of a pending job
+
+
+def pending_reason(record: JobRecord, registry: Registry, paused: frozenset[str]) -> dict[str, Any] | None:
+    """Why a pending job is not running yet, for people: `code`, `detail` (and `until` when delayed)."""
+    if record.status not in HELD:
+        return None
+    if record.status == "scheduled":
+        until = rfc3339(record.run_at)
+        return {"code": "delayed", "detail": f"delayed until {until}", "until": until}
+    if record.status == "blocked":
+        return {"code": "blocked_by_limit", "detail": f"held back by the limit {record.blocked_by}"}
+    if record.task in paused:
+        return {"code": "task_paused", "detail": f"task {record.task} is paused"}
+    if registry.find(record.task) is None:
+        return {"code": "unknown_task", "detail": f"no task {record.task} is registered on this server"}
+    return {"code": "no_free_worker", "detail": "waiting for a free worker thread (all are busy)"}
 
 
 class BodyTooLarge(Exception):
@@ -340,17 +361,40 @@ def create_app(svc: Services) -> Starlette:
 
     def job_with_steps(job_id: str) -> dict[str, Any]:
         """The job object with its steps: both reads in one thread hop."""
-        data = store.get(job_id).to_api()
+        record = store.get(job_id)
+        data = with_reason(record, svc.paused_tasks() if record.status in HELD else frozenset())
         data["steps"] = store.steps(job_id)
         return data
+
+    def with_reason(record: JobRecord, paused: frozenset[str]) -> dict[str, Any]:
+        data = record.to_api()
+        data["pending_reason"] = pending_reason(record, svc.registry, paused)
+        return data
+
+    def listed(
+        status: str | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        parent: str | None,
+        key: str | None,
+        scope: str,
+    ) -> dict[str, Any]:
+        idempotency = (scope, key) if key else None
+        jobs, next_cursor = store.list_jobs(status, task, limit, cursor, parent, idempotency)
+        paused = svc.paused_tasks() if any(j.status in HELD for j in jobs) else frozenset()
+        return {"jobs": [with_reason(j, paused) for j in jobs], "next_cursor": next_cursor}
 
     async def list_jobs(request: Request) -> Response:
         try:
             q = _query(ListQuery, request)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
-        jobs, cursor = await read(store.list_jobs, q.status, q.task, q.limit, q.cursor, q.parent)
-        return JSON({"jobs": [j.to_api() for j in jobs], "next_cursor": cursor})
+        return JSON(
+            await read(
+                listed, q.status, q.task, q.limit, q.cursor, q.parent, q.idempotency_key, key_scope(request)
+            )
+        )
 
     async def cancel(request: Request) -> Response:
         record = await commands.cancel(request.path_params["job_id"])
@@ -368,13 +412,14 @@ def create_app(svc: Services) -> Starlette:
         job_id = request.path_params["job_id"]
         await read(store.get, job_id)  # 404 before the stream starts
         after = last_event_id(request)
+        follow = request.query_params.get("follow", "true").lower() not in ("false", "0")
         return StreamingResponse(
-            event_stream(job_id, after),
+            event_stream(job_id, after, follow),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def event_stream(job_id: str, after: int) -> AsyncIterator[bytes]:
+    async def event_stream(job_id: str, after: int, follow: bool) -> AsyncIterator[bytes]:
         last_sent = time.monotonic()
         finishing = False
         with svc.hub.watch(job_id) as changed:
@@ -391,7 +436,7 @@ def create_app(svc: Services) -> Starlette:
                     return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
-                if finishing:
+                if finishing or not follow:
                     return  # nothing after the cursor and the job is over (e.g. a resume after the end)
                 if await read(_gone_or_finished, job_id):
                     finishing = True  # it may have finished between the two reads: read its events once more

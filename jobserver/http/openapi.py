@@ -15,7 +15,7 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.operations import CancelFilter, RetryFilter
+from jobserver.core.operations import CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import (
     EVENT_ID_MAX,
@@ -73,6 +73,20 @@ JOB_FIELDS: dict[str, Schema] = {
     },
     "idempotency_key": {"type": ["string", "null"]},
     "schedule": {"type": ["string", "null"], "description": "The schedule whose tick submitted the job."},
+    "pending_reason": {
+        "type": ["object", "null"],
+        "description": "Why a pending job is not running yet (null otherwise): `code` is delayed (with "
+        "`until`), blocked_by_limit, task_paused, unknown_task or no_free_worker; `detail` says it in words.",
+        "properties": {
+            "code": {
+                "type": "string",
+                "enum": ["delayed", "blocked_by_limit", "task_paused", "unknown_task", "no_free_worker"],
+            },
+            "detail": {"type": "string"},
+            "until": _timestamp(),
+        },
+        "required": ["code", "detail"],
+    },
     "webhook_url": {"type": ["string", "null"]},
     "created_at": _timestamp(),
     "run_at": _timestamp(),
@@ -553,6 +567,12 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
                     {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
+                    {
+                        "name": "idempotency_key",
+                        "in": "query",
+                        "description": "Only the job submitted with this Idempotency-Key (under the caller's API key).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    },
                 ],
             ),
         },
@@ -664,6 +684,12 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "description": "Resume after this event id (digits, at most 2^63 - 1; empty: from the "
                         "first event); anything else is a 400.",
                         "schema": {"type": "string", "pattern": last_event_id_pattern()},
+                    },
+                    {
+                        "name": "follow",
+                        "in": "query",
+                        "description": "false: send the stored events and end, without waiting for more.",
+                        "schema": {"type": "boolean", "default": True},
                     },
                 ],
             )
@@ -817,6 +843,7 @@ OPS_SCHEMAS: dict[str, Schema] = {
     "ScheduleBody": ScheduleBody.model_json_schema(),
     "CancelFilter": CancelFilter.model_json_schema(),
     "RetryFilter": RetryFilter.model_json_schema(),
+    "DeleteFilter": DeleteFilter.model_json_schema(),
     "Count": _count_schema(),
     "TaskPause": {
         "type": "object",
@@ -836,7 +863,25 @@ OPS_SCHEMAS: dict[str, Schema] = {
             "last_hour": {
                 "allOf": [
                     _finish_counts(),
-                    {"properties": {"tasks": {"type": "object", "additionalProperties": _finish_counts()}}},
+                    {
+                        "properties": {
+                            "tasks": {"type": "object", "additionalProperties": _finish_counts()},
+                            "minutes": {
+                                "type": "array",
+                                "description": "The 60 minutes of the window, oldest first: finishes per minute.",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["at", "completed", "failed", "cancelled"],
+                                    "properties": {
+                                        "at": _timestamp(),
+                                        "completed": {"type": "integer"},
+                                        "failed": {"type": "integer"},
+                                        "cancelled": {"type": "integer"},
+                                    },
+                                },
+                            },
+                        }
+                    },
                 ]
             },
         },
@@ -913,6 +958,13 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
                 "retryJobs", "Retry every matching failed or cancelled job",
                 {200: _json("How many jobs were retried.", _ref("Count"))},
                 bulk_problems, requestBody=body("RetryFilter"),
+            )
+        },
+        "/jobs/delete": {
+            "post": op(
+                "deleteJobs", "Delete every matching finished job (unfinished ones are left alone)",
+                {200: _json("How many jobs were deleted.", _ref("Count"))},
+                bulk_problems, requestBody=body("DeleteFilter"),
             )
         },
         "/stats": {

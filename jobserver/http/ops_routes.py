@@ -1,4 +1,4 @@
-"""HTTP routes of operations: schedules, pausing a task, bulk cancel/retry, and /stats.
+"""HTTP routes of operations: schedules, pausing a task, bulk cancel/retry/delete, and /stats.
 
     GET    /schedules                   {"schedules": [schedule, ...]}
     GET    /schedules/{name}            schedule; 404
@@ -10,6 +10,7 @@
     POST   /tasks/{name}/resume         200 {"name", "paused": false}; 404
     POST   /jobs/cancel                 200 {"count": n} for {"status"?, "task"?, "ids"?}
     POST   /jobs/retry                  200 {"count": n}
+    POST   /jobs/delete                 200 {"count": n} (finished jobs only)
     GET    /stats                       counts by status and task; the last hour's throughput
 
 Reads run on the reader pool and writes through the writer, never on the event
@@ -40,7 +41,7 @@ from jobserver.core.errors import (
     ScheduleNotFoundError,
     TaskNotFoundError,
 )
-from jobserver.core.operations import BulkFilter, CancelFilter, RetryFilter
+from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import json_violations
 from jobserver.http.app import JSON, LONG_NUMBER, BodyTooLarge, UnsupportedMediaType, read_body
@@ -198,6 +199,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
     return [
         Route("/jobs/cancel", guarded(bulk(CancelFilter, svc.bulk.cancel)), methods=["POST"]),
         Route("/jobs/retry", guarded(bulk(RetryFilter, svc.bulk.retry)), methods=["POST"]),
+        Route("/jobs/delete", guarded(bulk(DeleteFilter, svc.bulk.delete)), methods=["POST"]),
         Route("/schedules", guarded(list_schedules), methods=["GET"]),
         Route("/schedules/{name}", guarded(get_schedule), methods=["GET"]),
         Route("/schedules/{name}", guarded(put_schedule), methods=["PUT"]),

@@ -32,7 +32,9 @@ class Stats:
         """The /stats document (call on a reader thread)."""
         now = self.clock.now()
         by_task = self.counters.by_task()
-        finished = self.counters.finished_since(int(now // 60) - (WINDOW_MINUTES - 1))
+        first_minute = int(now // 60) - (WINDOW_MINUTES - 1)
+        finished = self.counters.finished_since(first_minute)
+        per_minute = self.counters.finishes_by_minute(first_minute)
         totals = dict.fromkeys(STATUSES, 0)
         for per_status in by_task.values():
             for status, n in per_status.items():
@@ -42,13 +44,24 @@ class Stats:
             "at": rfc3339(now),
             "counts": totals,
             "tasks": tasks,
-            "last_hour": _window(finished),
+            "last_hour": {**_window(finished), "minutes": _minutes(first_minute, per_minute)},
         }
 
     def compact_once(self) -> Future[None]:
         """Fold delta rows (PostgreSQL, one node at a time) and drop minutes older than a day."""
         oldest = int(self.clock.now() // 60) - KEEP_MINUTES
         return self.writer.submit(lambda tx: self.counters.compact(tx, oldest))
+
+
+def _minutes(first: int, per_minute: dict[int, dict[str, int]]) -> list[dict[str, Any]]:
+    """One entry per minute of the window, oldest first, zeros included: a chart's series."""
+    return [
+        {
+            "at": rfc3339(minute * 60.0),
+            **{s: per_minute.get(minute, {}).get(s, 0) for s in ("completed", "failed", "cancelled")},
+        }
+        for minute in range(first, first + WINDOW_MINUTES)
+    ]
 
 
 def _window(finished: dict[str, dict[str, int]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""BulkActions: cancel or retry every job that matches a filter, a batch at a time.
+"""BulkActions: cancel, retry or delete every job that matches a filter, a batch at a time.
 
 Each batch is its own short writer transaction of at most `BATCH_SIZE` jobs,
 read in id order from the (status, id) index, so a million matching jobs never
@@ -18,7 +18,7 @@ from jobserver.core.clock import Clock
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import Status
 from jobserver.core.observers import JobObserver
-from jobserver.core.operations import BulkFilter, CancelFilter, RetryFilter
+from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.records import JobRecord
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
@@ -33,7 +33,7 @@ Batch = Callable[
 
 
 class BulkActions:
-    """Cancel or retry many jobs without stalling the writer."""
+    """Cancel, retry or delete many jobs without stalling the writer."""
 
     def __init__(
         self,
@@ -63,6 +63,11 @@ class BulkActions:
         statuses: list[str] = [f.status] if f.status else ["failed", "cancelled"]
         return await self._run(self.store.retry_batch, statuses, f, self._retried)
 
+    async def delete(self, f: DeleteFilter) -> int:
+        """Forget matching finished jobs (unfinished ones are never touched); how many."""
+        statuses: list[str] = [f.status] if f.status else ["completed", "failed", "cancelled"]
+        return await self._run(self.store.delete_batch, statuses, f, self._deleted)
+
     async def _run(
         self, batch: Batch, statuses: list[str], f: BulkFilter, after: Callable[[list[JobRecord]], None]
     ) -> int:
@@ -90,6 +95,10 @@ class BulkActions:
             else:
                 for observer in self.observers:
                     observer.cancelled(rec)
+
+    def _deleted(self, records: list[JobRecord]) -> None:
+        for rec in records:
+            self.hub.publish(rec.id)
 
     def _retried(self, records: list[JobRecord]) -> None:
         for rec in records:

@@ -126,6 +126,13 @@ class Counters:
         """task -> finished status -> how many jobs finished from epoch minute `minute` on."""
         return counts(self._query(FINISHES_SQL, (minute,)))
 
+    def finishes_by_minute(self, minute: int) -> dict[int, dict[str, int]]:
+        """epoch minute -> finished status -> how many jobs finished in it, from `minute` on."""
+        per_minute: dict[int, dict[str, int]] = {}
+        for at, status, n in self._query(MINUTES_SQL, (minute,)):
+            per_minute.setdefault(int(at), {})[str(status)] = int(n)
+        return per_minute
+
     def compact(self, tx: Tx, oldest_minute: int) -> None:
         """Fold delta rows (PostgreSQL, one node at a time) and drop minutes before `oldest_minute`."""
         if self.pg:
@@ -140,6 +147,7 @@ class Counters:
 
 COUNTS_SQL = "SELECT task, status, SUM(n) FROM job_counts GROUP BY task, status HAVING SUM(n) <> 0"
 FINISHES_SQL = "SELECT task, status, SUM(n) FROM job_finishes WHERE minute >= ? GROUP BY task, status"
+MINUTES_SQL = "SELECT minute, status, SUM(n) FROM job_finishes WHERE minute >= ? GROUP BY minute, status"
 
 
 def compact_sql(pg: bool) -> list[str]:

@@ -221,24 +221,41 @@ class JobStore:
         return JobRecord.from_row(rows[0])
 
     def list_jobs(
-        self, status: str | None, task: str | None, limit: int, cursor: str | None, parent: str | None = None
+        self,
+        status: str | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        parent: str | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; `cursor` is the last id of the previous page."""
+        """Newest first; `cursor` is the last id of the previous page; `idempotency` (scope,
+        key) keeps the job submitted under that Idempotency-Key."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
             statuses = ("pending", "scheduled", "blocked")
-            pages = [self._list(s, task, limit, cursor, parent) for s in statuses]
+            pages = [self._list(s, task, limit, cursor, parent, idempotency) for s in statuses]
             merged = sorted([r for page, _ in pages for r in page], key=lambda r: r.id, reverse=True)
             more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
-        return self._list(status, task, limit, cursor, parent)
+        return self._list(status, task, limit, cursor, parent, idempotency)
 
     def _list(
-        self, status: str | None, task: str | None, limit: int, cursor: str | None, parent: str | None
+        self,
+        status: str | None,
+        task: str | None,
+        limit: int,
+        cursor: str | None,
+        parent: str | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if parent is not None:
             where.append("parent_id = ?")
             params.append(parent)
+        if idempotency is not None:
+            where.append("id IN (SELECT job_id FROM idempotency_keys WHERE scope = ? AND key = ?)")
+            params.extend(idempotency)
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -999,6 +1016,31 @@ class JobStore:
                 if status == Status.WAITING:
                     tx.execute("DELETE FROM awaits WHERE waiter_id = ?", (rec.id,))
                 self._finished(tx, rec, now)  # a gather waiting for it resumes
+            return records, found[-1]
+
+        return self.writer.submit(op)
+
+    def delete_batch(
+        self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
+    ) -> Future[tuple[list[JobRecord], str | None]]:
+        """Forget the next `limit` finished jobs in `status` after id `after`, as `delete` does
+        one; resolves to (deleted jobs as they were, id to continue after, or None when done)."""
+
+        def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
+            found = self._bulk_ids(tx, status, task, ids, after, limit)
+            if not found:
+                return [], None
+            marks = ", ".join("?" * len(found))
+            rows = tx.all(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks}) AND status = ?", (*found, status)
+            )
+            records = [JobRecord.from_row(r) for r in rows]
+            gone = [rec.id for rec in records]
+            if gone:
+                gone_marks = ", ".join("?" * len(gone))
+                for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
+                    column = "id" if table == "jobs" else "job_id"
+                    tx.execute(f"DELETE FROM {table} WHERE {column} IN ({gone_marks})", tuple(gone))
             return records, found[-1]
 
         return self.writer.submit(op)

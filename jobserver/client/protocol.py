@@ -1,0 +1,456 @@
+"""The SDK's calls, written once without I/O: each is a generator that yields the `Request`s
+it needs and receives the successful `httpx.Response` to each, returning the parsed result.
+
+The sync `Client` and the `AsyncClient` drive the same generators over their own httpx
+client; they alone send, retry and turn transport failures into `ServerUnavailableError`.
+An error answer never reaches a generator: the driver raises `error_for(...)` instead, so
+a problem document's `code` maps back to the server's exception classes in one place.
+
+Owns the wire format of the API (paths, bodies, headers, Server-Sent Events); no sockets.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from jobserver.core.errors import (
+    ConflictError,
+    DrainingError,
+    IdempotencyInFlightError,
+    IdempotencyMismatchError,
+    InvalidRequestError,
+    JobFinishedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    JobNotRetryableError,
+    JobServerError,
+    ScheduleNotFoundError,
+    SignalConflictError,
+    StorageError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+    WebhookURLError,
+)
+from jobserver.core.lifecycle import FINISHED
+from jobserver.core.schemas import MAX_WAIT_S
+
+T = TypeVar("T")
+
+
+class ClientError(JobServerError):
+    """The server answered with an error that has no class of its own."""
+
+    def __init__(self, status_code: int, problem: dict[str, Any], message: str | None = None) -> None:
+        self.status_code = status_code
+        self.problem = problem
+        super().__init__(message or f"HTTP {status_code}")
+
+
+class UnauthorizedError(ClientError):
+    """401: no API key was sent (`key_sent` False) or the one sent is not accepted (True)."""
+
+    def __init__(self, problem: dict[str, Any], key_sent: bool) -> None:
+        self.key_sent = key_sent
+        if key_sent:
+            message = "the server refused the API key (check api_key / JOBSERVER_API_KEY)"
+        else:
+            message = "the server needs an API key: pass api_key or set JOBSERVER_API_KEY"
+        super().__init__(401, problem, message)
+
+
+class Job(dict[str, Any]):
+    """A job object as the server sent it; `replayed` is True for an Idempotency-Key replay."""
+
+    replayed: bool = False
+
+
+class Event(NamedTuple):
+    """One Server-Sent Event: `id` (to resume from), `event` name, `data` parsed as JSON when it is JSON."""
+
+    id: str | None
+    event: str
+    data: Any
+
+
+class Call(NamedTuple):
+    """What the client was doing: enough to rebuild the server's exception."""
+
+    op: str
+    job_id: str = ""
+    task: str = ""
+    key: str = ""
+    webhook_url: str = ""
+    name: str = ""  # a schedule's
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request of a call; `retry_safe` when sending it twice cannot do anything twice."""
+
+    method: str
+    path: str
+    call: Call
+    params: dict[str, Any] | None = None
+    body: Any = None
+    has_body: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    read_timeout_s: float | None = None
+    retry_safe: bool = False
+
+
+def request(
+    method: str,
+    path: str,
+    call: Call,
+    *,
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    read_timeout_s: float | None = None,
+    retry_safe: bool | None = None,
+) -> Request:
+    """A Request; GETs are safe to retry unless told otherwise."""
+    return Request(
+        method,
+        path,
+        call,
+        params=params,
+        body=json,
+        has_body=json is not None,
+        headers=headers or {},
+        read_timeout_s=read_timeout_s,
+        retry_safe=method == "GET" if retry_safe is None else retry_safe,
+    )
+
+
+# A call: yields requests, receives their successful responses, returns its result.
+Exchange = Generator[Request, httpx.Response, T]
+
+# ------------------------------------------------------------------ errors
+
+# a 409 "conflict" says which call failed (our side) and, in its detail, the job's state
+_CONFLICTS: dict[str, type[ConflictError]] = {
+    "cancel": JobFinishedError,
+    "signal": JobFinishedError,
+    "retry": JobNotRetryableError,
+    "delete": JobNotFinishedError,
+}
+_CONFLICT_STATUS = re.compile(r"^job \S+ is (\w+)")
+
+
+def _conflict(call: Call, detail: str) -> JobServerError:
+    match = _CONFLICT_STATUS.match(detail)
+    return _CONFLICTS.get(call.op, ConflictError)(call.job_id, match.group(1) if match else "unknown", detail)
+
+
+def _field_reason(errors: builtins.list[Any], default: str) -> str:
+    first = errors[0] if errors else None
+    return str(first.get("msg", default)) if isinstance(first, dict) else default
+
+
+# problem `code` -> builder of the matching exception from (call, detail, errors)
+_BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] = {
+    "job-not-found": lambda call, detail, errors: JobNotFoundError(call.job_id),
+    "unknown-task": lambda call, detail, errors: TaskNotFoundError(call.task),
+    "validation-error": lambda call, detail, errors: InvalidRequestError(detail, errors),
+    "webhook-url-refused": lambda call, detail, errors: WebhookURLError(
+        call.webhook_url, _field_reason(errors, detail)
+    ),
+    "idempotency-key-reused": lambda call, detail, errors: IdempotencyMismatchError(call.key),
+    "idempotency-key-in-flight": lambda call, detail, errors: IdempotencyInFlightError(call.key),
+    "conflict": lambda call, detail, errors: _conflict(call, detail),
+    "signal-conflict": lambda call, detail, errors: SignalConflictError(call.job_id, "unknown", call.key),
+    "draining": lambda call, detail, errors: DrainingError(detail),
+    "storage-unavailable": lambda call, detail, errors: StorageError(detail),
+    "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
+    "task-not-found": lambda call, detail, errors: TaskNotFoundError(call.task),
+}
+
+
+def _problem_document(response: httpx.Response) -> dict[str, Any]:
+    """The answer's problem document, or one made up from the status when it sent none."""
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            return doc
+    text = response.text.strip()
+    return {
+        "status": response.status_code,
+        "title": response.reason_phrase,
+        "detail": text[:500] or response.reason_phrase,
+    }
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def error_for(response: httpx.Response, call: Call) -> JobServerError:
+    """The exception for an error answer (status >= 400); the response must have been read."""
+    doc = _problem_document(response)
+    detail = str(doc.get("detail") or doc.get("title") or f"HTTP {response.status_code}")
+    errors = doc.get("errors")
+    errors = errors if isinstance(errors, builtins.list) else []
+    builder = _BUILDERS.get(str(doc.get("code", "")))
+    exc: JobServerError
+    if builder:
+        exc = builder(call, detail, errors)
+    elif response.status_code == 401:
+        exc = UnauthorizedError(doc, key_sent="authorization" in response.request.headers)
+    else:
+        exc = ClientError(response.status_code, doc, detail)
+    # every error answer exposes the same three fields, whatever its class
+    exc.status_code = response.status_code
+    exc.problem = doc
+    exc.retry_after = _retry_after(response)
+    return exc
+
+
+# ------------------------------------------------------------------ Server-Sent Events
+
+
+class SSEDecoder:
+    """Events from the lines of a text/event-stream, fed one line at a time (comments skipped)."""
+
+    def __init__(self) -> None:
+        self.last_id: str | None = None
+        self._kind = ""
+        self._data: builtins.list[str] = []
+
+    def feed(self, line: str) -> Event | None:
+        """The event this line completes (a blank line ends one), else None."""
+        if not line:
+            event = None
+            if self._data:
+                event = Event(self.last_id, self._kind or "message", _json_or_text("\n".join(self._data)))
+            self._kind, self._data = "", []
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._kind = value
+        elif name == "id":
+            self.last_id = value
+        return None
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
+    """Events from the lines of a text/event-stream (comments skipped, `data` lines joined)."""
+    decoder = SSEDecoder()
+    for line in lines:
+        event = decoder.feed(line)
+        if event is not None:
+            yield event
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def is_terminal(event: Event) -> bool:
+    """A `status` event of a finished job: the stream ends after it."""
+    return event.event == "status" and isinstance(event.data, dict) and event.data.get("status") in FINISHED
+
+
+def events_request(job_id: str, last_event_id: str | int | None, follow: bool = True) -> Request:
+    """The GET of a job's event stream, resuming after `last_event_id`."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    params = None if follow else {"follow": "false"}
+    return request("GET", job_path(job_id, "/events"), Call("events", job_id), headers=headers, params=params)
+
+
+# ------------------------------------------------------------------ paths and bodies
+
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    """The path of a job (or one of its sub-resources)."""
+    return f"/jobs/{quote(str(job_id), safe='')}{suffix}"
+
+
+def _schedule_path(name: str, suffix: str = "") -> str:
+    return f"/schedules/{quote(name, safe='')}{suffix}"
+
+
+def _task_path(task: str, suffix: str) -> str:
+    return f"/tasks/{quote(task, safe='')}{suffix}"
+
+
+def _filter(status: str | None, task: str | None, ids: Iterable[str] | None) -> dict[str, Any]:
+    """A bulk action's filter body: only the fields given."""
+    body: dict[str, Any] = {
+        "status": status,
+        "task": task,
+        "ids": None if ids is None else builtins.list(ids),
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _dict(response: httpx.Response) -> dict[str, Any]:
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def _json_call(method: str, path: str, call: Call, body: Any = None) -> Exchange[dict[str, Any]]:
+    return _dict((yield request(method, path, call, json=body)))
+
+
+# ------------------------------------------------------------------ the calls
+
+
+def submit(task: str, args: dict[str, Any] | None, options: dict[str, Any], key: str | None) -> Exchange[Job]:
+    """POST /jobs; retried after a dropped connection only with an Idempotency-Key."""
+    body: dict[str, Any] = {"task": task, "args": args or {}}
+    run_at: Any = options.get("run_at")
+    options = {**options, "run_at": run_at.isoformat() if hasattr(run_at, "isoformat") else run_at}
+    body.update({k: v for k, v in options.items() if v is not None})
+    headers = {"Idempotency-Key": key} if key is not None else None
+    call = Call("submit", task=task, key=key or "", webhook_url=str(options.get("webhook_url") or ""))
+    response = yield request("POST", "/jobs", call, json=body, headers=headers, retry_safe=key is not None)
+    job = Job(response.json())
+    job.replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+    return job
+
+
+def submit_many(jobs: Iterable[dict[str, Any]]) -> Exchange[builtins.list[Job]]:
+    """POST /jobs/batch: all or none; never resent (items need not carry keys)."""
+    body = {"jobs": [dict(job) for job in jobs]}
+    response = yield request("POST", "/jobs/batch", Call("submit_many"), json=body)
+    return [Job(data) for data in response.json()["jobs"]]
+
+
+def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
+    """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent."""
+    path = job_path(job_id, f"/signals/{quote(name, safe='')}")
+    response = yield request("POST", path, Call("signal", job_id, key=name), json=payload)
+    job = Job(response.json())
+    job.replayed = response.status_code == 200
+    return job
+
+
+def get(job_id: str, wait: float | None, timeout_s: float) -> Exchange[dict[str, Any]]:
+    """GET /jobs/{id}, held up to `wait` seconds until the job is finished."""
+    params = {"wait": wait} if wait is not None else None
+    read = timeout_s + wait if wait else None
+    return _dict(
+        (yield request("GET", job_path(job_id), Call("get", job_id), params=params, read_timeout_s=read))
+    )
+
+
+def wait(
+    job_id: str, timeout: float | None, timeout_s: float, clock: Callable[[], float] = time.monotonic
+) -> Exchange[dict[str, Any]]:
+    """Long-polls until the job is finished; WaitTimeoutError once `timeout` seconds passed."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        remaining = MAX_WAIT_S if deadline is None else max(0.0, deadline - clock())
+        job = yield from get(job_id, round(min(float(MAX_WAIT_S), remaining), 3), timeout_s)
+        if job["status"] in FINISHED:
+            return job
+        if deadline is not None and clock() >= deadline:
+            raise WaitTimeoutError(job, float(timeout or 0))
+
+
+def list_jobs(params: dict[str, Any]) -> Exchange[dict[str, Any]]:
+    """GET /jobs with the filters given (None values left out)."""
+    given = {k: v for k, v in params.items() if v is not None}
+    return _dict((yield request("GET", "/jobs", Call("list"), params=given)))
+
+
+def job_action(op: str, job_id: str) -> Exchange[dict[str, Any]]:
+    """POST /jobs/{id}/cancel or /retry."""
+    return (yield from _json_call("POST", job_path(job_id, f"/{op}"), Call(op, job_id)))
+
+
+def delete(job_id: str) -> Exchange[None]:
+    """DELETE /jobs/{id}."""
+    yield request("DELETE", job_path(job_id), Call("delete", job_id))
+
+
+def tasks() -> Exchange[builtins.list[dict[str, Any]]]:
+    """GET /tasks."""
+    found: builtins.list[dict[str, Any]] = (yield request("GET", "/tasks", Call("tasks"))).json()["tasks"]
+    return found
+
+
+def webhooks(job_id: str) -> Exchange[builtins.list[dict[str, Any]]]:
+    """GET /jobs/{id}/webhooks."""
+    response = yield request("GET", job_path(job_id, "/webhooks"), Call("webhooks", job_id))
+    found: builtins.list[dict[str, Any]] = response.json()["deliveries"]
+    return found
+
+
+def limits() -> Exchange[builtins.list[dict[str, Any]]]:
+    """GET /limits."""
+    found: builtins.list[dict[str, Any]] = (yield request("GET", "/limits", Call("limits"))).json()["limits"]
+    return found
+
+
+def schedules() -> Exchange[builtins.list[dict[str, Any]]]:
+    """GET /schedules."""
+    found: builtins.list[dict[str, Any]] = (yield request("GET", "/schedules", Call("schedules"))).json()[
+        "schedules"
+    ]
+    return found
+
+
+def schedule(name: str) -> Exchange[dict[str, Any]]:
+    """GET /schedules/{name}."""
+    return _dict((yield request("GET", _schedule_path(name), Call("schedule", name=name))))
+
+
+def put_schedule(name: str, body: dict[str, Any]) -> Exchange[dict[str, Any]]:
+    """PUT /schedules/{name}."""
+    call = Call("put_schedule", task=str(body.get("task", "")), name=name)
+    return (yield from _json_call("PUT", _schedule_path(name), call, body))
+
+
+def delete_schedule(name: str) -> Exchange[None]:
+    """DELETE /schedules/{name}."""
+    yield request("DELETE", _schedule_path(name), Call("delete_schedule", name=name))
+
+
+def schedule_action(op: str, name: str) -> Exchange[dict[str, Any]]:
+    """POST /schedules/{name}/pause or /resume."""
+    return (yield from _json_call("POST", _schedule_path(name, f"/{op}"), Call(f"{op}_schedule", name=name)))
+
+
+def task_action(op: str, task: str) -> Exchange[dict[str, Any]]:
+    """POST /tasks/{name}/pause or /resume."""
+    return (yield from _json_call("POST", _task_path(task, f"/{op}"), Call(f"{op}_task", task=task)))
+
+
+def bulk(op: str, status: str | None, task: str | None, ids: Iterable[str] | None) -> Exchange[int]:
+    """POST /jobs/cancel, /retry or /delete with a filter body; how many jobs it changed."""
+    body = _filter(status, task, ids)
+    data = yield from _json_call("POST", f"/jobs/{op}", Call(f"{op}_many", task=task or ""), body)
+    return int(data["count"])
+
+
+def stats() -> Exchange[dict[str, Any]]:
+    """GET /stats."""
+    return _dict((yield request("GET", "/stats", Call("stats"))))

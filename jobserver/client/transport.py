@@ -1,0 +1,109 @@
+"""What the sync and async clients share about sending: headers, timeouts, which failures
+are retried and how long to back off, and when an event stream is resumed.
+
+Only connection failures are retried, and only for requests that cannot do anything twice
+(GETs, a submit that carries an Idempotency-Key), a few times with a short doubling pause:
+enough to ride out a restart or a dropped keep-alive connection, never long enough to hide
+an outage. Every transport failure that is given up on becomes `ServerUnavailableError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from jobserver.client.protocol import Event, Request, events_request, is_terminal
+from jobserver.core.errors import ServerUnavailableError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_RETRIES = 3
+FIRST_RETRY_DELAY_S = 0.1
+MAX_RETRY_DELAY_S = 1.0
+# a server sends a keepalive comment every 15 s on an idle event stream
+EVENTS_READ_TIMEOUT_S = 45.0
+
+
+class Connection:
+    """Where the server is, the key, the timeouts and the retry budget of one client."""
+
+    def __init__(self, url: str, api_key: str | None, timeout_s: float, retries: int) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = float(timeout_s)
+        self.retries = max(0, int(retries))
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """JSON answers, the bearer key when there is one, and the request's own headers."""
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(extra or {})
+        return headers
+
+    def timeout(self, req: Request) -> Any:
+        """The request's timeout: the client's, with a longer read for a long poll."""
+        if req.read_timeout_s is None:
+            return httpx.USE_CLIENT_DEFAULT
+        return httpx.Timeout(self.timeout_s, read=req.read_timeout_s)
+
+    def stream_timeout(self) -> httpx.Timeout:
+        """An event stream's timeout: reads outlast the server's keepalive interval."""
+        return httpx.Timeout(self.timeout_s, read=max(self.timeout_s, EVENTS_READ_TIMEOUT_S))
+
+    def kwargs(self, req: Request) -> dict[str, Any]:
+        """The arguments of httpx's `request` for this request (its URL aside)."""
+        extra: dict[str, Any] = {"json": req.body} if req.has_body else {}
+        return {"params": req.params, "headers": self.headers(req.headers), **extra}
+
+    def retry_delay_s(self, req: Request, failures: int, exc: httpx.TransportError) -> float:
+        """The pause before sending again after `failures` failures; raises when it must not."""
+        if not req.retry_safe or failures > self.retries:
+            raise self.unavailable(exc) from exc
+        delay_s: float = FIRST_RETRY_DELAY_S * 2.0 ** (failures - 1)
+        return min(delay_s, MAX_RETRY_DELAY_S)
+
+    def unavailable(self, exc: httpx.TransportError) -> ServerUnavailableError:
+        """The error for a transport failure, naming the server and what went wrong."""
+        reason = str(exc) or type(exc).__name__
+        return ServerUnavailableError(self.url, f"{type(exc).__name__}: {reason}")
+
+
+class EventResumer:
+    """The state of one `events()` iteration across reconnections.
+
+    After a dropped connection it asks again with `Last-Event-ID` set to the last event
+    seen. A stream that ends cleanly is over when its last event was a terminal status
+    or when a reconnection brought nothing new (the job is gone or already over).
+    """
+
+    def __init__(self, connection: Connection, job_id: str, last_event_id: str | int | None, follow: bool):
+        self._connection = connection
+        self._job_id = job_id
+        self._follow = follow
+        self.last_event_id = None if last_event_id is None else str(last_event_id)
+        self._failures = 0
+        self._got_any = False
+        self._ended = False
+
+    def request(self) -> Request:
+        """The next connection's request."""
+        self._got_any = False
+        return events_request(self._job_id, self.last_event_id, self._follow)
+
+    def seen(self, event: Event) -> None:
+        """Remember an event handed to the caller."""
+        self._failures = 0
+        self._got_any = True
+        if event.id is not None:
+            self.last_event_id = event.id
+        self._ended = is_terminal(event)
+
+    def dropped(self, req: Request, exc: httpx.TransportError) -> float:
+        """The pause before reconnecting; raises ServerUnavailableError once out of retries."""
+        self._failures += 1
+        return self._connection.retry_delay_s(req, self._failures, exc)
+
+    def over(self) -> bool:
+        """After a clean end of stream: True when there is nothing more to wait for."""
+        return self._ended or not self._got_any or not self._follow

@@ -1,0 +1,244 @@
+"""The client subcommands as people use them: tables by default, the id printed at once,
+a live progress line with the latest log line, Ctrl-C that leaves the job running, `logs`,
+`delete`, `webhooks`, `tasks [NAME]`, and exit codes that say how a job ended.
+
+Each runs `python -m jobserver ...` as a subprocess against a real server process.
+TTY_COMPATIBLE=1 and TTY_INTERACTIVE=1 make rich draw its live line although stderr is a pipe here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from jobserver.client.sdk import Client
+from tests.e2e import Server
+from tests.helpers import REPO, default_config, free_port, wait_until
+from tests.receiver import Receiver, Reply
+from tests.test_cli_client import cli, ok_json, one_line
+
+pytestmark = pytest.mark.e2e
+ADD = "jobserver.examples.add"
+CHATTY = "tests.e2e_tasks.chatty"
+WAIT_S = 30.0
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    path = tmp_path_factory.mktemp("people")
+    srv = Server(path, default_config(path, free_port()), None).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+STARTED: list[Running] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_clis() -> Iterator[None]:
+    yield
+    while STARTED:
+        run = STARTED.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+        run.finish()
+
+
+class Running:
+    """A CLI subprocess whose stdout and stderr are read as they come."""
+
+    def __init__(self, url: str, *argv: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
+        env.update(
+            PYTHONPATH=str(REPO),
+            JOBSERVER_URL=url,
+            TTY_COMPATIBLE="1",
+            TTY_INTERACTIVE="1",
+            PYTHONUNBUFFERED="1",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobserver", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [self._reader(self.proc.stdout, self.out), self._reader(self.proc.stderr, self.err)]
+        STARTED.append(self)
+
+    @staticmethod
+    def _reader(stream: IO[str], into: list[str]) -> threading.Thread:
+        def read() -> None:
+            for chunk in iter(lambda: stream.read(1), ""):
+                into.append(chunk)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        return thread
+
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    def stderr(self) -> str:
+        """What it wrote to stderr, without the terminal's colour and cursor codes."""
+        return ANSI.sub("", "".join(self.err))
+
+    def finish(self) -> int:
+        code = self.proc.wait(timeout=WAIT_S)
+        for reader in self._readers:
+            reader.join(WAIT_S)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return code
+
+
+def chatty_args(tmp_path: Path, name: str) -> tuple[str, Path]:
+    release = tmp_path / name
+    return json.dumps({"updates": 3, "logs": 2, "release": str(release)}), release
+
+
+def test_submit_prints_the_id_at_once_then_a_live_line_with_progress_and_the_latest_log(
+    server: Server, tmp_path: Path
+) -> None:
+    args, release = chatty_args(tmp_path, "release-follow")
+    run = Running(server.url, "submit", CHATTY, "--args", args, "--follow")
+    wait_until(lambda: "\n" in run.stdout(), WAIT_S, message="the id on stdout")
+    job_id = run.stdout().splitlines()[0]
+    with Client(server.url) as c:
+        assert c.get(job_id)["task"] == CHATTY  # printed while the job still runs
+    wait_until(lambda: "line 1" in run.stderr(), WAIT_S, message="the log lines")
+    wait_until(lambda: "3/3 update 3" in run.stderr(), WAIT_S, message="the progress line")
+    release.touch()
+    assert run.finish() == 0, run.stderr()
+    assert "completed" in run.stdout() and "result" in run.stdout()  # the finished job, as a table
+    assert "| line 1" in run.stderr()  # the live line carries the latest log line
+
+
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(server: Server, tmp_path: Path) -> None:
+    args, release = chatty_args(tmp_path, "release-interrupt")
+    run = Running(server.url, "submit", CHATTY, "--args", args, "--wait")
+    wait_until(lambda: "\n" in run.stdout(), WAIT_S, message="the id on stdout")
+    job_id = run.stdout().splitlines()[0]
+    with Client(server.url) as c:
+        wait_until(lambda: c.get(job_id)["status"] == "running", WAIT_S, message="the job to run")
+        wait_until(lambda: "running" in run.stderr(), WAIT_S, message="the live line")
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish() == 130
+        assert f"python -m jobserver wait {job_id}" in run.stderr()
+        assert c.get(job_id)["status"] == "running"
+        release.touch()
+        assert c.wait(job_id, timeout=WAIT_S)["status"] == "completed"
+
+
+def test_logs_delete_and_exit_codes(server: Server, tmp_path: Path) -> None:
+    args, release = chatty_args(tmp_path, "release-logs")
+    job_id = ok_json(cli("--json", "submit", CHATTY, "--args", args, url=server.url))["id"]
+    follow = Running(server.url, "logs", job_id, "--follow")
+    wait_until(lambda: "line 1" in follow.stdout(), WAIT_S, message="logs --follow to print the lines")
+    assert follow.proc.poll() is None  # still following a running job
+    release.touch()
+    assert follow.finish() == 0
+
+    printed = cli("logs", job_id, url=server.url)
+    assert printed.returncode == 0
+    assert [line.split("  ", 1)[1] for line in printed.stdout.splitlines()] == ["line 0", "line 1"]
+    logs = ok_json(cli("--json", "logs", job_id, url=server.url))["logs"]
+    assert [entry["message"] for entry in logs] == ["line 0", "line 1"]
+
+    assert cli("wait", job_id, url=server.url).returncode == 0
+    deleted = cli("delete", job_id, url=server.url)
+    assert deleted.returncode == 0 and job_id in deleted.stdout
+    gone = cli("get", job_id, url=server.url)
+    assert gone.returncode == 1 and "no job" in one_line(gone)
+
+    pending = ok_json(
+        cli("--json", "submit", ADD, "-a", "a=1", "-a", "b=1", "--delay", "3600", url=server.url)
+    )
+    refused = cli("delete", pending["id"], url=server.url)
+    assert refused.returncode == 1 and "finished" in one_line(refused)
+    assert cli("wait", pending["id"], "--timeout", "0.1", url=server.url).returncode == 4
+    assert cli("cancel", pending["id"], url=server.url).returncode == 0
+    assert cli("wait", pending["id"], url=server.url).returncode == 3
+    assert ok_json(
+        cli("--json", "delete", "--status", "cancelled", "--id", pending["id"], url=server.url)
+    ) == {"count": 1}
+    failed = cli("submit", "jobserver.examples.fail", "--wait", url=server.url)
+    assert failed.returncode == 1 and "failed" in failed.stderr
+
+
+def test_tables_one_line_per_task_and_a_task_schema(server: Server) -> None:
+    job_id = ok_json(cli("--json", "submit", ADD, "-a", "a=2", "-a", "b=3", "--wait", url=server.url))["id"]
+    listed = cli("list", "--task", ADD, url=server.url)
+    assert listed.returncode == 0
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["ID", "TASK", "STATUS", "ATTEMPTS", "PROGRESS", "CREATED", "DURATION"]
+    assert any(row.startswith(job_id) and "completed" in row for row in rows)
+    shown = cli("get", job_id, url=server.url)
+    assert any(line.split() == ["result", "5"] for line in shown.stdout.splitlines())
+
+    with Client(server.url) as c:
+        names = [t["name"] for t in c.tasks()]
+    lines = cli("tasks", url=server.url).stdout.splitlines()
+    assert len(lines) == len(names) + 1 and lines[0].split()[:3] == ["TASK", "STATE", "KIND"]
+    assert {line.split()[0] for line in lines[1:]} == set(names)
+    schema = ok_json(cli("tasks", ADD, url=server.url))
+    assert set(schema["args_schema"]["properties"]) == {"a", "b"}
+    unknown = cli("tasks", "no.such.task", url=server.url)
+    assert unknown.returncode == 2 and "no.such.task" in one_line(unknown)
+
+
+def test_webhooks_of_a_job(server: Server, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(200))
+    job = ok_json(
+        cli(
+            "--json",
+            "submit",
+            ADD,
+            "-a",
+            "a=1",
+            "-a",
+            "b=1",
+            "--webhook-url",
+            receiver.url("/hook"),
+            url=server.url,
+        )
+    )
+    receiver.wait_for(1, "/hook")
+    with Client(server.url) as c:
+        wait_until(lambda: c.webhooks(job["id"]), WAIT_S, message="the delivery to be recorded")
+    table = cli("webhooks", job["id"], url=server.url)
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split() == ["ATTEMPT", "AT", "STATUS", "ERROR", "MS"]
+    assert table.stdout.splitlines()[1].split()[0] == "1" and " 200 " in table.stdout.splitlines()[1]
+    deliveries = ok_json(cli("--json", "webhooks", job["id"], url=server.url))["deliveries"]
+    assert [d["status_code"] for d in deliveries] == [200]
+
+
+def test_a_missing_key_and_a_wrong_key_say_different_things(tmp_path: Path) -> None:
+    srv = Server(
+        tmp_path, {**default_config(tmp_path, free_port()), "auth": {"api_keys": ["k1"]}}, None
+    ).start()
+    try:
+        missing = cli("tasks", url=srv.url)
+        wrong = cli("tasks", "--api-key", "nope", url=srv.url)
+        assert missing.returncode == wrong.returncode == 1
+        assert "needs an API key" in one_line(missing) and "refused the API key" in one_line(wrong)
+    finally:
+        srv.stop()

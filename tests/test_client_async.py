@@ -1,0 +1,236 @@
+"""The AsyncClient against the real app in-process (httpx.ASGITransport on the app a
+running runtime serves), its parity with the sync Client, and what both do when the
+network fails: a port nothing listens on, a connection that drops after the request was
+handled, an event stream cut in the middle.
+
+The network failures are made at the transport, the process edge: the app behind it is
+the real one, so a request that "was handled but whose answer was lost" really queued a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from jobserver.client.aio import AsyncClient
+from jobserver.client.sdk import Client, Event, UnauthorizedError
+from jobserver.core.errors import (
+    JobNotFinishedError,
+    JobNotFoundError,
+    ServerUnavailableError,
+    WaitTimeoutError,
+)
+from tests.helpers import free_port
+from tests.inproc import RunningApp, running_app
+
+ADD = "jobserver.examples.add"
+SLEEP = "jobserver.examples.sleep"
+NOOP = "jobserver.examples.noop"
+WAIT_S = 30.0
+T = TypeVar("T")
+
+
+def run(body: Callable[[AsyncClient], Awaitable[T]], app: RunningApp, **options: Any) -> T:
+    """Run `body` with an AsyncClient on the app, in a fresh event loop."""
+
+    async def main() -> T:
+        transport = options.pop("transport", None) or httpx.ASGITransport(app=app.asgi_app)
+        async with AsyncClient("http://testserver", transport=transport, **options) as client:
+            return await body(client)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[RunningApp]:
+    with running_app(tmp_path) as running:
+        yield running
+
+
+def test_every_client_method_has_an_async_twin_with_the_same_signature() -> None:
+    public = {n: f for n, f in inspect.getmembers(Client, inspect.isfunction) if not n.startswith("_")}
+    public.pop("close")
+    for name, method in public.items():
+        twin = getattr(AsyncClient, name, None)
+        assert twin is not None, f"AsyncClient has no {name}"
+        assert inspect.signature(twin).parameters.keys() == inspect.signature(method).parameters.keys(), name
+        assert inspect.iscoroutinefunction(twin) or inspect.isasyncgenfunction(twin), name
+        assert twin.__doc__ == method.__doc__, name
+
+
+def test_submit_wait_list_events_and_delete(app: RunningApp) -> None:
+    async def body(c: AsyncClient) -> None:
+        job = await c.submit(SLEEP, {"seconds": 0.05, "steps": 3}, idempotency_key="async-1")
+        again = await c.submit(SLEEP, {"seconds": 0.05, "steps": 3}, idempotency_key="async-1")
+        assert again.replayed and again["id"] == job["id"]
+        done = await c.wait(job["id"], timeout=WAIT_S)
+        assert done["status"] == "completed" and done["result"] == {"slept": 0.05}
+        assert (await c.get(job["id"]))["status"] == "completed"
+        assert [j["id"] async for j in c.iter_jobs(task=SLEEP, page_size=1)] == [job["id"]]
+        events = [e async for e in c.events(job["id"])]
+        assert "progress" in [e.event for e in events]  # progress is coalesced, so at least one
+        assert events[-1].event == "status" and events[-1].data["status"] == "completed"
+        tail = [e async for e in c.events(job["id"], last_event_id=events[-2].id)]
+        assert tail == events[-1:]
+        assert await c.webhooks(job["id"]) == []
+        assert (await c.stats())["counts"]["completed"] >= 1
+        await c.delete(job["id"])
+        with pytest.raises(JobNotFoundError):
+            await c.get(job["id"])
+
+    run(body, app)
+
+
+def test_operator_calls_and_errors(app: RunningApp) -> None:
+    async def body(c: AsyncClient) -> None:
+        assert {t["name"] for t in await c.tasks()} >= {ADD, NOOP}
+        assert (await c.pause_task(NOOP))["paused"] is True
+        held = [(await c.submit(NOOP))["id"] for _ in range(3)]
+        with pytest.raises(WaitTimeoutError) as timed_out:
+            await c.wait(held[0], timeout=0.2)
+        assert timed_out.value.job["status"] == "pending"
+        with pytest.raises(JobNotFinishedError):
+            await c.delete(held[0])
+        assert await c.cancel_many(task=NOOP) == 3
+        assert await c.delete_many(ids=held[:2]) == 2
+        assert [j["id"] for j in (await c.list(task=NOOP))["jobs"]] == [held[2]]
+        assert (await c.resume_task(NOOP))["paused"] is False
+        made = await c.put_schedule("nightly", ADD, "0 3 * * *", {"a": 1, "b": 2})
+        assert made["name"] == "nightly" and [s["name"] for s in await c.schedules()] == ["nightly"]
+        await c.delete_schedule("nightly")
+
+    run(body, app)
+
+
+def test_a_wrong_key_and_a_missing_key_say_different_things(tmp_path: Path) -> None:
+    with running_app(tmp_path, config={"auth": {"api_keys": ["k1"]}}) as app:
+
+        async def refused(c: AsyncClient) -> UnauthorizedError:
+            with pytest.raises(UnauthorizedError) as info:
+                await c.get("x")
+            return info.value
+
+        missing, wrong = run(refused, app), run(refused, app, api_key="nope")
+        assert (missing.key_sent, wrong.key_sent) == (False, True)
+        assert "needs an API key" in str(missing) and "refused the API key" in str(wrong)
+
+        async def allowed(c: AsyncClient) -> int:
+            return len(await c.tasks())
+
+        assert run(allowed, app, api_key="k1") > 0
+
+
+def test_a_server_that_is_down_raises_server_unavailable_sync_and_async() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with Client(url, retries=1) as c, pytest.raises(ServerUnavailableError) as sync_info:
+        c.get("x")
+    assert sync_info.value.url == url and isinstance(sync_info.value.__cause__, httpx.ConnectError)
+
+    async def main() -> None:
+        async with AsyncClient(url, retries=1) as c:
+            with pytest.raises(ServerUnavailableError):
+                await c.submit(ADD, {"a": 1, "b": 1})
+            with pytest.raises(ServerUnavailableError):
+                _ = [e async for e in c.events("x")]
+
+    asyncio.run(main())
+
+
+class LoseAnswers(httpx.AsyncBaseTransport):
+    """The real app behind a network that loses the first `lose` answers after the app handled the request."""
+
+    def __init__(self, app: Any, lose: int) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.lose = lose
+        self.sent: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        response = await self.inner.handle_async_request(request)
+        if self.lose > 0:
+            self.lose -= 1
+            await response.aclose()
+            raise httpx.RemoteProtocolError("connection closed before the answer", request=request)
+        return response
+
+
+def test_only_safe_requests_are_sent_again_after_a_lost_answer(app: RunningApp) -> None:
+    async def keyed(c: AsyncClient) -> dict[str, Any]:
+        return await c.submit(ADD, {"a": 1, "b": 2}, idempotency_key="lost-once")
+
+    transport = LoseAnswers(app.asgi_app, lose=1)
+    job = run(keyed, app, transport=transport)
+    assert len(transport.sent) == 2 and job.replayed  # the first one was queued; the resend replays it
+
+    async def unkeyed(c: AsyncClient) -> None:
+        await c.submit(NOOP, delay=3600)
+
+    transport = LoseAnswers(app.asgi_app, lose=1)
+    with pytest.raises(ServerUnavailableError) as info:
+        run(unkeyed, app, transport=transport)
+    assert len(transport.sent) == 1 and isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+    with Client(http_client=app.client) as c:
+        assert len(c.list(task=NOOP)["jobs"]) == 1  # queued once, never twice
+
+    async def read(c: AsyncClient) -> dict[str, Any]:
+        return await c.get(job["id"])
+
+    transport = LoseAnswers(app.asgi_app, lose=2)
+    assert run(read, app, transport=transport)["id"] == job["id"] and len(transport.sent) == 3
+
+
+class CutAfterFirstEvent(httpx.AsyncByteStream):
+    """A response body that breaks off after its first complete event."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        buffered = b""
+        async for chunk in self.inner:
+            buffered += chunk
+            if b"\n\n" in buffered:
+                yield buffered[: buffered.index(b"\n\n") + 2]
+                raise httpx.ReadError("connection reset mid-stream")
+        yield buffered
+
+
+class DropFirstStream(httpx.AsyncBaseTransport):
+    """The real app, with the first event stream cut after one event."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.cut = False
+        self.sent: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("/events") and not self.cut:
+            self.cut = True
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            return httpx.Response(
+                response.status_code, headers=response.headers, stream=CutAfterFirstEvent(response.stream)
+            )
+        return response
+
+
+def test_events_resume_with_last_event_id_after_a_dropped_stream(app: RunningApp) -> None:
+    with Client(http_client=app.client) as c:
+        job = c.submit(SLEEP, {"seconds": 0.05, "steps": 2})
+        c.wait(job["id"], timeout=WAIT_S)
+        expected = list(c.events(job["id"]))
+
+    async def body(c: AsyncClient) -> list[Event]:
+        return [e async for e in c.events(job["id"])]
+
+    transport = DropFirstStream(app.asgi_app)
+    got = run(body, app, transport=transport)
+    assert got == expected  # nothing lost, nothing repeated
+    assert [r.headers.get("last-event-id") for r in transport.sent] == [None, expected[0].id]

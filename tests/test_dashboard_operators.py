@@ -1,0 +1,250 @@
+"""The dashboard as operators use it, in headless chromium against the real server: counts
+and the last hour's chart, search by id or idempotency key with the filters in the URL,
+bulk actions, why a job is pending, webhook deliveries, Delete and a confirmed Cancel, a
+refused key told from a missing one, the folded event log, schedules and paused tasks, and
+a layout that holds from a phone to a wide screen.
+
+Screenshots of the list, a job page, the bulk-action flow and a phone-width view are saved
+in SCREENSHOTS (printed by the tests that write them).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests import test_dashboard as dashboard
+from tests.e2e import Server, start_server
+from tests.receiver import Receiver, Reply
+from tests.test_dashboard import (
+    ADD,
+    FAIL,
+    SLEEP,
+    TIMEOUT_MS,
+    log_entries,
+    open_job,
+    row,
+    submit,
+    wait_finished,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+NOOP = "jobserver.examples.noop"
+# the browser, page and HTTP client fixtures of the dashboard tests
+browser = dashboard.browser
+page = dashboard.page
+client = dashboard.client
+SCREENSHOTS = Path(tempfile.gettempdir()) / "jobserver-dashboard-screenshots"
+
+
+def shot(page: Page, name: str) -> Path:
+    """Save a full-page screenshot under SCREENSHOTS."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+def submit_delayed(client: httpx.Client, task: str, **headers: str) -> str:
+    resp = client.post("/jobs", json={"task": task, "args": {}, "delay": 3600}, headers=headers)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def test_counts_chart_search_and_filters_in_the_url(server: Server, client: httpx.Client, page: Page) -> None:
+    done = [submit(client, ADD, {"a": i, "b": 1})["id"] for i in range(3)]
+    keyed = submit(client, ADD, {"a": 9, "b": 9}, **{"Idempotency-Key": "invoice-42"})["id"]
+    failed = submit(client, FAIL, {})["id"]
+    for job_id in [*done, keyed, failed]:
+        wait_finished(client, job_id)
+
+    page.goto(server.url)
+    expect(page.locator('#counts button[data-status="completed"] b')).to_have_text("4")
+    expect(page.locator('#counts button[data-status="failed"] b')).to_have_text("1")
+    expect(page.locator("#chart rect.done")).not_to_have_count(0)
+    expect(page.locator("#chart rect.fail")).to_have_count(1)
+    expect(page.locator("#chart-legend")).to_contain_text("4 completed, 1 failed")
+    expect(page.locator("#jobs-body tr")).to_have_count(5)
+    shot(page, "list.png")
+
+    page.locator("#search").fill("invoice-42")
+    page.locator("#search").press("Enter")
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    expect(row(page, keyed)).to_be_visible()
+    expect(page.locator("#detail")).to_have_attribute("data-job-id", keyed)
+    assert "q=invoice-42" in page.url
+
+    page.locator("#search").fill(failed)  # an id works too
+    page.locator("#search").press("Enter")
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    expect(row(page, failed)).to_be_visible()
+    page.locator("#search-clear").click()
+    expect(page.locator("#jobs-body tr")).to_have_count(5)
+
+    page.locator('#counts button[data-status="failed"]').click()  # a count filters the list
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    page.locator("#filter-task").select_option(FAIL)
+    expect(page).to_have_url(re.compile(r"status=failed"))
+    assert f"task={FAIL}" in page.url
+    page.reload()
+    expect(page.locator("#filter-status")).to_have_value("failed")
+    expect(page.locator("#filter-task")).to_have_value(FAIL)
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+
+
+def test_bulk_cancel_on_a_selection_then_delete_by_filter(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    ids = [submit_delayed(client, NOOP) for _ in range(3)]
+    page.goto(server.url)
+    for job_id in ids:
+        expect(row(page, job_id).locator(".why")).to_contain_text("delayed until")
+    for job_id in ids[:2]:
+        row(page, job_id).locator("input.sel").check()
+    expect(page.locator("#bulk-count")).to_have_text("2 selected")
+    shot(page, "bulk-1-selected.png")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#bulk-cancel").click()
+    expect(page.locator("#bulk-result")).to_have_text("cancelled 2 jobs")
+    for job_id in ids[:2]:
+        expect(row(page, job_id)).to_have_attribute("data-status", "cancelled")
+    expect(row(page, ids[2])).to_have_attribute("data-status", "pending")
+    shot(page, "bulk-2-cancelled.png")
+
+    page.locator("#filter-status").select_option("cancelled")
+    page.locator("#bulk-all").check()
+    expect(page.locator("#bulk-count")).to_contain_text("every job matching status cancelled")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # a dismissed confirmation changes nothing
+    page.locator("#bulk-delete").click()
+    expect(page.locator("#jobs-body tr")).to_have_count(2)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#bulk-delete").click()
+    expect(page.locator("#bulk-result")).to_have_text("deleted 2 jobs")
+    expect(page.locator("#jobs-body tr")).to_have_count(0)
+    shot(page, "bulk-3-deleted.png")
+    assert [client.get(f"/jobs/{i}").status_code for i in ids] == [404, 404, 200]
+
+
+def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
+    server: Server, client: httpx.Client, page: Page, receiver: Receiver
+) -> None:
+    receiver.script("/hook", Reply(200))
+    resp = client.post(
+        "/jobs", json={"task": ADD, "args": {"a": 2, "b": 3}, "webhook_url": receiver.url("/hook")}
+    )
+    hooked = resp.json()["id"]
+    wait_finished(client, hooked)
+    receiver.wait_for(1, "/hook")
+    assert client.post(f"/tasks/{NOOP}/pause").status_code == 200
+    held = client.post("/jobs", json={"task": NOOP, "args": {}}).json()["id"]
+
+    page.goto(server.url)
+    expect(row(page, held).locator(".why")).to_have_text(f"task {NOOP} is paused")
+    open_job(page, held)
+    expect(page.locator("#detail-why")).to_have_text(f"Why pending: task {NOOP} is paused")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator("#btn-cancel").click()
+    expect(page.locator("#detail-status")).to_have_text("pending")
+    assert client.get(f"/jobs/{held}").json()["status"] == "pending"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#btn-cancel").click()
+    expect(page.locator("#detail-status")).to_have_text("cancelled")
+    expect(page.locator("#detail-why")).to_be_hidden()
+
+    open_job(page, hooked)
+    expect(page.locator("#detail-webhooks-section")).to_be_visible()
+    expect(page.locator('#detail-webhooks tr[data-attempt="1"]')).to_contain_text("200")
+    expect(page.locator("#btn-delete")).to_be_visible()
+    shot(page, "job.png")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#btn-delete").click()
+    expect(page.locator("#detail")).to_be_hidden()
+    expect(row(page, hooked)).to_have_count(0)
+    assert client.get(f"/jobs/{hooked}").status_code == 404
+
+
+def test_progress_folds_into_the_bar_and_every_log_line_has_a_time(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    job = submit(client, SLEEP, {"seconds": 1.5, "steps": 30})
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(page.locator("#detail-progress-text")).to_contain_text("30/30")
+    expect(log_entries(page, "progress")).to_have_count(0)
+    lines = page.locator("#event-log li")
+    expect(lines).to_have_count(3)  # pending, running, completed: not 30 progress lines
+    for line in lines.all():
+        expect(line.locator(".t")).to_have_text(re.compile(r"\d{1,2}:\d{2}"))
+
+
+def test_schedules_and_paused_tasks_with_pause_and_resume(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    made = client.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
+    assert made.status_code in (200, 201)
+    assert client.post(f"/tasks/{NOOP}/pause").status_code == 200
+    page.goto(server.url)
+    schedule = page.locator('#schedules-body tr[data-schedule="nightly"]')
+    expect(schedule).to_have_attribute("data-paused", "false")
+    schedule.get_by_role("button", name="Pause").click()
+    expect(schedule).to_have_attribute("data-paused", "true")
+    assert client.get("/schedules/nightly").json()["paused"] is True
+
+    task = page.locator(f'#tasks-body tr[data-task="{NOOP}"]')
+    expect(task).to_have_attribute("data-paused", "true")
+    task.get_by_role("button", name="Resume").click()
+    expect(task).to_have_attribute("data-paused", "false")
+    assert {t["name"]: t["paused"] for t in client.get("/tasks").json()["tasks"]}[NOOP] is False
+
+
+def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, page: Page) -> None:
+    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
+    try:
+        page.goto(srv.url)
+        expect(page.locator("#auth-banner")).to_have_attribute("data-reason", "missing")
+        expect(page.locator("#auth-missing")).to_be_visible()
+        expect(page.locator("#auth-rejected")).to_be_hidden()
+        page.locator("#api-key").fill("wrong")
+        page.locator("#api-key").press("Enter")
+        expect(page.locator("#auth-banner")).to_have_attribute("data-reason", "rejected")
+        expect(page.locator("#auth-rejected")).to_be_visible()
+        expect(page.locator("#auth-missing")).to_be_hidden()
+        page.locator("#api-key").fill("k1")
+        page.locator("#api-key").press("Enter")
+        expect(page.locator("#auth-banner")).to_be_hidden()
+    finally:
+        srv.stop()
+
+
+def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_holds(
+    server: Server, client: httpx.Client, browser: Browser
+) -> None:
+    job = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, job["id"])
+    for width, height, name in ((1400, 900, "wide-with-pane.png"), (390, 844, "phone.png")):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server.url)
+            open_job(page, job["id"])
+            duration = row(page, job["id"]).locator(".col-duration")
+            expect(duration).to_be_visible()
+            expect(duration).not_to_have_text("")
+            box = duration.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (width, box)
+            for part in ("#search", "#bulk-retry", "#detail-status"):
+                part_box = page.locator(part).bounding_box()
+                assert part_box is not None and part_box["x"] + part_box["width"] <= width, (width, part)
+            shot(page, name)
+        finally:
+            context.close()
