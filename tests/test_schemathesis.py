@@ -41,7 +41,12 @@ load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
 # A schedule's cron, timezone and task are checked by the server, not by its schema (which cannot
 # state what a valid cron expression is): a schema-valid body may be refused with 422.
-EXCLUDED = {"PUT /schedules/{name}": [positive_data_acceptance]}
+# A schedule's cron, and a signal body's integers beyond 64 bits at any depth, are refused by
+# the server but cannot be stated in a schema: those operations run every other check.
+EXCLUDED = {
+    "PUT /schedules/{name}": [positive_data_acceptance],
+    "POST /jobs/{job_id}/signals/{name}": [positive_data_acceptance],
+}
 
 
 def test_every_route_conforms_to_its_schema(
