@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
 SLEEP = "jobserver.examples.sleep"
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
+CHATTY = "tests.e2e_tasks.chatty"  # reports progress, then runs until its release file exists
 TIMEOUT_MS = 15_000
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -135,35 +136,42 @@ def test_page_lists_a_job_submitted_over_http(server: Server, client: httpx.Clie
     expect(r.locator(".col-attempts")).to_have_text(f"1/{job['max_attempts']}")
 
 
-def test_running_job_updates_live_without_reload(server: Server, client: httpx.Client, page: Page) -> None:
+def test_running_job_updates_live_without_reload(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
     documents: list[str] = []
     page.on("request", lambda req: documents.append(req.url) if req.resource_type == "document" else None)
     page.goto(server.url)
     expect(page.locator("#jobs-empty")).to_have_text("No jobs yet.")
 
-    job = submit(client, SLEEP, {"seconds": 5})
+    release = tmp_path / "release"  # the job runs until the test has seen it run
+    job = submit(client, CHATTY, {"updates": 3, "logs": 0, "release": str(release)})
     r = row(page, job["id"])
     expect(r).to_have_attribute("data-status", "running")
     expect(r.locator(".badge")).to_have_text("running")
     # progress arrives as "current/total · message" while the job runs
-    expect(r.locator(".ptext .nums")).to_contain_text("/")
+    expect(r.locator(".ptext .nums")).to_contain_text("3/3")
+    release.touch()
     expect(r).to_have_attribute("data-status", "completed")
     expect(r.locator(".badge")).to_have_text("completed")
     assert len(documents) == 1, documents
 
 
-def test_detail_pane_shows_job_and_live_event_log(server: Server, client: httpx.Client, page: Page) -> None:
+def test_detail_pane_shows_job_and_live_event_log(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
     page.goto(server.url)
-    # long enough to still be running when the row is clicked, even on a loaded machine
-    job = submit(client, SLEEP, {"seconds": 8, "steps": 8})
+    release = tmp_path / "release"  # still running when the row is clicked, however loaded the machine
+    job = submit(client, CHATTY, {"updates": 8, "logs": 0, "release": str(release)})
     expect(row(page, job["id"])).to_have_attribute("data-status", "running")
 
     open_job(page, job["id"])
-    expect(page.locator("#detail-task")).to_have_text(SLEEP)
-    expect(page.locator("#detail-args")).to_contain_text('"seconds"')
+    expect(page.locator("#detail-task")).to_have_text(CHATTY)
+    expect(page.locator("#detail-args")).to_contain_text('"updates"')
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "live")
     expect(log_entries(page, "status", "running").first).to_be_visible()
-    expect(page.locator("#detail-progress-text")).to_contain_text("/8")  # progress goes to the bar
+    expect(page.locator("#detail-progress-text")).to_contain_text("8/8")  # progress goes to the bar
+    release.touch()
 
     expect(page.locator("#detail-status")).to_have_text("completed")
     expect(log_entries(page, "status", "completed")).to_have_count(1)
@@ -340,8 +348,11 @@ def test_filters_and_load_more(server: Server, client: httpx.Client, page: Page)
     expect(row(page, failed)).to_have_count(0)
 
 
-def test_event_stream_resumes_with_last_event_id(server: Server, client: httpx.Client, page: Page) -> None:
-    job = submit(client, SLEEP, {"seconds": 3})
+def test_event_stream_resumes_with_last_event_id(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    job = submit(client, CHATTY, {"updates": 2, "logs": 0, "release": str(release)})
     first_event = read_first_event(client, job["id"])
     event_id = next(line.split(":", 1)[1].strip() for line in first_event if line.startswith("id:"))
 
@@ -359,6 +370,8 @@ def test_event_stream_resumes_with_last_event_id(server: Server, client: httpx.C
     page.route(f"**/jobs/{job['id']}/events", drop_after_first_event)
     page.goto(server.url)
     open_job(page, job["id"])
+    expect(page.locator("#detail-progress-text")).to_contain_text("2/2")
+    release.touch()
     expect(log_entries(page, "status", "completed")).to_have_count(1)
     assert resumed[:2] == [None, event_id]
     # the event read before the drop is not replayed a second time

@@ -58,9 +58,11 @@ def test_a_full_key_parks_its_jobs_and_holds_back_no_other_key(app: RunningApp, 
 def test_many_jobs_on_one_key_never_exceed_it(app: RunningApp, tmp_path: Path) -> None:
     c = app.client
     path = str(tmp_path / "spans")
-    ids = [submit(c, HELD, {"path": path, "model": "m", "hold_s": 0.02}) for _ in range(30)]
+    ids = [submit(c, HELD, {"path": path, "model": "m", "hold_s": 0.05}) for _ in range(30)]
     assert all(finished(c, i)["status"] == "completed" for i in ids)
-    assert max_overlap(spans(Path(path))["m"]) == 3
+    # four worker threads, a key of three: the key is what holds the fourth back (that it is
+    # reached, exactly, is the test above, which holds every run until the key is full)
+    assert max_overlap(spans(Path(path))["m"]) <= 3
 
 
 def test_a_rate_key_holds_over_every_window(app: RunningApp, tmp_path: Path) -> None:
