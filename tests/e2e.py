@@ -6,6 +6,7 @@ dir, a fresh SQLite file, a free port; readiness is a bounded wait on /healthz.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -56,10 +57,15 @@ class Server:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            # http.client, not httpx: a new httpx client loads the CA bundle, at every poll
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
             try:
-                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status == 200
+            except OSError:
                 return False
+            finally:
+                conn.close()
 
         wait_until(ready, timeout, 0.05, "the server to answer /healthz")
 

@@ -231,6 +231,7 @@ IMPORT_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e  # fresh interpreters: what a process imports is the point
 def test_without_the_variables_opentelemetry_is_never_imported() -> None:
     def probe(extra: dict[str, str], mode: str) -> str:
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **extra}

@@ -14,6 +14,7 @@ a hint that exists only for type checkers works too.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -294,8 +295,12 @@ def _args_model(
         raise TaskDefinitionError(name, None, f"no args model: {_first_sentence(exc)}") from exc
 
 
+@functools.cache
 def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
-    """Turn a marked function into a TaskDef (pydantic model from its signature)."""
+    """Turn a marked function into a TaskDef (pydantic model from its signature).
+
+    A definition depends on the function alone and is immutable, so it is built once per
+    process: building the args model and its schema is most of what starting an app costs."""
     name, options = getattr(fn, MARK)
     sig = inspect.signature(fn)
     hints = _type_hints(name, fn, sig)

@@ -125,8 +125,12 @@ class Dispatcher:
     def _guarded_claim(self) -> int | None:
         """One claim (how many jobs it took), or None after waiting out a database failure:
         doubling waits from BACKOFF_MIN_S up to the poll interval, shared by every thread
-        that claims, in real time (a failing disk does not follow a test's manual clock)."""
-        delay = self._retry_at - time.monotonic()
+        that claims, in real time (a failing disk does not follow a test's manual clock).
+        While the database fails, one thread at a time probes it; the others wait."""
+        with self._backoff_lock:
+            delay = self._retry_at - time.monotonic()
+            if delay <= 0 and self._backoff_s > 0:
+                self._retry_at = time.monotonic() + self._backoff_s  # this thread probes
         if delay > 0:
             self._stop.wait(delay)
             return None
@@ -138,7 +142,8 @@ class Dispatcher:
                 self._retry_at = time.monotonic() + self._backoff_s
             log.debug("claim failed: %s", exc, extra={"action": "claim_failed"})
             return None
-        self._backoff_s = 0.0
+        with self._backoff_lock:
+            self._backoff_s, self._retry_at = 0.0, 0.0
         return taken
 
     def _handoff_accept(self, tx: Tx, job_id: str, task: str) -> bool:

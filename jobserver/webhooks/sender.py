@@ -28,8 +28,10 @@ delivery and never the writer, the workers or the API.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,6 +124,12 @@ def load_secret(settings: WebhooksSettings, db: pw.Database, writer: Writer, pg:
     return secret
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The CA bundle takes tens of milliseconds to load: one context serves every sender in the process."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class WebhookSender:
     """Sends due webhook deliveries; `run_once(now)` is one pass, `start()` repeats it."""
 
@@ -151,7 +159,7 @@ class WebhookSender:
         self.rng = rng or random.Random()
         self.lease_s = settings.timeout + LEASE_MARGIN_S
         self._owns_client = client is None
-        self.client = client or httpx.Client(trust_env=False, follow_redirects=False)
+        self.client = client or httpx.Client(trust_env=False, follow_redirects=False, verify=_tls_context())
         self.on_attempt = on_attempt  # called with "delivered" | "retrying" | "failed"
         self.tracing = tracing
         self._lock = threading.Lock()
