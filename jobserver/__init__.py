@@ -1,10 +1,18 @@
-"""jobserver: an embedded, durable job server (REST API + worker threads over SQLite)."""
+"""jobserver: an embedded, durable job server (REST API + worker threads over SQLite).
 
-from jobserver.core.context import JobContext
-from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry
-from jobserver.core.limits import Concurrency, Rate
-from jobserver.core.tasks import task
-from jobserver.core.version import package_version
+The public names load on first use: the command-line client imports this package too, and
+should start without the server's parts (pydantic models, the lifecycle, the task registry)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobserver.core.context import JobContext
+    from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry
+    from jobserver.core.limits import Concurrency, Rate
+    from jobserver.core.tasks import task
 
 __all__ = [
     "ChildFailed",
@@ -16,4 +24,30 @@ __all__ = [
     "Retry",
     "task",
 ]
-__version__ = package_version()
+_HOMES = {
+    "ChildFailed": "jobserver.core.errors",
+    "Concurrency": "jobserver.core.limits",
+    "Fail": "jobserver.core.errors",
+    "JobContext": "jobserver.core.context",
+    "JobServerError": "jobserver.core.errors",
+    "Rate": "jobserver.core.limits",
+    "Retry": "jobserver.core.errors",
+    "task": "jobserver.core.tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from jobserver.core.version import package_version
+
+        value: Any = package_version()
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    else:
+        raise AttributeError(f"module 'jobserver' has no attribute {name!r}")
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]

@@ -23,6 +23,8 @@ from starlette.routing import Route
 from tests.helpers import finished, submit
 from tests.inproc import RunningApp, running_app
 
+# end to end: the whole server through its public interface, every route
+pytestmark = pytest.mark.e2e
 ODD_IDS = [
     "x",
     "0",

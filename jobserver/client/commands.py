@@ -32,6 +32,7 @@ from rich.live import Live
 
 from jobserver.client import render
 from jobserver.client.sdk import DEFAULT_URL, Client, ClientError
+from jobserver.core.bounds import MAX_LIMIT, MAX_WAIT_S
 from jobserver.core.errors import (
     IdempotencyMismatchError,
     InvalidRequestError,
@@ -42,7 +43,6 @@ from jobserver.core.errors import (
     WebhookURLError,
 )
 from jobserver.core.lifecycle import FINISHED
-from jobserver.core.schemas import MAX_LIMIT, MAX_WAIT_S
 
 PROG = "python -m jobserver"
 FINISHED_NAMES = ("completed", "failed", "cancelled")

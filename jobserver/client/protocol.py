@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
+from jobserver.core.bounds import MAX_WAIT_S
 from jobserver.core.errors import (
     ConflictError,
     DrainingError,
@@ -41,7 +42,6 @@ from jobserver.core.errors import (
     WebhookURLError,
 )
 from jobserver.core.lifecycle import FINISHED
-from jobserver.core.schemas import MAX_WAIT_S
 
 T = TypeVar("T")
 

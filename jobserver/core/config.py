@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal, get_origin
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
+from jobserver.core.bounds import MAX_STORED_DEPTH
 from jobserver.core.errors import ConfigError
 from jobserver.core.schedules import ScheduleSpec
-from jobserver.core.schemas import MAX_STORED_DEPTH
 
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
 _UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

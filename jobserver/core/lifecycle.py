@@ -33,10 +33,12 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobserver.core.errors import Fail, Retry, Timeout
-from jobserver.core.tasks import TaskOptions
+
+if TYPE_CHECKING:
+    from jobserver.core.tasks import TaskOptions
 
 MIN_CRASH_ATTEMPTS = 3  # a crash-looping job is given up after max(max_attempts, 3) attempts
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobserver.core.schemas import ID_PATTERN
+from jobserver.core.bounds import ID_PATTERN
 
 MAX_BULK_IDS = 10_000
 TASK_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (PostgreSQL text cannot hold NUL)

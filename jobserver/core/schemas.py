@@ -9,18 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_WAIT_S = 60
-INT_MIN = -(2**63)  # what the JSON encoder and both databases store exactly
-INT_MAX = 2**64 - 1
-MAX_STORED_DEPTH = 200  # the JSON encoder stops at 255 levels; config caps request bodies below this
-ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids and cursors: anything else names no job
-EVENT_ID_MAX = 2**63 - 1  # the largest Last-Event-ID: event ids are 64-bit integers
-MAX_LIMIT = 500
-# run_at's date as written (before its offset) is from 1970 to 8999: far from datetime's limits in
-# any offset, and a rule that a JSON Schema pattern states exactly (RUN_AT_PATTERN)
-RUN_AT_YEARS = (1970, 8999)
-RUN_AT_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3})-"
-
+from jobserver.core.bounds import ID_PATTERN, INT_MAX, INT_MIN, MAX_BATCH, MAX_LIMIT, MAX_WAIT_S, RUN_AT_YEARS
 
 # RFC 3339's date-time, as JSON Schema's "date-time" format has it: a "T", seconds, an offset
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -90,9 +79,6 @@ def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str
         elif isinstance(item, float) and not math.isfinite(item):
             errors.append({"loc": where, "msg": "number is not finite", "type": "finite_number"})
     return errors
-
-
-MAX_BATCH = 1000
 
 
 class BatchItem(SubmitBody):

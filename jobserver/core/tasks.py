@@ -30,9 +30,10 @@ import pydantic
 import pydantic_core
 from pydantic import ConfigDict
 
+from jobserver.core.bounds import INT_MAX, INT_MIN, MAX_STORED_DEPTH
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
 from jobserver.core.limits import Concurrency, Limit, Rate, bind_all, check_templates
-from jobserver.core.schemas import INT_MAX, INT_MIN, MAX_STORED_DEPTH, json_violations
+from jobserver.core.schemas import json_violations
 
 MARK = "__jobserver_task__"
 

@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN
 from jobserver.core.clock import rfc3339
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
@@ -40,15 +41,7 @@ from jobserver.core.errors import (
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.records import JobRecord
-from jobserver.core.schemas import (
-    EVENT_ID_MAX,
-    ID_PATTERN,
-    BatchBody,
-    GetQuery,
-    ListQuery,
-    SubmitBody,
-    json_violations,
-)
+from jobserver.core.schemas import BatchBody, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi

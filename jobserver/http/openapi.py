@@ -15,9 +15,7 @@ import copy
 import re
 from typing import Any
 
-from jobserver.core.operations import CancelFilter, DeleteFilter, RetryFilter
-from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.core.schemas import (
+from jobserver.core.bounds import (
     EVENT_ID_MAX,
     ID_PATTERN,
     MAX_BATCH,
@@ -25,8 +23,10 @@ from jobserver.core.schemas import (
     MAX_WAIT_S,
     RUN_AT_PATTERN,
     RUN_AT_YEARS,
-    SubmitBody,
 )
+from jobserver.core.operations import CancelFilter, DeleteFilter, RetryFilter
+from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
+from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.core.version import package_version
 from jobserver.http.problems import PROBLEM_TYPES

@@ -1,0 +1,19 @@
+"""The numbers the API promises: wait and page caps, integer range, nesting depth, id shape.
+
+Their own module so that the client (and its command line) knows them without importing the
+server's pydantic models."""
+
+from __future__ import annotations
+
+MAX_WAIT_S = 60
+INT_MIN = -(2**63)  # what the JSON encoder and both databases store exactly
+INT_MAX = 2**64 - 1
+MAX_STORED_DEPTH = 200  # the JSON encoder stops at 255 levels; config caps request bodies below this
+ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids and cursors: anything else names no job
+EVENT_ID_MAX = 2**63 - 1  # the largest Last-Event-ID: event ids are 64-bit integers
+MAX_LIMIT = 500
+# run_at's date as written (before its offset) is from 1970 to 8999: far from datetime's limits in
+# any offset, and a rule that a JSON Schema pattern states exactly (RUN_AT_PATTERN)
+RUN_AT_YEARS = (1970, 8999)
+RUN_AT_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3})-"
+MAX_BATCH = 1000
