@@ -271,6 +271,8 @@ class Runtime:
         future = p.reporter.flush_once(self.clock.now())
         if future is not None:
             wait([future], timeout=RECORD_TIMEOUT_S)
+        if self._loop_thread is not None and self._loop_thread.is_alive():
+            _cancel_tasks(p.tasks_loop)
         p.tasks_loop.call_soon_threadsafe(p.tasks_loop.stop)
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=5)
@@ -284,3 +286,21 @@ class Runtime:
             os.close(self._lock_fd)
             self._lock_fd = None
         log.info("stopped", extra={"action": "stopped"})
+
+
+def _cancel_tasks(loop: asyncio.AbstractEventLoop, timeout_s: float = 1.0) -> None:
+    """Cancel the async attempts still on the loop (given up by the drain; their outcomes are
+    no longer recorded) and give them a moment to unwind, as `asyncio.run` does at its end:
+    a loop closed under pending tasks leaves them to be destroyed mid-await."""
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=timeout_s + 1)
+    except (TimeoutError, RuntimeError) as exc:  # a task that ignores cancellation: leave it
+        log.debug("async tasks left at close: %s", exc)
