@@ -207,7 +207,7 @@ def build(
     commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory)
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
-    pruner = Pruner(s.retention, writer, clock)
+    pruner = Pruner(s.retention, writer, limits, clock)
     scheduler = Scheduler(
         ScheduleStore(db, writer, store, s.is_postgres), registry, clock, observers, dispatcher.job_added
     )

@@ -15,13 +15,14 @@ from jobserver.core.errors import Fail
 from jobserver.core.lifecycle import Outcome
 from jobserver.core.records import JobIds, NewJob
 from jobserver.ops.retention import CHILD_TABLES, EXPIRED_JOBS_SQL, EXPIRED_KEYS_SQL, Pruner, child_delete_sql
+from jobserver.storage.limits import IDLE_KEY_S, LimitStore
 from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks.outbox import Outbox
 from tests.helpers import wait_until
 from tests.inproc import running_app
-from tests.storage import claim_one, end_attempt, limit_store
+from tests.storage import claim_one, end_attempt
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -31,8 +32,8 @@ CHILDREN = ("events", "steps", "webhook_deliveries", "webhook_attempts")
 class Seed:
     """Rows with chosen timestamps, written through the store and the writer."""
 
-    def __init__(self, db: Any, writer: Writer, store: JobStore) -> None:
-        self.db, self.writer, self.store = db, writer, store
+    def __init__(self, db: Any, writer: Writer, store: JobStore, limits: LimitStore) -> None:
+        self.db, self.writer, self.store, self.limits = db, writer, store, limits
         self.ids = JobIds()
 
     def job(self, at: float, status: str, key: str | None = None, logs: int = 0) -> str:
@@ -90,14 +91,19 @@ class Seed:
 
 
 @pytest.fixture
-def seed(tmp_path: Path) -> Iterator[Seed]:
-    db = open_database("sqlite:///jobs.db", tmp_path / "jobs.db", "normal", 5.0)
+def seed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Seed]:
+    """On SQLite, or on PostgreSQL where a test asks for it (`indirect` "postgres")."""
+    pg = getattr(request, "param", "sqlite") == "postgres"
+    if pg:
+        url = request.getfixturevalue("pg_url")
+        db = open_database(url, None, "normal", 5.0)
+    else:
+        db = open_database("sqlite:///jobs.db", tmp_path / "jobs.db", "normal", 5.0)
     create_schema(db)
-    writer = Writer(db, False)
+    writer = Writer(db, pg)
     writer.start()
-    yield Seed(
-        db, writer, JobStore(db, writer, False, limit_store(db, writer), Outbox(threading.Event()).record)
-    )
+    limits = LimitStore(db, writer, pg, 1.0, lambda: None)
+    yield Seed(db, writer, JobStore(db, writer, pg, limits, Outbox(threading.Event()).record), limits)
     writer.stop()
     db.close()
 
@@ -105,7 +111,7 @@ def seed(tmp_path: Path) -> Iterator[Seed]:
 def pruner(seed: Seed, **settings: Any) -> Pruner:
     options: dict[str, Any] = {"finished_jobs": 7 * DAY, "idempotency_keys": DAY, "batch_size": 500}
     options.update(settings)
-    return Pruner(RetentionSettings(**options), seed.writer, ManualClock(NOW))
+    return Pruner(RetentionSettings(**options), seed.writer, seed.limits, ManualClock(NOW))
 
 
 def test_finished_jobs_past_the_horizon_go_with_all_their_rows(seed: Seed) -> None:
@@ -164,7 +170,7 @@ def test_a_pass_stops_after_max_batches_and_the_next_goes_on(seed: Seed) -> None
     for _ in range(6):
         seed.job(NOW - 10 * DAY, "completed")
     keys = [seed.job(NOW - 10 * DAY, "pending", key=f"k{i}") for i in range(5)]
-    p = Pruner(RetentionSettings(batch_size=2), seed.writer, ManualClock(NOW), max_batches=3)
+    p = Pruner(RetentionSettings(batch_size=2), seed.writer, seed.limits, ManualClock(NOW), max_batches=3)
     tables = ("jobs", "idempotency_keys", *CHILDREN)
     before = sum(seed.count(t) for t in tables)
     first = p.run_once(NOW)
@@ -185,6 +191,46 @@ def test_a_job_with_many_events_is_pruned_over_several_batches(seed: Seed) -> No
     assert first.more and first.jobs == 0 and seed.count("jobs", job_id) == 1
     assert p.run_once(NOW).jobs == 1
     assert seed.rows_of(job_id) == dict.fromkeys(("jobs", *CHILDREN), 0)
+
+
+@pytest.mark.parametrize(
+    "seed", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_limit_keys_nothing_uses_go_and_keys_in_use_stay(seed: Seed) -> None:
+    parked_job = seed.job(NOW - DAY, "pending")
+    old = NOW - 60 - IDLE_KEY_S - 10  # before the idle horizon of a key with a 60 s window
+    recent = NOW - 60 - IDLE_KEY_S + 10
+
+    def keys(tx: Tx) -> None:
+        for key, kind, per_s, wake_at in [
+            ("idle", "concurrency", None, None),
+            ("held", "concurrency", None, None),
+            ("parked", "concurrency", None, None),
+            ("looked-at", "concurrency", None, NOW + 5),
+            ("rate-old", "rate", 60.0, None),
+            ("rate-recent", "rate", 60.0, None),
+        ]:
+            tx.execute(
+                "INSERT INTO limits (key, kind, n, per_s, wake_at) VALUES (?, ?, 1, ?, ?)",
+                (key, kind, per_s, wake_at),
+            )
+        tx.execute("INSERT INTO limit_holds (key, job_id) VALUES ('held', 'j1')")
+        tx.execute("UPDATE jobs SET status = 'blocked', blocked_by = 'parked' WHERE id = ?", (parked_job,))
+        for key, at in [("rate-old", old), ("rate-recent", recent)]:
+            tx.execute(
+                "INSERT INTO limit_charges (key, job_id, run_seq, at, units) VALUES (?, 'j2', 1, ?, 1)",
+                (key, at),
+            )
+
+    seed.writer.call(keys)
+    result = pruner(seed).run_once(NOW)
+
+    assert result.limit_keys == 2
+    left = [r[0] for r in seed.db.execute_sql("SELECT key FROM limits ORDER BY key").fetchall()]
+    assert left == ["held", "looked-at", "parked", "rate-recent"]
+    charges = [r[0] for r in seed.db.execute_sql("SELECT key FROM limit_charges").fetchall()]
+    assert charges == ["rate-recent"]
+    assert pruner(seed).run_once(NOW).limit_keys == 0
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 Owns the `[retention]` rules: a completed, failed or cancelled job whose
 `finished_at` is older than `retention.finished_jobs` goes, together with its
 events, steps, webhook deliveries and webhook attempts; an idempotency key goes
-once it is older than `retention.idempotency_keys`.
+once it is older than `retention.idempotency_keys`; a limit key goes once nothing has used it
+for an hour past its window (`LimitStore.prune_idle_op`).
 
 Deletes happen in small writer ops (each removes at most `batch_size` rows of
 the child tables plus at most `batch_size` jobs, or `batch_size` keys), so the
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from jobserver.core.clock import Clock
 from jobserver.core.config import RetentionSettings
 from jobserver.core.errors import StorageError
+from jobserver.storage.limits import LimitStore
 from jobserver.storage.writer import Tx, Writer
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Pruned:
     keys: int
     rows: int
     batches: int
+    limit_keys: int = 0
 
 
 class Pruner:
@@ -82,11 +85,13 @@ class Pruner:
         self,
         settings: RetentionSettings,
         writer: Writer,
+        limits: LimitStore,
         clock: Clock,
         max_batches: int = MAX_BATCHES_PER_PASS,
     ) -> None:
         self.settings = settings
         self.writer = writer
+        self.limits = limits
         self.clock = clock
         self.max_batches = max_batches
         self._lock = threading.Lock()
@@ -105,15 +110,22 @@ class Pruner:
                 batch = self.writer.call(self.keys_op(now - self.settings.idempotency_keys))
                 keys, rows, more_keys = keys + batch.rows, rows + batch.rows, batch.more
                 batches += 1
+        limit_keys = 0
+        while batches < self.max_batches:
+            gone = self.writer.call(self.limits.prune_idle_op(now, self.settings.batch_size))
+            limit_keys, rows, batches = limit_keys + gone, rows + gone, batches + 1
+            if gone < self.settings.batch_size:
+                break
         if rows:
             log.info(
-                "pruned %d finished jobs and %d idempotency keys (%d rows)",
+                "pruned %d finished jobs, %d idempotency keys and %d idle limit keys (%d rows)",
                 jobs,
                 keys,
+                limit_keys,
                 rows,
                 extra={"action": "prune"},
             )
-        return Pruned(jobs, keys, rows, batches)
+        return Pruned(jobs, keys, rows, batches, limit_keys)
 
     def start_pass(self) -> None:
         """Start one pass at the clock's time on its own thread, unless one is still running.

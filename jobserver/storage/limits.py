@@ -34,6 +34,15 @@ from jobserver.storage.writer import Tx, Writer
 CHARGE_KEPT_S = 60.0  # how long a charge is kept past its window
 UNPARK_PAGE = 64  # parked jobs one key's look at them reads at most
 DUE_NOTE = "d"  # NOTIFY: a job became due
+IDLE_KEY_S = 3600.0  # a key with nothing held, parked or charged this long past its window is dropped
+# a key nothing uses: no hold, no parked job, no look due, no charge within IDLE_KEY_S past its window
+IDLE_KEY = (
+    "wake_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM limit_holds h WHERE h.key = limits.key)"
+    " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'blocked' AND j.blocked_by = limits.key)"
+    " AND NOT EXISTS (SELECT 1 FROM limit_charges c WHERE c.key = limits.key"
+    " AND c.at > ? - COALESCE(limits.per_s, 0))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +258,42 @@ class LimitStore:
             wake = now + self.recheck_s
         tx.execute("UPDATE limits SET wake_at = ? WHERE key = ?", (wake, key.key))
         return made
+
+    # ------------------------------------------------------------- pruning
+    def prune_idle_op(self, now: float, batch: int) -> Callable[[Tx], int]:
+        """A writer op: drop up to `batch` keys nothing has used for IDLE_KEY_S past their
+        window, with their charges; how many keys went.
+
+        A templated key (`llm:{model}`) makes a row for every value it ever saw: without this
+        the table, and GET /limits, would only grow. A row is a lock and a copy of the
+        declaration, so the next claim of a dropped key makes it again. On PostgreSQL the
+        candidates are locked first (skipping any a claim holds now), and the DELETE checks
+        them again in its own, later snapshot: a hold or charge committed in between keeps
+        its key."""
+
+        def op(tx: Tx) -> int:
+            horizon = now - IDLE_KEY_S
+            keys = [
+                str(r[0])
+                for r in tx.all(
+                    f"SELECT key FROM limits WHERE {IDLE_KEY} ORDER BY key LIMIT ?{self._skip_locked}",
+                    (horizon, batch),
+                )
+            ]
+            if not keys:
+                return 0
+            marks = ", ".join("?" * len(keys))
+            gone = tx.execute(
+                f"DELETE FROM limits WHERE key IN ({marks}) AND {IDLE_KEY}", (*keys, horizon)
+            ).rowcount
+            tx.execute(
+                f"DELETE FROM limit_charges WHERE key IN ({marks}) "
+                "AND NOT EXISTS (SELECT 1 FROM limits l WHERE l.key = limit_charges.key)",
+                keys,
+            )
+            return int(gone)
+
+        return op
 
     # ------------------------------------------------------------ settling
     def report_usage(self, job_id: str, run_seq: int, key: str, units: float) -> Any:
