@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from jobserver.core.bounds import MAX_BATCH
 from jobserver.core.clock import ManualClock
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
@@ -140,6 +141,13 @@ def test_retrying_a_failed_child_then_its_parent_gathers_the_new_result(app: Run
     job = finished(c, job_id)
     assert job["status"] == "completed" and job["result"]["results"] == [0, 1], job
     assert len(c.get("/jobs", params={"parent": job_id}).json()["jobs"]) == 3  # the same two, and the tail
+
+
+def test_spawn_many_beyond_a_batch_fails_the_job_at_once_and_spawns_nothing(app: RunningApp) -> None:
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.async_fan_out", {"n": MAX_BATCH + 1}))
+    assert job["status"] == "failed" and job["attempts"] == 1, job
+    assert f"at most {MAX_BATCH} in one call" in job["error"]["message"]
+    assert app.client.get("/jobs", params={"parent": job["id"]}).json()["jobs"] == []
 
 
 def test_async_fan_out_gathers(app: RunningApp) -> None:

@@ -15,7 +15,8 @@ import threading
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Protocol
 
-from jobserver.core.errors import Cancelled
+from jobserver.core.bounds import MAX_BATCH
+from jobserver.core.errors import Cancelled, Fail
 from jobserver.core.records import Claim
 
 Calls = Generator[Any, Any, Any]
@@ -131,7 +132,15 @@ class JobContext:
         return self._drive(self._attempt.spawn_calls(name, task, [args or {}], options, True))
 
     def spawn_many(self, name: str, task: str, list_of_args: Sequence[dict[str, Any]], **options: Any) -> Any:
-        """Submit one child per args in one transaction; their ids, in order."""
+        """Submit one child per args in one transaction; their ids, in order.
+
+        At most MAX_BATCH children a call, as a batch submit: one transaction holds the
+        writer, and every submit waits behind it. More fail the job at once (no retry)."""
+        if len(list_of_args) > MAX_BATCH:
+            raise Fail(
+                f"spawn_many {name!r} of {len(list_of_args)} children: at most {MAX_BATCH} in one call; "
+                "split them over several calls with names of their own"
+            )
         return self._drive(self._attempt.spawn_calls(name, task, list(list_of_args), options, False))
 
     def gather(self, name: str, ids: Sequence[str], return_exceptions: bool = False) -> Any:
