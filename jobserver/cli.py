@@ -2,7 +2,7 @@
 
 `python -m jobserver [--config PATH] [--host H] [--port P]` (or the installed
 `jobserver` command) serves; the client subcommands (submit, get, wait, follow, logs,
-list, cancel, retry, delete, webhooks, tasks, schedules, pause, resume, stats) live in
+list, cancel, retry, delete, webhooks, tasks, schedules, pause, resume, stats, limits) live in
 `jobserver.client.commands`. A start that cannot work prints one `jobserver: ...`
 line, never a traceback, and exits with the code of its cause (README, "Start-up
 checks and exit codes"): 1 cannot start (port, data directory or lock file, a damaged database,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CLIENT_COMMANDS = (
     "submit", "get", "wait", "follow", "logs", "list", "cancel", "retry", "delete", "webhooks", "signal",
-    "tasks", "schedules", "pause", "resume", "stats",
+    "tasks", "schedules", "pause", "resume", "stats", "limits",
 )  # fmt: skip
 
 

@@ -1,14 +1,15 @@
-"""The operator subcommands (`schedules`, `pause`, `resume`, `stats`, and `cancel`/`retry`
-with filters) as subprocesses against a real server process of their own."""
+"""The operator subcommands (`schedules`, `pause`, `resume`, `stats`, `limits`, and
+`cancel`/`retry` with filters) as subprocesses against a real server process of their own."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e import Server
-from tests.helpers import default_config, finished, free_port, submit
+from tests.helpers import default_config, finished, free_port, submit, wait_until
 from tests.test_cli_client import cli, ok_json, one_line
 
 pytestmark = pytest.mark.e2e
@@ -69,3 +70,23 @@ def test_schedules_and_stats(server: Server) -> None:
     stats = ok_json(cli("--json", "stats", url=server.url))
     assert set(stats) == {"at", "counts", "tasks", "last_hour"}
     assert set(stats["counts"]) == {"pending", "running", "waiting", "completed", "failed", "cancelled"}
+
+
+def test_limits_shows_each_key_its_use_and_the_jobs_it_holds_back(server: Server, tmp_path: Path) -> None:
+    c = server.client()
+    release = tmp_path / "release"
+    args = {"path": str(tmp_path / "spans"), "model": "cli", "hold_s": 0, "release": str(release)}
+    ids = [submit(c, "tests.e2e_tasks.held_key", args) for _ in range(4)]  # the key allows 3 at once
+    wait_until(
+        lambda: [c.get(f"/jobs/{i}").json()["blocked_by"] for i in ids].count("llm:cli") == 1,
+        message="one job held back by the key",
+    )
+    keys = {k["key"]: k for k in ok_json(cli("--json", "limits", url=server.url))["limits"]}
+    assert (keys["llm:cli"]["in_use"], keys["llm:cli"]["blocked"]) == (3, 1)
+    table = cli("limits", url=server.url)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["KEY", "KIND", "LIMIT", "IN", "USE", "HELD", "BACK"]
+    assert any(row.split() == ["llm:cli", "concurrency", "3", "3", "1"] for row in rows), rows
+    release.touch()
+    assert all(finished(c, i)["status"] == "completed" for i in ids)

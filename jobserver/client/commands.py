@@ -1,5 +1,5 @@
 """The client subcommands of `python -m jobserver`: submit, get, wait, follow, logs, list,
-cancel, retry, delete, signal, webhooks, tasks, schedules, pause, resume, stats.
+cancel, retry, delete, signal, webhooks, tasks, schedules, pause, resume, stats, limits.
 
 `cancel`, `retry` and `delete` take one job id, or filters (`--status`, `--task`, `--id`,
 or `--all`) for every matching job.
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["list", "pause", "resume", "delete"], default="list")
     p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (for pause, resume, delete)")
     sub.add_parser("stats", parents=[common], help="counts by status and task; the last hour's throughput")
+    sub.add_parser(
+        "limits", parents=[common], help="each limit key: its limit, its use now, the jobs it holds back"
+    )
     return parser
 
 
@@ -370,7 +373,18 @@ def run(client: Client, args: argparse.Namespace, output: Output) -> int:
         return _schedules(client, args, output)
     elif command == "stats":
         _stats(client.stats(), output)
+    elif command == "limits":
+        keys = client.limits()
+        columns = ("KEY", "KIND", "LIMIT", "IN USE", "HELD BACK")
+        rows = [[k["key"], k["kind"], _limit_text(k), f"{k['in_use']:g}", k["blocked"]] for k in keys]
+        output.show({"limits": keys}, render.rows_table(columns, rows) if rows else "no limit keys in use")
     return EXIT_OK
+
+
+def _limit_text(key: dict[str, Any]) -> str:
+    """`3`, or for a rate key `10 per 0.5s`."""
+    limit = f"{key['limit']:g}"
+    return limit if key.get("per") is None else f"{limit} per {key['per']:g}s"
 
 
 def _tasks(client: Client, args: argparse.Namespace, output: Output) -> int:
