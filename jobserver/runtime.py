@@ -208,7 +208,9 @@ class Runtime:
                 s.max_connections, cap, open_files,
                 extra={"action": "connection_limit"},
             )  # fmt: skip
-        limits = ConnectionLimits(s.max_header_bytes, s.max_header_lines, s.header_timeout, cap)
+        limits = ConnectionLimits(
+            s.max_header_bytes, s.max_header_lines, s.header_timeout, cap, s.body_timeout
+        )
         protocol = functools.partial(BoundedHttpToolsProtocol, limits=limits, cap_warnings=CapWarnings(cap))
         config = uvicorn.Config(
             self.parts.app,

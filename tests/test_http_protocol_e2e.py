@@ -140,6 +140,32 @@ def test_a_slow_client_is_closed_at_the_head_deadline(tmp_path: Path) -> None:
         assert c.get("/healthz").status_code == 200
 
 
+def test_a_body_that_trickles_in_gets_408_and_nothing_of_it_is_done(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"server": {"body_timeout": "1s"}})
+    body = b'{"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}'
+    head = (
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        for sent in range(len(body) - 1):  # a byte every 0.2 s: the whole body would take 12 s
+            if select.select([sock], [], [], 0.2)[0]:
+                received, closed_at = read_until_closed(sock, 5)
+                break
+            sock.sendall(body[sent : sent + 1])
+        else:
+            raise AssertionError("the whole body but its last byte was read without an answer")
+    status, doc = answer_of(received)
+    assert status == 408 and "body" in str(doc["detail"]), doc
+    assert 0.9 < closed_at - started < 5
+    with httpx.Client(base_url=srv.url) as c:
+        assert c.get("/jobs").json()["jobs"] == []  # the cut request submitted nothing
+        assert c.post("/jobs", content=body, headers={"content-type": "application/json"}).status_code == 202
+    assert "Traceback" not in srv.log() and "ERROR" not in srv.log()
+
+
 def test_slow_clients_beyond_the_open_files_limit_leave_healthz_answering(tmp_path: Path) -> None:
     """With 256 open files (hard limit, so it cannot be raised), 300 connections that never
     finish their heads: the cap (under the limit) closes the oldest to make room, and /healthz

@@ -12,7 +12,7 @@ from tests.inproc import RunningApp, running_app
 
 # problem(<status>, "<code>", ...) and MalformedRequestError("<code>", ...) (a 400) anywhere in the
 # package, plus the error table
-PROBLEM_CALL = re.compile(r'problem\(\s*(\d{3}),\s*"([a-z0-9-]+)"')
+PROBLEM_CALL = re.compile(r'(?:problem|_refuse)\(\s*(\d{3}),\s*"([a-z0-9-]+)"')  # the app's, the protocol's
 MALFORMED = re.compile(r'MalformedRequestError\(\s*"([a-z0-9-]+)"')
 
 

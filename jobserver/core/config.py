@@ -88,6 +88,7 @@ class ServerSettings(_Section):
     max_header_bytes: int = Field(default=32_768, ge=1024)
     max_header_lines: int = Field(default=100, ge=1)
     header_timeout: Duration = Field(default=10.0, gt=0)
+    body_timeout: Duration = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
     max_json_depth: int = Field(default=64, ge=2, le=MAX_STORED_DEPTH)
     log_level: LogLevel = "info"

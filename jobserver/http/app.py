@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import orjson
 import pydantic
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -549,7 +549,13 @@ def create_app(svc: Services) -> Starlette:
         *svc.extra_routes,
     ]
     app = Starlette(
-        routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, Exception: _internal_error}
+        routes=routes,
+        exception_handlers={
+            404: _not_found,
+            405: _not_allowed,
+            ClientDisconnect: _client_disconnected,
+            Exception: _internal_error,
+        },
     )
     if settings.auth.api_keys:  # open servers skip the layer entirely
         app.add_middleware(
@@ -567,6 +573,15 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
         extra={"action": "internal_error"},
     )
     return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """The body never came whole (the client left, or was closed for sending it too slowly):
+    nothing was done, and nobody reads the answer; not an error of the server's."""
+    log.debug(
+        "client left during %s %s", request.method, request.url.path, extra={"action": "client_disconnected"}
+    )
+    return problem(400, "client-disconnected", "Client disconnected", "the request body did not arrive whole")
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

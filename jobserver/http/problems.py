@@ -191,6 +191,37 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Nothing was changed by this request.",
         "Retry after `Retry-After` seconds; `GET /readyz` says when the database answers again.",
     ),
+    "request-timeout": ProblemType(
+        (408,),
+        "Request Timeout",
+        "The client sent its request head or body too slowly: the whole head must arrive within "
+        "`server.header_timeout` of the connection (or of the first byte of the next request), and "
+        "the body within `server.body_timeout` of the end of the head. The connection is closed and "
+        "nothing of the request was done.",
+        "Send the request again at once; behind a slow link or proxy, raise the timeouts.",
+    ),
+    "request-header-fields-too-large": ProblemType(
+        (431,),
+        "Request Header Fields Too Large",
+        "The request head is larger than `server.max_header_bytes` or has more header lines than "
+        "`server.max_header_lines`. The connection is closed and nothing of the request was done.",
+        "Send fewer or smaller headers (large cookies are the usual cause).",
+    ),
+    "too-many-connections": ProblemType(
+        (503,),
+        "Too many connections",
+        "The server has `server.max_connections` connections open and every one is busy with a "
+        "request (event streams and `?wait` hold theirs), so it refused this one.",
+        "Retry after `Retry-After` seconds; close connections you no longer use.",
+    ),
+    "client-disconnected": ProblemType(
+        (400,),
+        "Client disconnected",
+        "The connection ended before the whole request body arrived (the client went away, or was "
+        "closed for sending it too slowly). Nothing of the request was done; this answer is only "
+        "what the server's log records, no client receives it.",
+        "Send the request again.",
+    ),
     "internal-error": ProblemType(
         (500,),
         "Internal error",

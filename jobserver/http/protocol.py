@@ -13,6 +13,10 @@ bounds any client can hold memory and connections for as long as it likes:
   sending the first byte of its next request (slowloris); past it (checked at
   most half a timeout late on kept-alive connections), a 408 problem, and the
   connection is closed;
+- and the whole body within `body_timeout` of the end of its head (a body sent a
+  byte at a time would hold a connection, counted busy, for ever): past it, a 408
+  problem if no answer has begun (the app's read of the body ends as a disconnect),
+  and the connection is closed;
 - at most `max_connections` connections are open. A connection over the cap
   takes the place of the one that has waited longest for a request head (a slow
   or idle client), so probes such as /healthz still get through a slow-client
@@ -53,6 +57,7 @@ class ConnectionLimits:
     max_header_lines: int
     header_timeout_s: float
     max_connections: int
+    body_timeout_s: float
 
 
 @dataclass
@@ -116,6 +121,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes: int | None = 0  # bytes of the head being read; None while a request runs
         self._too_many_lines = False  # set by the parser's callbacks; the refusal follows once it returns
         self._head_started_at: float | None = None  # loop time the head being read began; None: no head yet
+        self._body_started_at: float | None = (
+            None  # loop time the head of a request still reading its body ended
+        )
         self._deadline_check: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0  # loop time since when this connection has had no request running
         self._refused = False
@@ -124,7 +132,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_started_at = self._waiting_since = self.loop.time()
-        self._deadline_check = self.loop.call_later(self.limits.header_timeout_s, self._check_head_deadline)
+        self._deadline_check = self.loop.call_later(self.limits.header_timeout_s, self._check_deadlines)
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
 
@@ -163,6 +171,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._too_many_lines = True  # refused once the parser returns; the app never sees it
             return
         self._head_started_at = self._head_bytes = None
+        self._body_started_at = self.loop.time()
+        self._check_by(self._body_started_at + self.limits.body_timeout_s)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -173,6 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._too_many_lines:
             return
         self._head_bytes = 0  # what follows is the next request's head
+        self._body_started_at = None
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -218,21 +229,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "the server is at its connection limit; retry later",
         )
 
-    def _check_head_deadline(self) -> None:
-        """Close a client whose head is late, else look again when it would be.
+    def _check_deadlines(self) -> None:
+        """Close a client whose head or body is late, else look again when one would be.
 
         One timer per connection rather than one per request keeps the cost of a request
-        to a clock read; a head that begins while no check is due is seen at most half
-        a timeout late."""
+        to a clock read; a head or body that begins while no check is due is seen at most
+        half a timeout late."""
         self._deadline_check = None
         if self.transport.is_closing() or self._refused:
             return
-        now, started, timeout_s = self.loop.time(), self._head_started_at, self.limits.header_timeout_s
-        if started is not None and now - started >= timeout_s:
+        now, limits = self.loop.time(), self.limits
+        head, body = self._head_started_at, self._body_started_at
+        if head is not None and now - head >= limits.header_timeout_s:
             self._head_timed_out()
             return
-        due = started + timeout_s if started is not None else now + timeout_s / 2
-        self._deadline_check = self.loop.call_later(due - now, self._check_head_deadline)
+        if body is not None and now - body >= limits.body_timeout_s:
+            self._body_timed_out()
+            return
+        dues = [
+            head + limits.header_timeout_s if head is not None else now + limits.header_timeout_s / 2,
+            body + limits.body_timeout_s if body is not None else now + limits.body_timeout_s / 2,
+        ]
+        self._deadline_check = self.loop.call_later(min(dues) - now, self._check_deadlines)
+
+    def _check_by(self, due: float) -> None:
+        """Make sure a deadline check runs by loop time `due`."""
+        check = self._deadline_check
+        if check is not None and check.when() <= due:
+            return
+        if check is not None:
+            check.cancel()
+        self._deadline_check = self.loop.call_at(due, self._check_deadlines)
 
     def _stop_deadline_checks(self) -> None:
         if self._deadline_check is not None:
@@ -247,6 +274,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(408, "request-timeout", "Request Timeout", detail)
         else:
             self.transport.close()  # nothing sent yet, or mid-response on a pipelined connection
+
+    def _body_timed_out(self) -> None:
+        timeout_s = self.limits.body_timeout_s
+        log.debug("closed a client that sent no whole request body in %ss", timeout_s,
+                  extra={"action": "body_timeout"})  # fmt: skip
+        cycle = self.cycle
+        if cycle is None or cycle.response_started:
+            self.transport.close()
+            return
+        cycle.disconnected = True  # the app's wait for the rest of the body ends as a disconnect
+        cycle.message_event.set()
+        self._refuse(
+            408,
+            "request-timeout",
+            "Request Timeout",
+            f"the request body did not arrive within {timeout_s:g} s",
+        )
 
     def _refuse_head_too_large(self, detail: str) -> None:
         log.debug("refused a request head: %s", detail, extra={"action": "header_too_large"})
