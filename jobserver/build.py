@@ -46,6 +46,7 @@ from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
 from jobserver.runner.notices import Notices
 from jobserver.runner.pausing import TaskControl
+from jobserver.runner.pending import PendingReasons
 from jobserver.runner.queue import WorkerPool
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
@@ -277,6 +278,7 @@ def build(
                 ),
             ],
             readers=readers,
+            reasons=PendingReasons(registry, slots.capacity_for, clock.now, s.is_postgres),
             metrics=metrics,
             now=clock.now,
             tracing=tracing,

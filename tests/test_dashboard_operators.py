@@ -1,6 +1,7 @@
 """The dashboard as operators use it, in headless chromium against the real server: counts
 and the last hour's chart, search by id or idempotency key with the filters in the URL,
-bulk actions, why a job is pending, webhook deliveries, Delete and a confirmed Cancel, a
+bulk actions, why a job is pending (every worker thread busy among the reasons), the chart's
+finishes by outcome, webhook deliveries, Delete and a confirmed Cancel, a
 refused key told from a missing one, the folded event log, schedules and paused tasks, and
 a layout that holds from a phone to a wide screen.
 
@@ -20,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests import test_dashboard as dashboard
 from tests.e2e import Server, start_server
+from tests.helpers import has_line, wait_until
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import (
     ADD,
@@ -36,6 +38,7 @@ from tests.test_dashboard import (
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 NOOP = "jobserver.examples.noop"
+BLOCK = "tests.e2e_tasks.block_until_file"
 # the browser, page and HTTP client fixtures of the dashboard tests
 browser = dashboard.browser
 page = dashboard.page
@@ -169,6 +172,56 @@ def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
     expect(page.locator("#detail")).to_be_hidden()
     expect(row(page, hooked)).to_have_count(0)
     assert client.get(f"/jobs/{hooked}").status_code == 404
+
+
+def test_why_pending_says_every_thread_is_busy_and_the_chart_keeps_cancelled_apart(
+    tmp_path: Path, page: Page
+) -> None:
+    srv = start_server(tmp_path, config={"workers": {"threads": 1}})
+    try:
+        with srv.client() as client:
+            release = str(tmp_path / "release")
+            holder = submit(client, BLOCK, {"started": str(tmp_path / "holder"), "release": release})["id"]
+            wait_until(lambda: has_line(tmp_path / "holder"), message="the only thread to run the holder")
+            waiting = submit(client, BLOCK, {"started": str(tmp_path / "waiting"), "release": release})["id"]
+            cancelled = submit_delayed(client, NOOP)
+            assert client.post(f"/jobs/{cancelled}/cancel").status_code == 202
+
+            page.goto(srv.url)
+            why = row(page, waiting).locator(".why")
+            busy = "waiting for a free worker thread: the only worker thread is busy"
+            expect(why).to_have_text(busy)
+            expect(why).to_have_attribute("data-reason", "no_free_worker")
+            amber = why.evaluate("el => getComputedStyle(el).color")  # told apart from a plain wait
+            assert amber != row(page, holder).locator(".why").evaluate("el => getComputedStyle(el).color")
+            open_job(page, waiting)
+            expect(page.locator("#detail-why")).to_have_text(f"Why pending: {busy}")
+            expect(why).to_have_text(busy)
+            shot(page, "why-pending-busy.png")
+
+            (tmp_path / "release").touch()
+            expect(page.locator("#detail-status")).to_have_text("completed")
+            expect(page.locator("#detail-why")).to_be_hidden()
+            expect(why).to_have_text("")
+            for job_id in (holder, waiting):
+                wait_finished(client, job_id)
+
+        legend = page.locator("#chart-legend")
+        expect(legend).to_contain_text("2 completed, 0 failed, 1 cancelled")
+        expect(page.locator("#chart rect.cancel")).to_have_count(1)
+        expect(page.locator("#chart rect.done")).not_to_have_count(0)
+        expect(legend.locator(".key.cancel")).to_be_visible()
+        # read in one go: the chart is redrawn at every poll, a rect read alone may be gone
+        done, cancel, key = page.evaluate(
+            """() => {
+                const style = (selector) => getComputedStyle(document.querySelector(selector));
+                return [style('#chart rect.done').fill, style('#chart rect.cancel').fill,
+                        style('#chart-legend .key.cancel').backgroundColor];
+            }"""
+        )
+        assert cancel not in (done, "", "none") and key == cancel, (done, cancel, key)
+    finally:
+        srv.stop()
 
 
 def test_progress_folds_into_the_bar_and_every_log_line_has_a_time(

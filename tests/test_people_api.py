@@ -46,10 +46,13 @@ def test_a_pending_job_says_why_it_waits(app: RunningApp, client: Client) -> Non
     done = client.wait(held["id"], timeout=WAIT_S)
     assert done["pending_reason"] is None
 
-    # a job of a task this server does not know (submitted by a newer deploy), made in the file
+    # a due job of a task this server does not know (submitted by a newer deploy), made in the file
     unknown = client.submit(NOOP, delay=3600)["id"]
     with sqlite3.connect(app.db_path, timeout=WAIT_S) as db:
-        db.execute("UPDATE jobs SET task = 'newer.task', status = 'pending' WHERE id = ?", (unknown,))
+        db.execute(
+            "UPDATE jobs SET task = 'newer.task', status = 'pending', run_at = created_at WHERE id = ?",
+            (unknown,),
+        )
     reason = client.get(unknown)["pending_reason"]
     assert reason["code"] == "unknown_task" and "newer.task" in reason["detail"]
 

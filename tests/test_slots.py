@@ -7,7 +7,7 @@ import threading
 from jobserver import task
 from jobserver.core.records import Claim
 from jobserver.core.tasks import build_taskdef
-from jobserver.runner.slots import UNKNOWN_RUN_S, Slots
+from jobserver.runner.slots import UNKNOWN_RUN_S, Capacity, Slots
 
 
 @task
@@ -112,3 +112,15 @@ def test_a_freed_async_slot_signals_async_work_and_a_sync_one_does_not() -> None
     assert not s.async_work.is_set()
     s.release(W)
     assert s.async_work.is_set()  # a pending async job may fit now: the feeder looks
+
+
+def test_capacity_is_told_per_kind_and_never_below_zero_with_jobs_taken_ahead() -> None:
+    s = slots(threads=2, async_concurrency=3)
+    s.ran(Q, 0.0001)  # short: jobs are taken ahead of the busy threads
+    assert len(s.accept(FakeTx(), [(str(i), Q) for i in range(10)])) > 2
+    assert s.capacity_for(Q) == Capacity("worker thread", 2, 0)
+    assert s.capacity_for(W) == Capacity("async slot", 3, 3)  # the threads' load is not the slots'
+    assert s.accept(FakeTx(), [("w1", W)]) == ["w1"]
+    assert s.capacity_for(W) == Capacity("async slot", 3, 2)
+    s.release(W)
+    assert s.capacity_for(W).free == 3

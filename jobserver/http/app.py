@@ -30,7 +30,6 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN
-from jobserver.core.clock import rfc3339
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
     InvalidRequestError,
@@ -56,6 +55,7 @@ from jobserver.http.problems import (
 from jobserver.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobserver.ops.metrics import Metrics
 from jobserver.runner.commands import JobCommands
+from jobserver.runner.pending import PendingReasons
 from jobserver.storage.limits import LimitStore
 from jobserver.storage.store import JobStore
 
@@ -92,6 +92,7 @@ class Services:
     workers_alive: Callable[[], bool]
     extra_routes: list[Route]
     readers: ThreadPoolExecutor  # database reads run here, never on the event loop
+    reasons: PendingReasons  # why a pending job waits
     metrics: Metrics | None = None
     now: Callable[[], float] = time.time  # the server's clock (rate windows end relative to it)
     tracing: Tracing = NO_TRACING
@@ -99,22 +100,6 @@ class Services:
 
 
 HELD = ("pending", "scheduled", "blocked")  # stored statuses of a pending job
-
-
-def pending_reason(record: JobRecord, registry: Registry, paused: frozenset[str]) -> dict[str, Any] | None:
-    """Why a pending job is not running yet, for people: `code`, `detail` (and `until` when delayed)."""
-    if record.status not in HELD:
-        return None
-    if record.status == "scheduled":
-        until = rfc3339(record.run_at)
-        return {"code": "delayed", "detail": f"delayed until {until}", "until": until}
-    if record.status == "blocked":
-        return {"code": "blocked_by_limit", "detail": f"held back by the limit {record.blocked_by}"}
-    if record.task in paused:
-        return {"code": "task_paused", "detail": f"task {record.task} is paused"}
-    if registry.find(record.task) is None:
-        return {"code": "unknown_task", "detail": f"no task {record.task} is registered on this server"}
-    return {"code": "no_free_worker", "detail": "waiting for a free worker thread (all are busy)"}
 
 
 class BodyTooLarge(Exception):
@@ -361,7 +346,7 @@ def create_app(svc: Services) -> Starlette:
 
     def with_reason(record: JobRecord, paused: frozenset[str]) -> dict[str, Any]:
         data = record.to_api()
-        data["pending_reason"] = pending_reason(record, svc.registry, paused)
+        data["pending_reason"] = svc.reasons.of(record, paused)
         return data
 
     def listed(

@@ -30,6 +30,7 @@ from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.core.version import package_version
 from jobserver.http.problems import PROBLEM_TYPES
+from jobserver.runner.pending import CODES as PENDING_CODES
 
 VERSION = "3.2.0"
 PROBLEM_JSON = "application/problem+json"
@@ -76,12 +77,11 @@ JOB_FIELDS: dict[str, Schema] = {
     "pending_reason": {
         "type": ["object", "null"],
         "description": "Why a pending job is not running yet (null otherwise): `code` is delayed (with "
-        "`until`), blocked_by_limit, task_paused, unknown_task or no_free_worker; `detail` says it in words.",
+        "`until`), blocked_by_limit, task_paused, unknown_task, no_free_worker (due, and every worker "
+        "thread or async slot that could run it is busy) or queued (due, and about to be claimed); "
+        "`detail` says it in words.",
         "properties": {
-            "code": {
-                "type": "string",
-                "enum": ["delayed", "blocked_by_limit", "task_paused", "unknown_task", "no_free_worker"],
-            },
+            "code": {"type": "string", "enum": list(PENDING_CODES)},
             "detail": {"type": "string"},
             "until": _timestamp(),
         },

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from jobserver.core.records import Claim
 from jobserver.core.tasks import TaskDef
@@ -25,6 +26,16 @@ PREFETCH_MAX = 64  # sync jobs one claim may take beyond one per idle thread
 PREFETCH_BUDGET_S = 0.005  # expected run time those extra jobs may add per idle thread
 UNKNOWN_RUN_S = 1.0  # a task not yet measured is assumed long (never taken ahead)
 ASYNC_PER_CLAIM = 32  # async jobs one claim may take
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """The capacity a task's jobs run on in this process, as it stands now: `kind` is what
+    one unit is called for people ("worker thread" or "async slot"), `free` how many no job holds."""
+
+    kind: str
+    size: int
+    free: int
 
 
 class Slots:
@@ -64,6 +75,17 @@ class Slots:
     def is_async(self, task: str) -> bool:
         td = self._by_name.get(task)
         return td is not None and td.is_async
+
+    def capacity_for(self, task: str) -> Capacity:
+        """The capacity that would run a job of `task` here (sync and async tasks draw on
+        different pools). A slot is taken from its job's claim on; jobs claimed ahead for busy
+        threads count too and can take the count past the threads, hence the floor at 0."""
+        with self._lock:
+            if self.is_async(task):
+                return Capacity(
+                    "async slot", self.async_concurrency, max(0, self.async_concurrency - self._async)
+                )
+            return Capacity("worker thread", self.threads, max(0, self.threads - self._sync))
 
     def plan(self, tx: Tx) -> tuple[int, list[str] | None]:
         """How many candidates one claim reads, and which tasks it may take now (None: any).

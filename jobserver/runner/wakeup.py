@@ -34,6 +34,12 @@ class Wakeup:
                 return True
             return False
 
+    def sleeping(self) -> int:
+        """Threads waiting now that no signal already given will wake: each looks for work
+        again only at its timeout or the next notify (exact, unlike the `waiting` hint)."""
+        with self._cond:
+            return max(0, self.waiting - self._signals)
+
     def stop(self) -> None:
         """Release every waiter for good (shutdown)."""
         with self._cond:
