@@ -191,13 +191,20 @@ class Dispatcher:
             self.wakeup.notify()
 
     def _feed(self) -> None:
-        """Claim for free async slots whenever async work may be waiting."""
+        """Claim for free async slots whenever async work may be waiting.
+
+        With every slot taken there is nothing to claim for until one frees (which sets
+        `async_work`): a delayed job's time passing is not a reason to look again, and doing
+        so while it stays overdue spun this thread at full speed."""
         while not self._stop.is_set():
             self.slots.async_work.clear()
             try:
-                if self.slots.free_async() > 0 and self._guarded_claim():
+                if self.slots.free_async() == 0:
+                    timeout = self.poll_interval_s
+                elif self._guarded_claim():
                     continue
-                timeout = self._idle_timeout()
+                else:
+                    timeout = self._idle_timeout()
             except Exception:
                 log.exception("claiming for async tasks failed", extra={"action": "claim_failed"})
                 timeout = self.poll_interval_s  # back off; the next pass tries again
