@@ -1,6 +1,8 @@
 """OpenTelemetry traces in-process: the real app with an SDK tracer provider whose spans go
 to the SDK's in-memory exporter. One trace runs from a submit that carried a `traceparent`
-through every attempt and step to the webhook delivery, which carries `traceparent` on.
+through every attempt and step to the webhook delivery, which carries `traceparent` on. A
+workflow's durable calls (sleep, wait_for, spawn, gather) have spans in the run that parks on
+them and again in the run that resumes, and spawned children's attempts are in the parent's trace.
 Also: the OTEL_* variables that turn tracing on, and a server without them never importing
 OpenTelemetry at all (checked in a fresh interpreter)."""
 
@@ -10,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +22,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from jobserver.core.clock import ManualClock
 from jobserver.core.errors import ConfigError
 from jobserver.core.tracing import tracing_wanted
 from jobserver.ops.tracing import OtelTracing, _exporters
 from tests.helpers import REPO, finished, submit, wait_until
-from tests.inproc import running_app
+from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -42,6 +46,22 @@ def spans() -> Iterator[tuple[OtelTracing, InMemorySpanExporter]]:
 
 def named(exporter: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name.startswith(prefix)]
+
+
+def in_order(exporter: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:
+    return sorted(named(exporter, prefix), key=lambda s: s.start_time or 0)
+
+
+def attrs(span: ReadableSpan) -> dict[str, object]:
+    return dict(span.attributes or {})
+
+
+def events(span: ReadableSpan) -> list[tuple[str, dict[str, object]]]:
+    return [(e.name, dict(e.attributes or {})) for e in span.events]
+
+
+def parked(app: RunningApp, job_id: str) -> bool:
+    return bool(app.client.get(f"/jobs/{job_id}").json()["status"] == "waiting")
 
 
 def parent_id(span: ReadableSpan) -> int | None:
@@ -128,6 +148,115 @@ def test_steps_of_an_async_task_nest_under_its_attempt(
     assert sorted(s.name for s in steps) == ["step fetch", "step summarize"]
     assert {parent_id(s) for s in steps} == {span_id(attempt)}
     assert {trace_id(s) for s in [*steps, attempt]} == {trace_id(submit_span)}
+
+
+def test_a_wait_for_a_signal_parks_in_one_run_and_resumes_in_the_next(
+    tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter]
+) -> None:
+    tracing, exporter = spans
+    with running_app(tmp_path, tracing=tracing) as app:
+        job_id = submit(app.client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "marks")})
+        wait_until(lambda: parked(app, job_id), message="the job to wait for its signal")
+        assert app.client.post(f"/jobs/{job_id}/signals/approve", json={"ok": True}).status_code == 202
+        assert finished(app.client, job_id)["status"] == "completed"
+        wait_until(lambda: len(named(exporter, "run ")) == 2, 10, message="both runs' spans")
+    runs = in_order(exporter, "run ")
+    assert [attrs(r)["jobserver.outcome"] for r in runs] == ["waiting", "completed"]
+    waits = in_order(exporter, "wait_for ")
+    assert [w.name for w in waits] == ["wait_for approve", "wait_for approve"]
+    assert [parent_id(w) for w in waits] == [span_id(r) for r in runs]
+    assert {trace_id(s) for s in [*runs, *waits]} == {trace_id(runs[0])}
+    first, second = waits
+    assert attrs(first) == {
+        "jobserver.call": "wait_for",
+        "jobserver.step.name": "approve",
+        "jobserver.call.outcome": "parked",
+    }
+    assert events(first) == [("parked", {"jobserver.wait.kind": "signal"})]
+    assert first.status.status_code == StatusCode.UNSET  # parking is not an error
+    assert attrs(second)["jobserver.call.outcome"] == "returned"
+    assert events(second) == []
+    # the steps around the wait: one in each run
+    assert [(s.name, parent_id(s)) for s in in_order(exporter, "step ")] == [
+        ("step draft", span_id(runs[0])),
+        ("step publish", span_id(runs[1])),
+    ]
+
+
+def test_a_durable_sleep_parks_until_its_wake_up_time_then_resumes(
+    tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter]
+) -> None:
+    tracing, exporter = spans
+    clock = ManualClock()
+    start = clock.now()
+    with running_app(tmp_path, clock=clock, tracing=tracing) as app:
+        job_id = submit(app.client, "tests.e2e_tasks.nap", {"path": str(tmp_path / "marks"), "seconds": 3600})
+        wait_until(lambda: parked(app, job_id), message="the job to park")
+        clock.advance(3601)
+        assert finished(app.client, job_id)["status"] == "completed"
+        wait_until(lambda: len(named(exporter, "run ")) == 2, 10, message="both runs' spans")
+    runs = in_order(exporter, "run ")
+    sleeps = in_order(exporter, "sleep ")
+    assert [(s.name, parent_id(s), attrs(s)["jobserver.call.outcome"]) for s in sleeps] == [
+        ("sleep nap", span_id(runs[0]), "parked"),
+        ("sleep nap", span_id(runs[1]), "returned"),
+    ]
+    assert [events(s) for s in sleeps] == [
+        [("parked", {"jobserver.wait.kind": "sleep", "jobserver.wait.until": start + 3600})],
+        [],
+    ]
+
+
+@pytest.mark.parametrize("task", ["tests.e2e_tasks.fan_out", "tests.e2e_tasks.async_fan_out"])
+def test_children_run_in_the_trace_of_their_spawn_and_gathers_park_until_they_end(
+    tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter], task: str
+) -> None:
+    tracing, exporter = spans
+    # one thread: a sync parent holds it from its spawn to its gather, so the gather parks
+    with running_app(tmp_path, {"workers": {"threads": 1}}, tracing=tracing) as app:
+        job_id = submit(app.client, task, {"path": "", "n": 2} if task.endswith(".fan_out") else {"n": 2})
+        assert finished(app.client, job_id)["status"] == "completed"
+        children = app.client.get("/jobs", params={"parent": job_id}).json()["jobs"]
+        wait_until(lambda: len(named(exporter, "run tests.e2e_tasks.square")) == len(children), 10)
+    [submit_span] = named(exporter, "POST /jobs")
+    parent_runs = in_order(exporter, f"run {task}")
+    spawns = in_order(exporter, "spawn ")
+    # a spawn that ran once has one span: later runs get its stored ids
+    expected = (
+        [("spawn children", 2), ("spawn last", 1)] if task.endswith(".fan_out") else [("spawn children", 2)]
+    )
+    assert [(s.name, attrs(s)["jobserver.children"]) for s in spawns] == expected
+    assert {parent_id(s) for s in spawns} <= {span_id(r) for r in parent_runs}
+    # each child's attempt is a child of the span of the spawn that made it
+    child_runs = named(exporter, "run tests.e2e_tasks.square")
+    assert Counter(parent_id(r) for r in child_runs) == {
+        span_id(s): attrs(s)["jobserver.children"] for s in spawns
+    }
+    assert {trace_id(s) for s in [*parent_runs, *spawns, *child_runs]} == {trace_id(submit_span)}
+
+    gathers = in_order(exporter, "gather all")
+    assert [attrs(g)["jobserver.call.outcome"] for g in gathers] == ["parked", "returned"]
+    assert [events(g) for g in gathers] == [
+        [("parked", {"jobserver.wait.kind": "children", "jobserver.wait.jobs": 2})],
+        [],
+    ]
+    assert [parent_id(g) for g in gathers] == [span_id(r) for r in parent_runs[:2]]
+
+
+def test_a_gather_of_a_failed_child_records_the_error_on_its_span(
+    tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter]
+) -> None:
+    tracing, exporter = spans
+    with running_app(tmp_path, {"workers": {"threads": 1}}, tracing=tracing) as app:
+        job_id = submit(app.client, "tests.e2e_tasks.fan_out", {"path": "", "n": 2, "fail": [1]})
+        assert finished(app.client, job_id)["status"] == "failed"
+        wait_until(
+            lambda: [s for s in named(exporter, "run ") if attrs(s).get("jobserver.outcome") == "failed"], 10
+        )
+    resumed = in_order(exporter, "gather all")[-1]
+    assert attrs(resumed)["jobserver.call.outcome"] == "raised"
+    assert resumed.status.status_code == StatusCode.ERROR
+    assert [name for name, _ in events(resumed)] == ["exception"]
 
 
 def test_an_attempt_after_a_restart_joins_the_trace_its_job_keeps(tmp_path: Path) -> None:
@@ -217,7 +346,7 @@ IMPORT_PROBE = textwrap.dedent(
     sys.modules["redis"] = None
     from pathlib import Path
     from tests.helpers import finished, submit
-    from tests.inproc import running_app
+    from tests.inproc import RunningApp, running_app
     from jobserver.build import load_tracing
     import os
 

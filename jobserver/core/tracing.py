@@ -6,11 +6,13 @@ route, the executor and its attempts, the webhook sender) are built with a
 at once and which imports nothing. A job keeps the trace context of its submit
 (`trace_context`: the propagation headers as a JSON object), so an attempt on
 another node, after a restart or after a retry still joins the submit's trace,
-and so does the job's webhook delivery.
+and so does the job's webhook delivery. A spawned child keeps the context of
+its spawn's span, so the child's attempts are in its parent's trace.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
@@ -32,6 +34,9 @@ class Span(Protocol):
     def headers(self) -> dict[str, str]:
         """The propagation headers (`traceparent`, ...) that continue this span's trace."""
 
+    def event(self, name: str, attributes: Mapping[str, AttributeValue | None]) -> None:
+        """Add a timestamped event (None values: left out)."""
+
 
 class AttemptTrace(Protocol):
     """The span of one attempt: open from the claim's start to its recorded outcome."""
@@ -41,6 +46,11 @@ class AttemptTrace(Protocol):
 
     def step(self, name: str) -> AbstractContextManager[Span]:
         """A child span for one `ctx.step` that runs its function."""
+
+    def call(self, kind: str, name: str) -> AbstractContextManager[Span]:
+        """A child span for one durable call (`sleep`, `wait_for`, `spawn`, `gather`) that is not
+        finished yet: it parks the job (a `parked` event) or returns. The run that resumes a
+        parked job reaches the call again and has a span of its own for it."""
 
     def end(self, outcome: str, error: BaseException | None) -> None:
         """Close the span with the attempt's outcome word."""
@@ -77,6 +87,9 @@ class _NoSpan:
     def headers(self) -> dict[str, str]:
         return {}
 
+    def event(self, name: str, attributes: Mapping[str, AttributeValue | None]) -> None:
+        pass
+
 
 class _NoAttemptTrace:
     def current(self) -> AbstractContextManager[None]:
@@ -84,6 +97,10 @@ class _NoAttemptTrace:
 
     @contextmanager
     def step(self, name: str) -> Iterator[Span]:
+        yield NO_SPAN
+
+    @contextmanager
+    def call(self, kind: str, name: str) -> Iterator[Span]:
         yield NO_SPAN
 
     def end(self, outcome: str, error: BaseException | None) -> None:
@@ -114,6 +131,11 @@ NO_ATTEMPT_TRACE: AttemptTrace = _NoAttemptTrace()
 NO_TRACING: Tracing = _NoTracing()
 
 _TRUE = ("true", "1", "yes", "on")
+
+
+def kept_context(headers: Mapping[str, str]) -> str | None:
+    """Propagation headers in the form a job keeps them (`trace_context`); None for none."""
+    return json.dumps(dict(headers), sort_keys=True) if headers else None
 
 
 def tracing_wanted(environ: Mapping[str, str]) -> bool:

@@ -3,8 +3,9 @@
 The one module that imports OpenTelemetry; it is imported only when tracing is
 on, so a server without it pays nothing. Every span of a job is in the trace of
 its submit: the submit's context is kept on the job, an attempt's span is its
-child wherever and whenever the attempt runs, a step's span is the attempt's
-child, and a webhook delivery's span is again the submit's child, with its
+child wherever and whenever the attempt runs, a step's or durable call's span is
+the attempt's child (a spawn's span is the parent of its children's attempts),
+and a webhook delivery's span is again the submit's child, with its
 `traceparent` sent to the receiver.
 
 Configured by the SDK's standard variables: `OTEL_TRACES_EXPORTER` (default
@@ -32,8 +33,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from jobserver.core.errors import ConfigError
+from jobserver.core.lifecycle import Suspend
 from jobserver.core.records import Claim
-from jobserver.core.tracing import AttemptTrace, AttributeValue, Span
+from jobserver.core.tracing import AttemptTrace, AttributeValue, Span, kept_context
 from jobserver.core.version import package_version
 
 INSTRUMENTATION = "jobserver"
@@ -73,6 +75,9 @@ class OtelSpan:
         propagate.inject(carrier, context=trace.set_span_in_context(self.span))
         return carrier
 
+    def event(self, name: str, attributes: Mapping[str, AttributeValue | None]) -> None:
+        self.span.add_event(name, {k: v for k, v in attributes.items() if v is not None})
+
 
 class OtelAttemptTrace:
     """The span of one attempt and the spans of its steps."""
@@ -92,6 +97,39 @@ class OtelAttemptTrace:
             attributes={"jobserver.step.name": name},
         ) as span:
             yield OtelSpan(span)
+
+    @contextmanager
+    def call(self, kind: str, name: str) -> Iterator[Span]:
+        # Not made current: no code of the task runs inside, and a durable call in an async task
+        # is a generator whose parts run at different times.
+        span = self.tracer.start_span(
+            f"{kind} {name}",
+            context=trace.set_span_in_context(self.span),
+            attributes={"jobserver.call": kind, "jobserver.step.name": name},
+        )
+        wrapped = OtelSpan(span)
+        try:
+            yield wrapped
+        except Suspend as parked:
+            park = parked.park
+            wrapped.event(
+                "parked",
+                {
+                    "jobserver.wait.kind": str(park.kind),
+                    "jobserver.wait.until": park.until,
+                    "jobserver.wait.jobs": len(park.job_ids) or None,
+                },
+            )
+            span.set_attribute("jobserver.call.outcome", "parked")
+            raise
+        except Exception as exc:
+            wrapped.fail(exc)
+            span.set_attribute("jobserver.call.outcome", "raised")
+            raise
+        else:
+            span.set_attribute("jobserver.call.outcome", "returned")
+        finally:
+            span.end()
 
     def end(self, outcome: str, error: BaseException | None) -> None:
         self.span.set_attribute("jobserver.outcome", outcome)
@@ -142,7 +180,7 @@ class OtelTracing:
     def carrier(self) -> str | None:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        return json.dumps(carrier, sort_keys=True) if carrier else None
+        return kept_context(carrier)
 
     def attempt(self, claim: Claim) -> AttemptTrace:
         span = self.tracer.start_span(

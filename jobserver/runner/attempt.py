@@ -28,7 +28,7 @@ from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableErr
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
 from jobserver.core.limits import load_held
 from jobserver.core.records import Claim, JobRecord
-from jobserver.core.tracing import NO_ATTEMPT_TRACE, AttemptTrace
+from jobserver.core.tracing import NO_ATTEMPT_TRACE, AttemptTrace, kept_context
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.submission import JobFactory
 from jobserver.storage.store import JobStore
@@ -298,11 +298,12 @@ class Attempt:
         done, parked = self._begin_step(name)
         if done:
             return None
-        now = self._clock.now()
-        until = float(parked["until"]) if parked else now + max(0.0, float(seconds))
-        if until > now:
-            raise Suspend(Park(WaitKind.SLEEP, name, until))
-        yield self._save_step_op(name, "null", now)
+        with self.trace.call("sleep", name):
+            now = self._clock.now()
+            until = float(parked["until"]) if parked else now + max(0.0, float(seconds))
+            if until > now:
+                raise Suspend(Park(WaitKind.SLEEP, name, until))
+            yield self._save_step_op(name, "null", now)
         return None
 
     def wait_for_calls(self, name: str, timeout: float | None) -> Calls:
@@ -310,18 +311,21 @@ class Attempt:
         done, stored = self._begin_step(name)
         if done:
             return stored
-        claim, now = self.claim, self._clock.now()
-        signals = yield Read(lambda: self._steps_store.signals(claim.job_id))
-        if name in signals:  # a signal never changes: no need to wait for its step to be stored
-            yield Later(self._save_step_op(name, orjson.dumps(signals[name]).decode(), now))
-            return signals[name]
-        until = float(stored["until"]) if stored else (None if timeout is None else now + max(0.0, timeout))
-        got, value = yield self._steps_store.take_signal_op(
-            claim.job_id, claim.run_seq, self._call_facts(name), until
-        )
-        if got:
-            return value
-        raise Suspend(Park(WaitKind.SIGNAL, name, until))
+        with self.trace.call("wait_for", name):
+            claim, now = self.claim, self._clock.now()
+            signals = yield Read(lambda: self._steps_store.signals(claim.job_id))
+            if name in signals:  # a signal never changes: no need to wait for its step to be stored
+                yield Later(self._save_step_op(name, orjson.dumps(signals[name]).decode(), now))
+                return signals[name]
+            until = (
+                float(stored["until"]) if stored else (None if timeout is None else now + max(0.0, timeout))
+            )
+            got, value = yield self._steps_store.take_signal_op(
+                claim.job_id, claim.run_seq, self._call_facts(name), until
+            )
+            if got:
+                return value
+            raise Suspend(Park(WaitKind.SIGNAL, name, until))
 
     def spawn_calls(
         self, name: str, task: str, many_args: Sequence[dict[str, Any]], options: dict[str, Any], one: bool
@@ -331,25 +335,36 @@ class Attempt:
         if done:
             return stored
         assert self._factory is not None, "spawning needs the job factory"
-        claim, now = self.claim, self._clock.now()
-        children = [self._factory.child(claim.job_id, task, dict(a), options, now) for a in many_args]
-        ids = [c.id for c in children]
-        result = ids[0] if one else ids
-        step = (name, orjson.dumps(result).decode(), claim.attempt, now, now)
-        records = yield self._steps_store.spawn_op(claim.job_id, claim.run_seq, step, children)
-        self._on_spawned(records)
+        factory = self._factory
+        with self.trace.call("spawn", name) as span:
+            claim, now = self.claim, self._clock.now()
+            context = kept_context(span.headers())
+            children = [factory.child(claim.job_id, task, dict(a), options, now, context) for a in many_args]
+            ids = [c.id for c in children]
+            span.set("jobserver.children", len(ids))
+            result = ids[0] if one else ids
+            step = (name, orjson.dumps(result).decode(), claim.attempt, now, now)
+            records = yield self._steps_store.spawn_op(claim.job_id, claim.run_seq, step, children)
+            self._on_spawned(records)
         return result
 
     def gather_calls(self, name: str, ids: Sequence[str], return_exceptions: bool) -> Calls:
         """The results of `ids` in order once all are finished; parks the job until then."""
         done, ends = self._begin_step(name)
-        if not done:
+        if done:
+            return self._gathered(ends, return_exceptions)
+        with self.trace.call("gather", name):
             claim = self.claim
             ends = yield self._steps_store.gather_op(
                 claim.job_id, claim.run_seq, self._call_facts(name), list(ids)
             )
             if ends is None:
                 raise Suspend(Park(WaitKind.CHILDREN, name, None, tuple(ids)))
+            return self._gathered(ends, return_exceptions)
+
+    @staticmethod
+    def _gathered(ends: list[dict[str, Any]], return_exceptions: bool) -> list[Any]:
+        """The children's results in order; a failed or cancelled one raises, or takes its place."""
         results: list[Any] = []
         for end in ends:
             if end["status"] == "completed":

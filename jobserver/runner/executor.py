@@ -66,7 +66,8 @@ def facts(claim: Claim) -> AttemptFacts:
 
 def outcome_word(t: Transition | None) -> str:
     """How an attempt ended, in one word (a span's outcome): completed, failed, cancelled,
-    retrying (another attempt follows), released (put back, not counted) or stale (fenced off)."""
+    retrying (another attempt follows), released (put back, not counted), waiting (parked on a
+    durable call) or stale (fenced off)."""
     if t is None:
         return "stale"
     if t.status == Status.PENDING:

@@ -74,9 +74,16 @@ class JobFactory:
         )
 
     def child(
-        self, parent_id: str, task: str, args: dict[str, Any], options: dict[str, Any], now: float
+        self,
+        parent_id: str,
+        task: str,
+        args: dict[str, Any],
+        options: dict[str, Any],
+        now: float,
+        trace_context: str | None = None,
     ) -> NewJob:
-        """A job spawned by a running task (options: priority, max_attempts, timeout, delay)."""
+        """A job spawned by a running task (options: priority, max_attempts, timeout, delay);
+        `trace_context` is its spawn's, so its attempts join the parent's trace."""
         unknown = sorted(set(options) - SPAWN_OPTIONS)
         if unknown:
             raise InvalidRequestError(
@@ -93,4 +100,4 @@ class JobFactory:
             raise InvalidRequestError(
                 f"cannot spawn {task}: {exc.error_count()} invalid fields", errors
             ) from None
-        return self.new(body, now, parent_id=parent_id)
+        return self.new(body, now, parent_id=parent_id, trace_context=trace_context)
