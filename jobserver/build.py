@@ -55,7 +55,7 @@ from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.limits import LimitStore
 from jobserver.storage.listener import Listener
-from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.models import create_schema, open_database, wait_for_database
 from jobserver.storage.pauses import TaskPauses
 from jobserver.storage.schedules import ScheduleStore
 from jobserver.storage.store import JobStore
@@ -134,6 +134,8 @@ def build(
     registry = registry or Registry.from_modules(s.tasks.modules)
     configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
+    if s.is_postgres:
+        wait_for_database(db, s.database.startup_wait)
     create_schema(db)
     install_counters(db, s.is_postgres, clock.now())
     node_tag = uuid.uuid4().hex[:12]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.e2e import Server, start_server
@@ -115,3 +116,36 @@ def test_workflows_across_nodes_signal_sleep_and_gather(tmp_path: Path, pg_url: 
     assert sorted((tmp_path / "kids").read_text().split("\n")[:-1]) == sorted(f"child {i}" for i in range(40))
     assert ca.get(f"/jobs/{sleeper}", params={"wait": 30}).json()["status"] == "completed"
     assert (tmp_path / "nap").read_text().split() == ["step", "1", "step", "2"]
+
+
+def not_there_yet(pg_url: str) -> tuple[str, str]:
+    """Drop the test's database, as if its server were still starting: (server URL, name)."""
+    server, name = pg_url.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}"')
+    return server, name
+
+
+def test_a_start_waits_for_postgresql_to_answer(tmp_path: Path, pg_url: str) -> None:
+    server, name = not_there_yet(pg_url)
+    srv = start_server(tmp_path, {"database": {"url": pg_url}}, wait=False)
+    wait_until(lambda: "PostgreSQL does not answer yet" in srv.log(), 30, message="the start to wait")
+    assert srv.proc is not None and srv.proc.poll() is None
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    srv.wait_ready()
+    c = srv.client()
+    job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2})
+    assert c.get(f"/jobs/{job_id}", params={"wait": 30}).json()["result"] == 3
+    assert srv.log().count("PostgreSQL does not answer yet") == 1 and "PostgreSQL answers" in srv.log()
+
+
+def test_a_start_gives_up_on_postgresql_after_its_wait(tmp_path: Path, pg_url: str) -> None:
+    not_there_yet(pg_url)
+    srv = start_server(tmp_path, {"database": {"url": pg_url, "startup_wait": "1s"}}, wait=False)
+    assert srv.wait_exit() == 1
+    refusal = [line for line in srv.log().splitlines() if line.startswith("jobserver:")]
+    assert len(refusal) == 1 and refusal[0].startswith(
+        "jobserver: cannot start: cannot connect to PostgreSQL"
+    )
+    assert "Traceback" not in srv.log()

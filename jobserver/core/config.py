@@ -108,6 +108,7 @@ class DatabaseSettings(_Section):
     busy_timeout: Duration = 5.0
     notify: bool = True  # PostgreSQL: nodes wake each other with LISTEN/NOTIFY (else they poll)
     startup_check: Duration = 5.0
+    startup_wait: Duration = Field(default=30.0, ge=0)  # PostgreSQL: how long a start waits for it to answer
 
     @field_validator("url")
     @classmethod

@@ -9,8 +9,10 @@ only storage knows that a pending job whose run_at is still ahead is stored as
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from playhouse.postgres_ext import Psycopg3Database
 
 from jobserver.core.errors import StorageError
 from jobserver.storage.failures import DRIVER_ERRORS, as_storage_error
+
+log = logging.getLogger(__name__)
 
 
 class BaseModel(pw.Model):
@@ -363,6 +367,36 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
             check_same_thread=False,
         )
     return Psycopg3Database(url.replace("postgres://", "postgresql://", 1), autorollback=False)
+
+
+def wait_for_database(db: pw.Database, wait_s: float) -> None:
+    """Connect to a PostgreSQL server, trying again with doubling pauses for up to `wait_s`.
+
+    Nodes are often started together with their database (compose, a reboot): a node that
+    gave up at once would need its supervisor to start it again. StorageError with the
+    last error once `wait_s` has passed; the first failure is logged once, never the URL."""
+    deadline = time.monotonic() + wait_s
+    pause, said = 0.25, False
+    while True:
+        try:
+            db.connect(reuse_if_open=True)
+            db.close()
+        except DRIVER_ERRORS as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if time.monotonic() + pause > deadline:
+                raise StorageError(f"cannot connect to PostgreSQL: {reason}") from exc
+            if not said:
+                log.warning(
+                    "PostgreSQL does not answer yet (%s); trying again for up to %gs (database.startup_wait)",
+                    reason, wait_s, extra={"action": "database_wait"},
+                )  # fmt: skip
+                said = True
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        else:
+            if said:
+                log.info("PostgreSQL answers", extra={"action": "database_wait"})
+            return
 
 
 # Columns added to existing tables after their first release: (table, column, DDL type).
