@@ -16,6 +16,7 @@ figure could not be measured; missed targets do not change the exit code.
     python -m bench --quick --sync-full  # the synchronous = "full" submit figure in a quick run too
     python -m bench --config extra.toml  # merged over the bench's server config
     python -m bench --peers          # side by side with BackgroundTasks and Celery (bench extra)
+    python -m bench --curves         # cost as the work grows: connections, table size, waiting jobs, streams
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--peers",
         action="store_true",
         help="only jobserver beside FastAPI BackgroundTasks and Celery + Redis, alternating (bench extra)",
+    )
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="only the curves: connections, finished and waiting jobs, idle event streams",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the --peers run (at least 2)")
     return parser.parse_args(argv)
@@ -192,6 +198,32 @@ def _peers(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> in
     return 1 if errors else 0
 
 
+def _curves(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> int:
+    from bench.curves import run_curves, table
+
+    load_start = os.getloadavg()
+    try:
+        values, errors = uvloop.run(run_curves(plan, workdir, _log))
+    finally:
+        if args.keep:
+            _log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        sys.stdout.buffer.write(
+            orjson.dumps({"values": values, "errors": errors}, option=orjson.OPT_INDENT_2)
+        )
+        sys.stdout.write("\n")
+    else:
+        load_end = os.getloadavg()
+        print(
+            f"jobserver as the work grows ({plan.name} plan, {time.perf_counter() - t0:.0f} s, "
+            f"{os.cpu_count()} CPUs, load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end)"
+        )
+        print(table(values, errors))
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; print the report; 1 when some figure could not be measured."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -200,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.peers:
         return _peers(args, plan, workdir, t0)
+    if args.curves:
+        return _curves(args, plan, workdir, t0)
     try:
         values, errors = uvloop.run(run(args, plan, workdir))
     finally:

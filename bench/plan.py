@@ -36,6 +36,13 @@ class Plan:
     parked_jobs: int = 10_000  # jobs parked at once, waiting for a signal
     signal_samples: int = 200  # of them, signalled one at a time for the resume latency
     fan_out: int = 1_000  # children of one spawn_many, then gathered
+    # --curves: the points of each curve, and the size of each point's runs
+    curve_conns: tuple[int, ...] = (10, 100, 1_000)
+    curve_finished: tuple[int, ...] = (0, 100_000, 1_000_000)
+    curve_waiting: tuple[int, ...] = (0, 1_000, 10_000)
+    curve_streams: tuple[int, ...] = (100, 300, 900)  # under the default cap of 1,000 connections
+    curve_duration_s: float = 5.0  # each submit run of a point
+    curve_jobs: int = 2_000  # end-to-end jobs of a point
 
 
 FULL = Plan(name="full")
@@ -56,6 +63,11 @@ QUICK = Plan(
     settle_timeout_s=60.0,
     parked_jobs=2_000,
     signal_samples=50,
+    curve_finished=(0, 20_000, 200_000),
+    curve_waiting=(0, 200, 2_000),
+    curve_streams=(50, 200),
+    curve_duration_s=1.0,
+    curve_jobs=500,
 )
 
 

@@ -7,7 +7,8 @@ there is no second queue: a worker's `dequeue` asks the dispatcher for a claim
 duplicate wake-up does nothing. The storage is "blocking": an idle worker
 waits on the in-process `Wakeup` (a commit wakes it in microseconds) or, at
 the latest, the poll interval. A claim reaches its worker as the Python object
-itself: the serializer passes messages through, nothing is encoded or decoded.
+itself: the task Huey runs is handed over as it is (no message is built, encoded
+or decoded), and its id is the attempt's, so no random id is drawn per job.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import threading
 from typing import Any
 
 from huey import Huey
+from huey.api import Task
 from huey.constants import EmptyData
 from huey.consumer import Worker
-from huey.serializer import Serializer
 from huey.storage import BlackHoleStorage
 
 from jobserver.core.records import Claim
@@ -26,13 +27,13 @@ from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
 
 
-class PassThroughSerializer(Serializer):
-    """Messages never leave the process: hand them over as they are."""
+class InProcessHuey(Huey):
+    """Huey whose tasks never leave the process: a dequeued task is the object the pool made."""
 
-    def _serialize(self, data: Any) -> Any:
-        return data
+    def serialize_task(self, task: Task) -> Any:
+        return task
 
-    def _deserialize(self, data: Any) -> Any:
+    def deserialize_task(self, data: Any) -> Any:
         return data
 
 
@@ -63,11 +64,10 @@ class WorkerPool:
         self.dispatcher = dispatcher
         self.executor = executor
         self.stop_flag = threading.Event()
-        self.huey = Huey(
+        self.huey = InProcessHuey(
             "jobserver",
             results=False,
             utc=True,
-            serializer=PassThroughSerializer(),
             storage_class=JobTableStorage,
             pool=self,
         )
@@ -89,7 +89,8 @@ class WorkerPool:
             if not self.stop_flag.is_set():
                 self.dispatcher.idle_wait()
             return None
-        return self.huey.serialize_task(self._execute.s(claim))
+        # the attempt's own id: Huey would draw a random one for every task
+        return self._execute.task_class((claim,), id=f"{claim.job_id}:{claim.run_seq}")
 
     def start(self) -> None:
         """Start the worker threads."""
