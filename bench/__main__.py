@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from bench.operations import run_operations
 from bench.plan import Plan, make_plan
 from bench.scale import run_scale
 from bench.servers import BenchError
+
+Measured = tuple[dict[str, Any], dict[str, str]]  # (values, errors) of a run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -173,16 +176,21 @@ async def run(args: argparse.Namespace, plan: Plan, workdir: Path) -> tuple[dict
     return values, errors
 
 
-def _peers(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> int:
-    from bench.side_by_side import run_peers, table
-
+def _run_in(args: argparse.Namespace, workdir: Path, work: Coroutine[Any, Any, Measured]) -> Measured:
+    """Run one of the bench's coroutines on uvloop; its work dir goes afterwards, unless --keep."""
     try:
-        values, errors = uvloop.run(run_peers(plan, workdir, max(2, args.rounds), _log))
+        return uvloop.run(work)
     finally:
         if args.keep:
             _log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _peers(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> int:
+    from bench.side_by_side import run_peers, table
+
+    values, errors = _run_in(args, workdir, run_peers(plan, workdir, max(2, args.rounds), _log))
     values["bench.elapsed_s"] = time.perf_counter() - t0
     values["machine.cpus"] = os.cpu_count()
     if args.json:
@@ -202,13 +210,7 @@ def _curves(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> i
     from bench.curves import run_curves, table
 
     load_start = os.getloadavg()
-    try:
-        values, errors = uvloop.run(run_curves(plan, workdir, _log))
-    finally:
-        if args.keep:
-            _log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    values, errors = _run_in(args, workdir, run_curves(plan, workdir, _log))
     if args.json:
         sys.stdout.buffer.write(
             orjson.dumps({"values": values, "errors": errors}, option=orjson.OPT_INDENT_2)
@@ -234,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return _peers(args, plan, workdir, t0)
     if args.curves:
         return _curves(args, plan, workdir, t0)
-    try:
-        values, errors = uvloop.run(run(args, plan, workdir))
-    finally:
-        if args.keep:
-            _log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    values, errors = _run_in(args, workdir, run(args, plan, workdir))
     values["bench.elapsed_s"] = time.perf_counter() - t0
     if args.json:
         sys.stdout.buffer.write(
