@@ -280,7 +280,9 @@ def build(
                 ),
             ],
             readers=readers,
-            reasons=PendingReasons(registry, slots.capacity_for, clock.now, s.is_postgres),
+            reasons=PendingReasons(
+                registry, slots.capacity_for, clock.now, s.is_postgres, lambda: dispatcher.draining
+            ),
             metrics=metrics,
             now=clock.now,
             tracing=tracing,

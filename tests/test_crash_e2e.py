@@ -189,6 +189,7 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
         c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
     )
     wait_until(lambda: has_line(started), message="the job to start")
+    later = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=0.5)
     srv.terminate()
 
     # while draining: new jobs are refused with 503 + Retry-After, reads still work
@@ -198,10 +199,16 @@ def test_sigterm_drains_running_jobs_and_exits_zero(tmp_path: Path) -> None:
 
     wait_until(refused, message="submits to be refused while draining")
     assert c.get(f"/jobs/{running}").json()["status"] == "running"
+    # a job that comes due now is not said to be taken at once: nothing starts while draining
+    wait_until(
+        lambda: (c.get(f"/jobs/{later}").json()["pending_reason"] or {}).get("code") == "draining",
+        message="the due job's reason to say the server is shutting down",
+    )
     release.touch()
     assert srv.wait_exit(30) == 0
     srv.restart()
     assert c.get(f"/jobs/{running}").json()["status"] == "completed"
+    assert c.get(f"/jobs/{later}", params={"wait": 30}).json()["status"] == "completed"
     srv.stop()
 
 

@@ -20,7 +20,7 @@ from jobserver.core.records import WAITING_TO_RUN, JobRecord
 from jobserver.core.tasks import Registry
 from jobserver.runner.slots import Capacity
 
-CODES = ("delayed", "blocked_by_limit", "task_paused", "unknown_task", "no_free_worker", "queued")
+CODES = ("delayed", "blocked_by_limit", "task_paused", "unknown_task", "draining", "no_free_worker", "queued")
 
 
 class PendingReasons:
@@ -32,11 +32,13 @@ class PendingReasons:
         capacity_for: Callable[[str], Capacity],
         now: Callable[[], float],
         shared: bool,
+        draining: Callable[[], bool],
     ) -> None:
         self.registry = registry
         self.capacity_for = capacity_for
         self.now = now
         self.shared = shared  # other processes claim from the same database (PostgreSQL)
+        self.draining = draining  # this process has stopped claiming (a shutdown)
 
     def of(self, record: JobRecord, paused: frozenset[str]) -> dict[str, Any] | None:
         """`code`, `detail` in words, and `until` when delayed; None for a job that is not pending."""
@@ -51,6 +53,13 @@ class PendingReasons:
             return {"code": "task_paused", "detail": f"task {record.task} is paused"}
         if self.registry.find(record.task) is None:
             return {"code": "unknown_task", "detail": f"no task {record.task} is registered on this server"}
+        if self.draining():
+            detail = (
+                "this node is shutting down: another node takes it"
+                if self.shared
+                else "the server is shutting down: it runs once the server is started again"
+            )
+            return {"code": "draining", "detail": detail}
         capacity = self.capacity_for(record.task)
         if capacity.free > 0:
             return {"code": "queued", "detail": f"due; a free {capacity.kind} takes it at once"}
