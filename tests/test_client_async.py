@@ -185,6 +185,37 @@ def test_only_safe_requests_are_sent_again_after_a_lost_answer(app: RunningApp) 
     assert run(read, app, transport=transport)["id"] == job["id"] and len(transport.sent) == 3
 
 
+class RefuseConnections(httpx.AsyncBaseTransport):
+    """The real app behind a server that refuses the first `refuse` connections (nothing is sent)."""
+
+    def __init__(self, app: Any, refuse: int) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.refuse = refuse
+        self.tried = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.tried += 1
+        if self.refuse > 0:
+            self.refuse -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+def test_any_request_is_sent_again_when_its_connection_was_refused(app: RunningApp) -> None:
+    async def unkeyed(c: AsyncClient) -> dict[str, Any]:
+        return await c.submit(NOOP, delay=3600)
+
+    transport = RefuseConnections(app.asgi_app, refuse=2)
+    job = run(unkeyed, app, transport=transport)
+    assert transport.tried == 3 and not job.replayed  # nothing reached the server before the third
+    with Client(http_client=app.client) as c:
+        assert [j["id"] for j in c.list(task=NOOP)["jobs"]] == [job["id"]]  # queued once
+    transport = RefuseConnections(app.asgi_app, refuse=10)
+    with pytest.raises(ServerUnavailableError):
+        run(unkeyed, app, transport=transport)
+    assert transport.tried == 4  # the first try and 3 retries
+
+
 class CutAfterFirstEvent(httpx.AsyncByteStream):
     """A response body that breaks off after its first complete event."""
 

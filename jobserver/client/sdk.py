@@ -30,8 +30,8 @@ Every other error answer (400, 413, 415, an unknown route, a 5xx, a body that is
 problem document) raises `ClientError`. Each of these carries `status_code`, `problem`
 (the parsed document) and `retry_after` (seconds, or None). A server that cannot be
 reached or stops answering raises `ServerUnavailableError` (the httpx error is its
-`__cause__`), after a few short retries where sending twice is safe: GETs, and submits
-with an Idempotency-Key. `wait(id, timeout=...)` raises `WaitTimeoutError` (with the job
+`__cause__`), after a few short retries where sending twice is safe: GETs, submits
+with an Idempotency-Key, and any request whose connection could not be made. `wait(id, timeout=...)` raises `WaitTimeoutError` (with the job
 as last read in `.job`) when the job is not finished in time.
 
 Owns nothing but HTTP.

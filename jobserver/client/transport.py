@@ -57,8 +57,12 @@ class Connection:
         return {"params": req.params, "headers": self.headers(req.headers), **extra}
 
     def retry_delay_s(self, req: Request, failures: int, exc: httpx.TransportError) -> float:
-        """The pause before sending again after `failures` failures; raises when it must not."""
-        if not req.retry_safe or failures > self.retries:
+        """The pause before sending again after `failures` failures; raises when it must not.
+
+        A request is sent again when sending it twice cannot do anything twice, or when it was
+        never sent: a connection that could not be made carried nothing."""
+        never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        if not (req.retry_safe or never_sent) or failures > self.retries:
             raise self.unavailable(exc) from exc
         delay_s: float = FIRST_RETRY_DELAY_S * 2.0 ** (failures - 1)
         return min(delay_s, MAX_RETRY_DELAY_S)
