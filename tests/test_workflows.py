@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from jobserver.client import Client
 from jobserver.core.bounds import MAX_BATCH
 from jobserver.core.clock import ManualClock
 from tests.helpers import finished, submit, wait_until
@@ -179,9 +180,14 @@ def test_batch_submits_all_or_nothing(app: RunningApp) -> None:
     r = c.post("/jobs/batch", json={"jobs": items})
     assert r.status_code == 202, r.text
     ids = [j["id"] for j in r.json()["jobs"]]
+    assert r.json()["replayed"] == []
     assert [finished(c, i)["result"] for i in ids] == [1, 2, 3]
-    again = c.post("/jobs/batch", json={"jobs": items}).json()["jobs"]
-    assert [j["id"] for j in again] == ids
+    fresh = {"task": "jobserver.examples.noop", "idempotency_key": "k-new"}
+    again = c.post("/jobs/batch", json={"jobs": [items[0], fresh, items[2]]}).json()
+    assert [j["id"] for j in again["jobs"]][::2] == ids[::2] and again["replayed"] == [0, 2]
+    with Client(http_client=c) as sdk:  # the SDK marks the replayed ones
+        jobs = sdk.submit_many([fresh, items[1]])
+        assert [(j["id"], j.replayed) for j in jobs] == [(again["jobs"][1]["id"], True), (ids[1], True)]
     before = len(c.get("/jobs", params={"limit": 500}).json()["jobs"])
     bad = [*items[:1], {"task": "jobserver.examples.add", "args": {"a": "x", "b": 1}}]
     r = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}, *bad]})

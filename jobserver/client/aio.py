@@ -109,7 +109,8 @@ class AsyncClient:
         """Submit up to 1,000 jobs in one transaction, all or none (`POST /jobs/batch`).
 
         Each item is a submit body (`task`, `args`, options) and may carry its own
-        `idempotency_key` (a key used before with the same body gives the first job). A bad
+        `idempotency_key` (a key used before with the same body gives the first job, marked
+        `replayed`). A bad
         item raises InvalidRequestError whose `errors` name it by index
         (`["body", "jobs", 3, "args", "x"]`), and nothing is queued."""
         return await self._run(protocol.submit_many(jobs))

@@ -337,10 +337,15 @@ def submit(task: str, args: dict[str, Any] | None, options: dict[str, Any], key:
 
 
 def submit_many(jobs: Iterable[dict[str, Any]]) -> Exchange[builtins.list[Job]]:
-    """POST /jobs/batch: all or none; never resent (items need not carry keys)."""
+    """POST /jobs/batch: all or none; never resent (items need not carry keys). An item whose
+    key gave an earlier job back is `replayed`."""
     body = {"jobs": [dict(job) for job in jobs]}
     response = yield request("POST", "/jobs/batch", Call("submit_many"), json=body)
-    return [Job(data) for data in response.json()["jobs"]]
+    answer = response.json()
+    accepted = [Job(data) for data in answer["jobs"]]
+    for i in answer.get("replayed", ()):
+        accepted[i].replayed = True
+    return accepted
 
 
 def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:

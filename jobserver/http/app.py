@@ -282,7 +282,8 @@ def create_app(svc: Services) -> Starlette:
         raws = [{k: v for k, v in item.items() if k != "idempotency_key"} for item in parsed["jobs"]]
         items = [(item, item.idempotency_key) for item in body.jobs]
         results = await commands.submit_many(items, key_scope(request), raws)
-        return JSON({"jobs": [rec.to_api() for rec, _ in results]}, status_code=202)
+        replayed = [i for i, (_, was_replayed) in enumerate(results) if was_replayed]
+        return JSON({"jobs": [rec.to_api() for rec, _ in results], "replayed": replayed}, status_code=202)
 
     async def signal(request: Request) -> Response:
         parsed = await read_json(request)

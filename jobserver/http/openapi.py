@@ -155,8 +155,15 @@ SHARED_SCHEMAS: dict[str, Schema] = {
     },
     "BatchAnswer": {
         "type": "object",
-        "required": ["jobs"],
-        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
+        "required": ["jobs", "replayed"],
+        "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "replayed": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "description": "Indexes of the items whose Idempotency-Key gave an earlier job back.",
+            },
+        },
     },
     "Progress": {
         "type": "object",
