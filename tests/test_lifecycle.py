@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 from jobserver.core.errors import Fail, Retry, Timeout
@@ -17,6 +19,8 @@ from jobserver.core.lifecycle import (
     backoff_s,
     cancelled_instead,
     decide,
+    error_info,
+    formatted_traceback,
 )
 from jobserver.core.tasks import TaskOptions
 
@@ -330,3 +334,27 @@ def test_a_park_carries_what_the_job_waits_for() -> None:
         7,
         "Cancelled",
     )
+
+
+def test_a_traceback_the_interpreter_cannot_mark_is_printed_without_its_column_marks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def raise_it() -> None:
+        raise ValueError("boom")
+
+    try:
+        raise_it()
+    except ValueError as exc:
+        caught = exc
+    whole = formatted_traceback(caught)
+    assert "raise_it()" in whole and whole.endswith("ValueError: boom\n")
+
+    def ast_race(*args: object, **kwargs: object) -> list[str]:
+        raise SystemError("AST constructor recursion depth mismatch (before=240, after=51)")
+
+    monkeypatch.setattr(traceback, "format_exception", ast_race)  # CPython 3.11, threads parsing at once
+    info = error_info(caught)
+    text = info["traceback"]
+    assert text is not None and text.startswith("Traceback (most recent call last):\n")
+    assert 'in raise_it\n    raise ValueError("boom")\n' in text and text.endswith("ValueError: boom\n")
+    assert "^" not in text  # no column marks

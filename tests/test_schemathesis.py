@@ -85,11 +85,36 @@ def test_every_route_conforms_to_its_schema(
 ) -> None:
     app, schema, webhook_url = fuzzed_app
     examples = EXAMPLES[mode] // (2 if path in OPERATOR_PATHS else 1)
-    calls = run_cases(schema[path][method], mode, examples, webhook_url)
+    try:
+        calls = run_cases(schema[path][method], mode, examples, webhook_url)
+    except Exception as exc:
+        if not interpreter_ast_race(exc):
+            raise
+        calls = run_cases(schema[path][method], mode, examples, webhook_url)  # the same cases again
     assert calls, "no case was generated"
     # still whole: the database answers and the worker threads are alive
     ready = app.client.get("/readyz")
     assert ready.status_code == 200, ready.text
+
+
+def interpreter_ast_race(exc: BaseException) -> bool:
+    """Whether `exc` comes from CPython 3.11's `ast` failing when threads parse at once (gh-106905):
+    Hypothesis parses a strategy's source to describe it while the app's worker threads format
+    the tracebacks of failed jobs. Nothing of the server's; the cases are run again."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, SystemError) and "AST constructor recursion depth mismatch" in str(e):
+            return True
+        pending += [
+            *getattr(e, "exceptions", ()),
+            *(c for c in (e.__cause__, e.__context__) if c is not None),
+        ]
+    return False
 
 
 def run_cases(operation: Any, mode: GenerationMode, examples: int, webhook_url: str) -> list[str]:

@@ -192,8 +192,25 @@ def error_info(exc: BaseException, type_name: str | None = None) -> ErrorInfo:
     return {
         "type": type_name or type(exc).__name__,
         "message": str(exc) or type(exc).__name__,
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": formatted_traceback(exc),
     }
+
+
+def formatted_traceback(exc: BaseException) -> str:
+    """The exception's traceback as Python prints it.
+
+    CPython 3.11 marks each frame's columns by parsing its line, and `ast` there can fail with
+    SystemError ("AST constructor recursion depth mismatch", CPython gh-106905) when threads
+    parse at once: the frames are then printed without the marks, which parse nothing."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except SystemError:
+        frames = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__))
+        for frame in frames:
+            frame.colno = frame.end_colno = None
+        return "".join(
+            ["Traceback (most recent call last):\n", *frames.format(), *traceback.format_exception_only(exc)]
+        )
 
 
 def _error(type_name: str, message: str) -> ErrorInfo:
