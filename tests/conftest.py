@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from jobserver.client import Client
 from tests.e2e import STARTED, Server, start_server
 from tests.helpers import default_config, free_port
 from tests.inproc import RunningApp, running_app
@@ -47,6 +48,13 @@ def app(tmp_path: Path) -> Iterator[RunningApp]:
     """The real app with its worker threads, in this process, on a fresh SQLite file."""
     with running_app(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def client(app: RunningApp) -> Iterator[Client]:
+    """The SDK's Client on the in-process app."""
+    with Client(http_client=app.client) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

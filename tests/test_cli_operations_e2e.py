@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e import Server
-from tests.helpers import default_config, finished, free_port, submit, wait_until
+from tests.helpers import finished, submit, wait_until
 from tests.test_cli_client import cli, ok_json, one_line
 
 pytestmark = pytest.mark.e2e
@@ -18,13 +17,9 @@ NOOP = "jobserver.examples.noop"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    path = tmp_path_factory.mktemp("ops")
-    srv = Server(path, default_config(path, free_port()), None).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(shared: Server) -> Server:
+    """One server process for the module's commands."""
+    return shared
 
 
 def test_pause_and_resume_a_task(server: Server) -> None:

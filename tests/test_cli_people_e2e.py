@@ -35,13 +35,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    path = tmp_path_factory.mktemp("people")
-    srv = Server(path, default_config(path, free_port()), None).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(shared: Server) -> Server:
+    """One server process for the module's commands."""
+    return shared
 
 
 STARTED: list[Running] = []

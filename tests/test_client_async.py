@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,12 +45,6 @@ def run(body: Callable[[AsyncClient], Awaitable[T]], app: RunningApp, **options:
             return await body(client)
 
     return asyncio.run(main())
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[RunningApp]:
-    with running_app(tmp_path) as running:
-        yield running
 
 
 def test_every_client_method_has_an_async_twin_with_the_same_signature() -> None:
@@ -142,15 +136,21 @@ def test_a_server_that_is_down_raises_server_unavailable_sync_and_async() -> Non
     asyncio.run(main())
 
 
-class LoseAnswers(httpx.AsyncBaseTransport):
-    """The real app behind a network that loses the first `lose` answers after the app handled the request."""
+class FlakyNetwork(httpx.AsyncBaseTransport):
+    """The real app behind a network that refuses the first `refuse` connections (nothing is
+    sent), then loses the first `lose` answers after the app handled the request."""
 
-    def __init__(self, app: Any, lose: int) -> None:
+    def __init__(self, app: Any, lose: int = 0, refuse: int = 0) -> None:
         self.inner = httpx.ASGITransport(app=app)
-        self.lose = lose
+        self.lose, self.refuse = lose, refuse
+        self.tried = 0
         self.sent: list[httpx.Request] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.tried += 1
+        if self.refuse > 0:
+            self.refuse -= 1
+            raise httpx.ConnectError("connection refused", request=request)
         self.sent.append(request)
         response = await self.inner.handle_async_request(request)
         if self.lose > 0:
@@ -164,14 +164,14 @@ def test_only_safe_requests_are_sent_again_after_a_lost_answer(app: RunningApp) 
     async def keyed(c: AsyncClient) -> dict[str, Any]:
         return await c.submit(ADD, {"a": 1, "b": 2}, idempotency_key="lost-once")
 
-    transport = LoseAnswers(app.asgi_app, lose=1)
+    transport = FlakyNetwork(app.asgi_app, lose=1)
     job = run(keyed, app, transport=transport)
     assert len(transport.sent) == 2 and job.replayed  # the first one was queued; the resend replays it
 
     async def unkeyed(c: AsyncClient) -> None:
         await c.submit(NOOP, delay=3600)
 
-    transport = LoseAnswers(app.asgi_app, lose=1)
+    transport = FlakyNetwork(app.asgi_app, lose=1)
     with pytest.raises(ServerUnavailableError) as info:
         run(unkeyed, app, transport=transport)
     assert len(transport.sent) == 1 and isinstance(info.value.__cause__, httpx.RemoteProtocolError)
@@ -181,36 +181,20 @@ def test_only_safe_requests_are_sent_again_after_a_lost_answer(app: RunningApp) 
     async def read(c: AsyncClient) -> dict[str, Any]:
         return await c.get(job["id"])
 
-    transport = LoseAnswers(app.asgi_app, lose=2)
+    transport = FlakyNetwork(app.asgi_app, lose=2)
     assert run(read, app, transport=transport)["id"] == job["id"] and len(transport.sent) == 3
-
-
-class RefuseConnections(httpx.AsyncBaseTransport):
-    """The real app behind a server that refuses the first `refuse` connections (nothing is sent)."""
-
-    def __init__(self, app: Any, refuse: int) -> None:
-        self.inner = httpx.ASGITransport(app=app)
-        self.refuse = refuse
-        self.tried = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.tried += 1
-        if self.refuse > 0:
-            self.refuse -= 1
-            raise httpx.ConnectError("connection refused", request=request)
-        return await self.inner.handle_async_request(request)
 
 
 def test_any_request_is_sent_again_when_its_connection_was_refused(app: RunningApp) -> None:
     async def unkeyed(c: AsyncClient) -> dict[str, Any]:
         return await c.submit(NOOP, delay=3600)
 
-    transport = RefuseConnections(app.asgi_app, refuse=2)
+    transport = FlakyNetwork(app.asgi_app, refuse=2)
     job = run(unkeyed, app, transport=transport)
     assert transport.tried == 3 and not job.replayed  # nothing reached the server before the third
     with Client(http_client=app.client) as c:
         assert [j["id"] for j in c.list(task=NOOP)["jobs"]] == [job["id"]]  # queued once
-    transport = RefuseConnections(app.asgi_app, refuse=10)
+    transport = FlakyNetwork(app.asgi_app, refuse=10)
     with pytest.raises(ServerUnavailableError):
         run(unkeyed, app, transport=transport)
     assert transport.tried == 4  # the first try and 3 retries

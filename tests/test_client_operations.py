@@ -3,29 +3,13 @@ httpx.Client): schedules, pausing a task, bulk cancel and retry, stats, and thei
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from jobserver.client.sdk import Client
 from jobserver.core.errors import InvalidRequestError, ScheduleNotFoundError, TaskNotFoundError
-from tests.inproc import RunningApp, running_app
 
 ADD = "jobserver.examples.add"
 NOOP = "jobserver.examples.noop"
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[RunningApp]:
-    with running_app(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def client(app: RunningApp) -> Iterator[Client]:
-    with Client(http_client=app.client) as c:
-        yield c
 
 
 def test_schedules_through_the_sdk(client: Client) -> None:

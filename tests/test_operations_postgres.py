@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import calendar
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +15,8 @@ from tests.e2e import Server, start_server
 from tests.helpers import finished, submit, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-PG = os.environ.get("JOBSERVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 ADD = "jobserver.examples.add"
 NOOP = "jobserver.examples.noop"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = f"jobserver_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG}/{name}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def node(tmp_path: Path, name: str, url: str) -> Server:

@@ -5,30 +5,16 @@ of /stats, and an event stream that ends after the stored events (`follow=false`
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from jobserver.client.sdk import Client
 from jobserver.core.errors import InvalidRequestError
-from tests.inproc import RunningApp, running_app
+from tests.inproc import RunningApp
 
 ADD = "jobserver.examples.add"
 NOOP = "jobserver.examples.noop"
 WAIT_S = 30.0
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[RunningApp]:
-    with running_app(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def client(app: RunningApp) -> Iterator[Client]:
-    with Client(http_client=app.client) as c:
-        yield c
 
 
 def test_a_pending_job_says_why_it_waits(app: RunningApp, client: Client) -> None:

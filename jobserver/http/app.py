@@ -137,6 +137,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_json_body(request: Request, limit: int, max_depth: int) -> Any:
+    """The parsed JSON body, refused before any model sees it: not JSON (415, 400), larger than
+    `limit` (413), nested deeper than `max_depth`, or holding integers beyond 64 bits (422)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType()
+    raw = await read_body(request, limit)
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequestError(
+            "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
+        ) from None
+    errors = json_violations(parsed, max_depth, ["body"])
+    if not errors and LONG_NUMBER.search(raw):
+        # the fast parser reads integers beyond 64 bits as floats: read them exactly to refuse them
+        errors = json_violations(json.loads(raw), max_depth, ["body"])
+    if errors:
+        raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
+    return parsed
+
+
 def key_scope(request: Request) -> str:
     """Idempotency keys are scoped per API key (a hash of it), or global when auth is off."""
     key: str | None = request.scope.get("jobserver.api_key")
@@ -222,26 +244,7 @@ def create_app(svc: Services) -> Starlette:
         return wrapper
 
     async def read_json(request: Request) -> Any:
-        """The JSON body, refused before any model sees it when it is not JSON (415, 400),
-        too big (413) or nested deeper than the limit (422)."""
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            raise UnsupportedMediaType()
-        raw = await read_body(request, settings.server.max_body_bytes)
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedRequestError(
-                "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
-            ) from None
-        depth = settings.server.max_json_depth
-        errors = json_violations(parsed, depth, ["body"])
-        if not errors and LONG_NUMBER.search(raw):
-            # the fast parser reads integers beyond 64 bits as floats: read them exactly to refuse them
-            errors = json_violations(json.loads(raw), depth, ["body"])
-        if errors:
-            raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
-        return parsed
+        return await read_json_body(request, settings.server.max_body_bytes, settings.server.max_json_depth)
 
     async def submit(request: Request) -> Response:
         parsed = await read_json(request)

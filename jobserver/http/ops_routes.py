@@ -21,30 +21,25 @@ route, not a job's). No SQL here.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from jobserver.core.errors import (
-    InvalidRequestError,
     JobServerError,
-    MalformedRequestError,
     ScheduleNotFoundError,
     TaskNotFoundError,
 )
 from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.core.schemas import json_violations
-from jobserver.http.app import JSON, LONG_NUMBER, BodyTooLarge, UnsupportedMediaType, read_body
+from jobserver.http.app import JSON, BodyTooLarge, UnsupportedMediaType, read_json_body
 from jobserver.http.problems import problem, problem_for, validation_problem
 from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
@@ -69,28 +64,6 @@ class OpsServices:
     readers: ThreadPoolExecutor
     max_body_bytes: int
     max_json_depth: int
-
-
-async def _json_body(request: Request, limit: int, max_depth: int) -> Any:
-    """The parsed JSON body, refused as the submit route refuses it: not JSON (415, 400), too
-    big (413), nested too deep or holding numbers that cannot be stored exactly (422). A bulk
-    action needs a body too: matching every job takes an explicit `{}`."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise UnsupportedMediaType()
-    raw = await read_body(request, limit)
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequestError(
-            "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
-        ) from None
-    errors = json_violations(parsed, max_depth, ["body"])
-    if not errors and LONG_NUMBER.search(raw):  # integers beyond 64 bits: read exactly to refuse them
-        errors = json_violations(json.loads(raw), max_depth, ["body"])
-    if errors:
-        raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
-    return parsed
 
 
 def ops_routes(svc: OpsServices) -> list[Route]:
@@ -147,7 +120,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
                     }
                 ],
             )
-        parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth)
+        parsed = await read_json_body(request, svc.max_body_bytes, svc.max_json_depth)
         try:
             body = ScheduleBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
@@ -184,7 +157,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
 
     def bulk(model: type[BulkFilter], action: Callable[[Any], Awaitable[int]]) -> Handler:
         async def handler(request: Request) -> Response:
-            parsed = await _json_body(request, svc.max_body_bytes, svc.max_json_depth)
+            parsed = await read_json_body(request, svc.max_body_bytes, svc.max_json_depth)
             try:
                 f = model.model_validate(parsed)
             except pydantic.ValidationError as exc:
