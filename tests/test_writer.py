@@ -134,3 +134,12 @@ def test_notify_payloads_stay_under_postgres_limit_and_carry_every_note() -> Non
     assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
     assert all(p.startswith("node1 ") for p in payloads)
     assert {n for p in payloads for n in p.split(" ", 1)[1].split(",")} == notes
+
+
+def test_an_op_after_the_writer_stopped_fails_at_once(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        assert store.writer.call(insert("before")) == "before"
+        store.writer.stop()
+        with pytest.raises(StorageError, match="writer has stopped"):
+            store.writer.call(insert("after"), timeout=5)  # refused, not left to time out
+        assert count(store) == 1

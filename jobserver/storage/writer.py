@@ -128,6 +128,11 @@ class _Item(Generic[T]):
 _STOP = object()
 
 
+def _refuse(item: _Item[Any]) -> None:
+    if item.future.set_running_or_notify_cancel():
+        item.future.set_exception(StorageError("the database writer has stopped"))
+
+
 def _run_all(hooks: list[Callable[[], None]]) -> None:
     for hook in hooks:
         try:
@@ -149,6 +154,8 @@ class Writer:
         self._node_tag = node_tag  # our own notifications carry it, so our listener skips them
         self._notify = pg and notify
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopped = False  # set once the thread has stopped: later ops are refused at once
+        self._stopping = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="jobserver-writer", daemon=True)
         self.batches = 0
         self.ops = 0
@@ -159,15 +166,29 @@ class Writer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish the ops already queued, then stop."""
+        """Finish the ops already queued, then stop; an op that comes later fails with
+        StorageError at once (a caller waiting on it would otherwise wait out its timeout)."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
+        with self._stopping:
+            self._stopped = True
+            while True:  # queued behind the stop
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    _refuse(item)
 
     def submit(self, op: Callable[[Tx], T]) -> Future[T]:
         """Queue an op; the future resolves after its transaction committed."""
         item = _Item(op)
-        self._queue.put(item)
+        with self._stopping:
+            if self._stopped:
+                _refuse(item)
+            else:
+                self._queue.put(item)
         return item.future
 
     def call(self, op: Callable[[Tx], T], timeout: float | None = 60) -> T:
