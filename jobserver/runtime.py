@@ -26,7 +26,6 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,6 +41,7 @@ from jobserver.core.tracing import Tracing
 from jobserver.http.protocol import BoundedHttpToolsProtocol, CapWarnings, ConnectionLimits
 from jobserver.runner.executor import STUCK_GRACE_S
 from jobserver.storage.integrity import check_sqlite_file
+from jobserver.storage.writer import WriteFuture, wait_all
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.001
@@ -246,7 +246,7 @@ class Runtime:
             return
         self._drained = True
         p = self.parts
-        records: list[Future[JobRecord]] = p.executor.release_unstarted(p.dispatcher.stop_claiming())
+        records: list[WriteFuture[JobRecord]] = p.executor.release_unstarted(p.dispatcher.stop_claiming())
         self._wait_running(grace_s)
         if p.executor.running_count():
             p.executor.stop_all("shutdown")
@@ -255,7 +255,7 @@ class Runtime:
             future = p.executor.abandon(attempt)
             if future is not None:
                 records.append(future)
-        wait(records, timeout=RECORD_TIMEOUT_S)
+        wait_all(records, RECORD_TIMEOUT_S)
 
     def _wait_running(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -272,7 +272,7 @@ class Runtime:
             p.listener.stop()
         future = p.reporter.flush_once(self.clock.now())
         if future is not None:
-            wait([future], timeout=RECORD_TIMEOUT_S)
+            wait_all([future], RECORD_TIMEOUT_S)
         if self._loop_thread is not None and self._loop_thread.is_alive():
             _cancel_tasks(p.tasks_loop)
         p.tasks_loop.call_soon_threadsafe(p.tasks_loop.stop)

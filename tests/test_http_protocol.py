@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from jobserver.http.protocol import CapWarnings
+from jobserver.http.protocol import CapWarnings, OneWritePerResponse
 
 
 class _Lines(logging.Handler):
@@ -53,3 +53,47 @@ def test_a_hit_after_a_quiet_interval_is_reported_at_once(caplog: pytest.LogCapt
         warnings.hit(evicted=False)
         warnings.hit(evicted=False)
     assert [r.getMessage().count("1 new connection(s) refused") for r in caplog.records] == [1, 1]
+
+
+class _Recorded:
+    """A transport that records each write (one system call each on a real socket)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_a_response_head_and_body_leave_in_one_write() -> None:
+    async def respond() -> tuple[list[bytes], list[bytes], list[bytes], bool]:
+        loop = asyncio.get_running_loop()
+        transport = _Recorded()
+        writes = OneWritePerResponse(transport, loop)  # type: ignore[arg-type]
+        writes.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n")
+        writes.write(b"{}")
+        answered = list(transport.writes)
+        # a stream's head with nothing to send yet goes out at the end of the loop's pass
+        writes.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        held = list(transport.writes)
+        await asyncio.sleep(0)
+        streamed = list(transport.writes)
+        writes.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        writes.close()  # a head still held is sent before the connection closes
+        return answered, held, streamed, transport.writes[-1].startswith(b"HTTP/1.1 204")
+
+    answered, held, streamed, flushed_on_close = asyncio.run(respond())
+    assert answered == [b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}"]
+    assert held == answered
+    assert streamed[-1] == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    assert flushed_on_close

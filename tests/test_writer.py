@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from jobserver.core.errors import StorageError
 from jobserver.storage.writer import Tx, notify_payloads
+from jobserver.storage.writer import _wake as writer_wake
 from tests.storage import open_store
 
 
@@ -143,3 +145,62 @@ def test_an_op_after_the_writer_stopped_fails_at_once(tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="writer has stopped"):
             store.writer.call(insert("after"), timeout=5)  # refused, not left to time out
         assert count(store) == 1
+
+
+def test_coroutines_await_answers_and_one_commit_wakes_their_loop_once(tmp_path: Path) -> None:
+    """An event loop awaits a write's future directly; the answers of one commit reach the
+    loop with one call into it, and a coroutine cancelled while its op waits drops the op."""
+    with open_store(tmp_path) as store:
+        gate = threading.Event()
+
+        async def main() -> tuple[list[str], int]:
+            loop = asyncio.get_running_loop()
+            calls = 0
+            threadsafe = loop.call_soon_threadsafe
+
+            def counting(callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+                nonlocal calls
+                calls += callback is writer_wake
+                return threadsafe(callback, *args, **kwargs)
+
+            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            started = threading.Event()
+            held = store.writer.submit(lambda tx: started.set() or gate.wait(10))  # the rest queue behind it
+            assert await asyncio.to_thread(started.wait, 10)
+            calls = 0
+            waiting = [asyncio.ensure_future(_await(store.writer.submit(insert(f"k{i}")))) for i in range(50)]
+            given_up = asyncio.ensure_future(_await(store.writer.submit(insert("given-up"))))
+            await asyncio.sleep(0)  # every coroutine is now awaiting its answer
+            given_up.cancel()
+            await asyncio.wait([given_up])  # its op is given up before the writer may take it
+            gate.set()
+            answers = await asyncio.gather(*waiting)
+            await asyncio.wrap_future(held)
+            return answers, calls
+
+        answers, calls = asyncio.run(main())
+        assert answers == [f"k{i}" for i in range(50)]
+        assert calls == 1  # the 50 answers of one commit wake the loop once, not once each
+        assert count(store, "SELECT COUNT(*) FROM meta WHERE key = 'given-up'") == 0
+
+
+async def _await(future):  # type: ignore[no-untyped-def]
+    return await future
+
+
+def test_a_thread_waits_for_an_answer_with_a_timeout(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        gate = threading.Event()
+        held = store.writer.submit(lambda tx: gate.wait(10))
+        queued = store.writer.submit(insert("late"))
+        with pytest.raises(TimeoutError):
+            queued.result(0.05)
+        results: list[str] = []
+        waiters = [threading.Thread(target=lambda: results.append(queued.result(10))) for _ in range(3)]
+        for waiter in waiters:
+            waiter.start()
+        gate.set()
+        for waiter in waiters:
+            waiter.join(10)
+        assert results == ["late"] * 3 and held.result(1) is True
+        assert queued.done() and queued.exception() is None

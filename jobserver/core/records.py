@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -65,6 +65,8 @@ class JobRecord:
     trace_context: str | None = None  # the submit's trace context (tracing), JSON
     limits: str | None = None  # the job's limits bound to its args (JSON), fixed at submit
     blocked_by: str | None = None  # the limit key that holds the job back, while it does
+    # the job object, made once: a new job's status event and the submit's answer both show it
+    _api: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -83,7 +85,12 @@ class JobRecord:
         return self.status in FINISHED
 
     def to_api(self) -> dict[str, Any]:
-        """The contract's job object."""
+        """The contract's job object (a fresh dict each time: callers add to it)."""
+        if self._api is None:
+            object.__setattr__(self, "_api", self._make_api())
+        return dict(self._api)  # type: ignore[arg-type]
+
+    def _make_api(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "task": self.task,

@@ -150,8 +150,13 @@ async def read_json_body(request: Request, limit: int, max_depth: int) -> Any:
         raise MalformedRequestError(
             "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
         ) from None
+    long_number = LONG_NUMBER.search(raw)
+    if not long_number and raw.count(b"{") + raw.count(b"[") < max_depth:
+        # orjson refuses non-finite numbers, an integer beyond 64 bits needs 19 digits, and fewer
+        # brackets than the limit cannot nest past it: nothing to look for (most bodies)
+        return parsed
     errors = json_violations(parsed, max_depth, ["body"])
-    if not errors and LONG_NUMBER.search(raw):
+    if not errors and long_number:
         # the fast parser reads integers beyond 64 bits as floats: read them exactly to refuse them
         errors = json_violations(json.loads(raw), max_depth, ["body"])
     if errors:

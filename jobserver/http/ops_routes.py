@@ -125,19 +125,19 @@ def ops_routes(svc: OpsServices) -> list[Route]:
             body = ScheduleBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "body")
-        created, state = await asyncio.wrap_future(svc.scheduler.put(name, body))
+        created, state = await svc.scheduler.put(name, body)
         return JSON(state.to_api(), status_code=201 if created else 200)
 
     async def delete_schedule(request: Request) -> Response:
         name = schedule_name(request)
-        if not await asyncio.wrap_future(svc.schedules.delete(name)):
+        if not await svc.schedules.delete(name):
             raise ScheduleNotFoundError(name)
         return Response(status_code=204)
 
     def pause_schedule(paused: bool) -> Handler:
         async def handler(request: Request) -> Response:
             name = schedule_name(request)
-            state = await asyncio.wrap_future(svc.scheduler.set_paused(name, paused))
+            state = await svc.scheduler.set_paused(name, paused)
             if state is None:
                 raise ScheduleNotFoundError(name)
             return JSON(state.to_api())

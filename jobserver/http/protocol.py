@@ -102,6 +102,48 @@ class CapWarnings:
         self.evicted = self.refused = 0
 
 
+class OneWritePerResponse:
+    """The transport as a request's cycle sees it: uvicorn writes a response's head and its body
+    with two `write` calls, two system calls and two TCP segments for every small answer; this
+    holds the head back until the body's first write and sends both with one. A head whose body
+    does not follow at once (a stream that has nothing to send yet) goes out at the end of the
+    event loop's current pass, so no client waits for headers."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            if data.startswith(b"HTTP/"):  # a response head: hold it for its body
+                self._held = data
+                self._loop.call_soon(self.flush)
+                return
+            self._transport.write(data)
+        else:
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """One client connection, with bounded request heads, a head deadline and the connection cap."""
 
@@ -131,6 +173,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writes = OneWritePerResponse(transport, self.loop)
         self._head_started_at = self._waiting_since = self.loop.time()
         self._deadline_check = self.loop.call_later(self.limits.header_timeout_s, self._check_deadlines)
         if len(self.connections) > self.limits.max_connections:
@@ -174,6 +217,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_started_at = self.loop.time()
         self._check_by(self._body_started_at + self.limits.body_timeout_s)
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.transport is self.transport:
+            self.cycle.transport = self._writes  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._too_many_lines:

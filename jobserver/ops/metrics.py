@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -118,34 +119,46 @@ class Metrics:
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
         r.register(_QueueGauges(status_counts))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _labelled(self, metric: Counter | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: prometheus_client checks the values and takes a
+        lock on every call, and each job makes four (the tasks and statuses are few)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # ------------------------------------------------- lifecycle observer
     def submitted(self, rec: JobRecord) -> None:
         """A new job was accepted (not an idempotent replay)."""
-        self.submitted_total.labels(rec.task).inc()
+        self._labelled(self.submitted_total, rec.task).inc()
 
     def claimed(self, claim: Claim) -> None:
         """An attempt started: observe how long it waited past its run_at."""
         if claim.run_at is not None:
-            self.queue_wait.labels(claim.task).observe(max(0.0, claim.started_at - claim.run_at))
+            self._labelled(self.queue_wait, claim.task).observe(max(0.0, claim.started_at - claim.run_at))
 
     def transitioned(self, transition: Transition, rec: JobRecord, claim: Claim | None) -> None:
         """An attempt ended (`claim`) or the rescue recovered a job (no claim)."""
         if claim is None:
-            self.rescued.labels(rec.task).inc()
+            self._labelled(self.rescued, rec.task).inc()
         elif transition.counts_attempt:
-            self.attempt_duration.labels(claim.task).observe(max(0.0, transition.at - claim.started_at))
+            self._labelled(self.attempt_duration, claim.task).observe(
+                max(0.0, transition.at - claim.started_at)
+            )
         if transition.finished:
-            self.finished.labels(rec.task, rec.status).inc()
+            self._labelled(self.finished, rec.task, rec.status).inc()
 
     def cancelled(self, rec: JobRecord) -> None:
         """A job that was not running was cancelled."""
-        self.finished.labels(rec.task, rec.status).inc()
+        self._labelled(self.finished, rec.task, rec.status).inc()
 
     # ---------------------------------------------------------- sender hook
     def webhook_delivery(self, outcome: str) -> None:
         """One webhook delivery attempt ended: "delivered", "retrying" or "failed" (given up)."""
-        self.webhook_deliveries.labels(outcome).inc()
+        self._labelled(self.webhook_deliveries, outcome).inc()
 
     # -------------------------------------------------------------- scrape
     def render(self) -> bytes:

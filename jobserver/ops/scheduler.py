@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 
 import orjson
 
@@ -33,6 +32,7 @@ from jobserver.core.schedules import (
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.storage.schedules import ScheduleState, ScheduleStore
 from jobserver.storage.store import body_hash
+from jobserver.storage.writer import WriteFuture
 
 log = logging.getLogger(__name__)
 MISSED_AFTER_S = 60.0  # a tick first reached later than this after its time was missed (no server ran)
@@ -138,12 +138,12 @@ class Scheduler:
                 extra={"action": "schedules"},
             )
 
-    def put(self, name: str, body: ScheduleBody) -> Future[tuple[bool, ScheduleState]]:
+    def put(self, name: str, body: ScheduleBody) -> WriteFuture[tuple[bool, ScheduleState]]:
         """Create or replace a schedule (checked first: TaskNotFoundError / InvalidRequestError)."""
         schedule = check_schedule(name, body, self.registry)
         return self.store.put(schedule, "api", self.clock.now())
 
-    def set_paused(self, name: str, paused: bool) -> Future[ScheduleState | None]:
+    def set_paused(self, name: str, paused: bool) -> WriteFuture[ScheduleState | None]:
         """Pause, or resume from the next tick after now."""
         now = self.clock.now()
         return self.store.set_paused(name, paused, lambda s: next_tick(s.cron, s.timezone, now), now)

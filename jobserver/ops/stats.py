@@ -8,12 +8,11 @@ PostgreSQL's delta rows and drops old minutes.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Any
 
 from jobserver.core.clock import Clock, rfc3339
 from jobserver.storage.counters import KEEP_MINUTES, Counters
-from jobserver.storage.writer import Writer
+from jobserver.storage.writer import WriteFuture, Writer
 
 STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 WINDOW_MINUTES = 60
@@ -47,7 +46,7 @@ class Stats:
             "last_hour": {**_window(finished), "minutes": _minutes(first_minute, per_minute)},
         }
 
-    def compact_once(self) -> Future[None]:
+    def compact_once(self) -> WriteFuture[None]:
         """Fold delta rows (PostgreSQL, one node at a time) and drop minutes older than a day."""
         oldest = int(self.clock.now() // 60) - KEEP_MINUTES
         return self.writer.submit(lambda tx: self.counters.compact(tx, oldest))

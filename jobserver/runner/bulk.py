@@ -10,9 +10,7 @@ not be included; jobs are never acted on twice.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 
 from jobserver.core.clock import Clock
 from jobserver.core.hub import Hub
@@ -24,11 +22,12 @@ from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
+from jobserver.storage.writer import WriteFuture
 
 BATCH_SIZE = 100  # ~20-30 ms of writer time each (bench --ops): a submit waits at most about that
 IDS_PER_BATCH = 500
 Batch = Callable[
-    [str, str | None, Sequence[str] | None, str, int, float], Future[tuple[list[JobRecord], str | None]]
+    [str, str | None, Sequence[str] | None, str, int, float], WriteFuture[tuple[list[JobRecord], str | None]]
 ]
 
 
@@ -81,7 +80,7 @@ class BulkActions:
                 cursor: str | None = ""
                 while cursor is not None:
                     future = batch(status, f.task, chunk, cursor, BATCH_SIZE, self.clock.now())
-                    records, cursor = await asyncio.wrap_future(future)
+                    records, cursor = await future
                     after(records)
                     count += len(records)
         return count

@@ -95,9 +95,7 @@ class JobCommands:
                 raise IdempotencyInFlightError(idem_key)
             self._inflight_keys.add((scope, idem_key))
         try:
-            created, value = await asyncio.wrap_future(
-                self.store.enqueue(new, idem, on_commit, self.dispatcher.handoff)
-            )
+            created, value = await self.store.enqueue(new, idem, on_commit, self.dispatcher.handoff)
         finally:
             if idem_key is not None:
                 self._inflight_keys.discard((scope, idem_key))
@@ -135,9 +133,7 @@ class JobCommands:
         ]
         any_async = any(self.registry.get(n.task).is_async for n in news)
         on_commit = self.dispatcher.async_job_added if any_async else self.wakeup.notify
-        results = await asyncio.wrap_future(
-            self.store.enqueue_many(list(zip(news, idems, strict=True)), on_commit)
-        )
+        results = await self.store.enqueue_many(list(zip(news, idems, strict=True)), on_commit)
         out = []
         for created, rec in results:
             if created:
@@ -161,10 +157,8 @@ class JobCommands:
                     }
                 ],
             )
-        created, rec = await asyncio.wrap_future(
-            self.store.signal(
-                job_id, name, payload_json, body_hash(payload), self.clock.now(), self.dispatcher.handoff
-            )
+        created, rec = await self.store.signal(
+            job_id, name, payload_json, body_hash(payload), self.clock.now(), self.dispatcher.handoff
         )
         self.hub.publish(job_id)
         return rec, not created
@@ -183,7 +177,7 @@ class JobCommands:
                 for observer in self.observers:
                     observer.cancelled(rec)
 
-        return await asyncio.wrap_future(self.store.cancel(job_id, self.clock.now(), after))
+        return await self.store.cancel(job_id, self.clock.now(), after)
 
     async def retry(self, job_id: str) -> JobRecord:
         """Run a failed or cancelled job again with a fresh round of attempts."""
@@ -192,11 +186,11 @@ class JobCommands:
             self.hub.publish(job_id)
             self.wakeup.notify()
 
-        return await asyncio.wrap_future(self.store.retry(job_id, self.clock.now(), after))
+        return await self.store.retry(job_id, self.clock.now(), after)
 
     async def delete(self, job_id: str) -> None:
         """Forget a finished job."""
-        await asyncio.wrap_future(self.store.delete(job_id))
+        await self.store.delete(job_id)
 
 
 def _at_index(exc: JobServerError, index: int) -> InvalidRequestError:

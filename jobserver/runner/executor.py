@@ -38,7 +38,7 @@ from jobserver.runner.slots import Slots
 from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
-from jobserver.storage.writer import Writer
+from jobserver.storage.writer import WriteFuture, Writer
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
@@ -232,7 +232,7 @@ class Executor:
             self.finish(attempt, outcome)  # queues the writes; does not block the loop
 
     # ---------------------------------------------------------------- finish
-    def finish(self, attempt: Attempt, outcome: Outcome) -> Future[JobRecord] | None:
+    def finish(self, attempt: Attempt, outcome: Outcome) -> WriteFuture[JobRecord] | None:
         """Record an attempt's outcome without waiting for the commit; the slot is freed
         once it committed. None when nothing is written (a stale attempt)."""
         claim = attempt.claim
@@ -254,7 +254,7 @@ class Executor:
 
         return self._record(_Unrecorded(attempt, transition, committed))
 
-    def _record(self, pending: _Unrecorded) -> Future[JobRecord]:
+    def _record(self, pending: _Unrecorded) -> WriteFuture[JobRecord]:
         try:
             future = self.store.apply(pending.transition, pending.committed)
         except Exception:
@@ -351,7 +351,7 @@ class Executor:
         self.slots.release(attempt.claim.task)
         self.wakeup.notify()
 
-    def release_unstarted(self, claims: Sequence[Claim]) -> list[Future[JobRecord]]:
+    def release_unstarted(self, claims: Sequence[Claim]) -> list[WriteFuture[JobRecord]]:
         """Put back jobs claimed for this process that never started (shutdown)."""
         futures = []
         for claim in claims:
@@ -427,7 +427,7 @@ class Executor:
                 abandoned += 1
         return abandoned
 
-    def abandon(self, attempt: Attempt) -> Future[JobRecord] | None:
+    def abandon(self, attempt: Attempt) -> WriteFuture[JobRecord] | None:
         """A sync task ignored its interruption (a blocking C call): record its end
         without it and give its worker slot to a new thread. Its late writes are fenced."""
         if not attempt.take_end():

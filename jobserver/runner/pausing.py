@@ -7,8 +7,6 @@ holds on every node. A resume wakes the workers, since its jobs may be due.
 
 from __future__ import annotations
 
-import asyncio
-
 from jobserver.core.clock import Clock
 from jobserver.core.tasks import Registry
 from jobserver.runner.slots import Slots
@@ -31,7 +29,7 @@ class TaskControl:
     async def set_paused(self, task: str, paused: bool) -> bool:
         """Pause or resume `task` (TaskNotFoundError when no such task); True when it changed."""
         name = self.registry.get(task).name
-        changed = await asyncio.wrap_future(self.pauses.set_paused(name, paused, self.clock.now()))
+        changed = await self.pauses.set_paused(name, paused, self.clock.now())
         if changed and not paused:
             self.wakeup.notify(self.slots.threads)
             self.slots.async_work.set()

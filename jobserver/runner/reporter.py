@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from jobserver.storage.writer import Tx, Writer
+from jobserver.storage.writer import Tx, WriteFuture, Writer
 
 
 @dataclass
@@ -59,7 +58,7 @@ class Reporter:
             entry = self._dirty[job_id] = _Pending(run_seq, on_stale)
         return entry
 
-    def flush_once(self, now: float, job_id: str | None = None) -> Future[int] | None:
+    def flush_once(self, now: float, job_id: str | None = None) -> WriteFuture[int] | None:
         """Write what is pending (for one job, or all); None when nothing is."""
         with self._lock:
             if job_id is None:

@@ -11,11 +11,10 @@ that committed before a claim began is seen by it, whichever node made it.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 
 import peewee as pw
 
-from jobserver.storage.writer import Tx, Writer
+from jobserver.storage.writer import Tx, WriteFuture, Writer
 
 
 class TaskPauses:
@@ -49,7 +48,7 @@ class TaskPauses:
         with self._lock:
             return self._cached
 
-    def set_paused(self, task: str, paused: bool, now: float) -> Future[bool]:
+    def set_paused(self, task: str, paused: bool, now: float) -> WriteFuture[bool]:
         """Pause or resume `task`; resolves to True when this changed anything."""
 
         def op(tx: Tx) -> bool:

@@ -12,7 +12,6 @@ tick twice while the key is kept. Reads run on the calling thread's connection.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from jobserver.core.records import JobRecord, NewJob
 from jobserver.core.schedules import Schedule
 from jobserver.storage.limits import DUE_NOTE
 from jobserver.storage.store import JobStore
-from jobserver.storage.writer import Tx, Writer
+from jobserver.storage.writer import Tx, WriteFuture, Writer
 
 COLUMNS = "name, task, cron, timezone, args, catch_up, paused, source, next_run_at, last_run_at, last_job_id"
 
@@ -138,11 +137,11 @@ class ScheduleStore:
         assert row is not None
         return old is None, ScheduleState.from_row(row)
 
-    def put(self, schedule: Schedule, source: str, now: float) -> Future[tuple[bool, ScheduleState]]:
+    def put(self, schedule: Schedule, source: str, now: float) -> WriteFuture[tuple[bool, ScheduleState]]:
         """Create or replace a schedule; resolves to (created, the stored schedule)."""
         return self.writer.submit(lambda tx: self._upsert(tx, schedule, source, now))
 
-    def sync_configured(self, schedules: Sequence[Schedule], now: float) -> Future[list[str]]:
+    def sync_configured(self, schedules: Sequence[Schedule], now: float) -> WriteFuture[list[str]]:
         """Make the config's schedules stored ones (created or updated) and remove those that
         came from the config but left it; resolves to the names removed."""
 
@@ -156,7 +155,7 @@ class ScheduleStore:
 
         return self.writer.submit(op)
 
-    def delete(self, name: str) -> Future[bool]:
+    def delete(self, name: str) -> WriteFuture[bool]:
         """Remove a schedule (its jobs stay); resolves to False when there was none."""
         return self.writer.submit(
             lambda tx: tx.one("DELETE FROM schedules WHERE name = ? RETURNING name", (name,)) is not None
@@ -164,7 +163,7 @@ class ScheduleStore:
 
     def set_paused(
         self, name: str, paused: bool, next_tick: Callable[[ScheduleState], float], now: float
-    ) -> Future[ScheduleState | None]:
+    ) -> WriteFuture[ScheduleState | None]:
         """Pause or resume; a resume starts from the next tick after now (paused ticks are not run)."""
 
         def op(tx: Tx) -> ScheduleState | None:
@@ -192,7 +191,7 @@ class ScheduleStore:
         next_run_at: float,
         job: tuple[NewJob, tuple[str, str, str]] | None,
         on_commit: Callable[[JobRecord], None],
-    ) -> Future[JobRecord | str | None]:
+    ) -> WriteFuture[JobRecord | str | None]:
         """Take the tick `expected_next` of schedule `name`: move it on to `next_run_at` and,
         unless `job` is None (a missed tick skipped), submit the tick's job. Resolves to
         the new job, the id of the job the tick already had, or None when another

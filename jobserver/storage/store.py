@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -44,7 +43,7 @@ from jobserver.core.lifecycle import (
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
 from jobserver.storage.limits import DUE_NOTE, LimitStore
 from jobserver.storage.models import read_rows
-from jobserver.storage.writer import Tx, Writer
+from jobserver.storage.writer import Tx, WriteFuture, Writer
 
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
 # so the claim's index range holds only due jobs and an idle claim never scans future ones.
@@ -341,11 +340,11 @@ class JobStore:
         )
         return sorted(str(task) for (task,) in rows)
 
-    def writable(self) -> Future[None]:
+    def writable(self) -> WriteFuture[None]:
         """Resolves when writes work: at once while the last write committed, else after a
         probe write (a StorageError when that fails too)."""
         if self.writer.health.ok:
-            done: Future[None] = Future()
+            done: WriteFuture[None] = WriteFuture()
             done.set_result(None)
             return done
         return self.writer.probe()
@@ -361,7 +360,7 @@ class JobStore:
         idem: tuple[str, str, str] | None,
         on_commit: Callable[[], None],
         handoff: HandOff | None = None,
-    ) -> Future[tuple[bool, JobRecord | str]]:
+    ) -> WriteFuture[tuple[bool, JobRecord | str]]:
         """Insert a job (and its idempotency key) in one transaction.
 
         Resolves to (True, record) for a new job, or (False, job_id) when the
@@ -402,7 +401,7 @@ class JobStore:
 
     def enqueue_many(
         self, items: Sequence[tuple[NewJob, tuple[str, str, str] | None]], on_commit: Callable[[], None]
-    ) -> Future[list[tuple[bool, JobRecord]]]:
+    ) -> WriteFuture[list[tuple[bool, JobRecord]]]:
         """Insert many jobs in one transaction, all or none; each item as `enqueue` does
         (an item whose key was used with its body gives the first job, not created).
         A key used with another body is a 422 naming the item's index."""
@@ -520,7 +519,7 @@ class JobStore:
         digest: str,
         now: float,
         handoff: HandOff | None = None,
-    ) -> Future[tuple[bool, JobRecord]]:
+    ) -> WriteFuture[tuple[bool, JobRecord]]:
         """Keep a signal for a job; (True, job) when new, (False, job) for a repeat with an
         equal body. A job waiting for it is pending again in the same transaction, and with
         `handoff` claimed there for an idle worker (the answer shows it as it was woken)."""
@@ -608,7 +607,7 @@ class JobStore:
         plan: Callable[[Tx], tuple[int, list[str] | None]],
         accept: Callable[[Tx, list[tuple[str, str]]], list[str]],
         give_back: Callable[[Tx, list[tuple[str, str]]], None] = lambda tx, taken: None,
-    ) -> Future[list[Claim]]:
+    ) -> WriteFuture[list[Claim]]:
         """Take due jobs (highest priority, then oldest) for one attempt each.
 
         Runs on the writer thread: `plan` says how many candidates to read and which
@@ -676,7 +675,7 @@ class JobStore:
         due = [float(r[0]) for r in rows if r[0] is not None]
         return min(due) if due else None
 
-    def heartbeat(self, owner: str, now: float, lease_s: float) -> Future[dict[str, tuple[int, bool]]]:
+    def heartbeat(self, owner: str, now: float, lease_s: float) -> WriteFuture[dict[str, tuple[int, bool]]]:
         """Extend the lease of every job this process runs (one statement for all).
 
         Resolves to {job_id: (run_seq, cancel_requested)} of the jobs still leased to us,
@@ -821,7 +820,7 @@ class JobStore:
             _job_event(tx, rec, now)
             tx.after_commit(lambda rec=rec: self._on_woken(rec))  # type: ignore[misc]
 
-    def wake_due(self, now: float) -> Future[None]:
+    def wake_due(self, now: float) -> WriteFuture[None]:
         """Wake due sleepers and timed-out waits (also done by every claim)."""
         return self.writer.submit(lambda tx: self._wake_due(tx, now))
 
@@ -833,7 +832,7 @@ class JobStore:
             if tx.one("SELECT 1 FROM awaits WHERE waiter_id = ? LIMIT 1", (waiter,)) is None:
                 self._wake(tx, str(waiter), now)
 
-    def apply(self, transition: Transition, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
+    def apply(self, transition: Transition, on_commit: Callable[[JobRecord], None]) -> WriteFuture[JobRecord]:
         """Apply a decided transition of a running job (StaleAttemptError when fenced off)."""
 
         def op(tx: Tx) -> JobRecord:
@@ -865,7 +864,9 @@ class JobStore:
             tx.notify(f"x{job_id}")  # the node running it stops the attempt at once
         return rec
 
-    def cancel(self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]) -> Future[JobRecord]:
+    def cancel(
+        self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]
+    ) -> WriteFuture[JobRecord]:
         """Pending or waiting: cancelled at once. Running: cancel_requested, the attempt stops
         itself. Its unfinished descendants are cancelled the same way, in the same transaction."""
 
@@ -896,7 +897,7 @@ class JobStore:
 
         return self.writer.submit(op)
 
-    def retry(self, job_id: str, now: float, on_commit: Callable[[], None]) -> Future[JobRecord]:
+    def retry(self, job_id: str, now: float, on_commit: Callable[[], None]) -> WriteFuture[JobRecord]:
         """A failed or cancelled job gets a fresh round of attempts; its steps are kept."""
 
         def op(tx: Tx) -> JobRecord:
@@ -919,7 +920,7 @@ class JobStore:
 
         return self.writer.submit(op)
 
-    def delete(self, job_id: str) -> Future[None]:
+    def delete(self, job_id: str) -> WriteFuture[None]:
         """Forget a finished job with its events, steps and deliveries."""
 
         def op(tx: Tx) -> None:
@@ -942,7 +943,7 @@ class JobStore:
         decide: RescueDecider,
         on_commit: Callable[[], None],
         alive: Collection[str] = (),
-    ) -> Future[list[tuple[Transition, JobRecord]]]:
+    ) -> WriteFuture[list[tuple[Transition, JobRecord]]]:
         """Recover running jobs whose lease expired (or, at an SQLite start, every job
         not ours: the file lock proves their owner is dead), each as `decide` says. Our own
         jobs in `alive` still run here (their lease lapsed while writes failed): they are kept."""
@@ -988,7 +989,7 @@ class JobStore:
 
     def cancel_batch(
         self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
-    ) -> Future[tuple[list[JobRecord], str | None]]:
+    ) -> WriteFuture[tuple[list[JobRecord], str | None]]:
         """Cancel the next `limit` jobs in `status` after id `after` (a running one is asked to
         stop); resolves to (changed jobs, id to continue after, or None when none are left)."""
 
@@ -1022,7 +1023,7 @@ class JobStore:
 
     def delete_batch(
         self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
-    ) -> Future[tuple[list[JobRecord], str | None]]:
+    ) -> WriteFuture[tuple[list[JobRecord], str | None]]:
         """Forget the next `limit` finished jobs in `status` after id `after`, as `delete` does
         one; resolves to (deleted jobs as they were, id to continue after, or None when done)."""
 
@@ -1047,7 +1048,7 @@ class JobStore:
 
     def retry_batch(
         self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
-    ) -> Future[tuple[list[JobRecord], str | None]]:
+    ) -> WriteFuture[tuple[list[JobRecord], str | None]]:
         """Retry the next `limit` failed or cancelled jobs in `status` after id `after`, as
         `retry` does one; resolves to (retried jobs, id to continue after, or None when done)."""
 

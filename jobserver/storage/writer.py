@@ -12,14 +12,15 @@ SQLite's lock (there is only one writer), least of all the event loop.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import CancelledError, Future
+from typing import Any, Generic, TypeVar, cast
 
 import peewee as pw
 
@@ -117,12 +118,180 @@ def notify_payloads(tag: str, notes: set[str]) -> list[str]:
     return payloads
 
 
+_PENDING, _RUNNING, _CANCELLED, _DONE = range(4)
+_GUARD = threading.Lock()  # a state change and a waiter's registration never interleave
+
+
+class WriteFuture(Future[T], Generic[T]):
+    """The answer to one op: a `concurrent.futures.Future` (threads wait on `result()`,
+    `asyncio.wrap_future` and callbacks work as usual) that an event loop can also `await`
+    directly. It is the cost of every write, so it is lighter than the stock one: no Condition
+    per future (a thread that waits blocks on a lock held until the answer lands), and the
+    coroutines awaiting the answers of one commit are woken by one call into their loop
+    (`Writer` gathers them), not one per future."""
+
+    def __init__(self) -> None:  # the base class's Condition and lists are never made
+        self._phase = _PENDING
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._latch: Any = None  # a lock held until the answer lands, made for the first waiting thread
+        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+
+    def __repr__(self) -> str:
+        return f"<WriteFuture state={('pending', 'running', 'cancelled', 'done')[self._phase]}>"
+
+    def cancel(self) -> bool:
+        with _GUARD:
+            if self._phase == _CANCELLED:
+                return True
+            if self._phase != _PENDING:
+                return False
+            self._phase = _CANCELLED
+            self._exc = CancelledError()
+        self._settle()
+        return True
+
+    def cancelled(self) -> bool:
+        return self._phase == _CANCELLED
+
+    def running(self) -> bool:
+        return self._phase == _RUNNING
+
+    def done(self) -> bool:
+        return self._phase in (_CANCELLED, _DONE)
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
+        with _GUARD:
+            if not self.done():
+                self._done_callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            log.exception("future callback failed", extra={"action": "hook_failed"})
+
+    def _wait(self, timeout: float | None) -> None:
+        if self.done():
+            return
+        with _GUARD:
+            if not self.done() and self._latch is None:
+                self._latch = _thread.allocate_lock()
+                self._latch.acquire()
+            latch = self._latch
+        if latch is not None and not self.done():
+            if not latch.acquire(True, -1 if timeout is None else max(timeout, 0)):
+                raise TimeoutError()
+            latch.release()
+
+    def result(self, timeout: float | None = None) -> T:
+        self._wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        return cast(T, self._value)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        if self._phase == _CANCELLED:
+            raise CancelledError()
+        return self._exc
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with _GUARD:
+            if self._phase == _CANCELLED:
+                return False
+            self._phase = _RUNNING
+            return True
+
+    def set_result(self, result: T) -> None:
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(None, exception)
+
+    def _finish(self, value: Any, exc: BaseException | None, wakes: _LoopWakes | None = None) -> None:
+        """Set the answer; the coroutines awaiting it are woken now, or, given `wakes`, added to
+        it so that the writer wakes each loop once for a whole commit."""
+        with _GUARD:
+            if self.done():
+                return
+            self._value, self._exc, self._phase = value, exc, _DONE
+        self._settle(wakes)
+
+    def _settle(self, wakes: _LoopWakes | None = None) -> None:
+        """Wake what waits on this future (its state is final)."""
+        if self._latch is not None:
+            self._latch.release()
+        with _GUARD:
+            waiters, self._loop_waiters = self._loop_waiters, []
+        if waiters:
+            own = {} if wakes is None else wakes
+            for loop, waiter in waiters:
+                own.setdefault(loop, []).append(waiter)
+            if wakes is None:
+                _wake_loops(own)
+        callbacks, self._done_callbacks = self._done_callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                log.exception("future callback failed", extra={"action": "hook_failed"})
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if not self.done():
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            with _GUARD:
+                registered = not self.done()
+                if registered:
+                    self._loop_waiters.append((loop, waiter))
+            if registered:
+                try:
+                    yield from waiter
+                except asyncio.CancelledError:
+                    with _GUARD:
+                        if (loop, waiter) in self._loop_waiters:
+                            self._loop_waiters.remove((loop, waiter))
+                    self.cancel()  # dropped if the writer has not taken it yet
+                    raise
+        return self.result()
+
+
+_LoopWakes = dict[asyncio.AbstractEventLoop, list["asyncio.Future[None]"]]
+
+
+def _wake_loops(wakes: _LoopWakes) -> None:
+    for loop, waiters in wakes.items():
+        try:
+            loop.call_soon_threadsafe(_wake, waiters)
+        except RuntimeError:  # that loop has closed: nothing awaits there any more
+            pass
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    """On an event loop: resume each coroutine awaiting an answer that landed."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def wait_all(futures: Sequence[Future[Any]], timeout_s: float) -> None:
+    """Wait until every future is answered, or `timeout_s` has passed (their outcomes are the
+    callers' business)."""
+    deadline = time.monotonic() + timeout_s
+    for future in futures:
+        try:
+            future.exception(max(deadline - time.monotonic(), 0))
+        except (TimeoutError, CancelledError):
+            pass
+
+
 class _Item(Generic[T]):
     __slots__ = ("future", "op")
 
     def __init__(self, op: Callable[[Tx], T]) -> None:
         self.op = op
-        self.future: Future[T] = Future()
+        self.future: WriteFuture[T] = WriteFuture()
 
 
 _STOP = object()
@@ -181,7 +350,7 @@ class Writer:
                 if item is not _STOP:
                     _refuse(item)
 
-    def submit(self, op: Callable[[Tx], T]) -> Future[T]:
+    def submit(self, op: Callable[[Tx], T]) -> WriteFuture[T]:
         """Queue an op; the future resolves after its transaction committed."""
         item = _Item(op)
         with self._stopping:
@@ -197,9 +366,9 @@ class Writer:
 
     async def acall(self, op: Callable[[Tx], T]) -> T:
         """Run an op from the event loop without blocking it."""
-        return await asyncio.wrap_future(self.submit(op))
+        return await self.submit(op)
 
-    def probe(self) -> Future[None]:
+    def probe(self) -> WriteFuture[None]:
         """A small real write (one row of the meta table), to learn whether writes work now."""
 
         def op(tx: Tx) -> None:
@@ -337,11 +506,10 @@ class Writer:
                 hook()
             except Exception:
                 log.exception("after-commit hook failed", extra={"action": "hook_failed"})
+        wakes: _LoopWakes = {}
         for item, ok, value in outcomes:
-            if ok:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
+            item.future._finish(value if ok else None, None if ok else value, wakes)
+        _wake_loops(wakes)
 
     def _rollback_quietly(self) -> None:
         try:
