@@ -158,3 +158,30 @@ def test_a_claim_that_commits_as_the_shutdown_begins_is_put_back(tmp_path: Path)
         wait_until(lambda: settled(p, job_id, "pending"), 10, message="the put-back")
         assert p.store.get(job_id).attempts == 0
         assert p.slots.pop_ready() is None  # nothing left for a worker that will never take it
+
+
+def _threads_cpu_s(prefix: str) -> float:
+    """CPU seconds used so far by this process's threads whose name starts with `prefix`."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    total = 0
+    for tid, name in names.items():
+        if name.startswith(prefix):
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_worker_threads_rest_while_the_shutdown_drains(tmp_path: Path) -> None:
+    """Between the drain's start and the pool's stop (up to the grace period) an idle worker
+    thread has nothing to claim: it waits for the stop instead of asking again at once."""
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        p.pool.start()
+        wait_until(lambda: p.pool.alive() == p.settings.workers.threads, 10, message="the workers")
+        p.dispatcher.stop_claiming()
+        before = _threads_cpu_s("jobserver-worker")
+        threading.Event().wait(0.5)  # a measured window, not a synchronization
+        used = _threads_cpu_s("jobserver-worker") - before
+        p.pool.stop(timeout_s=5)
+        assert used < 0.1, f"idle workers used {used:.2f} s of CPU in 0.5 s of draining"
+        assert p.pool.alive() == 0

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class Hub:
@@ -40,18 +38,35 @@ class Hub:
         for job_id in job_ids:
             self.publish(job_id)
 
-    @contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever the job changes; clear it before each wait."""
-        entry = (asyncio.get_running_loop(), asyncio.Event())
+    def watch(self, job_id: str) -> _Watch:
+        """A context whose value is an event set whenever the job changes; clear it before each
+        wait. (A class, not a generator: every `GET ?wait` and event stream enters one.)"""
+        return _Watch(self, job_id)
+
+    def _add(self, job_id: str, entry: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
         with self._lock:
             self._watchers.setdefault(job_id, set()).add(entry)
-        try:
-            yield entry[1]
-        finally:
-            with self._lock:
-                watchers = self._watchers.get(job_id)
-                if watchers is not None:
-                    watchers.discard(entry)
-                    if not watchers:
-                        del self._watchers[job_id]
+
+    def _remove(self, job_id: str, entry: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        with self._lock:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.discard(entry)
+                if not watchers:
+                    del self._watchers[job_id]
+
+
+class _Watch:
+    __slots__ = ("_entry", "_hub", "_job_id")
+
+    def __init__(self, hub: Hub, job_id: str) -> None:
+        self._hub = hub
+        self._job_id = job_id
+        self._entry = (asyncio.get_running_loop(), asyncio.Event())
+
+    def __enter__(self) -> asyncio.Event:
+        self._hub._add(self._job_id, self._entry)
+        return self._entry[1]
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._hub._remove(self._job_id, self._entry)

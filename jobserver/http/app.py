@@ -9,6 +9,7 @@ and are awaited. No Huey, no Peewee, no SQL here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 import pydantic
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
@@ -206,7 +208,14 @@ class AuthMiddleware:
 
 
 def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
-    return model.model_validate(dict(request.query_params))
+    return _parsed_query(model, request.scope["query_string"])
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_query(model: type[pydantic.BaseModel], query_string: bytes) -> Any:
+    """A query string validated by `model`, remembered (a refused one is not): pollers and
+    waiters send the same few query strings over and over. The models are never changed."""
+    return model.model_validate(dict(QueryParams(query_string)))
 
 
 def create_app(svc: Services) -> Starlette:

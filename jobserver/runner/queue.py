@@ -26,6 +26,8 @@ from jobserver.core.records import Claim
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
 
+DRAINING_IDLE_S = 1.0
+
 
 class InProcessHuey(Huey):
     """Huey whose tasks never leave the process: a dequeued task is the object the pool made."""
@@ -86,7 +88,11 @@ class WorkerPool:
         """A Huey message carrying the next claim for this worker thread, or None after an idle wait."""
         claim = self.dispatcher.next_sync()
         if claim is None:
-            if not self.stop_flag.is_set():
+            if self.dispatcher.draining:
+                # nothing is claimed again: wait for the stop (the drain may wait out a grace
+                # period for running jobs, and an idle thread looping meanwhile takes their CPU)
+                self.stop_flag.wait(DRAINING_IDLE_S)
+            elif not self.stop_flag.is_set():
                 self.dispatcher.idle_wait()
             return None
         # the attempt's own id: Huey would draw a random one for every task
