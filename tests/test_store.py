@@ -181,16 +181,16 @@ def test_a_database_from_before_workflows_opens_and_keeps_its_jobs(tmp_path: Pat
         assert store.signals("old-1") == {} and store.list_jobs(None, None, 10, None, "old-1") == ([], None)
 
 
-def test_a_job_object_is_made_once_and_each_caller_gets_its_own(tmp_path: Path) -> None:
-    """The submit's answer reuses the job object its status event was made from; a caller that
-    adds to its copy (the pending reason of a GET) changes no one else's."""
+def test_a_job_object_as_json_embeds_the_stored_json_as_it_is(tmp_path: Path) -> None:
+    """The status event and the submit's answer carry the job object written from the stored
+    columns without parsing them again: the same document the job object's dict gives."""
     with open_store(tmp_path) as store:
-        job = NewJob(IDS.new(), "t", '{"n": 1}', 0, 1, None, None, None, NOW, NOW)
+        job = NewJob(
+            IDS.new(), "t", '{"n": [1, 2.5, "x"], "deep": {"a": null}}', 0, 1, None, None, None, NOW, NOW
+        )
         created, rec = store.enqueue(job, None, lambda: None).result(10)
         assert created and not isinstance(rec, str)
-        answer = rec.to_api()
-        answer["pending_reason"] = "added by a caller"
-        again = rec.to_api()
-        assert "pending_reason" not in again and again == store.get(job.id).to_api()
         event = store._query("SELECT data FROM events WHERE job_id = ?", (job.id,))[0][0]
-        assert orjson.loads(event) == again
+        assert event == rec.api_json().decode()
+        assert orjson.loads(event) == rec.to_api() == store.get(job.id).to_api()
+        assert orjson.loads(event)["args"] == {"n": [1, 2.5, "x"], "deep": {"a": None}}

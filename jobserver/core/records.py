@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,16 @@ def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-@dataclass(frozen=True, slots=True)
+def _fragment(text: str | None) -> Any:
+    """Stored JSON, embedded as it is in a document orjson writes."""
+    return None if text is None else orjson.Fragment(text)
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class JobRecord:
-    """One row of the job table."""
+    """One row of the job table. Never changed once made; not declared frozen only because a
+    frozen dataclass sets each field through `object.__setattr__`, which made building one ten
+    times slower (2.1 µs against 0.2), and a job makes three or four of them."""
 
     id: str
     task: str
@@ -65,8 +73,8 @@ class JobRecord:
     trace_context: str | None = None  # the submit's trace context (tracing), JSON
     limits: str | None = None  # the job's limits bound to its args (JSON), fixed at submit
     blocked_by: str | None = None  # the limit key that holds the job back, while it does
-    # the job object, made once: a new job's status event and the submit's answer both show it
-    _api: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    # the job object as JSON, made once: a new job's status event and the submit's answer share it
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -85,24 +93,30 @@ class JobRecord:
         return self.status in FINISHED
 
     def to_api(self) -> dict[str, Any]:
-        """The contract's job object (a fresh dict each time: callers add to it)."""
-        if self._api is None:
-            object.__setattr__(self, "_api", self._make_api())
-        return dict(self._api)  # type: ignore[arg-type]
+        """The contract's job object."""
+        return self._api(_loads)
 
-    def _make_api(self) -> dict[str, Any]:
+    def api_json(self) -> bytes:
+        """The job object as JSON, made once per record. The stored JSON columns (args,
+        progress, result, error) go in as they are, never parsed and written again: each
+        status event and each submit's answer is one of these."""
+        if self._json is None:
+            self._json = orjson.dumps(self._api(_fragment))
+        return self._json
+
+    def _api(self, loads: Callable[[str | None], Any]) -> dict[str, Any]:
         return {
             "id": self.id,
             "task": self.task,
-            "args": _loads(self.args),
+            "args": loads(self.args),
             "status": "pending" if self.status in WAITING_TO_RUN else self.status,
             "priority": self.priority,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
             "timeout": self.timeout_s,
-            "progress": _loads(self.progress),
-            "result": _loads(self.result),
-            "error": _loads(self.error),
+            "progress": loads(self.progress),
+            "result": loads(self.result),
+            "error": loads(self.error),
             "cancel_requested": bool(self.cancel_requested),
             "logs_dropped": self.logs_dropped,
             "idempotency_key": self.idempotency_key,

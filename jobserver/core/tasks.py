@@ -65,6 +65,17 @@ class TaskOptions:
         }
 
 
+def _surely_storable(value: Any) -> bool:
+    """True when `value` cannot hold what `json_violations` looks for, told without walking it:
+    the encoder refuses integers out of range and writes a non-finite number as null, and
+    fewer brackets than the depth limit cannot nest past it."""
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return b"null" not in encoded and encoded.count(b"{") + encoded.count(b"[") < MAX_STORED_DEPTH
+
+
 @dataclass(frozen=True)
 class TaskDef:
     """A registered task: the function, its options and its args model."""
@@ -99,9 +110,10 @@ class TaskDef:
             ]
             raise InvalidRequestError(f"invalid args for task {self.name}", errors) from None
         dumped: dict[str, Any] = model.model_dump(mode="json")
-        errors = json_violations(dumped, MAX_STORED_DEPTH, ["body", "args"])
-        if errors:
-            raise InvalidRequestError(f"invalid args for task {self.name}", errors)
+        if not _surely_storable(dumped):
+            errors = json_violations(dumped, MAX_STORED_DEPTH, ["body", "args"])
+            if errors:
+                raise InvalidRequestError(f"invalid args for task {self.name}", errors)
         return dumped
 
     @property

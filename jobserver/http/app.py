@@ -287,8 +287,7 @@ def create_app(svc: Services) -> Starlette:
         headers = {"Location": f"/jobs/{record.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
-            return JSON(record.to_api(), status_code=200, headers=headers)
-        return JSON(record.to_api(), status_code=202, headers=headers)
+        return Response(record.api_json(), 200 if replayed else 202, headers, JSON.media_type)
 
     async def submit_batch(request: Request) -> Response:
         parsed = await read_json(request)
@@ -300,7 +299,8 @@ def create_app(svc: Services) -> Starlette:
         items = [(item, item.idempotency_key) for item in body.jobs]
         results = await commands.submit_many(items, key_scope(request), raws)
         replayed = [i for i, (_, was_replayed) in enumerate(results) if was_replayed]
-        return JSON({"jobs": [rec.to_api() for rec, _ in results], "replayed": replayed}, status_code=202)
+        jobs = [orjson.Fragment(rec.api_json()) for rec, _ in results]
+        return JSON({"jobs": jobs, "replayed": replayed}, status_code=202)
 
     async def signal(request: Request) -> Response:
         parsed = await read_json(request)

@@ -129,7 +129,7 @@ def _job_event(tx: Tx, rec: JobRecord, now: float) -> None:
     tx.notify(f"c{rec.id}")  # watchers on other nodes read it again
     tx.execute(
         "INSERT INTO events (job_id, kind, data, at) VALUES (?, 'status', ?, ?)",
-        (rec.id, orjson.dumps(rec.to_api()).decode(), now),
+        (rec.id, rec.api_json().decode(), now),
     )
 
 

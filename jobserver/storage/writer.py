@@ -135,8 +135,9 @@ class WriteFuture(Future[T], Generic[T]):
         self._value: Any = None
         self._exc: BaseException | None = None
         self._latch: Any = None  # a lock held until the answer lands, made for the first waiting thread
-        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+        # made when first needed (most futures have one awaiting coroutine and no callback)
+        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
+        self._done_callbacks: list[Callable[[Future[T]], object]] | None = None
 
     def __repr__(self) -> str:
         return f"<WriteFuture state={('pending', 'running', 'cancelled', 'done')[self._phase]}>"
@@ -149,7 +150,8 @@ class WriteFuture(Future[T], Generic[T]):
                 return False
             self._phase = _CANCELLED
             self._exc = CancelledError()
-        self._settle()
+            waiters, self._loop_waiters = self._loop_waiters, None
+        self._settle(waiters)
         return True
 
     def cancelled(self) -> bool:
@@ -159,11 +161,13 @@ class WriteFuture(Future[T], Generic[T]):
         return self._phase == _RUNNING
 
     def done(self) -> bool:
-        return self._phase in (_CANCELLED, _DONE)
+        return self._phase >= _CANCELLED
 
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         with _GUARD:
             if not self.done():
+                if self._done_callbacks is None:
+                    self._done_callbacks = []
                 self._done_callbacks.append(fn)
                 return
         try:
@@ -213,24 +217,27 @@ class WriteFuture(Future[T], Generic[T]):
         """Set the answer; the coroutines awaiting it are woken now, or, given `wakes`, added to
         it so that the writer wakes each loop once for a whole commit."""
         with _GUARD:
-            if self.done():
+            if self._phase >= _CANCELLED:
                 return
             self._value, self._exc, self._phase = value, exc, _DONE
-        self._settle(wakes)
+            waiters, self._loop_waiters = self._loop_waiters, None
+        self._settle(waiters, wakes)
 
-    def _settle(self, wakes: _LoopWakes | None = None) -> None:
-        """Wake what waits on this future (its state is final)."""
+    def _settle(
+        self,
+        waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None,
+        wakes: _LoopWakes | None = None,
+    ) -> None:
+        """Wake what waits on this future (its state is final; nothing registers any more)."""
         if self._latch is not None:
             self._latch.release()
-        with _GUARD:
-            waiters, self._loop_waiters = self._loop_waiters, []
         if waiters:
             own = {} if wakes is None else wakes
             for loop, waiter in waiters:
                 own.setdefault(loop, []).append(waiter)
             if wakes is None:
                 _wake_loops(own)
-        callbacks, self._done_callbacks = self._done_callbacks, []
+        callbacks, self._done_callbacks = self._done_callbacks or (), None
         for fn in callbacks:
             try:
                 fn(self)
@@ -244,13 +251,15 @@ class WriteFuture(Future[T], Generic[T]):
             with _GUARD:
                 registered = not self.done()
                 if registered:
+                    if self._loop_waiters is None:
+                        self._loop_waiters = []
                     self._loop_waiters.append((loop, waiter))
             if registered:
                 try:
                     yield from waiter
                 except asyncio.CancelledError:
                     with _GUARD:
-                        if (loop, waiter) in self._loop_waiters:
+                        if self._loop_waiters and (loop, waiter) in self._loop_waiters:
                             self._loop_waiters.remove((loop, waiter))
                     self.cancel()  # dropped if the writer has not taken it yet
                     raise
