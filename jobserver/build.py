@@ -16,7 +16,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import peewee as pw
@@ -57,6 +56,7 @@ from jobserver.storage.limits import LimitStore
 from jobserver.storage.listener import Listener
 from jobserver.storage.models import create_schema, open_database, wait_for_database
 from jobserver.storage.pauses import TaskPauses
+from jobserver.storage.readers import ReadPool
 from jobserver.storage.schedules import ScheduleStore
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
@@ -94,7 +94,7 @@ class Parts:
     webhook_sender: WebhookSender
     pruner: Pruner
     maintenance: Maintenance
-    readers: ThreadPoolExecutor
+    readers: ReadPool
     app: Starlette
     task_pauses: TaskPauses
     scheduler: Scheduler
@@ -254,7 +254,7 @@ def build(
             (COMPACT_INTERVAL_S, lambda: stats.compact_once().result()),
         ],
     )
-    readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="jobserver-read")
+    readers = ReadPool(READ_THREADS, "jobserver-read")
     app = create_app(
         Services(
             s,

@@ -281,7 +281,7 @@ class Runtime:
             if not self._loop_thread.is_alive():
                 p.tasks_loop.close()
         p.webhook_sender.stop()
-        p.readers.shutdown(wait=False)
+        p.readers.shutdown()
         p.writer.stop()
         p.tracing.close()
         if self._lock_fd is not None:

@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
@@ -59,6 +58,7 @@ from jobserver.ops.metrics import Metrics
 from jobserver.runner.commands import JobCommands
 from jobserver.runner.pending import PendingReasons
 from jobserver.storage.limits import LimitStore
+from jobserver.storage.readers import ReadPool
 from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
 OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
 KEEPALIVE_S = 15.0
-READ_THREADS = 8  # the reader pool's size: each keeps its own read connection; a plain executor hop is cheaper than anyio's
+READ_THREADS = 8  # the reader pool's size: each keeps its own read connection
 T = TypeVar("T")
 EVENT_PAGE = 500
 READY_WRITE_TIMEOUT_S = 2.0
@@ -93,7 +93,7 @@ class Services:
     hub: Hub
     workers_alive: Callable[[], bool]
     extra_routes: list[Route]
-    readers: ThreadPoolExecutor  # database reads run here, never on the event loop
+    readers: ReadPool  # database reads run here, never on the event loop
     reasons: PendingReasons  # why a pending job waits
     metrics: Metrics | None = None
     now: Callable[[], float] = time.time  # the server's clock (rate windows end relative to it)
@@ -225,7 +225,7 @@ def create_app(svc: Services) -> Starlette:
 
     async def read(fn: Callable[..., T], *args: Any) -> T:
         """Run a database read on a reader thread (never on the event loop)."""
-        return await asyncio.get_running_loop().run_in_executor(readers, fn, *args)
+        return await readers.run(fn, *args)
 
     # In-process notices cover changes made by this process; on PostgreSQL other nodes
     # change jobs too, so waits and streams also re-read every poll interval.

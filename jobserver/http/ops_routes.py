@@ -20,10 +20,8 @@ route, not a job's). No SQL here.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,6 +43,7 @@ from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
 from jobserver.runner.bulk import BulkActions
 from jobserver.runner.pausing import TaskControl
+from jobserver.storage.readers import ReadPool
 from jobserver.storage.schedules import ScheduleStore
 
 T = TypeVar("T")
@@ -61,7 +60,7 @@ class OpsServices:
     tasks: TaskControl
     bulk: BulkActions
     stats: Stats
-    readers: ThreadPoolExecutor
+    readers: ReadPool
     max_body_bytes: int
     max_json_depth: int
 
@@ -70,7 +69,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
     """The routes to add to the app."""
 
     async def read(fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(svc.readers, fn, *args)
+        return await svc.readers.run(fn, *args)
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:

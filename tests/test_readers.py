@@ -1,0 +1,56 @@
+"""The reader threads: reads run off the event loop, answers and errors come back to the
+awaiting coroutine, a caller that gives up does not stall the pool, and a stopped pool refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from jobserver.storage.readers import ReadPool
+
+
+def test_reads_run_on_reader_threads_and_answer_the_awaiting_coroutine() -> None:
+    pool = ReadPool(3, "test-read")
+
+    async def main() -> tuple[list[str], str]:
+        names = await asyncio.gather(*(pool.run(lambda: threading.current_thread().name) for _ in range(20)))
+        with pytest.raises(KeyError, match="missing"):
+            await pool.run({}.__getitem__, "missing")
+        return names, threading.current_thread().name
+
+    try:
+        names, loop_thread = asyncio.run(main())
+    finally:
+        pool.shutdown()
+    assert set(names) <= {"test-read_0", "test-read_1", "test-read_2"} and loop_thread not in names
+
+
+def test_a_caller_that_gives_up_leaves_the_pool_working() -> None:
+    pool = ReadPool(1, "test-read")
+    release = threading.Event()
+
+    async def main() -> int:
+        slow = asyncio.ensure_future(pool.run(release.wait, 10))
+        await asyncio.sleep(0)
+        slow.cancel()  # e.g. its client went away while the read ran
+        release.set()
+        return await asyncio.wait_for(pool.run(lambda: 42), 10)
+
+    try:
+        assert asyncio.run(main()) == 42
+    finally:
+        pool.shutdown()
+
+
+def test_a_stopped_pool_refuses_reads() -> None:
+    pool = ReadPool(2, "test-read")
+
+    async def main() -> None:
+        assert await pool.run(lambda: "first") == "first"
+        pool.shutdown()
+        with pytest.raises(RuntimeError, match="stopped"):
+            await pool.run(lambda: "late")
+
+    asyncio.run(main())
