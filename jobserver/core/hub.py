@@ -12,11 +12,11 @@ import threading
 
 
 class Hub:
-    """job id -> the asyncio events of its watchers."""
+    """job id -> the watches of its watchers."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._watchers: dict[str, set[Watch]] = {}
 
     def publish(self, job_id: str) -> None:
         """Wake every watcher of this job (safe from any thread)."""
@@ -25,9 +25,9 @@ class Hub:
             return
         with self._lock:
             targets = list(self._watchers.get(job_id, ()))
-        for loop, event in targets:
+        for watch in targets:
             try:
-                loop.call_soon_threadsafe(event.set)
+                watch.loop.call_soon_threadsafe(watch.changed)
             except RuntimeError:  # the loop already closed
                 pass
 
@@ -38,35 +38,68 @@ class Hub:
         for job_id in job_ids:
             self.publish(job_id)
 
-    def watch(self, job_id: str) -> _Watch:
-        """A context whose value is an event set whenever the job changes; clear it before each
-        wait. (A class, not a generator: every `GET ?wait` and event stream enters one.)"""
-        return _Watch(self, job_id)
+    def watch(self, job_id: str) -> Watch:
+        """A watch of the job, registered while its `with` block runs."""
+        return Watch(self, job_id)
 
-    def _add(self, job_id: str, entry: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+    def _add(self, job_id: str, watch: Watch) -> None:
         with self._lock:
-            self._watchers.setdefault(job_id, set()).add(entry)
+            self._watchers.setdefault(job_id, set()).add(watch)
 
-    def _remove(self, job_id: str, entry: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+    def _remove(self, job_id: str, watch: Watch) -> None:
         with self._lock:
             watchers = self._watchers.get(job_id)
             if watchers is not None:
-                watchers.discard(entry)
+                watchers.discard(watch)
                 if not watchers:
                     del self._watchers[job_id]
 
 
-class _Watch:
-    __slots__ = ("_entry", "_hub", "_job_id")
+def _time_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class Watch:
+    """One watcher of one job, on the event loop that created it: `clear()`, read the job, then
+    `wait()` for a change. (A future and a timer, not an `asyncio.Event` under `wait_for`, which
+    made a task per wait: every `GET ?wait` and event stream waits this way.)"""
+
+    __slots__ = ("_changed", "_hub", "_job_id", "_waiter", "loop")
 
     def __init__(self, hub: Hub, job_id: str) -> None:
         self._hub = hub
         self._job_id = job_id
-        self._entry = (asyncio.get_running_loop(), asyncio.Event())
+        self.loop = asyncio.get_running_loop()
+        self._changed = False
+        self._waiter: asyncio.Future[bool] | None = None
 
-    def __enter__(self) -> asyncio.Event:
-        self._hub._add(self._job_id, self._entry)
-        return self._entry[1]
+    def __enter__(self) -> Watch:
+        self._hub._add(self._job_id, self)
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._hub._remove(self._job_id, self._entry)
+        self._hub._remove(self._job_id, self)
+
+    def changed(self) -> None:
+        """The job changed (on the watch's loop)."""
+        self._changed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Forget the changes seen so far: call before reading the job."""
+        self._changed = False
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until the job changes (True; at once if it changed since `clear`), or `timeout_s` (False)."""
+        if self._changed:
+            return True
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        self._waiter = waiter
+        timer = self.loop.call_later(max(timeout_s, 0.0), _time_up, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None

@@ -343,17 +343,14 @@ def create_app(svc: Services) -> Starlette:
         if wait <= 0:
             return JSON(await read(job_with_steps, job_id))
         deadline = time.monotonic() + wait
-        with svc.hub.watch(job_id) as changed:  # watch before reading: no change slips between
+        with svc.hub.watch(job_id) as watch:  # watch before reading: no change slips between
             while True:
-                changed.clear()
+                watch.clear()
                 data = await read(job_with_steps, job_id)
                 remaining = deadline - time.monotonic()
                 if data["status"] in FINISHED or remaining <= 0:
                     return JSON(data)
-                try:
-                    await asyncio.wait_for(changed.wait(), min(remaining, recheck_s))
-                except TimeoutError:
-                    pass
+                await watch.wait(min(remaining, recheck_s))
 
     def job_with_steps(job_id: str) -> dict[str, Any]:
         """The job object with its steps: both reads in one thread hop."""
@@ -418,9 +415,9 @@ def create_app(svc: Services) -> Starlette:
     async def event_stream(job_id: str, after: int, follow: bool) -> AsyncIterator[bytes]:
         last_sent = time.monotonic()
         finishing = False
-        with svc.hub.watch(job_id) as changed:
+        with svc.hub.watch(job_id) as watch:
             while True:
-                changed.clear()
+                watch.clear()
                 rows = await read(store.events_after, job_id, after, EVENT_PAGE)
                 ended = False
                 for event_id, kind, data in rows:
@@ -437,12 +434,10 @@ def create_app(svc: Services) -> Starlette:
                 if await read(_gone_or_finished, job_id):
                     finishing = True  # it may have finished between the two reads: read its events once more
                     continue
-                try:
-                    await asyncio.wait_for(changed.wait(), min(KEEPALIVE_S, recheck_s))
-                except TimeoutError:
-                    if time.monotonic() - last_sent >= KEEPALIVE_S:
-                        last_sent = time.monotonic()
-                        yield b": keepalive\n\n"
+                changed = await watch.wait(min(KEEPALIVE_S, recheck_s))
+                if not changed and time.monotonic() - last_sent >= KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield b": keepalive\n\n"
 
     def _gone_or_finished(job_id: str) -> bool:
         try:
