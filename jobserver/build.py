@@ -54,7 +54,7 @@ from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.limits import LimitStore
 from jobserver.storage.listener import Listener
-from jobserver.storage.models import create_schema, open_database, wait_for_database
+from jobserver.storage.models import Checkpoints, SqliteFile, create_schema, open_database, wait_for_database
 from jobserver.storage.pauses import TaskPauses
 from jobserver.storage.readers import ReadPool
 from jobserver.storage.schedules import ScheduleStore
@@ -236,6 +236,11 @@ def build(
     def wake_due() -> None:  # claims wake due sleepers too; this covers a server whose workers are all busy
         store.wake_due(clock.now()).result()
 
+    checkpoint_pass = (
+        [(Checkpoints.INTERVAL_S, Checkpoints(db, lambda: writer.batches).run_once)]
+        if isinstance(db, SqliteFile)
+        else []
+    )
     maintenance = Maintenance(
         clock,
         [
@@ -252,6 +257,7 @@ def build(
             (INTERVAL_S, summary.log_once),
             (SCHEDULER_INTERVAL_S, scheduler.tick_once),
             (COMPACT_INTERVAL_S, lambda: stats.compact_once().result()),
+            *checkpoint_pass,
         ],
     )
     readers = ReadPool(READ_THREADS, "jobserver-read")

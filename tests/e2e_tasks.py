@@ -58,13 +58,14 @@ def not_json() -> object:
 
 
 @task(max_attempts=3)
-def block_until_file(ctx: JobContext, started: str, release: str) -> str:
-    """Mark that it started, then wait (checking cancel) until `release` exists."""
+def block_until_file(ctx: JobContext, started: str, release: str, pad: int = 0) -> str:
+    """Mark that it started, then wait (checking cancel) until `release` exists; the result is
+    "released", followed by `pad` spaces (a result that needs room to be written)."""
     _mark(started, f"{ctx.job_id} {ctx.attempt}")
     while not Path(release).exists():
         ctx.check_cancelled()
         time.sleep(0.01)
-    return "released"
+    return "released" + " " * pad
 
 
 @task(max_attempts=1, on_crash="fail")

@@ -295,3 +295,15 @@ def test_healthz_answers_while_every_worker_is_busy(app: RunningApp, tmp_path: P
     assert c.get(f"/jobs/{job['id']}", timeout=1).json()["status"] == "pending"
     release.touch()
     assert wait_done(c, job["id"])["status"] == "completed"
+
+
+def test_the_server_checkpoints_its_log_into_the_file_while_it_runs(app: RunningApp) -> None:
+    """The maintenance pass copies the write-ahead log into the database file soon after
+    writes (the commits no longer do it themselves, and a log is otherwise copied only once it
+    holds 16 MiB)."""
+    c = app.client
+    db_file = app.db_path
+    before = db_file.stat().st_size
+    answer = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 500})
+    assert answer.status_code == 202
+    wait_until(lambda: db_file.stat().st_size > before + 200_000, 10, message="a checkpoint into the file")

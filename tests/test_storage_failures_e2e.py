@@ -133,17 +133,26 @@ def test_a_full_disk_answers_503_and_the_outcome_is_written_once_there_is_room(
     srv = start_server(tmp_path, {"database": {"url": f"sqlite:///{small_disk / 'jobs.db'}"}})
     c = srv.client()
     started, release = tmp_path / "started", tmp_path / "release"
-    job = submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+    # a result of 1 MB cannot go into log space the file already has (a checkpointed log is
+    # written again from its start): its write needs room the full disk does not have
+    args = {"started": str(started), "release": str(release), "pad": 1_000_000}
+    job = submit(c, "tests.e2e_tasks.block_until_file", args)
     wait_until(lambda: has_line(started), 20, message="the job to start")
     filler = fill(small_disk)
     release.touch()
     wait_until(lambda: "could not record the outcome of " + job in srv.log(), 20, 0.05, "the refused write")
-    refused_as_unavailable(c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}))
-    assert ready(srv) == 503
+    # a submit whose rows need room is refused as unavailable (a small write can still land in
+    # log space the file already has, and /readyz's probe write with it)
+    big = [{"task": "tests.e2e_tasks.echo", "args": {"value": "x" * 60_000}}] * 12
+    refused_as_unavailable(c.post("/jobs/batch", json={"jobs": big}))
     assert c.get(f"/jobs/{job}").json()["status"] == "running"
     filler.unlink()
     done = finished(c, job, timeout=30)
-    assert (done["status"], done["result"], done["attempts"]) == ("completed", "released", 1)
+    assert (done["status"], done["result"], done["attempts"]) == (
+        "completed",
+        "released" + " " * 1_000_000,
+        1,
+    )
     assert len(started.read_text().splitlines()) == 1  # it ran once
     wait_until(lambda: ready(srv) == 200, 20, 0.1, "/readyz to recover")
     assert finished(c, submit(c, "jobserver.examples.add", {"a": 2, "b": 3}))["result"] == 5

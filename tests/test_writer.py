@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobserver.core.errors import StorageError
+from jobserver.storage.models import Checkpoints
 from jobserver.storage.writer import Tx, notify_payloads
 from jobserver.storage.writer import _wake as writer_wake
 from tests.storage import open_store
@@ -204,3 +205,37 @@ def test_a_thread_waits_for_an_answer_with_a_timeout(tmp_path: Path) -> None:
             waiter.join(10)
         assert results == ["late"] * 3 and held.result(1) is True
         assert queued.done() and queued.exception() is None
+
+
+def test_commits_leave_checkpoints_to_the_maintenance_pass(tmp_path: Path) -> None:
+    """A commit no longer copies the log into the file once it passes SQLite's default 1,000
+    pages (that stalled every job of the commit for milliseconds); the maintenance pass does,
+    and only after the writer committed since its last run."""
+    with open_store(tmp_path) as store:
+        db_file = tmp_path / "jobs.db"
+        blob = "x" * 3000  # about a page per row
+
+        def write_rows(first: int, rows: int) -> None:
+            for start in range(first, first + rows, 50):
+                store.writer.call(
+                    lambda tx, start=start: [
+                        tx.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{n}", blob))
+                        for n in range(start, start + 50)
+                    ]
+                )
+
+        write_rows(0, 1500)  # 30 commits, some 1,500 pages
+        before = db_file.stat().st_size
+        assert before < 1_000_000  # the rows are all still in the log: no commit checkpointed
+        commits = [1]
+        checkpoints = Checkpoints(store.db, lambda: commits[0])
+        checkpoints.run_once()
+        after = db_file.stat().st_size
+        assert after > before + 4_000_000  # the pass copied the log into the file
+        write_rows(1500, 500)
+        checkpoints.run_once()  # the commit count it is given has not moved: nothing to do
+        assert db_file.stat().st_size == after
+        commits[0] += 1
+        checkpoints.run_once()
+        assert db_file.stat().st_size > after + 1_000_000
+        assert count(store, "SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'") == 2000

@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,9 +319,36 @@ class SqliteFile(pw.SqliteDatabase):
         """Ask every thread to open a new connection at its next use."""
         self._generation += 1
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file on this thread's connection, as far
+        as readers allow, without waiting for them or for the writer (a PASSIVE checkpoint);
+        a failure is a StorageError."""
+        try:
+            self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except DRIVER_ERRORS as exc:
+            raise as_storage_error(exc, "checkpoint") from exc
+
     def _thread_state(self) -> Any:
         """Peewee's per-thread connection state."""
         return self.__dict__["_state"]
+
+
+class Checkpoints:
+    """The maintenance pass that checkpoints a SQLite file, when the writer has committed since
+    the last one (an idle server does nothing)."""
+
+    INTERVAL_S = 0.25  # at most this much of the log is copied at once, off the writer's thread
+
+    def __init__(self, db: SqliteFile, commits: Callable[[], int]) -> None:
+        self._db = db
+        self._commits = commits
+        self._seen = -1
+
+    def run_once(self) -> None:
+        commits = self._commits()
+        if commits != self._seen:
+            self._db.checkpoint()
+            self._seen = commits
 
 
 def read_rows(db: pw.Database, pg: bool, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -348,6 +375,9 @@ def check_writable(sqlite_path: Path) -> None:
             raise StorageError(f"the database file {path} is not writable: {exc.strerror}") from exc
 
 
+WAL_BACKSTOP_PAGES = 4096  # 16 MiB of 4 KiB pages: the writer checkpoints itself only past this
+
+
 def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_timeout_s: float) -> pw.Database:
     """Open (not yet connect) the database named by `url`, with our pragmas."""
     if sqlite_path is not None:
@@ -362,6 +392,12 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
                 "foreign_keys": 0,
                 "cache_size": -16000,
                 "temp_store": "memory",
+                # Checkpoints run on the maintenance thread (SqliteFile.checkpoint), not inside
+                # the writer's commits: a commit that crossed SQLite's default 1,000 pages
+                # copied the log into the file and synced it first, holding up every job in
+                # that commit for about 3 ms. This bound is only a backstop for a log that
+                # grows faster than the maintenance passes copy it.
+                "wal_autocheckpoint": WAL_BACKSTOP_PAGES,
             },
             timeout=busy_timeout_s,
             check_same_thread=False,
