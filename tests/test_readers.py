@@ -54,3 +54,25 @@ def test_a_stopped_pool_refuses_reads() -> None:
             await pool.run(lambda: "late")
 
     asyncio.run(main())
+
+
+def test_threads_are_started_only_when_reads_find_none_idle() -> None:
+    """A thread holds a database connection: reads one after another use one thread, and only
+    reads at once start more, up to the pool's size."""
+    pool = ReadPool(4, "test-read")
+    release = threading.Event()
+
+    async def main() -> tuple[int, int]:
+        for _ in range(30):
+            await pool.run(lambda: None)
+        one_after_another = len(pool._threads)
+        held = [asyncio.ensure_future(pool.run(release.wait, 10)) for _ in range(10)]
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*held)
+        return one_after_another, len(pool._threads)
+
+    try:
+        assert asyncio.run(main()) == (1, 4)
+    finally:
+        pool.shutdown()

@@ -30,7 +30,9 @@ def _answer(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 class ReadPool:
-    """`threads` reader threads, started on the first read."""
+    """Up to `threads` reader threads, each started when a read finds none idle: a thread holds
+    a database connection, and on PostgreSQL every node's connections count against the
+    server's limit."""
 
     def __init__(self, threads: int, name: str) -> None:
         self._size = threads
@@ -38,27 +40,28 @@ class ReadPool:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._idle = 0  # threads free for a read that no queued read has counted on yet
         self._stopped = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a reader thread; its value or its exception."""
         if self._stopped:
             raise RuntimeError("the reader threads have stopped")
-        if not self._threads:
-            self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1  # a free thread takes it
+            elif len(self._threads) < self._size:
+                self._spawn()
+            # else every thread is busy: the first one free takes it
         self._queue.put((loop, future, fn, args))
         return await future
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._threads or self._stopped:
-                return
-            for i in range(self._size):
-                thread = threading.Thread(target=self._serve, name=f"{self._name}_{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _serve(self) -> None:
         while True:
@@ -70,6 +73,8 @@ class ReadPool:
                 value, ok = fn(*args), True
             except BaseException as exc:  # the caller's to handle, as run_in_executor would
                 value, ok = exc, False
+            with self._lock:
+                self._idle += 1  # free before the answer lands: the caller's next read finds it so
             try:
                 loop.call_soon_threadsafe(_answer, future, ok, value)
             except RuntimeError:  # that loop has closed: nobody waits for the answer
