@@ -220,6 +220,8 @@ class Runtime:
             http=cast(type[asyncio.Protocol], protocol),
             lifespan="off",
             access_log=False,
+            # nothing here reads the client's address, so X-Forwarded-For is not parsed per request
+            proxy_headers=False,
             log_config=None,
             timeout_graceful_shutdown=2,
         )
