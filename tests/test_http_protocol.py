@@ -61,9 +61,11 @@ class _Recorded:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.wrote = asyncio.Event()  # set by each write
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
+        self.wrote.set()
 
     def close(self) -> None:
         self.closed = True
@@ -84,9 +86,10 @@ def test_a_response_head_and_body_leave_in_one_write() -> None:
         writes.write(b"{}")
         answered = list(transport.writes)
         # a stream's head with nothing to send yet goes out at the end of the loop's pass
+        transport.wrote.clear()
         writes.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
         held = list(transport.writes)
-        await asyncio.sleep(0)
+        await asyncio.wait_for(transport.wrote.wait(), 10)
         streamed = list(transport.writes)
         writes.write(b"HTTP/1.1 204 No Content\r\n\r\n")
         writes.close()  # a head still held is sent before the connection closes

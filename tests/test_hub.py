@@ -20,7 +20,7 @@ def test_a_watch_wakes_on_a_publish_from_another_thread_and_times_out_when_quiet
             woken = await asyncio.wait_for(watch.wait(10), 20)
             watch.clear()
             hub.publish("job-1")  # a change between the read and the wait is kept
-            await asyncio.sleep(0)
+            await _after_callbacks_queued_so_far()
             kept = await watch.wait(10)
             watch.clear()
             quiet = await watch.wait(0.01)  # nothing changed: the timeout ends it
@@ -29,3 +29,11 @@ def test_a_watch_wakes_on_a_publish_from_another_thread_and_times_out_when_quiet
 
     assert asyncio.run(main()) == (True, True, False, False)
     assert not hub._watchers  # each watch left with its block
+
+
+async def _after_callbacks_queued_so_far() -> None:
+    """Return once the loop has run every callback queued before this call (it runs them in
+    order): here, the publish's wake of the watch."""
+    marker = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon_threadsafe(marker.set_result, None)
+    await asyncio.wait_for(marker, 10)

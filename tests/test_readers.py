@@ -31,9 +31,15 @@ def test_a_caller_that_gives_up_leaves_the_pool_working() -> None:
     pool = ReadPool(1, "test-read")
     release = threading.Event()
 
+    started = threading.Event()
+
+    def slow_read() -> None:
+        started.set()
+        release.wait(10)
+
     async def main() -> int:
-        slow = asyncio.ensure_future(pool.run(release.wait, 10))
-        await asyncio.sleep(0)
+        slow = asyncio.ensure_future(pool.run(slow_read))
+        assert await asyncio.to_thread(started.wait, 10)
         slow.cancel()  # e.g. its client went away while the read ran
         release.set()
         return await asyncio.wait_for(pool.run(lambda: 42), 10)
@@ -61,18 +67,28 @@ def test_threads_are_started_only_when_reads_find_none_idle() -> None:
     reads at once start more, up to the pool's size."""
     pool = ReadPool(4, "test-read")
     release = threading.Event()
+    running: list[int] = []
+    lock = threading.Lock()
+    four_running = threading.Event()
 
-    async def main() -> tuple[int, int]:
+    def held_read() -> None:
+        with lock:
+            running.append(1)
+            if len(running) == 4:
+                four_running.set()
+        release.wait(10)
+
+    async def main() -> tuple[int, int, bool]:
         for _ in range(30):
             await pool.run(lambda: None)
         one_after_another = len(pool._threads)
-        held = [asyncio.ensure_future(pool.run(release.wait, 10)) for _ in range(10)]
-        await asyncio.sleep(0)
+        held = [asyncio.ensure_future(pool.run(held_read)) for _ in range(10)]
+        four_at_once = await asyncio.to_thread(four_running.wait, 10)
         release.set()
         await asyncio.gather(*held)
-        return one_after_another, len(pool._threads)
+        return one_after_another, len(pool._threads), four_at_once
 
     try:
-        assert asyncio.run(main()) == (1, 4)
+        assert asyncio.run(main()) == (1, 4, True)
     finally:
         pool.shutdown()

@@ -169,9 +169,17 @@ def test_coroutines_await_answers_and_one_commit_wakes_their_loop_once(tmp_path:
             held = store.writer.submit(lambda tx: started.set() or gate.wait(10))  # the rest queue behind it
             assert await asyncio.to_thread(started.wait, 10)
             calls = 0
-            waiting = [asyncio.ensure_future(_await(store.writer.submit(insert(f"k{i}")))) for i in range(50)]
-            given_up = asyncio.ensure_future(_await(store.writer.submit(insert("given-up"))))
-            await asyncio.sleep(0)  # every coroutine is now awaiting its answer
+            awaiting: list[int] = []
+
+            async def answer(future):  # type: ignore[no-untyped-def]
+                awaiting.append(1)  # the await below registers with the future before it yields
+                return await future
+
+            waiting = [asyncio.ensure_future(answer(store.writer.submit(insert(f"k{i}")))) for i in range(50)]
+            given_up = asyncio.ensure_future(answer(store.writer.submit(insert("given-up"))))
+            every_one = loop.create_future()
+            loop.call_soon(lambda: every_one.set_result(len(awaiting)))  # after the 51 tasks' first steps
+            assert await asyncio.wait_for(every_one, 10) == 51  # every coroutine awaits its answer
             given_up.cancel()
             await asyncio.wait([given_up])  # its op is given up before the writer may take it
             gate.set()
@@ -183,10 +191,6 @@ def test_coroutines_await_answers_and_one_commit_wakes_their_loop_once(tmp_path:
         assert answers == [f"k{i}" for i in range(50)]
         assert calls == 1  # the 50 answers of one commit wake the loop once, not once each
         assert count(store, "SELECT COUNT(*) FROM meta WHERE key = 'given-up'") == 0
-
-
-async def _await(future):  # type: ignore[no-untyped-def]
-    return await future
 
 
 def test_a_thread_waits_for_an_answer_with_a_timeout(tmp_path: Path) -> None:
