@@ -14,6 +14,7 @@ end, where how often a waiting GET is woken depends on timing).
     python -m bench.instructions                       # jobserver, 300 jobs
     python -m bench.instructions --system background_tasks
     python -m bench.instructions --by-library          # where jobserver's instructions go
+    python -m bench.instructions --finished 1000000    # on a file already holding 1,000,000 finished jobs
 
 Needs valgrind (`callgrind_control` comes with it). A run takes about a minute.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 import uvloop
 
+from bench import seed
 from bench.jobserver_figures import NOOP, Bench, base_config, merge, to_toml
 from bench.plan import QUICK
 from bench.servers import ServerProcess, free_port
@@ -127,14 +129,23 @@ def main() -> None:
     parser.add_argument("--system", choices=["jobserver", *MODULES], default="jobserver")
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--by-library", action="store_true", help="also where the submit window's went")
+    parser.add_argument(
+        "--finished", type=int, default=0, help="jobserver: seed its file with this many finished jobs first"
+    )
     args = parser.parse_args()
+    if args.finished and args.system != "jobserver":
+        parser.error("--finished seeds jobserver's file; the peers keep no finished jobs")
     if shutil.which("callgrind_control") is None:
         sys.exit("valgrind is not installed")
     workdir = Path(tempfile.mkdtemp(prefix="jobserver-instructions-"))
     try:
+        if args.finished:
+            seed.create_schema(workdir / "jobs.db")
+            seed.seed_jobs(workdir / "jobs.db", args.finished, "completed")
         values, dumps = uvloop.run(count(args.system, args.jobs, workdir))
         print(
-            f"{args.system}, {args.jobs} no-op jobs on {CONNS} connections: "
+            f"{args.system}, {args.jobs} no-op jobs on {CONNS} connections"
+            f"{f' ({args.finished:,} finished jobs in the file)' if args.finished else ''}: "
             f"{values['submit'] / 1e3:,.0f} k instructions per job submitted and run, "
             f"{values['e2e'] / 1e3:,.0f} k per job end to end (GET ?wait); idle window "
             f"{values['idle'] / 1e6:,.1f} M, taken off"

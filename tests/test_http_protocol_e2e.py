@@ -103,13 +103,21 @@ def test_too_many_header_lines_get_431(shared: Server) -> None:
 
 
 def test_pipelined_requests_and_bodies_with_many_lines_are_not_heads(shared: Server) -> None:
-    """Only the head is bounded: pipelined requests in one write are all answered, and a body of
-    300 lines is a body, not 300 header lines."""
+    """Only the head is bounded: pipelined requests in one write are all answered (a request with
+    a body followed by one without too), and a body of 300 lines is a body, not 300 header lines."""
     get = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
         sock.sendall((get * 2 + get.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).encode())
         received = read_until_closed(sock, 10)[0]
     assert received.count(b"HTTP/1.1 200 OK\r\n") == 3, received[:600]
+
+    job = b'{"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}'
+    post = b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    post += b"Content-Length: %d\r\n\r\n%s" % (len(job), job)
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+        sock.sendall(post + get.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n").encode())
+        received = read_until_closed(sock, 10)[0]
+    assert b"HTTP/1.1 202 Accepted\r\n" in received and received.endswith(b'{"status":"ok"}'), received[-600:]
 
     body = "{" + "\n" * 300 + '"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}'
     r = shared.client().post("/jobs", content=body, headers={"content-type": "application/json"})
