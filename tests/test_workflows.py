@@ -33,7 +33,7 @@ def test_durable_sleep_parks_without_a_thread_and_resumes_once_due(tmp_path: Pat
     with running_app(tmp_path, {"workers": {"threads": 1}}, clock=clock) as app:
         marks = tmp_path / "marks"
         job_id = submit(app.client, "tests.e2e_tasks.nap", {"path": str(marks), "seconds": 3600})
-        job = wait_until(lambda: waiting(app, job_id), message="the job to park")
+        job = parked = wait_until(lambda: waiting(app, job_id), message="the job to park")
         assert job["waiting_for"]["kind"] == "sleep" and job["waiting_for"]["name"] == "nap"
         assert job["waiting_for"]["until"].startswith("2023-11-14T23:13:20")  # clock start + 1 h
         assert job["attempts"] == 1 and job["started_at"] is not None
@@ -45,6 +45,7 @@ def test_durable_sleep_parks_without_a_thread_and_resumes_once_due(tmp_path: Pat
         clock.advance(3601)
         job = finished(app.client, job_id)
         assert job["status"] == "completed" and job["attempts"] == 1, job
+        assert job["started_at"] == parked["started_at"]  # a resume is not a new attempt: its start stays
         assert job["result"] == "awake after attempt 1"
         assert lines(marks) == ["step 1", "step 2"]
         assert [s["name"] for s in job["steps"]] == ["before", "nap", "after"]

@@ -47,6 +47,8 @@ from jobserver.storage.writer import Tx, WriteFuture, Writer
 
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
 # so the claim's index range holds only due jobs and an idle claim never scans future ones.
+# A claim starts an attempt, or resumes a parked one: a resume keeps the attempt's start.
+STARTED_AT = "started_at = CASE WHEN resume = 1 AND started_at IS NOT NULL THEN started_at ELSE ? END"
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
 # SQLite claim candidates, in claim order, from the claim indexes (never a sort of the backlog)
 CLAIM_SQL = (
@@ -591,7 +593,7 @@ class JobStore:
         rec = _returning(
             tx,
             "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
-            "resume = 0, lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id = ?",
+            f"resume = 0, lease_owner = ?, lease_expires_at = ?, {STARTED_AT} WHERE id = ?",
             (handoff.owner, now + handoff.lease_s, now, record.id),
         )
         assert rec is not None
@@ -633,7 +635,7 @@ class JobStore:
                 return []
             rows = tx.all(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
-                f"lease_owner = ?, lease_expires_at = ?, started_at = ? WHERE id IN ({', '.join('?' * len(ids))}) "
+                f"lease_owner = ?, lease_expires_at = ?, {STARTED_AT} WHERE id IN ({', '.join('?' * len(ids))}) "
                 f"AND status = 'pending' RETURNING {JOB_COLUMNS}",
                 (owner, now + lease_s, now, *ids),
             )
