@@ -214,6 +214,17 @@ def test_many_async_jobs_run_concurrently(app: RunningApp) -> None:
     assert time.monotonic() - t0 < 8
 
 
+def test_follow_false_ends_after_the_stored_events_and_the_query_is_checked(app: RunningApp) -> None:
+    c = app.client
+    job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2}, delay=3600)
+    for no in ("false", "0", "no", "off"):  # pydantic's spellings of false, as the schema's boolean
+        r = c.get(f"/jobs/{job_id}/events", params={"follow": no}, timeout=5)
+        assert r.status_code == 200 and r.text.count("event: status") == 1, (no, r.text)
+    for query in ({"follow": "maybe"}, {"foo": "1"}):
+        r = c.get(f"/jobs/{job_id}/events", params=query)
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", next(iter(query))], r.text
+
+
 def test_resume_after_the_last_event_closes_at_once(app: RunningApp) -> None:
     c = app.client
     job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2})

@@ -311,3 +311,4 @@ def test_nesting_limit(hostile: tuple[RunningApp, str]) -> None:
             r = app.client.post("/jobs", content=deep_job(depth), headers=headers)
             assert r.status_code == 422, (depth, r.text[:200])
             assert f"nested deeper than {limit} levels" in r.json()["errors"][0]["msg"]
+            assert r.json()["detail"] == f"the body is nested deeper than {limit} levels"

@@ -124,6 +124,22 @@ def test_pipelined_requests_and_bodies_with_many_lines_are_not_heads(shared: Ser
     assert r.status_code == 202, r.text
 
 
+def test_bytes_that_are_not_http_get_a_400_problem_and_a_request_in_flight_is_answered_first(
+    shared: Server,
+) -> None:
+    for head in (b"GARBAGE\r\n\r\n", b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+            sock.sendall(head)
+            status, doc = answer_of(read_until_closed(sock, 10)[0])
+        assert status == 400 and doc["code"] == "malformed-request", doc
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+        sock.sendall(get + b"GARBAGE\r\n\r\n")  # the first answer whole, then the connection closes
+        received = read_until_closed(sock, 10)[0]
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b'{"status":"ok"}'), received
+    assert received.count(b"HTTP/1.1") == 1, received
+
+
 def test_a_slow_client_is_closed_at_the_head_deadline(tmp_path: Path) -> None:
     srv = start_server(tmp_path, {"server": {"header_timeout": "1s"}})
     silent = socket.create_connection(("127.0.0.1", srv.port))

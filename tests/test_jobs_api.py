@@ -29,6 +29,9 @@ def wait_done(c: httpx.Client, job_id: str, timeout: float = 20) -> dict:
     return job
 
 
+JSON_TYPE = {"content-type": "application/json"}
+
+
 def test_submit_poll_result(app: RunningApp) -> None:
     c = app.client
     job = submit(c, "jobserver.examples.add", {"a": 2, "b": 3})
@@ -88,6 +91,8 @@ def test_a_number_whose_fraction_is_zero_is_an_integer(app: RunningApp) -> None:
             None,
         ),
         ({"args": {}}, 422, "task"),
+        ({"task": "jobserver.examples.add", "args": {}, "run_at": "9999-01-01T00:00:00Z"}, 422, "run_at"),
+        ({"task": "jobserver.examples.add", "args": {}, "run_at": "2030-01-01T00:00:00"}, 422, "run_at"),
     ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(
@@ -108,6 +113,11 @@ def test_malformed_json_wrong_type_and_too_large(app: RunningApp) -> None:
     c = app.client
     r = c.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["status"] == 400
+    for body in (b"[1]", b'{"jobs": [1]}'):  # not an object: said in JSON's words, not our classes'
+        r = c.post("/jobs/batch" if b"jobs" in body else "/jobs", content=body, headers=JSON_TYPE)
+        assert r.status_code == 422 and r.json()["errors"][0]["msg"] == "Input should be a JSON object", (
+            r.text
+        )
     r = c.post("/jobs", content=b"task=x", headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 415
     big = b'{"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}, "x": "' + b"a" * 1_100_000 + b'"}'
@@ -124,6 +134,19 @@ def test_query_validation(app: RunningApp) -> None:
     assert c.get(f"/jobs/{job['id']}", params={"wait": 61}).status_code == 422
     r = c.get("/jobs/does-not-exist")
     assert r.status_code == 404 and r.json()["code"] == "job-not-found"
+    # a misspelt parameter is refused on every route that reads one, and on those that read none
+    for path in (
+        "/jobs",
+        f"/jobs/{job['id']}",
+        "/tasks",
+        "/limits",
+        "/stats",
+        "/schedules",
+        f"/jobs/{job['id']}/webhooks",
+    ):
+        r = c.get(path, params={"stauts": "failed"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "stauts"], (path, r.text)
+    assert c.get("/tasks").status_code == c.get("/stats").status_code == 200
 
 
 def test_idempotency_replay_mismatch(app: RunningApp) -> None:

@@ -265,3 +265,8 @@ def test_an_undeclared_method_gets_405_with_every_method_of_the_path(app: Runnin
     assert r.headers["content-type"] == "application/problem+json"
     assert r.headers["allow"] == "GET, HEAD, POST"
     assert app.client.request("TRACE", "/tasks").headers["allow"] == "GET, HEAD"
+    # a literal path beside /jobs/{id} is its own resource: the wrong method there is no job id
+    for method in ("GET", "DELETE"):
+        for path in ("/jobs/batch", "/jobs/cancel", "/jobs/retry", "/jobs/delete"):
+            r = app.client.request(method, path)
+            assert (r.status_code, r.headers.get("allow")) == (405, "POST"), (method, path, r.text)

@@ -142,7 +142,8 @@ def test_bulk_routes_do_not_collide_with_a_jobs_own(tmp_path: Path) -> None:
         job_id = submit(app.client, ADD, {"a": 1, "b": 1}, delay=3600)
         r = app.client.post(f"/jobs/{job_id}/cancel")
         assert r.status_code == 202 and r.json()["status"] == "cancelled"
-        assert app.client.get("/jobs/cancel").status_code == 404  # a job id, not the bulk route
+        r = app.client.get("/jobs/cancel")  # the bulk route's path, not a job id
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
         r = app.client.post("/jobs/retry", content=b"", headers={"content-type": "application/json"})
         assert r.status_code == 400  # matching every job takes an explicit {}
         assert status(app, job_id) == "cancelled"

@@ -47,14 +47,20 @@ class SubmitBody(BaseModel):
             raise ValueError("run_at must be an RFC 3339 date-time with an offset, e.g. 2030-01-01T09:00:00Z")
         return value
 
+    @field_validator("run_at", mode="after")
+    @classmethod
+    def _storable_date(cls, value: dt.datetime | None) -> dt.datetime | None:
+        """An instant the store can keep as epoch seconds (the error names run_at, not the body)."""
+        if value is not None and value.tzinfo is None:
+            raise ValueError("run_at needs a timezone offset or Z")
+        if value is not None and not RUN_AT_YEARS[0] <= value.year <= RUN_AT_YEARS[1]:
+            raise ValueError(f"run_at must be a date from {RUN_AT_YEARS[0]} to {RUN_AT_YEARS[1]}")
+        return value
+
     @model_validator(mode="after")
     def _one_schedule(self) -> SubmitBody:
         if self.delay is not None and self.run_at is not None:
             raise ValueError("give either delay or run_at, not both")
-        if self.run_at is not None and self.run_at.tzinfo is None:
-            raise ValueError("run_at needs a timezone offset or Z")
-        if self.run_at is not None and not RUN_AT_YEARS[0] <= self.run_at.year <= RUN_AT_YEARS[1]:
-            raise ValueError(f"run_at must be a date from {RUN_AT_YEARS[0]} to {RUN_AT_YEARS[1]}")
         return self
 
 
@@ -106,6 +112,15 @@ class ListQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class EventsQuery(BaseModel):
+    """GET /jobs/{id}/events query string (`last_event_id` is read with the Last-Event-ID header)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    follow: bool = True
+    last_event_id: str | None = None
 
 
 class GetQuery(BaseModel):

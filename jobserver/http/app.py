@@ -41,7 +41,7 @@ from jobserver.core.errors import (
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.records import JobRecord
-from jobserver.core.schemas import BatchBody, GetQuery, ListQuery, SubmitBody, json_violations
+from jobserver.core.schemas import BatchBody, EventsQuery, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi
@@ -162,8 +162,26 @@ async def read_json_body(request: Request, limit: int, max_depth: int) -> Any:
         # the fast parser reads integers beyond 64 bits as floats: read them exactly to refuse them
         errors = json_violations(json.loads(raw), max_depth, ["body"])
     if errors:
-        raise InvalidRequestError("the body holds values that cannot be stored exactly", errors)
+        too_deep = errors[-1]["type"] == "too_deep"  # the walk stops at the first one, last in the list
+        message = (
+            f"the body is nested deeper than {max_depth} levels"
+            if too_deep
+            else "the body holds values that cannot be stored exactly"
+        )
+        raise InvalidRequestError(message, errors)
     return parsed
+
+
+def refuse_query(request: Request) -> None:
+    """A route that takes no query parameters refuses any, as /jobs refuses one it does not
+    know: a misspelt filter is a 422, never a silent no-op."""
+    if request.scope["query_string"]:
+        names = list(dict.fromkeys(request.query_params.keys()))
+        errors = [
+            {"loc": ["query", n], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+            for n in names
+        ]
+        raise InvalidRequestError(f"invalid query: {', '.join(names)}", errors)
 
 
 def key_scope(request: Request) -> str:
@@ -231,11 +249,16 @@ def create_app(svc: Services) -> Starlette:
     # change jobs too, so waits and streams also re-read every poll interval.
     recheck_s = settings.workers.poll_interval if settings.is_postgres else KEEPALIVE_S * 4
 
+    literal_paths: set[str] = set()  # /jobs/batch and the bulk actions: never a job's id
+
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
             job_id = request.path_params.get("job_id")
-            if job_id is not None and not JOB_ID.fullmatch(job_id):
-                return problem_for(JobNotFoundError(job_id[:64]))  # no job has such an id
+            if job_id is not None:
+                if request.scope["path"] in literal_paths:  # GET /jobs/batch: the wrong method, not a job
+                    return await _not_allowed(request, None)
+                if not JOB_ID.fullmatch(job_id):
+                    return problem_for(JobNotFoundError(job_id[:64]))  # no job has such an id
             try:
                 return await handler(request)
             except JobServerError as exc:
@@ -403,9 +426,12 @@ def create_app(svc: Services) -> Starlette:
 
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        try:
+            follow = _query(EventsQuery, request).follow
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "query")
         await read(store.get, job_id)  # 404 before the stream starts
         after = last_event_id(request)
-        follow = request.query_params.get("follow", "true").lower() not in ("false", "0")
         return StreamingResponse(
             event_stream(job_id, after, follow),
             media_type="text/event-stream",
@@ -446,6 +472,7 @@ def create_app(svc: Services) -> Starlette:
             return True
 
     async def list_tasks(request: Request) -> Response:
+        refuse_query(request)
         paused = await read(svc.paused_tasks)
         return JSON(
             {
@@ -464,6 +491,7 @@ def create_app(svc: Services) -> Starlette:
         )
 
     async def list_limits(request: Request) -> Response:
+        refuse_query(request)
         keys = await read(svc.limits.usage, svc.now())
         return JSON(
             {
@@ -546,6 +574,7 @@ def create_app(svc: Services) -> Starlette:
         Route("/problems/{code}", problem_page, methods=["GET"]),
         *svc.extra_routes,
     ]
+    literal_paths.update(r.path for r in routes if isinstance(r, Route) and not r.param_convertors)
     app = Starlette(
         routes=routes,
         exception_handlers={
@@ -586,7 +615,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return problem(404, "not-found", "Not found", f"no route for {request.url.path}")
 
 
-async def _not_allowed(request: Request, exc: Exception) -> Response:
+async def _not_allowed(request: Request, exc: Exception | None) -> Response:
     response = problem(
         405,
         "method-not-allowed",

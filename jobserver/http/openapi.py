@@ -682,7 +682,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "content": {"text/event-stream": {"itemSchema": _ref("JobEvent")}},
                     }
                 },
-                (400, 404),
+                (400, 404, 422),
                 params=[
                     _job_id(),
                     {
@@ -698,6 +698,13 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "description": "false: send the stored events and end, without waiting for more.",
                         "schema": {"type": "boolean", "default": True},
                     },
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "description": "As the Last-Event-ID header, for clients that cannot set one "
+                        "(the header wins when both are sent).",
+                        "schema": {"type": "string", "pattern": last_event_id_pattern()},
+                    },
                 ],
             )
         },
@@ -706,16 +713,19 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 "listJobWebhooks",
                 "The job's webhook delivery attempts",
                 {200: _json("Deliveries.", _ref("WebhookDeliveries"))},
-                (404,),
+                (404, 422),
                 params=[_job_id()],
             )
         },
-        "/tasks": {"get": op("listTasks", "Registered tasks", {200: _json("The tasks.", _ref("TaskList"))})},
+        "/tasks": {
+            "get": op("listTasks", "Registered tasks", {200: _json("The tasks.", _ref("TaskList"))}, (422,))
+        },
         "/limits": {
             "get": op(
                 "listLimits",
                 "Every limit key with its limit and current use",
                 {200: _json("The limit keys.", _ref("LimitList"))},
+                (422,),
             )
         },
         "/healthz": {
@@ -925,9 +935,9 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
     one = _json("The schedule.", _ref("Schedule"))
     bulk_problems = (400, 413, 415, 422)
     return {
-        "/schedules": {"get": op("listSchedules", "Every schedule", {200: _json("Schedules.", _ref("ScheduleList"))}, ())},
+        "/schedules": {"get": op("listSchedules", "Every schedule", {200: _json("Schedules.", _ref("ScheduleList"))}, (422,))},
         "/schedules/{name}": {
-            "get": op("getSchedule", "Read a schedule", {200: one}, (404,), parameters=[schedule]),
+            "get": op("getSchedule", "Read a schedule", {200: one}, (404, 422), parameters=[schedule]),
             "put": op(
                 "putSchedule",
                 "Create or replace a schedule (a field left out takes its default)",
@@ -975,7 +985,7 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
             )
         },
         "/stats": {
-            "get": op("getStats", "Counts by status and task; the last hour's throughput and failure rate", {200: _json("Stats.", _ref("Stats"))}, ())
+            "get": op("getStats", "Counts by status and task; the last hour's throughput and failure rate", {200: _json("Stats.", _ref("Stats"))}, (422,))
         },
     }  # fmt: skip
 

@@ -37,7 +37,7 @@ from jobserver.core.errors import (
 )
 from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.http.app import JSON, BodyTooLarge, UnsupportedMediaType, read_json_body
+from jobserver.http.app import JSON, BodyTooLarge, UnsupportedMediaType, read_json_body, refuse_query
 from jobserver.http.problems import problem, problem_for, validation_problem
 from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
@@ -93,10 +93,12 @@ def ops_routes(svc: OpsServices) -> list[Route]:
         return name
 
     async def list_schedules(request: Request) -> Response:
+        refuse_query(request)
         states = await read(svc.schedules.all)
         return JSON({"schedules": [s.to_api() for s in states]})
 
     async def get_schedule(request: Request) -> Response:
+        refuse_query(request)
         name = schedule_name(request)
         state = await read(svc.schedules.get, name)
         if state is None:
@@ -166,6 +168,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
         return handler
 
     async def stats(request: Request) -> Response:
+        refuse_query(request)
         return JSON(await read(svc.stats.read))
 
     return [

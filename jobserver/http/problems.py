@@ -200,6 +200,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "nothing of the request was done.",
         "Send the request again at once; behind a slow link or proxy, raise the timeouts.",
     ),
+    "malformed-request": ProblemType(
+        (400,),
+        "Malformed request",
+        "The bytes sent are not an HTTP/1.1 request: a request line, header or `Content-Length` that "
+        "does not parse. The connection is closed and nothing of the request was done.",
+        "Send a well-formed HTTP/1.1 request; an HTTP client library does.",
+    ),
     "request-header-fields-too-large": ProblemType(
         (431,),
         "Request Header Fields Too Large",
@@ -286,10 +293,15 @@ def problem_for(exc: JobServerError) -> Response:
     return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
 
 
+def _message(error: Any) -> str:
+    """pydantic's message, without the names of our model classes (a client sent JSON, not them)."""
+    return "Input should be a JSON object" if error["type"] == "model_type" else str(error["msg"])
+
+
 def validation_problem(exc: Any, prefix: str) -> Response:
     """422 from a pydantic ValidationError, naming each bad field."""
     errors = [
-        {"loc": [prefix, *[str(p) for p in e["loc"]]], "msg": e["msg"], "type": e["type"]}
+        {"loc": [prefix, *[str(p) for p in e["loc"]]], "msg": _message(e), "type": e["type"]}
         for e in exc.errors()
     ]
     names = ", ".join(".".join(e["loc"][1:]) or prefix for e in errors)

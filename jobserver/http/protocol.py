@@ -341,6 +341,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         log.debug("refused a request head: %s", detail, extra={"action": "header_too_large"})
         self._refuse(431, "request-header-fields-too-large", "Request Header Fields Too Large", detail)
 
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not HTTP: a problem document, as for every other 4xx (uvicorn's is plain
+        text). A request still being answered on this connection is answered first, then closed."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+            self._refused = True
+            return
+        self._refuse(400, "malformed-request", "Malformed request", "the request is not valid HTTP/1.1")
+
     def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
         """Answer with a problem document, stop reading, and close after a short linger."""
         self._refused = True

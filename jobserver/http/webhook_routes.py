@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jobserver.core.errors import JobServerError
+from jobserver.http.app import refuse_query
 from jobserver.http.problems import problem_for
 from jobserver.storage.store import JobStore
 from jobserver.webhooks.sender import WebhookSender
@@ -30,6 +31,7 @@ def webhook_routes(store: JobStore, sender: WebhookSender) -> list[Route]:
     async def list_deliveries(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
+            refuse_query(request)
             await run_in_threadpool(store.get, job_id)  # 404 for an unknown job
             attempts = await run_in_threadpool(sender.attempts, job_id)
         except JobServerError as exc:
