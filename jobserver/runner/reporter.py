@@ -74,7 +74,12 @@ class Reporter:
         written = 0
         for job_id, pending in batch.items():
             fence = (job_id, pending.run_seq)
-            live = tx.one("SELECT 1 FROM jobs WHERE id = ? AND run_seq = ? AND status = 'running'", fence)
+            # PostgreSQL: lock the row, so no other node's rescue or claim moves run_seq on between
+            # this check and the writes below (SQLite's one writer serializes them anyway)
+            lock = " FOR UPDATE" if tx.pg else ""
+            live = tx.one(
+                f"SELECT 1 FROM jobs WHERE id = ? AND run_seq = ? AND status = 'running'{lock}", fence
+            )
             if live is None:
                 tx.after_commit(pending.on_stale)
                 continue
