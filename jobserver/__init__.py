@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jobserver.core.context import JobContext
-    from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry
+    from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry, Timeout
     from jobserver.core.limits import Concurrency, Rate
     from jobserver.core.tasks import task
 
@@ -22,6 +22,7 @@ __all__ = [
     "JobServerError",
     "Rate",
     "Retry",
+    "Timeout",
     "task",
 ]
 _HOMES = {
@@ -32,6 +33,7 @@ _HOMES = {
     "JobServerError": "jobserver.core.errors",
     "Rate": "jobserver.core.limits",
     "Retry": "jobserver.core.errors",
+    "Timeout": "jobserver.core.errors",
     "task": "jobserver.core.tasks",
 }
 

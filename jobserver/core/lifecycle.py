@@ -223,6 +223,13 @@ def backoff_s(options: TaskOptions, attempt: int, jitter: float) -> float:
     return float(jitter * min(cap, base * 2 ** (attempt - 1)))
 
 
+def _covers_all(options: TaskOptions) -> bool:
+    """A `retry_on` that takes every exception also takes a `Timeout`: that one is a BaseException
+    only so that a task's `except Exception` cannot swallow it. A narrower `retry_on` retries a
+    timed-out attempt only when it names `Timeout` (a paid call cut off may have been charged)."""
+    return any(issubclass(Exception, kind) for kind in options.retry_on)
+
+
 def _retry_at(
     outcome: Outcome, job: AttemptFacts, options: TaskOptions | None, now: float, jitter: float
 ) -> float | None:
@@ -233,7 +240,7 @@ def _retry_at(
     if isinstance(exc, Retry):
         if exc.delay is not None:
             return now + max(0.0, exc.delay)
-    elif not isinstance(exc, (Timeout, *options.retry_on)):
+    elif not isinstance(exc, options.retry_on) and not (isinstance(exc, Timeout) and _covers_all(options)):
         return None
     return now + backoff_s(options, job.attempt, jitter)
 

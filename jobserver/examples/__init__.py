@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import httpx
 from pydantic import Field
 
-from jobserver import ChildFailed, JobContext, task
+from jobserver import ChildFailed, JobContext, Timeout, task
 from jobserver.examples.webpages import STOPWORDS, WORD, fetch_page, publish_report, summarize
 
 
@@ -110,8 +110,9 @@ def _analyze(text: str, top: int) -> dict[str, object]:
     return {"words": len(words), "keywords": counts.most_common(top)}
 
 
-# a source that cannot be reached for a while is retried; a URL that can never work is not
-RETRIED_FETCH_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# a source that cannot be reached for a while is retried, and so is an attempt past its time limit
+# (a page read costs nothing); a URL that can never work is not
+RETRIED_FETCH_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, Timeout)
 
 
 @task(max_attempts=3, timeout=120, backoff=(1.0, 30.0), retry_on=RETRIED_FETCH_ERRORS)
