@@ -293,6 +293,7 @@ def build(
             now=clock.now,
             tracing=tracing,
             paused_tasks=task_pauses.current,
+            pending_by_task=stats.pending_by_task,
         )
     )
     listener = None

@@ -155,7 +155,7 @@ class Runtime:
             ", ".join(t.name for t in p.registry.all()) or "none",
             extra={"action": "start"},
         )
-        unknown = [task for task in p.store.waiting_tasks() if task not in p.registry]
+        unknown = sorted(task for task in p.stats.pending_by_task() if task not in p.registry)
         if unknown:
             log.warning(
                 "jobs of tasks this process does not know stay pending: %s", ", ".join(unknown),

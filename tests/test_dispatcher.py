@@ -59,8 +59,11 @@ def test_a_job_of_an_unknown_task_stays_pending(tmp_path: Path, caplog: pytest.L
             assert c.get(f"/jobs/{known['id']}", params={"wait": 30}).json()["status"] == "completed"
         job = c.get(f"/jobs/{unknown}").json()
         assert (job["status"], job["attempts"], job["error"]) == ("pending", 0, None)
+        assert c.get("/tasks").json()["unknown_tasks"] == [{"name": "elsewhere.task", "pending": 1}]
     with caplog.at_level(logging.INFO, logger="jobserver"), running_app(tmp_path) as app:
         assert app.client.get(f"/jobs/{unknown}").json()["status"] == "pending"
+        app.client.post(f"/jobs/{unknown}/cancel")
+        assert app.client.get("/tasks").json()["unknown_tasks"] == []  # none of its jobs waits any more
     messages = [r.getMessage() for r in caplog.records]
     assert any("tasks registered:" in m and "jobserver.examples.add" in m for m in messages)
     assert any("do" in m and "not know" in m and "elsewhere.task" in m for m in messages)

@@ -99,6 +99,7 @@ class Services:
     now: Callable[[], float] = time.time  # the server's clock (rate windows end relative to it)
     tracing: Tracing = NO_TRACING
     paused_tasks: Callable[[], frozenset[str]] = frozenset  # tasks whose jobs are held back
+    pending_by_task: Callable[[], dict[str, int]] = dict  # jobs waiting to run, per task name
 
 
 HELD = ("pending", "scheduled", "blocked")  # stored statuses of a pending job
@@ -473,9 +474,14 @@ def create_app(svc: Services) -> Starlette:
 
     async def list_tasks(request: Request) -> Response:
         refuse_query(request)
-        paused = await read(svc.paused_tasks)
+        paused, pending = await read(lambda: (svc.paused_tasks(), svc.pending_by_task()))
         return JSON(
             {
+                "unknown_tasks": [  # jobs that wait for a task no process here knows: another node's, or a typo's
+                    {"name": name, "pending": n}
+                    for name, n in sorted(pending.items())
+                    if name not in svc.registry
+                ],
                 "tasks": [
                     {
                         "name": t.name,
@@ -486,7 +492,7 @@ def create_app(svc: Services) -> Starlette:
                         "paused": t.name in paused,
                     }
                     for t in svc.registry.all()
-                ]
+                ],
             }
         )
 

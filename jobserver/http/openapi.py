@@ -228,7 +228,17 @@ SHARED_SCHEMAS: dict[str, Schema] = {
                         "paused": {"type": "boolean", "description": "Its pending jobs are held back."},
                     },
                 },
-            }
+            },
+            "unknown_tasks": {
+                "type": "array",
+                "description": "Tasks that pending jobs name and this process does not know: they stay "
+                "pending until a process that knows them claims them.",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "pending"],
+                    "properties": {"name": {"type": "string"}, "pending": {"type": "integer", "minimum": 1}},
+                },
+            },
         },
     },
     "LimitList": {

@@ -27,6 +27,11 @@ class Stats:
         self.writer = writer
         self.clock = clock
 
+    def pending_by_task(self) -> dict[str, int]:
+        """task -> how many of its jobs wait to run (pending, delayed or between attempts), from the
+        counters: no scan of the jobs table, however long the queue (call on a reader thread)."""
+        return {task: n["pending"] for task, n in self.counters.by_task().items() if n.get("pending", 0) > 0}
+
     def read(self) -> dict[str, Any]:
         """The /stats document (call on a reader thread)."""
         now = self.clock.now()

@@ -335,13 +335,6 @@ class JobStore:
             out[key] = out.get(key, 0) + int(n)
         return out
 
-    def waiting_tasks(self) -> list[str]:
-        """The tasks of every job that waits to run (pending, delayed or between attempts)."""
-        rows = self._query(
-            "SELECT DISTINCT task FROM jobs WHERE status IN ('pending', 'scheduled', 'blocked')"
-        )
-        return sorted(str(task) for (task,) in rows)
-
     def writable(self) -> WriteFuture[None]:
         """Resolves when writes work: at once while the last write committed, else after a
         probe write (a StorageError when that fails too)."""
