@@ -338,6 +338,11 @@ def test_errors_carry_what_happened() -> None:
     failed = decide(Outcome.raised(ValueError("bad input")), job(3), RETRY3, NOW, 0.5)
     assert failed is not None and failed.error is not None
     assert failed.error["message"] == "bad input" and "ValueError" in failed.error["traceback"]
+    spent = decide(Outcome.raised(Retry(delay=5)), job(3), RETRY3, NOW, 0.5)
+    assert spent is not None and spent.error is not None and spent.status is Status.FAILED
+    assert spent.error["message"] == "retry requested; no attempt is left (attempt 3 of max_attempts 3)"
+    asked = decide(Outcome.raised(Retry(delay=5)), job(1), RETRY3, NOW, 0.5)
+    assert asked is not None and asked.error is not None and asked.error["message"] == "retry requested"
 
 
 def test_status_is_the_contract_vocabulary() -> None:

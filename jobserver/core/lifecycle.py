@@ -281,6 +281,10 @@ def decide(
             return to(Status.PENDING, run_at=now, error=crash)
         case Ending.FAILED | Ending.RETRY_LATER:
             retry_at = _retry_at(outcome, job, options, now, jitter)
+            if retry_at is None and isinstance(outcome.exc, Retry) and outcome.error is not None:
+                # say why the asked-for attempt never comes (the default is one attempt)
+                spent = f"; no attempt is left (attempt {job.attempt} of max_attempts {job.max_attempts})"
+                return to(Status.FAILED, error={**outcome.error, "message": outcome.error["message"] + spent})
             if retry_at is None:
                 return to(Status.FAILED, error=outcome.error)
             return to(Status.PENDING, run_at=retry_at, error=outcome.error)
