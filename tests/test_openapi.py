@@ -254,7 +254,7 @@ def test_every_event_a_stream_sends_matches_the_item_schema_of_its_kind(app: Run
             errors = list(jsonschema.Draft202012Validator(content["contentSchema"]).iter_errors(data))
             assert not errors, (kind, data, errors[0].message)
             seen.add(kind)
-    assert seen == {"status", "progress"}
+    assert seen == {"status", "progress", "log"}
     bad = inline({"$ref": mapping["status"]}, doc)["properties"]["data"]["contentSchema"]
     assert not jsonschema.Draft202012Validator(bad).is_valid({"id": 1})  # the check can fail
 

@@ -61,9 +61,9 @@ class UnauthorizedError(ClientError):
     def __init__(self, problem: dict[str, Any], key_sent: bool) -> None:
         self.key_sent = key_sent
         if key_sent:
-            message = "the server refused the API key (check api_key / JOBSERVER_API_KEY)"
+            message = "the server refused the API key (check JOBSERVER_API_KEY, --api-key or api_key=)"
         else:
-            message = "the server needs an API key: pass api_key or set JOBSERVER_API_KEY"
+            message = "the server needs an API key: set JOBSERVER_API_KEY (or pass --api-key, or api_key=)"
         super().__init__(401, problem, message)
 
 

@@ -56,11 +56,16 @@ def add(a: int, b: int) -> int:
 
 
 @task
-def sleep(ctx: JobContext, seconds: float = 1.0, steps: int = 10) -> dict[str, float]:
-    """Sleep for `seconds`, reporting progress in `steps` steps; stops when cancelled."""
+def sleep(
+    ctx: JobContext,
+    seconds: Annotated[float, Field(ge=0)] = 1.0,
+    steps: Annotated[int, Field(ge=1, le=1000)] = 10,
+) -> dict[str, float]:
+    """Sleep for `seconds`, reporting progress and a log line in `steps` steps; stops when cancelled."""
     for i in range(steps):
         ctx.check_cancelled()
         ctx.progress(i, steps, f"step {i + 1} of {steps}")
+        ctx.log(f"step {i + 1} of {steps}")
         time.sleep(seconds / steps)
     ctx.progress(steps, steps, "done")
     return {"slept": seconds}

@@ -116,8 +116,8 @@ def load_secret(settings: WebhooksSettings, db: pw.Database, writer: Writer, pg:
     if secret == candidate:
         log.warning(
             "generated a webhook signing secret and stored it in the database (table meta, key %r); "
-            "receivers need it to verify signatures: read it there, or set [webhooks] secret "
-            "(JOBSERVER_WEBHOOKS_SECRET) to choose your own",
+            "receivers need it to verify signatures: `python -m jobserver secret` prints it, or set "
+            "[webhooks] secret (JOBSERVER_WEBHOOKS_SECRET) to choose your own",
             SECRET_META_KEY,
             extra={"action": "webhook_secret_generated"},
         )
