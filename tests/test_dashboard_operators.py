@@ -234,7 +234,8 @@ def test_progress_folds_into_the_bar_and_every_log_line_has_a_time(
     expect(page.locator("#detail-progress-text")).to_contain_text("30/30")
     expect(log_entries(page, "progress")).to_have_count(0)
     lines = page.locator("#event-log li")
-    expect(lines).to_have_count(3)  # pending, running, completed: not 30 progress lines
+    expect(lines).to_have_count(3 + 30)  # pending, running, completed and the 30 log lines: no progress lines
+    expect(log_entries(page, "log")).to_have_count(30)
     for line in lines.all():
         expect(line.locator(".t")).to_have_text(re.compile(r"\d{1,2}:\d{2}"))
 
