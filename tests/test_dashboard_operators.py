@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests import test_dashboard as dashboard
 from tests.e2e import Server, start_server
-from tests.helpers import has_line, wait_until
+from tests.helpers import has_line, wait_until, write_config
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import (
     ADD,
@@ -246,12 +246,22 @@ def test_schedules_and_paused_tasks_with_pause_and_resume(
     made = client.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
     assert made.status_code in (200, 201)
     assert client.post(f"/tasks/{NOOP}/pause").status_code == 200
+    submit_delayed(client, "tests.e2e_tasks.echo")  # then the server starts without that module:
+    server.kill()  # the job waits for a task this process does not know (another node's, a deploy's)
+    server.config["tasks"]["modules"] = ["jobserver.examples"]
+    write_config(server.config_path, server.config)
+    server.restart()
     page.goto(server.url)
     schedule = page.locator('#schedules-body tr[data-schedule="nightly"]')
     expect(schedule).to_have_attribute("data-paused", "false")
     schedule.get_by_role("button", name="Pause").click()
     expect(schedule).to_have_attribute("data-paused", "true")
     assert client.get("/schedules/nightly").json()["paused"] is True
+
+    unknown = page.locator('#tasks-body tr[data-unknown="true"]')
+    expect(unknown).to_have_count(1)
+    expect(unknown).to_contain_text("tests.e2e_tasks.echo")
+    expect(unknown).to_contain_text("1 pending")
 
     task = page.locator(f'#tasks-body tr[data-task="{NOOP}"]')
     expect(task).to_have_attribute("data-paused", "true")
