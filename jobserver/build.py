@@ -162,7 +162,7 @@ def build(
         if slots.is_async(rec.task):
             slots.async_work.set()
 
-    limits = LimitStore(db, writer, s.is_postgres, s.workers.poll_interval, job_due)
+    limits = LimitStore(db, writer, s.is_postgres, s.workers.poll_interval, job_due, task_pauses.paused)
     store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()

@@ -373,3 +373,17 @@ async def notices_cancel(ctx: JobContext, started: str, seen: str) -> None:
     except asyncio.CancelledError:
         _mark(seen, f"{time.time():.6f}")
         raise
+
+
+@task(limits=[Concurrency("one-slot", 1)], priority=5)
+def first_on_slot(ctx: JobContext) -> str:
+    """Shares one slot with `second_on_slot`, and goes before it."""
+    return "first"
+
+
+@task(limits=[Concurrency("one-slot", 1)])
+def second_on_slot(ctx: JobContext, release: str = "") -> str:
+    """Shares one slot with `first_on_slot`; holds it until `release` exists, if given."""
+    while release and not Path(release).exists():
+        time.sleep(0.01)
+    return "second"

@@ -14,9 +14,10 @@ from jobserver import Concurrency, Rate, task
 from jobserver.core.errors import TaskDefinitionError
 from jobserver.core.limits import HeldLimit
 from jobserver.core.records import JobIds, NewJob
+from jobserver.core.clock import ManualClock
 from jobserver.core.tasks import build_taskdef
 from tests.helpers import finished, submit, wait_until
-from tests.inproc import RunningApp
+from tests.inproc import RunningApp, running_app
 from tests.limits_check import busiest_window, max_overlap, spans
 from tests.storage import claim_one, open_store
 
@@ -214,3 +215,24 @@ def test_spawned_children_hold_their_task_limits(app: RunningApp, tmp_path: Path
     assert finished(c, parent)["result"] == 5
     assert max_overlap(spans(Path(path))["kids"]) == 3
     assert limit(c, "llm:kids")["in_use"] == 0
+
+
+def test_a_paused_tasks_parked_jobs_hold_back_no_other_task_on_their_key(tmp_path: Path) -> None:
+    """The slot goes to the next job that can run, not to a paused task's job (it would sit
+    pending, holding the others back until each periodic look moved one more). The manual clock
+    never moves: no periodic look helps."""
+    first, second = "tests.e2e_tasks.first_on_slot", "tests.e2e_tasks.second_on_slot"
+    with running_app(tmp_path, clock=ManualClock()) as app:
+        c, release = app.client, tmp_path / "release"
+        holder = submit(c, second, {"release": str(release)})
+        wait_until(lambda: job(c, holder)["status"] == "running")
+        ahead = [submit(c, first, {}) for _ in range(5)]  # higher priority, parked behind the holder
+        wait_until(lambda: all(job(c, i)["blocked_by"] == "one-slot" for i in ahead))
+        assert c.post(f"/tasks/{first}/pause").status_code == 200
+        behind = [submit(c, second, {}) for _ in range(3)]
+        wait_until(lambda: all(job(c, i)["blocked_by"] == "one-slot" for i in behind))
+        release.touch()
+        assert [finished(c, i)["status"] for i in [holder, *behind]] == ["completed"] * 4
+        assert {job(c, i)["pending_reason"]["code"] for i in ahead} == {"task_paused"}
+        assert c.post(f"/tasks/{first}/resume").status_code == 200
+        assert {finished(c, i)["result"] for i in ahead} == {"first"}

@@ -69,13 +69,20 @@ class LimitStore:
     """Checks, holds, charges, parks and unparks; every write inside a caller's transaction."""
 
     def __init__(
-        self, db: pw.Database, writer: Writer, pg: bool, recheck_s: float, woken: Callable[[], None]
+        self,
+        db: pw.Database,
+        writer: Writer,
+        pg: bool,
+        recheck_s: float,
+        woken: Callable[[], None],
+        paused: Callable[[Tx], frozenset[str]] = lambda tx: frozenset(),
     ) -> None:
         self.db = db
         self.writer = writer
         self.pg = pg
         self.recheck_s = recheck_s  # parked jobs of a key are looked at again at least this often
         self.woken = woken  # after a commit that made jobs due again (wakes this process's workers)
+        self.paused = paused  # the paused tasks, as a transaction sees them
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
         self._for_update = " FOR UPDATE" if pg else ""
 
@@ -188,14 +195,24 @@ class LimitStore:
             self._unpark(tx, key, 1)
 
     def _unpark(self, tx: Tx, key: str, n: int) -> int:
+        """Make the key's first `n` parked jobs due. A job of a paused task goes too without taking
+        one of the `n`: it waits on its pause instead, and no longer stands in front of the jobs
+        of other tasks (it is checked against the key again when it is claimed after a resume)."""
         if n <= 0:
             return 0
+        paused = self.paused(tx)
         rows = tx.all(
-            "SELECT id FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
+            "SELECT id, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
             f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
-            (key, n),
+            (key, n + UNPARK_PAGE if paused else n),
         )
-        return self._make_due(tx, [str(r[0]) for r in rows])
+        due: list[str] = []
+        for job_id, task in rows:
+            due.append(str(job_id))
+            n -= task not in paused
+            if n == 0:
+                break
+        return self._make_due(tx, due)
 
     def _make_due(self, tx: Tx, ids: list[str]) -> int:
         if not ids:
@@ -235,14 +252,18 @@ class LimitStore:
 
     def _look_at(self, tx: Tx, key: HeldLimit, now: float) -> int:
         free = key.n - self._used(tx, key, now)
+        paused = self.paused(tx)
         parked = tx.all(
-            "SELECT id, limits FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
+            "SELECT id, limits, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
             f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
             (key.key, UNPARK_PAGE),
         )
         due: list[str] = []
         waiting: HeldLimit | None = None
-        for job_id, text in parked:
+        for job_id, text, task in parked:
+            if task in paused:  # due without taking room: it waits on its pause (see _unpark)
+                due.append(str(job_id))
+                continue
             mine = next((h for h in load_held(text) if h.key == key.key), key)
             if _units(mine) > free:
                 waiting = mine
