@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from jobserver import Concurrency, Rate, task
+from jobserver.core.clock import ManualClock
 from jobserver.core.errors import TaskDefinitionError
 from jobserver.core.limits import HeldLimit
 from jobserver.core.records import JobIds, NewJob
-from jobserver.core.clock import ManualClock
 from jobserver.core.tasks import build_taskdef
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from jobserver.client import Client
 from jobserver.core.bounds import MAX_BATCH
 from jobserver.core.clock import ManualClock
+from jobserver.core.errors import InvalidRequestError
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver
@@ -235,3 +237,36 @@ def test_bulk_cancel_reaches_waiting_jobs(app: RunningApp) -> None:
     assert r.status_code == 200 and r.json() == {"count": 2}, r.text
     assert {finished(c, j)["status"] for j in parked} == {"cancelled"}
     assert "jobserver_jobs_waiting 0.0" in c.get("/metrics").text
+
+
+def test_a_wait_too_long_to_store_fails_the_call_not_the_server(app: RunningApp) -> None:
+    """Ten years at most: a sleep, a signal timeout or a Retry delay past it (or NaN) is a
+    ValueError in the task's own call, never a wake-up time the writer cannot store."""
+    c, path = app.client, str(app.tmp_path / "marks")
+    napping = submit(c, "tests.e2e_tasks.nap", {"path": path, "seconds": 1e300})
+    job = finished(c, napping)
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert "ctx.sleep's seconds" in job["error"]["message"]
+    waiting = submit(c, "tests.e2e_tasks.approval", {"path": path, "timeout": 9.223372036854776e18})
+    job = finished(c, waiting)
+    assert job["status"] == "failed" and "ctx.wait_for's timeout" in job["error"]["message"], job
+    retried = submit(c, "tests.e2e_tasks.retry_later", {"delay": 1e300})  # attempt 2 returns
+    job = finished(c, retried)
+    assert (job["status"], job["attempts"], job["result"]) == ("completed", 2, 2), job
+    forever = submit(c, "tests.e2e_tasks.approval", {"path": path, "timeout": None})
+    assert wait_until(lambda: waiting_for(app, forever))["until"] is None  # None: no timeout at all
+
+
+def waiting_for(app: RunningApp, job_id: str) -> dict | None:
+    job = waiting(app, job_id)
+    return None if job is None else job["waiting_for"]
+
+
+def test_a_child_with_bad_options_names_them(app: RunningApp) -> None:
+    factory = app.runtime.parts.commands.factory
+    with pytest.raises(InvalidRequestError) as refused:
+        factory.child(
+            "parent", "jobserver.examples.add", {"a": 1, "b": 2}, {"delay": -100, "priority": "x"}, 0.0
+        )
+    assert "cannot spawn jobserver.examples.add: invalid priority, delay" in str(refused.value)
+    assert [e["loc"] for e in refused.value.errors] == [["priority"], ["delay"]]

@@ -17,3 +17,16 @@ MAX_LIMIT = 500
 RUN_AT_YEARS = (1970, 8999)
 RUN_AT_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3})-"
 MAX_BATCH = 1000
+MAX_DELAY_S = 10 * 365 * 86400  # the longest delay, sleep, signal timeout or Retry delay: ten years
+
+
+def duration_s(seconds: float, what: str) -> float:
+    """A duration a task asked for, as stored: at least 0, at most MAX_DELAY_S. NaN, infinity and
+    longer are a ValueError in the task's own call (a wake-up time past year 9999 cannot be
+    stored or written as RFC 3339)."""
+    value = float(seconds)
+    if not value <= MAX_DELAY_S:  # also NaN
+        raise ValueError(
+            f"{what} must be a number of seconds up to {MAX_DELAY_S} (ten years), not {seconds!r}"
+        )
+    return max(0.0, value)

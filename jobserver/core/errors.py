@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobserver.core.bounds import duration_s
+
 
 class JobServerError(Exception):
     """Something went wrong in jobserver."""
@@ -222,7 +224,7 @@ class Retry(Exception):
     """Raised by a task to ask for another attempt, after `delay` seconds if given."""
 
     def __init__(self, delay: float | None = None, message: str = "retry requested") -> None:
-        self.delay = delay
+        self.delay = None if delay is None else duration_s(delay, "Retry's delay")
         super().__init__(message)
 
 

@@ -9,7 +9,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobserver.core.bounds import ID_PATTERN, INT_MAX, INT_MIN, MAX_BATCH, MAX_LIMIT, MAX_WAIT_S, RUN_AT_YEARS
+from jobserver.core.bounds import (
+    ID_PATTERN,
+    INT_MAX,
+    INT_MIN,
+    MAX_BATCH,
+    MAX_DELAY_S,
+    MAX_LIMIT,
+    MAX_WAIT_S,
+    RUN_AT_YEARS,
+)
 
 # RFC 3339's date-time, as JSON Schema's "date-time" format has it: a "T", seconds, an offset
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -23,7 +32,7 @@ class SubmitBody(BaseModel):
     task: str = Field(min_length=1, max_length=200)
     args: dict[str, Any] = Field(default_factory=dict)
     priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
-    delay: float | None = Field(default=None, ge=0, le=10 * 365 * 86400)
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
     run_at: dt.datetime | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     timeout: float | None = Field(default=None, gt=0, le=30 * 86400)

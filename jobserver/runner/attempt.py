@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
+from jobserver.core.bounds import duration_s
 from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, Timeout
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
@@ -300,7 +302,7 @@ class Attempt:
             return None
         with self.trace.call("sleep", name):
             now = self._clock.now()
-            until = float(parked["until"]) if parked else now + max(0.0, float(seconds))
+            until = float(parked["until"]) if parked else now + duration_s(seconds, "ctx.sleep's seconds")
             if until > now:
                 raise Suspend(Park(WaitKind.SLEEP, name, until))
             yield self._save_step_op(name, "null", now)
@@ -317,9 +319,12 @@ class Attempt:
             if name in signals:  # a signal never changes: no need to wait for its step to be stored
                 yield Later(self._save_step_op(name, orjson.dumps(signals[name]).decode(), now))
                 return signals[name]
-            until = (
-                float(stored["until"]) if stored else (None if timeout is None else now + max(0.0, timeout))
-            )
+            if stored:
+                until = None if stored["until"] is None else float(stored["until"])
+            elif timeout is None or timeout == math.inf:  # no timeout
+                until = None
+            else:
+                until = now + duration_s(timeout, "ctx.wait_for's timeout")
             got, value = yield self._steps_store.take_signal_op(
                 claim.job_id, claim.run_seq, self._call_facts(name), until
             )

@@ -97,7 +97,6 @@ class JobFactory:
             body = SubmitBody(task=task, args=args, **options)
         except pydantic.ValidationError as exc:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-            raise InvalidRequestError(
-                f"cannot spawn {task}: {exc.error_count()} invalid fields", errors
-            ) from None
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "options" for e in errors)
+            raise InvalidRequestError(f"cannot spawn {task}: invalid {fields}", errors) from None
         return self.new(body, now, parent_id=parent_id, trace_context=trace_context)
