@@ -52,8 +52,10 @@ def serve_parser() -> argparse.ArgumentParser:
 def _client_first(args: list[str]) -> list[str]:
     """Accept the client's global options before the command: `--url U submit ...`."""
     i = 0
-    while i < len(args) and args[i] in ("--url", "--api-key", "--json"):
-        i += 1 if args[i] == "--json" else 2
+    while i < len(args) and (
+        args[i] in ("--url", "--api-key", "--json") or args[i].startswith(("--url=", "--api-key="))
+    ):
+        i += 2 if args[i] in ("--url", "--api-key") else 1
     if 0 < i < len(args) and args[i] in CLIENT_COMMANDS:
         return [args[i], *args[:i], *args[i + 1 :]]
     return args

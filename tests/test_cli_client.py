@@ -152,12 +152,31 @@ def test_bad_input_exits_2_with_one_line(shared: Server) -> None:
     missing = cli("get", "no-such-job", url=shared.url)
     assert missing.returncode == 1 and "no-such-job" in one_line(missing)
 
+    # what cannot be sent is a usage error of one line, never a traceback or "cannot reach"
+    for argv, said in [
+        (("submit", ADD, "-a", "a=NaN", "-a", "b=1"), "not JSON"),
+        (("submit", ADD, "-a", "a=1", "-a", "b=1", "--idempotency-key", "ключ"), "ASCII"),
+        (("get", "x", "--wait", "nan"), "finite"),
+        (("wait", "x", "--timeout", "-1"), "finite"),
+        (("delete", ""), "cannot be empty"),
+        (("schedules", "delete", ""), "cannot be empty"),
+        (("list", "--url", "127.0.0.1:8000"), "http(s)://"),
+    ]:
+        refused = cli(*argv, url=shared.url)
+        assert refused.returncode == 2 and said in one_line(refused), (argv, refused.stderr)
+
 
 def test_url_flag_wins_over_the_environment(shared: Server) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 
     assert ok_json(cli("--json", "tasks", "--url", shared.url, url=dead))["tasks"]
     assert ok_json(cli("--json", "--url", shared.url, "tasks", url=dead))["tasks"]  # global options first
+    assert ok_json(cli(f"--url={shared.url}", "--json", "tasks", url=dead))["tasks"]  # --opt=value too
+    keyed = ok_json(
+        cli("--json", "submit", ADD, "-a", "a=1", "-a", "b=2", "--idempotency-key", "cli-key", url=shared.url)
+    )
+    found = ok_json(cli("--json", "list", "--idempotency-key", "cli-key", url=shared.url))
+    assert [j["id"] for j in found["jobs"]] == [keyed["id"]]
     unreachable = cli("tasks", url=dead)
     assert unreachable.returncode == 5 and "cannot reach" in one_line(unreachable)
 

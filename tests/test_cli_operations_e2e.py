@@ -58,8 +58,8 @@ def test_schedules_and_stats(server: Server) -> None:
     assert [(s["name"], s["cron"], s["paused"]) for s in listed] == [("nightly", "0 3 * * *", False)]
     assert ok_json(cli("--json", "schedules", "pause", "nightly", url=server.url))["paused"] is True
     assert ok_json(cli("--json", "schedules", "resume", "nightly", url=server.url))["paused"] is False
-    deleted = cli("schedules", "delete", "nightly", url=server.url)
-    assert deleted.returncode == 0, deleted.stderr
+    deleted = ok_json(cli("--json", "schedules", "delete", "nightly", url=server.url))
+    assert deleted == {"name": "nightly", "deleted": True}
     again = cli("schedules", "delete", "nightly", url=server.url)
     assert again.returncode == 1 and "no schedule named 'nightly'" in one_line(again)
     stats = ok_json(cli("--json", "stats", url=server.url))

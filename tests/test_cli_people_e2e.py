@@ -129,7 +129,7 @@ def test_submit_prints_the_id_at_once_then_a_live_line_with_progress_and_the_lat
 
 def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(server: Server, tmp_path: Path) -> None:
     args, release = chatty_args(tmp_path, "release-interrupt")
-    run = Running(server.url, "submit", CHATTY, "--args", args, "--wait")
+    run = Running(server.url, f"--url={server.url}", "submit", CHATTY, "--args", args, "--follow")
     wait_until(lambda: "\n" in run.stdout(), WAIT_S, message="the id on stdout")
     job_id = run.stdout().splitlines()[0]
     with Client(server.url) as c:
@@ -137,7 +137,7 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(server: Se
         wait_until(lambda: "running" in run.stderr(), WAIT_S, message="the live line")
         run.proc.send_signal(signal.SIGINT)
         assert run.finish() == 130
-        assert f"python -m jobserver wait {job_id}" in run.stderr()
+        assert f"python -m jobserver follow {job_id} --url {server.url}" in run.stderr()  # as it was given
         assert c.get(job_id)["status"] == "running"
         release.touch()
         assert c.wait(job_id, timeout=WAIT_S)["status"] == "completed"

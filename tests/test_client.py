@@ -66,6 +66,7 @@ def test_same_idempotency_key_and_body_replays_the_first_job(client: Client) -> 
         client.submit(ADD, {"a": 1, "b": 2}, idempotency_key="sdk-replay")
     assert info.value.key == "sdk-replay"
     assert info.value.status_code == 422
+    assert [j["id"] for j in client.list(idempotency_key="sdk-replay")["jobs"]] == [first["id"]]
 
 
 def test_validation_problems_map_to_invalid_request_with_errors(client: Client) -> None:
@@ -261,6 +262,53 @@ def test_signal_resumes_a_waiting_job_and_repeats_are_idempotent(
     assert done["result"] == {"answer": {"ok": True}, "attempt": 1}
     with pytest.raises(JobFinishedError):
         client.signal(job["id"], "other", 1)
+
+
+def test_a_signal_without_a_payload_sends_null(client: Client, shared_app: RunningApp) -> None:
+    job = client.submit("tests.e2e_tasks.approval", {"path": str(shared_app.tmp_path / "null-marks")})
+    wait_until(lambda: client.get(job["id"])["status"] == "waiting", WAIT_S, message="the wait")
+    assert not client.signal(job["id"], "approve").replayed
+    assert client.wait(job["id"], timeout=WAIT_S)["result"] == {"answer": None, "attempt": 1}
+    with pytest.raises(JobNotFoundError):
+        client.signal("no-such-job", "approve")  # the job is looked up, not the body refused
+
+
+def test_what_cannot_be_sent_is_refused_before_sending(client: Client) -> None:
+    """Each is an InvalidRequestError raised by the client, never a traceback from the HTTP
+    library or a request that names another resource."""
+    refused = [
+        lambda: client.submit(ADD, {"a": float("nan"), "b": 1}),  # not JSON
+        lambda: client.submit(ADD, {"a": 1, "b": 1}, idempotency_key="ключ"),  # not ASCII
+        lambda: client.delete(""),  # /jobs/ would be the list
+        lambda: client.get(""),
+        lambda: client.wait("x", timeout=float("nan")),  # would poll without pause
+        lambda: client.get("x", wait=-1),
+        lambda: Client("127.0.0.1:8000"),  # no scheme
+        lambda: Client("http://127.0.0.1:1", api_key="line\nbreak"),
+        lambda: client.cancel_many(ids="abc"),  # would be the ids a, b and c
+    ]
+    for call in refused:
+        with pytest.raises(InvalidRequestError):
+            call()
+
+
+def test_an_answer_from_something_else_than_the_api_is_an_error() -> None:
+    """A redirect (the URL names a page, not the API) or a success that is not JSON (another
+    server): a ClientError, never a success nor a JSON decoding traceback."""
+    answers = {
+        "/jobs/x": httpx.Response(301, headers={"location": "https://elsewhere/jobs/x"}),
+        "/jobs": httpx.Response(
+            200, text="<html>a proxy's page</html>", headers={"content-type": "text/html"}
+        ),
+    }
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    with Client("http://127.0.0.1:9", transport=transport, retries=0) as c:
+        with pytest.raises(ClientError) as moved:
+            c.delete("x")
+        assert moved.value.status_code == 301 and "redirect to 'https://elsewhere/jobs/x'" in str(moved.value)
+        with pytest.raises(ClientError) as foreign:
+            c.list()
+        assert "not JSON (text/html)" in str(foreign.value)
 
 
 def test_submit_many_queues_all_or_nothing(client: Client) -> None:

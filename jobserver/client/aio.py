@@ -69,9 +69,7 @@ class AsyncClient:
                 failures += 1
                 await asyncio.sleep(self._conn.retry_delay_s(req, failures, exc))
                 continue
-            if response.is_error:
-                raise error_for(response, req.call)
-            return response
+            return self._conn.checked(response, req.call)
 
     async def _run(self, exchange: Exchange[T]) -> T:
         req = next(exchange)
@@ -137,10 +135,19 @@ class AsyncClient:
         limit: int = 50,
         cursor: str | None = None,
         parent: str | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`; `parent` lists
-        the children of that job."""
-        query = {"status": status, "task": task, "limit": limit, "cursor": cursor, "parent": parent}
+        the children of that job, `idempotency_key` the job submitted under that key (with this
+        client's API key)."""
+        query = {
+            "status": status,
+            "task": task,
+            "limit": limit,
+            "cursor": cursor,
+            "parent": parent,
+            "idempotency_key": idempotency_key,
+        }
         return await self._run(protocol.list_jobs(query))
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
@@ -273,7 +280,7 @@ class AsyncClient:
         url = self._prefix + req.path
         kwargs = self._conn.kwargs(req)
         async with self._http.stream("GET", url, timeout=self._conn.stream_timeout(), **kwargs) as response:
-            if response.is_error:
+            if not response.is_success:
                 await response.aread()
                 raise error_for(response, req.call)
             decoder = protocol.SSEDecoder()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -117,10 +118,10 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--priority", type=int, help="higher runs first (default: the task's)")
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--delay", type=float, metavar="S", help="run after S seconds")
+    when.add_argument("--delay", type=seconds, metavar="S", help="run after S seconds")
     when.add_argument("--run-at", metavar="TIME", help="run at this RFC 3339 time")
     p.add_argument("--max-attempts", type=int, metavar="N")
-    p.add_argument("--timeout", type=float, metavar="S", help="time limit of one attempt")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="time limit of one attempt")
     p.add_argument("--webhook-url", metavar="URL", help="POSTed to when the job finishes")
     p.add_argument(
         "--idempotency-key", metavar="KEY", help="submitting again with this key returns the same job"
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get", parents=[common], help="print a job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument(
-        "--wait", type=float, metavar="S", help="hold up to S seconds (at most 60) until it is finished"
+        "--wait", type=seconds, metavar="S", help="hold up to S seconds (at most 60) until it is finished"
     )
 
     for name, text in (
@@ -156,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("job_id", metavar="ID")
-        p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
+        p.add_argument(
+            "--timeout", type=seconds, metavar="S", help="give up after S seconds (default: never)"
+        )
 
     p = sub.add_parser("logs", parents=[common], help="print a job's log lines (ctx.log)")
     p.add_argument("job_id", metavar="ID")
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", metavar="ID", help="only the children of job ID")
     p.add_argument("--limit", type=int, default=50, help=f"page size (default 50, at most {MAX_LIMIT})")
     p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.add_argument("--idempotency-key", metavar="KEY", help="the job submitted under KEY (with this API key)")
 
     for name, text, statuses in (
         ("cancel", "cancel a job, or every job a filter matches", ["pending", "running"]),
@@ -246,13 +250,42 @@ def _ended_code(job: Mapping[str, Any], output: Output) -> int:
     return EXIT_CANCELLED if status == "cancelled" else EXIT_FAILED
 
 
-def watch(client: Client, job_id: str, timeout: float | None, echo_logs: bool, output: Output) -> int:
+def seconds(text: str) -> float:
+    """A number of seconds from the command line: finite and not negative (a usage error else)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):  # also NaN
+        raise argparse.ArgumentTypeError(f"seconds must be a finite number, 0 or more: {text!r}")
+    return value
+
+
+def again(args: argparse.Namespace, *command: str) -> str:
+    """The command that does it again, with the server named as it was on this command line
+    (what the environment gives stays given; a key is not printed)."""
+    parts = [*command]
+    if args.url:
+        parts += ["--url", args.url]
+    line = f"{PROG} {shlex.join(parts)}"
+    return f"{line} --api-key <key>" if args.api_key else line
+
+
+def watch(
+    client: Client,
+    job_id: str,
+    timeout: float | None,
+    echo_logs: bool,
+    output: Output,
+    args: argparse.Namespace,
+) -> int:
     """Wait for a job with a live progress line; print it, and the exit code for how it ended."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last_event: str | None = None
     latest_log = ""
-    job = client.get(job_id)
+    job: Mapping[str, Any] = {}
     try:
+        job = client.get(job_id)
         with Live(
             render.progress_line(job, ""), console=output.err, transient=True, auto_refresh=False
         ) as live:
@@ -271,9 +304,10 @@ def watch(client: Client, job_id: str, timeout: float | None, echo_logs: bool, o
                     raise WaitTimeoutError(job, float(timeout or 0))
                 job = client.get(job_id, wait=round(min(remaining, float(MAX_WAIT_S)), 3))
     except KeyboardInterrupt:
+        state = f"is still {job['status']}" if job else "goes on"
         output.note(
-            f"jobserver: stopped watching; job {job_id} is still {job['status']} on the server. "
-            f"Watch it again: {PROG} wait {job_id}"
+            f"jobserver: stopped watching; job {job_id} {state} on the server. "
+            f"Watch it again: {again(args, 'follow' if echo_logs else 'wait', job_id)}"
         )
         return EXIT_INTERRUPTED
     output.show(job, render.job_table(job))
@@ -307,9 +341,11 @@ def _submit(client: Client, args: argparse.Namespace, output: Output) -> int:
         sys.stdout.write(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
         sys.stdout.flush()
         if not waiting:
-            output.note(f"jobserver: {job['task']} is {job['status']}; watch it: {PROG} wait {job['id']}")
+            output.note(
+                f"jobserver: {job['task']} is {job['status']}; watch it: {again(args, 'wait', job['id'])}"
+            )
             return EXIT_OK
-    return watch(client, job["id"], None, args.follow, output)
+    return watch(client, job["id"], None, args.follow, output, args)
 
 
 def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
@@ -323,7 +359,7 @@ def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
             else:
                 output.out.print(_log_line(event.data), highlight=False, markup=False, soft_wrap=True)
     except KeyboardInterrupt:
-        output.note(f"jobserver: stopped; follow again: {PROG} logs {args.job_id} --follow")
+        output.note(f"jobserver: stopped; follow again: {again(args, 'logs', args.job_id, '--follow')}")
         return EXIT_INTERRUPTED
     if output.as_json:
         output.json({"logs": lines})
@@ -336,7 +372,7 @@ def run(client: Client, args: argparse.Namespace, output: Output) -> int:
     if command == "submit":
         return _submit(client, args, output)
     if command in ("wait", "follow"):
-        return watch(client, args.job_id, args.timeout, command == "follow", output)
+        return watch(client, args.job_id, args.timeout, command == "follow", output, args)
     if command == "logs":
         return _logs(client, args, output)
     if command == "get":
@@ -344,7 +380,12 @@ def run(client: Client, args: argparse.Namespace, output: Output) -> int:
         output.show(job, render.job_table(job))
     elif command == "list":
         page = client.list(
-            status=args.status, task=args.task, limit=args.limit, cursor=args.cursor, parent=args.parent
+            status=args.status,
+            task=args.task,
+            limit=args.limit,
+            cursor=args.cursor,
+            parent=args.parent,
+            idempotency_key=args.idempotency_key,
         )
         output.show(page, render.jobs_table(page["jobs"]))
         if not output.as_json and page.get("next_cursor"):
@@ -461,7 +502,7 @@ def _schedules(client: Client, args: argparse.Namespace, output: Output) -> int:
         return _usage(f"schedules {args.action}: name the schedule")
     if args.action == "delete":
         client.delete_schedule(args.name)
-        output.note(f"jobserver: schedule {args.name} deleted")
+        output.show({"name": args.name, "deleted": True}, f"schedule {args.name} deleted")
         return EXIT_OK
     made = client.pause_schedule(args.name) if args.action == "pause" else client.resume_schedule(args.name)
     output.show(made, f"schedule {args.name} {'paused' if made['paused'] else 'active'}")
@@ -516,5 +557,6 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     except JobServerError as exc:
         print(f"jobserver: {describe(exc)}", file=sys.stderr)
         return _exit_code(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before any answer came: what was asked may or may not be done
+        print("jobserver: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

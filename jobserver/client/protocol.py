@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -117,15 +118,17 @@ def request(
     headers: dict[str, str] | None = None,
     read_timeout_s: float | None = None,
     retry_safe: bool | None = None,
+    has_body: bool | None = None,
 ) -> Request:
-    """A Request; GETs are safe to retry unless told otherwise."""
+    """A Request; GETs are safe to retry unless told otherwise. A `json` of None sends no body,
+    unless `has_body` says that None is the body (JSON `null`)."""
     return Request(
         method,
         path,
         call,
         params=params,
         body=json,
-        has_body=json is not None,
+        has_body=json is not None if has_body is None else has_body,
         headers=headers or {},
         read_timeout_s=read_timeout_s,
         retry_safe=method == "GET" if retry_safe is None else retry_safe,
@@ -202,9 +205,12 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def error_for(response: httpx.Response, call: Call) -> JobServerError:
-    """The exception for an error answer (status >= 400); the response must have been read."""
+    """The exception for an answer that is not a success (not 2xx); the response must have been read."""
     doc = _problem_document(response)
     detail = str(doc.get("detail") or doc.get("title") or f"HTTP {response.status_code}")
+    if response.is_redirect:  # the API never redirects: the URL points elsewhere than the API
+        where = response.headers.get("location", "")
+        detail = f"HTTP {response.status_code}, a redirect to {where!r}: check the server's URL"
     errors = doc.get("errors")
     errors = errors if isinstance(errors, builtins.list) else []
     builder = _BUILDERS.get(str(doc.get("code", "")))
@@ -289,19 +295,28 @@ def events_request(job_id: str, last_event_id: str | int | None, follow: bool = 
 
 def job_path(job_id: str, suffix: str = "") -> str:
     """The path of a job (or one of its sub-resources)."""
-    return f"/jobs/{quote(str(job_id), safe='')}{suffix}"
+    return f"/jobs/{_segment(str(job_id), 'a job id')}{suffix}"
 
 
 def _schedule_path(name: str, suffix: str = "") -> str:
-    return f"/schedules/{quote(name, safe='')}{suffix}"
+    return f"/schedules/{_segment(name, 'a schedule name')}{suffix}"
 
 
 def _task_path(task: str, suffix: str) -> str:
-    return f"/tasks/{quote(task, safe='')}{suffix}"
+    return f"/tasks/{_segment(task, 'a task name')}{suffix}"
+
+
+def _segment(value: str, what: str) -> str:
+    """One path segment: an empty one would name another resource (`/jobs/` is the list)."""
+    if not value:
+        raise InvalidRequestError(f"{what} cannot be empty")
+    return quote(value, safe="")
 
 
 def _filter(status: str | None, task: str | None, ids: Iterable[str] | None) -> dict[str, Any]:
     """A bulk action's filter body: only the fields given."""
+    if isinstance(ids, str):  # a string is an iterable of one-letter "ids"
+        raise InvalidRequestError(f"ids is a list of job ids, not one string: [{ids!r}]?")
     body: dict[str, Any] = {
         "status": status,
         "task": task,
@@ -351,7 +366,7 @@ def submit_many(jobs: Iterable[dict[str, Any]]) -> Exchange[builtins.list[Job]]:
 def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
     """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent."""
     path = job_path(job_id, f"/signals/{quote(name, safe='')}")
-    response = yield request("POST", path, Call("signal", job_id, key=name), json=payload)
+    response = yield request("POST", path, Call("signal", job_id, key=name), json=payload, has_body=True)
     job = Job(response.json())
     job.replayed = response.status_code == 200
     return job
@@ -359,6 +374,7 @@ def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
 
 def get(job_id: str, wait: float | None, timeout_s: float) -> Exchange[dict[str, Any]]:
     """GET /jobs/{id}, held up to `wait` seconds until the job is finished."""
+    _check_seconds(wait, "wait")
     params = {"wait": wait} if wait is not None else None
     read = timeout_s + wait if wait else None
     return _dict(
@@ -366,10 +382,17 @@ def get(job_id: str, wait: float | None, timeout_s: float) -> Exchange[dict[str,
     )
 
 
+def _check_seconds(value: float | None, what: str) -> None:
+    """None, or a finite number of seconds, 0 or more (a NaN would poll without pause)."""
+    if value is not None and not 0 <= value < math.inf:
+        raise InvalidRequestError(f"{what} must be a finite number of seconds, 0 or more, not {value!r}")
+
+
 def wait(
     job_id: str, timeout: float | None, timeout_s: float, clock: Callable[[], float] = time.monotonic
 ) -> Exchange[dict[str, Any]]:
     """Long-polls until the job is finished; WaitTimeoutError once `timeout` seconds passed."""
+    _check_seconds(timeout, "timeout")
     deadline = None if timeout is None else clock() + timeout
     while True:
         remaining = MAX_WAIT_S if deadline is None else max(0.0, deadline - clock())

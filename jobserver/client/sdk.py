@@ -118,9 +118,7 @@ class Client:
                 failures += 1
                 time.sleep(self._conn.retry_delay_s(req, failures, exc))
                 continue
-            if response.is_error:
-                raise error_for(response, req.call)
-            return response
+            return self._conn.checked(response, req.call)
 
     def _run(self, exchange: Exchange[T]) -> T:
         req = next(exchange)
@@ -186,10 +184,19 @@ class Client:
         limit: int = 50,
         cursor: str | None = None,
         parent: str | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`; `parent` lists
-        the children of that job."""
-        query = {"status": status, "task": task, "limit": limit, "cursor": cursor, "parent": parent}
+        the children of that job, `idempotency_key` the job submitted under that key (with this
+        client's API key)."""
+        query = {
+            "status": status,
+            "task": task,
+            "limit": limit,
+            "cursor": cursor,
+            "parent": parent,
+            "idempotency_key": idempotency_key,
+        }
         return self._run(protocol.list_jobs(query))
 
     def iter_jobs(
@@ -256,7 +263,7 @@ class Client:
         url = self._prefix + req.path
         kwargs = self._conn.kwargs(req)
         with self._http.stream("GET", url, timeout=self._conn.stream_timeout(), **kwargs) as response:
-            if response.is_error:
+            if not response.is_success:
                 response.read()
                 raise error_for(response, req.call)
             decoder = protocol.SSEDecoder()

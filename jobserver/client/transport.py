@@ -9,12 +9,21 @@ an outage. Every transport failure that is given up on becomes `ServerUnavailabl
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
-from jobserver.client.protocol import Event, Request, events_request, is_terminal
-from jobserver.core.errors import ServerUnavailableError
+from jobserver.client.protocol import (
+    Call,
+    ClientError,
+    Event,
+    Request,
+    error_for,
+    events_request,
+    is_terminal,
+)
+from jobserver.core.errors import InvalidRequestError, ServerUnavailableError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRIES = 3
@@ -28,6 +37,16 @@ class Connection:
     """Where the server is, the key, the timeouts and the retry budget of one client."""
 
     def __init__(self, url: str, api_key: str | None, timeout_s: float, retries: int) -> None:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise InvalidRequestError(f"the server's URL is http(s)://host[:port][/prefix], not {url!r}")
+        if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+            raise InvalidRequestError(
+                "the API key must be printable ASCII text (an HTTP header carries no other)"
+            )
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = float(timeout_s)
@@ -39,6 +58,12 @@ class Connection:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         headers.update(extra or {})
+        for name, value in headers.items():  # refused here, not as a failure to reach the server
+            if not (value.isascii() and value.isprintable()):
+                what = "the API key" if name == "Authorization" else name
+                raise InvalidRequestError(
+                    f"{what} must be printable ASCII text (an HTTP header carries no other)"
+                )
         return headers
 
     def timeout(self, req: Request) -> Any:
@@ -53,8 +78,29 @@ class Connection:
 
     def kwargs(self, req: Request) -> dict[str, Any]:
         """The arguments of httpx's `request` for this request (its URL aside)."""
-        extra: dict[str, Any] = {"json": req.body} if req.has_body else {}
-        return {"params": req.params, "headers": self.headers(req.headers), **extra}
+        headers = self.headers(req.headers)
+        if not req.has_body:
+            return {"params": req.params, "headers": headers}
+        try:  # JSON as the standard has it: no NaN or Infinity, which the server would refuse
+            body = json.dumps(req.body, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"the request body is not JSON: {exc}") from None
+        headers["Content-Type"] = "application/json"
+        return {"params": req.params, "headers": headers, "content": body.encode()}
+
+    def checked(self, response: httpx.Response, call: Call) -> httpx.Response:
+        """The response of a successful call; the call's exception for any other answer, and a
+        ClientError for a success that is not JSON (the URL names some other server)."""
+        if not response.is_success:
+            raise error_for(response, call)
+        ctype = response.headers.get("content-type", "")
+        if response.status_code != 204 and "json" not in ctype:
+            raise ClientError(
+                response.status_code,
+                {},
+                f"the answer is not JSON ({ctype or 'no content type'}): is {self.url} a jobserver?",
+            )
+        return response
 
     def retry_delay_s(self, req: Request, failures: int, exc: httpx.TransportError) -> float:
         """The pause before sending again after `failures` failures; raises when it must not.
