@@ -387,3 +387,9 @@ def second_on_slot(ctx: JobContext, release: str = "") -> str:
     while release and not Path(release).exists():
         time.sleep(0.01)
     return "second"
+
+
+@task
+def gathers_itself(ctx: JobContext) -> Any:
+    """A mistake: it would wait for its own end."""
+    return ctx.gather("me", [ctx.job_id])

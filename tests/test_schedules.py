@@ -216,6 +216,11 @@ def test_put_creates_then_replaces_and_delete_removes(tmp_path: Path) -> None:
             ["body", "timezone"],
             "validation-error",
         ),
+        (
+            {"task": ADD, "cron": "0 3 * * *", "timezone": "localtime"},  # the host's, not a zone
+            ["body", "timezone"],
+            "validation-error",
+        ),
         ({"task": "no.such.task", "cron": "0 3 * * *"}, ["body", "task"], "unknown-task"),
         (
             {"task": ADD, "cron": "0 3 * * *", "args": {"a": "x", "b": 1}},

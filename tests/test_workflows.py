@@ -270,3 +270,8 @@ def test_a_child_with_bad_options_names_them(app: RunningApp) -> None:
         )
     assert "cannot spawn jobserver.examples.add: invalid priority, delay" in str(refused.value)
     assert [e["loc"] for e in refused.value.errors] == [["priority"], ["delay"]]
+
+
+def test_a_job_that_gathers_itself_fails_at_once(app: RunningApp) -> None:
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_itself", {}))
+    assert job["status"] == "failed" and "cannot gather itself" in job["error"]["message"], job

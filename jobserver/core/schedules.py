@@ -40,9 +40,15 @@ def check_cron(cron: str) -> str:
     return cron
 
 
+HOST_ZONE_FILES = frozenset({"localtime", "posixrules"})  # in the zoneinfo folder, not IANA zones
+
+
 def check_timezone(name: str) -> str:
-    """The name when it is an IANA time zone; ValueError otherwise."""
+    """The name when it is an IANA time zone; ValueError otherwise ('localtime' is a file of the
+    host's, not a zone: the same schedule would tick at other hours on another node)."""
     try:
+        if name in HOST_ZONE_FILES:
+            raise ValueError(name)
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {name!r}: use an IANA name like 'Europe/Berlin'") from None

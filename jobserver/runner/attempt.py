@@ -360,6 +360,8 @@ class Attempt:
             return self._gathered(ends, return_exceptions)
         with self.trace.call("gather", name):
             claim = self.claim
+            if claim.job_id in ids:  # it would wait for its own end, which waits for it
+                raise ValueError(f"ctx.gather({name!r}): a job cannot gather itself ({claim.job_id})")
             ends = yield self._steps_store.gather_op(
                 claim.job_id, claim.run_seq, self._call_facts(name), list(ids)
             )
