@@ -73,11 +73,12 @@ def connection_cap(max_connections: int, open_files: int) -> int:
 
 
 def lock_sqlite_file(path: Path) -> int:
-    """Take an OS lock next to the SQLite file; it dies with the process.
+    """Take an OS lock next to the SQLite file; it dies with the process. The lock is named
+    after the file's real path, so a server started on a symlink to it finds the lock too.
 
     StorageError when the lock file cannot be opened (a read-only or missing directory,
     a directory in its place), DatabaseInUseError when another process holds the lock."""
-    lock_path = str(path) + ".lock"
+    lock_path = os.path.realpath(path) + ".lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -172,6 +172,15 @@ def test_second_server_on_same_file_is_refused(server: Server, tmp_path: Path) -
     assert "already using" in second.log()
     assert server.client().get("/healthz").status_code == 200
 
+    linked = tmp_path / "linked"  # the same file through a symlink: the same lock
+    linked.mkdir()
+    (linked / "jobs.db").symlink_to(Path(server.config["database"]["url"].removeprefix("sqlite:///")))
+    config["database"] = {**config["database"], "url": f"sqlite:///{linked / 'jobs.db'}"}
+    third = Server(linked, config, None)
+    STARTED.append(third)
+    third.start(wait=False)
+    assert third.wait_exit(30) != 0 and "already using" in third.log()
+
 
 def test_restart_right_after_sigkill_starts_normally(server: Server) -> None:
     c = server.client()
