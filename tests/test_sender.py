@@ -207,6 +207,23 @@ def test_retry_after_lengthens_the_wait(env: Env) -> None:
     assert sender.run_once(t0 + 3600) == 1
 
 
+def test_the_wait_before_a_retry_counts_from_the_end_of_the_failed_attempt(env: Env) -> None:
+    """An attempt that used its whole timeout is not followed by the next one at once."""
+    sender = env.sender()
+    gate = threading.Event()
+    env.receiver.script("/hook", Reply(500, gate=gate))
+    job_id = env.finish(env.receiver.url("/hook"))
+    t0 = env.clock.now()
+    attempt = threading.Thread(target=sender.run_once, args=(t0,))
+    attempt.start()
+    wait_until(lambda: env.receiver.received("/hook"), 5, message="the attempt to reach the receiver")
+    env.clock.advance(40.0)  # the receiver takes 40 s to answer
+    gate.set()
+    attempt.join(10)
+    next_at = env.delivery(job_id)[3]
+    assert t0 + 40 + SCHEDULE[0] * 0.8 <= next_at <= t0 + 40 + SCHEDULE[0] * 1.2
+
+
 def test_410_stops_for_good(env: Env) -> None:
     sender = env.sender()
     env.receiver.script("/hook", Reply(410))

@@ -10,7 +10,7 @@ Delivery states::
 
     pending ──── 2xx ─────────────────────────────► delivered
       │  ▲
-      │  └─ any other answer, timeout, refused URL: attempts + 1, next_attempt_at = now + wait
+      │  └─ any other answer, timeout, refused URL: attempts + 1, next_attempt_at = end + wait
       └──── 410, or the retry schedule is used up ──► failed
 
 A row's state changes only in the transaction that stores its attempt, so no
@@ -294,7 +294,8 @@ class WebhookSender:
             state = "failed"
         else:
             delay = next_delay(self.settings.retry_schedule, number, result.retry_after_s, self.rng)
-            state, next_at = ("failed", None) if delay is None else ("pending", now + delay)
+            # the wait runs from the attempt's end: one that used its whole timeout gets it too
+            state, next_at = ("failed", None) if delay is None else ("pending", self.clock.now() + delay)
 
         def op(tx: Tx) -> bool:
             if tx.one("SELECT 1 FROM webhook_deliveries WHERE id = ?", (delivery.id,)) is None:
