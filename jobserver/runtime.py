@@ -239,6 +239,7 @@ class Runtime:
             "draining: no new jobs; waiting up to %ss for running jobs", grace, extra={"action": "drain"}
         )
         self.drain(grace)
+        self.parts.hub.close()  # open waits and streams answer now, before the server stops
         if self.server is not None:
             self.server.should_exit = True
 

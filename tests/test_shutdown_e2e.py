@@ -4,6 +4,7 @@ SIGTERM that finds a task stuck in a blocking call, leaves behind."""
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,7 @@ from jobserver.storage.store import JobStore
 from tests.e2e import start_server
 from tests.helpers import has_line, wait_until
 from tests.storage import open_store
+from tests.test_http_protocol_e2e import read_until_closed
 
 pytestmark = pytest.mark.e2e
 
@@ -89,3 +91,35 @@ def test_sigterm_records_the_jobs_its_grace_period_cut_off(tmp_path: Path) -> No
     job = c.get(f"/jobs/{once['id']}").json()
     assert job["status"] == "failed" and job["error"]["type"] == "Interrupted"
     assert once_marker.read_text().splitlines() == [once["id"]]
+
+
+def test_waits_and_streams_open_at_the_end_of_a_drain_are_answered_not_cut_off(tmp_path: Path) -> None:
+    """Reads go on while a SIGTERM drains; when the server then stops, a `GET ?wait` still held
+    gets the job as it is (200) and an event stream ends cleanly, rather than a 500 and a cut
+    connection once uvicorn's shutdown gives up on them."""
+    srv = start_server(tmp_path, {"workers": {"shutdown_grace_seconds": 1}})
+    c = srv.client()
+    started = tmp_path / "started"
+    job = c.post(
+        "/jobs", json={"task": "tests.e2e_tasks.sleep_in_c", "args": {"started": str(started), "seconds": 60}}
+    ).json()
+    wait_until(lambda: has_line(started), 30, message="the job to start")
+    held = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    held.sendall(f"GET /jobs/{job['id']}?wait=60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer: list[bytes] = []
+    reader = threading.Thread(target=lambda: answer.append(read_until_closed(held, 30)[0]))
+    reader.start()
+    events: list[str] = []
+    streamer = srv.client()
+    with streamer.stream("GET", f"/jobs/{job['id']}/events") as stream:
+        lines = stream.iter_lines()
+        events.append(next(lines))  # the stream is open (and the wait was sent before it)
+        srv.terminate()
+        events.extend(lines)  # ends without an error when the server stops
+    reader.join(30)
+    held.close()
+    assert srv.wait_exit(30) == 0
+    head, _, body = answer[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and orjson.loads(body)["id"] == job["id"], answer[0][:300]
+    assert any(line.startswith("event: status") for line in events)
+    assert "Exception in ASGI application" not in srv.log() and "Cancel" not in srv.log()

@@ -17,6 +17,13 @@ class Hub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watchers: dict[str, set[Watch]] = {}
+        self.closed = False  # the server is about to stop: waits end now, with what there is
+
+    def close(self) -> None:
+        """End every wait, now and from now on (safe from any thread): the server is stopping,
+        and a `GET ?wait` or an event stream still open would be cut off with an error."""
+        self.closed = True
+        self.publish_all()
 
     def publish(self, job_id: str) -> None:
         """Wake every watcher of this job (safe from any thread)."""
@@ -93,7 +100,7 @@ class Watch:
 
     async def wait(self, timeout_s: float) -> bool:
         """Until the job changes (True; at once if it changed since `clear`), or `timeout_s` (False)."""
-        if self._changed:
+        if self._changed or self._hub.closed:
             return True
         waiter: asyncio.Future[bool] = self.loop.create_future()
         self._waiter = waiter

@@ -372,8 +372,8 @@ def create_app(svc: Services) -> Starlette:
                 watch.clear()
                 data = await read(job_with_steps, job_id)
                 remaining = deadline - time.monotonic()
-                if data["status"] in FINISHED or remaining <= 0:
-                    return JSON(data)
+                if data["status"] in FINISHED or remaining <= 0 or svc.hub.closed:
+                    return JSON(data)  # closed: the server is stopping, the job as it is now
                 await watch.wait(min(remaining, recheck_s))
 
     def job_with_steps(job_id: str) -> dict[str, Any]:
@@ -456,8 +456,8 @@ def create_app(svc: Services) -> Starlette:
                     return  # the newest event is a terminal status (a retried job's old end is not)
                 if rows:
                     continue
-                if finishing or not follow:
-                    return  # nothing after the cursor and the job is over (e.g. a resume after the end)
+                if finishing or not follow or svc.hub.closed:
+                    return  # nothing after the cursor and the job is over, or the server is stopping
                 if await read(_gone_or_finished, job_id):
                     finishing = True  # it may have finished between the two reads: read its events once more
                     continue
