@@ -446,3 +446,21 @@ def test_repo_config_toml_equals_the_defaults(tmp_path: Path) -> None:
     assert set(raw) == sections
     for section in sections:
         assert set(raw[section]) == set(getattr(Settings(), section).model_dump()), section
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "said"),
+    [
+        ("[server]\nport = true\n", "server.port", "not true"),
+        ("[workers]\nthreads = true\n", "workers.threads", "not true"),
+        ('[server]\nhost = ""\n', "server.host", "every interface"),
+    ],
+)
+def test_values_that_read_as_something_else_are_refused(
+    tmp_path: Path, toml: str, key: str, said: str
+) -> None:
+    """`true` is not the number 1, and an empty host (an unset variable) is not every interface."""
+    path = write(tmp_path, toml)
+    error = config_error(tmp_path, config_path=path)
+    assert error.key == key and said in str(error), str(error)
+    assert config_error(tmp_path, environ={"JOBSERVER_SERVER_HOST": ""}).key == "server.host"

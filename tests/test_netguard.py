@@ -202,6 +202,8 @@ BAD_FORM: list[tuple[str, str]] = [
     (f"http://{PUBLIC_V4}\\@127.0.0.1/", "credentials"),
     (f"http://{PUBLIC_V4}:99999/", "malformed"),
     (f"http://{PUBLIC_V4}:port/", "malformed"),
+    (f" http://{PUBLIC_V4}/hook", "spaces"),
+    (f"http://{PUBLIC_V4}:0/", "port 0"),
 ]
 
 

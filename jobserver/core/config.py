@@ -21,7 +21,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from jobserver.core.bounds import MAX_STORED_DEPTH
@@ -77,6 +85,15 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        """`port = true` is a mistake, not port 1 (pydantic alone reads true as 1)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
 
 class ServerSettings(_Section):
     """[server]: where the API listens and how much it accepts."""
@@ -93,6 +110,14 @@ class ServerSettings(_Section):
     max_json_depth: int = Field(default=64, ge=2, le=MAX_STORED_DEPTH)
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("host")
+    @classmethod
+    def _a_host(cls, value: str) -> str:
+        """An empty host (an unset variable, say) would listen on every interface."""
+        if not value.strip() or value != value.strip():
+            raise ValueError("must name an address, e.g. 127.0.0.1 (0.0.0.0 for every interface)")
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -102,11 +102,15 @@ def split_webhook_url(url: str) -> tuple[str, str, int]:
 
     `host` is lower-case, without brackets for IPv6; `port` defaults by scheme.
     """
+    if url != url.strip():
+        raise WebhookURLError(url, "spaces around the URL")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise WebhookURLError(url, f"malformed URL ({exc})") from exc
+    if port == 0:
+        raise WebhookURLError(url, "port 0 cannot be connected to")
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise WebhookURLError(url, f"scheme must be http or https, not {scheme or 'missing'!r}")
