@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -222,6 +223,42 @@ def test_the_wait_before_a_retry_counts_from_the_end_of_the_failed_attempt(env: 
     attempt.join(10)
     next_at = env.delivery(job_id)[3]
     assert t0 + 40 + SCHEDULE[0] * 0.8 <= next_at <= t0 + 40 + SCHEDULE[0] * 1.2
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_is_given_up_at_the_timeout(env: Env) -> None:
+    """The timeout bounds the whole attempt: a receiver that keeps each read alive cannot hold
+    a delivery thread (and with a few of them, every delivery) for longer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            for _ in range(300):  # one header byte every 0.1 s, for 30 s unless cut off
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    sender = env.sender(timeout=1.0)
+    job_id = env.finish(url)
+    t0 = time.monotonic()
+    assert sender.run_once(env.clock.now()) == 1
+    elapsed = time.monotonic() - t0
+    stop.set()
+    dripper.join(5)
+    listener.close()
+    assert elapsed < 10, elapsed  # the drip alone would have taken 30 s
+    assert env.delivery(job_id)[1:3] == ("pending", 1)
+    [attempt] = sender.attempts(job_id)
+    assert attempt["error"] == "timeout after 1s (the whole attempt)", attempt
 
 
 def test_410_stops_for_good(env: Env) -> None:

@@ -27,6 +27,8 @@ import hmac
 import ipaddress
 import random
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -203,7 +205,10 @@ def deliver_once(
         "connection": "close",
     }
     headers = {**(trace_headers or {}), **headers}  # never in place of our own
-    extensions = {"sni_hostname": server_name} if pinned_url.startswith("https:") else {}
+    deadline = _Deadline(timeout_s)
+    extensions: dict[str, Any] = {"trace": deadline.trace}
+    if pinned_url.startswith("https:"):
+        extensions["sni_hostname"] = server_name
     try:
         # stream(): the receiver's body is never read, so it cannot fill memory.
         with client.stream(
@@ -221,8 +226,53 @@ def deliver_once(
     except httpx.TimeoutException as exc:
         return result(None, f"timeout after {timeout_s:g}s ({type(exc).__name__})", "retry")
     except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+        if deadline.fired:
+            return result(None, f"timeout after {timeout_s:g}s (the whole attempt)", "retry")
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return result(None, f"connection failed: {detail}", "retry")
+    finally:
+        deadline.cancel()
+
+
+class _Deadline:
+    """Bounds a whole attempt, not each read: httpx's timeout restarts with every byte, so a
+    receiver that answers one byte a second would hold a delivery thread as long as it liked.
+    At the deadline the attempt's socket is shut down, which ends the read blocked on it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.fired = False
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember the connection's socket once it is made."""
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._sock = sock
+                late = self.fired
+            if late:
+                _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sock = self._sock
+        if sock is not None:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def next_delay(
