@@ -82,6 +82,21 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+def webhook_secret_key(secret: str) -> bytes:
+    """The HMAC key inside a "whsec_<base64>" secret, padded or not (as Standard Webhooks writes
+    it); ValueError when it is not one. Checked here when the config is read, used to sign."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        if not secret.startswith("whsec_"):
+            raise ValueError("no whsec_ prefix")
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError('the secret must be "" or "whsec_" followed by base64') from None
+    if not key:
+        raise ValueError('the secret must be "" or "whsec_" followed by base64 of a key, not empty')
+    return key
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -203,15 +218,8 @@ class WebhooksSettings(_Section):
     @field_validator("secret")
     @classmethod
     def _check_secret(cls, secret: str) -> str:
-        if secret == "":
-            return secret
-        body = secret.removeprefix("whsec_")
-        try:
-            ok = secret.startswith("whsec_") and len(base64.b64decode(body, validate=True)) > 0
-        except (binascii.Error, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError('the secret must be "" or "whsec_" followed by base64')
+        if secret != "":
+            webhook_secret_key(secret)
         return secret
 
 

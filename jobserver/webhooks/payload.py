@@ -19,7 +19,6 @@ steer the request to a private address. Redirects are never followed.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import email.utils
 import hashlib
@@ -39,6 +38,7 @@ import httpx
 import orjson
 
 from jobserver.core.clock import rfc3339
+from jobserver.core.config import webhook_secret_key
 from jobserver.core.errors import WebhookURLError
 from jobserver.webhooks import netguard
 
@@ -75,15 +75,7 @@ def generate_secret() -> str:
 
 def secret_key(secret: str) -> bytes:
     """The HMAC key inside a "whsec_<base64>" secret; ValueError when it is not valid."""
-    encoded = secret.removeprefix(SECRET_PREFIX)
-    encoded += "=" * (-len(encoded) % 4)  # accept unpadded base64, as Standard Webhooks does
-    try:
-        key = base64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
-        raise ValueError("webhook secret must be 'whsec_' followed by base64") from exc
-    if not key:
-        raise ValueError("webhook secret is empty")
-    return key
+    return webhook_secret_key(secret)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
