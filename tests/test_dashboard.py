@@ -395,6 +395,12 @@ def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
         open_job(page, job["id"])
         # the event stream carries the key in its Authorization header too
         expect(log_entries(page, "status", "completed")).to_have_count(1)
+        lines = page.locator("#event-log li").count()
+        page.evaluate("document.querySelectorAll('#event-log li').forEach((li) => { li.dataset.old = '1'; })")
+        page.locator("#api-key").press("Enter")  # saved again with the job open: its log is read anew
+        expect(page.locator("#event-log li[data-old]")).to_have_count(0)  # not added to the old lines
+        expect(page.locator("#event-log li")).to_have_count(lines)
+        expect(log_entries(page, "status", "completed")).to_have_count(1)
 
         page.reload()
         expect(row(page, job["id"])).to_be_visible()

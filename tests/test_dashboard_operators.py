@@ -267,6 +267,13 @@ def test_schedules_and_paused_tasks_with_pause_and_resume(
     expect(task).to_have_attribute("data-paused", "true")
     task.get_by_role("button", name="Resume").click()
     expect(task).to_have_attribute("data-paused", "false")
+    assert client.post(f"/tasks/{NOOP}/pause").status_code == 200  # paused elsewhere: the page follows
+    expect(task).to_have_attribute("data-paused", "true", timeout=TIMEOUT_MS)
+    assert client.post(f"/tasks/{NOOP}/resume").status_code == 200
+    expect(task).to_have_attribute("data-paused", "false", timeout=TIMEOUT_MS)
+    done = submit(client, ADD, {"a": 1, "b": 1})
+    page.evaluate(f"location.hash = '#job={done['id']}'")  # a link pasted into the open tab
+    expect(page.locator("#detail")).to_have_attribute("data-job-id", done["id"])
     assert {t["name"]: t["paused"] for t in client.get("/tasks").json()["tasks"]}[NOOP] is False
 
 
@@ -312,3 +319,20 @@ def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_ho
             shot(page, name)
         finally:
             context.close()
+
+
+def test_on_a_phone_opening_a_job_scrolls_to_its_pane(
+    server: Server, client: httpx.Client, browser: Browser
+) -> None:
+    more = client.post("/jobs/batch", json={"jobs": [{"task": NOOP, "args": {}, "delay": 3600}] * 30})
+    assert more.status_code == 202  # a list longer than the screen, above the pane
+    job = more.json()["jobs"][0]
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url)
+        open_job(page, job["id"])
+        expect(page.locator("#detail-status")).to_be_in_viewport()
+    finally:
+        context.close()
