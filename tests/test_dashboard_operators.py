@@ -83,6 +83,11 @@ def test_counts_chart_search_and_filters_in_the_url(server: Server, client: http
     expect(row(page, keyed)).to_be_visible()
     expect(page.locator("#detail")).to_have_attribute("data-job-id", keyed)
     assert "q=invoice-42" in page.url
+    expect(page.locator("#bulk-all")).to_be_disabled()  # "every job matching" would not be the search
+
+    page.locator("#search").fill("no-such-key")
+    page.locator("#search").press("Enter")
+    expect(page.locator("#jobs-empty")).to_have_text("No job has that id or idempotency key.")
 
     page.locator("#search").fill(failed)  # an id works too
     page.locator("#search").press("Enter")
@@ -90,6 +95,7 @@ def test_counts_chart_search_and_filters_in_the_url(server: Server, client: http
     expect(row(page, failed)).to_be_visible()
     page.locator("#search-clear").click()
     expect(page.locator("#jobs-body tr")).to_have_count(5)
+    expect(page.locator("#bulk-all")).to_be_enabled()
 
     page.locator('#counts button[data-status="failed"]').click()  # a count filters the list
     expect(page.locator("#jobs-body tr")).to_have_count(1)
