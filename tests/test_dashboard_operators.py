@@ -107,6 +107,14 @@ def test_counts_chart_search_and_filters_in_the_url(server: Server, client: http
     expect(page.locator("#filter-task")).to_have_value(FAIL)
     expect(page.locator("#jobs-body tr")).to_have_count(1)
 
+    focused = page.locator('#counts button[data-status="completed"]')
+    focused.focus()
+    wait_finished(client, submit(client, ADD, {"a": 0, "b": 0})["id"])
+    expect(page.locator('#counts button[data-status="completed"] b')).to_have_text("5")  # a poll came
+    expect(focused).to_be_focused()  # and the keyboard's place stayed
+    focused.click()  # toggles from the filter as it is now (failed), not as it was at the last poll
+    expect(page.locator("#filter-status")).to_have_value("completed")
+
 
 def test_bulk_cancel_on_a_selection_then_delete_by_filter(
     server: Server, client: httpx.Client, page: Page
