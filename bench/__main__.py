@@ -89,7 +89,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only the curves: connections, finished and waiting jobs, idle event streams",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the --peers run (at least 2)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    chosen = [
+        flag
+        for flag, on in (("--peers", args.peers), ("--curves", args.curves), ("--only-ops", args.only_ops))
+        if on
+    ]
+    if len(chosen) > 1:  # each is a run of its own: one would be dropped without a word
+        parser.error(f"{' and '.join(chosen)} are runs of their own: choose one")
+    if args.rounds < 2:
+        parser.error("--rounds is at least 2 (systems alternate over the rounds)")
+    return args
 
 
 def _log(message: str) -> None:
@@ -190,7 +200,7 @@ def _run_in(args: argparse.Namespace, workdir: Path, work: Coroutine[Any, Any, M
 def _peers(args: argparse.Namespace, plan: Plan, workdir: Path, t0: float) -> int:
     from bench.side_by_side import run_peers, table
 
-    values, errors = _run_in(args, workdir, run_peers(plan, workdir, max(2, args.rounds), _log))
+    values, errors = _run_in(args, workdir, run_peers(plan, workdir, args.rounds, _log))
     values["bench.elapsed_s"] = time.perf_counter() - t0
     values["machine.cpus"] = os.cpu_count()
     if args.json:

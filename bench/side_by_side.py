@@ -11,6 +11,7 @@ jobserver time for latencies, jobserver rate ÷ peer rate for throughputs.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from bench.jobserver_figures import Bench, Figure, fig_e2e, fig_pickup, fig_subm
 from bench.plan import Plan
 from bench.servers import BenchError, ServerProcess, free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")  # as the Celery peer reads it
 SYSTEMS = ("jobserver", "background_tasks", "celery")
 NAMES = {
     "jobserver": "jobserver",
