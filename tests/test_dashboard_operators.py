@@ -107,13 +107,14 @@ def test_counts_chart_search_and_filters_in_the_url(server: Server, client: http
     expect(page.locator("#filter-task")).to_have_value(FAIL)
     expect(page.locator("#jobs-body tr")).to_have_count(1)
 
-    focused = page.locator('#counts button[data-status="completed"]')
+    expect(page.locator('#counts button[data-status="completed"] b')).to_have_text("0")  # the task's own
+    focused = page.locator('#counts button[data-status="failed"]')
     focused.focus()
-    wait_finished(client, submit(client, ADD, {"a": 0, "b": 0})["id"])
-    expect(page.locator('#counts button[data-status="completed"] b')).to_have_text("5")  # a poll came
+    wait_finished(client, submit(client, FAIL, {})["id"])
+    expect(page.locator('#counts button[data-status="failed"] b')).to_have_text("2")  # a poll came
     expect(focused).to_be_focused()  # and the keyboard's place stayed
-    focused.click()  # toggles from the filter as it is now (failed), not as it was at the last poll
-    expect(page.locator("#filter-status")).to_have_value("completed")
+    focused.click()  # the filter is failed: the click takes it off
+    expect(page.locator("#filter-status")).to_have_value("")
 
 
 def test_bulk_cancel_on_a_selection_then_delete_by_filter(
