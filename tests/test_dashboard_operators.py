@@ -339,6 +339,7 @@ def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_ho
 def test_on_a_phone_opening_a_job_scrolls_to_its_pane(
     server: Server, client: httpx.Client, browser: Browser
 ) -> None:
+    wait_finished(client, submit(client, ADD, {"a": 1, "b": 2})["id"])
     more = client.post("/jobs/batch", json={"jobs": [{"task": NOOP, "args": {}, "delay": 3600}] * 30})
     assert more.status_code == 202  # a list longer than the screen, above the pane
     job = more.json()["jobs"][0]
@@ -347,6 +348,12 @@ def test_on_a_phone_opening_a_job_scrolls_to_its_pane(
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(server.url)
+        expect(row(page, job["id"])).to_be_visible()
+        widths = page.evaluate(
+            "() => { const t = document.querySelector('#jobs-body').closest('table');"
+            " return [t.scrollWidth, t.parentElement.clientWidth]; }"
+        )
+        assert widths[0] <= widths[1], widths  # no sideways scroll to reach Duration
         open_job(page, job["id"])
         expect(page.locator("#detail-status")).to_be_in_viewport()
     finally:
