@@ -43,14 +43,11 @@ class Connection:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             raise InvalidRequestError(f"the server's URL is http(s)://host[:port][/prefix], not {url!r}")
-        if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
-            raise InvalidRequestError(
-                "the API key must be printable ASCII text (an HTTP header carries no other)"
-            )
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
+        self.headers()  # a key no header can carry is refused now, not at the first call
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """JSON answers, the bearer key when there is one, and the request's own headers."""
