@@ -48,7 +48,9 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
     assert settings.auth.api_keys == ()
     assert settings.webhooks.secret == ""
     assert settings.webhooks.allow_private is False
-    assert settings.webhooks.retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert settings.webhooks.retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000, 72000, 86400)
+    # the contract: failed deliveries are retried over about three days
+    assert 2.9 * 86400 <= sum(settings.webhooks.retry_schedule) <= 3.1 * 86400
     assert settings.webhooks.timeout == 10.0
     assert settings.retention.finished_jobs == 7 * 86400
     assert settings.retention.idempotency_keys == 86400

@@ -212,7 +212,18 @@ class WebhooksSettings(_Section):
     secret: str = Field(default="", repr=False)
     allow_private: bool = False
     allow_hosts: tuple[str, ...] = ()
-    retry_schedule: tuple[Duration, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    # Stripe-like: the last try lands about three days after the first (the contract's promise).
+    retry_schedule: tuple[Duration, ...] = (
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        36000.0,
+        72000.0,
+        86400.0,
+    )
     timeout: Duration = Field(default=10.0, gt=0)
 
     @field_validator("secret")
