@@ -207,7 +207,10 @@ def build(
         lease_s,
         s.workers.poll_interval,
     )
-    commands = JobCommands(s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory)
+    readers = ReadPool(READ_THREADS, "jobserver-read")
+    commands = JobCommands(
+        s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory, readers
+    )
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, limits, clock)
@@ -260,7 +263,6 @@ def build(
             *checkpoint_pass,
         ],
     )
-    readers = ReadPool(READ_THREADS, "jobserver-read")
     app = create_app(
         Services(
             s,
@@ -271,7 +273,7 @@ def build(
             hub,
             workers_alive=lambda: pool.alive() > 0,
             extra_routes=[
-                *webhook_routes(store, sender),
+                *webhook_routes(store, sender, readers),
                 *ops_routes(
                     OpsServices(
                         scheduler,

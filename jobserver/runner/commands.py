@@ -33,6 +33,7 @@ from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
 from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
+from jobserver.storage.readers import ReadPool
 from jobserver.storage.store import JobStore, body_hash
 from jobserver.webhooks.netguard import check_webhook_url
 
@@ -52,6 +53,7 @@ class JobCommands:
         executor: Executor,
         observers: Sequence[JobObserver],
         factory: JobFactory,
+        readers: ReadPool,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -63,6 +65,7 @@ class JobCommands:
         self.executor = executor
         self.observers = observers
         self.factory = factory
+        self.readers = readers  # reads for the event loop: a replayed key's job
         self._inflight_keys: set[tuple[str, str]] = set()
 
     @property
@@ -104,7 +107,7 @@ class JobCommands:
             for observer in self.observers:
                 observer.submitted(value)
             return value, False
-        record = await asyncio.to_thread(self.store.get, str(value))
+        record = await self.readers.run(self.store.get, str(value))
         return record, True
 
     async def _check_webhook(self, url: str) -> None:
