@@ -456,10 +456,20 @@ def _add_missing_columns(db: pw.Database) -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {ddl}")
 
 
+SCHEMA_LOCK = 0x6A6F6273  # the advisory lock that serializes the schema's creation on PostgreSQL
+
+
 def create_schema(db: pw.Database) -> None:
-    """Create every table, column and index that does not exist yet."""
+    """Create every table, column and index that does not exist yet.
+
+    On PostgreSQL, nodes started at once would race: `IF NOT EXISTS` does not
+    guard two concurrent creations of one table (the loser hits a unique
+    violation in the catalog). One transaction under an advisory lock makes the
+    second node wait, then find everything there."""
     try:
-        with db.bind_ctx(ALL_MODELS), db.connection_context():
+        with db.bind_ctx(ALL_MODELS), db.connection_context(), db.atomic():
+            if isinstance(db, pw.PostgresqlDatabase):
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             _add_missing_columns(db)
             db.create_tables(ALL_MODELS, safe=True)
             # jobs held back by a limit, per key in claim order (the partial index holds only those)

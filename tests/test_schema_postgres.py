@@ -1,0 +1,64 @@
+"""Nodes started at once on a new PostgreSQL database: each creates the schema, none fails.
+
+Each node is a process of its own, as in production. They start together: each first waits
+for a shared advisory lock that the test holds until all of them wait on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from jobserver.storage.models import open_database
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.postgres
+NODES = 5
+GATE = 4242
+
+NODE = """
+import sys
+import psycopg
+from jobserver.storage.models import create_schema, open_database
+url = sys.argv[1]
+with psycopg.connect(url, autocommit=True) as gate:
+    gate.execute("SELECT pg_advisory_lock_shared(%s)", (int(sys.argv[2]),))
+    db = open_database(url, None, "normal", 5.0)
+    create_schema(db)
+    db.close()
+"""
+
+
+def waiting_on_the_gate(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
+            (GATE,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_nodes_creating_the_schema_at_once_all_succeed(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+        nodes = [
+            subprocess.Popen(
+                [sys.executable, "-c", NODE, pg_url, str(GATE)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(NODES)
+        ]
+        try:
+            wait_until(lambda: waiting_on_the_gate(pg_url) == NODES, timeout=60)
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+    outputs = [node.communicate(timeout=60)[0].decode() for node in nodes]
+    assert [node.returncode for node in nodes] == [0] * NODES, outputs
+    db = open_database(pg_url, None, "normal", 5.0)
+    try:
+        assert {"jobs", "idempotency_keys", "awaits"} <= set(db.get_tables())
+    finally:
+        db.close()
