@@ -227,6 +227,12 @@ def approval(ctx: JobContext, path: str, timeout: float | None = None) -> dict[s
 
 
 @task
+def wait_named(ctx: JobContext, name: str) -> Any:
+    """Waits for the signal `name`, whatever it is; its payload."""
+    return ctx.wait_for(name)
+
+
+@task
 async def async_approval(ctx: JobContext, path: str, timeout: float | None = None) -> dict[str, Any]:
     await ctx.step("draft", _side_effect, path, 1)
     answer = await ctx.wait_for("approve", timeout=timeout)
@@ -393,3 +399,9 @@ def second_on_slot(ctx: JobContext, release: str = "") -> str:
 def gathers_itself(ctx: JobContext) -> Any:
     """A mistake: it would wait for its own end."""
     return ctx.gather("me", [ctx.job_id])
+
+
+@task(name="tests/slashed")
+def slashed() -> str:
+    """A task whose name holds a "/", as `reports/daily` would."""
+    return "ran"

@@ -201,3 +201,17 @@ def test_counters_start_from_the_jobs_of_an_older_database(tmp_path: Path) -> No
         assert stats["last_hour"]["completed"] == 4
         finished(app.client, submit(app.client, ADD, {"a": 1, "b": 1}))
         assert app.client.get("/stats").json()["counts"]["completed"] == 5
+
+
+def test_a_task_whose_name_holds_a_slash_can_be_paused_and_resumed(tmp_path: Path) -> None:
+    with running_app(tmp_path) as app:
+        assert app.client.post("/tasks/tests%2Fslashed/pause").json() == {
+            "name": "tests/slashed",
+            "paused": True,
+        }
+        assert paused_flags(app)["tests/slashed"] is True
+        assert app.client.post("/tasks/tests/slashed/resume").json() == {
+            "name": "tests/slashed",
+            "paused": False,
+        }
+        assert paused_flags(app)["tests/slashed"] is False

@@ -54,6 +54,21 @@ def test_durable_sleep_parks_without_a_thread_and_resumes_once_due(tmp_path: Pat
         assert job["waiting_for"] is None
 
 
+@pytest.mark.parametrize("path_name", ["step/1", "step%2F1"])
+def test_a_signal_name_with_a_slash_reaches_its_waiting_job(app: RunningApp, path_name: str) -> None:
+    job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "step/1"})
+    wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
+    assert app.client.post(f"/jobs/{job_id}/signals/{path_name}", json={"n": 1}).status_code == 202
+    assert finished(app.client, job_id)["result"] == {"n": 1}
+
+
+def test_waiting_for_a_name_no_signal_can_carry_fails_the_call(app: RunningApp) -> None:
+    job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "n" * 201})
+    job = finished(app.client, job_id)
+    assert job["status"] == "failed" and job["waiting_for"] is None
+    assert job["error"]["type"] == "ValueError" and "1 to 200 characters" in job["error"]["message"]
+
+
 def test_signal_sent_while_waiting_resumes_the_job(app: RunningApp) -> None:
     marks = app.tmp_path / "marks"
     c = app.client

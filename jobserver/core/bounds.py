@@ -17,6 +17,7 @@ MAX_LIMIT = 500
 RUN_AT_YEARS = (1970, 8999)
 RUN_AT_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3})-"
 MAX_BATCH = 1000
+SIGNAL_NAME_MAX = 200  # characters; a signal's name is a path segment of POST /jobs/{id}/signals/{name}
 MAX_DELAY_S = 10 * 365 * 86400  # the longest delay, sleep, signal timeout or Retry delay: ten years
 
 
@@ -30,3 +31,11 @@ def duration_s(seconds: float, what: str) -> float:
             f"{what} must be a number of seconds up to {MAX_DELAY_S} (ten years), not {seconds!r}"
         )
     return max(0.0, value)
+
+
+def signal_name(name: str) -> str:
+    """A name `ctx.wait_for` can wait on: one the signal route can deliver (1 to SIGNAL_NAME_MAX
+    characters); anything else is a ValueError in the task's own call, not a wait nobody can end."""
+    if not isinstance(name, str) or not 1 <= len(name) <= SIGNAL_NAME_MAX:
+        raise ValueError(f"a signal name is a string of 1 to {SIGNAL_NAME_MAX} characters, not {name!r:.80}")
+    return name

@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN
+from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, SIGNAL_NAME_MAX
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
     InvalidRequestError,
@@ -329,13 +329,19 @@ def create_app(svc: Services) -> Starlette:
     async def signal(request: Request) -> Response:
         parsed = await read_json(request)
         name = request.path_params["name"]
-        if not 1 <= len(name) <= 200:
+        if not 1 <= len(name) <= SIGNAL_NAME_MAX:
             return problem(
                 422,
                 "validation-error",
                 "Invalid request",
-                "a signal name has 1 to 200 characters",
-                errors=[{"loc": ["path", "name"], "msg": "1 to 200 characters", "type": "value_error"}],
+                f"a signal name has 1 to {SIGNAL_NAME_MAX} characters",
+                errors=[
+                    {
+                        "loc": ["path", "name"],
+                        "msg": f"1 to {SIGNAL_NAME_MAX} characters",
+                        "type": "value_error",
+                    }
+                ],
             )
         record, repeated = await commands.signal(request.path_params["job_id"], name, parsed)
         return JSON(record.to_api(), status_code=200 if repeated else 202)
@@ -564,7 +570,7 @@ def create_app(svc: Services) -> Starlette:
         Route("/jobs", traced("/jobs", guarded(submit)), methods=["POST"]),
         Route("/jobs", guarded(list_jobs), methods=["GET"]),
         Route("/jobs/batch", guarded(submit_batch), methods=["POST"]),
-        Route("/jobs/{job_id}/signals/{name}", guarded(signal), methods=["POST"]),
+        Route("/jobs/{job_id}/signals/{name:path}", guarded(signal), methods=["POST"]),  # a name may hold "/"
         Route("/jobs/{job_id}", guarded(get_job), methods=["GET"]),
         Route("/jobs/{job_id}", guarded(delete), methods=["DELETE"]),
         Route("/jobs/{job_id}/cancel", guarded(cancel), methods=["POST"]),

@@ -643,7 +643,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "name": "name",
                         "in": "path",
                         "required": True,
-                        "description": "The name the task waits for (`ctx.wait_for(name)`).",
+                        "description": "The name the task waits for (`ctx.wait_for(name)`); it may hold `/`, sent as is or as `%2F`.",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                     },
                 ],

@@ -181,8 +181,8 @@ def ops_routes(svc: OpsServices) -> list[Route]:
         Route("/schedules/{name}", guarded(delete_schedule), methods=["DELETE"]),
         Route("/schedules/{name}/pause", guarded(pause_schedule(True)), methods=["POST"]),
         Route("/schedules/{name}/resume", guarded(pause_schedule(False)), methods=["POST"]),
-        Route("/tasks/{name}/pause", guarded(pause_task(True)), methods=["POST"]),
-        Route("/tasks/{name}/resume", guarded(pause_task(False)), methods=["POST"]),
+        Route("/tasks/{name:path}/pause", guarded(pause_task(True)), methods=["POST"]),
+        Route("/tasks/{name:path}/resume", guarded(pause_task(False)), methods=["POST"]),
         Route("/stats", guarded(stats), methods=["GET"]),
     ]
 

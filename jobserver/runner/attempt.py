@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
-from jobserver.core.bounds import duration_s
+from jobserver.core.bounds import duration_s, signal_name
 from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, Timeout
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
@@ -310,7 +310,7 @@ class Attempt:
 
     def wait_for_calls(self, name: str, timeout: float | None) -> Calls:
         """The payload of signal `name` (kept if it came early), or None once `timeout` passed."""
-        done, stored = self._begin_step(name)
+        done, stored = self._begin_step(signal_name(name))
         if done:
             return stored
         with self.trace.call("wait_for", name):
