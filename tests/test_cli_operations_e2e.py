@@ -48,6 +48,7 @@ def test_bulk_cancel_and_retry_with_filters(server: Server) -> None:
     assert nothing.returncode == 2 and "give a job ID, filters" in one_line(nothing)
     bad = cli("retry", "--status", "running", url=server.url)
     assert bad.returncode == 2
+    assert ok_json(cli("--json", "cancel", "--status", "waiting", url=server.url)) == {"count": 0}
 
 
 def test_schedules_and_stats(server: Server) -> None:

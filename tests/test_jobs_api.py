@@ -126,6 +126,19 @@ def test_malformed_json_wrong_type_and_too_large(app: RunningApp) -> None:
     assert c.get("/jobs").json()["jobs"] == []
 
 
+def test_the_args_limit_counts_utf8_bytes_not_characters(app: RunningApp) -> None:
+    c = app.client
+    wide = "\u20ac" * 25_000  # 25,000 characters, 75,000 bytes: over the default 65,536
+    r = c.post("/jobs", json={"task": "tests.e2e_tasks.wait_named", "args": {"name": wide}})
+    assert r.status_code == 422 and r.json()["errors"][0]["msg"] == "args take 75011 bytes, at most 65536", (
+        r.text
+    )
+    job = submit(c, "tests.e2e_tasks.wait_named", {"name": "go"})
+    r = c.post(f"/jobs/{job['id']}/signals/go", json={"text": wide})
+    assert r.status_code == 422 and "bytes, at most 65536" in r.json()["errors"][0]["msg"], r.text
+    assert c.post(f"/jobs/{job['id']}/signals/go", json={"text": "a" * 25_000}).status_code == 202
+
+
 def test_query_validation(app: RunningApp) -> None:
     c = app.client
     assert c.get("/jobs", params={"limit": 501}).status_code == 422

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idempotency-key", metavar="KEY", help="the job submitted under KEY (with this API key)")
 
     for name, text, statuses in (
-        ("cancel", "cancel a job, or every job a filter matches", ["pending", "running"]),
+        ("cancel", "cancel a job, or every job a filter matches", ["pending", "waiting", "running"]),
         (
             "retry",
             "run a failed or cancelled job again, or every one a filter matches",

@@ -147,16 +147,17 @@ class JobCommands:
 
     async def signal(self, job_id: str, name: str, payload: Any) -> tuple[JobRecord, bool]:
         """Deliver a signal to a job; (record, repeated). A job waiting for it runs again."""
-        payload_json = orjson.dumps(payload).decode()
+        payload_bytes = orjson.dumps(payload)  # the limit counts UTF-8 bytes, not characters
+        payload_json = payload_bytes.decode()
         limit = self.settings.server.max_args_bytes
-        if len(payload_json) > limit:
+        if len(payload_bytes) > limit:
             raise InvalidRequestError(
                 "the signal's payload is too large",
                 [
                     {
                         "loc": ["body"],
                         "type": "too_large",
-                        "msg": f"{len(payload_json)} bytes, at most {limit}",
+                        "msg": f"{len(payload_bytes)} bytes, at most {limit}",
                     }
                 ],
             )

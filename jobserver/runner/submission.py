@@ -42,16 +42,17 @@ class JobFactory:
         `trace_context` is the submit's, kept so the job's attempts join that trace."""
         taskdef = self.registry.get(body.task)
         args = taskdef.validate_args(body.args)
-        args_json = orjson.dumps(args).decode()
+        args_bytes = orjson.dumps(args)  # the limit counts UTF-8 bytes, not characters
+        args_json = args_bytes.decode()
         limit = self.settings.server.max_args_bytes
-        if len(args_json) > limit:
+        if len(args_bytes) > limit:
             raise InvalidRequestError(
                 "args are too large",
                 [
                     {
                         "loc": ["body", "args"],
                         "type": "too_large",
-                        "msg": f"args take {len(args_json)} bytes, at most {limit}",
+                        "msg": f"args take {len(args_bytes)} bytes, at most {limit}",
                     }
                 ],
             )
