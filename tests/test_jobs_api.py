@@ -176,6 +176,13 @@ def test_idempotency_replay_mismatch(app: RunningApp) -> None:
     assert again.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
+    # the same numbers written otherwise: 1.0 and 2e0 are 1 and 2
+    same = c.post(
+        "/jobs",
+        content=b'{"task": "jobserver.examples.add", "args": {"a": 1.0, "b": 2e0}}',
+        headers={"Idempotency-Key": "abc", "content-type": "application/json"},
+    )
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"], same.text
     other = c.post("/jobs", json={**body, "args": {"a": 1, "b": 3}}, headers={"Idempotency-Key": "abc"})
     assert other.status_code == 422
     assert len(c.get("/jobs").json()["jobs"]) == 1

@@ -62,6 +62,20 @@ def test_a_signal_name_with_a_slash_reaches_its_waiting_job(app: RunningApp, pat
     assert finished(app.client, job_id)["result"] == {"n": 1}
 
 
+def test_a_repeated_signal_is_equal_when_its_numbers_are_written_otherwise(app: RunningApp) -> None:
+    job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "go"})
+    url = f"/jobs/{job_id}/signals/go"
+    assert app.client.post(url, json={"n": 1}).status_code == 202
+    for same in (b'{"n": 1.0}', b'{"n": 1e0}'):
+        assert (
+            app.client.post(url, content=same, headers={"content-type": "application/json"}).status_code
+            == 200
+        )
+    assert app.client.post(url, json={"n": 1.5}).status_code == 409
+    assert app.client.post(url, json={"n": True}).status_code == 409  # JSON's true is not 1
+    assert finished(app.client, job_id)["result"] == {"n": 1}
+
+
 def test_waiting_for_a_name_no_signal_can_carry_fails_the_call(app: RunningApp) -> None:
     job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "n" * 201})
     job = finished(app.client, job_id)
