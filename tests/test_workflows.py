@@ -233,6 +233,11 @@ def test_batch_submits_all_or_nothing(app: RunningApp) -> None:
     assert (
         c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 1001}).status_code == 422
     )
+    # a key for the whole batch would be ignored by a resend: refused, each item takes its own
+    r = c.post(
+        "/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}]}, headers={"Idempotency-Key": "b"}
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"], r.text
     assert len(c.get("/jobs", params={"limit": 500}).json()["jobs"]) == before  # nothing queued
 
 

@@ -314,6 +314,20 @@ def create_app(svc: Services) -> Starlette:
         return Response(record.api_json(), 200 if replayed else 202, headers, JSON.media_type)
 
     async def submit_batch(request: Request) -> Response:
+        if "idempotency-key" in request.headers:  # refused, not ignored: a resent batch would run twice
+            return problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "a batch takes no Idempotency-Key header: give each job its own idempotency_key",
+                errors=[
+                    {
+                        "loc": ["header", "Idempotency-Key"],
+                        "msg": "use each item's idempotency_key",
+                        "type": "value_error",
+                    }
+                ],
+            )
         parsed = await read_json(request)
         try:
             body = BatchBody.model_validate(parsed)
