@@ -309,3 +309,16 @@ def test_a_child_with_bad_options_names_them(app: RunningApp) -> None:
 def test_a_job_that_gathers_itself_fails_at_once(app: RunningApp) -> None:
     job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_itself", {}))
     assert job["status"] == "failed" and "cannot gather itself" in job["error"]["message"], job
+
+
+def test_a_stream_asked_for_once_the_server_stops_is_a_503_not_an_empty_end(app: RunningApp) -> None:
+    waiting_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "go"})
+    wait_until(lambda: waiting(app, waiting_id), message="the job to wait for its signal")
+    done_id = submit(app.client, "jobserver.examples.noop")
+    finished(app.client, done_id)
+    app.runtime.parts.hub.close()  # the end of a drain: open streams end, the server stops next
+    r = app.client.get(f"/jobs/{waiting_id}/events")
+    assert r.status_code == 503 and r.json()["code"] == "draining" and "retry-after" in r.headers, r.text
+    assert app.client.get(f"/jobs/{waiting_id}/events", params={"follow": "false"}).status_code == 200
+    replay = app.client.get(f"/jobs/{done_id}/events")  # a finished job's stream is whole: served
+    assert replay.status_code == 200 and '"status":"completed"' in replay.text

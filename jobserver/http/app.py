@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, SIGNAL_NAME_MAX
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
+    DrainingError,
     InvalidRequestError,
     JobNotFoundError,
     JobServerError,
@@ -451,7 +452,11 @@ def create_app(svc: Services) -> Starlette:
             follow = _query(EventsQuery, request).follow
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
-        await read(store.get, job_id)  # 404 before the stream starts
+        record = await read(store.get, job_id)  # 404 before the stream starts
+        if follow and svc.hub.closed and not record.finished:
+            # stopping: a stream would end at once with nothing, which a client cannot tell from
+            # the end of the job; a 503 with Retry-After says to come back (here or elsewhere)
+            raise DrainingError()
         after = last_event_id(request)
         return StreamingResponse(
             event_stream(job_id, after, follow),

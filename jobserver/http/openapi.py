@@ -692,7 +692,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "content": {"text/event-stream": {"itemSchema": _ref("JobEvent")}},
                     }
                 },
-                (400, 404, 422),
+                (400, 404, 422, 503),
                 params=[
                     _job_id(),
                     {
