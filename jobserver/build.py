@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
 from jobserver.core.hub import Hub
+from jobserver.core.limits import declared_now
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import JobRecord
 from jobserver.core.schedules import Schedule, check_configured
@@ -162,7 +163,15 @@ def build(
         if slots.is_async(rec.task):
             slots.async_work.set()
 
-    limits = LimitStore(db, writer, s.is_postgres, s.workers.poll_interval, job_due, task_pauses.paused)
+    limits = LimitStore(
+        db,
+        writer,
+        s.is_postgres,
+        s.workers.poll_interval,
+        job_due,
+        task_pauses.paused,
+        declared_now(limit for taskdef in registry.all() for limit in taskdef.limits),
+    )
     store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()

@@ -13,7 +13,7 @@ import pytest
 from jobserver import Concurrency, Rate, task
 from jobserver.core.clock import ManualClock
 from jobserver.core.errors import TaskDefinitionError
-from jobserver.core.limits import HeldLimit
+from jobserver.core.limits import HeldLimit, declared_now
 from jobserver.core.records import JobIds, NewJob
 from jobserver.core.tasks import build_taskdef
 from tests.helpers import finished, submit, wait_until
@@ -236,3 +236,25 @@ def test_a_paused_tasks_parked_jobs_hold_back_no_other_task_on_their_key(tmp_pat
         assert {job(c, i)["pending_reason"]["code"] for i in ahead} == {"task_paused"}
         assert c.post(f"/tasks/{first}/resume").status_code == 200
         assert {finished(c, i)["result"] for i in ahead} == {"first"}
+
+
+def test_a_deploy_that_changes_n_changes_it_for_jobs_already_queued(tmp_path: Path) -> None:
+    # queued under n = 1; the running code now declares n = 3 for the same template
+    one_slot = orjson.dumps([HeldLimit("dk", "concurrency", 1, template="dk").to_json()]).decode()
+    ids = JobIds()
+    with open_store(tmp_path) as store:
+        for _ in range(4):
+            job = NewJob(ids.new(), "t", "{}", 0, 1, None, None, None, 100.0, 100.0, limits=one_slot)
+            store.enqueue(job, None, lambda: None).result(10)
+    with open_store(tmp_path, declared={"dk": ("concurrency", 3.0, None)}) as store:
+        assert [claim_one(store, "me", 100.0, 30) is not None for _ in range(4)] == [True, True, True, False]
+        assert [(k.key, k.limit, k.in_use) for k in store.limits.usage(100.0)] == [("dk", 3.0, 3.0)]
+
+
+def test_the_running_codes_declarations_are_what_claims_read(app: RunningApp) -> None:
+    declared = app.runtime.parts.limits.declared
+    assert declared["llm:{model}"] == ("concurrency", 3.0, None)
+    assert declared["budget:{team}"] == ("rate", 10.0, 60.0)
+    assert declared_now([Concurrency("a", 1), Concurrency("a", 2), Concurrency("b", 2)]) == {
+        "b": ("concurrency", 2.0, None)
+    }  # declared two ways by two tasks: each job keeps its own

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -165,6 +165,28 @@ def bind_all(limits: Sequence[Limit], args: Mapping[str, Any]) -> str | None:
     if len(set(keys)) != len(keys):
         raise ValueError(f"two limits of the job have the same key: {sorted(keys)}")
     return orjson.dumps([h.to_json() for h in held]).decode()
+
+
+def declared_now(limits: Iterable[Limit]) -> dict[str, tuple[str, float, float | None]]:
+    """Each key template the running code declares one way: template -> (kind, n, per_s). A job
+    keeps the limits it was bound to at submit; a claim reads them through this, so a deploy that
+    changes `n` changes it for jobs already queued. A template two tasks declare differently is
+    left out: each job keeps its own."""
+    seen: dict[str, set[tuple[str, float, float | None]]] = {}
+    for limit in limits:
+        per_s = limit.per_s if isinstance(limit, Rate) else None
+        kind = "rate" if isinstance(limit, Rate) else "concurrency"
+        seen.setdefault(limit.key, set()).add((kind, float(limit.n), per_s))
+    return {template: next(iter(ways)) for template, ways in seen.items() if len(ways) == 1}
+
+
+def as_declared(held: HeldLimit, declared: Mapping[str, tuple[str, float, float | None]]) -> HeldLimit:
+    """`held` with the kind, `n` and window the running code declares for its template."""
+    now = declared.get(held.template) if held.template else None
+    if now is None or now == (held.kind, held.n, held.per_s):
+        return held
+    kind, n, per_s = now
+    return replace(held, kind="rate" if kind == "rate" else "concurrency", n=n, per_s=per_s)
 
 
 def load_held(text: str | None) -> list[HeldLimit]:

@@ -21,13 +21,13 @@ Must not import above storage.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
 
-from jobserver.core.limits import HeldLimit, load_held
+from jobserver.core.limits import HeldLimit, as_declared, load_held
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 
@@ -76,6 +76,7 @@ class LimitStore:
         recheck_s: float,
         woken: Callable[[], None],
         paused: Callable[[Tx], frozenset[str]] = lambda tx: frozenset(),
+        declared: Mapping[str, tuple[str, float, float | None]] | None = None,
     ) -> None:
         self.db = db
         self.writer = writer
@@ -83,6 +84,7 @@ class LimitStore:
         self.recheck_s = recheck_s  # parked jobs of a key are looked at again at least this often
         self.woken = woken  # after a commit that made jobs due again (wakes this process's workers)
         self.paused = paused  # the paused tasks, as a transaction sees them
+        self.declared = declared or {}  # key template -> what the running code declares (the latest)
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
         self._for_update = " FOR UPDATE" if pg else ""
 
@@ -90,7 +92,7 @@ class LimitStore:
     def admit(self, tx: Tx, now: float, jobs: Sequence[tuple[str, str]]) -> list[str]:
         """Of the (id, limits JSON) candidates, in claim order, the ids that fit every key; the
         rest are parked on the first key they do not fit. Call `take` for these once claimed."""
-        held = {job_id: load_held(text) for job_id, text in jobs}
+        held = {job_id: [as_declared(h, self.declared) for h in load_held(text)] for job_id, text in jobs}
         keys = self._lock({h.key: h for hs in held.values() for h in hs}, tx, now)
         admitted = []
         for job_id, _ in jobs:
