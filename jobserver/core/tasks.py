@@ -96,7 +96,7 @@ class TaskDef:
         the published JSON schema allows: "5" is not an integer nor true a number (a number
         whose fraction is zero is an integer, as JSON Schema has it)."""
         try:
-            raw = orjson.dumps(_integral(args if args is not None else {}))
+            raw = orjson.dumps(integral_numbers(args if args is not None else {}))
         except (TypeError, orjson.JSONEncodeError) as exc:
             unstorable = [
                 {"loc": ["body", "args"], "msg": f"not storable as JSON: {exc}", "type": "json_type"}
@@ -141,14 +141,15 @@ class TaskDef:
         return {name: getattr(model, name) for name in type(model).model_fields}
 
 
-def _integral(value: Any) -> Any:
-    """JSON values with every number whose fraction is zero written as an integer."""
+def integral_numbers(value: Any) -> Any:
+    """JSON values with every number whose fraction is zero written as an integer: JSON's `1`,
+    `1.0` and `1e0` are one number (as JSON Schema says); `true` stays apart."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
     if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
+        return {k: integral_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_integral(v) for v in value]
+        return [integral_numbers(v) for v in value]
     return value
 
 

@@ -41,6 +41,7 @@ from jobserver.core.lifecycle import (
     cancelled_instead,
 )
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
+from jobserver.core.tasks import integral_numbers
 from jobserver.storage.limits import DUE_NOTE, LimitStore
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, WriteFuture, Writer
@@ -91,22 +92,10 @@ InTxObserver = Callable[[Tx, JobRecord, float], None]
 RescueDecider = Callable[[AttemptFacts, str, bool, float], Transition | None]
 
 
-def _same_numbers(value: Any) -> Any:
-    """`value` with each integral float as the integer it equals: JSON's `1`, `1.0` and `1e0` are
-    one number (as JSON Schema and Python's `==` say), so they hash alike; `true` stays apart."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and abs(value) < 2**53 else value
-    if isinstance(value, dict):
-        return {k: _same_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_same_numbers(v) for v in value]
-    return value
-
-
 def body_hash(body: Any) -> str:
     """Hash of parsed JSON with sorted keys: key order, spacing and how a number is written
     (`1` or `1.0`) do not matter."""
-    return hashlib.sha256(orjson.dumps(_same_numbers(body), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(orjson.dumps(integral_numbers(body), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def idempotency_lock_id(scope: str, key: str) -> int:
