@@ -66,6 +66,21 @@ def test_dst_fall_back_runs_a_repeated_time_once() -> None:
     assert utc(second) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)  # not the second 02:30 (CET)
 
 
+def test_a_start_in_the_repeated_hours_second_pass_is_read_as_the_instant_it_is() -> None:
+    # 2026-10-25T01:10Z is 02:10 CET, the second pass of Berlin's 02:00-03:00; 02:30 CEST (00:30Z)
+    # already passed, 02:30 CET is the repeat that does not run again
+    second_pass = datetime(2026, 10, 25, 1, 10, tzinfo=UTC).timestamp()
+    assert utc(next_tick("30 2 * * *", "Europe/Berlin", second_pass)) == datetime(
+        2026, 10, 26, 1, 30, tzinfo=UTC
+    )
+    assert utc(latest_tick("30 2 * * *", "Europe/Berlin", second_pass)) == datetime(
+        2026, 10, 25, 0, 30, tzinfo=UTC
+    )
+    # every minute: the next one, and the last one, are a minute apart around the instant
+    assert next_tick("* * * * *", "Europe/Berlin", second_pass) == second_pass + 60
+    assert latest_tick("* * * * *", "Europe/Berlin", second_pass) == second_pass
+
+
 def test_latest_tick_is_at_or_before() -> None:
     three = at(2026, 1, 1, 3)
     assert latest_tick("0 3 * * *", "UTC", three) == three

@@ -99,16 +99,35 @@ class Schedule:
         return next_tick(self.cron, self.timezone, after)
 
 
+# Cron walks wall-clock times and ignores `fold`: a start in the second pass of an hour a
+# fall-back repeats is read as the first pass, up to this much earlier than it is. From there the
+# walks skip the ticks on the wrong side of the instant (at most one per minute of the slack).
+FOLD_SLACK_S = 2 * 3600
+
+
 def next_tick(cron: str, timezone: str, after: float) -> float:
-    """The first time the cron matches in `timezone`, strictly after epoch second `after`."""
-    start = datetime.fromtimestamp(int(after), ZoneInfo(timezone))
-    return next(CronSim(cron, start)).timestamp()
+    """The first time the cron matches in `timezone`, strictly after epoch second `after` (a time
+    a fall-back repeats matches once, at its first pass: a start in the second pass skips it)."""
+    ticks = CronSim(cron, datetime.fromtimestamp(int(after), ZoneInfo(timezone)))
+    for _ in range(FOLD_SLACK_S + 1):
+        tick = next(ticks).timestamp()
+        if tick > after:
+            return tick
+    raise ValueError(f"no tick of {cron!r} in {timezone} after {after}")
 
 
 def latest_tick(cron: str, timezone: str, at: float) -> float:
     """The last time the cron matches in `timezone` at or before epoch second `at`."""
-    start = datetime.fromtimestamp(int(at) + 1, ZoneInfo(timezone))
-    return next(CronSim(cron, start, reverse=True)).timestamp()
+    zone = ZoneInfo(timezone)
+    start = datetime.fromtimestamp(int(at) + 1, zone)
+    if start.fold:  # in a repeated hour's second pass: start past it, walk back to `at`
+        start = datetime.fromtimestamp(int(at) + 1 + FOLD_SLACK_S, zone)
+    ticks = CronSim(cron, start, reverse=True)
+    for _ in range(FOLD_SLACK_S + 1):
+        tick = next(ticks).timestamp()
+        if tick <= at:
+            return tick
+    raise ValueError(f"no tick of {cron!r} in {timezone} at or before {at}")
 
 
 def idempotency_key(name: str, tick: float) -> str:
