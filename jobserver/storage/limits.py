@@ -284,8 +284,9 @@ class LimitStore:
 
     # ------------------------------------------------------------- pruning
     def prune_idle_op(self, now: float, batch: int) -> Callable[[Tx], int]:
-        """A writer op: drop up to `batch` keys nothing has used for IDLE_KEY_S past their
-        window, with their charges; how many keys went.
+        """A writer op: drop up to `batch` keys nothing holds or waits on and nothing charged
+        for IDLE_KEY_S past their window (a concurrency key keeps no charges: idle is enough),
+        with their charges; how many keys went.
 
         A templated key (`llm:{model}`) makes a row for every value it ever saw: without this
         the table, and GET /limits, would only grow. A row is a lock and a copy of the
