@@ -13,7 +13,7 @@ import pytest
 from jobserver import Concurrency, Rate, task
 from jobserver.core.clock import ManualClock
 from jobserver.core.errors import TaskDefinitionError
-from jobserver.core.limits import HeldLimit, declared_now
+from jobserver.core.limits import HeldLimit, as_declared, declared_now
 from jobserver.core.records import JobIds, NewJob
 from jobserver.core.tasks import build_taskdef
 from tests.helpers import finished, submit, wait_until
@@ -258,3 +258,6 @@ def test_the_running_codes_declarations_are_what_claims_read(app: RunningApp) ->
     assert declared_now([Concurrency("a", 1), Concurrency("a", 2), Concurrency("b", 2)]) == {
         "b": ("concurrency", 2.0, None)
     }  # declared two ways by two tasks: each job keeps its own
+    queued = HeldLimit("t", "rate", 10, 60.0, 8.0, "t")
+    lowered = as_declared(queued, {"t": ("rate", 5.0, 60.0)})
+    assert (lowered.n, lowered.cost) == (5.0, 5.0)  # a cost that no longer fits takes the whole window

@@ -186,7 +186,10 @@ def as_declared(held: HeldLimit, declared: Mapping[str, tuple[str, float, float 
     if now is None or now == (held.kind, held.n, held.per_s):
         return held
     kind, n, per_s = now
-    return replace(held, kind="rate" if kind == "rate" else "concurrency", n=n, per_s=per_s)
+    # a cost above a lowered n could never fit: it takes the whole window instead
+    return replace(
+        held, kind="rate" if kind == "rate" else "concurrency", n=n, per_s=per_s, cost=min(held.cost, n)
+    )
 
 
 def load_held(text: str | None) -> list[HeldLimit]:
