@@ -48,6 +48,7 @@ from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import (
     PROBLEM_TYPES,
+    field_problem,
     problem,
     problem_for,
     problem_page_html,
@@ -293,18 +294,10 @@ def create_app(svc: Services) -> Starlette:
             return validation_problem(exc, "body")
         idem_key = request.headers.get("idempotency-key")
         if idem_key is not None and not 1 <= len(idem_key) <= 255:
-            return problem(
-                422,
-                "validation-error",
-                "Invalid request",
+            return field_problem(
+                ["header", "Idempotency-Key"],
+                "1 to 255 characters",
                 "Idempotency-Key must have 1 to 255 characters",
-                errors=[
-                    {
-                        "loc": ["header", "Idempotency-Key"],
-                        "msg": "1 to 255 characters",
-                        "type": "value_error",
-                    }
-                ],
             )
         record, replayed = await commands.submit(
             body, idem_key, key_scope(request), parsed, svc.tracing.carrier()
@@ -316,18 +309,10 @@ def create_app(svc: Services) -> Starlette:
 
     async def submit_batch(request: Request) -> Response:
         if "idempotency-key" in request.headers:  # refused, not ignored: a resent batch would run twice
-            return problem(
-                422,
-                "validation-error",
-                "Invalid request",
+            return field_problem(
+                ["header", "Idempotency-Key"],
+                "use each item's idempotency_key",
                 "a batch takes no Idempotency-Key header: give each job its own idempotency_key",
-                errors=[
-                    {
-                        "loc": ["header", "Idempotency-Key"],
-                        "msg": "use each item's idempotency_key",
-                        "type": "value_error",
-                    }
-                ],
             )
         parsed = await read_json(request)
         try:
@@ -345,18 +330,10 @@ def create_app(svc: Services) -> Starlette:
         parsed = await read_json(request)
         name = request.path_params["name"]
         if not 1 <= len(name) <= SIGNAL_NAME_MAX:
-            return problem(
-                422,
-                "validation-error",
-                "Invalid request",
+            return field_problem(
+                ["path", "name"],
+                f"1 to {SIGNAL_NAME_MAX} characters",
                 f"a signal name has 1 to {SIGNAL_NAME_MAX} characters",
-                errors=[
-                    {
-                        "loc": ["path", "name"],
-                        "msg": f"1 to {SIGNAL_NAME_MAX} characters",
-                        "type": "value_error",
-                    }
-                ],
             )
         record, repeated = await commands.signal(request.path_params["job_id"], name, parsed)
         return JSON(record.to_api(), status_code=200 if repeated else 202)

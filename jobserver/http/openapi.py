@@ -23,6 +23,7 @@ from jobserver.core.bounds import (
     MAX_WAIT_S,
     RUN_AT_PATTERN,
     RUN_AT_YEARS,
+    SIGNAL_NAME_MAX,
 )
 from jobserver.core.operations import CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
@@ -503,12 +504,17 @@ def submit_schemas(registry: Registry, batch_item: bool = False) -> tuple[Schema
 
 
 # ------------------------------------------------------------------------ paths
+# `/jobs/batch`, `/jobs/cancel`, `/jobs/retry` and `/jobs/delete` are routes of their own (another
+# method on them is a 405), so those words never name a job here
+JOB_ID_PATTERN = "^(?!(batch|cancel|retry|delete)$)[A-Za-z0-9_-]{1,64}$"
+
+
 def _job_id() -> Schema:
     return {
         "name": "job_id",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
     }
 
 
@@ -643,8 +649,11 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "name": "name",
                         "in": "path",
                         "required": True,
-                        "description": "The name the task waits for (`ctx.wait_for(name)`); it may hold `/`, sent as is or as `%2F`.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "description": (
+                            "The name the task waits for (`ctx.wait_for(name)`); it may hold `/`,"
+                            " sent as is or as `%2F`."
+                        ),
+                        "schema": {"type": "string", "minLength": 1, "maxLength": SIGNAL_NAME_MAX},
                     },
                 ],
                 requestBody={"required": True, "content": {"application/json": {"schema": {}}}},

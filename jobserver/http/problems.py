@@ -276,6 +276,12 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
     )
 
 
+def field_problem(loc: list[str], msg: str, detail: str) -> Response:
+    """A 422 naming one field outside the body (a header or a path segment) and what it must be."""
+    error = {"loc": loc, "msg": msg, "type": "value_error"}
+    return problem(422, "validation-error", "Invalid request", detail, errors=[error])
+
+
 def problem_for(exc: JobServerError) -> Response:
     """The problem document for one of our errors."""
     if isinstance(exc, MalformedRequestError):

@@ -4,8 +4,9 @@ Answers `{"deliveries": [{"id", "attempt", "at", "status_code", "error",
 "duration_ms", "type"}]}`, oldest first: `id` is the delivery's `webhook-id`
 (the same on every retry of it), `status_code` is null when no HTTP answer
 arrived. 404 for an unknown job. Both reads run in one hop to the reader
-threads, never on the event loop. Added to the app through `Runtime.extra_routes`, so it sits behind
-the same auth middleware as every other route.
+threads, never on the event loop. Added to the app through
+`Runtime.extra_routes`, so it sits behind the same auth middleware as every
+other route.
 
 No SQL here.
 """
