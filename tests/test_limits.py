@@ -249,6 +249,16 @@ def test_a_deploy_that_changes_n_changes_it_for_jobs_already_queued(tmp_path: Pa
     with open_store(tmp_path, declared={"dk": ("concurrency", 3.0, None)}) as store:
         assert [claim_one(store, "me", 100.0, 30) is not None for _ in range(4)] == [True, True, True, False]
         assert [(k.key, k.limit, k.in_use) for k in store.limits.usage(100.0)] == [("dk", 3.0, 3.0)]
+    # a rate lowered below a queued job's cost: the job fits, and is charged the whole window
+    costly = orjson.dumps([HeldLimit("t", "rate", 10, 60.0, 8.0, "t").to_json()]).decode()
+    with open_store(tmp_path) as store:
+        job = NewJob(ids.new(), "t", "{}", 0, 1, None, None, None, 200.0, 200.0, limits=costly)
+        store.enqueue(job, None, lambda: None).result(10)
+    with open_store(tmp_path, declared={"t": ("rate", 5.0, 60.0)}) as store:
+        assert claim_one(store, "me", 200.0, 30) is not None
+        assert [(k.key, k.limit, k.in_use) for k in store.limits.usage(200.0) if k.key == "t"] == [
+            ("t", 5.0, 5.0)
+        ]
 
 
 def test_the_running_codes_declarations_are_what_claims_read(app: RunningApp) -> None:

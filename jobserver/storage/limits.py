@@ -92,7 +92,7 @@ class LimitStore:
     def admit(self, tx: Tx, now: float, jobs: Sequence[tuple[str, str]]) -> list[str]:
         """Of the (id, limits JSON) candidates, in claim order, the ids that fit every key; the
         rest are parked on the first key they do not fit. Call `take` for these once claimed."""
-        held = {job_id: [as_declared(h, self.declared) for h in load_held(text)] for job_id, text in jobs}
+        held = {job_id: self._held(text) for job_id, text in jobs}
         keys = self._lock({h.key: h for hs in held.values() for h in hs}, tx, now)
         admitted = []
         for job_id, _ in jobs:
@@ -105,6 +105,10 @@ class LimitStore:
                 keys[h.key].used += _units(h)
             admitted.append(job_id)
         return admitted
+
+    def _held(self, text: str) -> list[HeldLimit]:
+        """A queued job's limits as the running code declares them: what a claim checks and takes."""
+        return [as_declared(h, self.declared) for h in load_held(text)]
 
     def _lock(self, wanted: dict[str, HeldLimit], tx: Tx, now: float) -> dict[str, _Key]:
         """Lock the keys' rows (creating them), skipping those locked elsewhere; their use now."""
@@ -173,7 +177,7 @@ class LimitStore:
     def take(self, tx: Tx, now: float, claimed: Sequence[tuple[str, int, str]]) -> None:
         """Hold and charge the keys of jobs just claimed: (id, run_seq, limits JSON)."""
         for job_id, run_seq, text in claimed:
-            for h in load_held(text):
+            for h in self._held(text):
                 if h.kind == "concurrency":
                     tx.execute(  # a hold left by a transition that did not free it would be kept, not doubled
                         "INSERT INTO limit_holds (key, job_id) VALUES (?, ?) ON CONFLICT (key, job_id) DO NOTHING",
