@@ -76,38 +76,42 @@ def _at(text: str) -> float:
 def run_soak(workdir: Path, url: str, jobs: int, kills: int) -> dict[str, Any]:
     """Run the soak on the (empty) database `url`; its findings (`violations` judges them)."""
     bodies = _bodies(jobs, workdir)
-    nodes = [Node(workdir, f"n{i}", url, lease_seconds=2).start() for i in range(3)]
-    ids: list[str] = []
-    errors: list[str] = []
-    lock = threading.Lock()
+    nodes: list[Node] = []
+    try:  # a node that fails to start, or an assertion, must not leave the others running
+        for i in range(3):
+            nodes.append(Node(workdir, f"n{i}", url, lease_seconds=2).start())
+        ids: list[str] = []
+        errors: list[str] = []
+        lock = threading.Lock()
 
-    def submit(part: list[dict[str, Any]], node: Node) -> None:
-        with httpx.Client(base_url=node.url, timeout=30) as c:
-            for body in part:
-                r = c.post("/jobs", json=body)
-                with lock:
-                    (ids.append(r.json()["id"]) if r.status_code == 202 else errors.append(r.text))
+        def submit(part: list[dict[str, Any]], node: Node) -> None:
+            with httpx.Client(base_url=node.url, timeout=30) as c:
+                for body in part:
+                    r = c.post("/jobs", json=body)
+                    with lock:
+                        (ids.append(r.json()["id"]) if r.status_code == 202 else errors.append(r.text))
 
-    # the victim takes no submits: a kill must not cut a submit off (its client would see an error)
-    senders = [threading.Thread(target=submit, args=(bodies[i::2], nodes[i])) for i in range(2)]
-    began = time.time()
-    for t in senders:
-        t.start()
-    victim = nodes[2]
-    for k in range(kills):
-        while len(ids) < jobs * (k + 1) // (kills + 1):
-            time.sleep(0.05)
-        victim.kill()
-        victim.start()
-    for t in senders:
-        t.join()
-    finished: dict[str, dict[str, Any]] = {}
-    with httpx.Client(base_url=nodes[0].url, timeout=120) as c:
-        for job_id in ids:
-            finished[job_id] = c.get(f"/jobs/{job_id}", params={"wait": 60}).json()
-    took = time.time() - began
-    for n in nodes:
-        n.stop()
+        # the victim takes no submits: a kill must not cut a submit off (its client would see an error)
+        senders = [threading.Thread(target=submit, args=(bodies[i::2], nodes[i])) for i in range(2)]
+        began = time.time()
+        for t in senders:
+            t.start()
+        victim = nodes[2]
+        for k in range(kills):
+            while len(ids) < jobs * (k + 1) // (kills + 1):
+                time.sleep(0.05)
+            victim.kill()
+            victim.start()
+        for t in senders:
+            t.join()
+        finished: dict[str, dict[str, Any]] = {}
+        with httpx.Client(base_url=nodes[0].url, timeout=120) as c:
+            for job_id in ids:
+                finished[job_id] = c.get(f"/jobs/{job_id}", params={"wait": 60}).json()
+        took = time.time() - began
+    finally:
+        for n in nodes:
+            n.stop()
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for line in (workdir / "spans").read_text().splitlines():
         _, model, b, e = line.split()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import psycopg
 import pytest
 
-from jobserver.storage.models import open_database
+from jobserver.storage.models import create_schema, open_database
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -62,3 +63,44 @@ def test_nodes_creating_the_schema_at_once_all_succeed(pg_url: str) -> None:
         assert {"jobs", "idempotency_keys", "awaits"} <= set(db.get_tables())
     finally:
         db.close()
+
+
+def blocked_on_a_lock(url: str, besides: int) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s "
+            "AND datname = current_database()",
+            (besides,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_node_restarted_beside_running_ones_creates_the_schema_without_a_deadlock(pg_url: str) -> None:
+    """A running node's transaction writes one table, then another. A restarted node checks
+    every table's indexes; it must not hold one table while it waits for the next."""
+    db = open_database(pg_url, None, "normal", 5.0)
+    create_schema(db)  # the running nodes' schema
+    failures: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            create_schema(db)
+        except BaseException as exc:  # the test's verdict, raised below
+            failures.append(exc)
+
+    with psycopg.connect(pg_url) as running:
+        # the last table (in creation order) that has an index: the restart waits for it
+        running.execute("UPDATE webhook_deliveries SET id = id WHERE false")
+        creator = threading.Thread(target=restart)
+        creator.start()
+        try:
+            wait_until(lambda: blocked_on_a_lock(pg_url, running.info.backend_pid), timeout=30)
+            # then writes tables the restart went through before it
+            running.execute("UPDATE jobs SET id = id WHERE false")
+            running.execute("UPDATE awaits SET job_id = job_id WHERE false")
+            running.commit()
+        finally:
+            creator.join(60)
+    db.close()
+    assert not creator.is_alive()
+    assert failures == []

@@ -13,7 +13,8 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -459,17 +460,31 @@ def _add_missing_columns(db: pw.Database) -> None:
 SCHEMA_LOCK = 0x6A6F6273  # the advisory lock that serializes the schema's creation on PostgreSQL
 
 
-def create_schema(db: pw.Database) -> None:
-    """Create every table, column and index that does not exist yet.
+@contextmanager
+def _one_creator(db: pw.Database) -> Iterator[None]:
+    """PostgreSQL: one node at a time creates the schema, each statement in its own transaction.
 
-    On PostgreSQL, nodes started at once would race: `IF NOT EXISTS` does not
-    guard two concurrent creations of one table (the loser hits a unique
-    violation in the catalog). One transaction under an advisory lock makes the
-    second node wait, then find everything there."""
+    `IF NOT EXISTS` does not guard two concurrent creations of one table (the loser hits a
+    unique violation in the catalog), so a session advisory lock makes the second node wait,
+    then find everything there. The statements must not share one transaction: a node
+    restarted beside running ones would hold each table's index lock while waiting for the
+    next table, which a running node's write holds while it waits for the first (a deadlock
+    that stopped the restart). SQLite: one transaction, one process."""
+    if not isinstance(db, pw.PostgresqlDatabase):
+        with db.atomic():
+            yield
+        return
+    db.execute_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
     try:
-        with db.bind_ctx(ALL_MODELS), db.connection_context(), db.atomic():
-            if isinstance(db, pw.PostgresqlDatabase):
-                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        yield
+    finally:
+        db.execute_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+
+
+def create_schema(db: pw.Database) -> None:
+    """Create every table, column and index that does not exist yet."""
+    try:
+        with db.bind_ctx(ALL_MODELS), db.connection_context(), _one_creator(db):
             _add_missing_columns(db)
             db.create_tables(ALL_MODELS, safe=True)
             # jobs held back by a limit, per key in claim order (the partial index holds only those)
