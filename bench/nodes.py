@@ -152,8 +152,10 @@ def drain(workdir: Path, nodes: int, task: str, jobs: int, notify: bool = True) 
     """Jobs/s for `nodes` nodes draining a backlog, and the CPU each side used."""
     with fresh_database() as url:
         where = workdir / f"drain-{nodes}-{task}-{notify}"
-        running = [Node(where, f"n{i}", url, notify=notify).start() for i in range(nodes)]
-        try:
+        running: list[Node] = []
+        try:  # a node that fails to start must not leave the others running
+            for i in range(nodes):
+                running.append(Node(where, f"n{i}", url, notify=notify).start())
             cpu0 = sum(n.cpu_s() for n in running), _postgres_cpu_s()
             committed = insert_backlog(url, task, jobs)
             with psycopg.connect(url, autocommit=True) as conn:
@@ -178,11 +180,13 @@ def pickup(workdir: Path, notify: bool, samples: int) -> list[float]:
     """Seconds from a submit on a busy node to the job's start on an idle one."""
     tag = "notify" if notify else "poll"
     with fresh_database() as url:
-        busy = Node(workdir / f"pickup-{tag}", "busy", url, threads=1, notify=notify).start()
-        idle = Node(workdir / f"pickup-{tag}", "idle", url, threads=2, notify=notify).start()
+        busy = Node(workdir / f"pickup-{tag}", "busy", url, threads=1, notify=notify)
+        idle = Node(workdir / f"pickup-{tag}", "idle", url, threads=2, notify=notify)
         release = workdir / f"release-{tag}"
         out = []
         try:
+            busy.start()
+            idle.start()
             with (
                 httpx.Client(base_url=busy.url, timeout=30) as cb,
                 httpx.Client(base_url=idle.url, timeout=30) as ci,
