@@ -2,17 +2,19 @@
 server: a long error message that pushed the pane sideways, the keyboard on a row's checkbox and
 on the children tree, a refused Pause that said nothing, a deleted job left open with its
 actions, a children tree that asked the server once per child on every poll, and webhook
-deliveries that did not say which event they were for.
+deliveries that did not say which event they were for, and a schedule's next run in the browser's
+zone beside a cron in another.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Request, Route, expect
+from playwright.sync_api import Browser, Page, Request, Route, expect
 
 from tests import test_dashboard as dashboard
 from tests.e2e import Server
@@ -207,3 +209,25 @@ def test_webhook_deliveries_say_which_event_they_were_for(
     expect(page.locator("table.deliveries thead")).to_contain_text("Type")
     expect(page.locator('#detail-webhooks tr[data-type="job.waiting"]')).to_contain_text("job.waiting")
     expect(page.locator('#detail-webhooks tr[data-type="job.completed"]')).to_contain_text("job.completed")
+
+
+def test_a_schedules_next_run_is_shown_in_the_schedules_own_zone_and_named(
+    server: Server, client: httpx.Client, browser: Browser
+) -> None:
+    """Beside `0 3 * * * Asia/Kathmandu` the next run reads 03:00 with the zone's name, not the
+    browser's 21:15 with no zone (the operator's browser here is in UTC)."""
+    made = client.put(
+        "/schedules/daily",
+        json={"task": ADD, "cron": "0 3 * * *", "timezone": "Asia/Kathmandu", "args": {"a": 1, "b": 1}},
+    )
+    assert made.status_code in (200, 201), made.text
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, timezone_id="UTC")
+    try:
+        page = context.new_page()
+        page.goto(server.url)
+        cell = page.locator('#schedules-body tr[data-schedule="daily"] td').nth(3)
+        expect(cell).to_contain_text("03:00:00")
+        expect(cell).to_contain_text(re.compile(r"GMT\+5:45|\+0545|NPT"))
+        expect(cell).to_have_attribute("title", re.compile(r"(09:15:00 PM|21:15:00) your time"))
+    finally:
+        context.close()
