@@ -3,7 +3,8 @@ server: a long error message that pushed the pane sideways, the keyboard on a ro
 on the children tree, a refused Pause that said nothing, a deleted job left open with its
 actions, a children tree that asked the server once per child on every poll, and webhook
 deliveries that did not say which event they were for, and a schedule's next run in the browser's
-zone beside a cron in another.
+zone beside a cron in another, and stale rows under the API-key banner after a restart turned
+auth on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect
 
 from tests import test_dashboard as dashboard
-from tests.e2e import Server
+from tests.e2e import Server, start_server
+from tests.helpers import write_config
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import ADD, FAIL, open_job, row, submit, wait_finished
 
@@ -231,3 +233,27 @@ def test_a_schedules_next_run_is_shown_in_the_schedules_own_zone_and_named(
         expect(cell).to_have_attribute("title", re.compile(r"(09:15:00 PM|21:15:00) your time"))
     finally:
         context.close()
+
+
+def test_a_restart_that_turns_auth_on_leaves_no_stale_rows_or_error_under_the_banner(
+    tmp_path: Path, page: Page
+) -> None:
+    srv = start_server(tmp_path)
+    try:
+        job = submit(srv.client(), ADD, {"a": 1, "b": 2})
+        page.goto(srv.url)
+        expect(row(page, job["id"])).to_be_visible()
+        srv.kill()
+        expect(page.locator("#list-error")).to_be_visible()  # the server is down: the list says so
+        srv.config["auth"] = {"api_keys": ["k1"]}
+        write_config(srv.config_path, srv.config)
+        srv.restart()
+        expect(page.locator("#auth-banner")).to_be_visible()
+        expect(page.locator("#jobs-body tr")).to_have_count(0)
+        expect(page.locator("#list-error")).to_be_hidden()
+        expect(page.locator("#jobs-empty")).to_have_text("Enter the API key to see jobs.")
+        page.locator("#api-key").fill("k1")
+        page.locator("#api-key").press("Enter")
+        expect(row(page, job["id"])).to_be_visible()
+    finally:
+        srv.stop()
