@@ -1,10 +1,9 @@
 """Defects an operator's session found in the dashboard, in headless chromium against the real
 server: a long error message that pushed the pane sideways, the keyboard on a row's checkbox and
 on the children tree, a refused Pause that said nothing, a deleted job left open with its
-actions, a children tree that asked the server once per child on every poll, and webhook
-deliveries that did not say which event they were for, and a schedule's next run in the browser's
-zone beside a cron in another, and stale rows under the API-key banner after a restart turned
-auth on.
+actions, a children tree that asked the server once per child on every poll, webhook deliveries
+that did not say which event they were for, a schedule's next run in the browser's zone beside a
+cron in another, and stale rows under the API-key banner after a restart turned auth on.
 """
 
 from __future__ import annotations
