@@ -3,7 +3,8 @@ server: a long error message that pushed the pane sideways, the keyboard on a ro
 on the children tree, a refused Pause that said nothing, a deleted job left open with its
 actions, a children tree that asked the server once per child on every poll, webhook deliveries
 that did not say which event they were for, a schedule's next run in the browser's zone beside a
-cron in another, and stale rows under the API-key banner after a restart turned auth on.
+cron in another, stale rows under the API-key banner after a restart turned auth on, and a
+finished job read twice when its link was opened.
 """
 
 from __future__ import annotations
@@ -256,3 +257,19 @@ def test_a_restart_that_turns_auth_on_leaves_no_stale_rows_or_error_under_the_ba
         expect(row(page, job["id"])).to_be_visible()
     finally:
         srv.stop()
+
+
+def test_a_job_link_reads_a_finished_job_and_its_deliveries_once(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    job = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, job["id"])
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url.split("?")[0]))
+    page.goto(f"{server.url}/#job={job['id']}")
+    expect(page.locator("#detail")).to_have_attribute("data-job-id", job["id"])
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")  # after any second read
+    path = f"{server.url}/jobs/{job['id']}"
+    assert seen.count(path) == 1, seen
+    assert seen.count(f"{path}/webhooks") == 1, seen
+    assert seen.count(f"{path}/events") == 1, seen
