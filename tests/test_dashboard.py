@@ -120,6 +120,12 @@ def open_job(page: Page, job_id: str) -> None:
     expect(page.locator("#detail-id")).to_have_text(job_id)
 
 
+def enter_api_key(page: Page, key: str) -> None:
+    """Type a key into the banner's field and send it, as an operator does."""
+    page.locator("#api-key").fill(key)
+    page.locator("#api-key").press("Enter")
+
+
 def test_page_lists_a_job_submitted_over_http(server: Server, client: httpx.Client, page: Page) -> None:
     job = submit(client, ADD, {"a": 2, "b": 3})
     wait_finished(client, job["id"])
@@ -387,8 +393,7 @@ def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
         expect(page.locator("#auth-banner")).to_be_visible()
         expect(page.locator("#jobs-body tr")).to_have_count(0)
 
-        page.locator("#api-key").fill("k1")
-        page.locator("#api-key").press("Enter")
+        enter_api_key(page, "k1")
 
         expect(page.locator("#auth-banner")).to_be_hidden()
         expect(row(page, job["id"])).to_be_visible()

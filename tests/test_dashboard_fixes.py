@@ -21,7 +21,7 @@ from tests import test_dashboard as dashboard
 from tests.e2e import Server, start_server
 from tests.helpers import write_config
 from tests.receiver import Receiver, Reply
-from tests.test_dashboard import ADD, FAIL, open_job, row, submit, wait_finished
+from tests.test_dashboard import ADD, FAIL, enter_api_key, open_job, row, submit, wait_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -252,8 +252,7 @@ def test_a_restart_that_turns_auth_on_leaves_no_stale_rows_or_error_under_the_ba
         expect(page.locator("#jobs-body tr")).to_have_count(0)
         expect(page.locator("#list-error")).to_be_hidden()
         expect(page.locator("#jobs-empty")).to_have_text("Enter the API key to see jobs.")
-        page.locator("#api-key").fill("k1")
-        page.locator("#api-key").press("Enter")
+        enter_api_key(page, "k1")
         expect(row(page, job["id"])).to_be_visible()
     finally:
         srv.stop()

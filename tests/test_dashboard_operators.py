@@ -28,6 +28,7 @@ from tests.test_dashboard import (
     FAIL,
     SLEEP,
     TIMEOUT_MS,
+    enter_api_key,
     log_entries,
     open_job,
     row,
@@ -299,13 +300,11 @@ def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, 
         expect(page.locator("#auth-banner")).to_have_attribute("data-reason", "missing")
         expect(page.locator("#auth-missing")).to_be_visible()
         expect(page.locator("#auth-rejected")).to_be_hidden()
-        page.locator("#api-key").fill("wrong")
-        page.locator("#api-key").press("Enter")
+        enter_api_key(page, "wrong")
         expect(page.locator("#auth-banner")).to_have_attribute("data-reason", "rejected")
         expect(page.locator("#auth-rejected")).to_be_visible()
         expect(page.locator("#auth-missing")).to_be_hidden()
-        page.locator("#api-key").fill("k1")
-        page.locator("#api-key").press("Enter")
+        enter_api_key(page, "k1")
         expect(page.locator("#auth-banner")).to_be_hidden()
     finally:
         srv.stop()
