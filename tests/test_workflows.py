@@ -189,15 +189,20 @@ def test_async_fan_out_gathers(app: RunningApp) -> None:
     assert job["result"] == [i * i for i in range(20)], job
 
 
-def test_cancelling_a_waiting_parent_cancels_its_children(app: RunningApp) -> None:
+@pytest.mark.parametrize("how", ["one", "bulk by id", "bulk by status"])
+def test_cancelling_a_waiting_parent_cancels_its_children(app: RunningApp, how: str) -> None:
     c = app.client
     hold = app.tmp_path / "hold"
     hold.touch()
     job_id = submit(c, "tests.e2e_tasks.fan_out", {"path": "", "n": 3, "hold": str(hold)})
     job = wait_until(lambda: waiting(app, job_id), message="the parent to gather")
     assert job["waiting_for"] == {"kind": "children", "name": "all", "until": None}
-    r = c.post(f"/jobs/{job_id}/cancel")
-    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    if how == "one":
+        r = c.post(f"/jobs/{job_id}/cancel")
+        assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    else:  # a bulk cancel does to each job what the one-job cancel does: the children too
+        r = c.post("/jobs/cancel", json={"ids": [job_id]} if how == "bulk by id" else {"status": "waiting"})
+        assert r.status_code == 200 and r.json() == {"count": 4}, r.text
     hold.unlink()
     for child in c.get("/jobs", params={"parent": job_id}).json()["jobs"]:
         assert finished(c, child["id"])["status"] == "cancelled"

@@ -861,6 +861,19 @@ class JobStore:
             tx.notify(f"x{job_id}")  # the node running it stops the attempt at once
         return rec
 
+    def _cancel_descendants(self, tx: Tx, roots: list[str], now: float) -> list[JobRecord]:
+        """Cancel the unfinished descendants of `roots` as `_cancel_one` does; the changed ones."""
+        changed: list[JobRecord] = []
+        parents = list(roots)
+        while parents:
+            children = tx.all(f"SELECT id FROM jobs WHERE parent_id = ? AND {NOT_FINISHED}", (parents.pop(),))
+            for (child,) in children:
+                child_rec = self._cancel_one(tx, str(child), now)
+                if child_rec is not None:
+                    changed.append(child_rec)
+                    parents.append(child_rec.id)
+        return changed
+
     def cancel(
         self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]
     ) -> WriteFuture[JobRecord]:
@@ -874,16 +887,7 @@ class JobStore:
                 if row is None:
                     raise JobNotFoundError(job_id)
                 raise JobFinishedError(job_id, str(row[0]))
-            changed, parents = [rec], [job_id]
-            while parents:
-                children = tx.all(
-                    f"SELECT id FROM jobs WHERE parent_id = ? AND {NOT_FINISHED}", (parents.pop(),)
-                )
-                for (child,) in children:
-                    child_rec = self._cancel_one(tx, str(child), now)
-                    if child_rec is not None:
-                        changed.append(child_rec)
-                        parents.append(child_rec.id)
+            changed = [rec, *self._cancel_descendants(tx, [job_id], now)]
 
             def committed() -> None:
                 for r in changed:
@@ -988,7 +992,8 @@ class JobStore:
         self, status: str, task: str | None, ids: Sequence[str] | None, after: str, limit: int, now: float
     ) -> WriteFuture[tuple[list[JobRecord], str | None]]:
         """Cancel the next `limit` jobs in `status` after id `after` (a running one is asked to
-        stop); resolves to (changed jobs, id to continue after, or None when none are left)."""
+        stop), with their unfinished descendants as `cancel` does; resolves to (changed jobs,
+        id to continue after, or None when none are left)."""
 
         def op(tx: Tx) -> tuple[list[JobRecord], str | None]:
             found = self._bulk_ids(tx, status, task, ids, after, limit)
@@ -1000,7 +1005,8 @@ class JobStore:
                 rows = tx.all(f"{sql} RETURNING {JOB_COLUMNS}", (*found, status))
                 for row in rows:
                     tx.notify(f"x{row[0]}")  # the node running it stops the attempt at once
-                return [JobRecord.from_row(r) for r in rows], found[-1]
+                asked = [JobRecord.from_row(r) for r in rows]
+                return [*asked, *self._cancel_descendants(tx, [r.id for r in asked], now)], found[-1]
             rows = tx.all(
                 "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
                 f"waiting_for = NULL, wake_at = NULL, resume = 0, blocked_by = NULL WHERE id IN ({marks}) "
@@ -1014,7 +1020,7 @@ class JobStore:
                 if status == Status.WAITING:
                     tx.execute("DELETE FROM awaits WHERE waiter_id = ?", (rec.id,))
                 self._finished(tx, rec, now)  # a gather waiting for it resumes
-            return records, found[-1]
+            return [*records, *self._cancel_descendants(tx, [r.id for r in records], now)], found[-1]
 
         return self.writer.submit(op)
 
