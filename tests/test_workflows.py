@@ -11,7 +11,7 @@ import pytest
 from jobserver.client import Client
 from jobserver.core.bounds import MAX_BATCH
 from jobserver.core.clock import ManualClock
-from jobserver.core.errors import InvalidRequestError
+from jobserver.core.errors import DrainingError, InvalidRequestError, ServerUnavailableError
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver
@@ -324,6 +324,11 @@ def test_a_stream_asked_for_once_the_server_stops_is_a_503_not_an_empty_end(app:
     app.runtime.parts.hub.close()  # the end of a drain: open streams end, the server stops next
     r = app.client.get(f"/jobs/{waiting_id}/events")
     assert r.status_code == 503 and r.json()["code"] == "draining" and "retry-after" in r.headers, r.text
+    assert "watch again" in r.json()["detail"], r.text  # not "accepts no new jobs": nothing was submitted
+    # the SDK's events() tries again, then says the server is unavailable, as for one it cannot reach
+    with Client(http_client=app.client, retries=1) as sdk, pytest.raises(ServerUnavailableError) as gone:
+        list(sdk.events(waiting_id))
+    assert "shutting down" in str(gone.value) and isinstance(gone.value.__cause__, DrainingError)
     assert app.client.get(f"/jobs/{waiting_id}/events", params={"follow": "false"}).status_code == 200
     replay = app.client.get(f"/jobs/{done_id}/events")  # a finished job's stream is whole: served
     assert replay.status_code == 200 and '"status":"completed"' in replay.text

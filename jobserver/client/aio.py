@@ -23,6 +23,7 @@ import httpx
 from jobserver.client import protocol
 from jobserver.client.protocol import Event, Exchange, Job, Request, error_for
 from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, Connection, EventResumer
+from jobserver.core.errors import DrainingError
 
 T = TypeVar("T")
 
@@ -270,7 +271,7 @@ class AsyncClient:
             try:
                 async for event in self._stream(req, resumer):
                     yield event
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, DrainingError) as exc:
                 await asyncio.sleep(resumer.dropped(req, exc))
                 continue
             if resumer.over():

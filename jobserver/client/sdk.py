@@ -30,7 +30,8 @@ Every other error answer (400, 413, 415, an unknown route, a 5xx, a body that is
 problem document) raises `ClientError`. Each of these carries `status_code`, `problem`
 (the parsed document) and `retry_after` (seconds, or None). A server that cannot be
 reached or stops answering raises `ServerUnavailableError` (the httpx error is its
-`__cause__`), after a few short retries where sending twice is safe: GETs, submits
+`__cause__`; for an event stream refused by a server shutting down, its DrainingError),
+after a few short retries where sending twice is safe: GETs, submits
 with an Idempotency-Key, and any request whose connection could not be made. `wait(id, timeout=...)` raises `WaitTimeoutError` (with the job
 as last read in `.job`) when the job is not finished in time.
 
@@ -60,6 +61,7 @@ from jobserver.client.protocol import (
     parse_sse,
 )
 from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, Connection, EventResumer
+from jobserver.core.errors import DrainingError
 
 __all__ = [
     "DEFAULT_URL",
@@ -253,7 +255,7 @@ class Client:
             req = resumer.request()
             try:
                 yield from self._stream(req, resumer)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, DrainingError) as exc:
                 time.sleep(resumer.dropped(req, exc))
                 continue
             if resumer.over():

@@ -23,7 +23,7 @@ from jobserver.client.protocol import (
     events_request,
     is_terminal,
 )
-from jobserver.core.errors import InvalidRequestError, ServerUnavailableError
+from jobserver.core.errors import DrainingError, InvalidRequestError, ServerUnavailableError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRIES = 3
@@ -107,13 +107,17 @@ class Connection:
         never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
         if not (req.retry_safe or never_sent) or failures > self.retries:
             raise self.unavailable(exc) from exc
-        delay_s: float = FIRST_RETRY_DELAY_S * 2.0 ** (failures - 1)
-        return min(delay_s, MAX_RETRY_DELAY_S)
+        return _backoff_s(failures)
 
     def unavailable(self, exc: httpx.TransportError) -> ServerUnavailableError:
         """The error for a transport failure, naming the server and what went wrong."""
         reason = str(exc) or type(exc).__name__
         return ServerUnavailableError(self.url, f"{type(exc).__name__}: {reason}")
+
+
+def _backoff_s(failures: int) -> float:
+    """The pause before the next try after `failures` failures in a row: short and doubling."""
+    return float(min(FIRST_RETRY_DELAY_S * 2.0 ** (failures - 1), MAX_RETRY_DELAY_S))
 
 
 class EventResumer:
@@ -146,10 +150,18 @@ class EventResumer:
             self.last_event_id = event.id
         self._ended = is_terminal(event)
 
-    def dropped(self, req: Request, exc: httpx.TransportError) -> float:
-        """The pause before reconnecting; raises ServerUnavailableError once out of retries."""
+    def dropped(self, req: Request, exc: httpx.TransportError | DrainingError) -> float:
+        """The pause before reconnecting after a dropped connection or a draining server's 503
+        (its streams end, then it refuses new ones until it stops); raises
+        ServerUnavailableError once out of retries, as for a server that cannot be reached."""
         self._failures += 1
-        return self._connection.retry_delay_s(req, self._failures, exc)
+        if not isinstance(exc, DrainingError):
+            return self._connection.retry_delay_s(req, self._failures, exc)
+        if self._failures > self._connection.retries:
+            raise ServerUnavailableError(
+                self._connection.url, "it is shutting down (503 draining); watch again once it is back"
+            ) from exc
+        return _backoff_s(self._failures)
 
     def over(self) -> bool:
         """After a clean end of stream: True when there is nothing more to wait for."""

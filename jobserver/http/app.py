@@ -433,7 +433,9 @@ def create_app(svc: Services) -> Starlette:
         if follow and svc.hub.closed and not record.finished:
             # stopping: a stream would end at once with nothing, which a client cannot tell from
             # the end of the job; a 503 with Retry-After says to come back (here or elsewhere)
-            raise DrainingError()
+            raise DrainingError(
+                "The server is shutting down: watch again (with Last-Event-ID) once it is back, or on another node."
+            )
         after = last_event_id(request)
         return StreamingResponse(
             event_stream(job_id, after, follow),
