@@ -271,3 +271,11 @@ def test_an_undeclared_method_gets_405_with_every_method_of_the_path(app: Runnin
         for path in ("/jobs/batch", "/jobs/cancel", "/jobs/retry", "/jobs/delete"):
             r = app.client.request(method, path)
             assert (r.status_code, r.headers.get("allow")) == (405, "POST"), (method, path, r.text)
+
+
+def test_a_path_with_a_trailing_slash_is_a_404_problem_never_a_redirect(app: RunningApp) -> None:
+    """The API never redirects: a client that takes a redirect for a success would misread it."""
+    for method, path in (("GET", "/jobs/"), ("POST", "/jobs/"), ("GET", "/tasks/"), ("GET", "/healthz/")):
+        r = app.client.request(method, path, follow_redirects=False)
+        assert r.status_code == 404, (method, path, r.status_code, r.headers)
+        assert r.headers["content-type"] == "application/problem+json"

@@ -594,6 +594,10 @@ def create_app(svc: Services) -> Starlette:
             Exception: _internal_error,
         },
     )
+    # The API never redirects (Starlette's router sends /jobs/ to /jobs with a 307, and its
+    # constructor has no say in it): a client that follows resends a POST elsewhere, one that
+    # does not sees an empty answer. /jobs/ is a 404 problem like any unknown path.
+    app.router.redirect_slashes = False
     if settings.auth.api_keys:  # open servers skip the layer entirely
         app.add_middleware(
             AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
