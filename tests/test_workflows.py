@@ -76,11 +76,15 @@ def test_a_repeated_signal_is_equal_when_its_numbers_are_written_otherwise(app: 
     assert finished(app.client, job_id)["result"] == {"n": 1}
 
 
-def test_waiting_for_a_name_no_signal_can_carry_fails_the_call(app: RunningApp) -> None:
-    job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "n" * 201})
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [("n" * 201, "1 to 200 characters"), ("..", "no '.' or '..'"), ("a/./b", "no '.' or '..'")],
+)
+def test_waiting_for_a_name_no_signal_can_carry_fails_the_call(app: RunningApp, name: str, says: str) -> None:
+    job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": name})
     job = finished(app.client, job_id)
     assert job["status"] == "failed" and job["waiting_for"] is None
-    assert job["error"]["type"] == "ValueError" and "1 to 200 characters" in job["error"]["message"]
+    assert job["error"]["type"] == "ValueError" and says in job["error"]["message"]
 
 
 def test_signal_sent_while_waiting_resumes_the_job(app: RunningApp) -> None:

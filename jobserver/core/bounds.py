@@ -35,7 +35,14 @@ def duration_s(seconds: float, what: str) -> float:
 
 def signal_name(name: str) -> str:
     """A name `ctx.wait_for` can wait on: one the signal route can deliver (1 to SIGNAL_NAME_MAX
-    characters); anything else is a ValueError in the task's own call, not a wait nobody can end."""
+    characters); anything else is a ValueError in the task's own call, not a wait nobody can end.
+
+    A `.` or `..` between slashes is refused too: HTTP clients resolve such path segments
+    before sending (`/signals/..` reaches `/jobs/{id}`), so no signal could reach it."""
     if not isinstance(name, str) or not 1 <= len(name) <= SIGNAL_NAME_MAX:
         raise ValueError(f"a signal name is a string of 1 to {SIGNAL_NAME_MAX} characters, not {name!r:.80}")
+    if any(part in (".", "..") for part in name.split("/")):
+        raise ValueError(
+            f"a signal name has no '.' or '..' between slashes (a URL cannot carry it), not {name!r:.80}"
+        )
     return name
