@@ -175,6 +175,21 @@ async def _async_side_effect(path: str, i: int) -> int:
     return i * 10
 
 
+def _greet(name: str, fn: str = "hello") -> str:
+    return f"{fn} {name}"
+
+
+@task
+def step_with_keywords(ctx: JobContext) -> str:
+    """A step's own arguments may be called `name` and `fn`, like the step's."""
+    return str(ctx.step("greet", _greet, name="bob", fn="hi"))
+
+
+@task
+async def async_step_with_keywords(ctx: JobContext) -> str:
+    return str(await ctx.step("greet", _greet, name="ann", fn="hey"))
+
+
 @task
 def duplicate_step(ctx: JobContext) -> None:
     ctx.step("x", lambda: 1)

@@ -179,6 +179,12 @@ def test_async_steps_and_retry_endpoint_resume(app: RunningApp, tmp_path: Path) 
     assert effects.read_text().splitlines() == ["step 1", "step 2"]
 
 
+def test_a_steps_keyword_arguments_may_be_called_name_and_fn(app: RunningApp) -> None:
+    c = app.client
+    assert finished(c, submit(c, "tests.e2e_tasks.step_with_keywords"))["result"] == "hi bob"
+    assert finished(c, submit(c, "tests.e2e_tasks.async_step_with_keywords"))["result"] == "hey ann"
+
+
 def test_duplicate_step_name_is_an_error(app: RunningApp) -> None:
     c = app.client
     job = finished(c, submit(c, "tests.e2e_tasks.duplicate_step"))

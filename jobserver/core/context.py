@@ -100,8 +100,9 @@ class JobContext:
         difference to the estimated cost is charged or given back)."""
         self._attempt.report_usage(key, units)
 
-    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn` once per job and return its JSON result; later attempts get the stored value.
+        `name` and `fn` are positional, so `fn`'s own keywords may use those names.
 
         In an async task, await it: `await ctx.step(...)`."""
         if self._attempt.is_async:
