@@ -315,6 +315,15 @@ def test_a_child_with_bad_options_names_them(app: RunningApp) -> None:
     assert [e["loc"] for e in refused.value.errors] == [["priority"], ["delay"]]
 
 
+def test_a_child_with_bad_args_names_each_field(app: RunningApp) -> None:
+    factory = app.runtime.parts.commands.factory
+    with pytest.raises(InvalidRequestError) as refused:
+        factory.child("parent", "jobserver.examples.add", {"a": "x"}, {}, 0.0)
+    message = str(refused.value)  # what the parent's error says
+    assert message.startswith("cannot spawn jobserver.examples.add: invalid args"), message
+    assert "args.a: Input should be a valid integer" in message and "args.b: Field required" in message
+
+
 def test_a_job_that_gathers_itself_fails_at_once(app: RunningApp) -> None:
     job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_itself", {}))
     assert job["status"] == "failed" and "cannot gather itself" in job["error"]["message"], job

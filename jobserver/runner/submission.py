@@ -100,4 +100,13 @@ class JobFactory:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             fields = ", ".join(".".join(str(p) for p in e["loc"]) or "options" for e in errors)
             raise InvalidRequestError(f"cannot spawn {task}: invalid {fields}", errors) from None
-        return self.new(body, now, parent_id=parent_id, trace_context=trace_context)
+        try:
+            return self.new(body, now, parent_id=parent_id, trace_context=trace_context)
+        except InvalidRequestError as exc:  # the parent's error is all its author sees: name each field
+            listed = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body')}: {e.get('msg')}"
+                for e in exc.errors
+            )
+            raise InvalidRequestError(
+                f"cannot spawn {task}: {exc}" + (f" ({listed})" if listed else ""), exc.errors
+            ) from None
