@@ -102,6 +102,15 @@ def test_cancel_a_delayed_job(shared: Server) -> None:
 
     refused = cli("cancel", job["id"], url=shared.url)
     assert refused.returncode == 1 and "already finished" in one_line(refused)
+    # the same submit again replays the key's job, which is over: nothing to watch
+    replayed = cli(
+        "submit", ADD, "--args", '{"a": 1, "b": 2}', "--delay", "3600", "--idempotency-key", "cli-cancel",
+        url=shared.url,
+    )  # fmt: skip
+    assert replayed.returncode == 0 and replayed.stdout.strip() == job["id"], replayed
+    assert (
+        "is cancelled; see it: python -m jobserver get" in replayed.stderr and "watch" not in replayed.stderr
+    )
 
 
 def test_list_filters_and_pages(shared: Server) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobserver.client.commands import parse_key_value
+from jobserver.client.commands import describe, parse_key_value
+from jobserver.core.errors import InvalidRequestError
 
 
 @pytest.mark.parametrize(
@@ -24,3 +25,12 @@ from jobserver.client.commands import parse_key_value
 )
 def test_key_value_parses_json_else_keeps_the_string(text: str, expected: tuple[str, Any]) -> None:
     assert parse_key_value(text) == expected
+
+
+def test_an_error_about_the_whole_body_reads_without_an_empty_field_name() -> None:
+    too_large = InvalidRequestError(
+        "too large: the signal's payload", [{"loc": ["body"], "msg": "70008 bytes, at most 65536"}]
+    )
+    assert describe(too_large) == "too large: the signal's payload (70008 bytes, at most 65536)"
+    bad = InvalidRequestError("invalid args", [{"loc": ["body", "args", "a"], "msg": "Field required"}])
+    assert describe(bad) == "invalid args (args.a: Field required)"

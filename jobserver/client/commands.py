@@ -42,6 +42,7 @@ from jobserver.core.errors import (
     TaskNotFoundError,
     WaitTimeoutError,
     WebhookURLError,
+    field_errors_text,
 )
 from jobserver.core.lifecycle import FINISHED
 
@@ -341,9 +342,11 @@ def _submit(client: Client, args: argparse.Namespace, output: Output) -> int:
         sys.stdout.write(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
         sys.stdout.flush()
         if not waiting:
-            output.note(
-                f"jobserver: {job['task']} is {job['status']}; watch it: {again(args, 'wait', job['id'])}"
-            )
+            if job["status"] in FINISHED_NAMES:  # a replayed key's job may be over: nothing to watch
+                hint = f"see it: {again(args, 'get', job['id'])}"
+            else:
+                hint = f"watch it: {again(args, 'wait', job['id'])}"
+            output.note(f"jobserver: {job['task']} is {job['status']}; {hint}")
             return EXIT_OK
     return watch(client, job["id"], None, args.follow, output, args)
 
@@ -520,13 +523,9 @@ def describe(exc: JobServerError) -> str:
     if isinstance(exc, ClientError):
         text = f"{(exc.problem or {}).get('title') or 'HTTP error'} ({exc.status_code}): {text}"
     errors = getattr(exc, "errors", None) or []
-    fields = [
-        f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body')}: {e.get('msg')}"
-        for e in errors
-        if isinstance(e, dict)
-    ]
+    fields = field_errors_text([e for e in errors if isinstance(e, dict)])
     if fields and not isinstance(exc, WebhookURLError):
-        text += " (" + "; ".join(fields) + ")"
+        text += f" ({fields})"
     return " ".join(text.split())
 
 

@@ -115,6 +115,16 @@ class InvalidRequestError(JobServerError):
         super().__init__(message)
 
 
+def field_errors_text(errors: list[dict[str, Any]]) -> str:
+    """`args.a: Input should be a valid integer; args.b: Field required` for the `errors` of an
+    InvalidRequestError (the body's own errors by their message alone)."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", []) if p != "body")
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts)
+
+
 class MalformedRequestError(JobServerError):
     """The request cannot be read: not JSON, or a header that is not what it must be."""
 

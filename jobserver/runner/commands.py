@@ -11,8 +11,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from jobserver.core.clock import Clock
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
@@ -31,7 +29,7 @@ from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
-from jobserver.runner.submission import JobFactory
+from jobserver.runner.submission import JobFactory, json_within
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.readers import ReadPool
 from jobserver.storage.store import JobStore, body_hash
@@ -147,20 +145,9 @@ class JobCommands:
 
     async def signal(self, job_id: str, name: str, payload: Any) -> tuple[JobRecord, bool]:
         """Deliver a signal to a job; (record, repeated). A job waiting for it runs again."""
-        payload_bytes = orjson.dumps(payload)  # the limit counts UTF-8 bytes, not characters
-        payload_json = payload_bytes.decode()
-        limit = self.settings.server.max_args_bytes
-        if len(payload_bytes) > limit:
-            raise InvalidRequestError(
-                "the signal's payload is too large",
-                [
-                    {
-                        "loc": ["body"],
-                        "type": "too_large",
-                        "msg": f"{len(payload_bytes)} bytes, at most {limit}",
-                    }
-                ],
-            )
+        payload_json = json_within(
+            payload, self.settings.server.max_args_bytes, ["body"], "the signal's payload"
+        )
         created, rec = await self.store.signal(
             job_id, name, payload_json, body_hash(payload), self.clock.now(), self.dispatcher.handoff
         )

@@ -14,12 +14,24 @@ import orjson
 import pydantic
 
 from jobserver.core.config import Settings
-from jobserver.core.errors import InvalidRequestError
+from jobserver.core.errors import InvalidRequestError, field_errors_text
 from jobserver.core.records import JobIds, NewJob
 from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry
 
 SPAWN_OPTIONS = frozenset({"priority", "max_attempts", "timeout", "delay"})
+
+
+def json_within(value: Any, limit: int, loc: list[str], what: str) -> str:
+    """`value` as stored JSON, refused with a 422 naming `loc` when it takes more than `limit`
+    bytes: the limit counts UTF-8 bytes, not characters (client data: args, a signal's payload)."""
+    encoded = orjson.dumps(value)
+    if len(encoded) > limit:
+        raise InvalidRequestError(
+            f"too large: {what}",
+            [{"loc": loc, "type": "too_large", "msg": f"{len(encoded)} bytes, at most {limit}"}],
+        )
+    return encoded.decode()
 
 
 class JobFactory:
@@ -42,20 +54,7 @@ class JobFactory:
         `trace_context` is the submit's, kept so the job's attempts join that trace."""
         taskdef = self.registry.get(body.task)
         args = taskdef.validate_args(body.args)
-        args_bytes = orjson.dumps(args)  # the limit counts UTF-8 bytes, not characters
-        args_json = args_bytes.decode()
-        limit = self.settings.server.max_args_bytes
-        if len(args_bytes) > limit:
-            raise InvalidRequestError(
-                "args are too large",
-                [
-                    {
-                        "loc": ["body", "args"],
-                        "type": "too_large",
-                        "msg": f"args take {len(args_bytes)} bytes, at most {limit}",
-                    }
-                ],
-            )
+        args_json = json_within(args, self.settings.server.max_args_bytes, ["body", "args"], "args")
         run_at = body.run_at.timestamp() if body.run_at is not None else now + (body.delay or 0.0)
         opts = taskdef.options
         return NewJob(
@@ -103,10 +102,7 @@ class JobFactory:
         try:
             return self.new(body, now, parent_id=parent_id, trace_context=trace_context)
         except InvalidRequestError as exc:  # the parent's error is all its author sees: name each field
-            listed = "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body')}: {e.get('msg')}"
-                for e in exc.errors
-            )
+            listed = field_errors_text(exc.errors)
             raise InvalidRequestError(
                 f"cannot spawn {task}: {exc}" + (f" ({listed})" if listed else ""), exc.errors
             ) from None
