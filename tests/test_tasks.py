@@ -94,6 +94,12 @@ def test_bad_parameter_names_the_task_and_the_parameter(
     assert words.lower() in message.lower()
 
 
+def test_a_task_name_no_submit_could_carry_is_refused_where_it_is_declared() -> None:
+    with pytest.raises(ValueError, match="a task's name has 1 to 200 characters, not 201"):
+        task(name="t" * 201)(lambda: None)
+    task(name="t" * 200)(lambda: None)  # the longest a submit may name
+
+
 def test_duplicate_task_name_across_modules_names_both_functions(modules_dir: Path) -> None:
     source = """
         from jobserver import task

@@ -18,6 +18,7 @@ from jobserver.core.bounds import (
     MAX_LIMIT,
     MAX_WAIT_S,
     RUN_AT_YEARS,
+    TASK_NAME_MAX,
 )
 
 # RFC 3339's date-time, as JSON Schema's "date-time" format has it: a "T", seconds, an offset
@@ -29,7 +30,7 @@ class SubmitBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1, max_length=200)
+    task: str = Field(min_length=1, max_length=TASK_NAME_MAX)
     args: dict[str, Any] = Field(default_factory=dict)
     priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
     delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
@@ -116,7 +117,7 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: str | None = Field(default=None, pattern="^(pending|running|waiting|completed|failed|cancelled)$")
-    task: str | None = Field(default=None, max_length=200)
+    task: str | None = Field(default=None, max_length=TASK_NAME_MAX)
     parent: str | None = Field(default=None, max_length=64)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)

@@ -30,7 +30,7 @@ import pydantic
 import pydantic_core
 from pydantic import ConfigDict
 
-from jobserver.core.bounds import INT_MAX, INT_MIN, MAX_STORED_DEPTH
+from jobserver.core.bounds import INT_MAX, INT_MIN, MAX_STORED_DEPTH, TASK_NAME_MAX
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskDefinitionError, TaskNotFoundError
 from jobserver.core.limits import Concurrency, Limit, Rate, bind_all, check_templates
 from jobserver.core.schemas import json_violations
@@ -202,6 +202,11 @@ def task(
 
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
         task_name = name or f"{f.__module__}.{f.__name__}"
+        if not 1 <= len(task_name) <= TASK_NAME_MAX:  # no submit could name it
+            raise ValueError(
+                f"task {task_name[:80]}...: a task's name has 1 to {TASK_NAME_MAX} characters, not {len(task_name)}"
+                " (give a shorter one with @task(name=...))"
+            )
         if max_attempts < 1:
             raise ValueError(f"task {task_name}: max_attempts must be at least 1")
         if on_crash not in ("retry", "fail"):
