@@ -60,6 +60,19 @@ def test_short_jobs_are_taken_ahead_within_the_budget() -> None:
     assert 2 < len(ids) <= 2 + 64
 
 
+def test_no_job_is_taken_ahead_behind_a_long_one_an_idle_thread_takes() -> None:
+    """Taken ahead, a quick job would wait (shown running) until the long one ends."""
+    s = slots(threads=2)
+    s.ran(Q, 0.0001)
+    s.ran(C, 30.0)
+    tx = FakeTx()
+    assert s.accept(tx, [("busy", Q), ("busy2", Q)]) == ["busy", "busy2"]  # both threads busy
+    s.release(Q)  # one thread frees: it takes the long job, and nothing ahead of it
+    assert s.accept(tx, [("long", C), ("q1", Q), ("q2", Q)]) == ["long"]
+    s.release(Q)  # the other thread frees: behind a quick job, quick ones are taken ahead
+    assert s.accept(tx, [("q1", Q), ("q2", Q), ("q3", Q)]) == ["q1", "q2", "q3"]
+
+
 def test_async_slots_and_a_concurrency_cap_left_to_the_claims_limits() -> None:
     s = slots(threads=4, async_concurrency=2)
     # a task's `concurrency` is a limit the store checks across processes, not a slot here

@@ -115,7 +115,9 @@ class Slots:
         with self._lock:
             # beyond one job per idle thread, take short jobs ahead (by measured run time),
             # at most ~PREFETCH_BUDGET_S of work per idle thread: a job taken ahead waits
-            # at most about that long for its thread.
+            # at most about that long for its thread. The jobs the idle threads take count
+            # against it: behind a long one (or one not measured yet), none is taken ahead,
+            # or it would show as running while it waits for that job to end.
             budget = PREFETCH_BUDGET_S * max(0, self.threads - self._sync)
             extra = 0
             for job_id, task in candidates:
@@ -128,12 +130,13 @@ class Slots:
                 is_async = td.is_async
                 if is_async and self._async >= self.async_concurrency:
                     continue
-                if not is_async and self._sync >= self.threads:
+                if not is_async:
                     cost = self._run_s.get(task, UNKNOWN_RUN_S)
-                    if extra >= PREFETCH_MAX or cost > budget:
-                        continue
+                    if self._sync >= self.threads:
+                        if extra >= PREFETCH_MAX or cost > budget:
+                            continue
+                        extra += 1
                     budget -= cost
-                    extra += 1
                 self._add(task, is_async, +1)
                 taken.append((job_id, task))
         tx.on_rollback(lambda: self._give_back(taken))
