@@ -149,3 +149,33 @@ def test_a_start_gives_up_on_postgresql_after_its_wait(tmp_path: Path, pg_url: s
         "jobserver: cannot start: cannot connect to PostgreSQL"
     )
     assert "Traceback" not in srv.log()
+
+
+def test_a_node_recovers_when_postgresql_ends_its_connections(tmp_path: Path, pg_url: str) -> None:
+    """A PostgreSQL restart, a failover or an idle timeout ends every connection: the node's
+    reads, readiness and schedules go on with new ones, without a restart of the node."""
+    srv = node(tmp_path, "a", pg_url, poll_interval=0.2)
+    c = srv.client()
+    assert (
+        c.put("/schedules/yearly", json={"task": "jobserver.examples.noop", "cron": "0 0 1 1 *"}).status_code
+        == 201
+    )
+    reads = ["/jobs", "/stats", "/schedules", "/limits", "/tasks", "/readyz"]
+    for _ in range(3):  # several reader threads hold connections
+        assert [c.get(path).status_code for path in reads] == [200] * len(reads)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert ended is not None and ended[0] >= 2
+        # a read on a connection the server ended is tried once more on a new one
+        for _ in range(3):
+            assert [c.get(path).status_code for path in reads] == [200] * len(reads)
+        assert submit(c, "jobserver.examples.add", {"a": 1, "b": 2})  # writes too
+        # the maintenance thread's connection was ended as well: the schedule still fires
+        conn.execute("UPDATE schedules SET next_run_at = %s WHERE name = 'yearly'", (time.time() - 1,))
+    fired = wait_until(
+        lambda: [j for j in c.get("/jobs").json()["jobs"] if j["schedule"] == "yearly"], timeout=30
+    )
+    assert len(fired) == 1

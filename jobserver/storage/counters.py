@@ -18,6 +18,7 @@ from typing import Any
 
 import peewee as pw
 
+from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx
 
 FINISHED_SQL = "('completed', 'failed', 'cancelled')"
@@ -113,10 +114,7 @@ class Counters:
         self.pg = pg
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self.db.execute_sql(
-            sql.replace("?", "%s") if self.pg else sql, params
-        ).fetchall()
-        return rows
+        return read_rows(self.db, self.pg, sql, params)
 
     def by_task(self) -> dict[str, dict[str, int]]:
         """task -> status -> how many jobs."""

@@ -334,6 +334,33 @@ class SqliteFile(pw.SqliteDatabase):
         return self.__dict__["_state"]
 
 
+class PostgresDatabase(Psycopg3Database):
+    """PostgreSQL, where a connection the server dropped is replaced at its thread's next
+    statement outside a transaction.
+
+    A restart, a failover, an idle timeout or `pg_terminate_backend` ends every connection;
+    psycopg marks each closed at its next use, and Peewee would hand that dead connection to
+    every later statement of its thread (the reader threads, the maintenance thread), for the
+    life of the process. A transaction in flight still fails: its caller rolls it back."""
+
+    def cursor(self, named_cursor: Any = None) -> Any:
+        self._forget_dropped()
+        return super().cursor(named_cursor)
+
+    def connection(self) -> Any:
+        self._forget_dropped()
+        return super().connection()
+
+    def _forget_dropped(self) -> None:
+        if self.dropped():
+            self.__dict__["_state"].reset()  # nothing to close: the server ended it
+
+    def dropped(self) -> bool:
+        """Whether this thread's connection was ended by the server, outside a transaction."""
+        state = self.__dict__["_state"]
+        return not state.closed and state.conn is not None and state.conn.closed and not self.in_transaction()
+
+
 class Checkpoints:
     """The maintenance pass that checkpoints a SQLite file, when the writer has committed since
     the last one (an idle server does nothing)."""
@@ -360,7 +387,12 @@ def read_rows(db: pw.Database, pg: bool, sql: str, params: Sequence[Any] = ()) -
     try:
         rows: list[tuple[Any, ...]] = db.execute_sql(sql, params).fetchall()
     except DRIVER_ERRORS as exc:
-        raise as_storage_error(exc, "read") from exc
+        if not (isinstance(db, PostgresDatabase) and db.dropped()):
+            raise as_storage_error(exc, "read") from exc
+        try:  # the server ended the connection before this read: once more on a new one
+            rows = db.execute_sql(sql, params).fetchall()
+        except DRIVER_ERRORS as again:
+            raise as_storage_error(again, "read") from again
     return rows
 
 
@@ -403,7 +435,7 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
             timeout=busy_timeout_s,
             check_same_thread=False,
         )
-    return Psycopg3Database(url.replace("postgres://", "postgresql://", 1), autorollback=False)
+    return PostgresDatabase(url.replace("postgres://", "postgresql://", 1), autorollback=False)
 
 
 def wait_for_database(db: pw.Database, wait_s: float) -> None:

@@ -14,6 +14,7 @@ import threading
 
 import peewee as pw
 
+from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, WriteFuture, Writer
 
 
@@ -43,8 +44,9 @@ class TaskPauses:
     def current(self) -> frozenset[str]:
         """The paused tasks, for display (any thread; on PostgreSQL a read of the table)."""
         if self.pg:
-            rows = self.db.execute_sql("SELECT task FROM task_pauses").fetchall()
-            return frozenset(str(task) for (task,) in rows)
+            return frozenset(
+                str(task) for (task,) in read_rows(self.db, self.pg, "SELECT task FROM task_pauses")
+            )
         with self._lock:
             return self._cached
 

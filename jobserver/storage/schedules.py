@@ -22,6 +22,7 @@ from jobserver.core.clock import rfc3339
 from jobserver.core.records import JobRecord, NewJob
 from jobserver.core.schedules import Schedule
 from jobserver.storage.limits import DUE_NOTE
+from jobserver.storage.models import read_rows
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, WriteFuture, Writer
 
@@ -78,10 +79,7 @@ class ScheduleStore:
 
     # ---------------------------------------------------------------- reads
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self.pg:
-            sql = sql.replace("?", "%s")
-        rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
-        return rows
+        return read_rows(self.db, self.pg, sql, params)
 
     def all(self) -> list[ScheduleState]:
         """Every schedule, by name."""

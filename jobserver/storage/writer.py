@@ -25,8 +25,8 @@ from typing import Any, Generic, TypeVar, cast
 import peewee as pw
 
 from jobserver.core.errors import StorageError
-from jobserver.storage.failures import WriteHealth, as_storage_error, needs_new_connection
-from jobserver.storage.models import SqliteFile
+from jobserver.storage.failures import DRIVER_ERRORS, WriteHealth, as_storage_error, needs_new_connection
+from jobserver.storage.models import PostgresDatabase, SqliteFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -449,8 +449,7 @@ class Writer:
         undo: list[Callable[[], None]] = []
         notes: set[str] = set()
         try:
-            cur = self._db.connection().cursor()
-            cur.execute("BEGIN" if self._pg else "BEGIN IMMEDIATE")
+            cur = self._begin()
             for item in batch:
                 tx = Tx(cur, self._pg)
                 try:
@@ -479,6 +478,21 @@ class Writer:
             _run_all(undo)  # nothing of this attempt stays: neither may its bookkeeping
             raise
         return outcomes, hooks, changed
+
+    def _begin(self) -> Any:
+        """A cursor in a new transaction. On PostgreSQL, a connection the server ended since the
+        last batch (a restart, a failover) fails at BEGIN, before anything of the batch was
+        sent: the batch begins again on a new connection instead of failing every op."""
+        statement = "BEGIN" if self._pg else "BEGIN IMMEDIATE"
+        cur = self._db.connection().cursor()
+        try:
+            cur.execute(statement)
+        except DRIVER_ERRORS:
+            if not (isinstance(self._db, PostgresDatabase) and self._db.dropped()):
+                raise
+            cur = self._db.connection().cursor()
+            cur.execute(statement)
+        return cur
 
     def _fail_all(self, batch: list[_Item[Any]], exc: Exception) -> None:
         error = as_storage_error(exc, "write")
