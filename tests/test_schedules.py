@@ -244,6 +244,9 @@ def test_put_creates_then_replaces_and_delete_removes(tmp_path: Path) -> None:
         ),
         ({"task": ADD, "cron": "0 3 * * *", "args": {"a": 1}}, ["body", "args", "b"], "validation-error"),
         ({"task": ADD, "cron": "0 3 * * *", "every": 5}, ["body", "every"], "validation-error"),
+        # JSON's booleans only, as everywhere in the API: "no" is not false
+        ({"task": ADD, "cron": "0 3 * * *", "catch_up": "no"}, ["body", "catch_up"], "validation-error"),
+        ({"task": ADD, "cron": "0 3 * * *", "catch_up": 0}, ["body", "catch_up"], "validation-error"),
     ],
 )
 def test_bad_schedule_is_422_naming_the_field_and_changes_nothing(

@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from jobserver.core.bounds import TASK_NAME_MAX
 from jobserver.core.clock import rfc3339
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskNotFoundError
 from jobserver.core.tasks import Registry
@@ -60,11 +61,11 @@ class ScheduleBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: str = Field(min_length=1, max_length=200)
+    task: str = Field(min_length=1, max_length=TASK_NAME_MAX)
     cron: str
     timezone: str = "UTC"
     args: dict[str, Any] = Field(default_factory=dict)
-    catch_up: bool = True  # run the latest tick missed while no server ran, at start
+    catch_up: StrictBool = True  # run the latest tick missed while no server ran, at start
 
     @field_validator("cron")
     @classmethod
