@@ -129,7 +129,7 @@ def not_there_yet(pg_url: str) -> tuple[str, str]:
 def test_a_start_waits_for_postgresql_to_answer(tmp_path: Path, pg_url: str) -> None:
     server, name = not_there_yet(pg_url)
     srv = start_server(tmp_path, {"database": {"url": pg_url}}, wait=False)
-    wait_until(lambda: "PostgreSQL does not answer yet" in srv.log(), 30, message="the start to wait")
+    wait_until(lambda: "cannot connect to PostgreSQL yet" in srv.log(), 30, message="the start to wait")
     assert srv.proc is not None and srv.proc.poll() is None
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -137,7 +137,7 @@ def test_a_start_waits_for_postgresql_to_answer(tmp_path: Path, pg_url: str) -> 
     c = srv.client()
     job_id = submit(c, "jobserver.examples.add", {"a": 1, "b": 2})
     assert c.get(f"/jobs/{job_id}", params={"wait": 30}).json()["result"] == 3
-    assert srv.log().count("PostgreSQL does not answer yet") == 1 and "PostgreSQL answers" in srv.log()
+    assert srv.log().count("cannot connect to PostgreSQL yet") == 1 and "PostgreSQL answers" in srv.log()
 
 
 def test_a_start_gives_up_on_postgresql_after_its_wait(tmp_path: Path, pg_url: str) -> None:
@@ -149,6 +149,17 @@ def test_a_start_gives_up_on_postgresql_after_its_wait(tmp_path: Path, pg_url: s
         "jobserver: cannot start: cannot connect to PostgreSQL"
     )
     assert "Traceback" not in srv.log()
+
+
+def test_a_url_postgresql_cannot_use_refuses_the_start_at_once(tmp_path: Path, pg_url: str) -> None:
+    """An option's bad value is no server still starting: no wait mends it (exit 2, as a config error)."""
+    srv = start_server(tmp_path, {"database": {"url": f"{pg_url}?sslmode=bogus"}}, wait=False)
+    assert srv.wait_exit(10) == 2
+    refusal = [line for line in srv.log().splitlines() if line.startswith("jobserver:")]
+    assert refusal == [
+        'jobserver: config database.url: PostgreSQL cannot use it: connection is bad: invalid sslmode value: "bogus"'
+    ]
+    assert "cannot connect to PostgreSQL yet" not in srv.log()
 
 
 def test_a_node_recovers_when_postgresql_ends_its_connections(tmp_path: Path, pg_url: str) -> None:

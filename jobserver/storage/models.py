@@ -21,7 +21,7 @@ from typing import Any
 import peewee as pw
 from playhouse.postgres_ext import Psycopg3Database
 
-from jobserver.core.errors import StorageError
+from jobserver.core.errors import ConfigError, StorageError
 from jobserver.storage.failures import DRIVER_ERRORS, as_storage_error
 
 log = logging.getLogger(__name__)
@@ -452,11 +452,15 @@ def wait_for_database(db: pw.Database, wait_s: float) -> None:
             db.close()
         except DRIVER_ERRORS as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not reason.startswith(
+                "connection failed"
+            ):  # the URL itself (an option's value): no wait mends it
+                raise ConfigError("database.url", f"PostgreSQL cannot use it: {reason}") from exc
             if time.monotonic() + pause > deadline:
                 raise StorageError(f"cannot connect to PostgreSQL: {reason}") from exc
-            if not said:
+            if not said:  # a server not up yet, or a role or database an init job has yet to make
                 log.warning(
-                    "PostgreSQL does not answer yet (%s); trying again for up to %gs (database.startup_wait)",
+                    "cannot connect to PostgreSQL yet (%s); trying again for up to %gs (database.startup_wait)",
                     reason, wait_s, extra={"action": "database_wait"},
                 )  # fmt: skip
                 said = True
