@@ -130,6 +130,15 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert settings.webhooks.allow_private is True
 
 
+def test_every_bad_value_is_named_at_once(tmp_path: Path) -> None:
+    environ = {"JOBSERVER_WORKERS_THREADS": "abc", "JOBSERVER_WORKERS_LEASE_SECONDS": "xyz"}
+    error = config_error(tmp_path, environ=environ)
+    message = str(error)
+    assert error.key == "workers.threads"
+    assert "(from environment variable JOBSERVER_WORKERS_THREADS)" in message
+    assert "; also workers.lease_seconds: " in message and "JOBSERVER_WORKERS_LEASE_SECONDS)" in message
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("true", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("no", False)],

@@ -433,20 +433,26 @@ def _put(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _to_config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
-    """The first validation error as a ConfigError on its dotted key, saying where the value came from."""
-    errors = exc.errors()
-    first = errors[0]
-    key = ".".join(str(part) for part in first["loc"] if isinstance(part, str))
-    index = [part for part in first["loc"] if isinstance(part, int)]
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    """Every validation error, the first as the ConfigError's dotted key, each saying where its
+    value came from: an operator fixes them all in one go, not one per start."""
+    described = [_describe_error(error, sources) for error in exc.errors()]
+    (key, message), rest = described[0], described[1:]
+    if rest:
+        message += "; also " + "; ".join(f"{k or 'config'}: {m}" for k, m in rest)
+    return ConfigError(key or "config", message)
+
+
+def _describe_error(error: Any, sources: Mapping[str, str]) -> tuple[str, str]:
+    """(dotted key, what is wrong with it) for one pydantic error."""
+    key = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
+    index = [part for part in error["loc"] if isinstance(part, int)]
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
     message = message.removeprefix("Value error, ")
     if index:
         message = f"item {index[0]}: {message}"
     if key in sources:
         message = f"{message} (from {sources[key]})"
-    if len(errors) > 1:
-        message = f"{message}; and {len(errors) - 1} more error(s)"
-    return ConfigError(key or "config", message)
+    return key, message
 
 
 def _resolve_sqlite(settings: Settings, base: Path) -> Settings:
