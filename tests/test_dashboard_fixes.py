@@ -3,23 +3,30 @@ server: a long error message that pushed the pane sideways, the keyboard on a ro
 on the children tree, a refused Pause that said nothing, a deleted job left open with its
 actions, a children tree that asked the server once per child on every poll, webhook deliveries
 that did not say which event they were for, a schedule's next run in the browser's zone beside a
-cron in another, stale rows under the API-key banner after a restart turned auth on, and a
-finished job read twice when its link was opened.
+cron in another, stale rows under the API-key banner after a restart turned auth on, a
+finished job read twice when its link was opened, rows loaded by "load more" past the first 500
+that never updated, integers beyond 2**53 shown rounded and submitted changed, ticked rows that
+stayed selected after they left the list, a filter for a task not registered here dropped by the
+task reload, a schedules table and dates that broke at phone width, a long task name or progress
+message that widened the page, a double Ctrl+Enter that submitted twice, a pasted API key no
+header could carry that was stored and stuck the page, and a signal name carried over from the
+job opened before.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, Route, expect
 
 from tests import test_dashboard as dashboard
 from tests.e2e import Server, start_server
-from tests.helpers import write_config
+from tests.helpers import REPO, wait_until, write_config
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import ADD, FAIL, enter_api_key, open_job, row, submit, wait_finished
 
@@ -272,3 +279,365 @@ def test_a_job_link_reads_a_finished_job_and_its_deliveries_once(
     assert seen.count(path) == 1, seen
     assert seen.count(f"{path}/webhooks") == 1, seen
     assert seen.count(f"{path}/events") == 1, seen
+
+
+def phone(browser: Browser, width: int = 375, height: int = 812) -> tuple[BrowserContext, Page]:
+    """A page at phone width; the caller closes the context."""
+    context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=True)
+    page = context.new_page()
+    page.set_default_timeout(dashboard.TIMEOUT_MS)
+    return context, page
+
+
+def no_sideways_scroll(page: Page) -> None:
+    """Neither the page nor the layout scrolls sideways."""
+    widths = page.evaluate(
+        """() => {
+            const lay = document.querySelector('main.layout');
+            return [document.documentElement.scrollWidth, document.documentElement.clientWidth,
+                    lay.scrollWidth, lay.clientWidth];
+        }"""
+    )
+    assert widths[0] <= widths[1] and widths[2] <= widths[3], widths
+
+
+def inside(inner: Locator, outer: Locator) -> None:
+    """`inner` lies within `outer` horizontally."""
+    a, b = inner.bounding_box(), outer.bounding_box()
+    assert a is not None and b is not None
+    assert a["x"] >= b["x"] - 0.5 and a["x"] + a["width"] <= b["x"] + b["width"] + 0.5, (a, b)
+
+
+def list_polls(page: Page, n: int) -> None:
+    """Wait for `n` list polls to be answered."""
+    for _ in range(n):
+        with page.expect_response(lambda resp: "/jobs?" in resp.url and "parent=" not in resp.url):
+            pass
+
+
+def test_rows_loaded_past_the_first_500_by_load_more_stay_current(tmp_path: Path, page: Page) -> None:
+    srv = start_server(tmp_path)
+    try:
+        client = srv.client()
+        started, release = tmp_path / "started", tmp_path / "release"
+        blocker = submit(
+            client, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+        )
+        wait_until(started.exists, message="the blocker to start")
+        assert client.post(f"/tasks/{NOOP}/pause").status_code == 200
+        victim = submit(client, NOOP, {})
+        batch = client.post("/jobs/batch", json={"jobs": [{"task": NOOP, "args": {}}] * 520})
+        assert batch.status_code == 202, batch.text
+        page.goto(f"{srv.url}/?page_size=500")
+        rows = page.locator("#jobs-body tr")
+        expect(rows).to_have_count(500)
+        page.locator("#load-more").click()
+        expect(rows).to_have_count(522)  # the blocker and the victim are the oldest two, past the first 500
+        expect(row(page, blocker["id"])).to_have_attribute("data-status", "running")
+        expect(row(page, victim["id"])).to_have_attribute("data-status", "pending")
+
+        asked: list[str] = []
+        page.on(
+            "request", lambda r: asked.append(r.url) if "/jobs?" in r.url and "parent=" not in r.url else None
+        )
+        release.touch()
+        assert wait_finished(client, blocker["id"])["status"] == "completed"
+        assert client.post(f"/jobs/{victim['id']}/cancel").status_code in (200, 202)
+        expect(row(page, blocker["id"])).to_have_attribute("data-status", "completed")
+        expect(row(page, victim["id"])).to_have_attribute("data-status", "cancelled")
+        assert client.delete(f"/jobs/{victim['id']}").status_code in (200, 204)
+        expect(row(page, victim["id"])).to_have_count(0)  # a deleted job leaves the list
+        expect(rows).to_have_count(521)
+        expect(page.locator("#stale-note")).to_be_hidden()  # every row shown is current
+        expect(page.locator("#jobs-body tr[data-stale]")).to_have_count(0)
+        # a poll reads 500 rows at a time: the first page, then one more for the 22 past it
+        first = [u for u in asked if "cursor=" not in u]
+        more = [u for u in asked if "cursor=" in u]
+        assert first and more and len(more) <= len(first), asked
+    finally:
+        srv.stop()
+
+
+BIG = 2**60 + 1  # beyond 2**53: a JS number would round it to 1152921504606846976
+
+
+def test_integers_beyond_2_53_are_shown_and_submitted_exactly(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    job = submit(client, ADD, {"a": BIG, "b": 0})
+    assert wait_finished(client, job["id"])["result"] == BIG
+    page.goto(f"{server.url}/#job={job['id']}")
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(page.locator("#detail-result")).to_have_text(str(BIG))
+    expect(page.locator("#detail-args")).to_contain_text(f'"a": {BIG}')
+    expect(page.locator("#detail-json")).to_contain_text(f'"result": {BIG}')
+
+    page.locator("#submit-task").select_option(ADD)
+    typed = f'{{"a": {BIG}, "b": 0}}'
+    page.locator("#submit-args").fill(typed)
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/jobs")) as sent:
+        page.locator("#submit-btn").click()
+    assert typed in (sent.value.post_data or ""), sent.value.post_data  # the args as typed
+    expect(page.locator("#submit-ok")).to_be_visible()
+    new_id = page.locator("#submit-ok a").get_attribute("data-job-id")
+    assert new_id
+    assert client.get(f"/jobs/{new_id}").json()["args"] == {"a": BIG, "b": 0}
+    assert wait_finished(client, new_id)["result"] == BIG
+    expect(page.locator("#detail")).to_have_attribute("data-job-id", new_id)
+    expect(page.locator("#detail-result")).to_have_text(str(BIG))
+
+
+def test_the_selection_holds_only_rows_shown_and_select_all_follows_new_rows(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    assert client.post(f"/tasks/{ADD}/pause").status_code == 200
+    jobs = [submit(client, ADD, {"a": i, "b": 1}) for i in range(2)]
+    page.goto(f"{server.url}/?status=pending")
+    for job in jobs:
+        row(page, job["id"]).locator("input.sel").check()
+    expect(page.locator("#bulk-count")).to_have_text("2 selected")
+    expect(page.locator("#select-all")).to_be_checked()
+    assert client.post(f"/tasks/{ADD}/resume").status_code == 200  # they run: no longer pending
+    expect(page.locator("#jobs-body tr")).to_have_count(0)
+    expect(page.locator("#bulk-count")).not_to_contain_text("selected")
+    expect(page.locator("#bulk-cancel")).to_be_disabled()
+    expect(page.locator("#select-all")).not_to_be_checked()
+
+    assert client.post(f"/tasks/{ADD}/pause").status_code == 200
+    first = submit(client, ADD, {"a": 5, "b": 1})
+    expect(row(page, first["id"])).to_be_visible()
+    page.locator("#select-all").check()
+    expect(page.locator("#bulk-count")).to_have_text("1 selected")
+    second = submit(client, ADD, {"a": 6, "b": 1})  # a poll brings an unticked row
+    expect(row(page, second["id"])).to_be_visible()
+    expect(page.locator("#select-all")).not_to_be_checked()
+    expect(row(page, second["id"]).locator("input.sel")).not_to_be_checked()
+    expect(page.locator("#bulk-count")).to_have_text("1 selected")
+
+
+def test_a_filter_for_a_task_this_server_does_not_register_holds_across_task_reloads(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    ghost = "elsewhere.tasks.not_registered_here"
+    job = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, job["id"])
+    page.goto(f"{server.url}/?task={ghost}")
+    expect(page.locator("#filter-task")).to_have_value(ghost)
+    expect(page.locator("#jobs-empty")).to_have_text("No jobs match these filters.")
+    task = page.locator(f'#tasks-body tr[data-task="{NOOP}"]')
+    task.get_by_role("button", name="Pause").click()  # the task list is read again
+    expect(task).to_have_attribute("data-paused", "true")
+    expect(page.locator("#filter-task")).to_have_value(ghost)
+    with page.expect_response(lambda resp: "/jobs?" in resp.url and "parent=" not in resp.url) as polled:
+        pass
+    assert f"task={ghost}" in polled.value.url, polled.value.url
+    expect(row(page, job["id"])).to_have_count(0)
+    expect(page.locator("#jobs-empty")).to_have_text("No jobs match these filters.")
+    assert f"task={ghost}" in page.url
+
+
+WORDS_SPLIT = """(el) => {
+    // the words of an element's text that the layout broke across two lines, though they fit on one
+    const node = el.firstChild;
+    const out = [];
+    const re = /\\S+/g;
+    let m;
+    while ((m = re.exec(node.textContent))) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const rects = [...range.getClientRects()];
+        const wide = rects.reduce((sum, r) => sum + r.width, 0);
+        // a word wider than the element has to break; one that fits on a line must not
+        if (new Set(rects.map((r) => Math.round(r.top))).size > 1 && wide <= el.clientWidth) out.push(m[0]);
+    }
+    return out;
+}"""
+
+
+def test_at_phone_width_the_schedules_fit_their_card_and_dates_wrap_between_words(
+    server: Server, client: httpx.Client, browser: Browser
+) -> None:
+    made = client.put(
+        "/schedules/nightly-digest",
+        json={"task": NOOP, "cron": "0 3 * * *", "timezone": "Europe/Berlin", "args": {}},
+    )
+    assert made.status_code in (200, 201), made.text
+    # a long idempotency key widens the pane's labels, so the dates beside them must wrap
+    job = submit(client, ADD, {"a": 1, "b": 2}, **{"Idempotency-Key": "key-with-a-long-tail-" + "k" * 150})
+    wait_finished(client, job["id"])
+    context, page = phone(browser)
+    try:
+        page.goto(server.url)
+        schedule = page.locator('#schedules-body tr[data-schedule="nightly-digest"]')
+        expect(schedule).to_be_visible()
+        card = page.locator("#ops-card")
+        button = schedule.get_by_role("button", name="Pause")
+        button.scroll_into_view_if_needed()
+        inside(button, card)
+        inside(schedule, card)
+        name = schedule.locator("td").first
+        box = name.bounding_box()
+        assert box is not None and box["height"] < 30, box  # one line, not a letter per line
+        no_sideways_scroll(page)
+        button.click()  # reachable, and it works
+        expect(schedule).to_have_attribute("data-paused", "true")
+
+        open_job(page, job["id"])
+        fields = page.locator("#detail-fields dd")
+        expect(fields.first).to_be_visible()
+        for i in range(fields.count()):
+            assert fields.nth(i).evaluate(WORDS_SPLIT) == [], fields.nth(i).text_content()
+        no_sideways_scroll(page)
+    finally:
+        context.close()
+
+
+LONG_TASK = "longtasks." + "very_long_task_name_segment_" * 6 + "日本語タスク_émoji🙂"
+LONG_MESSAGE = "fetching https://example.com/a/rather/long/path/to/a/document/that/goes/on/and/on.html"
+
+
+def test_a_long_task_name_and_progress_message_stay_within_their_columns(
+    tmp_path: Path, browser: Browser
+) -> None:
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "longtasks.py").write_text(
+        "from jobserver import JobContext, task\n\n\n"
+        f"@task(name={LONG_TASK!r})\n"
+        "def longname(ctx: JobContext) -> str:\n"
+        f"    ctx.progress(1, 2, {LONG_MESSAGE!r})\n"
+        "    return 'ok'\n",
+        encoding="utf-8",
+    )
+    srv = start_server(
+        tmp_path,
+        {"tasks": {"modules": ["jobserver.examples", "tests.e2e_tasks", "longtasks"]}},
+        env={"PYTHONPATH": os.pathsep.join([str(REPO), str(mods)])},
+    )
+    try:
+        client = srv.client()
+        plain = submit(client, ADD, {"a": 1, "b": 2})
+        long = submit(client, LONG_TASK, {})
+        wait_finished(client, plain["id"])
+        wait_finished(client, long["id"])
+        for width, height in ((1400, 900), (375, 812)):
+            context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=width < 600)
+            try:
+                page = context.new_page()
+                page.set_default_timeout(dashboard.TIMEOUT_MS)
+                page.goto(f"{srv.url}/#job={plain['id']}")
+                expect(page.locator("#detail-status")).to_have_text("completed")
+                expect(page.locator(f'#filter-task option[value="{LONG_TASK}"]')).to_have_count(1)
+                expect(row(page, long["id"]).locator(".ptext")).to_contain_text("fetching")
+                no_sideways_scroll(page)
+                select = page.locator("#filter-task").bounding_box()
+                assert select is not None and select["width"] <= 260, select
+                submit_select = page.locator("#submit-task").bounding_box()
+                assert submit_select is not None and submit_select["x"] + submit_select["width"] <= width, (
+                    submit_select
+                )
+                widths = page.evaluate(
+                    """() => {
+                        const t = document.querySelector('#jobs-table');
+                        const col = document.querySelector('.jobs-col');
+                        return [t.scrollWidth, t.parentElement.clientWidth, col.scrollWidth, col.clientWidth];
+                    }"""
+                )
+                assert widths[0] <= widths[1] and widths[2] <= widths[3], (width, widths)
+                for r in (plain, long):
+                    duration = row(page, r["id"]).locator(".col-duration")
+                    duration.scroll_into_view_if_needed()
+                    inside(duration, page.locator(".jobs-col"))
+                    expect(duration).to_be_in_viewport()
+            finally:
+                context.close()
+    finally:
+        srv.stop()
+
+
+def test_a_quick_double_ctrl_enter_submits_the_job_once(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    held: list[Route] = []
+    page.route(
+        "**/jobs",
+        lambda route, request: held.append(route) if request.method == "POST" else route.continue_(),
+    )
+    page.goto(server.url)
+    page.locator("#submit-task").select_option(ADD)
+    args = page.locator("#submit-args")
+    args.fill('{"a": 40, "b": 2}')
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/jobs")):
+        args.press("Control+Enter")
+    expect(page.locator("#submit-btn")).to_be_disabled()  # the first submit is in flight
+    args.press("Control+Enter")
+    args.press("Control+Enter")
+    # the route handler runs as playwright dispatches events: each call to the page pumps them
+    wait_until(lambda: held or page.evaluate("() => false"), timeout=15, message="the first POST to be held")
+    held[0].continue_()
+    expect(page.locator("#submit-ok")).to_be_visible()
+    expect(page.locator("#submit-btn")).to_be_enabled()
+    list_polls(page, 2)  # a second POST, had one been sent, would have been routed by now
+    for route in held[1:]:
+        route.continue_()
+    assert len(held) == 1, f"{len(held)} POST /jobs for one job"
+    assert len(client.get("/jobs", params={"task": ADD}).json()["jobs"]) == 1
+
+
+def test_an_api_key_is_trimmed_and_one_no_header_can_carry_is_refused_unsaved(
+    tmp_path: Path, page: Page
+) -> None:
+    srv = start_server(tmp_path, {"auth": {"api_keys": ["k1"]}})
+    try:
+        job = submit(srv.client(), ADD, {"a": 1, "b": 2}, Authorization="Bearer k1")
+        page.goto(srv.url)
+        expect(page.locator("#auth-banner")).to_be_visible()
+        enter_api_key(page, " k1\u200b")  # pasted with a space before and a zero-width space after
+        expect(page.locator("#auth-banner")).to_be_hidden()
+        expect(row(page, job["id"])).to_be_visible()
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        assert page.evaluate("() => localStorage.getItem('jobserver.apiKey')") == "k1"
+
+        enter_api_key(page, "k1\u2019")  # a curly quote: no HTTP header can carry it
+        problem = page.locator("#api-key-problem")
+        expect(problem).to_be_visible()
+        expect(problem).to_contain_text("not saved")
+        expect(problem).to_contain_text("U+2019")
+        assert page.evaluate("() => localStorage.getItem('jobserver.apiKey')") == "k1"
+        list_polls(page, 1)  # the page goes on with the key it had
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+        expect(page.locator("#list-error")).to_be_hidden()
+        expect(row(page, job["id"])).to_be_visible()
+
+        enter_api_key(page, "k1")
+        expect(problem).to_be_hidden()
+        page.reload()
+        expect(row(page, job["id"])).to_be_visible()
+    finally:
+        srv.stop()
+
+
+def test_the_signal_name_is_reset_when_another_job_is_opened(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    waiter = submit(client, "tests.e2e_tasks.wait_named", {"name": "go-ahead"})
+    runner = submit(
+        client, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
+    )
+    try:
+        wait_until(started.exists, message="the runner to start")
+        page.goto(server.url)
+        open_job(page, waiter["id"])
+        expect(page.locator("#detail-status")).to_have_text("waiting")
+        expect(page.locator("#signal-name")).to_have_value("go-ahead")
+        open_job(page, runner["id"])
+        expect(page.locator("#detail-status")).to_have_text("running")
+        expect(page.locator("#detail-signal-section")).to_be_visible()
+        expect(page.locator("#signal-name")).to_have_value("approve")  # not the other job's "go-ahead"
+        open_job(page, waiter["id"])
+        expect(page.locator("#signal-name")).to_have_value("go-ahead")
+    finally:
+        release.touch()
+        client.post(f"/jobs/{waiter['id']}/cancel")
