@@ -110,6 +110,11 @@ async def run_peers(
             log(f"round {r + 1} of {rounds}: {NAMES[system]}")
             try:
                 got = await _measure(plan, system, workdir / f"round{r + 1}-{system}", log)
+            except ImportError as exc:  # a peer's packages come with the bench extra
+                errors[f"{NAMES[system]}, round {r + 1}"] = (
+                    f"{exc}: the peers need the bench extra, which ./test.sh installs"
+                )
+                continue
             except (BenchError, OSError, TimeoutError, KeyError, TypeError, ValueError) as exc:
                 errors[f"{NAMES[system]}, round {r + 1}"] = f"{type(exc).__name__}: {exc}"
                 continue

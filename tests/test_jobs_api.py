@@ -295,7 +295,10 @@ def test_delete_and_retry_endpoints(app: RunningApp) -> None:
     assert c.post(f"/jobs/{done['id']}/retry").status_code == 409
     assert c.post(f"/jobs/{done['id']}/cancel").status_code == 409
     pending = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=60)
-    assert c.delete(f"/jobs/{pending['id']}").status_code == 409
+    refused = c.delete(f"/jobs/{pending['id']}")
+    assert refused.status_code == 409 and " is pending: " in refused.json()["detail"], (
+        refused.text
+    )  # as the API names it
     assert c.delete(f"/jobs/{done['id']}").status_code == 204
     assert c.get(f"/jobs/{done['id']}").status_code == 404
     assert c.delete(f"/jobs/{done['id']}").status_code == 404

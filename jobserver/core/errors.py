@@ -139,8 +139,9 @@ class ConflictError(JobServerError):
 
     def __init__(self, job_id: str, status: str, message: str | None = None) -> None:
         self.job_id = job_id
-        self.status = status
-        super().__init__(message or f"job {job_id} is {status}: {(self.__doc__ or '').strip()}")
+        # as the API names it: a job delayed or held back by a limit is stored otherwise
+        self.status = "pending" if status in ("scheduled", "blocked") else status
+        super().__init__(message or f"job {job_id} is {self.status}: {(self.__doc__ or '').strip()}")
 
 
 class JobFinishedError(ConflictError):
