@@ -52,6 +52,8 @@ def test_every_route_needs_a_key_but_health_and_the_dashboard(keyed: RunningApp)
     assert_unauthorized(anonymous.get("/jobs", headers={"Authorization": "k1"}))  # not a Bearer credential
     assert_unauthorized(anonymous.get("/jobs", headers={"Authorization": "Basic azE6"}))
     assert_unauthorized(anonymous.get("/jobs", headers={"Authorization": "Bearer k1x"}))
+    for pair in (["Bearer k1", "Bearer wrong"], ["Bearer wrong", "Bearer k1"]):  # never the last one wins
+        assert_unauthorized(anonymous.get("/jobs", headers=[("Authorization", v) for v in pair]))
     assert anonymous.get("/healthz").status_code == 200
     page = anonymous.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -212,7 +212,10 @@ class AuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
+        # HTTP allows one Authorization header: with two, a proxy may have checked the other
+        # one, so neither counts (a 401) rather than the last silently winning
+        sent = [value for name, value in scope["headers"] if name == b"authorization"]
+        header = sent[0] if len(sent) == 1 else b""
         token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
         matched = False
         for key in self.keys:  # compare against every key: timing does not reveal which matched
