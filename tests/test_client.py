@@ -323,3 +323,13 @@ def test_submit_many_queues_all_or_nothing(client: Client) -> None:
             [{"task": ADD, "args": {"a": 1, "b": 1}}, {"task": ADD, "args": {"a": "x", "b": 1}}]
         )
     assert bad.value.errors[0]["loc"] == ["body", "jobs", 1, "args", "a"]
+
+
+def test_every_error_a_client_raises_is_importable_from_the_client_package() -> None:
+    import jobserver.client as sdk
+    from jobserver.core import errors
+
+    for name in ("WaitTimeoutError", "ServerUnavailableError", "InvalidRequestError", "JobNotFoundError"):
+        assert getattr(sdk, name) is getattr(errors, name)  # the server's own classes: one to catch
+    assert sdk.UnauthorizedError is UnauthorizedError and sdk.ClientError is ClientError
+    assert set(sdk.__all__) <= set(dir(sdk))
