@@ -161,6 +161,20 @@ def test_query_validation(app: RunningApp) -> None:
     assert c.get("/tasks").status_code == c.get("/stats").status_code == 200
 
 
+def test_an_idempotency_key_is_the_headers_value_without_surrounding_whitespace(app: RunningApp) -> None:
+    c = app.client
+    body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+    first = c.post("/jobs", json=body, headers={"Idempotency-Key": "key-x  "})
+    assert first.status_code == 202
+    again = c.post("/jobs", json=body, headers={"Idempotency-Key": "key-x"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.text
+    assert first.json()["idempotency_key"] == "key-x"
+    before = len(c.get("/jobs").json()["jobs"])
+    refused = c.post("/jobs", json=body, headers=[(b"Idempotency-Key", "ü-1".encode())])
+    assert refused.status_code == 422 and refused.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert len(c.get("/jobs").json()["jobs"]) == before  # refused: nothing queued
+
+
 def test_idempotency_replay_mismatch(app: RunningApp) -> None:
     c = app.client
     body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}

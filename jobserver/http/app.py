@@ -296,12 +296,16 @@ def create_app(svc: Services) -> Starlette:
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "body")
         idem_key = request.headers.get("idempotency-key")
-        if idem_key is not None and not 1 <= len(idem_key) <= 255:
-            return field_problem(
-                ["header", "Idempotency-Key"],
-                "1 to 255 characters",
-                "Idempotency-Key must have 1 to 255 characters",
-            )
+        if idem_key is not None:
+            # whitespace around a header's value is not part of it (RFC 9110), and a header's
+            # bytes past ASCII have no agreed text: `key ` and `key` are one key, `ü` none
+            idem_key = idem_key.strip(" \t")
+            if not (1 <= len(idem_key) <= 255 and idem_key.isascii() and idem_key.isprintable()):
+                return field_problem(
+                    ["header", "Idempotency-Key"],
+                    "1 to 255 printable ASCII characters",
+                    "Idempotency-Key must have 1 to 255 printable ASCII characters",
+                )
         record, replayed = await commands.submit(
             body, idem_key, key_scope(request), parsed, svc.tracing.carrier()
         )

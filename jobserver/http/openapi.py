@@ -561,8 +561,9 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "description": "Same key and body: the first job again (scoped per API key).",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "Same key and body: the first job again (scoped per API key). "
+                        "Printable ASCII; whitespace around it is not part of it.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
                     }
                 ],
                 requestBody={
