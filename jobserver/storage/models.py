@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee as pw
 from playhouse.postgres_ext import Psycopg3Database
@@ -25,6 +25,7 @@ from jobserver.core.errors import ConfigError, StorageError
 from jobserver.storage.failures import DRIVER_ERRORS, as_storage_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class BaseModel(pw.Model):
@@ -385,15 +386,22 @@ def read_rows(db: pw.Database, pg: bool, sql: str, params: Sequence[Any] = ()) -
     if pg:
         sql = sql.replace("?", "%s")
     try:
-        rows: list[tuple[Any, ...]] = db.execute_sql(sql, params).fetchall()
+        rows: list[tuple[Any, ...]] = once_more_if_dropped(db, lambda: db.execute_sql(sql, params).fetchall())
     except DRIVER_ERRORS as exc:
-        if not (isinstance(db, PostgresDatabase) and db.dropped()):
-            raise as_storage_error(exc, "read") from exc
-        try:  # the server ended the connection before this read: once more on a new one
-            rows = db.execute_sql(sql, params).fetchall()
-        except DRIVER_ERRORS as again:
-            raise as_storage_error(again, "read") from again
+        raise as_storage_error(exc, "read") from exc
     return rows
+
+
+def once_more_if_dropped(db: pw.Database, attempt: Callable[[], T]) -> T:
+    """`attempt()`, and on PostgreSQL once more on a new connection when it failed because the
+    server had ended this thread's connection before it (so nothing of it ran): a read, or the
+    BEGIN of a write batch."""
+    try:
+        return attempt()
+    except DRIVER_ERRORS:
+        if not (isinstance(db, PostgresDatabase) and db.dropped()):
+            raise
+    return attempt()
 
 
 def check_writable(sqlite_path: Path) -> None:
@@ -452,9 +460,8 @@ def wait_for_database(db: pw.Database, wait_s: float) -> None:
             db.close()
         except DRIVER_ERRORS as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if not reason.startswith(
-                "connection failed"
-            ):  # the URL itself (an option's value): no wait mends it
+            # not a failure to connect but the URL itself (an option's value): no wait mends it
+            if not reason.startswith("connection failed"):
                 raise ConfigError("database.url", f"PostgreSQL cannot use it: {reason}") from exc
             if time.monotonic() + pause > deadline:
                 raise StorageError(f"cannot connect to PostgreSQL: {reason}") from exc

@@ -25,8 +25,8 @@ from typing import Any, Generic, TypeVar, cast
 import peewee as pw
 
 from jobserver.core.errors import StorageError
-from jobserver.storage.failures import DRIVER_ERRORS, WriteHealth, as_storage_error, needs_new_connection
-from jobserver.storage.models import PostgresDatabase, SqliteFile
+from jobserver.storage.failures import WriteHealth, as_storage_error, needs_new_connection
+from jobserver.storage.models import SqliteFile, once_more_if_dropped
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -484,15 +484,13 @@ class Writer:
         last batch (a restart, a failover) fails at BEGIN, before anything of the batch was
         sent: the batch begins again on a new connection instead of failing every op."""
         statement = "BEGIN" if self._pg else "BEGIN IMMEDIATE"
-        cur = self._db.connection().cursor()
-        try:
-            cur.execute(statement)
-        except DRIVER_ERRORS:
-            if not (isinstance(self._db, PostgresDatabase) and self._db.dropped()):
-                raise
+
+        def begin() -> Any:
             cur = self._db.connection().cursor()
             cur.execute(statement)
-        return cur
+            return cur
+
+        return once_more_if_dropped(self._db, begin)
 
     def _fail_all(self, batch: list[_Item[Any]], exc: Exception) -> None:
         error = as_storage_error(exc, "write")
