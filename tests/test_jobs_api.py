@@ -161,6 +161,47 @@ def test_query_validation(app: RunningApp) -> None:
     assert c.get("/tasks").status_code == c.get("/stats").status_code == 200
 
 
+def test_a_query_names_each_parameter_once_with_plain_numbers(app: RunningApp) -> None:
+    c = app.client
+    for _ in range(3):
+        submit(c, "jobserver.examples.add", {"a": 1, "b": 1})
+    r = c.get("/jobs?limit=1&limit=2")
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == [{"loc": ["query", "limit"], "msg": "given more than once", "type": "repeated"}]
+    assert c.get("/jobs?status=failed&task=x&status=completed").status_code == 422
+    for odd in ("1_0", " 2", "2 ", "+2", "0x2"):
+        r = c.get(f"/jobs?limit={odd}")
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "limit"], (odd, r.text)
+    job_id = c.get("/jobs?limit=1").json()["jobs"][0]["id"]
+    for odd in ("1_0", "inf", "nan", "1 "):
+        assert c.get(f"/jobs/{job_id}?wait={odd}").status_code == 422, odd
+    assert len(c.get("/jobs?limit=2").json()["jobs"]) == 2
+    assert c.get(f"/jobs/{job_id}?wait=1e-3").status_code == 200
+
+
+def test_a_body_in_a_charset_other_than_utf8_is_refused(app: RunningApp) -> None:
+    c = app.client
+    body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+    before = len(c.get("/jobs").json()["jobs"])
+    for charset in ("latin-1", '"utf-16"', "ISO-8859-1"):
+        r = c.post("/jobs", json=body, headers={"content-type": f"application/json; charset={charset}"})
+        assert r.status_code == 415 and "UTF-8" in r.json()["detail"], (charset, r.text)
+    assert len(c.get("/jobs").json()["jobs"]) == before
+    for charset in ("utf-8", "UTF-8", '"utf-8"'):
+        r = c.post("/jobs", json=body, headers={"content-type": f"application/json; charset={charset}"})
+        assert r.status_code == 202, (charset, r.text)
+
+
+def test_a_last_event_id_may_have_whitespace_around_it(app: RunningApp) -> None:
+    c = app.client
+    job = wait_done(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2})["id"])
+    whole = c.get(f"/jobs/{job['id']}/events", params={"follow": "false"})
+    first_id = int(whole.text.split("id: ")[1].split("\n")[0])
+    after = c.get(f"/jobs/{job['id']}/events?follow=false", headers={"Last-Event-ID": f" {first_id} "})
+    assert after.status_code == 200, after.text
+    assert f"id: {first_id}\n" not in after.text and after.text in whole.text and after.text != whole.text
+
+
 def test_an_idempotency_key_is_the_headers_value_without_surrounding_whitespace(app: RunningApp) -> None:
     c = app.client
     body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}

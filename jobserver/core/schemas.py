@@ -111,6 +111,17 @@ class BatchBody(BaseModel):
     jobs: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+# a number in a query string as people write one: Python's own parsing would also read `1_0`
+# as 10, and " 5" or "infinity" as numbers
+QUERY_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
+
+
+def plain_query_number(value: Any) -> Any:
+    if isinstance(value, str) and not QUERY_NUMBER.fullmatch(value):
+        raise ValueError("must be a decimal number")
+    return value
+
+
 class ListQuery(BaseModel):
     """GET /jobs query string."""
 
@@ -122,6 +133,8 @@ class ListQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+    _plain_limit = field_validator("limit", mode="before")(plain_query_number)
 
 
 class EventsQuery(BaseModel):
@@ -139,3 +152,5 @@ class GetQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     wait: float = Field(default=0, ge=0, le=MAX_WAIT_S)
+
+    _plain_wait = field_validator("wait", mode="before")(plain_query_number)

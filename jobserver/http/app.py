@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -112,13 +113,20 @@ class BodyTooLarge(Exception):
 
 
 class UnsupportedMediaType(Exception):
-    pass
+    """A body that is not UTF-8 JSON; the message says what to send instead."""
+
+    def __init__(self, detail: str = "send JSON with 'Content-Type: application/json'") -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 def last_event_id(request: Request) -> int:
     """The event id a stream resumes after: the Last-Event-ID header or `?last_event_id`,
     ASCII digits within 64 bits, else a 400 (a stream that skipped events would look whole)."""
-    text = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    # whitespace around a header's value is not part of it (RFC 9110)
+    text = (request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0").strip(
+        " \t"
+    )
     if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= EVENT_ID_MAX):
         raise MalformedRequestError(
             "invalid-last-event-id",
@@ -145,9 +153,18 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_json_body(request: Request, limit: int, max_depth: int) -> Any:
     """The parsed JSON body, refused before any model sees it: not JSON (415, 400), larger than
     `limit` (413), nested deeper than `max_depth`, or holding integers beyond 64 bits (422)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype, *params = request.headers.get("content-type", "").lower().split(";")
+    ctype = ctype.strip()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType()
+    for param in params:
+        name, _, value = param.partition("=")
+        charset = value.strip().strip('"')
+        if name.strip() == "charset" and charset not in ("utf-8", "utf8"):
+            # JSON is UTF-8 (RFC 8259): a body in another charset would be read wrongly, never refused
+            raise UnsupportedMediaType(
+                f"JSON bodies are UTF-8: send 'charset=utf-8' or no charset, not {charset!r}"
+            )
     raw = await read_body(request, limit)
     try:
         parsed = orjson.loads(raw)
@@ -238,8 +255,14 @@ def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
 @functools.lru_cache(maxsize=256)
 def _parsed_query(model: type[pydantic.BaseModel], query_string: bytes) -> Any:
     """A query string validated by `model`, remembered (a refused one is not): pollers and
-    waiters send the same few query strings over and over. The models are never changed."""
-    return model.model_validate(dict(QueryParams(query_string)))
+    waiters send the same few query strings over and over. The models are never changed.
+    A name given twice is refused: which one counts would be a guess (`?limit=1&limit=500`)."""
+    params = QueryParams(query_string)
+    if len(params) != len(params.multi_items()):
+        names = [n for n, count in Counter(n for n, _ in params.multi_items()).items() if count > 1]
+        errors = [{"loc": ["query", n], "msg": "given more than once", "type": "repeated"} for n in names]
+        raise InvalidRequestError(f"invalid query: {', '.join(names)} given more than once", errors)
+    return model.model_validate(dict(params))
 
 
 def create_app(svc: Services) -> Starlette:
@@ -276,13 +299,8 @@ def create_app(svc: Services) -> Starlette:
                     "Request body too large",
                     f"the body may take at most {settings.server.max_body_bytes} bytes",
                 )
-            except UnsupportedMediaType:
-                return problem(
-                    415,
-                    "unsupported-media-type",
-                    "Unsupported media type",
-                    "send JSON with 'Content-Type: application/json'",
-                )
+            except UnsupportedMediaType as exc:
+                return problem(415, "unsupported-media-type", "Unsupported media type", exc.detail)
 
         return wrapper
 

@@ -80,9 +80,8 @@ def ops_routes(svc: OpsServices) -> list[Route]:
             except BodyTooLarge:
                 detail = f"the body may take at most {svc.max_body_bytes} bytes"
                 return problem(413, "body-too-large", "Request body too large", detail)
-            except UnsupportedMediaType:
-                detail = "send JSON with 'Content-Type: application/json'"
-                return problem(415, "unsupported-media-type", "Unsupported media type", detail)
+            except UnsupportedMediaType as exc:
+                return problem(415, "unsupported-media-type", "Unsupported media type", exc.detail)
 
         return wrapper
 
