@@ -59,3 +59,14 @@ def test_the_sdist_and_wheel_build_and_install_in_a_fresh_venv(tmp_path: Path) -
     assert Path(where[0]).is_relative_to(venv) and where[1] == version
     assert run(venv / "bin" / "jobserver", "--version", cwd=tmp_path).strip() == f"jobserver {version}"
     assert run(python, "-m", "jobserver", "--version", cwd=tmp_path).strip() == f"jobserver {version}"
+
+
+def test_the_readmes_dockerfile_for_your_tasks_is_the_example_file() -> None:
+    """The README shows examples/docker/Dockerfile inline; a copy that drifted would build an image
+    other than the one the example's smoke test checks."""
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("```dockerfile\n", 1)[1].split("```", 1)[0]
+    shown_lines = [line.removeprefix("  ") for line in shown.splitlines()]
+    example = (REPO / "examples/docker/Dockerfile").read_text().splitlines()
+    example_lines = [line for line in example if not line.startswith("#")]
+    assert [x for x in shown_lines if x.strip()] == [x for x in example_lines if x.strip()]
