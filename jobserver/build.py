@@ -227,7 +227,7 @@ def build(
         ScheduleStore(db, writer, store, s.is_postgres), registry, clock, observers, dispatcher.job_added
     )
     stats = Stats(Counters(db, s.is_postgres), writer, clock)
-    bulk = BulkActions(store, clock, hub, wakeup, dispatcher, executor, observers)
+    bulk = BulkActions(store, clock, hub, wakeup, dispatcher, commands)
 
     def flush_progress() -> None:
         future = reporter.flush_once(clock.now())

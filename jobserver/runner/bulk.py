@@ -14,12 +14,10 @@ from collections.abc import Callable, Sequence
 
 from jobserver.core.clock import Clock
 from jobserver.core.hub import Hub
-from jobserver.core.lifecycle import Status
-from jobserver.core.observers import JobObserver
 from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.records import JobRecord
+from jobserver.runner.commands import JobCommands
 from jobserver.runner.dispatcher import Dispatcher
-from jobserver.runner.executor import Executor
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import WriteFuture
@@ -41,16 +39,14 @@ class BulkActions:
         hub: Hub,
         wakeup: Wakeup,
         dispatcher: Dispatcher,
-        executor: Executor,
-        observers: Sequence[JobObserver],
+        commands: JobCommands,
     ) -> None:
         self.store = store
         self.clock = clock
         self.hub = hub
         self.wakeup = wakeup
         self.dispatcher = dispatcher
-        self.executor = executor
-        self.observers = observers
+        self.commands = commands  # a cancelled job gets what the one-job cancel gives it
 
     async def cancel(self, f: CancelFilter) -> int:
         """Cancel matching pending jobs, ask matching running ones to stop; how many."""
@@ -87,13 +83,7 @@ class BulkActions:
 
     def _cancelled(self, records: list[JobRecord]) -> None:
         for rec in records:
-            self.hub.publish(rec.id)
-            if rec.status == Status.RUNNING:
-                ahead = self.dispatcher.slots.is_ready(rec.id)
-                self.executor.request_stop(rec.id, "cancel", claimed_ahead=ahead)
-            else:
-                for observer in self.observers:
-                    observer.cancelled(rec)
+            self.commands.cancelled(rec)
 
     def _deleted(self, records: list[JobRecord]) -> None:
         for rec in records:

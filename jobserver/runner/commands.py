@@ -157,18 +157,18 @@ class JobCommands:
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job and its unfinished descendants (pending or waiting: at once; running:
         ask the attempt to stop)."""
+        return await self.store.cancel(job_id, self.clock.now(), self.cancelled)
 
-        def after(rec: JobRecord) -> None:  # the job and each unfinished descendant
-            self.hub.publish(rec.id)
-            if rec.status == Status.RUNNING:
-                self.executor.request_stop(
-                    rec.id, "cancel", claimed_ahead=self.dispatcher.slots.is_ready(rec.id)
-                )
-            else:
-                for observer in self.observers:
-                    observer.cancelled(rec)
-
-        return await self.store.cancel(job_id, self.clock.now(), after)
+    def cancelled(self, rec: JobRecord) -> None:
+        """What follows a committed cancel, whether of one job, of a descendant, or of a bulk
+        action's batch: watchers told; a running attempt asked to stop (it ends itself, so its
+        end is reported once); any other job's end told to the observers now."""
+        self.hub.publish(rec.id)
+        if rec.status == Status.RUNNING:
+            self.executor.request_stop(rec.id, "cancel", claimed_ahead=self.dispatcher.slots.is_ready(rec.id))
+        else:
+            for observer in self.observers:
+                observer.cancelled(rec)
 
     async def retry(self, job_id: str) -> JobRecord:
         """Run a failed or cancelled job again with a fresh round of attempts."""
