@@ -167,7 +167,9 @@ def test_a_query_names_each_parameter_once_with_plain_numbers(app: RunningApp) -
         submit(c, "jobserver.examples.add", {"a": 1, "b": 1})
     r = c.get("/jobs?limit=1&limit=2")
     assert r.status_code == 422, r.text
-    assert r.json()["errors"] == [{"loc": ["query", "limit"], "msg": "given more than once", "type": "repeated"}]
+    assert r.json()["errors"] == [
+        {"loc": ["query", "limit"], "msg": "given more than once", "type": "repeated"}
+    ]
     assert c.get("/jobs?status=failed&task=x&status=completed").status_code == 422
     for odd in ("1_0", " 2", "2 ", "+2", "0x2"):
         r = c.get(f"/jobs?limit={odd}")

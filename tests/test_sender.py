@@ -370,6 +370,39 @@ def test_the_thread_delivers_promptly_and_a_slow_receiver_holds_up_only_itself(e
     wait_until(lambda: env.delivery(slow_job)[1] == "delivered", 5, message="the slow delivery recorded")
 
 
+def test_a_dead_receiver_with_many_deliveries_leaves_slots_for_other_hosts(env: Env) -> None:
+    """Many jobs pointing at a receiver that never answers must not take every sending slot:
+    a delivery to another host goes out at once, not after that receiver's timeout. The
+    deliveries held back stay pending and go out, once each, when their host has room."""
+    sender = env.sender(timeout=10.0)
+    gate = threading.Event()
+    env.receiver.script("/dead", *[Reply(200, gate=gate)] * 12)
+    healthy = Receiver().start()  # another port, so another host
+    try:
+        dead_jobs = [env.finish(env.receiver.url("/dead")) for _ in range(12)]
+        sender.start()
+        env.receiver.wait_for(6, "/dead", timeout=5)
+        env.clock.advance(1.0)  # the healthy delivery is the newest due row
+        healthy_job = env.finish(healthy.url("/hook"))
+        started = time.monotonic()
+        healthy.wait_for(1, "/hook", timeout=1.0)  # 10 s (the dead receiver's timeout) before the fix
+        wait_until(lambda: env.delivery(healthy_job)[1] == "delivered", 1.0, message="the healthy delivery")
+        assert time.monotonic() - started < 1.0
+        assert len(env.receiver.received("/dead")) == 6  # the rest wait for their own host's slots
+        assert all(env.delivery(job)[1:3] == ("pending", 0) for job in dead_jobs)
+    finally:
+        gate.set()
+        healthy.stop()
+    wait_until(
+        lambda: all(env.delivery(job)[1] == "delivered" for job in dead_jobs),
+        5,
+        message="the held-back deliveries to go out once the receiver answers",
+    )
+    sent_ids = [r.headers["webhook-id"] for r in env.receiver.received("/dead")]
+    assert sorted(sent_ids) == sorted(env.delivery(job)[0] for job in dead_jobs)  # each exactly once
+    assert all(env.delivery(job)[2] == 1 for job in dead_jobs)
+
+
 def test_a_delivery_in_flight_is_leased_against_other_senders(env: Env) -> None:
     first, second = env.sender(), env.sender()
     gate = threading.Event()

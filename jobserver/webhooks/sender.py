@@ -24,6 +24,14 @@ drop repeats.
 Threads: one loop thread picks due rows; each attempt runs on its own daemon
 thread, at most `parallel` at once, so a slow receiver holds up only its own
 delivery and never the writer, the workers or the API.
+
+Fairness: many deliveries to one receiver that stopped answering would otherwise
+take every slot for a whole timeout, again and again, while deliveries to healthy
+receivers wait behind them. Deliveries to one host (host:port) therefore hold at
+most `per_host` of the slots (6 of 8), leaving the rest to other hosts. The oldest
+due rows go first, passing over a host at its share; the rows passed over stay
+pending, untouched, and are picked when that host has a free slot. Each sender
+(each node) counts its own share; the lease still keeps nodes from sending a row twice.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import logging
 import random
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +51,11 @@ import peewee as pw
 
 from jobserver.core.clock import Clock, rfc3339
 from jobserver.core.config import WebhooksSettings
-from jobserver.core.errors import StorageError
+from jobserver.core.errors import StorageError, WebhookURLError
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
+from jobserver.webhooks import netguard
 from jobserver.webhooks.payload import AttemptResult, deliver_once, generate_secret, next_delay, secret_key
 
 log = logging.getLogger(__name__)
@@ -55,12 +65,18 @@ LEASE_MARGIN_S = 2.0  # the lease outlives the attempt's timeout by this much
 IDLE_WAIT_S = 1.0  # the loop looks for due rows at least this often, even without a wake
 MIN_WAIT_S = 0.01
 STOP_GRACE_S = 2.0  # how long stop() lets attempts in flight finish and be recorded
+# Bounds the due query's length. One pattern covers a host's URLs that share a
+# scheme://host:port/ prefix, so only path-less URLs (a pattern each) can use many.
+MAX_SKIPPED_URLS = 64
 
-DUE_SQL = (
+_DUE_WHERE = (
     "SELECT id, job_id, url, payload, attempts, event_type, "
     "(SELECT trace_context FROM jobs WHERE jobs.id = webhook_deliveries.job_id) FROM webhook_deliveries "
-    "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+    "WHERE state = 'pending' AND next_attempt_at <= ?"
 )
+_DUE_ORDER = " ORDER BY next_attempt_at LIMIT ?"
+_NOT_URL = " AND url NOT LIKE ? ESCAPE '!'"  # not a backslash: its quoting differs between databases
+DUE_SQL = _DUE_WHERE + _DUE_ORDER
 NEXT_DUE_SQL = "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'"
 ATTEMPTS_SQL = (
     "SELECT a.delivery_id, a.attempt, a.at, a.status_code, a.error, a.duration_ms, d.event_type "
@@ -80,6 +96,30 @@ class DueDelivery:
     attempts: int
     event_type: str = ""
     trace_context: str | None = None  # the job's, when it was submitted with tracing on
+
+
+def host_of(url: str) -> str:
+    """What the fair share is counted by: one receiver's capacity sits behind one host:port."""
+    try:
+        _scheme, host, port = netguard.split_webhook_url(url)
+    except (WebhookURLError, ValueError):
+        return url  # refused at the attempt, without a request: a bucket of its own
+    return f"{host}:{port}"
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def url_pattern(url: str) -> str:
+    """A LIKE pattern (escape `!`) for `url` and every URL that starts with the same
+    `scheme://host:port/` text, so one pattern leaves out all of a host's deliveries even when
+    each job has its own URL; a URL it matches has that host:port."""
+    start = url.find("://")
+    end = url.find("/", start + 3) if start >= 0 else -1
+    if end < 0 or "?" in url[start:end] or "#" in url[start:end]:
+        return _like_literal(url)  # nothing after the authority but a query: this URL alone
+    return _like_literal(url[: end + 1]) + "%"
 
 
 def _read(db: pw.Database, pg: bool, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -156,6 +196,8 @@ class WebhookSender:
         self.secret = secret
         self.pg = pg
         self.parallel = parallel
+        # A quarter of the slots (at least one, when there are two) stays free for other hosts.
+        self.per_host = max(1, parallel - max(1, parallel // 4))
         self.rng = rng or random.Random()
         self.lease_s = settings.timeout + LEASE_MARGIN_S
         self._owns_client = client is None
@@ -164,7 +206,7 @@ class WebhookSender:
         self.tracing = tracing
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, str] = {}  # delivery id -> its host
         self._wake = wake or threading.Event()  # set by the outbox after a commit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="jobserver-webhooks", daemon=True)
@@ -187,8 +229,9 @@ class WebhookSender:
             )
         ]
 
-    def _due(self, now: float, limit: int) -> list[DueDelivery]:
-        rows = _read(self.db, self.pg, DUE_SQL, (now, limit))
+    def _due(self, now: float, limit: int, skipped: Sequence[str] = ()) -> list[DueDelivery]:
+        sql = _DUE_WHERE + _NOT_URL * len(skipped) + _DUE_ORDER
+        rows = _read(self.db, self.pg, sql, (now, *skipped, limit))
         return [
             DueDelivery(str(i), str(j), str(u), str(p), int(n), str(e), t) for i, j, u, p, n, e, t in rows
         ]
@@ -210,9 +253,10 @@ class WebhookSender:
         with self._lock:
             room = self.parallel - len(self._inflight)
             busy = set(self._inflight)
+            load = Counter(self._inflight.values())
         if room <= 0:
             return []
-        rows = [d for d in self._due(now, room + len(busy)) if d.id not in busy][:room]
+        rows = self._pick(now, room, busy, load)
         if not rows:
             return []
         leased = self.writer.call(self._lease_op(rows, now))
@@ -221,13 +265,44 @@ class WebhookSender:
             if delivery.id not in leased:
                 continue  # another sender took it
             with self._lock:
-                self._inflight.add(delivery.id)
+                self._inflight[delivery.id] = host_of(delivery.url)
             thread = threading.Thread(
                 target=self._attempt, args=(delivery, now), name="jobserver-webhook-attempt", daemon=True
             )
             thread.start()
             threads.append(thread)
         return threads
+
+    def _pick(self, now: float, room: int, busy: set[str], load: Counter[str]) -> list[DueDelivery]:
+        """The oldest due rows there is room for, leaving out those of hosts at their share.
+
+        A host at its share may have any number of due rows ahead of everyone else's, so its
+        URLs are then left out of the query (one LIKE pattern each) and the query is asked
+        again: the rows behind them are reached in a few reads, however long that backlog is.
+        """
+        picked: dict[str, DueDelivery] = {}
+        skipped: list[str] = []
+        limit = len(busy) + room  # a full batch then holds a row neither busy nor picked before
+        while True:
+            rows = self._due(now, limit, skipped)
+            more = False
+            for delivery in rows:
+                if delivery.id in busy or delivery.id in picked:
+                    continue
+                host = host_of(delivery.url)
+                if load[host] >= self.per_host:
+                    pattern = url_pattern(delivery.url)
+                    if pattern not in skipped:
+                        skipped.append(pattern)
+                        more = True
+                    continue
+                picked[delivery.id] = delivery
+                load[host] += 1
+                if len(picked) == room:
+                    return list(picked.values())
+            # A full batch that did not fill the room skipped a row of a new pattern: ask again.
+            if len(rows) < limit or not more or len(skipped) > MAX_SKIPPED_URLS:
+                return list(picked.values())
 
     def _lease_op(self, rows: list[DueDelivery], now: float) -> Callable[[Tx], set[str]]:
         until = now + self.lease_s
@@ -280,7 +355,7 @@ class WebhookSender:
             )
         finally:
             with self._lock:
-                self._inflight.discard(delivery.id)
+                self._inflight.pop(delivery.id, None)
                 self._idle.notify_all()
             self._wake.set()  # a slot is free
 
@@ -370,8 +445,9 @@ class WebhookSender:
                 with self._lock:
                     full = len(self._inflight) >= self.parallel
                 due = None if full else self._next_due()  # when full, a finished attempt wakes us
-                # A row already due that this pass did not start is in flight past its lease
-                # (or raced another sender): look again after the idle wait, not in a busy loop.
+                # A row already due that this pass did not start is in flight past its lease, raced
+                # another sender, or waits for its host's share: a finished attempt wakes us, else
+                # look again after the idle wait, not in a busy loop.
                 if due is not None and (started or due > now):
                     wait = min(IDLE_WAIT_S, max(MIN_WAIT_S, due - self.clock.now()))
             except StorageError as exc:  # the writer logs the outage; deliveries wait for it to end
