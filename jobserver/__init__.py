@@ -9,12 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from jobserver.core.addresses import AddressRefused, check_address, public_addresses
     from jobserver.core.context import JobContext
     from jobserver.core.errors import ChildFailed, Fail, JobServerError, Retry, Timeout
     from jobserver.core.limits import Concurrency, Rate
     from jobserver.core.tasks import task
 
 __all__ = [
+    "AddressRefused",
     "ChildFailed",
     "Concurrency",
     "Fail",
@@ -23,9 +25,12 @@ __all__ = [
     "Rate",
     "Retry",
     "Timeout",
+    "check_address",
+    "public_addresses",
     "task",
 ]
 _HOMES = {
+    "AddressRefused": "jobserver.core.addresses",
     "ChildFailed": "jobserver.core.errors",
     "Concurrency": "jobserver.core.limits",
     "Fail": "jobserver.core.errors",
@@ -34,6 +39,8 @@ _HOMES = {
     "Rate": "jobserver.core.limits",
     "Retry": "jobserver.core.errors",
     "Timeout": "jobserver.core.errors",
+    "check_address": "jobserver.core.addresses",
+    "public_addresses": "jobserver.core.addresses",
     "task": "jobserver.core.tasks",
 }
 

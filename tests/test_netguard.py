@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from jobserver.core import addresses
+from jobserver.core.addresses import AddressRefused
 from jobserver.core.errors import WebhookURLError
 from jobserver.webhooks import netguard
 from tests.fakedns import fake_getaddrinfo
@@ -82,13 +84,13 @@ def test_non_public_addresses_are_refused(dns: dict[str, list[str]], url: str) -
     ],
 )
 def test_public_addresses_are_allowed(dns: dict[str, list[str]], url: str) -> None:
-    addresses = netguard.check_webhook_url(url, allow_private=False, allow_hosts=[])
-    assert addresses and not any(netguard.is_forbidden_ip(ip) for ip in addresses)
+    found = netguard.check_webhook_url(url, allow_private=False, allow_hosts=[])
+    assert found and not any(addresses.is_forbidden_ip(ip) for ip in found)
 
 
 def test_decimal_host_resolves_to_loopback() -> None:
-    assert netguard.resolve("2130706433", 80) == [ipaddress.ip_address("127.0.0.1")]
-    assert netguard.resolve("[::1]", 80) == [ipaddress.ip_address("::1")]
+    assert addresses.resolve("2130706433", 80) == [ipaddress.ip_address("127.0.0.1")]
+    assert addresses.resolve("[::1]", 80) == [ipaddress.ip_address("::1")]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +115,7 @@ def test_decimal_host_resolves_to_loopback() -> None:
     ],
 )
 def test_is_forbidden_ip(address: str, forbidden: bool) -> None:
-    assert netguard.is_forbidden_ip(ipaddress.ip_address(address)) is forbidden
+    assert addresses.is_forbidden_ip(ipaddress.ip_address(address)) is forbidden
 
 
 def test_allow_private_permits_everything_resolvable(dns: dict[str, list[str]]) -> None:
@@ -219,3 +221,23 @@ def test_split_webhook_url_defaults_ports() -> None:
     assert split("HTTPS://Example.COM/x") == ("https", "example.com", 443)
     assert split("http://example.com/x") == ("http", "example.com", 80)
     assert split("http://[::1]:8080/") == ("http", "::1", 8080)
+
+
+def test_the_shared_address_policy_names_only_the_host(dns: dict[str, list[str]]) -> None:
+    """The rule tasks use (public `jobserver.public_addresses` / `check_address`) is the webhooks' rule."""
+    dns["intranet.test"] = ["10.1.2.3"]
+    with pytest.raises(AddressRefused) as info:
+        addresses.public_addresses("intranet.test", 80)
+    assert info.value.host == "intranet.test" and info.value.address == ipaddress.ip_address("10.1.2.3")
+    assert "10.1.2.3" not in str(info.value)
+    assert addresses.public_addresses("intranet.test", 80, ["intranet.test"]) == [
+        ipaddress.ip_address("10.1.2.3")
+    ]
+    assert addresses.public_addresses(PUBLIC_V4, 443) == [ipaddress.ip_address(PUBLIC_V4)]
+    addresses.check_address("localhost", ipaddress.ip_address("127.0.0.1"), ["localhost"])
+    advised = AddressRefused("localhost", ipaddress.ip_address("127.0.0.1"), "how to allow it")
+    assert str(advised).startswith("localhost is not a public address") and str(advised).endswith(
+        "; how to allow it"
+    )
+    with pytest.raises(AddressRefused):
+        addresses.check_address("127.0.0.2", ipaddress.ip_address("127.0.0.2"), ["127.0.0.1"])

@@ -15,7 +15,14 @@ import httpx
 from pydantic import Field
 
 from jobserver import ChildFailed, JobContext, Timeout, task
-from jobserver.examples.webpages import STOPWORDS, WORD, fetch_page, publish_report, summarize
+from jobserver.examples.webpages import (
+    FOLDER_PATTERN,
+    STOPWORDS,
+    WORD,
+    fetch_page,
+    publish_report,
+    summarize,
+)
 
 
 @task
@@ -116,13 +123,17 @@ def _analyze(text: str, top: int) -> dict[str, object]:
 
 
 # a source that cannot be reached for a while is retried, and so is an attempt past its time limit
-# (a page read costs nothing); a URL that can never work is not
+# (a page read costs nothing); a URL that can never work is not, nor one refused as not public
+# (AddressRefused)
 RETRIED_FETCH_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, Timeout)
 
 
 @task(max_attempts=3, timeout=120, backoff=(1.0, 30.0), retry_on=RETRIED_FETCH_ERRORS)
 async def read_source(ctx: JobContext, question: str, url: str) -> dict[str, str]:
-    """One sub-query of the research agent: fetch a page and keep its text (a durable step)."""
+    """One sub-query of the research agent: fetch a page and keep its text (a durable step).
+
+    Only public addresses are fetched, redirects included: the URL is the client's, the
+    request is the server's (see `fetch_page`)."""
     ctx.progress(0, 1, f"reading {url}")
     page: dict[str, str] = await ctx.step("fetch", fetch_page, url)
     ctx.progress(1, 1, f"read {page['title'] or url}")
@@ -136,10 +147,14 @@ async def research(
     urls: list[str],
     sentences: int = 5,
     approval_timeout: float = 86_400.0,
-    publish_dir: str = "data/reports",
+    publish_dir: Annotated[str, Field(pattern=FOLDER_PATTERN)] = "",
 ) -> dict[str, object]:
     """Research agent: one child job per source, gathered; a drafted report that waits for a
-    person's approval (signal `approval`, e.g. `{"approved": true}`); then published as a file.
+    person's approval (signal `approval`, e.g. `{"approved": true}`); then published as a file,
+    `data/reports/[<publish_dir>/]<job id>.md` in the server's working directory.
+
+    `publish_dir` is at most one plain folder name: the client picks where among the reports,
+    never where on the server's disk.
 
     Nothing holds a worker while the children run or while the draft waits: the job parks
     (`waiting`) and runs again from the top, where every finished call returns its stored

@@ -1,12 +1,21 @@
 """Helpers of the example research agent: fetch a page, extract its text, summarize.
 
-Plain functions (no jobserver imports) so they can be wrapped in `ctx.step`.
+Plain functions (no job context) so they can be wrapped in `ctx.step`.
+
+Any client that can submit a job chooses the URLs and the report's folder, so neither
+may reach past what the server means to offer: `fetch_page` reaches public addresses
+only (`jobserver.public_addresses`; the server's environment variable
+EXAMPLES_ALLOW_HOSTS lists exceptions, for pages served on a developer's own machine),
+and reports stay under `data/reports` in the server's working directory.
 `publish_report` writes the report as Markdown and replaces the file atomically, so
 a rerun of its step (a crash while it ran) still leaves one whole file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import ipaddress
 import math
 import os
 import re
@@ -17,6 +26,13 @@ from typing import Any
 
 import httpx
 
+from jobserver import AddressRefused, check_address, public_addresses
+
+ALLOW_HOSTS_VARIABLE = "EXAMPLES_ALLOW_HOSTS"
+REPORTS_ROOT = Path("data/reports")
+# one plain folder name (or none): no separator, and no leading dot, so neither "." nor ".."
+FOLDER_PATTERN = r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,63})?$"
+_FOLDER = re.compile(FOLDER_PATTERN)
 _SKIP = {"script", "style", "noscript", "template", "svg", "head"}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]+")
@@ -97,9 +113,58 @@ def extract_text(html: str) -> tuple[str, str]:
     return parser.title, " ".join(parser.parts)
 
 
+def allowed_hosts() -> list[str]:
+    """The non-public hosts, addresses or networks the examples may fetch from, read at each
+    fetch so that whoever runs the server (or a test) decides, not the client."""
+    return [h.strip() for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()]
+
+
+def _refused(exc: AddressRefused) -> AddressRefused:
+    advice = f"the server's environment variable {ALLOW_HOSTS_VARIABLE} can list it for local testing"
+    return AddressRefused(exc.host, exc.address, advice)
+
+
+async def _check_peer(host: str, allow: list[str], event: str, info: dict[str, Any]) -> None:
+    """httpcore's trace hook: refuse the connection, before a byte of the request is sent, when
+    the address it reached is not the kind screened (a name can resolve differently the
+    second time, which is how DNS rebinding gets past a check made before connecting)."""
+    if event != "connection.connect_tcp.complete":
+        return
+    stream = info["return_value"]
+    peer = stream.get_extra_info("server_addr")
+    try:
+        if not peer:
+            raise RuntimeError(f"cannot tell which address {host} was connected to")
+        check_address(host, ipaddress.ip_address(peer[0]), allow)
+    except Exception as exc:
+        await stream.aclose()  # httpcore has not taken the connection yet: nothing else closes it
+        if isinstance(exc, AddressRefused):
+            raise _refused(exc) from None
+        raise
+
+
 async def fetch_page(url: str, timeout_s: float = 20.0) -> dict[str, str]:
-    """Fetch one page and return its url, title and text."""
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, trust_env=False) as client:
+    """Fetch one page and return its url, title and text.
+
+    Every request, the first and each redirect's, is screened before it is sent, and
+    its connection is checked once made; a refusal raises AddressRefused, which a
+    retry cannot cure."""
+    allow = allowed_hosts()
+
+    async def screen(request: httpx.Request) -> None:
+        host = request.url.raw_host.decode("ascii")
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        try:
+            await asyncio.to_thread(public_addresses, host, port, allow)
+        except AddressRefused as exc:
+            raise _refused(exc) from None
+        except (OSError, UnicodeError) as exc:  # as httpx would report it, so it is retried alike
+            raise httpx.ConnectError(f"{host} does not resolve ({exc})", request=request) from exc
+        request.extensions["trace"] = functools.partial(_check_peer, host, allow)
+
+    async with httpx.AsyncClient(
+        timeout=timeout_s, follow_redirects=True, trust_env=False, event_hooks={"request": [screen]}
+    ) as client:
         response = await client.get(url)
         response.raise_for_status()
     title, text = extract_text(response.text)
@@ -127,11 +192,16 @@ def summarize(question: str, pages: list[dict[str, str]], sentences: int) -> dic
     }
 
 
-def publish_report(directory: str, job_id: str, report: dict[str, Any]) -> str:
-    """Write the report as Markdown to `<directory>/<job_id>.md` (atomically); its path."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{job_id}.md"
+def publish_report(folder: str, job_id: str, report: dict[str, Any]) -> str:
+    """Write the report as Markdown to `data/reports/<folder>/<job_id>.md` (atomically); its path.
+
+    The folder name is checked here as well as by the task's args, so that no caller
+    can make this write outside `data/reports`."""
+    if not _FOLDER.fullmatch(folder):
+        raise ValueError(f"{folder!r} is not a plain folder name")
+    directory = REPORTS_ROOT / folder
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{job_id}.md"
     sources = "\n".join(f"- {u}" for u in report.get("sources", []))
     text = f"# {report['question']}\n\n{report['summary']}\n\n## Sources\n\n{sources}\n"
     partial = target.with_suffix(".md.partial")

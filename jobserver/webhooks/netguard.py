@@ -1,10 +1,10 @@
 """SSRF guard for webhook URLs: which addresses a webhook may be sent to.
 
-Owns URL screening (scheme, host, no userinfo), name resolution, and the rule
-that a webhook must not reach an address that is not globally routable
-(loopback, private, link-local, CGNAT, multicast, reserved, ... including
-their IPv4-mapped, IPv4-compatible, 6to4 and NAT64 IPv6 forms) unless the
-operator allowed it with `[webhooks] allow_private` or `allow_hosts`.
+Owns URL screening (scheme, host, no userinfo) and the webhook settings'
+exceptions: `[webhooks] allow_private` lifts the rule, `allow_hosts` names
+exceptions. The rule itself (a webhook must not reach an address that is not
+globally routable) is `jobserver.core.addresses`, shared with tasks that fetch
+URLs a client gave.
 
 Callers check a URL when a job is submitted (fast refusal with 422) and again
 right before each delivery attempt, then connect to one of the returned
@@ -20,81 +20,18 @@ Resolving a name blocks on DNS: call it from a worker thread, never the event lo
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from jobserver.core.addresses import AddressRefused, check_address, resolve
+from jobserver.core.addresses import IPAddress as IPAddress  # the type of what check_webhook_url returns
 from jobserver.core.errors import WebhookURLError
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 ALLOWED_SCHEMES = ("http", "https")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# 100.64.0.0/10 (RFC 6598) is named here because older Pythons do not count it
-# as private; `is_global` already excludes it, this keeps the rule explicit.
-_SHARED_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for, if it is one of the wrapping forms."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip in _SIX_TO_FOUR:
-        return ip.sixtofour
-    # IPv4-compatible (::a.b.c.d, deprecated); :: and ::1 are themselves, not wrappers.
-    if int(ip) >> 32 == 0 and int(ip) > 1:
-        return ipaddress.IPv4Address(int(ip))
-    return None
-
-
-def is_forbidden_ip(ip: IPAddress) -> bool:
-    """True when `ip` is not a globally routable unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None:
-            if is_forbidden_ip(embedded):
-                return True
-            # Mapped and NAT64 forms reach exactly the embedded IPv4 host, so
-            # a public one is as good as the IPv4 address itself. 6to4 and
-            # IPv4-compatible forms fall through to the IPv6 rules below.
-            if ip.ipv4_mapped is not None or ip in _NAT64:
-                return False
-        if ip.is_site_local:
-            return True
-    elif ip in _SHARED_CGNAT:
-        return True
-    return (
-        not ip.is_global
-        or ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_unspecified
-        or ip.is_reserved
-    )
-
-
-def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to (IP literals too), in resolver order, without duplicates.
-
-    Raises `socket.gaierror` (an `OSError`) or `UnicodeError` when it does not resolve.
-    """
-    host = host.removeprefix("[").removesuffix("]")
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    found: list[IPAddress] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]))
-        if ip not in found:
-            found.append(ip)
-    return found
 
 
 def split_webhook_url(url: str) -> tuple[str, str, int]:
@@ -122,29 +59,6 @@ def split_webhook_url(url: str) -> tuple[str, str, int]:
     return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
 
 
-def _normalize_host(name: str) -> str:
-    return name.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
-
-
-def _allowed_by_list(host: str, ip: IPAddress, allow_hosts: Sequence[str]) -> bool:
-    """True when `host` or `ip` is named in allow_hosts (a name, an IP, or a CIDR network)."""
-    bare_ip = ipaddress.ip_address(str(ip).split("%", 1)[0])
-    candidates: list[IPAddress] = [bare_ip]
-    if isinstance(bare_ip, ipaddress.IPv6Address) and bare_ip.ipv4_mapped is not None:
-        candidates.append(bare_ip.ipv4_mapped)  # ::ffff:127.0.0.1 is 127.0.0.1
-    for entry in allow_hosts:
-        name = _normalize_host(entry)
-        if name == _normalize_host(host):
-            return True
-        try:
-            network = ipaddress.ip_network(name, strict=False)
-        except ValueError:
-            continue
-        if any(c.version == network.version and c in network for c in candidates):
-            return True
-    return False
-
-
 def _not_public_reason(host: str) -> str:
     """Why a host is refused, naming the host as given and never an address it resolved to."""
     return (
@@ -169,7 +83,9 @@ def check_webhook_url(url: str, allow_private: bool, allow_hosts: Sequence[str])
     if allow_private:
         return addresses
     for ip in addresses:
-        if is_forbidden_ip(ip) and not _allowed_by_list(host, ip, allow_hosts):
+        try:
+            check_address(host, ip, allow_hosts)
+        except AddressRefused:
             log.debug("webhook URL refused: %s resolves to %s", host, ip, extra={"action": "webhook_refused"})
-            raise WebhookURLError(url, _not_public_reason(host))
+            raise WebhookURLError(url, _not_public_reason(host)) from None
     return addresses
