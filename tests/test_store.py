@@ -194,3 +194,23 @@ def test_a_job_object_as_json_embeds_the_stored_json_as_it_is(tmp_path: Path) ->
         assert event == rec.api_json().decode()
         assert orjson.loads(event) == rec.to_api() == store.get(job.id).to_api()
         assert orjson.loads(event)["args"] == {"n": [1, 2.5, "x"], "deep": {"a": None}}
+
+
+def test_children_spawned_after_their_parents_cancel_are_cancelled_with_it(tmp_path: Path) -> None:
+    """An async parent sees a cancel only at its next await, so its spawn can reach the writer
+    after the cancel's transaction: the children it adds then must not be left to run."""
+    with open_store(tmp_path) as store:
+        parent_id = add(store)
+        running = claim(store, "w", NOW, 30)
+        assert running is not None and running.job_id == parent_id
+        assert store.cancel(parent_id, NOW + 1, lambda r: None).result(10).status == "running"
+        children = [
+            NewJob(IDS.new(), "t", "{}", 0, 1, None, None, None, NOW + 2, run_at, parent_id)
+            for run_at in (NOW + 2, NOW + 60)  # one due now, one delayed
+        ]
+        ids = orjson.dumps([c.id for c in children]).decode()
+        op = store.spawn_op(parent_id, running.run_seq, ("kids", ids, 1, NOW + 2, NOW + 2), children)
+        records = store.writer.call(op)
+        assert [r.status for r in records] == ["cancelled", "cancelled"]
+        assert [store.get(c.id).status for c in children] == ["cancelled", "cancelled"]
+        assert claim(store, "w", NOW + 61, 30) is None  # nothing left to run

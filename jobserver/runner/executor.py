@@ -128,12 +128,17 @@ class Executor:
         )
 
     def children_added(self, records: list[JobRecord]) -> None:
-        """A running task spawned jobs (committed): count them and wake workers for them."""
+        """A running task spawned jobs (committed): count them and wake workers for them
+        (those of a parent cancelled meanwhile come already cancelled)."""
+        queued = [rec for rec in records if rec.status != Status.CANCELLED]
         for rec in records:
             for observer in self.observers:
                 observer.submitted(rec)
-        self.wakeup.notify(len(records))
-        if any(self.slots.is_async(rec.task) for rec in records):
+                if rec.status == Status.CANCELLED:
+                    observer.cancelled(rec)
+        if queued:
+            self.wakeup.notify(len(queued))
+        if any(self.slots.is_async(rec.task) for rec in queued):
             self.slots.async_work.set()
 
     # ------------------------------------------------------------------- run

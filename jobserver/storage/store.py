@@ -434,7 +434,9 @@ class JobStore:
         self, job_id: str, run_seq: int, step: tuple[str, str, int, float, float], children: Sequence[NewJob]
     ) -> Callable[[Tx], list[JobRecord]]:
         """An op that inserts a running job's children and the step that remembers their ids,
-        together: a rerun finds the step and never submits them twice. Fenced by `run_seq`."""
+        together: a rerun finds the step and never submits them twice. Fenced by `run_seq`.
+        A parent whose cancel was committed first (an async task sees it only at its next await)
+        gets its children cancelled with them: the cancel's own transaction could not reach them."""
 
         def op(tx: Tx) -> list[JobRecord]:
             name, result_json, attempt, started, now = step
@@ -444,6 +446,8 @@ class JobStore:
             if cur.rowcount != 1:
                 raise StaleAttemptError(job_id, run_seq)
             records = [_insert_job(tx, new) for new in children]
+            if tx.one("SELECT 1 FROM jobs WHERE id = ? AND cancel_requested = 1", (job_id,)):
+                records = [self._cancel_one(tx, rec.id, now) or rec for rec in records]
             if any(rec.status == "pending" for rec in records):
                 tx.notify(DUE_NOTE)
             return records
