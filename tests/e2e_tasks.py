@@ -110,6 +110,22 @@ def spin_forever(ctx: JobContext, started: str) -> None:
         n += 1
 
 
+def _spin_marked(started: str, job_id: str) -> None:
+    """A step of plain Python that never returns: only an interruption of its thread ends it."""
+    _mark(started, job_id)
+    try:
+        while True:
+            pass
+    finally:
+        _mark(started, "step left")
+
+
+@task(max_attempts=1)
+async def async_spinning_step(ctx: JobContext, started: str) -> None:
+    """An async task whose sync step spins: cancel and time limit must still end it."""
+    await ctx.step("spin", _spin_marked, started, ctx.job_id)
+
+
 @task
 def chatty(ctx: JobContext, updates: int, logs: int, release: str) -> int:
     """Reports progress `updates` times and logs `logs` lines, then waits for `release`."""

@@ -93,6 +93,26 @@ def test_cancel_running_async_task(app: RunningApp, tmp_path: Path) -> None:
     assert c.post(f"/jobs/{job_id}/cancel").status_code == 409
 
 
+def test_a_sync_step_of_an_async_task_is_interrupted_by_cancel_and_time_limit(
+    app: RunningApp, tmp_path: Path
+) -> None:
+    c = app.client
+    started = tmp_path / "started"
+    job_id = submit(c, "tests.e2e_tasks.async_spinning_step", {"started": str(started)})
+    wait_until(lambda: has_line(started))
+    assert c.post(f"/jobs/{job_id}/cancel").status_code == 202
+    job = finished(c, job_id, 10)
+    assert job["status"] == "cancelled"
+    assert started.read_text().splitlines()[-1] == "step left"  # its thread was interrupted
+    timed = tmp_path / "timed"
+    job = finished(
+        c, submit(c, "tests.e2e_tasks.async_spinning_step", {"started": str(timed)}, timeout=0.3), 10
+    )
+    assert job["status"] == "failed" and job["error"]["type"] == "Timeout", job
+    assert timed.read_text().splitlines()[-1] == "step left"
+    assert finished(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2}))["result"] == 3
+
+
 def test_cancel_running_sync_task_that_checks(app: RunningApp, tmp_path: Path) -> None:
     c = app.client
     started, release = tmp_path / "started", tmp_path / "release"

@@ -37,6 +37,9 @@ from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
 
 StopReason = Literal["cancel", "timeout", "stale", "shutdown"]
+# how long a stopped async task waits for a sync step's thread to take the interruption; a
+# blocking C call does not take it, and its thread then finishes on its own, unrecorded
+STEP_THREAD_GRACE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,9 @@ class Attempt:
         self._steps: dict[str, tuple[str, Any]] | None = None
         self._used_steps: set[str] = set()
         self._lock = threading.Lock()
-        self._thread_id: int | None = None  # set while a sync task may be interrupted
-        self._injected = False  # an interruption was sent to the task's thread
+        # the threads running the task's own code: a sync task's, or an async task's sync steps
+        self._threads: set[int] = set()
+        self._injected: set[int] = set()  # those an interruption was sent to
         self.async_task: asyncio.Task[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.deadline: float | None = None  # monotonic
@@ -117,25 +121,24 @@ class Attempt:
             self.stop_reason = reason
             self.stop_at = self._clock.monotonic()
             self.stop_requested.set()
-            if self._thread_id is not None:
-                exc = Timeout if reason == "timeout" else Cancelled
-                self._injected = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self._thread_id), ctypes.py_object(exc)
-                )
+            exc = Timeout if reason == "timeout" else Cancelled
+            for thread_id in self._threads:
+                self._injected.add(thread_id)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
         if self.async_task is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self.async_task.cancel)
 
     def arm(self) -> None:
-        """Mark the current thread interruptible (a sync task is about to run)."""
+        """Mark the current thread interruptible (a sync task or step is about to run)."""
         with self._lock:
-            self._thread_id = threading.get_ident()
             pending = self.stop_requested.is_set()
+            if not pending:
+                self._threads.add(threading.get_ident())
         if pending:
             raise Timeout() if self.stop_reason == "timeout" else Cancelled(self.stop_reason or "")
 
     def disarm(self) -> None:
-        """The sync task returned: no interruption may land after this point.
+        """The sync task or step returned: no interruption may land after this point.
 
         An interruption sent but not yet raised is delivered here, inside a loop
         that swallows it. It is never cleared with `PyThreadState_SetAsyncExc(id,
@@ -145,8 +148,10 @@ class Attempt:
         while True:
             try:
                 with self._lock:
-                    self._thread_id = None
-                    injected, self._injected = self._injected, False
+                    me = threading.get_ident()
+                    self._threads.discard(me)
+                    injected = me in self._injected
+                    self._injected.discard(me)
                 if injected:
                     for _ in range(100):  # a backward jump: a pending interruption fires here
                         pass
@@ -234,22 +239,30 @@ class Attempt:
             with self.trace.step(name):
                 raw = await fn(*args, **kwargs)
             return await self._save_async(name, raw, started)
-        # A function on a thread cannot be stopped: when the task is cancelled meanwhile,
-        # let it finish and store its result, so what it did (and paid for) is not repeated.
+        # A function on a thread is interrupted as a sync task is (the stop is raised in its
+        # thread); the task's cancellation waits a moment for that thread to leave it, so the
+        # step's thread is not still running the call when the attempt's end is recorded.
         step = asyncio.ensure_future(self._thread_step(name, fn, args, kwargs, started))
         try:
             return await asyncio.shield(step)
         except asyncio.CancelledError:
             if not step.done():
-                await asyncio.wait([step])
+                await asyncio.wait([step], timeout=STEP_THREAD_GRACE_S)
             raise
 
     async def _thread_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], started: float
     ) -> Any:
         with self.trace.step(name):  # current in the thread too: to_thread copies the context
-            raw = await asyncio.to_thread(fn, *args, **kwargs)
+            raw = await asyncio.to_thread(self._interruptible, fn, args, kwargs)
         return await self._save_async(name, raw, started)
+
+    def _interruptible(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.arm()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.disarm()
 
     async def _save_async(self, name: str, raw: Any, started: float) -> Any:
         result_json = to_json(raw, f"the result of step {name!r}")
