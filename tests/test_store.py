@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError
-from jobserver.core.lifecycle import Outcome
-from jobserver.core.records import Claim, JobIds, NewJob
+from jobserver.core.lifecycle import Outcome, Park, WaitKind
+from jobserver.core.records import Claim, HandOff, JobIds, NewJob
 from jobserver.storage.store import JobStore
 from tests.storage import claim_one, crash_decider, end_attempt, open_store, rescued_records
 
@@ -214,3 +214,24 @@ def test_children_spawned_after_their_parents_cancel_are_cancelled_with_it(tmp_p
         assert [r.status for r in records] == ["cancelled", "cancelled"]
         assert [store.get(c.id).status for c in children] == ["cancelled", "cancelled"]
         assert claim(store, "w", NOW + 61, 30) is None  # nothing left to run
+
+
+def test_a_run_woken_by_a_signal_and_handed_to_a_worker_is_still_a_resume(tmp_path: Path) -> None:
+    """A signal's transaction may hand the woken job straight to an idle worker; that run is a
+    resume like one claimed the usual way: given back by a shutdown, it leaves the attempt
+    count and the attempt's start as they were."""
+    with open_store(tmp_path) as store:
+        job_id = add(store, max_attempts=3)
+        first = claim(store, "w", NOW, 30)
+        assert first is not None
+        parked = end_attempt(store, first, Outcome.suspended(Park(WaitKind.SIGNAL, "go", None)), NOW + 1)
+        assert parked.status == "waiting" and parked.attempts == 1
+        handed: list[Claim] = []
+        handoff = HandOff("w", 30, lambda tx, job, task: True, handed.append)
+        store.signal(job_id, "go", "1", "digest", NOW + 2, handoff).result(10)
+        assert len(handed) == 1 and store.get(job_id).attempts == 1
+        put_back = end_attempt(store, handed[0], Outcome.released(started=True), NOW + 3)
+        assert put_back.status == "pending" and put_back.attempts == 1
+        again = claim(store, "w", NOW + 4, 30)
+        assert again is not None and again.attempt == 1
+        assert store.get(job_id).started_at == first.started_at == NOW

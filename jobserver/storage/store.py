@@ -591,8 +591,9 @@ class JobStore:
         now = record.created_at if now is None else now
         rec = _returning(
             tx,
+            # `resume` is kept, as a claim keeps it: the run's end decides what it counted
             "UPDATE jobs SET status = 'running', attempts = attempts + 1 - resume, run_seq = run_seq + 1, "
-            f"resume = 0, lease_owner = ?, lease_expires_at = ?, {STARTED_AT} WHERE id = ?",
+            f"lease_owner = ?, lease_expires_at = ?, {STARTED_AT} WHERE id = ?",
             (handoff.owner, now + handoff.lease_s, now, record.id),
         )
         assert rec is not None
