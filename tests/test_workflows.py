@@ -87,6 +87,17 @@ def test_waiting_for_a_name_no_signal_can_carry_fails_the_call(app: RunningApp, 
     assert job["error"]["type"] == "ValueError" and says in job["error"]["message"]
 
 
+@pytest.mark.parametrize("path_name", ["x%2F..%2Fy", "a%2F.%2Fb", "..%2Fgo"])
+def test_a_signal_name_no_task_can_wait_for_is_refused(app: RunningApp, path_name: str) -> None:
+    job_id = submit(app.client, "tests.e2e_tasks.wait_named", {"name": "y"})
+    wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
+    r = app.client.post(f"/jobs/{job_id}/signals/{path_name}", json={"from": "dots"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["path", "name"], r.text
+    assert "no '.' or '..'" in r.json()["detail"]
+    assert app.client.post(f"/jobs/{job_id}/signals/y", json=1).status_code == 202  # nothing kept before
+    assert finished(app.client, job_id)["result"] == 1
+
+
 def test_signal_sent_while_waiting_resumes_the_job(app: RunningApp) -> None:
     marks = app.tmp_path / "marks"
     c = app.client

@@ -38,8 +38,9 @@ def signal_name(name: str) -> str:
     """A name `ctx.wait_for` can wait on: one the signal route can deliver (1 to SIGNAL_NAME_MAX
     characters); anything else is a ValueError in the task's own call, not a wait nobody can end.
 
-    A `.` or `..` between slashes is refused too: HTTP clients resolve such path segments
-    before sending (`/signals/..` reaches `/jobs/{id}`), so no signal could reach it."""
+    A `.` or `..` between slashes is refused too: many HTTP clients and proxies resolve such
+    path segments before sending (`/signals/..` reaches `/jobs/{id}`), so the signal route
+    refuses them as well, and a wait for one could never end."""
     if not isinstance(name, str) or not 1 <= len(name) <= SIGNAL_NAME_MAX:
         raise ValueError(f"a signal name is a string of 1 to {SIGNAL_NAME_MAX} characters, not {name!r:.80}")
     if any(part in (".", "..") for part in name.split("/")):

@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, SIGNAL_NAME_MAX
+from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, signal_name
 from jobserver.core.config import Settings
 from jobserver.core.errors import (
     DrainingError,
@@ -354,12 +354,10 @@ def create_app(svc: Services) -> Starlette:
     async def signal(request: Request) -> Response:
         parsed = await read_json(request)
         name = request.path_params["name"]
-        if not 1 <= len(name) <= SIGNAL_NAME_MAX:
-            return field_problem(
-                ["path", "name"],
-                f"1 to {SIGNAL_NAME_MAX} characters",
-                f"a signal name has 1 to {SIGNAL_NAME_MAX} characters",
-            )
+        try:
+            signal_name(name)  # the names a task can wait for: any other would be kept unread
+        except ValueError as exc:
+            return field_problem(["path", "name"], str(exc), str(exc))
         record, repeated = await commands.signal(request.path_params["job_id"], name, parsed)
         return JSON(record.to_api(), status_code=200 if repeated else 202)
 
