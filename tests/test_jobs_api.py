@@ -409,3 +409,23 @@ def test_the_server_checkpoints_its_log_into_the_file_while_it_runs(app: Running
     answer = c.post("/jobs/batch", json={"jobs": [{"task": "jobserver.examples.noop"}] * 500})
     assert answer.status_code == 202
     wait_until(lambda: db_file.stat().st_size > before + 200_000, 10, message="a checkpoint into the file")
+
+
+def test_every_cancelled_job_says_cancelled_in_its_error(app: RunningApp) -> None:
+    """Running or not when the cancel came, one, a tree's or a bulk action's: `error.type` is
+    `Cancelled`, never null and never an earlier attempt's error."""
+    c = app.client
+    delayed = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=60)
+    retrying = submit(c, "tests.e2e_tasks.retry_later", {"delay": 60})
+    # pending again, its next attempt a minute away, with the first attempt's error
+    wait_until(lambda: c.get(f"/jobs/{retrying['id']}").json()["error"] is not None)
+    assert c.get(f"/jobs/{retrying['id']}").json()["status"] == "pending"
+    in_bulk = submit(c, "jobserver.examples.add", {"a": 2, "b": 2}, delay=60)
+    assert c.post(f"/jobs/{delayed['id']}/cancel").status_code == 202
+    assert c.post(f"/jobs/{retrying['id']}/cancel").status_code == 202
+    r = c.post("/jobs/cancel", json={"ids": [in_bulk["id"]]})
+    assert r.status_code == 200 and r.json()["count"] == 1, r.text
+    for job in (delayed, retrying, in_bulk):
+        done = wait_done(c, job["id"])
+        assert done["status"] == "cancelled"
+        assert done["error"]["type"] == "Cancelled" and done["error"]["message"] == "the job was cancelled"

@@ -179,11 +179,17 @@ class Transition:
         return self.status in FINISHED
 
 
+def cancelled_error() -> ErrorInfo:
+    """The `error` of every cancelled job, running or not when the cancel came: one check of
+    `error.type` tells a client (or a gathering parent) why it ended."""
+    return _error("Cancelled", "the job was cancelled")
+
+
 def cancelled_instead(t: Transition) -> Transition:
     """A park that finds a cancel asked meanwhile (on another node) ends the job cancelled."""
     return Transition(
         t.job_id, t.run_seq, Ending.CANCELLED, Status.CANCELLED, t.at,
-        error=_error("Cancelled", "the job was cancelled"),
+        error=cancelled_error(),
     )  # fmt: skip
 
 
@@ -262,7 +268,7 @@ def decide(
         case Ending.COMPLETED:
             return to(Status.COMPLETED, result_json=outcome.result_json)
         case Ending.CANCELLED:
-            return to(Status.CANCELLED, error=_error("Cancelled", "the job was cancelled"))
+            return to(Status.CANCELLED, error=cancelled_error())
         case Ending.SUSPENDED:
             return to(Status.WAITING, park=outcome.park, counts_attempt=False)
         case Ending.RELEASED:
@@ -273,7 +279,7 @@ def decide(
             return to(Status.PENDING, run_at=now, counts_attempt=False)
         case Ending.CRASHED:
             if outcome.cancel_requested:
-                return to(Status.CANCELLED, error=_error("Cancelled", "the job was cancelled"))
+                return to(Status.CANCELLED, error=cancelled_error())
             crash = _error("Crashed", f"attempt {job.attempt} was cut off ({outcome.note})")
             at_most_once = options is not None and options.on_crash == "fail"
             if at_most_once or job.attempt >= max(job.max_attempts, MIN_CRASH_ATTEMPTS):

@@ -38,6 +38,7 @@ from jobserver.core.lifecycle import (
     Status,
     Transition,
     WaitKind,
+    cancelled_error,
     cancelled_instead,
 )
 from jobserver.core.records import JOB_COLUMNS, Claim, HandOff, JobRecord, NewJob
@@ -49,6 +50,7 @@ from jobserver.storage.writer import Tx, WriteFuture, Writer
 # Internally a pending job whose run_at is still ahead is 'scheduled' (the API says "pending"),
 # so the claim's index range holds only due jobs and an idle claim never scans future ones.
 # A claim starts an attempt, or resumes a parked one: a resume keeps the attempt's start.
+CANCELLED_ERROR_JSON = orjson.dumps(cancelled_error()).decode()
 STARTED_AT = "started_at = CASE WHEN resume = 1 AND started_at IS NOT NULL THEN started_at ELSE ? END"
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
 # SQLite claim candidates, in claim order, from the claim indexes (never a sort of the backlog)
@@ -848,10 +850,10 @@ class JobStore:
         """Pending (delayed, blocked) or waiting: cancelled now. Running: cancel_requested. Finished: None."""
         rec = _returning(
             tx,
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, "
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?, lease_owner = NULL, "
             "lease_expires_at = NULL, waiting_for = NULL, wake_at = NULL, resume = 0, blocked_by = NULL "
             "WHERE id = ? AND status IN ('pending', 'scheduled', 'blocked', 'waiting')",
-            (now, job_id),
+            (now, CANCELLED_ERROR_JSON, job_id),
         )
         if rec is not None:
             _job_event(tx, rec, now)
@@ -1013,10 +1015,10 @@ class JobStore:
                 asked = [JobRecord.from_row(r) for r in rows]
                 return [*asked, *self._cancel_descendants(tx, [r.id for r in asked], now)], found[-1]
             rows = tx.all(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
-                f"waiting_for = NULL, wake_at = NULL, resume = 0, blocked_by = NULL WHERE id IN ({marks}) "
-                f"AND status = ? RETURNING {JOB_COLUMNS}",
-                (now, *found, status),
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?, lease_owner = NULL, "
+                f"lease_expires_at = NULL, waiting_for = NULL, wake_at = NULL, resume = 0, blocked_by = NULL "
+                f"WHERE id IN ({marks}) AND status = ? RETURNING {JOB_COLUMNS}",
+                (now, CANCELLED_ERROR_JSON, *found, status),
             )
             records = [JobRecord.from_row(r) for r in rows]
             for rec in records:
