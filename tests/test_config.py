@@ -333,6 +333,9 @@ def test_durations_in_every_form_through_the_file(tmp_path: Path) -> None:
         ({"JOBSERVER_WEBHOOKS_ALLOW_PRIVATE": "maybe"}, "webhooks.allow_private"),
         ({"JOBSERVER_WEBHOOKS_RETRY_SCHEDULE": "5s,soon"}, "webhooks.retry_schedule"),
         ({"JOBSERVER_RETENTION_FINISHED_JOBS": "a week"}, "retention.finished_jobs"),
+        ({"JOBSERVER_RETENTION_FINISHED_JOBS": "0"}, "retention.finished_jobs"),
+        ({"JOBSERVER_RETENTION_IDEMPOTENCY_KEYS": "0s"}, "retention.idempotency_keys"),
+        ({"JOBSERVER_RETENTION_IDEMPOTENCY_KEYS": "8d"}, "retention.idempotency_keys"),
         ({"JOBSERVER_EVENTS_MAX_LOG_LINES": "0"}, "events.max_log_lines"),
     ],
 )
@@ -477,3 +480,12 @@ def test_values_that_read_as_something_else_are_refused(
     error = config_error(tmp_path, config_path=path)
     assert error.key == key and said in str(error), str(error)
     assert config_error(tmp_path, environ={"JOBSERVER_SERVER_HOST": ""}).key == "server.host"
+
+
+def test_idempotency_keys_never_outlive_the_jobs_they_replay(tmp_path: Path) -> None:
+    short = load(tmp_path, config_path=write(tmp_path, '[retention]\nfinished_jobs = "2h"\n'))
+    assert short.retention.finished_jobs == short.retention.idempotency_keys == 7200
+    error = config_error(
+        tmp_path, config_path=write(tmp_path, '[retention]\nfinished_jobs = "2h"\nidempotency_keys = "3h"\n')
+    )
+    assert error.key == "retention.idempotency_keys" and "finished_jobs" in str(error)

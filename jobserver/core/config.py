@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -237,10 +238,37 @@ class WebhooksSettings(_Section):
 class RetentionSettings(_Section):
     """[retention]: how long finished jobs and idempotency keys are kept."""
 
-    finished_jobs: Duration = 7 * 86400.0
-    idempotency_keys: Duration = 86400.0
+    # zero would prune a result before anyone could read it, and turn idempotency off
+    finished_jobs: Duration = Field(default=7 * 86400.0, gt=0)
+    idempotency_keys: Duration = Field(default=86400.0, gt=0)
     interval: Duration = Field(default=60.0, gt=0)
     batch_size: int = Field(default=500, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_default_within_the_jobs_life(cls, data: Any) -> Any:
+        """Unset, the keys' horizon is the default's 24 hours or the jobs' own, the shorter."""
+        if isinstance(data, Mapping) and "idempotency_keys" not in data and "finished_jobs" in data:
+            try:
+                jobs = parse_duration(data["finished_jobs"])
+            except ValueError:
+                return data  # the field's own check names the error
+            if jobs < cls.model_fields["idempotency_keys"].default:
+                return {**data, "idempotency_keys": jobs}
+        return data
+
+    @field_validator("idempotency_keys")
+    @classmethod
+    def _within_the_jobs_life(cls, value: float, info: ValidationInfo) -> float:
+        """A key replays its job: a key kept longer than its job would let the same request make
+        a second job once the first was pruned, within the window the key promises."""
+        jobs = info.data.get("finished_jobs")
+        if jobs is not None and value > jobs:
+            raise ValueError(
+                f"must not be longer than retention.finished_jobs ({jobs:g}s): a key replays its job, "
+                "which would be pruned first"
+            )
+        return value
 
 
 class EventsSettings(_Section):
