@@ -3,10 +3,16 @@ httpx.Client): schedules, pausing a task, bulk cancel and retry, stats, and thei
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
+from jobserver.client.commands import Output, build_parser, run
 from jobserver.client.sdk import Client
 from jobserver.core.errors import InvalidRequestError, ScheduleNotFoundError, TaskNotFoundError
+from jobserver.core.records import JobIds, NewJob
+from tests.inproc import RunningApp
 
 ADD = "jobserver.examples.add"
 NOOP = "jobserver.examples.noop"
@@ -50,3 +56,21 @@ def test_pause_bulk_actions_and_stats_through_the_sdk(client: Client) -> None:
     assert info.value.task == "no.such.task" and info.value.status_code == 404
     with pytest.raises(InvalidRequestError):
         client.retry_many(status="pending")
+
+
+def test_the_tasks_command_shows_tasks_that_jobs_wait_for_but_no_process_registers(
+    app: RunningApp, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    app.runtime.parts.store.enqueue(
+        NewJob(JobIds().new(), "elsewhere.task", "{}", 0, 1, None, None, None, now, now), None, lambda: None
+    ).result(10)
+    overview = client.task_overview()
+    assert overview["unknown_tasks"] == [{"name": "elsewhere.task", "pending": 1}]
+    assert ADD in {t["name"] for t in overview["tasks"]}
+    parser = build_parser()
+    assert run(client, parser.parse_args(["tasks"]), Output(as_json=True)) == 0
+    assert json.loads(capsys.readouterr().out)["unknown_tasks"] == overview["unknown_tasks"]
+    assert run(client, parser.parse_args(["tasks"]), Output(as_json=False)) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "elsewhere.task" in x)
+    assert "unknown" in line and "1 jobs wait for it" in line

@@ -432,9 +432,10 @@ def _limit_text(key: dict[str, Any]) -> str:
 
 
 def _tasks(client: Client, args: argparse.Namespace, output: Output) -> int:
-    tasks = client.tasks()
+    overview = client.task_overview()
+    tasks = overview["tasks"]
     if args.name is None:
-        output.show({"tasks": tasks}, render.tasks_table(tasks))
+        output.show(overview, render.tasks_table(tasks, overview.get("unknown_tasks", [])))
         return EXIT_OK
     found = [t for t in tasks if t["name"] == args.name]
     if not found:

@@ -420,9 +420,16 @@ def delete(job_id: str) -> Exchange[None]:
 
 
 def tasks() -> Exchange[builtins.list[dict[str, Any]]]:
-    """GET /tasks."""
-    found: builtins.list[dict[str, Any]] = (yield request("GET", "/tasks", Call("tasks"))).json()["tasks"]
+    """GET /tasks: the registered tasks."""
+    found: builtins.list[dict[str, Any]] = (yield from task_overview())["tasks"]
     return found
+
+
+def task_overview() -> Exchange[dict[str, Any]]:
+    """GET /tasks as it is: `tasks`, and `unknown_tasks` (jobs waiting for a task no process
+    there registers)."""
+    body: dict[str, Any] = (yield request("GET", "/tasks", Call("tasks"))).json()
+    return body
 
 
 def webhooks(job_id: str) -> Exchange[builtins.list[dict[str, Any]]]:

@@ -109,8 +109,9 @@ def job_table(job: Mapping[str, Any]) -> Table:
     return table
 
 
-def tasks_table(tasks: Iterable[Mapping[str, Any]]) -> Table:
-    """One line per task: name, paused or not, sync or async, the first line of its description."""
+def tasks_table(tasks: Iterable[Mapping[str, Any]], unknown: Iterable[Mapping[str, Any]] = ()) -> Table:
+    """One line per task: name, paused or not, sync or async, the first line of its description;
+    then one per task that jobs wait for though the server does not register it."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("TASK", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
@@ -123,6 +124,13 @@ def tasks_table(tasks: Iterable[Mapping[str, Any]]) -> Table:
             Text("paused", style="yellow") if task.get("paused") else Text("active"),
             "async" if task.get("is_async") else "sync",
             first_line[0] if first_line else "",
+        )
+    for task in unknown:
+        table.add_row(
+            str(task["name"]),
+            Text("unknown", style="red"),
+            "",
+            f"{task.get('pending', 0)} jobs wait for it: no process of this server registers it",
         )
     return table
 

@@ -233,6 +233,11 @@ class Client:
         """The registered tasks: name, description, args_schema, options, paused."""
         return self._run(protocol.tasks())
 
+    def task_overview(self) -> dict[str, Any]:
+        """`{"tasks": [...], "unknown_tasks": [{"name", "pending"}]}`: the registered tasks, and
+        the tasks that jobs wait for though the server registers none of that name."""
+        return self._run(protocol.task_overview())
+
     def webhooks(self, job_id: str) -> builtins.list[dict[str, Any]]:
         """The job's webhook delivery attempts, oldest first: attempt, at, status_code, error, duration_ms."""
         return self._run(protocol.webhooks(job_id))
