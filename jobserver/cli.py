@@ -100,6 +100,8 @@ def print_secret(argv: list[str]) -> int:
     if settings.webhooks.secret:
         print(settings.webhooks.secret)
         return 0
+    import peewee as pw
+
     from jobserver.storage.models import open_database
     from jobserver.webhooks.sender import stored_secret
 
@@ -110,9 +112,10 @@ def print_secret(argv: list[str]) -> int:
     d = settings.database
     try:
         db = open_database(d.url, path, d.synchronous, d.busy_timeout)
-        secret = stored_secret(db, settings.is_postgres)
+        # a database no server has started on yet has no tables: the same answer as a missing file
+        secret = stored_secret(db, settings.is_postgres) if db.table_exists("meta") else None
         db.close()
-    except StorageError as exc:
+    except (StorageError, pw.DatabaseError) as exc:
         print(f"jobserver: cannot read the secret: {exc}", file=sys.stderr)
         return 1
     if secret is None:
@@ -193,7 +196,7 @@ def serve(args_list: list[str]) -> int:
         return 1
     log.info(
         "serving on http://%s:%d (database %s)",
-        settings.server.host,
+        f"[{settings.server.host}]" if ":" in settings.server.host else settings.server.host,  # IPv6
         settings.server.port,
         settings.database.url.split("@")[-1],
         extra={"action": "start"},

@@ -220,6 +220,9 @@ def test_secret_prints_the_generated_signing_secret(cwd: Path, capsys: pytest.Ca
     assert main(["secret"]) == 1  # no database yet: nothing is created to answer
     assert "no database at" in capsys.readouterr().err
     assert not (cwd / "jobs.db").exists()
+    (cwd / "jobs.db").touch()  # a database no server has started on: no tables yet
+    assert main(["secret"]) == 1
+    assert "the secret is made on the first start" in capsys.readouterr().err
     from tests.inproc import running_app
 
     (cwd / "srv").mkdir()

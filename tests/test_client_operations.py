@@ -74,3 +74,13 @@ def test_the_tasks_command_shows_tasks_that_jobs_wait_for_but_no_process_registe
     assert run(client, parser.parse_args(["tasks"]), Output(as_json=False)) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "elsewhere.task" in x)
     assert "unknown" in line and "1 jobs wait for it" in line
+
+
+def test_the_stats_command_counts_cancelled_jobs_in_its_last_hour_line(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(2):
+        client.cancel(client.submit(NOOP, delay=3600)["id"])
+    assert run(client, build_parser().parse_args(["stats"]), Output(as_json=False)) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("last hour"))
+    assert "0 completed, 0 failed, 2 cancelled" in line and "finished/min" in line, line

@@ -455,8 +455,8 @@ def _stats(stats: dict[str, Any], output: Output) -> None:
         rate = hour.get("failure_rate")
         output.out.print(
             f"last hour: {hour.get('completed', 0)} completed, {hour.get('failed', 0)} failed, "
-            f"{hour.get('throughput_per_minute', 0)}/min, failure rate "
-            + ("n/a" if rate is None else f"{rate:.1%}"),
+            f"{hour.get('cancelled', 0)} cancelled, {hour.get('throughput_per_minute', 0)} finished/min, "
+            "failure rate " + ("n/a" if rate is None else f"{rate:.1%}"),
             highlight=False,
         )
 
