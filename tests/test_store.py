@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError
+from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError, StorageError
 from jobserver.core.lifecycle import Outcome, Park, WaitKind
 from jobserver.core.records import Claim, HandOff, JobIds, NewJob
 from jobserver.storage.store import JobStore
@@ -235,3 +235,18 @@ def test_a_run_woken_by_a_signal_and_handed_to_a_worker_is_still_a_resume(tmp_pa
         again = claim(store, "w", NOW + 4, 30)
         assert again is not None and again.attempt == 1
         assert store.get(job_id).started_at == first.started_at == NOW
+
+
+def test_a_database_a_newer_release_changed_is_refused_untouched(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        add(store)
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        tables = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    refused = r"newer jobserver \(schema version 2; this one knows up to 1\)"
+    with pytest.raises(StorageError, match=refused), open_store(tmp_path):
+        pass
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == tables
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)

@@ -500,6 +500,10 @@ def _add_missing_columns(db: pw.Database) -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {ddl}")
 
 
+# The schema this code writes. A release that changes the tables in a way an older one cannot
+# use raises it; an older server then refuses such a database instead of failing every write.
+SCHEMA_VERSION = 1
+SCHEMA_VERSION_KEY = "schema_version"
 SCHEMA_LOCK = 0x6A6F6273  # the advisory lock that serializes the schema's creation on PostgreSQL
 
 
@@ -524,12 +528,28 @@ def _one_creator(db: pw.Database) -> Iterator[None]:
         db.execute_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
 
+def _refuse_a_newer_schema(db: pw.Database) -> None:
+    if not db.table_exists(MetaValue._meta.table_name):
+        return
+    row = MetaValue.get_or_none(MetaValue.key == SCHEMA_VERSION_KEY)
+    stored = int(row.value) if row is not None and str(row.value).isdigit() else 0
+    if stored > SCHEMA_VERSION:
+        raise StorageError(
+            f"the database was made by a newer jobserver (schema version {stored}; this one knows up to "
+            f"{SCHEMA_VERSION}): run that version or newer on it, or restore a backup"
+        )
+
+
 def create_schema(db: pw.Database) -> None:
     """Create every table, column and index that does not exist yet."""
     try:
         with db.bind_ctx(ALL_MODELS), db.connection_context(), _one_creator(db):
+            _refuse_a_newer_schema(db)
             _add_missing_columns(db)
             db.create_tables(ALL_MODELS, safe=True)
+            MetaValue.insert(key=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
+                conflict_target=[MetaValue.key], update={MetaValue.value: str(SCHEMA_VERSION)}
+            ).execute()
             # jobs held back by a limit, per key in claim order (the partial index holds only those)
             db.execute_sql(
                 "CREATE INDEX IF NOT EXISTS jobs_blocked ON jobs (blocked_by, priority DESC, run_at, id) "
