@@ -9,8 +9,10 @@ that never updated, integers beyond 2**53 shown rounded and submitted changed, t
 stayed selected after they left the list, a filter for a task not registered here dropped by the
 task reload, a schedules table and dates that broke at phone width, a long task name or progress
 message that widened the page, a double Ctrl+Enter that submitted twice, a pasted API key no
-header could carry that was stored and stuck the page, and a signal name carried over from the
-job opened before.
+header could carry that was stored and stuck the page, a signal name carried over from the
+job opened before, a Pause button that lost the keyboard focus on each refresh, event times that
+went back for a resumed job, an error message with no height limit, a refused key that left the
+counts and the open job on screen, and direction controls in a task name that were obeyed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tests import test_dashboard as dashboard
 from tests.e2e import Server, start_server
 from tests.helpers import REPO, wait_until, write_config
 from tests.receiver import Receiver, Reply
-from tests.test_dashboard import ADD, FAIL, enter_api_key, open_job, row, submit, wait_finished
+from tests.test_dashboard import ADD, FAIL, enter_api_key, log_entries, open_job, row, submit, wait_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -641,3 +643,125 @@ def test_the_signal_name_is_reset_when_another_job_is_opened(
     finally:
         release.touch()
         client.post(f"/jobs/{waiter['id']}/cancel")
+
+
+def test_the_keyboard_focus_stays_on_a_pause_button_when_the_panel_is_read_again(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    """The schedules and tasks are read again every 10 s and after each Pause or Resume: the
+    focused button stays focused (it was dropped to the page's body each time)."""
+    made = client.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
+    assert made.status_code in (200, 201), made.text
+    page.goto(server.url)
+    for selector in (f'#tasks-body tr[data-task="{NOOP}"]', '#schedules-body tr[data-schedule="nightly"]'):
+        line = page.locator(selector)
+        button = line.get_by_role("button")
+        expect(button).to_have_text("Pause")
+        button.focus()
+        page.keyboard.press("Enter")
+        expect(line).to_have_attribute("data-paused", "true")
+        expect(button).to_have_text("Resume")
+        expect(button).to_be_focused()
+        page.keyboard.press("Enter")  # the same key again, on the same row
+        expect(line).to_have_attribute("data-paused", "false")
+        expect(button).to_be_focused()
+
+
+def test_event_log_times_never_go_back_for_a_job_that_slept_and_resumed(
+    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    """A status event has no clock: its time comes from the job it carries. A job running again
+    after a durable sleep still has its first start as `started_at`, so that line read earlier
+    than the wait before it; a line whose time the job does not record now shows none."""
+    job = submit(client, "tests.e2e_tasks.nap", {"path": str(tmp_path / "nap"), "seconds": 1.2})
+    assert wait_finished(client, job["id"])["status"] == "completed"
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
+    expect(log_entries(page, "status", "completed")).to_have_count(1)
+    lines = [
+        (li.get_attribute("data-status"), li.locator(".t").inner_text())
+        for li in log_entries(page, "status").all()
+    ]
+    assert [s for s, _ in lines].count("running") == 2, lines
+    shown = [t for _, t in lines if t]
+    seconds = [sum(int(part) * 60**i for i, part in enumerate(reversed(t.split(":")))) for t in shown]
+    assert seconds == sorted(seconds), lines  # never earlier than a line above it
+    resumed = [t for s, t in lines if s == "running"][1]
+    assert resumed == "", lines  # the job does not record when it ran again
+
+
+def test_a_very_long_error_message_scrolls_in_its_own_box(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    job = submit(client, FAIL, {"message": "overflow " * 6_000})  # 54,000 characters
+    assert wait_finished(client, job["id"])["status"] == "failed"
+    page.goto(server.url)
+    open_job(page, job["id"])
+    message = page.locator("#detail-error-message")
+    expect(message).to_contain_text("overflow overflow")
+    sizes = message.evaluate("(el) => [el.clientHeight, el.scrollHeight]")
+    assert sizes[0] <= 320 < sizes[1], sizes  # bounded, and the rest is a scroll away
+    box = page.locator("#detail-error-section").bounding_box()
+    assert box is not None and box["height"] < 700, box  # the result and args below stay near
+
+
+def test_a_refused_key_clears_the_counts_chart_panel_and_the_open_job(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    job = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, job["id"])
+    page.goto(server.url)
+    open_job(page, job["id"])
+    expect(page.locator("#detail-result")).to_have_text("3")
+    expect(page.locator("#counts button")).not_to_have_count(0)
+    expect(page.locator("#tasks-body tr")).not_to_have_count(0)
+    expect(page.locator("#chart-legend")).to_contain_text("Last hour")
+
+    problem = {"title": "Unauthorized", "status": 401, "detail": "missing or wrong API key"}
+    page.route(
+        lambda url: "/jobs" in url or "/stats" in url or "/tasks" in url or "/schedules" in url,
+        lambda route: route.fulfill(
+            status=401, headers={"Content-Type": "application/problem+json"}, body=json.dumps(problem)
+        ),
+    )
+    expect(page.locator("#auth-banner")).to_be_visible()  # the next poll is refused
+    expect(page.locator("#jobs-body tr")).to_have_count(0)
+    expect(page.locator("#counts button")).to_have_count(0)
+    expect(page.locator("#chart rect")).to_have_count(0)
+    expect(page.locator("#chart-legend")).to_have_text("")
+    expect(page.locator("#tasks-body tr")).to_have_count(0)
+    expect(page.locator("#schedules-body tr")).to_have_count(0)
+    expect(page.locator("#detail")).to_be_hidden()
+
+    page.unroute_all()
+    enter_api_key(page, "any")  # this server has no keys: any is taken, and the job comes back
+    expect(page.locator("#detail")).to_be_visible()
+    expect(page.locator("#detail-result")).to_have_text("3")
+    expect(page.locator("#counts button")).not_to_have_count(0)
+
+
+def test_direction_controls_in_a_task_name_are_shown_not_obeyed(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    """A name holding U+202E (right-to-left override) reads backwards from there on: the row,
+    the pane's title and the panel show the control as <U+202E> and the name as spelt."""
+    job = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, job["id"])
+    name = "qa.\u202eevil\u202c.rtl"
+
+    def renamed(route: Route, request: Request) -> None:
+        answer = route.fetch()
+        data = answer.json()
+        for j in data.get("jobs", [data]):
+            j["task"] = name
+        route.fulfill(response=answer, body=json.dumps(data))
+
+    page.route(lambda url: "/jobs?" in url or url.endswith(f"/jobs/{job['id']}"), renamed)
+    page.goto(server.url)
+    cell = row(page, job["id"]).locator(".col-task")
+    expect(cell).to_have_text("qa.<U+202E>evil<U+202C>.rtl")
+    assert "\u202e" not in cell.inner_text()
+    open_job(page, job["id"])
+    expect(page.locator("#detail-task")).to_have_text("qa.<U+202E>evil<U+202C>.rtl")
+    page.unroute_all(behavior="ignoreErrors")  # a poll in flight is not answered after the test

@@ -429,3 +429,37 @@ def test_every_cancelled_job_says_cancelled_in_its_error(app: RunningApp) -> Non
         done = wait_done(c, job["id"])
         assert done["status"] == "cancelled"
         assert done["error"]["type"] == "Cancelled" and done["error"]["message"] == "the job was cancelled"
+
+
+def test_a_summary_list_leaves_out_args_result_and_traceback(app: RunningApp) -> None:
+    """`GET /jobs?fields=summary`: the rows a list view shows, without the fields that can be
+    large; the default answer is unchanged, and an unknown value is refused like any filter."""
+    c = app.client
+    done = submit(c, "jobserver.examples.add", {"a": 2, "b": 3})
+    broken = submit(c, "jobserver.examples.fail", {"message": "boom"})
+    full = {j["id"]: j for j in (wait_done(c, done["id"]), wait_done(c, broken["id"]))}
+    assert full[broken["id"]]["error"]["traceback"]
+
+    listed = c.get("/jobs", params={"fields": "summary"})
+    assert listed.status_code == 200, listed.text
+    rows = {j["id"]: j for j in listed.json()["jobs"]}
+    assert set(rows) == set(full)
+    for job_id, row in rows.items():
+        assert "args" not in row and "result" not in row, row
+        assert row == {
+            k: v for k, v in full[job_id].items() if k not in ("args", "result", "error", "steps")
+        } | {"error": row["error"]}
+    assert rows[broken["id"]]["error"] == {"type": "RuntimeError", "message": "boom"}
+    assert rows[done["id"]]["error"] is None
+
+    for params in ({}, {"fields": "full"}):
+        whole = {j["id"]: j for j in c.get("/jobs", params=params).json()["jobs"]}
+        assert whole[done["id"]]["result"] == 5 and whole[done["id"]]["args"] == {"a": 2, "b": 3}
+        assert whole[broken["id"]]["error"]["traceback"] == full[broken["id"]]["error"]["traceback"]
+
+    refused = c.get("/jobs", params={"fields": "tiny"})
+    assert refused.status_code == 422, refused.text
+    assert "fields" in refused.text
+    doc = c.get("/openapi.json").json()
+    param = {p["name"]: p for p in doc["paths"]["/jobs"]["get"]["parameters"]}["fields"]
+    assert param["schema"]["enum"] == ["full", "summary"]

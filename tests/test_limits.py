@@ -13,13 +13,15 @@ import pytest
 from jobserver import Concurrency, Rate, task
 from jobserver.core.clock import ManualClock
 from jobserver.core.errors import TaskDefinitionError
+from jobserver.core.lifecycle import Outcome
 from jobserver.core.limits import HeldLimit, as_declared, declared_now
 from jobserver.core.records import JobIds, NewJob
 from jobserver.core.tasks import build_taskdef
+from jobserver.storage.models import read_rows
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
-from tests.limits_check import busiest_window, max_overlap, spans
-from tests.storage import claim_one, open_store
+from tests.limits_check import bound, busiest_window, claim_all, max_overlap, queue, run_ticks, spans, ticks
+from tests.storage import claim_one, end_attempt, open_store
 
 HELD = "tests.e2e_tasks.held_key"
 GATED = "tests.e2e_tasks.gated_approval"
@@ -127,6 +129,14 @@ def test_a_task_concurrency_is_a_limit_keyed_by_the_task(app: RunningApp, tmp_pa
     assert limit(c, "tests.e2e_tasks.capped")["in_use"] == 2
     release.touch()
     assert all(finished(c, i)["status"] == "completed" for i in ids)
+
+
+def test_get_tasks_lists_a_task_concurrency_with_its_limits(app: RunningApp) -> None:
+    tasks = {t["name"]: t["options"] for t in app.client.get("/tasks").json()["tasks"]}
+    capped = tasks["tests.e2e_tasks.capped"]
+    assert capped["concurrency"] == 2
+    assert capped["limits"] == [{"kind": "concurrency", "key": "tests.e2e_tasks.capped", "limit": 2}]
+    assert [k["key"] for k in tasks[HELD]["limits"]] == ["llm:{model}"]  # declared ones as before
 
 
 def test_args_that_break_a_limit_are_refused_and_queue_nothing(app: RunningApp) -> None:
@@ -271,3 +281,42 @@ def test_the_running_codes_declarations_are_what_claims_read(app: RunningApp) ->
     queued = HeldLimit("t", "rate", 10, 60.0, 8.0, "t")
     lowered = as_declared(queued, {"t": ("rate", 5.0, 60.0)})
     assert (lowered.n, lowered.cost) == (5.0, 5.0)  # a cost that no longer fits takes the whole window
+
+
+# ------------------------------------------- parked jobs on a manual clock
+def test_a_rate_key_starts_parked_jobs_as_soon_as_its_window_has_room(tmp_path: Path) -> None:
+    """5 per 500 ms is 10 a second, not 5 each poll interval: the claim that parks the rest
+    counts the starts it is about to charge when it works out the key's next look."""
+    with open_store(tmp_path) as store:  # parked jobs looked at again every second at least
+        queue(store, bound(HeldLimit("half", "rate", 5, 0.5, 1.0, "half")), 30, 99.0)
+        started = run_ticks(store, ticks(100.0, 102.0))
+        starts = [(at, 1.0) for at, claims in started.items() for _ in claims]
+        assert len(starts) == 20
+        assert busiest_window(starts, 0.5) == 5
+
+
+def test_a_big_rate_key_starts_all_that_fit_not_a_page_of_them(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        queue(store, bound(HeldLimit("fast", "rate", 100, 1.0, 1.0, "fast")), 300, 99.0)
+        assert len(claim_all(store, 100.0)) == 100  # and 200 parked
+        assert store.limits.unpark_due(101.0).result(10) == 100  # one look, though a page is 64
+        started = run_ticks(store, ticks(101.0, 103.0))
+        per_second = [sum(len(c) for at, c in started.items() if s <= at < s + 1) for s in (101, 102)]
+        assert per_second == [100, 100]
+
+
+def test_a_job_held_by_another_of_its_keys_passes_the_slot_on(tmp_path: Path) -> None:
+    """x needs the slot of "a" and one start of "b" a minute; y only the slot. When x's first
+    run ends, the slot goes to the next x, which "b" holds back: the slot then goes on to the
+    first y at once, not at the next periodic look."""
+    slot = HeldLimit("a", "concurrency", 1, template="a")
+    with open_store(tmp_path) as store:
+        xs = queue(store, bound(slot, HeldLimit("b", "rate", 1, 60.0, 1.0, "b")), 3, 99.0, "x")
+        ys = queue(store, bound(slot), 2, 99.0, "y")
+        first = claim_all(store, 100.0)
+        assert [c.job_id for c in first] == xs[:1]  # the rest parked on "a"
+        end_attempt(store, first[0], Outcome.completed("1"), 100.5)
+        # the next x is due for the slot: its claim parks it on "b" and passes the slot on, ...
+        assert run_ticks(store, [100.5])[100.5][0].job_id == ys[0]
+        blocked = dict(read_rows(store.db, False, "SELECT id, blocked_by FROM jobs WHERE status = 'blocked'"))
+        assert blocked == {xs[1]: "b", xs[2]: "b", ys[1]: "a"}  # ... past the x behind it too

@@ -133,6 +133,8 @@ class ListQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    # "summary": each job without `args`, `result` and its error's `traceback` (a list view's rows)
+    fields: str = Field(default="full", pattern="^(full|summary)$")
 
     _plain_limit = field_validator("limit", mode="before")(plain_query_number)
 

@@ -417,11 +417,24 @@ def create_app(svc: Services) -> Starlette:
         parent: str | None,
         key: str | None,
         scope: str,
+        summary: bool,
     ) -> dict[str, Any]:
         idempotency = (scope, key) if key else None
         jobs, next_cursor = store.list_jobs(status, task, limit, cursor, parent, idempotency)
         paused = svc.paused_tasks() if any(j.status in HELD for j in jobs) else frozenset()
-        return {"jobs": [with_reason(j, paused) for j in jobs], "next_cursor": next_cursor}
+        rows = [with_reason(j, paused) for j in jobs]
+        if summary:
+            rows = [summarized(row) for row in rows]
+        return {"jobs": rows, "next_cursor": next_cursor}
+
+    def summarized(data: dict[str, Any]) -> dict[str, Any]:
+        """A list row without the fields that can be large and that a list does not show:
+        `args`, `result` and the error's `traceback` (GET /jobs/{id} has them all)."""
+        del data["args"], data["result"]
+        error = data["error"]
+        if isinstance(error, dict):
+            data["error"] = {k: v for k, v in error.items() if k != "traceback"}
+        return data
 
     async def list_jobs(request: Request) -> Response:
         try:
@@ -430,7 +443,15 @@ def create_app(svc: Services) -> Starlette:
             return validation_problem(exc, "query")
         return JSON(
             await read(
-                listed, q.status, q.task, q.limit, q.cursor, q.parent, q.idempotency_key, key_scope(request)
+                listed,
+                q.status,
+                q.task,
+                q.limit,
+                q.cursor,
+                q.parent,
+                q.idempotency_key,
+                key_scope(request),
+                q.fields == "summary",
             )
         )
 
@@ -514,7 +535,8 @@ def create_app(svc: Services) -> Starlette:
                         "name": t.name,
                         "description": t.description,
                         "args_schema": t.schema,
-                        "options": t.options.public(),
+                        # `concurrency=n` is held as Concurrency(<task name>, n): listed with the others
+                        "options": {**t.options.public(), "limits": [limit.public() for limit in t.limits]},
                         "is_async": t.is_async,
                         "paused": t.name in paused,
                     }

@@ -101,29 +101,28 @@ JOB_FIELDS: dict[str, Schema] = {
     },
 }
 
+JOB_REQUIRED = [
+    "id",
+    "task",
+    "args",
+    "status",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "progress",
+    "result",
+    "error",
+    "idempotency_key",
+    "webhook_url",
+    "created_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+]
+SUMMARY_OMITS = ("args", "result")  # and `error.traceback`, which JobError does not require
+
 SHARED_SCHEMAS: dict[str, Schema] = {
-    "Job": {
-        "type": "object",
-        "properties": JOB_FIELDS,
-        "required": [
-            "id",
-            "task",
-            "args",
-            "status",
-            "priority",
-            "attempts",
-            "max_attempts",
-            "progress",
-            "result",
-            "error",
-            "idempotency_key",
-            "webhook_url",
-            "created_at",
-            "run_at",
-            "started_at",
-            "finished_at",
-        ],
-    },
+    "Job": {"type": "object", "properties": JOB_FIELDS, "required": JOB_REQUIRED},
     "JobDetail": {
         "allOf": [
             _ref("Job"),
@@ -183,11 +182,22 @@ SHARED_SCHEMAS: dict[str, Schema] = {
             "traceback": {"type": ["string", "null"]},
         },
     },
+    "JobSummary": {
+        "type": "object",
+        "description": "A job as `GET /jobs?fields=summary` lists it: without `args`, `result` and the "
+        "error's `traceback`, which can be large (`GET /jobs/{id}` has them).",
+        "properties": {k: v for k, v in JOB_FIELDS.items() if k not in SUMMARY_OMITS},
+        "required": [k for k in JOB_REQUIRED if k not in SUMMARY_OMITS],
+    },
     "JobList": {
         "type": "object",
         "required": ["jobs", "next_cursor"],
         "properties": {
-            "jobs": {"type": "array", "items": _ref("Job")},
+            "jobs": {
+                "type": "array",
+                "items": {"anyOf": [_ref("Job"), _ref("JobSummary")]},
+                "description": "Full jobs, or with `fields=summary` each a JobSummary.",
+            },
             "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page."},
         },
     },
@@ -596,6 +606,13 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "in": "query",
                         "description": "Only the job submitted with this Idempotency-Key (under the caller's API key).",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    },
+                    {
+                        "name": "fields",
+                        "in": "query",
+                        "description": "`summary`: each job without `args`, `result` and the error's `traceback` "
+                        "(a list view's rows, however large those are); `full` (the default): whole jobs.",
+                        "schema": {"type": "string", "enum": ["full", "summary"], "default": "full"},
                     },
                 ],
             ),

@@ -15,14 +15,16 @@ shows it pending), out of the claim's index range, so it holds back nobody and
 no claim reads it again. It is unparked when its key frees: one job per slot in
 the transaction that ends a holder, and by `unpark_due` when the key's `wake_at`
 comes (a rate window that refills, and a periodic look at every key with parked
-jobs, which also covers a slot freed on another node while this one parked).
+jobs, which also covers a slot freed on another node while this one parked),
+and by a claim that leaves a key with room while jobs are parked on it (a job
+made due for that room was held back by another of its keys).
 Must not import above storage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import peewee as pw
@@ -32,7 +34,9 @@ from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 
 CHARGE_KEPT_S = 60.0  # how long a charge is kept past its window
-UNPARK_PAGE = 64  # parked jobs one key's look at them reads at most
+UNPARK_PAGE = 64  # parked jobs one page of a key's look reads
+LOOK_PAGES = 16  # pages one look reads at most while the key has room
+ADMIT_PAGE = 8  # parked jobs a claim reads of a key it leaves with room
 DUE_NOTE = "d"  # NOTIFY: a job became due
 IDLE_KEY_S = 3600.0  # a key with nothing held, parked or charged this long past its window is dropped
 # a key nothing uses: no hold, no parked job, no look due, no charge within IDLE_KEY_S past its window
@@ -59,10 +63,29 @@ class KeyUse:
 
 @dataclass
 class _Key:
-    """A key's state within one claim transaction."""
+    """A key's state within one transaction. A rate key keeps the charges of its window,
+    with those the transaction is about to write (a claim charges its starts only once it has
+    decided every job; jobs a look makes due are charged by the claim that takes them): when
+    the window has room again is worked out from them."""
 
     held: HeldLimit
     used: float
+    charges: list[tuple[float, float]] = field(default_factory=list)  # (at, units), oldest first
+    wake_at: float | None = None
+
+    def fits(self, h: HeldLimit) -> bool:
+        return self.used + _units(h) <= h.n
+
+    def has_room(self) -> bool:
+        """Whether some start could fit: a free slot, or any room left in the window."""
+        if self.held.kind == "concurrency":
+            return self.used + 1.0 <= self.held.n
+        return self.used < self.held.n
+
+    def add(self, h: HeldLimit, now: float) -> None:
+        self.used += _units(h)
+        if h.kind == "rate":
+            self.charges.append((now, h.cost))
 
 
 class LimitStore:
@@ -91,19 +114,38 @@ class LimitStore:
     # ---------------------------------------------------------------- claim
     def admit(self, tx: Tx, now: float, jobs: Sequence[tuple[str, str]]) -> list[str]:
         """Of the (id, limits JSON) candidates, in claim order, the ids that fit every key; the
-        rest are parked on the first key they do not fit. Call `take` for these once claimed."""
+        rest are parked on the first key they do not fit. Call `take` for these once claimed.
+
+        A job may have been made due for the room of one key and be parked here on another
+        (its rate key is spent): that room would stay unused until the next periodic look, and
+        hold back the jobs behind it on the first key, some of them of tasks that need no other
+        key. So a key left with room while jobs are parked on it gets looked at in this
+        transaction, and its next parked jobs are made due."""
         held = {job_id: self._held(text) for job_id, text in jobs}
         keys = self._lock({h.key: h for hs in held.values() for h in hs}, tx, now)
         admitted = []
+        parked: dict[str, list[HeldLimit]] = {}
         for job_id, _ in jobs:
             mine = held[job_id]
-            blocking = next((h for h in mine if keys[h.key].used + _units(h) > h.n), None)
+            blocking = next((h for h in mine if not keys[h.key].fits(h)), None)
             if blocking is not None:
-                self._park(tx, job_id, blocking, now)
+                tx.execute(
+                    "UPDATE jobs SET status = 'blocked', blocked_by = ? WHERE id = ?", (blocking.key, job_id)
+                )
+                parked.setdefault(blocking.key, []).append(blocking)
                 continue
             for h in mine:
-                keys[h.key].used += _units(h)
+                keys[h.key].add(h, now)
             admitted.append(job_id)
+        for name, key in keys.items():
+            if name in parked:  # the charges of the jobs admitted above count: they are written next
+                wake = min(self._refill_at(key, h, now) for h in parked[name])
+                tx.execute(
+                    "UPDATE limits SET wake_at = ? WHERE key = ? AND (wake_at IS NULL OR wake_at > ?)",
+                    (wake, name, wake),
+                )
+            elif key.wake_at is not None and key.has_room():
+                self._look_at(tx, key, now, ADMIT_PAGE, 1)
         return admitted
 
     def _held(self, text: str) -> list[HeldLimit]:
@@ -116,7 +158,7 @@ class LimitStore:
             return {}
         names = sorted(wanted)
         marks = ", ".join("?" * len(names))
-        select = f"SELECT key, n, per_s FROM limits WHERE key IN ({marks}) ORDER BY key{self._for_update}"
+        select = f"SELECT key, kind, n, per_s, wake_at FROM limits WHERE key IN ({marks}) ORDER BY key{self._for_update}"
         rows = tx.all(select, names)
         if len(rows) < len(names):  # a key's first job: make its row, then lock it
             for name in sorted(set(names) - {str(r[0]) for r in rows}):
@@ -127,51 +169,50 @@ class LimitStore:
                 )
             rows = tx.all(select, names)
         out = {}
-        for name, n, per_s in rows:
+        for name, kind, n, per_s, wake_at in rows:
             h = wanted[str(name)]
-            if float(n) != h.n or per_s != h.per_s:  # the task's declaration changed: the latest wins
-                tx.execute(
-                    "UPDATE limits SET n = ?, per_s = ?, kind = ? WHERE key = ?",
-                    (h.n, h.per_s, h.kind, h.key),
-                )
-            out[h.key] = _Key(h, self._used(tx, h, now))
+            self._redeclare(tx, h, (str(kind), float(n), per_s))
+            out[h.key] = self._state(tx, h, now, None if wake_at is None else float(wake_at))
         return out
 
-    def _used(self, tx: Tx, h: HeldLimit, now: float) -> float:
-        if h.kind == "concurrency":
-            row = tx.one("SELECT COUNT(*) FROM limit_holds WHERE key = ?", (h.key,))
-        else:
-            assert h.per_s is not None
-            # a claim's `now` is read before its op waits for the writer, and nodes' claims interleave:
-            # a charge is dropped only long after it left every window a late claim may still look at
+    def _redeclare(self, tx: Tx, h: HeldLimit, row: tuple[str, float, float | None]) -> None:
+        """The task's declaration changed (its size, its window or its kind): the latest wins."""
+        if row != (h.kind, h.n, h.per_s):
             tx.execute(
-                "DELETE FROM limit_charges WHERE key = ? AND at <= ?", (h.key, now - h.per_s - CHARGE_KEPT_S)
+                "UPDATE limits SET n = ?, per_s = ?, kind = ? WHERE key = ?", (h.n, h.per_s, h.kind, h.key)
             )
-            row = tx.one(
-                "SELECT COALESCE(SUM(units), 0) FROM limit_charges WHERE key = ? AND at > ?",
+
+    def _state(self, tx: Tx, h: HeldLimit, now: float, wake_at: float | None = None) -> _Key:
+        """The key's use now, by the kind `h` declares: the holds of a concurrency key, the
+        charges within the window of a rate key."""
+        if h.kind == "concurrency" or h.per_s is None:
+            row = tx.one("SELECT COUNT(*) FROM limit_holds WHERE key = ?", (h.key,))
+            return _Key(h, float(row[0]) if row is not None else 0.0, wake_at=wake_at)
+        # a claim's `now` is read before its op waits for the writer, and nodes' claims interleave:
+        # a charge is dropped only long after it left every window a late claim may still look at
+        tx.execute(
+            "DELETE FROM limit_charges WHERE key = ? AND at <= ?", (h.key, now - h.per_s - CHARGE_KEPT_S)
+        )
+        charges = [
+            (float(at), float(units))
+            for at, units in tx.all(
+                "SELECT at, units FROM limit_charges WHERE key = ? AND at > ? ORDER BY at",
                 (h.key, now - h.per_s),
             )
-        return float(row[0]) if row is not None else 0.0
+        ]
+        return _Key(h, sum(units for _, units in charges), charges, wake_at)
 
-    def _park(self, tx: Tx, job_id: str, h: HeldLimit, now: float) -> None:
-        tx.execute("UPDATE jobs SET status = 'blocked', blocked_by = ? WHERE id = ?", (h.key, job_id))
-        wake = self._refill_at(tx, h, now) if h.kind == "rate" else now + self.recheck_s
-        tx.execute(
-            "UPDATE limits SET wake_at = ? WHERE key = ? AND (wake_at IS NULL OR wake_at > ?)",
-            (wake, h.key, wake),
-        )
-
-    def _refill_at(self, tx: Tx, h: HeldLimit, now: float) -> float:
+    def _refill_at(self, key: _Key, h: HeldLimit, now: float) -> float:
         """When enough of the key's window has passed for a start costing `h.cost` to fit."""
-        assert h.per_s is not None
-        rows = tx.all(
-            "SELECT at, units FROM limit_charges WHERE key = ? AND at > ? ORDER BY at", (h.key, now - h.per_s)
-        )
-        used = sum(float(u) for _, u in rows)
-        for at, units in rows:
-            used -= float(units)
+        if h.kind != "rate" or h.per_s is None:  # a concurrency key frees with its holders
+            return now + self.recheck_s
+        if key.fits(h):
+            return now
+        used = key.used
+        for at, units in sorted(key.charges):
+            used -= units
             if used + h.cost <= h.n:
-                return float(at) + h.per_s
+                return at + h.per_s
         return now + self.recheck_s
 
     def take(self, tx: Tx, now: float, claimed: Sequence[tuple[str, int, str]]) -> None:
@@ -191,13 +232,16 @@ class LimitStore:
 
     # -------------------------------------------------------------- release
     def release(self, tx: Tx, job_id: str, limits: str) -> None:
-        """The job's attempt ended (in this transaction): free its concurrency keys and make
-        one parked job of each due again."""
-        keys = [h.key for h in load_held(limits) if h.kind == "concurrency"]
-        if not keys:
+        """The job's attempt ended (in this transaction): free the keys it holds and make one
+        parked job of each due again.
+
+        What is freed is what the claim took, read back from `limit_holds`, not the job's
+        stored limits: a deploy may have changed a key's kind since (a rate key that is a
+        concurrency key now is held, though the job was queued as charged only)."""
+        if not limits:
             return
-        tx.execute("DELETE FROM limit_holds WHERE job_id = ?", (job_id,))
-        for key in keys:
+        freed = tx.all("DELETE FROM limit_holds WHERE job_id = ? RETURNING key", (job_id,))
+        for key in sorted(str(row[0]) for row in freed):
             self._unpark(tx, key, 1)
 
     def _unpark(self, tx: Tx, key: str, n: int) -> int:
@@ -249,41 +293,70 @@ class LimitStore:
             )
             total = 0
             for key, kind, n, per_s in rows:
-                total += self._look_at(
-                    tx, HeldLimit(str(key), "rate" if kind == "rate" else "concurrency", float(n), per_s), now
-                )
+                stored = (str(kind), float(n), per_s)
+                held = self._declared_key(tx, str(key), stored)
+                self._redeclare(tx, held, stored)
+                total += self._look_at(tx, self._state(tx, held, now), now)
             return total
 
         return self.writer.submit(op)
 
-    def _look_at(self, tx: Tx, key: HeldLimit, now: float) -> int:
-        free = key.n - self._used(tx, key, now)
-        paused = self.paused(tx)
-        parked = tx.all(
-            "SELECT id, limits, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
-            f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
-            (key.key, UNPARK_PAGE),
+    def _declared_key(self, tx: Tx, key: str, row: tuple[str, float, float | None]) -> HeldLimit:
+        """The key as the running code declares it for its first parked job's template.
+
+        The row holds the declaration of the last claim of the key: after a deploy, parked jobs
+        are looked at before any claim of the key, and the row may still give an old size, an
+        old window or the other kind (a concurrency key has no window to wait for)."""
+        kind, n, per_s = row
+        stored = HeldLimit(key, "rate" if kind == "rate" else "concurrency", n, per_s)
+        head = tx.one(
+            "SELECT limits FROM jobs WHERE status = 'blocked' AND blocked_by = ? ORDER BY priority DESC, run_at, id LIMIT 1",
+            (key,),
         )
-        due: list[str] = []
-        waiting: HeldLimit | None = None
-        for job_id, text, task in parked:
-            if task in paused:  # due without taking room: it waits on its pause (see _unpark)
+        return stored if head is None else self._mine(str(head[0]), stored)
+
+    def _mine(self, text: str, key: HeldLimit) -> HeldLimit:
+        """A parked job's limit on `key`, as the running code declares it (the key's own if the
+        job names no such key)."""
+        return next((as_declared(h, self.declared) for h in load_held(text) if h.key == key.key), key)
+
+    def _look_at(
+        self, tx: Tx, key: _Key, now: float, page: int = UNPARK_PAGE, pages: int = LOOK_PAGES
+    ) -> int:
+        """Make due the key's parked jobs, in their order, while they fit; set the key's next look.
+
+        Pages of parked jobs are read while the room lasts: a key whose window has room for
+        hundreds of starts gets them all now, not a page per poll interval. Past `pages` pages
+        the next look is due at once (the next maintenance pass), which keeps one transaction short."""
+        paused = self.paused(tx)
+        made, parked, waiting = 0, [], None
+        for _ in range(pages):
+            parked = tx.all(
+                "SELECT id, limits, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
+                (key.held.key, page),
+            )
+            due: list[str] = []
+            for job_id, text, task in parked:
+                if task in paused:  # due without taking room: it waits on its pause (see _unpark)
+                    due.append(str(job_id))
+                    continue
+                mine = self._mine(str(text), key.held)
+                if not key.fits(mine):
+                    waiting = mine
+                    break
+                key.add(mine, now)
                 due.append(str(job_id))
-                continue
-            mine = next((h for h in load_held(text) if h.key == key.key), key)
-            if _units(mine) > free:
-                waiting = mine
+            made += self._make_due(tx, due)
+            if waiting is not None or len(parked) < page:
                 break
-            free -= _units(mine)
-            due.append(str(job_id))
-        made = self._make_due(tx, due)
-        if waiting is None and len(parked) < UNPARK_PAGE:
+        if waiting is not None:
+            wake: float | None = self._refill_at(key, waiting, now)
+        elif len(parked) < page:
             wake = None
-        elif key.kind == "rate" and waiting is not None:
-            wake = self._refill_at(tx, waiting, now)
         else:
-            wake = now + self.recheck_s
-        tx.execute("UPDATE limits SET wake_at = ? WHERE key = ?", (wake, key.key))
+            wake = now  # every page read was made due and there may be more: go on at the next pass
+        tx.execute("UPDATE limits SET wake_at = ? WHERE key = ?", (wake, key.held.key))
         return made
 
     # ------------------------------------------------------------- pruning
