@@ -8,7 +8,9 @@ server drains on SIGTERM is in test_client_e2e.py.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from jobserver.client.sdk import Client, ClientError, Event, Job, UnauthorizedError, parse_sse
+from jobserver.client.transport import Connection, EventResumer
 from jobserver.core.errors import (
     IdempotencyMismatchError,
     InvalidRequestError,
@@ -333,3 +336,50 @@ def test_every_error_a_client_raises_is_importable_from_the_client_package() -> 
         assert getattr(sdk, name) is getattr(errors, name)  # the server's own classes: one to catch
     assert sdk.UnauthorizedError is UnauthorizedError and sdk.ClientError is ClientError
     assert set(sdk.__all__) <= set(dir(sdk))
+
+
+def test_an_event_stream_that_ends_empty_once_is_asked_again_before_it_counts_as_over() -> None:
+    """A stopping server ends its streams with nothing: the SDK must not take that for the job's
+    end (the next connection meets the drain's 503, or the server back again)."""
+    resumer = EventResumer(Connection("http://127.0.0.1:1", None, 5, 3), "job-1", "7", True)
+    resumer.request()
+    assert not resumer.over()  # ended with nothing: once is not enough
+    resumer.request()
+    resumer.seen(Event("8", "progress", {"current": 1}))
+    assert not resumer.over()  # events, but not the end: go on
+    resumer.request()
+    assert not resumer.over()
+    resumer.request()
+    assert resumer.over()  # twice in a row with nothing: the job was over before the cursor
+    done = EventResumer(Connection("http://127.0.0.1:1", None, 5, 3), "job-1", None, True)
+    done.request()
+    done.seen(Event("9", "status", {"status": "completed"}))
+    assert done.over()
+
+
+def test_a_keyed_submit_waits_for_the_first_request_with_its_key_and_gets_its_job(app: RunningApp) -> None:
+    """A double click, or the SDK's own resend after a timeout, meets the first request still in
+    flight (409): the SDK waits for it and answers with its job, as the key promises."""
+    body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+    answers: list[int] = []
+    app.client.event_hooks["response"].append(lambda r: answers.append(r.status_code))
+    lock = sqlite3.connect(app.db_path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the first submit's commit waits behind it
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(app.client.post, "/jobs", json=body, headers={"Idempotency-Key": "click"})
+            inflight = app.runtime.parts.commands._inflight_keys  # the key the first request holds
+            wait_until(lambda: len(inflight) == 1, message="the first submit to be in flight")
+            answers.clear()
+            with Client(http_client=app.client) as c:
+                second = pool.submit(c.submit, body["task"], body["args"], idempotency_key="click")
+                wait_until(lambda: 409 in answers, message="the SDK's submit to meet the first one")
+                lock.execute("COMMIT")
+                job = second.result(10)
+            assert first.result(10).status_code == 202
+    finally:
+        if lock.in_transaction:
+            lock.execute("COMMIT")
+        lock.close()
+    assert job.replayed
+    assert job["id"] == first.result(10).json()["id"]

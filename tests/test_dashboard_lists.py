@@ -1,9 +1,11 @@
 """The dashboard's job list under load, in headless chromium against the real server: what a
 list poll downloads when jobs return large results, a list that kept growing by itself after a
-bulk retry, and a job streaming events that re-rendered every row on each event."""
+bulk retry, a job streaming events that re-rendered every row on each event, the parent filter,
+and what the page says while the server drains."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -11,7 +13,8 @@ import pytest
 from playwright.sync_api import Page, Response, Route, expect
 
 from tests import test_dashboard as dashboard
-from tests.e2e import Server
+from tests.e2e import Server, start_server
+from tests.helpers import has_line, wait_until
 from tests.test_dashboard import ADD, open_job, row, submit, wait_finished
 from tests.test_dashboard_fixes import list_polls
 
@@ -135,3 +138,63 @@ def test_an_event_of_the_open_job_repaints_its_own_row_only(
     expect(page.locator("#detail-status")).to_have_text("completed")
     touched = page.evaluate("() => [...window.touchedRows]")
     assert touched == [], f"{len(touched)} other rows re-rendered by one event"
+
+
+def test_a_parent_filter_in_the_url_lists_its_children_and_the_pane_links_parent_and_children(
+    server: Server, client: httpx.Client, page: Page
+) -> None:
+    """`?parent=ID` was ignored, and the pane's Parent was plain text."""
+    parent = submit(client, "tests.e2e_tasks.fan_out", {"path": "", "n": 2})
+    other = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, parent["id"])
+    wait_finished(client, other["id"])
+    kids = [k["id"] for k in client.get("/jobs", params={"parent": parent["id"]}).json()["jobs"]]
+    assert len(kids) == 3
+
+    page.goto(f"{server.url}/?parent={parent['id']}")
+    rows = page.locator("#jobs-body tr")
+    expect(rows).to_have_count(3)
+    assert sorted(r.get_attribute("data-job-id") or "" for r in rows.all()) == sorted(kids)
+    expect(page.locator("#filter-parent")).to_be_visible()
+    expect(page.locator("#filter-parent-id")).to_have_attribute("title", parent["id"])
+    expect(page.locator("#bulk-all")).to_be_disabled()  # the bulk actions take no parent filter
+
+    open_job(page, kids[0])
+    page.locator("#detail-parent").click()  # the child's Parent opens the parent
+    expect(page.locator("#detail")).to_have_attribute("data-job-id", parent["id"])
+
+    page.locator("#filter-parent-clear").click()
+    expect(rows).to_have_count(5)
+    expect(page.locator("#filter-parent")).to_be_hidden()
+    expect(page).not_to_have_url(re.compile("parent="))
+
+    page.locator("#detail-children-filter").click()  # the open parent's children, as a list
+    expect(rows).to_have_count(3)
+    expect(page).to_have_url(re.compile(f"[?&]parent={parent['id']}"))
+
+
+def test_the_pill_says_draining_while_the_server_drains_and_live_once_it_is_back(
+    tmp_path: Path, page: Page
+) -> None:
+    """During a SIGTERM drain every read still answers, so the page said "live" until a submit was refused."""
+    srv = start_server(tmp_path, config={"workers": {"shutdown_grace_seconds": 30}})
+    started, release = tmp_path / "started", tmp_path / "release"
+    job = submit(srv.client(), BLOCK, {"started": str(started), "release": str(release)})
+    wait_until(lambda: has_line(started), message="the job to start")
+    page.goto(srv.url)
+    pill = page.locator("#conn-state")
+    expect(row(page, job["id"])).to_have_attribute("data-status", "running")
+    expect(pill).to_have_attribute("data-state", "live")
+
+    srv.terminate()  # the running job holds the server in its drain
+    expect(pill).to_have_attribute("data-state", "draining")
+    expect(pill).to_have_text("draining")
+    expect(page.locator("#submit-draining")).to_be_visible()
+    expect(page.locator("#submit-btn")).to_be_disabled()
+
+    release.touch()
+    assert srv.wait_exit() == 0
+    srv.restart()
+    expect(pill).to_have_attribute("data-state", "live")
+    expect(page.locator("#submit-draining")).to_be_hidden()
+    expect(page.locator("#submit-btn")).to_be_enabled()

@@ -57,7 +57,7 @@ class AsyncClient:
 
     # ------------------------------------------------------------ plumbing
     async def _send(self, req: Request) -> httpx.Response:
-        failures = 0
+        failures, waited_s = 0, 0.0
         while True:
             try:
                 response = await self._http.request(
@@ -69,6 +69,11 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 failures += 1
                 await asyncio.sleep(self._conn.retry_delay_s(req, failures, exc))
+                continue
+            wait_s = self._conn.in_flight_wait_s(req, response, waited_s)
+            if wait_s is not None:
+                waited_s += wait_s
+                await asyncio.sleep(wait_s)
                 continue
             return self._conn.checked(response, req.call)
 

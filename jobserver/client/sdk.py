@@ -107,7 +107,7 @@ class Client:
 
     # ------------------------------------------------------------ plumbing
     def _send(self, req: Request) -> httpx.Response:
-        failures = 0
+        failures, waited_s = 0, 0.0
         while True:
             try:
                 response = self._http.request(
@@ -119,6 +119,11 @@ class Client:
             except httpx.TransportError as exc:
                 failures += 1
                 time.sleep(self._conn.retry_delay_s(req, failures, exc))
+                continue
+            wait_s = self._conn.in_flight_wait_s(req, response, waited_s)
+            if wait_s is not None:
+                waited_s += wait_s
+                time.sleep(wait_s)
                 continue
             return self._conn.checked(response, req.call)
 

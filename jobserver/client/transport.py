@@ -99,6 +99,21 @@ class Connection:
             )
         return response
 
+    def in_flight_wait_s(self, req: Request, response: httpx.Response, waited_s: float) -> float | None:
+        """The pause before sending a keyed submit again when the first request with its key is
+        still being handled (409 `idempotency-key-in-flight`: a double click, or this client's
+        own resend after a timeout), so the caller gets that job rather than an error; None to
+        give the answer as it is (not that conflict, no key, or `timeout_s` spent waiting)."""
+        if response.status_code != 409 or "Idempotency-Key" not in req.headers or waited_s >= self.timeout_s:
+            return None
+        try:
+            code = response.json().get("code")
+        except (ValueError, AttributeError):
+            return None
+        if code != "idempotency-key-in-flight":
+            return None
+        return min(MAX_RETRY_DELAY_S, max(FIRST_RETRY_DELAY_S / 2, waited_s), self.timeout_s - waited_s)
+
     def retry_delay_s(self, req: Request, failures: int, exc: httpx.TransportError) -> float:
         """The pause before sending again after `failures` failures; raises when it must not.
 
@@ -124,8 +139,10 @@ class EventResumer:
     """The state of one `events()` iteration across reconnections.
 
     After a dropped connection it asks again with `Last-Event-ID` set to the last event
-    seen. A stream that ends cleanly is over when its last event was a terminal status
-    or when a reconnection brought nothing new (the job is gone or already over).
+    seen. A stream that ends cleanly is over when its last event was a terminal status,
+    or when two connections in a row brought nothing new (the job is already over). One
+    empty connection is not enough: a stopping server ends its streams with nothing, and
+    the next connection then learns that it drains (503) or is gone.
     """
 
     def __init__(self, connection: Connection, job_id: str, last_event_id: str | int | None, follow: bool):
@@ -135,6 +152,7 @@ class EventResumer:
         self.last_event_id = None if last_event_id is None else str(last_event_id)
         self._failures = 0
         self._got_any = False
+        self._empty_in_a_row = 0
         self._ended = False
 
     def request(self) -> Request:
@@ -165,4 +183,7 @@ class EventResumer:
 
     def over(self) -> bool:
         """After a clean end of stream: True when there is nothing more to wait for."""
-        return self._ended or not self._got_any or not self._follow
+        if self._ended or not self._follow:
+            return True
+        self._empty_in_a_row = 0 if self._got_any else self._empty_in_a_row + 1
+        return self._empty_in_a_row >= 2
