@@ -383,3 +383,18 @@ def test_a_keyed_submit_waits_for_the_first_request_with_its_key_and_gets_its_jo
         lock.close()
     assert job.replayed
     assert job["id"] == first.result(10).json()["id"]
+
+
+def test_what_no_job_id_or_event_id_can_be_is_refused_before_it_is_sent(client: Client) -> None:
+    job = client.submit(ADD, {"a": 1, "b": 1})
+    sent: list[str] = []
+    client._http.event_hooks["request"].append(lambda r: sent.append(str(r.url)))
+    for odd in (job["id"] + "/webhooks", f"{job['id']}/../{job['id']}", "..", "a b"):
+        with pytest.raises(JobNotFoundError):
+            client.get(odd)
+    for bad in ("abc", "-1", "9" * 5000, "1.5"):
+        with pytest.raises(InvalidRequestError):
+            list(client.events(job["id"], last_event_id=bad))
+    assert sent == []
+    assert client.get(job["id"])["id"] == job["id"]
+    assert next(e.event for e in client.events(job["id"], last_event_id=" 0 ", follow=False)) == "status"

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from jobserver.core.bounds import MAX_WAIT_S
+from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, MAX_WAIT_S
 from jobserver.core.errors import (
     ConflictError,
     DrainingError,
@@ -45,6 +45,7 @@ from jobserver.core.errors import (
 from jobserver.core.lifecycle import FINISHED
 
 T = TypeVar("T")
+JOB_ID = re.compile(ID_PATTERN)
 
 
 class ClientError(JobServerError):
@@ -285,7 +286,10 @@ def events_request(job_id: str, last_event_id: str | int | None, follow: bool = 
     """The GET of a job's event stream, resuming after `last_event_id`."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
-        headers["Last-Event-ID"] = str(last_event_id)
+        text = str(last_event_id).strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= EVENT_ID_MAX):
+            raise InvalidRequestError(f"last_event_id is an event's id (digits), not {last_event_id!r:.80}")
+        headers["Last-Event-ID"] = text
     params = None if follow else {"follow": "false"}
     return request("GET", job_path(job_id, "/events"), Call("events", job_id), headers=headers, params=params)
 
@@ -294,8 +298,12 @@ def events_request(job_id: str, last_event_id: str | int | None, follow: bool = 
 
 
 def job_path(job_id: str, suffix: str = "") -> str:
-    """The path of a job (or one of its sub-resources)."""
-    return f"/jobs/{_segment(str(job_id), 'a job id')}{suffix}"
+    """The path of a job (or one of its sub-resources). A text no job id can be is not sent:
+    the server decodes `%2F` before routing, so `id + "/webhooks"` would read another route."""
+    text = _segment(str(job_id), "a job id")
+    if not JOB_ID.fullmatch(str(job_id)):
+        raise JobNotFoundError(str(job_id)[:64])  # as the server answers it
+    return f"/jobs/{text}{suffix}"
 
 
 def _schedule_path(name: str, suffix: str = "") -> str:
