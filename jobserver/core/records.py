@@ -96,6 +96,17 @@ class JobRecord:
         """The contract's job object."""
         return self._api(_loads)
 
+    def summary(self) -> dict[str, Any]:
+        """The job object for lists: without `args`, `result` and the error's traceback, which
+        can be large and which a list does not show. The other stored JSON goes in unparsed."""
+        data = self._api(_fragment)
+        del data["args"], data["result"]
+        error = _loads(self.error)
+        data["error"] = (
+            {k: v for k, v in error.items() if k != "traceback"} if isinstance(error, dict) else error
+        )
+        return data
+
     def api_json(self) -> bytes:
         """The job object as JSON, made once per record. The stored JSON columns (args,
         progress, result, error) go in as they are, never parsed and written again: each

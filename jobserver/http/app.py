@@ -258,8 +258,9 @@ def _parsed_query(model: type[pydantic.BaseModel], query_string: bytes) -> Any:
     waiters send the same few query strings over and over. The models are never changed.
     A name given twice is refused: which one counts would be a guess (`?limit=1&limit=500`)."""
     params = QueryParams(query_string)
-    if len(params) != len(params.multi_items()):
-        names = [n for n, count in Counter(n for n, _ in params.multi_items()).items() if count > 1]
+    items = params.multi_items()
+    if len(params) != len(items):
+        names = [n for n, count in Counter(n for n, _ in items).items() if count > 1]
         errors = [{"loc": ["query", n], "msg": "given more than once", "type": "repeated"} for n in names]
         raise InvalidRequestError(f"invalid query: {', '.join(names)} given more than once", errors)
     return model.model_validate(dict(params))
@@ -404,8 +405,8 @@ def create_app(svc: Services) -> Starlette:
         data["steps"] = store.steps(job_id)
         return data
 
-    def with_reason(record: JobRecord, paused: frozenset[str]) -> dict[str, Any]:
-        data = record.to_api()
+    def with_reason(record: JobRecord, paused: frozenset[str], summary: bool = False) -> dict[str, Any]:
+        data = record.summary() if summary else record.to_api()
         data["pending_reason"] = svc.reasons.of(record, paused)
         return data
 
@@ -422,19 +423,7 @@ def create_app(svc: Services) -> Starlette:
         idempotency = (scope, key) if key else None
         jobs, next_cursor = store.list_jobs(status, task, limit, cursor, parent, idempotency)
         paused = svc.paused_tasks() if any(j.status in HELD for j in jobs) else frozenset()
-        rows = [with_reason(j, paused) for j in jobs]
-        if summary:
-            rows = [summarized(row) for row in rows]
-        return {"jobs": rows, "next_cursor": next_cursor}
-
-    def summarized(data: dict[str, Any]) -> dict[str, Any]:
-        """A list row without the fields that can be large and that a list does not show:
-        `args`, `result` and the error's `traceback` (GET /jobs/{id} has them all)."""
-        del data["args"], data["result"]
-        error = data["error"]
-        if isinstance(error, dict):
-            data["error"] = {k: v for k, v in error.items() if k != "traceback"}
-        return data
+        return {"jobs": [with_reason(j, paused, summary) for j in jobs], "next_cursor": next_cursor}
 
     async def list_jobs(request: Request) -> Response:
         try:
