@@ -112,8 +112,8 @@ def spin_forever(ctx: JobContext, started: str) -> None:
 
 def _spin_marked(started: str, job_id: str) -> None:
     """A step of plain Python that never returns: only an interruption of its thread ends it."""
-    _mark(started, job_id)
     try:
+        _mark(started, job_id)
         while True:
             pass
     finally:

@@ -106,7 +106,7 @@ def test_a_sync_step_of_an_async_task_is_interrupted_by_cancel_and_time_limit(
     assert started.read_text().splitlines()[-1] == "step left"  # its thread was interrupted
     timed = tmp_path / "timed"
     job = finished(
-        c, submit(c, "tests.e2e_tasks.async_spinning_step", {"started": str(timed)}, timeout=0.3), 10
+        c, submit(c, "tests.e2e_tasks.async_spinning_step", {"started": str(timed)}, timeout=1.5), 10
     )
     assert job["status"] == "failed" and job["error"]["type"] == "Timeout", job
     assert timed.read_text().splitlines()[-1] == "step left"

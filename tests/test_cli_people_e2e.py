@@ -57,6 +57,10 @@ class Running:
     """A CLI subprocess whose stdout and stderr are read as they come."""
 
     def __init__(self, url: str, *argv: str) -> None:
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            # A suite started in the background (`./test.sh &`) ignores SIGINT, and so would
+            # the CLI it starts, whose Ctrl-C is what a test sends: give it the default back.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
         env.update(
             PYTHONPATH=str(REPO),

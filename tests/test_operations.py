@@ -173,8 +173,10 @@ def test_stats_counts_by_status_and_task_and_the_last_hour(tmp_path: Path) -> No
         assert hour["failure_rate"] == 0.25
         assert hour["throughput_per_minute"] == round(5 / 60, 3)
         assert hour["tasks"][FAIL]["failure_rate"] == 1.0
-        # retry and delete move the counts too
-        c.post("/jobs/retry", json={"ids": [cancelled]})
+        # retry and delete move the counts too (the task paused: the retried job is not run meanwhile)
+        assert c.post(f"/tasks/{NOOP}/pause").status_code == 200
+        assert c.post("/jobs/retry", json={"ids": [cancelled]}).json() == {"count": 1}
+        assert c.get("/stats").json()["counts"]["pending"] == 2
         c.post(f"/jobs/{cancelled}/cancel")
         c.delete(f"/jobs/{cancelled}")
         assert c.get("/stats").json()["counts"]["cancelled"] == 0

@@ -99,7 +99,9 @@ def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_u
 
 
 def test_workflows_across_nodes_signal_sleep_and_gather(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    # A lease long enough not to lapse on a loaded machine: a rescued attempt would count,
+    # and this test asserts that a resume after a signal, a sleep or a gather does not.
+    a, b = node(tmp_path, "a", pg_url, lease_seconds=30), node(tmp_path, "b", pg_url, lease_seconds=30)
     ca, cb = a.client(), b.client()
     marks = tmp_path / "marks"
     waiting = submit(ca, "tests.e2e_tasks.approval", {"path": str(marks)})
