@@ -209,10 +209,22 @@ class Runtime:
                 s.max_connections, cap, open_files,
                 extra={"action": "connection_limit"},
             )  # fmt: skip
+        self.server = self.http_server(cap)
+        drainer = threading.Thread(target=self._drain_on_signal, name="jobserver-drain", daemon=True)
+        drainer.start()
+        self.server.run(sockets=[sock])
+        self.close()
+
+    def http_server(self, max_connections: int) -> _Server:
+        """uvicorn on the app, with bounded connections and our signal handling (run it on a
+        listening socket: `run(sockets=[sock])`)."""
+        s = self.settings.server
         limits = ConnectionLimits(
-            s.max_header_bytes, s.max_header_lines, s.header_timeout, cap, s.body_timeout
+            s.max_header_bytes, s.max_header_lines, s.header_timeout, max_connections, s.body_timeout
         )
-        protocol = functools.partial(BoundedHttpToolsProtocol, limits=limits, cap_warnings=CapWarnings(cap))
+        protocol = functools.partial(
+            BoundedHttpToolsProtocol, limits=limits, cap_warnings=CapWarnings(max_connections)
+        )
         config = uvicorn.Config(
             self.parts.app,
             host=s.host,
@@ -226,11 +238,7 @@ class Runtime:
             log_config=None,
             timeout_graceful_shutdown=2,
         )
-        self.server = _Server(config, self)
-        drainer = threading.Thread(target=self._drain_on_signal, name="jobserver-drain", daemon=True)
-        drainer.start()
-        self.server.run(sockets=[sock])
-        self.close()
+        return _Server(config, self)
 
     def _drain_on_signal(self) -> None:
         self.drain_requested.wait()

@@ -23,8 +23,8 @@ from starlette.exceptions import StarletteDeprecationWarning
 from jobserver.core.clock import Clock
 from jobserver.core.config import Settings, load_settings
 from jobserver.core.tracing import NO_TRACING, Tracing
-from jobserver.runtime import Runtime
-from tests.helpers import Config, merged_config, write_config
+from jobserver.runtime import Runtime, bind_listener
+from tests.helpers import Config, merged_config, wait_until, write_config
 
 with warnings.catch_warnings():
     # Starlette would rather drive its TestClient with httpx2, but the SDK under test is
@@ -141,3 +141,45 @@ def running_app(
         runtime.close()
     left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith(SERVICE_THREADS)]
     assert not left, f"threads still running after close: {left}"
+
+
+@dataclass
+class ServedApp:
+    """A running app served over HTTP on 127.0.0.1 by uvicorn on a thread of this process:
+    for a browser, which needs a socket, where a server process is not the point."""
+
+    app: RunningApp
+    url: str
+    _clients: list[httpx.Client] = field(default_factory=list, repr=False)
+
+    def client(self, api_key: str | None = None, timeout: float = CLIENT_TIMEOUT_S) -> httpx.Client:
+        """A client over the socket, sending `api_key` as a bearer token (closed with the app)."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        c = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._clients.append(c)
+        return c
+
+
+@contextmanager
+def served_app(tmp_path: Path, config: Config | None = None) -> Iterator[ServedApp]:
+    """`running_app`, served on a free port of 127.0.0.1 as `python -m jobserver` serves it
+    (the same uvicorn settings and connection limits), until the block ends."""
+    with running_app(tmp_path, config) as app:
+        sock = bind_listener("127.0.0.1", 0)
+        server = app.runtime.http_server(app.settings.server.max_connections)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="test-http", daemon=True
+        )
+        thread.start()
+        served = ServedApp(app, f"http://127.0.0.1:{sock.getsockname()[1]}")
+        try:
+            wait_until(lambda: server.started or not thread.is_alive(), message="uvicorn to start")
+            assert thread.is_alive(), "uvicorn stopped at start"
+            yield served
+        finally:
+            for c in served._clients:
+                c.close()
+            app.runtime.parts.hub.close()  # open waits and streams answer now, as in a drain
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
 
-from tests.e2e import Server, start_server
+from tests.e2e import start_server
+from tests.inproc import ServedApp, served_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -53,7 +54,14 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def client(server: Server) -> Iterator[httpx.Client]:
+def server(tmp_path: Path) -> Iterator[ServedApp]:
+    """The app served in this process: the browser needs a socket, not a server process."""
+    with served_app(tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+def client(server: ServedApp) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
 
@@ -126,7 +134,7 @@ def enter_api_key(page: Page, key: str) -> None:
     page.locator("#api-key").press("Enter")
 
 
-def test_page_lists_a_job_submitted_over_http(server: Server, client: httpx.Client, page: Page) -> None:
+def test_page_lists_a_job_submitted_over_http(server: ServedApp, client: httpx.Client, page: Page) -> None:
     job = submit(client, ADD, {"a": 2, "b": 3})
     wait_finished(client, job["id"])
 
@@ -143,7 +151,7 @@ def test_page_lists_a_job_submitted_over_http(server: Server, client: httpx.Clie
 
 
 def test_running_job_updates_live_without_reload(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     documents: list[str] = []
     page.on("request", lambda req: documents.append(req.url) if req.resource_type == "document" else None)
@@ -164,7 +172,7 @@ def test_running_job_updates_live_without_reload(
 
 
 def test_detail_pane_shows_job_and_live_event_log(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     page.goto(server.url)
     release = tmp_path / "release"  # still running when the row is clicked, however loaded the machine
@@ -188,7 +196,7 @@ def test_detail_pane_shows_job_and_live_event_log(
     expect(page.locator("#btn-retry")).to_be_hidden()
 
 
-def test_detail_pane_shows_durable_steps(server: Server, client: httpx.Client, page: Page) -> None:
+def test_detail_pane_shows_durable_steps(server: ServedApp, client: httpx.Client, page: Page) -> None:
     job = submit(client, "jobserver.examples.analyze_documents", {"documents": ["one fish", "two fish"]})
     wait_finished(client, job["id"])
     page.goto(server.url)
@@ -201,7 +209,7 @@ def test_detail_pane_shows_durable_steps(server: Server, client: httpx.Client, p
     expect(page.locator("#detail-result")).to_contain_text("top_keywords")
 
 
-def test_reopened_retried_job_shows_every_run(server: Server, client: httpx.Client, page: Page) -> None:
+def test_reopened_retried_job_shows_every_run(server: ServedApp, client: httpx.Client, page: Page) -> None:
     job = submit(client, FAIL, {})
     wait_finished(client, job["id"])
     assert client.post(f"/jobs/{job['id']}/retry").status_code == 202
@@ -214,7 +222,9 @@ def test_reopened_retried_job_shows_every_run(server: Server, client: httpx.Clie
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
 
 
-def test_cancel_button_cancels_a_running_sleep_job(server: Server, client: httpx.Client, page: Page) -> None:
+def test_cancel_button_cancels_a_running_sleep_job(
+    server: ServedApp, client: httpx.Client, page: Page
+) -> None:
     job = submit(client, SLEEP, {"seconds": 60})
     page.goto(server.url)
     expect(row(page, job["id"])).to_have_attribute("data-status", "running")
@@ -232,7 +242,7 @@ def test_cancel_button_cancels_a_running_sleep_job(server: Server, client: httpx
     assert wait_finished(client, job["id"])["status"] == "cancelled"
 
 
-def test_retry_button_runs_a_failed_job_again(server: Server, client: httpx.Client, page: Page) -> None:
+def test_retry_button_runs_a_failed_job_again(server: ServedApp, client: httpx.Client, page: Page) -> None:
     job = submit(client, FAIL, {})
     assert wait_finished(client, job["id"])["status"] == "failed"
     page.goto(server.url)
@@ -258,7 +268,7 @@ def test_retry_button_runs_a_failed_job_again(server: Server, client: httpx.Clie
 
 
 def test_retry_button_restarts_a_cancelled_sleep_job(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, SLEEP, {"seconds": 60})
     assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
@@ -279,7 +289,7 @@ def test_retry_button_restarts_a_cancelled_sleep_job(
 
 
 def test_submit_form_queues_a_job_and_shows_problems(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     page.goto(server.url)
     expect(page.locator(f'#submit-task option[value="{ADD}"]')).to_be_attached()
@@ -309,7 +319,7 @@ def test_submit_form_queues_a_job_and_shows_problems(
     expect(problem).to_contain_text("Invalid args")
 
 
-def test_job_data_is_rendered_as_text(server: Server, client: httpx.Client, page: Page) -> None:
+def test_job_data_is_rendered_as_text(server: ServedApp, client: httpx.Client, page: Page) -> None:
     hostile = '<img id="injected" src="x">'
     job = submit(client, ADD, {"a": 1, "b": 1}, **{"Idempotency-Key": hostile})
     wait_finished(client, job["id"])
@@ -319,7 +329,7 @@ def test_job_data_is_rendered_as_text(server: Server, client: httpx.Client, page
     expect(page.locator("#injected")).to_have_count(0)
 
 
-def test_filters_and_load_more(server: Server, client: httpx.Client, page: Page) -> None:
+def test_filters_and_load_more(server: ServedApp, client: httpx.Client, page: Page) -> None:
     added = [submit(client, ADD, {"a": i, "b": 0})["id"] for i in range(4)]
     failed = submit(client, FAIL, {})["id"]
     for job_id in [*added, failed]:
@@ -355,7 +365,7 @@ def test_filters_and_load_more(server: Server, client: httpx.Client, page: Page)
 
 
 def test_event_stream_resumes_with_last_event_id(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     release = tmp_path / "release"
     job = submit(client, CHATTY, {"updates": 2, "logs": 0, "release": str(release)})
@@ -415,7 +425,7 @@ def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
 
 
 def test_waiting_job_is_listed_and_a_signal_from_the_form_completes_it(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     sent = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a")})
     approved = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "b")})
@@ -445,7 +455,7 @@ def test_waiting_job_is_listed_and_a_signal_from_the_form_completes_it(
 
 
 def test_a_bad_signal_body_is_refused_in_the_page(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     job = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a")})
     page.goto(server.url)
@@ -458,7 +468,7 @@ def test_a_bad_signal_body_is_refused_in_the_page(
 
 
 def test_children_show_as_a_tree_with_their_statuses(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     hold = tmp_path / "hold"
     hold.touch()

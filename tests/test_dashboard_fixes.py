@@ -27,8 +27,9 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, Route, expect
 
 from tests import test_dashboard as dashboard
-from tests.e2e import Server, start_server
+from tests.e2e import start_server
 from tests.helpers import REPO, wait_until, write_config
+from tests.inproc import ServedApp
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import ADD, FAIL, enter_api_key, log_entries, open_job, row, submit, wait_finished
 
@@ -39,10 +40,11 @@ NOOP = "jobserver.examples.noop"
 browser = dashboard.browser
 page = dashboard.page
 client = dashboard.client
+server = dashboard.server
 
 
 def test_a_long_unbroken_error_message_wraps_inside_the_error_box(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, FAIL, {"message": "E" * 400})
     assert wait_finished(client, job["id"])["status"] == "failed"
@@ -62,7 +64,7 @@ def test_a_long_unbroken_error_message_wraps_inside_the_error_box(
 
 
 def test_space_on_a_rows_checkbox_ticks_it_and_leaves_the_detail_closed(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
@@ -85,7 +87,7 @@ def test_space_on_a_rows_checkbox_ticks_it_and_leaves_the_detail_closed(
 
 
 def test_children_in_the_tree_open_with_enter_and_space(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     parent = submit(client, "tests.e2e_tasks.fan_out", {"path": "", "n": 2})
     wait_finished(client, parent["id"])
@@ -108,7 +110,9 @@ def test_children_in_the_tree_open_with_enter_and_space(
     expect(page.locator("#detail")).to_have_attribute("data-job-id", kids[1]["id"])
 
 
-def test_a_refused_pause_says_why_next_to_the_panel(server: Server, client: httpx.Client, page: Page) -> None:
+def test_a_refused_pause_says_why_next_to_the_panel(
+    server: ServedApp, client: httpx.Client, page: Page
+) -> None:
     problem = {"title": "Conflict", "status": 409, "detail": "the task is locked by another operator"}
 
     def refuse(route: Route, request: Request) -> None:
@@ -136,7 +140,7 @@ def test_a_refused_pause_says_why_next_to_the_panel(server: Server, client: http
 
 
 def test_a_bulk_delete_of_the_open_job_leaves_the_pane_saying_so_without_actions(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, FAIL, {})
     assert wait_finished(client, job["id"])["status"] == "failed"
@@ -167,7 +171,7 @@ def test_a_bulk_delete_of_the_open_job_leaves_the_pane_saying_so_without_actions
 
 
 def test_the_children_tree_of_a_wide_parent_asks_the_server_a_bounded_number_of_times(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     children = 60
     parent = submit(client, "tests.e2e_tasks.fan_out", {"path": "", "n": children})
@@ -195,7 +199,7 @@ def test_the_children_tree_of_a_wide_parent_asks_the_server_a_bounded_number_of_
 
 
 def test_webhook_deliveries_say_which_event_they_were_for(
-    server: Server, client: httpx.Client, page: Page, receiver: Receiver, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, receiver: Receiver, tmp_path: Path
 ) -> None:
     receiver.script("/hook", Reply(200), Reply(200))
     resp = client.post(
@@ -223,7 +227,7 @@ def test_webhook_deliveries_say_which_event_they_were_for(
 
 
 def test_a_schedules_next_run_is_shown_in_the_schedules_own_zone_and_named(
-    server: Server, client: httpx.Client, browser: Browser
+    server: ServedApp, client: httpx.Client, browser: Browser
 ) -> None:
     """Beside `0 3 * * * Asia/Kathmandu` the next run reads 03:00 with the zone's name, not the
     browser's 21:15 with no zone (the operator's browser here is in UTC)."""
@@ -268,7 +272,7 @@ def test_a_restart_that_turns_auth_on_leaves_no_stale_rows_or_error_under_the_ba
 
 
 def test_a_job_link_reads_a_finished_job_and_its_deliveries_once(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
@@ -353,9 +357,10 @@ def test_rows_loaded_past_the_first_500_by_load_more_stay_current(tmp_path: Path
         expect(page.locator("#stale-note")).to_be_hidden()  # every row shown is current
         expect(page.locator("#jobs-body tr[data-stale]")).to_have_count(0)
         # a poll reads 500 rows at a time: the first page, then one more for the 22 past it
+        # (one more read may belong to a poll whose first page was asked before the listener)
         first = [u for u in asked if "cursor=" not in u]
         more = [u for u in asked if "cursor=" in u]
-        assert first and more and len(more) <= len(first), asked
+        assert first and more and len(more) <= len(first) + 1, asked
     finally:
         srv.stop()
 
@@ -364,7 +369,7 @@ BIG = 2**60 + 1  # beyond 2**53: a JS number would round it to 11529215046068469
 
 
 def test_integers_beyond_2_53_are_shown_and_submitted_exactly(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, ADD, {"a": BIG, "b": 0})
     assert wait_finished(client, job["id"])["result"] == BIG
@@ -390,7 +395,7 @@ def test_integers_beyond_2_53_are_shown_and_submitted_exactly(
 
 
 def test_the_selection_holds_only_rows_shown_and_select_all_follows_new_rows(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     assert client.post(f"/tasks/{ADD}/pause").status_code == 200
     jobs = [submit(client, ADD, {"a": i, "b": 1}) for i in range(2)]
@@ -418,7 +423,7 @@ def test_the_selection_holds_only_rows_shown_and_select_all_follows_new_rows(
 
 
 def test_a_filter_for_a_task_this_server_does_not_register_holds_across_task_reloads(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     ghost = "elsewhere.tasks.not_registered_here"
     job = submit(client, ADD, {"a": 1, "b": 2})
@@ -458,7 +463,7 @@ WORDS_SPLIT = """(el) => {
 
 
 def test_at_phone_width_the_schedules_fit_their_card_and_dates_wrap_between_words(
-    server: Server, client: httpx.Client, browser: Browser
+    server: ServedApp, client: httpx.Client, browser: Browser
 ) -> None:
     made = client.put(
         "/schedules/nightly-digest",
@@ -559,7 +564,7 @@ def test_a_long_task_name_and_progress_message_stay_within_their_columns(
 
 
 def test_a_quick_double_ctrl_enter_submits_the_job_once(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     held: list[Route] = []
     page.route(
@@ -621,7 +626,7 @@ def test_an_api_key_is_trimmed_and_one_no_header_can_carry_is_refused_unsaved(
 
 
 def test_the_signal_name_is_reset_when_another_job_is_opened(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     waiter = submit(client, "tests.e2e_tasks.wait_named", {"name": "go-ahead"})
@@ -646,7 +651,7 @@ def test_the_signal_name_is_reset_when_another_job_is_opened(
 
 
 def test_the_keyboard_focus_stays_on_a_pause_button_when_the_panel_is_read_again(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     """The schedules and tasks are read again every 10 s and after each Pause or Resume: the
     focused button stays focused (it was dropped to the page's body each time)."""
@@ -668,7 +673,7 @@ def test_the_keyboard_focus_stays_on_a_pause_button_when_the_panel_is_read_again
 
 
 def test_event_log_times_never_go_back_for_a_job_that_slept_and_resumed(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     """A status event has no clock: its time comes from the job it carries. A job running again
     after a durable sleep still has its first start as `started_at`, so that line read earlier
@@ -692,7 +697,7 @@ def test_event_log_times_never_go_back_for_a_job_that_slept_and_resumed(
 
 
 def test_a_very_long_error_message_scrolls_in_its_own_box(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, FAIL, {"message": "overflow " * 6_000})  # 54,000 characters
     assert wait_finished(client, job["id"])["status"] == "failed"
@@ -707,7 +712,7 @@ def test_a_very_long_error_message_scrolls_in_its_own_box(
 
 
 def test_a_refused_key_clears_the_counts_chart_panel_and_the_open_job(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
@@ -742,7 +747,7 @@ def test_a_refused_key_clears_the_counts_chart_panel_and_the_open_job(
 
 
 def test_direction_controls_in_a_task_name_are_shown_not_obeyed(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     """A name holding U+202E (right-to-left override) reads backwards from there on: the row,
     the pane's title and the panel show the control as <U+202E> and the name as spelt."""

@@ -13,8 +13,9 @@ import pytest
 from playwright.sync_api import Page, Response, Route, expect
 
 from tests import test_dashboard as dashboard
-from tests.e2e import Server, start_server
+from tests.e2e import start_server
 from tests.helpers import has_line, wait_until
+from tests.inproc import ServedApp
 from tests.test_dashboard import ADD, open_job, row, submit, wait_finished
 from tests.test_dashboard_fixes import list_polls
 
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 browser = dashboard.browser
 page = dashboard.page
 client = dashboard.client
+server = dashboard.server
 
 BLOCK = "tests.e2e_tasks.block_until_file"
 FAIL_NOW = "tests.e2e_tasks.fail_now"  # fails at its first attempt, never retried
@@ -34,7 +36,7 @@ def is_list_poll(resp: Response) -> bool:
 
 
 def test_a_list_poll_leaves_out_large_results_and_the_pane_still_shows_them(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     release = tmp_path / "release"
     release.touch()
@@ -63,7 +65,7 @@ def test_a_list_poll_leaves_out_large_results_and_the_pane_still_shows_them(
 
 
 def test_the_list_keeps_its_length_after_rows_leave_and_come_back(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     """A retry of every failed job: the poll just after it read the few still failed (the
     oldest), and the polls after that, once the retried ones had failed again, kept those as if
@@ -97,7 +99,7 @@ def test_the_list_keeps_its_length_after_rows_leave_and_come_back(
 
 
 def test_an_event_of_the_open_job_repaints_its_own_row_only(
-    server: Server, client: httpx.Client, page: Page, tmp_path: Path
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
     """With a job open that streams events, each event re-rendered every row of the list (the
     dates of 500 rows formatted again, several times a second). Now only the job's own row is."""
@@ -141,7 +143,7 @@ def test_an_event_of_the_open_job_repaints_its_own_row_only(
 
 
 def test_a_parent_filter_in_the_url_lists_its_children_and_the_pane_links_parent_and_children(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     """`?parent=ID` was ignored, and the pane's Parent was plain text."""
     parent = submit(client, "tests.e2e_tasks.fan_out", {"path": "", "n": 2})

@@ -20,8 +20,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests import test_dashboard as dashboard
-from tests.e2e import Server, start_server
-from tests.helpers import has_line, wait_until, write_config
+from tests.e2e import start_server
+from tests.helpers import has_line, wait_until
+from tests.inproc import ServedApp, served_app
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import (
     ADD,
@@ -44,6 +45,7 @@ BLOCK = "tests.e2e_tasks.block_until_file"
 browser = dashboard.browser
 page = dashboard.page
 client = dashboard.client
+server = dashboard.server
 SCREENSHOTS = Path(tempfile.gettempdir()) / "jobserver-dashboard-screenshots"
 
 
@@ -62,7 +64,9 @@ def submit_delayed(client: httpx.Client, task: str, **headers: str) -> str:
     return str(resp.json()["id"])
 
 
-def test_counts_chart_search_and_filters_in_the_url(server: Server, client: httpx.Client, page: Page) -> None:
+def test_counts_chart_search_and_filters_in_the_url(
+    server: ServedApp, client: httpx.Client, page: Page
+) -> None:
     done = [submit(client, ADD, {"a": i, "b": 1})["id"] for i in range(3)]
     keyed = submit(client, ADD, {"a": 9, "b": 9}, **{"Idempotency-Key": "invoice-42"})["id"]
     failed = submit(client, FAIL, {})["id"]
@@ -119,7 +123,7 @@ def test_counts_chart_search_and_filters_in_the_url(server: Server, client: http
 
 
 def test_bulk_cancel_on_a_selection_then_delete_by_filter(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     ids = [submit_delayed(client, NOOP) for _ in range(3)]
     page.goto(server.url)
@@ -153,7 +157,7 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
 
 
 def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
-    server: Server, client: httpx.Client, page: Page, receiver: Receiver
+    server: ServedApp, client: httpx.Client, page: Page, receiver: Receiver
 ) -> None:
     receiver.script("/hook", Reply(200))
     resp = client.post(
@@ -241,7 +245,7 @@ def test_why_pending_says_every_thread_is_busy_and_the_chart_keeps_cancelled_apa
 
 
 def test_progress_folds_into_the_bar_and_every_log_line_has_a_time(
-    server: Server, client: httpx.Client, page: Page
+    server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, SLEEP, {"seconds": 1.5, "steps": 30})
     page.goto(server.url)
@@ -256,41 +260,42 @@ def test_progress_folds_into_the_bar_and_every_log_line_has_a_time(
         expect(line.locator(".t")).to_have_text(re.compile(r"\d{1,2}:\d{2}"))
 
 
-def test_schedules_and_paused_tasks_with_pause_and_resume(
-    server: Server, client: httpx.Client, page: Page
-) -> None:
-    made = client.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
-    assert made.status_code in (200, 201)
-    assert client.post(f"/tasks/{NOOP}/pause").status_code == 200
-    submit_delayed(client, "tests.e2e_tasks.echo")  # then the server starts without that module:
-    server.kill()  # the job waits for a task this process does not know (another node's, a deploy's)
-    server.config["tasks"]["modules"] = ["jobserver.examples"]
-    write_config(server.config_path, server.config)
-    server.restart()
-    page.goto(server.url)
-    schedule = page.locator('#schedules-body tr[data-schedule="nightly"]')
-    expect(schedule).to_have_attribute("data-paused", "false")
-    schedule.get_by_role("button", name="Pause").click()
-    expect(schedule).to_have_attribute("data-paused", "true")
-    assert client.get("/schedules/nightly").json()["paused"] is True
+def test_schedules_and_paused_tasks_with_pause_and_resume(tmp_path: Path, page: Page) -> None:
+    with served_app(tmp_path) as first:
+        client = first.client()
+        made = client.put(
+            "/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}}
+        )
+        assert made.status_code in (200, 201)
+        assert client.post(f"/tasks/{NOOP}/pause").status_code == 200
+        submit_delayed(client, "tests.e2e_tasks.echo")
+    # the server starts again without that module: the job waits for a task this process does
+    # not know (another node's, a deploy's)
+    with served_app(tmp_path, {"tasks": {"modules": ["jobserver.examples"]}}) as server:
+        client = server.client()
+        page.goto(server.url)
+        schedule = page.locator('#schedules-body tr[data-schedule="nightly"]')
+        expect(schedule).to_have_attribute("data-paused", "false")
+        schedule.get_by_role("button", name="Pause").click()
+        expect(schedule).to_have_attribute("data-paused", "true")
+        assert client.get("/schedules/nightly").json()["paused"] is True
 
-    unknown = page.locator('#tasks-body tr[data-unknown="true"]')
-    expect(unknown).to_have_count(1)
-    expect(unknown).to_contain_text("tests.e2e_tasks.echo")
-    expect(unknown).to_contain_text("1 pending")
+        unknown = page.locator('#tasks-body tr[data-unknown="true"]')
+        expect(unknown).to_have_count(1)
+        expect(unknown).to_contain_text("tests.e2e_tasks.echo")
+        expect(unknown).to_contain_text("1 pending")
 
-    task = page.locator(f'#tasks-body tr[data-task="{NOOP}"]')
-    expect(task).to_have_attribute("data-paused", "true")
-    task.get_by_role("button", name="Resume").click()
-    expect(task).to_have_attribute("data-paused", "false")
-    assert client.post(f"/tasks/{NOOP}/pause").status_code == 200  # paused elsewhere: the page follows
-    expect(task).to_have_attribute("data-paused", "true", timeout=TIMEOUT_MS)
-    assert client.post(f"/tasks/{NOOP}/resume").status_code == 200
-    expect(task).to_have_attribute("data-paused", "false", timeout=TIMEOUT_MS)
-    done = submit(client, ADD, {"a": 1, "b": 1})
-    page.evaluate(f"location.hash = '#job={done['id']}'")  # a link pasted into the open tab
-    expect(page.locator("#detail")).to_have_attribute("data-job-id", done["id"])
-    assert {t["name"]: t["paused"] for t in client.get("/tasks").json()["tasks"]}[NOOP] is False
+        task = page.locator(f'#tasks-body tr[data-task="{NOOP}"]')
+        expect(task).to_have_attribute("data-paused", "true")
+        task.get_by_role("button", name="Resume").click()
+        expect(task).to_have_attribute("data-paused", "false")
+        assert client.post(f"/tasks/{NOOP}/pause").status_code == 200  # paused elsewhere: the page follows
+        expect(task).to_have_attribute("data-paused", "true", timeout=TIMEOUT_MS)
+        assert client.post(f"/tasks/{NOOP}/resume").status_code == 200
+        done = submit(client, ADD, {"a": 1, "b": 1})
+        page.evaluate(f"location.hash = '#job={done['id']}'")  # a link pasted into the open tab
+        expect(page.locator("#detail")).to_have_attribute("data-job-id", done["id"])
+        assert {t["name"]: t["paused"] for t in client.get("/tasks").json()["tasks"]}[NOOP] is False
 
 
 def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, page: Page) -> None:
@@ -311,7 +316,7 @@ def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, 
 
 
 def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_holds(
-    server: Server, client: httpx.Client, browser: Browser
+    server: ServedApp, client: httpx.Client, browser: Browser
 ) -> None:
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
@@ -336,7 +341,7 @@ def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_ho
 
 
 def test_on_a_phone_opening_a_job_scrolls_to_its_pane(
-    server: Server, client: httpx.Client, browser: Browser
+    server: ServedApp, client: httpx.Client, browser: Browser
 ) -> None:
     wait_finished(client, submit(client, ADD, {"a": 1, "b": 2})["id"])
     more = client.post("/jobs/batch", json={"jobs": [{"task": NOOP, "args": {}, "delay": 3600}] * 30})
