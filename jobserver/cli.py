@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobserver.core.version import package_version
 
@@ -45,8 +45,19 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="path of config.toml (default: ./config.toml if present)")
     parser.add_argument("--host", help="address to listen on (overrides server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
-    parser.add_argument("--version", action="version", version=f"jobserver {package_version()}")
+    parser.add_argument("--version", action=_PrintVersion)
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """`--version`: the installed version is read only when asked (reading it costs every start)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"jobserver {package_version()}")
+        parser.exit()
 
 
 def _client_first(args: list[str]) -> list[str]:

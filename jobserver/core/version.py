@@ -4,14 +4,17 @@ it is written)."""
 from __future__ import annotations
 
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "jobserver"
 
 
 @cache
 def package_version() -> str:
-    """The installed distribution's version; "0+unknown" for a source tree never installed."""
+    """The installed distribution's version; "0+unknown" for a source tree never installed.
+    (importlib.metadata is imported here: it costs every command's start-up a twentieth of a
+    second, and most never ask for the version.)"""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(DISTRIBUTION)
     except PackageNotFoundError:
