@@ -113,6 +113,19 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     assert "TOML" in str(error)
 
 
+def test_a_number_written_as_a_string_in_the_file_is_refused_but_taken_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[workers]\nthreads = "4"\n[server]\nmax_connections = "50"\n')
+    err = config_error(tmp_path, config_path=path)
+    assert err.key == "server.max_connections"
+    assert "must be a number, not the string '50'" in str(err) and "workers.threads" in str(err)
+    path = write(tmp_path, '[workers]\nthreads = 4\nlease_seconds = "2m"\n')  # a duration reads text
+    settings = load(tmp_path, config_path=path, environ={"JOBSERVER_SERVER_MAX_CONNECTIONS": "50"})
+    assert (settings.workers.threads, settings.workers.lease_seconds) == (4, 120.0)
+    assert settings.server.max_connections == 50
+
+
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nport = 8100\nhost = "0.0.0.0"\n[workers]\nthreads = 2\n')
     environ = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from jobserver.core.schedules import ScheduleSpec
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h|d)?$")
 _UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_PREFIX = "JOBSERVER_"
+TEXT_KEYS = "text_keys"  # validation context: the dotted keys given as text (environment, command line)
 NON_CONFIG_VARIABLES = frozenset(
     {
         "JOBSERVER_URL",  # the client commands: where the server is
@@ -103,11 +105,21 @@ class _Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
-        """`port = true` is a mistake, not port 1 (pydantic alone reads true as 1)."""
+    def _numbers_are_numbers(cls, value: object, info: ValidationInfo) -> object:
+        """`port = true` is a mistake, not port 1 (pydantic alone reads true as 1), and so is
+        `threads = "4"` in the file: a number there is written as one. Only the environment and
+        the command line, where every value is text, give numbers as text (`TEXT_KEYS` in the
+        validation context)."""
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+        if field is None or field.annotation not in (int, float):
+            return value
+        if isinstance(value, bool):
             raise ValueError(f"must be a number, not {str(value).lower()}")
+        if isinstance(value, str) and not any(isinstance(m, BeforeValidator) for m in field.metadata):
+            # (a duration's own parser reads text: "2m")
+            key = f"{_section_names().get(cls, '')}.{info.field_name}"
+            if key not in (info.context or {}).get(TEXT_KEYS, ()):
+                raise ValueError(f"must be a number, not the string {value!r}: write it without quotes")
         return value
 
 
@@ -321,10 +333,12 @@ def load_settings(
     if path is not None:
         data = _read_toml(path)
         sources = {f"{s}.{k}": str(path) for s, t in data.items() if isinstance(t, dict) for k in t}
+    text_keys: set[str] = set()  # keys whose values are text by nature (environment, command line)
     env = os.environ if environ is None else environ
     for name in sorted(env):
         key = _env_key(name)
         if key is not None:
+            text_keys.add(key)
             value = _coerce(key, env[name])
             if key == "auth.api_keys" and not value:
                 # unlike `api_keys = []` in the file, a variable set to nothing is likely a
@@ -341,9 +355,10 @@ def load_settings(
             raise ConfigError(key, "unknown key")
         _put(data, key, _coerce(key, value))
         sources[key] = "command line"
+        text_keys.add(key)
     _check_schedules(data.get("schedules", []))
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings.model_validate(data, context={TEXT_KEYS: text_keys})
     except ValidationError as exc:
         raise _to_config_error(exc, sources) from exc
     return _resolve_sqlite(settings, base)
@@ -423,6 +438,12 @@ def _closest_variable(upper: str) -> str:
     if close:
         return f"did you mean {suffixes[close[0]]}?"
     return "a config key is set as JOBSERVER_<SECTION>_<KEY>, e.g. JOBSERVER_SERVER_PORT"
+
+
+@functools.cache
+def _section_names() -> dict[type[BaseModel], str]:
+    """Section model -> its name."""
+    return {model: name for name, model in _sections().items()}
 
 
 def _sections() -> dict[str, type[BaseModel]]:
