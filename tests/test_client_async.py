@@ -27,7 +27,7 @@ from jobserver.core.errors import (
     WaitTimeoutError,
 )
 from tests.helpers import free_port
-from tests.inproc import RunningApp, running_app
+from tests.inproc import RunningApp, running_app, served_app
 
 ADD = "jobserver.examples.add"
 SLEEP = "jobserver.examples.sleep"
@@ -250,3 +250,34 @@ def test_events_resume_with_last_event_id_after_a_dropped_stream(app: RunningApp
     got = run(body, app, transport=transport)
     assert got == expected  # nothing lost, nothing repeated
     assert [r.headers.get("last-event-id") for r in transport.sent] == [None, expected[0].id]
+
+
+@pytest.mark.e2e  # 120 connections over a real socket
+def test_more_open_streams_than_httpx_pools_by_default_all_connect(tmp_path: Path) -> None:
+    """Each open event stream (or long poll) holds a connection: an agent watching 120 jobs at
+    once from one AsyncClient needs 120. httpx pools 100 by default, and the 101st waited
+    for a free one until it failed as "cannot reach"; the server, not the SDK, bounds them."""
+    streams = 120
+
+    async def body() -> None:
+        async with AsyncClient(served.url, timeout=2, retries=0) as client:
+            job = await client.submit(NOOP, {}, delay=3600)
+            first_events: list[asyncio.Future[None]] = []
+
+            async def watch() -> None:
+                seen = asyncio.get_running_loop().create_future()
+                first_events.append(seen)
+                async for _ in client.events(job["id"]):
+                    if not seen.done():
+                        seen.set_result(None)
+
+            watchers = [asyncio.ensure_future(watch()) for _ in range(streams)]
+            opened = asyncio.ensure_future(asyncio.gather(*first_events))
+            await asyncio.wait([opened, *watchers], timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            ended = [w for w in watchers if w.done()]  # none may end before the cancel
+            assert opened.done() and not ended, [w.exception() for w in ended]
+            await client.cancel(job["id"])
+            await asyncio.wait_for(asyncio.gather(*watchers), WAIT_S)
+
+    with served_app(tmp_path) as served:
+        asyncio.run(body())

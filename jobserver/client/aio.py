@@ -22,7 +22,7 @@ import httpx
 
 from jobserver.client import protocol
 from jobserver.client.protocol import Event, Exchange, Job, Request, error_for
-from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, Connection, EventResumer
+from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, HTTP_LIMITS, Connection, EventResumer
 from jobserver.core.errors import DrainingError
 
 T = TypeVar("T")
@@ -51,7 +51,9 @@ class AsyncClient:
         self.url, self.api_key, self.timeout_s = self._conn.url, api_key, self._conn.timeout_s
         self._owns_http = http_client is None
         if http_client is None:
-            http_client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, transport=transport)
+            http_client = httpx.AsyncClient(
+                base_url=self.url, timeout=self.timeout_s, transport=transport, limits=HTTP_LIMITS
+            )
         self._http = http_client
         self._prefix = "" if str(http_client.base_url) else self.url
 

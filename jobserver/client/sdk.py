@@ -60,7 +60,7 @@ from jobserver.client.protocol import (
     error_for,
     parse_sse,
 )
-from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, Connection, EventResumer
+from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, HTTP_LIMITS, Connection, EventResumer
 from jobserver.core.errors import DrainingError
 
 __all__ = [
@@ -101,7 +101,9 @@ class Client:
         self.url, self.api_key, self.timeout_s = self._conn.url, api_key, self._conn.timeout_s
         self._owns_http = http_client is None
         if http_client is None:
-            http_client = httpx.Client(base_url=self.url, timeout=self.timeout_s, transport=transport)
+            http_client = httpx.Client(
+                base_url=self.url, timeout=self.timeout_s, transport=transport, limits=HTTP_LIMITS
+            )
         self._http = http_client
         self._prefix = "" if str(http_client.base_url) else self.url
 

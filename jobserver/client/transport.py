@@ -31,6 +31,10 @@ FIRST_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 1.0
 # a server sends a keepalive comment every 15 s on an idle event stream
 EVENTS_READ_TIMEOUT_S = 45.0
+# Each open event stream or long poll holds a connection, and one client may watch hundreds of
+# jobs at once: httpx's default cap of 100 made the next one wait, then fail as "cannot reach".
+# The server bounds connections (server.max_connections); the SDK does not.
+HTTP_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20)
 
 
 class Connection:
