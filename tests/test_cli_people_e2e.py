@@ -225,10 +225,13 @@ def test_webhooks_of_a_job(server: Server, receiver: Receiver) -> None:
         wait_until(lambda: c.webhooks(job["id"]), WAIT_S, message="the delivery to be recorded")
     table = cli("webhooks", job["id"], url=server.url)
     assert table.returncode == 0
-    assert table.stdout.splitlines()[0].split() == ["ATTEMPT", "AT", "STATUS", "ERROR", "MS"]
-    assert table.stdout.splitlines()[1].split()[0] == "1" and " 200 " in table.stdout.splitlines()[1]
+    header, line = table.stdout.splitlines()[:2]
+    assert header.split() == ["TYPE", "ATTEMPT", "AT", "STATUS", "ERROR", "MS", "DELIVERY"]
     deliveries = ok_json(cli("--json", "webhooks", job["id"], url=server.url))["deliveries"]
     assert [d["status_code"] for d in deliveries] == [200]
+    # which event each attempt was for, and the delivery (the webhook-id header the receiver saw)
+    assert line.split()[:2] == ["job.completed", "1"] and " 200 " in line
+    assert line.split()[-1] == deliveries[0]["id"] == receiver.received("/hook")[0].headers["webhook-id"]
 
 
 def test_a_missing_key_and_a_wrong_key_say_different_things(tmp_path: Path) -> None:

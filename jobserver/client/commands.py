@@ -402,12 +402,16 @@ def run(client: Client, args: argparse.Namespace, output: Output) -> int:
         output.show(job, f"signal {args.name} sent; job {job['id']} is {job['status']}")
     elif command == "webhooks":
         deliveries = client.webhooks(args.job_id)
-        columns = ("ATTEMPT", "AT", "STATUS", "ERROR", "MS")
+        delivery_columns = ("TYPE", "ATTEMPT", "AT", "STATUS", "ERROR", "MS", "DELIVERY")
         rows = [
-            [d.get("attempt"), d.get("at"), d.get("status_code"), d.get("error"), d.get("duration_ms")]
+            [
+                d.get("type"), d.get("attempt"), d.get("at"), d.get("status_code"), d.get("error"),
+                d.get("duration_ms"), d.get("id"),
+            ]
             for d in deliveries
-        ]
-        output.show({"deliveries": deliveries}, render.rows_table(columns, rows) if rows else "no deliveries")
+        ]  # fmt: skip
+        shown = render.rows_table(delivery_columns, rows) if rows else "no deliveries"
+        output.show({"deliveries": deliveries}, shown)
     elif command == "tasks":
         return _tasks(client, args, output)
     elif command in ("pause", "resume"):
