@@ -125,10 +125,15 @@ def load_tracing(environ: Mapping[str, str]) -> Tracing:
 
 
 def build(
-    settings: Settings, clock: Clock, registry: Registry | None = None, tracing: Tracing | None = None
+    settings: Settings,
+    clock: Clock,
+    registry: Registry | None = None,
+    tracing: Tracing | None = None,
+    stop: threading.Event | None = None,
 ) -> Parts:
     """Assemble every part (the writer runs; nothing else has started). Without `tracing`, the
-    process environment's OTEL_* variables decide."""
+    process environment's OTEL_* variables decide. `stop` set (a signal) ends a wait for
+    PostgreSQL with StartStoppedError."""
     s = settings
     tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -136,7 +141,7 @@ def build(
     configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
     if s.is_postgres:
-        wait_for_database(db, s.database.startup_wait)
+        wait_for_database(db, s.database.startup_wait, stop)
     create_schema(db)
     install_counters(db, s.is_postgres, clock.now())
     node_tag = uuid.uuid4().hex[:12]

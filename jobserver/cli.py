@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(args_list: list[str]) -> int:
     """Serve until stopped; the exit code."""
     from jobserver.core.config import load_settings
-    from jobserver.core.errors import ConfigError, DatabaseInUseError, StorageError
+    from jobserver.core.errors import ConfigError, DatabaseInUseError, StartStoppedError, StorageError
     from jobserver.core.schedules import check_configured
 
     args = serve_parser().parse_args(args_list)
@@ -186,8 +187,14 @@ def serve(args_list: list[str]) -> int:
         )
         return 1
     runtime = Runtime(settings, registry=registry)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # while starting; serving installs its own
+        signal.signal(sig, lambda sig, frame: runtime.signal_received(sig))
     try:
         runtime.open()
+    except StartStoppedError as exc:
+        sock.close()
+        log.info("%s: not started", exc, extra={"action": "stopped"})
+        return 0
     except DatabaseInUseError as exc:
         sock.close()
         print(f"jobserver: cannot start: {exc}", file=sys.stderr)

@@ -150,7 +150,7 @@ class Runtime:
                 os.close(self._lock_fd)
                 self._lock_fd = None
                 raise
-        self.parts = p = build(self.settings, self.clock, self.registry, self.tracing)
+        self.parts = p = build(self.settings, self.clock, self.registry, self.tracing, self.drain_requested)
         log.info(
             "tasks registered: %s",
             ", ".join(t.name for t in p.registry.all()) or "none",

@@ -153,6 +153,20 @@ def test_a_start_gives_up_on_postgresql_after_its_wait(tmp_path: Path, pg_url: s
     assert "Traceback" not in srv.log()
 
 
+def test_sigterm_while_a_start_waits_for_postgresql_stops_it_at_once_with_a_log_line(
+    tmp_path: Path, pg_url: str
+) -> None:
+    not_there_yet(pg_url)
+    srv = start_server(tmp_path, {"database": {"url": pg_url, "startup_wait": "60s"}}, wait=False)
+    wait_until(lambda: "cannot connect to PostgreSQL yet" in srv.log(), 30, message="the start to wait")
+    started = time.monotonic()
+    srv.terminate()
+    assert srv.wait_exit(20) == 0  # not killed by the signal (143), nor after the whole wait
+    assert time.monotonic() - started < 10
+    assert "stopped while waiting for PostgreSQL: not started" in srv.log()
+    assert "Traceback" not in srv.log()
+
+
 def test_a_url_postgresql_cannot_use_refuses_the_start_at_once(tmp_path: Path, pg_url: str) -> None:
     """An option's bad value is no server still starting: no wait mends it (exit 2, as a config error)."""
     srv = start_server(tmp_path, {"database": {"url": f"{pg_url}?sslmode=bogus"}}, wait=False)

@@ -72,6 +72,10 @@ class StorageError(JobServerError):
     """The database failed."""
 
 
+class StartStoppedError(JobServerError):
+    """A signal asked the server to stop while it was still starting (waiting for its database)."""
+
+
 class DatabaseInUseError(StorageError):
     """Another jobserver process already serves this SQLite file."""
 

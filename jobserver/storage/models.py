@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import peewee as pw
 from playhouse.postgres_ext import Psycopg3Database
 
-from jobserver.core.errors import ConfigError, StorageError
+from jobserver.core.errors import ConfigError, StartStoppedError, StorageError
 from jobserver.storage.failures import DRIVER_ERRORS, as_storage_error
 
 log = logging.getLogger(__name__)
@@ -446,12 +447,13 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
     return PostgresDatabase(url.replace("postgres://", "postgresql://", 1), autorollback=False)
 
 
-def wait_for_database(db: pw.Database, wait_s: float) -> None:
+def wait_for_database(db: pw.Database, wait_s: float, stop: threading.Event | None = None) -> None:
     """Connect to a PostgreSQL server, trying again with doubling pauses for up to `wait_s`.
 
     Nodes are often started together with their database (compose, a reboot): a node that
     gave up at once would need its supervisor to start it again. StorageError with the
-    last error once `wait_s` has passed; the first failure is logged once, never the URL."""
+    last error once `wait_s` has passed; the first failure is logged once, never the URL.
+    StartStoppedError as soon as `stop` is set (a signal came: the wait is given up)."""
     deadline = time.monotonic() + wait_s
     pause, said = 0.25, False
     while True:
@@ -471,7 +473,8 @@ def wait_for_database(db: pw.Database, wait_s: float) -> None:
                     reason, wait_s, extra={"action": "database_wait"},
                 )  # fmt: skip
                 said = True
-            time.sleep(pause)
+            if (stop or threading.Event()).wait(pause):
+                raise StartStoppedError("stopped while waiting for PostgreSQL") from exc
             pause = min(pause * 2, 2.0)
         else:
             if said:
