@@ -1,7 +1,9 @@
 """The dashboard at `GET /`, driven by headless chromium against the real server.
 
-Each test starts `python -m jobserver` as a subprocess (the `server` fixture of
-tests/conftest.py, or tests/e2e.py directly) on a fresh SQLite file, submits jobs over HTTP, and checks what the page shows. Waits are
+Each test serves the real app on 127.0.0.1 on a fresh SQLite file (the `server` fixture below:
+tests/inproc.py's `served_app`, uvicorn with the server's own settings on a thread of the test
+process), submits jobs over HTTP, and checks what the page shows; a test that kills, restarts or
+drains the server starts `python -m jobserver` as a subprocess (tests/e2e.py). Waits are
 Playwright expectations with bounded timeouts, never sleeps. The page sets a
 Content-Security-Policy without 'unsafe-eval', so the tests read the page
 through locators rather than `page.evaluate`.
