@@ -141,7 +141,7 @@ def build(
     configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
     if s.is_postgres:
-        wait_for_database(db, s.database.startup_wait, stop)
+        wait_for_database(db, s.database.startup_wait, stop or threading.Event())  # None: nothing stops it
     create_schema(db)
     install_counters(db, s.is_postgres, clock.now())
     node_tag = uuid.uuid4().hex[:12]

@@ -447,7 +447,7 @@ def open_database(url: str, sqlite_path: Path | None, synchronous: str, busy_tim
     return PostgresDatabase(url.replace("postgres://", "postgresql://", 1), autorollback=False)
 
 
-def wait_for_database(db: pw.Database, wait_s: float, stop: threading.Event | None = None) -> None:
+def wait_for_database(db: pw.Database, wait_s: float, stop: threading.Event) -> None:
     """Connect to a PostgreSQL server, trying again with doubling pauses for up to `wait_s`.
 
     Nodes are often started together with their database (compose, a reboot): a node that
@@ -473,7 +473,7 @@ def wait_for_database(db: pw.Database, wait_s: float, stop: threading.Event | No
                     reason, wait_s, extra={"action": "database_wait"},
                 )  # fmt: skip
                 said = True
-            if (stop or threading.Event()).wait(pause):
+            if stop.wait(pause):
                 raise StartStoppedError("stopped while waiting for PostgreSQL") from exc
             pause = min(pause * 2, 2.0)
         else:
