@@ -189,7 +189,12 @@ def test_async_steps_and_retry_endpoint_resume(app: RunningApp, tmp_path: Path) 
     effects, hold = tmp_path / "effects", tmp_path / "hold"
     hold.touch()
     job_id = submit(c, "tests.e2e_tasks.async_stepped", {"path": str(effects), "hold": str(hold)})
-    wait_until(lambda: effects.exists())
+    # cancelled once the first step is stored: a cancel while it still runs interrupts it (and
+    # the retry would rightly run it again)
+    wait_until(
+        lambda: [s["status"] for s in c.get(f"/jobs/{job_id}").json()["steps"]] == ["completed"],
+        message="the first step to be stored",
+    )
     c.post(f"/jobs/{job_id}/cancel")
     assert finished(c, job_id)["status"] == "cancelled"
     hold.unlink()
