@@ -74,13 +74,7 @@ class Job(BaseModel):
         indexes = (
             (("task", "id"), False),  # list by task
             (("status", "id"), False),  # list by status
-            # single-column: these do not change when a job moves pending -> running
-            (("finished_at",), False),  # retention (NULL until finished)
-            (("lease_expires_at",), False),  # rescue (NULL unless running)
-            (("status", "run_at"), False),  # promotion of scheduled jobs, next due time
-            (("status", "wake_at"), False),  # due sleepers and wait timeouts, never a scan
-            (("parent_id", "id"), False),  # a parent's children
-        )
+        )  # and the partial indexes of JOB_INDEXES
 
 
 class IdempotencyKey(BaseModel):
@@ -503,6 +497,38 @@ def _add_missing_columns(db: pw.Database) -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {ddl}")
 
 
+# The jobs table's partial indexes: each holds only the rows its searches look for, so a job's
+# insert and each change of its status touch the few indexes that concern it (a finished job
+# is in none of the claim, due-time, lease or children indexes). The queries that use one
+# repeat its WHERE condition as it is written here, with literals (a bound parameter cannot
+# prove it), or a comparison that implies `IS NOT NULL`.
+JOB_INDEXES = (
+    # claims, in claim order; the mixed-direction order needs an index of its own
+    ("jobs_pending", "(priority DESC, run_at, id) WHERE status = 'pending'"),
+    # a claim limited to some tasks (others at capacity) probes per task
+    ("jobs_pending_task", "(task, priority DESC, run_at, id) WHERE status = 'pending'"),
+    # jobs held back by a limit, per key in claim order
+    ("jobs_blocked", "(blocked_by, priority DESC, run_at, id) WHERE status = 'blocked'"),
+    # The status leads where a query's range needs it: without statistics, SQLite prefers an
+    # equality on (status, id) to a range on a column alone.
+    ("jobs_scheduled", "(status, run_at) WHERE status = 'scheduled'"),  # promotion, next due time
+    ("jobs_waking", "(status, wake_at) WHERE status = 'waiting'"),  # due sleepers, wait timeouts
+    ("jobs_leased", "(status, lease_expires_at) WHERE status = 'running'"),  # rescue
+    ("jobs_finished", "(status, finished_at) WHERE finished_at IS NOT NULL"),  # retention
+    ("jobs_children", "(parent_id, id) WHERE parent_id IS NOT NULL"),  # a parent's children
+)
+# The whole-table indexes that JOB_INDEXES replaced; a database made before is changed at open.
+REPLACED_JOB_INDEXES = (
+    "jobs_claim",
+    "jobs_claim_task",
+    "jobs_status_run_at",
+    "jobs_status_wake_at",
+    "jobs_lease_expires_at",
+    "jobs_finished_at",
+    "jobs_parent_id_id",
+)
+
+
 # The schema this code writes. A release that changes the tables in a way an older one cannot
 # use raises it; an older server then refuses such a database instead of failing every write.
 SCHEMA_VERSION = 1
@@ -553,18 +579,9 @@ def create_schema(db: pw.Database) -> None:
             MetaValue.insert(key=SCHEMA_VERSION_KEY, value=str(SCHEMA_VERSION)).on_conflict(
                 conflict_target=[MetaValue.key], update={MetaValue.value: str(SCHEMA_VERSION)}
             ).execute()
-            # jobs held back by a limit, per key in claim order (the partial index holds only those)
-            db.execute_sql(
-                "CREATE INDEX IF NOT EXISTS jobs_blocked ON jobs (blocked_by, priority DESC, run_at, id) "
-                "WHERE status = 'blocked'"
-            )
-            # The claim's order (priority DESC, run_at, id) needs a mixed-direction index.
-            db.execute_sql(
-                "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority DESC, run_at, id)"
-            )
-            # a claim limited to some tasks (others at capacity) probes per task
-            db.execute_sql(
-                "CREATE INDEX IF NOT EXISTS jobs_claim_task ON jobs (status, task, priority DESC, run_at, id)"
-            )
+            for name in REPLACED_JOB_INDEXES:
+                db.execute_sql(f"DROP INDEX IF EXISTS {name}")
+            for name, definition in JOB_INDEXES:
+                db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON jobs {definition}")
     except pw.DatabaseError as exc:
         raise StorageError(f"cannot create the schema: {exc}") from exc

@@ -55,20 +55,32 @@ STARTED_AT = "started_at = CASE WHEN resume = 1 AND started_at IS NOT NULL THEN 
 PROMOTE_SQL = "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
 # SQLite claim candidates, in claim order, from the claim indexes (never a sort of the backlog)
 CLAIM_SQL = (
-    "SELECT id, task, limits FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+    "SELECT id, task, limits FROM jobs INDEXED BY jobs_pending WHERE status = 'pending' AND run_at <= ? "
     "ORDER BY priority DESC, run_at, id LIMIT ?"
 )
 CLAIM_TASK_SQL = (  # one per task that may be taken, joined with UNION ALL
-    "SELECT * FROM (SELECT id, task, priority, run_at, limits FROM jobs INDEXED BY jobs_claim_task "
+    "SELECT * FROM (SELECT id, task, priority, run_at, limits FROM jobs INDEXED BY jobs_pending_task "
     "WHERE status = 'pending' AND task = ? AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?)"
 )
 
 
-# Waiting jobs whose sleep ended or whose wait timed out: pending again, from the (status, wake_at) index
+# Waiting jobs whose sleep ended or whose wait timed out: pending again, from the jobs_waking index
 WAKE_DUE_SQL = (
     "UPDATE jobs SET status = 'pending', run_at = wake_at, waiting_for = NULL, wake_at = NULL "
     "WHERE status = 'waiting' AND wake_at <= ?"
 )
+# When the earliest scheduled job or parked sleeper becomes due
+NEXT_DUE_SQL = (
+    "SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled' UNION ALL "
+    "SELECT MIN(wake_at) FROM jobs WHERE status = 'waiting' AND wake_at IS NOT NULL"
+)
+# Running jobs to recover: those whose lease expired, or (an SQLite start) every one not ours
+_RESCUE_SQL = (
+    "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested, lease_owner FROM jobs "
+    "WHERE status = 'running' AND ({}) LIMIT 1000"
+)
+RESCUE_EXPIRED_SQL = _RESCUE_SQL.format("lease_expires_at < ?")
+RESCUE_ORPHANS_SQL = _RESCUE_SQL.format("lease_owner <> ? OR lease_owner IS NULL")
 IN_CHUNK = 500  # ids per `IN (...)` list
 NOT_FINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
 SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a parked call's row is completed
@@ -672,10 +684,7 @@ class JobStore:
 
     def next_run_at(self) -> float | None:
         """When the earliest scheduled job or parked sleeper becomes due (an idle worker's wait)."""
-        rows = self._query(
-            "SELECT MIN(run_at) FROM jobs WHERE status = 'scheduled' UNION ALL "
-            "SELECT MIN(wake_at) FROM jobs WHERE status = 'waiting' AND wake_at IS NOT NULL"
-        )
+        rows = self._query(NEXT_DUE_SQL)
         due = [float(r[0]) for r in rows if r[0] is not None]
         return min(due) if due else None
 
@@ -955,15 +964,11 @@ class JobStore:
         """Recover running jobs whose lease expired (or, at an SQLite start, every job
         not ours: the file lock proves their owner is dead), each as `decide` says. Our own
         jobs in `alive` still run here (their lease lapsed while writes failed): they are kept."""
-        cond = "lease_owner <> ? OR lease_owner IS NULL" if everyone_else else "lease_expires_at < ?"
+        sql = RESCUE_ORPHANS_SQL if everyone_else else RESCUE_EXPIRED_SQL
         arg: Any = owner if everyone_else else now
 
         def op(tx: Tx) -> list[tuple[Transition, JobRecord]]:
-            rows = tx.all(
-                "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested, lease_owner FROM jobs "
-                f"WHERE status = 'running' AND ({cond}) LIMIT 1000",
-                (arg,),
-            )
+            rows = tx.all(sql, (arg,))
             out = []
             for job_id, task, attempts, max_attempts, run_seq, cancel, lease_owner in rows:
                 if lease_owner == owner and job_id in alive:
