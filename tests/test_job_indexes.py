@@ -27,6 +27,16 @@ from tests.storage import claim_one, end_attempt, open_store
 
 IDS = JobIds()
 NOW = 1_000_000.0
+# the jobs table's indexes as the release before the partial ones made them
+OLD_JOB_INDEXES = {
+    "jobs_claim": "(status, priority DESC, run_at, id)",
+    "jobs_claim_task": "(status, task, priority DESC, run_at, id)",
+    "jobs_status_run_at": "(status, run_at)",
+    "jobs_status_wake_at": "(status, wake_at)",
+    "jobs_lease_expires_at": "(lease_expires_at)",
+    "jobs_finished_at": "(finished_at)",
+    "jobs_parent_id_id": "(parent_id, id)",
+}
 
 # each search of the jobs table by a column that most rows leave NULL or that only some
 # statuses use, and the index it must read (the list filters build `parent_id = ?` the same way)
@@ -109,16 +119,7 @@ def test_a_file_made_with_the_whole_table_indexes_gets_the_partial_ones(tmp_path
     with open_store(tmp_path) as store:
         new = NewJob(IDS.new(), "t", "{}", 0, 1, None, None, None, NOW, NOW)
         store.enqueue(new, None, lambda: None).result(10)
-    # as the release before made them
-    old = {
-        "jobs_claim": "(status, priority DESC, run_at, id)",
-        "jobs_claim_task": "(status, task, priority DESC, run_at, id)",
-        "jobs_status_run_at": "(status, run_at)",
-        "jobs_status_wake_at": "(status, wake_at)",
-        "jobs_lease_expires_at": "(lease_expires_at)",
-        "jobs_finished_at": "(finished_at)",
-        "jobs_parent_id_id": "(parent_id, id)",
-    }
+    old = OLD_JOB_INDEXES
     assert set(old) == set(REPLACED_JOB_INDEXES)
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         for name, _ in JOB_INDEXES:

@@ -12,8 +12,9 @@ import threading
 import psycopg
 import pytest
 
-from jobserver.storage.models import create_schema, open_database
+from jobserver.storage.models import JOB_INDEXES, create_schema, open_database
 from tests.helpers import wait_until
+from tests.test_job_indexes import OLD_JOB_INDEXES
 
 pytestmark = pytest.mark.postgres
 NODES = 5
@@ -104,3 +105,26 @@ def test_a_node_restarted_beside_running_ones_creates_the_schema_without_a_deadl
     db.close()
     assert not creator.is_alive()
     assert failures == []
+
+
+def test_a_database_made_with_the_whole_table_indexes_gets_the_partial_ones(pg_url: str) -> None:
+    db = open_database(pg_url, None, "normal", 5.0)
+    try:
+        create_schema(db)
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # as the release before made them
+            for name, _ in JOB_INDEXES:
+                if name != "jobs_blocked":
+                    conn.execute(f"DROP INDEX {name}")
+            for name, columns in OLD_JOB_INDEXES.items():
+                conn.execute(f"CREATE INDEX {name} ON jobs {columns}")
+        create_schema(db)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs'"
+            ).fetchall()
+    finally:
+        db.close()
+    indexes = dict(rows)
+    assert not set(OLD_JOB_INDEXES) & set(indexes)
+    for name, _ in JOB_INDEXES:
+        assert " WHERE " in indexes[name], indexes
