@@ -16,7 +16,7 @@ import pytest
 from jobserver.client import Client
 from tests.e2e import STARTED, Server, start_server
 from tests.helpers import default_config, free_port
-from tests.inproc import RunningApp, running_app
+from tests.inproc import RunningApp, ServedApp, running_app, served_app
 from tests.receiver import Receiver, running_receiver
 
 
@@ -62,6 +62,14 @@ def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]
     """One in-process app for a whole test module, for tests that do not interfere with each other."""
     with running_app(tmp_path_factory.mktemp("shared")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def shared_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+    """One in-process app served on a socket of 127.0.0.1 for a whole test module: for clients
+    in another process (the CLI's), where the server being a process is not the point."""
+    with served_app(tmp_path_factory.mktemp("served")) as served:
+        yield served
 
 
 @pytest.fixture

@@ -115,3 +115,10 @@ def start_server(
     srv = Server(tmp_path, merged_config(tmp_path, free_port(), config), env, prefix)
     STARTED.append(srv)
     return srv.start(wait=wait)
+
+
+def all_ready(*servers: Server) -> None:
+    """Wait for servers started with `wait=False`: started together, their starts (mostly
+    imports) overlap rather than follow each other."""
+    for srv in servers:
+        srv.wait_ready()

@@ -1,8 +1,9 @@
 """The client subcommands (`python -m jobserver submit|get|wait|list|cancel|retry|tasks`).
 
-Each command runs as a subprocess, the way a user types it, against the real
-server (tests/e2e.py) found through JOBSERVER_URL or --url. One server serves
-the module; the auth test starts its own.
+Each command runs as a subprocess, the way a user types it, against the real app
+found through JOBSERVER_URL or --url: served on a socket by uvicorn on a thread of the
+test process (tests/inproc.py's `served_app`), since what is tested is the command's
+process, not the server's. One app serves the module; the auth test serves its own.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import Server, start_server
 from tests.helpers import REPO, free_port, wait_until
+from tests.inproc import ServedApp, served_app
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +26,12 @@ ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
 NOOP = "jobserver.examples.noop"  # only test_list_filters_and_pages submits it
 RUN_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def server(shared_served: ServedApp) -> ServedApp:
+    """One app for the module's commands."""
+    return shared_served
 
 
 def cli(*argv: str, url: str | None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,31 +61,31 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_submit_wait_get_and_wait_again(shared: Server) -> None:
-    done = ok_json(cli("--json", "submit", ADD, "-a", "a=2", "-a", "b=40", "--wait", url=shared.url))
+def test_submit_wait_get_and_wait_again(server: ServedApp) -> None:
+    done = ok_json(cli("--json", "submit", ADD, "-a", "a=2", "-a", "b=40", "--wait", url=server.url))
     assert (done["status"], done["result"]) == ("completed", 42)
 
-    assert ok_json(cli("--json", "get", done["id"], url=shared.url))["result"] == 42
-    assert ok_json(cli("--json", "get", done["id"], "--wait", "5", url=shared.url))["status"] == "completed"
-    assert ok_json(cli("--json", "wait", done["id"], "--timeout", "30", url=shared.url))["result"] == 42
+    assert ok_json(cli("--json", "get", done["id"], url=server.url))["result"] == 42
+    assert ok_json(cli("--json", "get", done["id"], "--wait", "5", url=server.url))["status"] == "completed"
+    assert ok_json(cli("--json", "wait", done["id"], "--timeout", "30", url=server.url))["result"] == 42
 
 
-def test_failed_job_exits_1_and_can_be_retried(shared: Server) -> None:
+def test_failed_job_exits_1_and_can_be_retried(server: ServedApp) -> None:
     submitted = cli(
-        "--json", "submit", FAIL, "--args", '{"message": "cli says no"}', "--wait", url=shared.url
+        "--json", "submit", FAIL, "--args", '{"message": "cli says no"}', "--wait", url=server.url
     )
     assert submitted.returncode == 1
     job = json.loads(submitted.stdout)
     assert job["status"] == "failed"
     assert "failed" in one_line(submitted) and "cli says no" in submitted.stderr
 
-    assert cli("wait", job["id"], url=shared.url).returncode == 1
-    again = ok_json(cli("--json", "retry", job["id"], url=shared.url))
+    assert cli("wait", job["id"], url=server.url).returncode == 1
+    again = ok_json(cli("--json", "retry", job["id"], url=server.url))
     assert (again["id"], again["status"], again["attempts"]) == (job["id"], "pending", 0)
-    assert cli("wait", job["id"], "--timeout", "30", url=shared.url).returncode == 1
+    assert cli("wait", job["id"], "--timeout", "30", url=server.url).returncode == 1
 
 
-def test_cancel_a_delayed_job(shared: Server) -> None:
+def test_cancel_a_delayed_job(server: ServedApp) -> None:
     job = ok_json(
         cli(
             "--json",
@@ -90,22 +97,22 @@ def test_cancel_a_delayed_job(shared: Server) -> None:
             "3600",
             "--idempotency-key",
             "cli-cancel",
-            url=shared.url,
+            url=server.url,
         )
     )
     assert job["status"] == "pending"
 
-    timed_out = cli("wait", job["id"], "--timeout", "0.2", url=shared.url)
+    timed_out = cli("wait", job["id"], "--timeout", "0.2", url=server.url)
     assert timed_out.returncode == 4 and "still pending" in one_line(timed_out)
-    assert ok_json(cli("--json", "cancel", job["id"], url=shared.url))["status"] == "cancelled"
-    assert cli("wait", job["id"], url=shared.url).returncode == 3
+    assert ok_json(cli("--json", "cancel", job["id"], url=server.url))["status"] == "cancelled"
+    assert cli("wait", job["id"], url=server.url).returncode == 3
 
-    refused = cli("cancel", job["id"], url=shared.url)
+    refused = cli("cancel", job["id"], url=server.url)
     assert refused.returncode == 1 and "already finished" in one_line(refused)
     # the same submit again replays the key's job, which is over: nothing to watch
     replayed = cli(
         "submit", ADD, "--args", '{"a": 1, "b": 2}', "--delay", "3600", "--idempotency-key", "cli-cancel",
-        url=shared.url,
+        url=server.url,
     )  # fmt: skip
     assert replayed.returncode == 0 and replayed.stdout.strip() == job["id"], replayed
     assert (
@@ -113,52 +120,52 @@ def test_cancel_a_delayed_job(shared: Server) -> None:
     )
 
 
-def test_list_filters_and_pages(shared: Server) -> None:
-    ids = [ok_json(cli("--json", "submit", NOOP, "--delay", "3600", url=shared.url))["id"] for _ in range(2)]
+def test_list_filters_and_pages(server: ServedApp) -> None:
+    ids = [ok_json(cli("--json", "submit", NOOP, "--delay", "3600", url=server.url))["id"] for _ in range(2)]
 
-    page = ok_json(cli("--json", "list", "--task", NOOP, "--limit", "1", url=shared.url))
+    page = ok_json(cli("--json", "list", "--task", NOOP, "--limit", "1", url=server.url))
     assert [j["id"] for j in page["jobs"]] == ids[-1:] and page["next_cursor"]
-    pending = ok_json(cli("--json", "list", "--task", NOOP, "--status", "pending", url=shared.url))
+    pending = ok_json(cli("--json", "list", "--task", NOOP, "--status", "pending", url=server.url))
     assert [j["id"] for j in pending["jobs"]] == ids[::-1]
 
 
-def test_tasks(shared: Server) -> None:
-    names = {t["name"] for t in ok_json(cli("--json", "tasks", url=shared.url))["tasks"]}
+def test_tasks(server: ServedApp) -> None:
+    names = {t["name"] for t in ok_json(cli("--json", "tasks", url=server.url))["tasks"]}
     assert {ADD, FAIL, NOOP} <= names
 
 
-def test_signal_sends_json_and_lists_waiting_jobs(shared: Server, tmp_path: Path) -> None:
+def test_signal_sends_json_and_lists_waiting_jobs(server: ServedApp, tmp_path: Path) -> None:
     args = json.dumps({"path": str(tmp_path / "marks")})
-    job = ok_json(cli("--json", "submit", "tests.e2e_tasks.approval", "--args", args, url=shared.url))
+    job = ok_json(cli("--json", "submit", "tests.e2e_tasks.approval", "--args", args, url=server.url))
 
     def listed_waiting() -> bool:
-        waiting = ok_json(cli("--json", "list", "--status", "waiting", url=shared.url))
+        waiting = ok_json(cli("--json", "list", "--status", "waiting", url=server.url))
         return any(j["id"] == job["id"] for j in waiting["jobs"])
 
     wait_until(listed_waiting, 30, message="the job to be listed as waiting")
-    sent = ok_json(cli("--json", "signal", job["id"], "approve", '{"by": "cli"}', url=shared.url))
+    sent = ok_json(cli("--json", "signal", job["id"], "approve", '{"by": "cli"}', url=server.url))
     assert sent["id"] == job["id"]
-    done = ok_json(cli("--json", "wait", job["id"], "--timeout", "30", url=shared.url))
+    done = ok_json(cli("--json", "wait", job["id"], "--timeout", "30", url=server.url))
     assert done["result"] == {"answer": {"by": "cli"}, "attempt": 1}
-    again = cli("signal", job["id"], "approve", '{"by": "someone else"}', url=shared.url)
+    again = cli("signal", job["id"], "approve", '{"by": "someone else"}', url=server.url)
     assert again.returncode == 1 and "another body" in one_line(again)
-    bad = cli("signal", job["id"], "approve", "{not json", url=shared.url)
+    bad = cli("signal", job["id"], "approve", "{not json", url=server.url)
     assert bad.returncode == 2
 
 
-def test_bad_input_exits_2_with_one_line(shared: Server) -> None:
-    bad_args = cli("submit", ADD, "-a", "a=x", url=shared.url)
+def test_bad_input_exits_2_with_one_line(server: ServedApp) -> None:
+    bad_args = cli("submit", ADD, "-a", "a=x", url=server.url)
     assert bad_args.returncode == 2 and bad_args.stdout == ""
     line = one_line(bad_args)
     assert "args.a" in line and "args.b" in line
 
-    unknown = cli("submit", "no.such.task", url=shared.url)
+    unknown = cli("submit", "no.such.task", url=server.url)
     assert unknown.returncode == 2 and "no.such.task" in one_line(unknown)
 
-    not_json = cli("submit", ADD, "--args", "{nope", url=shared.url)
+    not_json = cli("submit", ADD, "--args", "{nope", url=server.url)
     assert not_json.returncode == 2 and "--args" in one_line(not_json)
 
-    missing = cli("get", "no-such-job", url=shared.url)
+    missing = cli("get", "no-such-job", url=server.url)
     assert missing.returncode == 1 and "no-such-job" in one_line(missing)
 
     # what cannot be sent is a usage error of one line, never a traceback or "cannot reach"
@@ -171,33 +178,30 @@ def test_bad_input_exits_2_with_one_line(shared: Server) -> None:
         (("schedules", "delete", ""), "cannot be empty"),
         (("list", "--url", "127.0.0.1:8000"), "http(s)://"),
     ]:
-        refused = cli(*argv, url=shared.url)
+        refused = cli(*argv, url=server.url)
         assert refused.returncode == 2 and said in one_line(refused), (argv, refused.stderr)
 
 
-def test_url_flag_wins_over_the_environment(shared: Server) -> None:
+def test_url_flag_wins_over_the_environment(server: ServedApp) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 
-    assert ok_json(cli("--json", "tasks", "--url", shared.url, url=dead))["tasks"]
-    assert ok_json(cli("--json", "--url", shared.url, "tasks", url=dead))["tasks"]  # global options first
-    assert ok_json(cli(f"--url={shared.url}", "--json", "tasks", url=dead))["tasks"]  # --opt=value too
+    assert ok_json(cli("--json", "tasks", "--url", server.url, url=dead))["tasks"]
+    assert ok_json(cli("--json", "--url", server.url, "tasks", url=dead))["tasks"]  # global options first
+    assert ok_json(cli(f"--url={server.url}", "--json", "tasks", url=dead))["tasks"]  # --opt=value too
     keyed = ok_json(
-        cli("--json", "submit", ADD, "-a", "a=1", "-a", "b=2", "--idempotency-key", "cli-key", url=shared.url)
+        cli("--json", "submit", ADD, "-a", "a=1", "-a", "b=2", "--idempotency-key", "cli-key", url=server.url)
     )
-    found = ok_json(cli("--json", "list", "--idempotency-key", "cli-key", url=shared.url))
+    found = ok_json(cli("--json", "list", "--idempotency-key", "cli-key", url=server.url))
     assert [j["id"] for j in found["jobs"]] == [keyed["id"]]
     unreachable = cli("tasks", url=dead)
     assert unreachable.returncode == 5 and "cannot reach" in one_line(unreachable)
 
 
 def test_api_key_from_flag_or_environment(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
-    try:
+    with served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as srv:
         refused = cli("tasks", url=srv.url)
         assert refused.returncode == 1 and "401" in one_line(refused)
         assert ok_json(cli("--json", "tasks", "--api-key", "k1", url=srv.url))["tasks"]
         assert ok_json(cli("--json", "tasks", url=srv.url, JOBSERVER_API_KEY="k1"))["tasks"]
         wrong = cli("tasks", "--api-key", "wrong", url=srv.url, JOBSERVER_API_KEY="k1")
         assert wrong.returncode == 1  # the flag wins over the environment
-    finally:
-        srv.stop()

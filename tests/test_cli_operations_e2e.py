@@ -1,5 +1,7 @@
 """The operator subcommands (`schedules`, `pause`, `resume`, `stats`, `limits`, and
-`cancel`/`retry` with filters) as subprocesses against a real server process of their own."""
+`cancel`/`retry` with filters) as subprocesses against the real app, served on a socket by
+uvicorn on a thread of the test process (tests/inproc.py's `served_app`): the command is the
+process under test, not the server."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Server
 from tests.helpers import finished, submit, wait_until
+from tests.inproc import ServedApp
 from tests.test_cli_client import cli, ok_json, one_line
 
 pytestmark = pytest.mark.e2e
@@ -17,12 +19,12 @@ NOOP = "jobserver.examples.noop"
 
 
 @pytest.fixture(scope="module")
-def server(shared: Server) -> Server:
-    """One server process for the module's commands."""
-    return shared
+def server(shared_served: ServedApp) -> ServedApp:
+    """One app for the module's commands."""
+    return shared_served
 
 
-def test_pause_and_resume_a_task(server: Server) -> None:
+def test_pause_and_resume_a_task(server: ServedApp) -> None:
     c = server.client()
     assert ok_json(cli("--json", "pause", ADD, url=server.url)) == {"name": ADD, "paused": True}
     job_id = submit(c, ADD, {"a": 2, "b": 3})
@@ -34,7 +36,7 @@ def test_pause_and_resume_a_task(server: Server) -> None:
     assert unknown.returncode == 2 and "no task named 'no.such.task'" in one_line(unknown)
 
 
-def test_bulk_cancel_and_retry_with_filters(server: Server) -> None:
+def test_bulk_cancel_and_retry_with_filters(server: ServedApp) -> None:
     c = server.client()
     ids = [submit(c, NOOP, delay=3600) for _ in range(3)]
     assert ok_json(cli("--json", "cancel", "--task", NOOP, "--status", "pending", url=server.url)) == {
@@ -51,7 +53,7 @@ def test_bulk_cancel_and_retry_with_filters(server: Server) -> None:
     assert ok_json(cli("--json", "cancel", "--status", "waiting", url=server.url)) == {"count": 0}
 
 
-def test_schedules_and_stats(server: Server) -> None:
+def test_schedules_and_stats(server: ServedApp) -> None:
     c = server.client()
     r = c.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
     assert r.status_code in (200, 201)
@@ -68,7 +70,7 @@ def test_schedules_and_stats(server: Server) -> None:
     assert set(stats["counts"]) == {"pending", "running", "waiting", "completed", "failed", "cancelled"}
 
 
-def test_limits_shows_each_key_its_use_and_the_jobs_it_holds_back(server: Server, tmp_path: Path) -> None:
+def test_limits_shows_each_key_its_use_and_the_jobs_it_holds_back(server: ServedApp, tmp_path: Path) -> None:
     c = server.client()
     release = tmp_path / "release"
     args = {"path": str(tmp_path / "spans"), "model": "cli", "hold_s": 0, "release": str(release)}

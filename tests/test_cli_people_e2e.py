@@ -2,7 +2,9 @@
 a live progress line with the latest log line, Ctrl-C that leaves the job running, `logs`,
 `delete`, `webhooks`, `tasks [NAME]`, and exit codes that say how a job ended.
 
-Each runs `python -m jobserver ...` as a subprocess against a real server process.
+Each runs `python -m jobserver ...` as a subprocess against the real app, served on a socket by
+uvicorn on a thread of the test process (tests/inproc.py's `served_app`): the command is the
+process under test, not the server.
 TTY_COMPATIBLE=1 and TTY_INTERACTIVE=1 make rich draw its live line although stderr is a pipe here.
 """
 
@@ -22,8 +24,8 @@ from typing import IO
 import pytest
 
 from jobserver.client.sdk import Client
-from tests.e2e import Server
-from tests.helpers import REPO, default_config, free_port, wait_until
+from tests.helpers import REPO, wait_until
+from tests.inproc import ServedApp, served_app
 from tests.receiver import Receiver, Reply
 from tests.test_cli_client import cli, ok_json, one_line
 
@@ -35,9 +37,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture(scope="module")
-def server(shared: Server) -> Server:
-    """One server process for the module's commands."""
-    return shared
+def server(shared_served: ServedApp) -> ServedApp:
+    """One app for the module's commands."""
+    return shared_served
 
 
 STARTED: list[Running] = []
@@ -115,7 +117,7 @@ def chatty_args(tmp_path: Path, name: str) -> tuple[str, Path]:
 
 
 def test_submit_prints_the_id_at_once_then_a_live_line_with_progress_and_the_latest_log(
-    server: Server, tmp_path: Path
+    server: ServedApp, tmp_path: Path
 ) -> None:
     args, release = chatty_args(tmp_path, "release-follow")
     run = Running(server.url, "submit", CHATTY, "--args", args, "--follow")
@@ -131,7 +133,9 @@ def test_submit_prints_the_id_at_once_then_a_live_line_with_progress_and_the_lat
     assert "| line 1" in run.stderr()  # the live line carries the latest log line
 
 
-def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(server: Server, tmp_path: Path) -> None:
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(
+    server: ServedApp, tmp_path: Path
+) -> None:
     args, release = chatty_args(tmp_path, "release-interrupt")
     run = Running(server.url, f"--url={server.url}", "submit", CHATTY, "--args", args, "--follow")
     wait_until(lambda: "\n" in run.stdout(), WAIT_S, message="the id on stdout")
@@ -147,7 +151,7 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(server: Se
         assert c.wait(job_id, timeout=WAIT_S)["status"] == "completed"
 
 
-def test_logs_delete_and_exit_codes(server: Server, tmp_path: Path) -> None:
+def test_logs_delete_and_exit_codes(server: ServedApp, tmp_path: Path) -> None:
     args, release = chatty_args(tmp_path, "release-logs")
     job_id = ok_json(cli("--json", "submit", CHATTY, "--args", args, url=server.url))["id"]
     follow = Running(server.url, "logs", job_id, "--follow")
@@ -183,7 +187,7 @@ def test_logs_delete_and_exit_codes(server: Server, tmp_path: Path) -> None:
     assert failed.returncode == 1 and "failed" in failed.stderr
 
 
-def test_tables_one_line_per_task_and_a_task_schema(server: Server) -> None:
+def test_tables_one_line_per_task_and_a_task_schema(server: ServedApp) -> None:
     job_id = ok_json(cli("--json", "submit", ADD, "-a", "a=2", "-a", "b=3", "--wait", url=server.url))["id"]
     listed = cli("list", "--task", ADD, url=server.url)
     assert listed.returncode == 0
@@ -204,7 +208,7 @@ def test_tables_one_line_per_task_and_a_task_schema(server: Server) -> None:
     assert unknown.returncode == 2 and "no.such.task" in one_line(unknown)
 
 
-def test_webhooks_of_a_job(server: Server, receiver: Receiver) -> None:
+def test_webhooks_of_a_job(server: ServedApp, receiver: Receiver) -> None:
     receiver.script("/hook", Reply(200))
     job = ok_json(
         cli(
@@ -235,13 +239,8 @@ def test_webhooks_of_a_job(server: Server, receiver: Receiver) -> None:
 
 
 def test_a_missing_key_and_a_wrong_key_say_different_things(tmp_path: Path) -> None:
-    srv = Server(
-        tmp_path, {**default_config(tmp_path, free_port()), "auth": {"api_keys": ["k1"]}}, None
-    ).start()
-    try:
+    with served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as srv:
         missing = cli("tasks", url=srv.url)
         wrong = cli("tasks", "--api-key", "nope", url=srv.url)
         assert missing.returncode == wrong.returncode == 1
         assert "needs an API key" in one_line(missing) and "refused the API key" in one_line(wrong)
-    finally:
-        srv.stop()

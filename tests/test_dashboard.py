@@ -19,7 +19,6 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
 
-from tests.e2e import start_server
 from tests.inproc import ServedApp, served_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -397,8 +396,7 @@ def test_event_stream_resumes_with_last_event_id(
 
 
 def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
-    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
-    try:
+    with served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as srv:
         with srv.client(api_key="k1") as client:
             job = submit(client, SLEEP, {"seconds": 1})
         page.goto(srv.url)
@@ -422,8 +420,6 @@ def test_api_key_field_unlocks_the_page(tmp_path: Path, page: Page) -> None:
         page.reload()
         expect(row(page, job["id"])).to_be_visible()
         expect(page.locator("#auth-banner")).to_be_hidden()
-    finally:
-        srv.stop()
 
 
 def test_waiting_job_is_listed_and_a_signal_from_the_form_completes_it(

@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request,
 from tests import test_dashboard as dashboard
 from tests.e2e import start_server
 from tests.helpers import REPO, wait_until, write_config
-from tests.inproc import ServedApp
+from tests.inproc import ServedApp, served_app
 from tests.receiver import Receiver, Reply
 from tests.test_dashboard import ADD, FAIL, enter_api_key, log_entries, open_job, row, submit, wait_finished
 
@@ -322,8 +322,7 @@ def list_polls(page: Page, n: int) -> None:
 
 
 def test_rows_loaded_past_the_first_500_by_load_more_stay_current(tmp_path: Path, page: Page) -> None:
-    srv = start_server(tmp_path)
-    try:
+    with served_app(tmp_path) as srv:
         client = srv.client()
         started, release = tmp_path / "started", tmp_path / "release"
         blocker = submit(
@@ -361,8 +360,6 @@ def test_rows_loaded_past_the_first_500_by_load_more_stay_current(tmp_path: Path
         first = [u for u in asked if "cursor=" not in u]
         more = [u for u in asked if "cursor=" in u]
         assert first and more and len(more) <= len(first) + 1, asked
-    finally:
-        srv.stop()
 
 
 BIG = 2**60 + 1  # beyond 2**53: a JS number would round it to 1152921504606846976
@@ -595,8 +592,7 @@ def test_a_quick_double_ctrl_enter_submits_the_job_once(
 def test_an_api_key_is_trimmed_and_one_no_header_can_carry_is_refused_unsaved(
     tmp_path: Path, page: Page
 ) -> None:
-    srv = start_server(tmp_path, {"auth": {"api_keys": ["k1"]}})
-    try:
+    with served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as srv:
         job = submit(srv.client(), ADD, {"a": 1, "b": 2}, Authorization="Bearer k1")
         page.goto(srv.url)
         expect(page.locator("#auth-banner")).to_be_visible()
@@ -621,8 +617,6 @@ def test_an_api_key_is_trimmed_and_one_no_header_can_carry_is_refused_unsaved(
         expect(problem).to_be_hidden()
         page.reload()
         expect(row(page, job["id"])).to_be_visible()
-    finally:
-        srv.stop()
 
 
 def test_the_signal_name_is_reset_when_another_job_is_opened(

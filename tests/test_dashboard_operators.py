@@ -20,7 +20,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests import test_dashboard as dashboard
-from tests.e2e import start_server
 from tests.helpers import has_line, wait_until
 from tests.inproc import ServedApp, served_app
 from tests.receiver import Receiver, Reply
@@ -197,8 +196,7 @@ def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
 def test_why_pending_says_every_thread_is_busy_and_the_chart_keeps_cancelled_apart(
     tmp_path: Path, page: Page
 ) -> None:
-    srv = start_server(tmp_path, config={"workers": {"threads": 1}})
-    try:
+    with served_app(tmp_path, {"workers": {"threads": 1}}) as srv:
         with srv.client() as client:
             release = str(tmp_path / "release")
             holder = submit(client, BLOCK, {"started": str(tmp_path / "holder"), "release": release})["id"]
@@ -240,8 +238,6 @@ def test_why_pending_says_every_thread_is_busy_and_the_chart_keeps_cancelled_apa
             }"""
         )
         assert cancel not in (done, "", "none") and key == cancel, (done, cancel, key)
-    finally:
-        srv.stop()
 
 
 def test_progress_folds_into_the_bar_and_every_log_line_has_a_time(
@@ -299,8 +295,7 @@ def test_schedules_and_paused_tasks_with_pause_and_resume(tmp_path: Path, page: 
 
 
 def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, page: Page) -> None:
-    srv = start_server(tmp_path, config={"auth": {"api_keys": ["k1"]}})
-    try:
+    with served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as srv:
         page.goto(srv.url)
         expect(page.locator("#auth-banner")).to_have_attribute("data-reason", "missing")
         expect(page.locator("#auth-missing")).to_be_visible()
@@ -311,8 +306,6 @@ def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, 
         expect(page.locator("#auth-missing")).to_be_hidden()
         enter_api_key(page, "k1")
         expect(page.locator("#auth-banner")).to_be_hidden()
-    finally:
-        srv.stop()
 
 
 def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_holds(

@@ -14,7 +14,7 @@ import pytest
 
 from bench.soak import run_soak, violations
 from jobserver.storage.store import idempotency_lock_id
-from tests.e2e import Server
+from tests.e2e import Server, all_ready
 from tests.helpers import has_line, wait_until
 from tests.limits_check import busiest_window, max_overlap, spans
 from tests.test_postgres_e2e import node, submit
@@ -35,7 +35,8 @@ def done(c: httpx.Client, job_id: str, timeout: float = 60) -> dict:  # type: ig
 
 
 def test_no_limit_is_exceeded_across_three_nodes(tmp_path: Path, pg_url: str) -> None:
-    nodes = [node(tmp_path, n, pg_url) for n in "abc"]
+    nodes = [node(tmp_path, n, pg_url, wait=False) for n in "abc"]
+    all_ready(*nodes)
     clients = [n.client() for n in nodes]
     path, release = str(tmp_path / "spans"), tmp_path / "release"
     args = [{"path": path, "model": "ab"[i % 2], "hold_s": 0.05, "release": str(release)} for i in range(60)]
@@ -67,8 +68,9 @@ def test_no_limit_is_exceeded_across_three_nodes(tmp_path: Path, pg_url: str) ->
 
 
 def test_a_killed_nodes_slots_come_back_within_one_lease(tmp_path: Path, pg_url: str) -> None:
-    a = node(tmp_path, "a", pg_url, lease_seconds=LEASE_S)
-    b = node(tmp_path, "b", pg_url, lease_seconds=LEASE_S)
+    a = node(tmp_path, "a", pg_url, lease_seconds=LEASE_S, wait=False)
+    b = node(tmp_path, "b", pg_url, lease_seconds=LEASE_S, wait=False)
+    all_ready(a, b)
     path, release = str(tmp_path / "spans"), str(tmp_path / "release")
     for _ in range(3):
         submit(a.client(), HELD, {"path": path, "model": "k", "release": release, "hold_s": 0})
@@ -112,8 +114,9 @@ NOT_POLLED_S = 0.5
 
 
 def test_nodes_wake_each_other_at_once(tmp_path: Path, pg_url: str) -> None:
-    busy = node(tmp_path, "busy", pg_url, threads=1, **QUIET)
-    idle = node(tmp_path, "idle", pg_url, threads=2, **QUIET)
+    busy = node(tmp_path, "busy", pg_url, threads=1, wait=False, **QUIET)
+    idle = node(tmp_path, "idle", pg_url, threads=2, wait=False, **QUIET)
+    all_ready(busy, idle)
     cb, ci = busy.client(), idle.client()
     started, release = tmp_path / "started", tmp_path / "release"
     submit(cb, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
@@ -195,7 +198,8 @@ def _cancel_lags(tmp_path: Path, a: Server, b: Server) -> list[float]:
 
 
 def test_the_idempotency_in_flight_conflict_holds_across_nodes(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    a, b = node(tmp_path, "a", pg_url, wait=False), node(tmp_path, "b", pg_url, wait=False)
+    all_ready(a, b)
     body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
     # a submit with this key is in its transaction on some node: every node answers 409
     with psycopg.connect(pg_url) as conn:

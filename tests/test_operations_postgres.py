@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e import Server, start_server
+from tests.e2e import Server, all_ready, start_server
 from tests.helpers import finished, submit, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -19,10 +19,10 @@ ADD = "jobserver.examples.add"
 NOOP = "jobserver.examples.noop"
 
 
-def node(tmp_path: Path, name: str, url: str) -> Server:
+def node(tmp_path: Path, name: str, url: str, wait: bool = True) -> Server:
     d = tmp_path / name
     d.mkdir()
-    return start_server(d, config={"database": {"url": url}, "workers": {"poll_interval": 0.2}})
+    return start_server(d, config={"database": {"url": url}, "workers": {"poll_interval": 0.2}}, wait=wait)
 
 
 def schedule_keys(c: httpx.Client) -> list[str]:
@@ -31,7 +31,8 @@ def schedule_keys(c: httpx.Client) -> list[str]:
 
 
 def test_each_tick_is_one_job_while_two_nodes_race_for_it(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    a, b = node(tmp_path, "a", pg_url, wait=False), node(tmp_path, "b", pg_url, wait=False)
+    all_ready(a, b)
     ca, cb = a.client(), b.client()
     names = [f"s{i}" for i in range(20)]
     for name in names:
@@ -57,7 +58,8 @@ def test_each_tick_is_one_job_while_two_nodes_race_for_it(tmp_path: Path, pg_url
 
 
 def test_a_pause_on_one_node_holds_on_the_other(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    a, b = node(tmp_path, "a", pg_url, wait=False), node(tmp_path, "b", pg_url, wait=False)
+    all_ready(a, b)
     ca, cb = a.client(), b.client()
     assert ca.post(f"/tasks/{ADD}/pause").json()["paused"] is True
     assert {t["name"]: t["paused"] for t in cb.get("/tasks").json()["tasks"]}[ADD] is True
@@ -71,7 +73,8 @@ def test_a_pause_on_one_node_holds_on_the_other(tmp_path: Path, pg_url: str) -> 
 
 
 def test_stats_count_the_jobs_of_both_nodes(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    a, b = node(tmp_path, "a", pg_url, wait=False), node(tmp_path, "b", pg_url, wait=False)
+    all_ready(a, b)
     ca, cb = a.client(), b.client()
     ids = [submit(c, ADD, {"a": 1, "b": 1}) for c in (ca, cb) for _ in range(15)]
     for job_id in ids:

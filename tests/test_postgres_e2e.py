@@ -10,16 +10,17 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e import Server, start_server
+from tests.e2e import Server, all_ready, start_server
 from tests.helpers import has_line, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
-def node(tmp_path: Path, name: str, url: str, **workers: object) -> Server:
+def node(tmp_path: Path, name: str, url: str, *, wait: bool = True, **workers: object) -> Server:
     d = tmp_path / name
     d.mkdir()
-    return start_server(d, config={"database": {"url": url}, "workers": {"lease_seconds": 2, **workers}})
+    config = {"database": {"url": url}, "workers": {"lease_seconds": 2, **workers}}
+    return start_server(d, config=config, wait=wait)
 
 
 def submit(c: httpx.Client, task: str, args: dict) -> str:
@@ -29,7 +30,8 @@ def submit(c: httpx.Client, task: str, args: dict) -> str:
 
 
 def test_two_nodes_share_the_work(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url)
+    a, b = node(tmp_path, "a", pg_url, wait=False), node(tmp_path, "b", pg_url, wait=False)
+    all_ready(a, b)
     ca, cb = a.client(), b.client()
     marks = tmp_path / "marks"
     ids = [
@@ -73,7 +75,8 @@ def test_cancel_on_one_node_stops_the_attempt_on_another(tmp_path: Path, pg_url:
 
 
 def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_url: str) -> None:
-    a, b = node(tmp_path, "a", pg_url), node(tmp_path, "b", pg_url, threads=1)
+    a, b = node(tmp_path, "a", pg_url, wait=False), node(tmp_path, "b", pg_url, threads=1, wait=False)
+    all_ready(a, b)
     started, release = tmp_path / "started", tmp_path / "release"
     job_id = submit(
         a.client(), "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
@@ -101,7 +104,11 @@ def test_waits_and_streams_see_changes_made_on_another_node(tmp_path: Path, pg_u
 def test_workflows_across_nodes_signal_sleep_and_gather(tmp_path: Path, pg_url: str) -> None:
     # A lease long enough not to lapse on a loaded machine: a rescued attempt would count,
     # and this test asserts that a resume after a signal, a sleep or a gather does not.
-    a, b = node(tmp_path, "a", pg_url, lease_seconds=30), node(tmp_path, "b", pg_url, lease_seconds=30)
+    a, b = (
+        node(tmp_path, "a", pg_url, lease_seconds=30, wait=False),
+        node(tmp_path, "b", pg_url, lease_seconds=30, wait=False),
+    )
+    all_ready(a, b)
     ca, cb = a.client(), b.client()
     marks = tmp_path / "marks"
     waiting = submit(ca, "tests.e2e_tasks.approval", {"path": str(marks)})

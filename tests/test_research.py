@@ -69,7 +69,8 @@ class Site:
 
         self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # polled every 50 ms, not the default 0.5 s: shutdown() waits for the next poll
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()

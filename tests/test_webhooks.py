@@ -332,7 +332,8 @@ def test_delivery_to_a_real_receiver(secret: str) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polled every 50 ms: shutdown() waits for the next poll (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         port = server.server_address[1]

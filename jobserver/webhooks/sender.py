@@ -201,7 +201,8 @@ class WebhookSender:
         self.rng = rng or random.Random()
         self.lease_s = settings.timeout + LEASE_MARGIN_S
         self._owns_client = client is None
-        self.client = client or httpx.Client(trust_env=False, follow_redirects=False, verify=_tls_context())
+        self._client = client
+        self._client_lock = threading.Lock()
         self.on_attempt = on_attempt  # called with "delivered" | "retrying" | "failed"
         self.tracing = tracing
         self._lock = threading.Lock()
@@ -210,6 +211,15 @@ class WebhookSender:
         self._wake = wake or threading.Event()  # set by the outbox after a commit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="jobserver-webhooks", daemon=True)
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client, made at the first attempt: a server that sends no webhook never loads
+        the CA bundle or httpx's transport (httpcore), tens of milliseconds of every start."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(trust_env=False, follow_redirects=False, verify=_tls_context())
+            return self._client
 
     # ----------------------------------------------------------------- reads
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
@@ -466,5 +476,6 @@ class WebhookSender:
         with self._lock:
             self._idle.wait_for(lambda: not self._inflight, timeout=STOP_GRACE_S)
             idle = not self._inflight
-        if self._owns_client and idle:
-            self.client.close()
+        with self._client_lock:
+            if self._owns_client and idle and self._client is not None:
+                self._client.close()
