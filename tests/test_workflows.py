@@ -128,10 +128,14 @@ def test_early_signal_is_kept_and_timeout_returns_none(app: RunningApp) -> None:
     assert c.post(f"/jobs/{job_id}/signals/approve", json="yes").status_code == 202
     assert status_of(app, job_id)["status"] == "pending"
     job_id2 = submit(c, "tests.e2e_tasks.approval", {"path": str(marks), "timeout": 0.2})
-    job = wait_until(lambda: waiting(app, job_id2), message="the job to wait")
-    assert job["waiting_for"]["until"] is not None
     done = finished(c, job_id2)
     assert done["result"] == {"answer": None, "attempt": 1}
+    # it did park until its timeout (read from its stored events: the wait lasts 0.2 s)
+    with Client(http_client=c) as sdk:
+        parked = [
+            e.data for e in sdk.events(job_id2) if e.event == "status" and e.data["status"] == "waiting"
+        ]
+    assert [p["waiting_for"]["name"] for p in parked] == ["approve"] and parked[0]["waiting_for"]["until"]
     # a signal after the timeout changes nothing: the job is finished
     assert c.post(f"/jobs/{job_id2}/signals/approve", json="late").status_code == 409
 
