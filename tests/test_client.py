@@ -18,6 +18,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from jobserver.client.protocol import events_request
 from jobserver.client.sdk import Client, ClientError, Event, Job, UnauthorizedError, parse_sse
 from jobserver.client.transport import Connection, EventResumer
 from jobserver.core.errors import (
@@ -28,6 +29,7 @@ from jobserver.core.errors import (
     JobNotFoundError,
     JobNotRetryableError,
     JobServerError,
+    ServerUnavailableError,
     SignalConflictError,
     TaskNotFoundError,
     WaitTimeoutError,
@@ -355,6 +357,23 @@ def test_an_event_stream_that_ends_empty_once_is_asked_again_before_it_counts_as
     done.request()
     done.seen(Event("9", "status", {"status": "completed"}))
     assert done.over()
+
+
+def test_a_watch_reconnects_for_its_window_only_once_it_has_had_events() -> None:
+    """A watch that has had events rides a restart (the window); one that never reached the
+    server fails as any request does, after the client's retries."""
+    refused = httpx.ConnectError("refused")
+    request = events_request("job-1", None)
+    never = EventResumer(Connection("http://127.0.0.1:1", None, 5, 0), "job-1", None, True, 30.0)
+    with pytest.raises(ServerUnavailableError):
+        never.dropped(request, refused)
+    watching = EventResumer(Connection("http://127.0.0.1:1", None, 5, 0), "job-1", None, True, 30.0)
+    watching.seen(Event("3", "status", {"status": "waiting"}))
+    pauses = [watching.dropped(request, refused) for _ in range(8)]
+    assert pauses[:4] == [0.1, 0.2, 0.4, 0.8] and max(pauses) == 1.0  # doubling, at most 1 s apart
+    over = EventResumer(Connection("http://127.0.0.1:1", None, 5, 0), "job-1", "3", True, 0.0)
+    with pytest.raises(ServerUnavailableError):
+        over.dropped(request, refused)  # no window: the client's retries alone
 
 
 def test_a_keyed_submit_waits_for_the_first_request_with_its_key_and_gets_its_job(app: RunningApp) -> None:

@@ -10,6 +10,7 @@ the real one, so a request that "was handled but whose answer was lost" really q
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -281,3 +282,23 @@ def test_more_open_streams_than_httpx_pools_by_default_all_connect(tmp_path: Pat
 
     with served_app(tmp_path) as served:
         asyncio.run(body())
+
+
+# a closed loop never closes its sockets: the ones its pool kept are closed when collected
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_client_made_outside_any_loop_serves_one_asyncio_run_after_another(tmp_path: Path) -> None:
+    """A module-level client in a script that calls `asyncio.run` more than once: the first
+    loop's pooled connections die with it, so the next loop must not be handed them."""
+    with served_app(tmp_path) as served:
+        client = AsyncClient(served.url)
+
+        async def add_and_wait(c: AsyncClient) -> Any:
+            job = await c.submit(ADD, {"a": 1, "b": 2})
+            return (await c.wait(job["id"], timeout=30))["result"]
+
+        assert asyncio.run(add_and_wait(client)) == 3
+        assert asyncio.run(add_and_wait(client)) == 3  # on a new loop
+        assert asyncio.run(add_and_wait(client)) == 3
+        asyncio.run(client.aclose())
+        del client
+        gc.collect()  # here, under this test's filter, not in whichever test runs next

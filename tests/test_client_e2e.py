@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+from jobserver.client.protocol import Event
 from jobserver.client.sdk import Client
 from jobserver.core.errors import DrainingError
 from tests.e2e import start_server
@@ -40,5 +42,37 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
             assert c.get(job["id"])["status"] == "running"  # reads still work while draining
             release.touch()
         assert srv.wait_exit(WAIT_S) == 0
+    finally:
+        srv.stop()
+
+
+def test_a_watch_outlives_a_restart_and_resumes_without_a_gap_or_a_repeat(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    seen: list[Event] = []
+    failed: list[BaseException] = []
+    try:
+        # no resends: only the watch's own reconnect window can carry it over the restart
+        with Client(srv.url, retries=0) as c:
+            job = c.submit("tests.e2e_tasks.wait_named", {"name": "go"})
+
+            def watch() -> None:
+                try:
+                    seen.extend(c.events(job["id"]))
+                except BaseException as exc:  # the test reads it below
+                    failed.append(exc)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            wait_until(lambda: c.get(job["id"])["status"] == "waiting", WAIT_S, message="the job to wait")
+            srv.terminate()  # the drain ends the stream; the watch meets a 503, then a closed port
+            assert srv.wait_exit(WAIT_S) == 0
+            srv.restart()
+            c.signal(job["id"], "go", {"ok": True})
+            watcher.join(WAIT_S)
+        assert not watcher.is_alive() and not failed, failed
+        ids = [int(e.id or 0) for e in seen]
+        assert ids == sorted(set(ids)), ids  # resumed after the last event seen: none repeated
+        statuses = [e.data["status"] for e in seen if e.event == "status"]
+        assert statuses[0] == "pending" and "waiting" in statuses and statuses[-1] == "completed", statuses
     finally:
         srv.stop()

@@ -22,7 +22,14 @@ import httpx
 
 from jobserver.client import protocol
 from jobserver.client.protocol import Event, Exchange, Job, Request, error_for
-from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, HTTP_LIMITS, Connection, EventResumer
+from jobserver.client.transport import (
+    DEFAULT_RECONNECT_FOR_S,
+    DEFAULT_RETRIES,
+    DEFAULT_URL,
+    HTTP_LIMITS,
+    Connection,
+    EventResumer,
+)
 from jobserver.core.errors import DrainingError
 
 T = TypeVar("T")
@@ -50,19 +57,35 @@ class AsyncClient:
         self._conn = Connection(url, api_key, timeout, retries)
         self.url, self.api_key, self.timeout_s = self._conn.url, api_key, self._conn.timeout_s
         self._owns_http = http_client is None
-        if http_client is None:
-            http_client = httpx.AsyncClient(
-                base_url=self.url, timeout=self.timeout_s, transport=transport, limits=HTTP_LIMITS
-            )
-        self._http = http_client
-        self._prefix = "" if str(http_client.base_url) else self.url
+        self._transport = transport
+        self._own_http_loop: asyncio.AbstractEventLoop | None = None
+        self._http = self._new_http() if http_client is None else http_client
+        self._prefix = "" if str(self._http.base_url) else self.url
 
     # ------------------------------------------------------------ plumbing
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout_s, transport=self._transport, limits=HTTP_LIMITS
+        )
+
+    def _loop_http(self) -> httpx.AsyncClient:
+        """The httpx client for the running event loop. Pooled connections belong to the loop
+        that opened them, so a client made at module level and used by one `asyncio.run`
+        after another gets a fresh pool of its own on each new loop (the old loop, closed,
+        took its sockets with it); an `http_client` passed in is the caller's to manage."""
+        if self._owns_http:
+            loop = asyncio.get_running_loop()
+            if self._own_http_loop is None:
+                self._own_http_loop = loop
+            elif self._own_http_loop is not loop:
+                self._http, self._own_http_loop = self._new_http(), loop
+        return self._http
+
     async def _send(self, req: Request) -> httpx.Response:
         failures, waited_s = 0, 0.0
         while True:
             try:
-                response = await self._http.request(
+                response = await self._loop_http().request(
                     req.method,
                     self._prefix + req.path,
                     timeout=self._conn.timeout(req),
@@ -269,15 +292,22 @@ class AsyncClient:
                 return
 
     async def events(
-        self, job_id: str, last_event_id: str | int | None = None, *, follow: bool = True
+        self,
+        job_id: str,
+        last_event_id: str | int | None = None,
+        *,
+        follow: bool = True,
+        reconnect_for: float = DEFAULT_RECONNECT_FOR_S,
     ) -> AsyncIterator[Event]:
         """The job's events (stored ones first, then live) until its terminal `status` event.
 
         A dropped connection is resumed with `Last-Event-ID`, so no event is lost or repeated;
         pass the last `Event.id` seen to resume a stream of your own. `follow=False` gives the
-        stored events only, without waiting for more.
+        stored events only, without waiting for more. A server that drains, stops and starts
+        again is waited for: reconnecting goes on for `reconnect_for` seconds from the first
+        failed try (and the client's `retries` after that) before ServerUnavailableError.
         """
-        resumer = EventResumer(self._conn, job_id, last_event_id, follow)
+        resumer = EventResumer(self._conn, job_id, last_event_id, follow, reconnect_for)
         while True:
             req = resumer.request()
             try:
@@ -292,7 +322,9 @@ class AsyncClient:
     async def _stream(self, req: Request, resumer: EventResumer) -> AsyncIterator[Event]:
         url = self._prefix + req.path
         kwargs = self._conn.kwargs(req)
-        async with self._http.stream("GET", url, timeout=self._conn.stream_timeout(), **kwargs) as response:
+        async with self._loop_http().stream(
+            "GET", url, timeout=self._conn.stream_timeout(), **kwargs
+        ) as response:
             if not response.is_success:
                 await response.aread()
                 raise error_for(response, req.call)
@@ -307,7 +339,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close the connection pool (not an `http_client` that was passed in)."""
         if self._owns_http:
-            await self._http.aclose()
+            await self._loop_http().aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

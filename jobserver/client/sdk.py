@@ -60,7 +60,14 @@ from jobserver.client.protocol import (
     error_for,
     parse_sse,
 )
-from jobserver.client.transport import DEFAULT_RETRIES, DEFAULT_URL, HTTP_LIMITS, Connection, EventResumer
+from jobserver.client.transport import (
+    DEFAULT_RECONNECT_FOR_S,
+    DEFAULT_RETRIES,
+    DEFAULT_URL,
+    HTTP_LIMITS,
+    Connection,
+    EventResumer,
+)
 from jobserver.core.errors import DrainingError
 
 __all__ = [
@@ -254,15 +261,22 @@ class Client:
         return self._run(protocol.limits())
 
     def events(
-        self, job_id: str, last_event_id: str | int | None = None, *, follow: bool = True
+        self,
+        job_id: str,
+        last_event_id: str | int | None = None,
+        *,
+        follow: bool = True,
+        reconnect_for: float = DEFAULT_RECONNECT_FOR_S,
     ) -> Iterator[Event]:
         """The job's events (stored ones first, then live) until its terminal `status` event.
 
         A dropped connection is resumed with `Last-Event-ID`, so no event is lost or repeated;
         pass the last `Event.id` seen to resume a stream of your own. `follow=False` gives the
-        stored events only, without waiting for more.
+        stored events only, without waiting for more. A server that drains, stops and starts
+        again is waited for: reconnecting goes on for `reconnect_for` seconds from the first
+        failed try (and the client's `retries` after that) before ServerUnavailableError.
         """
-        resumer = EventResumer(self._conn, job_id, last_event_id, follow)
+        resumer = EventResumer(self._conn, job_id, last_event_id, follow, reconnect_for)
         while True:
             req = resumer.request()
             try:

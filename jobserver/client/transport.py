@@ -10,6 +10,7 @@ an outage. Every transport failure that is given up on becomes `ServerUnavailabl
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -27,6 +28,8 @@ from jobserver.core.errors import DrainingError, InvalidRequestError, ServerUnav
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRIES = 3
+# how long an events() watch keeps reconnecting: a restart drains, stops and starts again
+DEFAULT_RECONNECT_FOR_S = 30.0
 FIRST_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 1.0
 # a server sends a keepalive comment every 15 s on an idle event stream
@@ -149,12 +152,21 @@ class EventResumer:
     the next connection then learns that it drains (503) or is gone.
     """
 
-    def __init__(self, connection: Connection, job_id: str, last_event_id: str | int | None, follow: bool):
+    def __init__(
+        self,
+        connection: Connection,
+        job_id: str,
+        last_event_id: str | int | None,
+        follow: bool,
+        reconnect_for: float = DEFAULT_RECONNECT_FOR_S,
+    ):
         self._connection = connection
         self._job_id = job_id
         self._follow = follow
+        self._reconnect_for = max(0.0, float(reconnect_for))
         self.last_event_id = None if last_event_id is None else str(last_event_id)
         self._failures = 0
+        self._first_failure_at = 0.0
         self._got_any = False
         self._empty_in_a_row = 0
         self._ended = False
@@ -174,9 +186,17 @@ class EventResumer:
 
     def dropped(self, req: Request, exc: httpx.TransportError | DrainingError) -> float:
         """The pause before reconnecting after a dropped connection or a draining server's 503
-        (its streams end, then it refuses new ones until it stops); raises
-        ServerUnavailableError once out of retries, as for a server that cannot be reached."""
+        (its streams end, then it refuses new ones until it stops). A watch that has had
+        events outlives a restart: it keeps trying for `reconnect_for` seconds from the first
+        failure in a row, then as many times as the client's `retries`, and then raises
+        ServerUnavailableError, as at once for a server that was never reached."""
         self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1:
+            self._first_failure_at = now
+        left_s = self._first_failure_at + self._reconnect_for - now
+        if left_s > 0 and self.last_event_id is not None:
+            return min(_backoff_s(self._failures), left_s)
         if not isinstance(exc, DrainingError):
             return self._connection.retry_delay_s(req, self._failures, exc)
         if self._failures > self._connection.retries:
