@@ -7,13 +7,21 @@ end-to-end no-op jobs, submit throughput and latency), alternating systems over
 `rounds` rounds so a drift of the machine hits every system alike, and the
 table of ratios. A ratio is "how many times better jobserver is": peer time ÷
 jobserver time for latencies, jobserver rate ÷ peer rate for throughputs.
+
+Each system's CPU is counted over its submit and end-to-end figures: every
+process it started and their children (Celery's prefork workers), plus Redis's
+own for Celery. CPU per job, with the cores the load generator leaves, bounds
+the rate any spreading of the same work over the cores could reach; the table
+prints that bound beside the measured rate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -45,7 +53,59 @@ ROWS: list[tuple[str, str, bool, str]] = [
     ("e2e.jobs_per_s", "end to end jobs/s", True, ">= 1.0x BackgroundTasks"),
     ("pickup.warm_p50_ms", "pickup p50 ms", False, "<= 1 ms"),
     ("pickup.warm_p99_ms", "pickup p99 ms", False, "<= 3 ms"),
+    ("submit.cpu_us", "CPU per submit µs", False, ""),
+    ("submit.cores", "cores used while submitting", False, ""),
+    ("e2e.cpu_us", "CPU per job end to end µs", False, ""),
 ]
+CPU_FIGURES = {"submit", "end-to-end"}
+NOT_COMPARED = {"submit.cores"}  # a share of the machine, neither better nor worse
+
+
+def _tree_cpu_s(roots: set[int]) -> float:
+    """CPU seconds (user + system) used so far by `roots` and every live process below them."""
+    parent_and_cpu: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while /proc was read
+            continue
+        parent_and_cpu[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    ticks, members = 0, set(roots)
+    for pid in sorted(parent_and_cpu):  # a child's pid may be lower than its parent's: walk up instead
+        walk = pid
+        while walk > 1 and walk not in members:
+            walk = parent_and_cpu.get(walk, (0, 0))[0]
+        if walk in members:
+            members.add(pid)
+            ticks += parent_and_cpu[pid][1]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_cpu_s() -> float:
+    """CPU seconds the Redis server has used so far (its own INFO)."""
+    import redis
+
+    info = redis.Redis.from_url(REDIS_URL).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _system_cpu_s(system: str, procs: list[ServerProcess]) -> float:
+    """CPU seconds a system under test has used so far, Redis included for Celery."""
+    roots = {p.proc.pid for p in procs if p.proc is not None}
+    own = await asyncio.to_thread(_tree_cpu_s, roots)
+    return own + (await asyncio.to_thread(_redis_cpu_s) if system == "celery" else 0.0)
+
+
+def _cpu_figures(name: str, plan: Plan, got: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, Any]:
+    """CPU per job, from the CPU a figure's run used and its own rate or job count."""
+    if name == "submit":
+        cores = cpu_s / wall_s
+        rps = got.get("submit.rps")
+        return {"submit.cores": cores, "submit.cpu_us": cores / rps * 1e6 if rps else None}
+    done = plan.e2e_jobs - (got.get("e2e.not_completed") or 0)
+    return {"e2e.cpu_us": cpu_s / done * 1e6 if done else None}
 
 
 async def _start_peer(name: str, workdir: Path) -> list[ServerProcess]:
@@ -90,7 +150,12 @@ async def _measure(plan: Plan, system: str, workdir: Path, log: Callable[[str], 
     try:
         for name, figure in FIGURES:
             log(f"{NAMES[system]}: {name}")
-            values |= await figure(bench)
+            cpu0, t0 = await _system_cpu_s(system, procs), time.perf_counter()
+            got = await figure(bench)
+            cpu1, t1 = await _system_cpu_s(system, procs), time.perf_counter()
+            values |= got
+            if name in CPU_FIGURES:
+                values |= _cpu_figures(name, plan, got, cpu1 - cpu0, t1 - t0)
     finally:
         for proc in procs:
             await proc.stop(20)
@@ -121,7 +186,7 @@ async def run_peers(
             per_round[system].append(got)
             values |= {f"{system}.r{r + 1}.{k}": v for k, v in got.items()}
     for system, runs in per_round.items():
-        for key, *_ in ROWS:
+        for key in [k for k, *_ in ROWS] + ["submit.client_cpu"]:
             samples = [run[key] for run in runs if run.get(key) is not None]
             values[f"{system}.{key}"] = statistics.median(samples) if samples else None
     return values, errors
@@ -143,12 +208,25 @@ def ratio(values: dict[str, Any], key: str, higher_better: bool, peer: str) -> f
 
 def met(values: dict[str, Any], key: str, higher_better: bool, target: str) -> bool | None:
     """Whether the same run shows the target met."""
+    if not target:
+        return None
     if target.startswith(">= 1.0x"):
         r = ratio(values, key, higher_better, "background_tasks")
         return None if r is None else r >= 1.0
     bound = float(target.split()[1])
     ours = values.get(f"jobserver.{key}")
     return None if ours is None else ours <= bound
+
+
+def cpu_bound(values: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(cores left by the load generator, the submit rate they would give at jobserver's CPU per submit,
+    that rate as a ratio to BackgroundTasks' measured one), or None when a figure is missing."""
+    cpu_us, client = values.get("jobserver.submit.cpu_us"), values.get("jobserver.submit.client_cpu")
+    peer_rps, cpus = values.get("background_tasks.submit.rps"), os.cpu_count()
+    if not cpu_us or client is None or not peer_rps or not cpus:
+        return None
+    left = cpus - client
+    return left, left / cpu_us * 1e6, left / cpu_us * 1e6 / peer_rps
 
 
 def table(values: dict[str, Any], errors: dict[str, str]) -> str:
@@ -158,12 +236,20 @@ def table(values: dict[str, Any], errors: dict[str, str]) -> str:
     for key, label, higher, target in ROWS:
         cells = [label, *(_fmt(values.get(f"{s}.{key}")) for s in SYSTEMS)]
         for peer in ("background_tasks", "celery"):
-            r = ratio(values, key, higher, peer)
-            cells.append("n/a" if r is None else f"{r:.2f}x")
+            r = None if key in NOT_COMPARED else ratio(values, key, higher, peer)
+            cells.append("" if key in NOT_COMPARED else "n/a" if r is None else f"{r:.2f}x")
         ok = met(values, key, higher, target)
-        cells += [target, "n/a" if ok is None else ("yes" if ok else "NO")]
+        cells += [target, "" if not target else "n/a" if ok is None else ("yes" if ok else "NO")]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    bound = cpu_bound(values)
+    if bound is not None:
+        left, rps, versus = bound
+        lines.append(
+            f"CPU bound on submits: the load generator left {left:.2f} of {os.cpu_count()} cores; at jobserver's "
+            f"CPU per submit, even every one of them busy would give {rps:,.0f} req/s, {versus:.2f}x BackgroundTasks."
+        )
+        lines.append("")
     lines.append(f"medians of {values.get('peers.rounds')} rounds, systems alternating; per round:")
     for system in SYSTEMS:
         rounds = sorted({k.split(".")[1] for k in values if k.startswith(f"{system}.r")})
