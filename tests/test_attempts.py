@@ -7,9 +7,12 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jobserver.core.records import Claim
+from jobserver.core.tracing import NO_TRACING, AttemptTrace
 from tests.helpers import blocked_in_read, finished, has_line, read_events, submit, wait_until
 from tests.inproc import RunningApp, running_app
 
@@ -263,3 +266,50 @@ def test_resume_after_the_last_event_closes_at_once(app: RunningApp) -> None:
     events = read_events(c, job_id)
     assert events[-1][2]["status"] == "completed"
     assert read_events(c, job_id, last_event_id=events[-1][0], timeout=5) == []
+
+
+class HeldAtStart:
+    """Tracing that holds a worker inside the start of a chosen task's attempt: after its claim
+    committed and left the ready queue, before the attempt is on record as running."""
+
+    enabled = False
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def request(self, name: str, headers: Any) -> Any:
+        return NO_TRACING.request(name, headers)
+
+    def carrier(self) -> str | None:
+        return None
+
+    def attempt(self, claim: Claim) -> AttemptTrace:
+        if claim.task == self.task:
+            self.held.set()
+            assert self.release.wait(30), "the test never released the attempt"
+        return NO_TRACING.attempt(claim)
+
+    def delivery(self, name: str, trace_context: str | None) -> Any:
+        return NO_TRACING.delivery(name, trace_context)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_cancel_between_the_claim_and_the_start_stops_the_attempt(tmp_path: Path) -> None:
+    """A cancel committed once a worker took the job, but before its attempt was on record as
+    running, must still stop it: it used to be lost, and the job ran to `completed`."""
+    held = HeldAtStart("tests.e2e_tasks.record")
+    with running_app(tmp_path, tracing=held) as app:
+        c = app.client
+        ran = tmp_path / "ran"
+        job_id = submit(c, "tests.e2e_tasks.record", {"path": str(ran), "value": "ran"})
+        assert held.held.wait(30), "no worker started the job"
+        r = c.post(f"/jobs/{job_id}/cancel")
+        assert r.status_code == 202 and r.json()["cancel_requested"], r.text
+        held.release.set()
+        job = finished(c, job_id, 10)
+        assert job["status"] == "cancelled", job
+        assert not ran.exists()  # stopped before its first line

@@ -114,8 +114,28 @@ def test_ready_queue() -> None:
     s = slots()
     c = Claim("j", Q, "{}", 1, 1, 1, None, 0.0)
     s.push_ready([c])
-    assert s.is_ready("j") and s.ready_count() == 1
-    assert s.pop_ready() is c and s.pop_ready() is None
+    assert s.ready_count() == 1
+    assert s.pop_ready() is c and s.pop_ready() is None and s.ready_count() == 0
+
+
+def test_a_job_is_claimed_here_from_its_claim_until_it_starts_or_goes_back() -> None:
+    """What a cancel asks: is this job claimed here and not started yet (its start then stops it)?"""
+    s = slots(threads=2)
+    tx = FakeTx()
+    assert s.accept(tx, [("a", Q), ("b", Q)]) == ["a", "b"]
+    assert s.is_claimed("a") and s.is_claimed("b") and not s.is_claimed("c")
+    s.claim_settled("a")  # started (or put back)
+    assert not s.is_claimed("a") and s.is_claimed("b")
+    for hook in tx.undo:  # the claim rolled back: nothing of it is claimed
+        hook()
+    assert not s.is_claimed("b")
+    held = FakeTx()
+    assert s.accept(held, [("d", Q)]) == ["d"]
+    s.give_back(held, [("d", Q)])  # a limit held it back after all
+    assert not s.is_claimed("d")
+    for hook in held.undo:  # that claim rolled back after all: still not claimed, no slot held
+        hook()
+    assert not s.is_claimed("d") and s.capacity_for(Q).free == 2
 
 
 def test_a_freed_async_slot_signals_async_work_and_a_sync_one_does_not() -> None:

@@ -165,7 +165,7 @@ class JobCommands:
         end is reported once); any other job's end told to the observers now."""
         self.hub.publish(rec.id)
         if rec.status == Status.RUNNING:
-            self.executor.request_stop(rec.id, "cancel", claimed_ahead=self.dispatcher.slots.is_ready(rec.id))
+            self.executor.request_stop(rec.id, "cancel")
         else:
             for observer in self.observers:
                 observer.cancelled(rec)

@@ -148,7 +148,7 @@ class Executor:
         Returns False when this thread was abandoned (stuck) and must exit."""
         taskdef = self.registry.find(claim.task)
         if taskdef is None:  # claims only take known tasks; a reload could still drop one
-            self.finish(self._attempt(claim, False), Outcome.released(started=False))
+            self._put_back(claim)
             return True
         attempt = self._attempt(claim, taskdef.is_async, traced=True)
         if claim.timeout_s is not None:
@@ -156,6 +156,7 @@ class Executor:
         with self._lock:
             self._running[claim.job_id] = attempt
             stop = self._stop_before_start.pop(claim.job_id, None)
+            self.slots.claim_settled(claim.job_id)  # a stop asked from now on finds it running
         if stop is not None:
             attempt.request_stop(stop)
         if taskdef.is_async:
@@ -360,19 +361,25 @@ class Executor:
         """Put back jobs claimed for this process that never started (shutdown)."""
         futures = []
         for claim in claims:
-            future = self.finish(
-                self._attempt(claim, self.slots.is_async(claim.task)), Outcome.released(False)
-            )
+            future = self._put_back(claim)
             if future is not None:
                 futures.append(future)
         return futures
 
+    def _put_back(self, claim: Claim) -> WriteFuture[JobRecord] | None:
+        """Record a claimed job as never started (pending again)."""
+        with self._lock:
+            self._stop_before_start.pop(claim.job_id, None)
+            self.slots.claim_settled(claim.job_id)
+        return self.finish(self._attempt(claim, self.slots.is_async(claim.task)), Outcome.released(False))
+
     # -------------------------------------------------------------- controls
-    def request_stop(self, job_id: str, reason: StopReason, claimed_ahead: bool = False) -> None:
-        """Stop the local attempt of a job, if this process runs it (or has claimed it)."""
+    def request_stop(self, job_id: str, reason: StopReason) -> None:
+        """Stop the local attempt of a job, if this process runs it, or has claimed it and not
+        started it yet (then its start stops it)."""
         with self._lock:
             attempt = self._running.get(job_id)
-            if attempt is None and claimed_ahead:
+            if attempt is None and self.slots.is_claimed(job_id):
                 self._stop_before_start[job_id] = reason
         if attempt is not None:
             attempt.request_stop(reason)

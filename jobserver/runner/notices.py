@@ -31,8 +31,7 @@ class Notices:
             elif kind == "c":
                 self.hub.publish(job_id)
             elif kind == "x":
-                slots = self.dispatcher.slots
-                self.executor.request_stop(job_id, "cancel", claimed_ahead=slots.is_ready(job_id))
+                self.executor.request_stop(job_id, "cancel")
         if due:
             self.job_due()
 

@@ -61,6 +61,10 @@ class Slots:
         self._async = 0
         self._run_s: dict[str, float] = {}  # moving average of each sync task's run time
         self._ready: deque[Claim] = deque()  # claimed for idle worker threads, not started yet
+        # every job claimed for this process and not started yet, from inside its claim's
+        # transaction on: a cancel committed after that claim finds it here, wherever it is
+        # between the commit and the start, and the start then stops it
+        self._claimed: set[str] = set()
         self._unknown_seen = False  # a candidate's task is unknown here: claims name the known tasks
         self._paused = paused  # the paused tasks, as the claim transaction sees them
 
@@ -138,6 +142,7 @@ class Slots:
                         extra += 1
                     budget -= cost
                 self._add(task, is_async, +1)
+                self._claimed.add(job_id)
                 taken.append((job_id, task))
         tx.on_rollback(lambda: self._give_back(taken))
         return [job_id for job_id, _ in taken]
@@ -149,6 +154,8 @@ class Slots:
             self._sync += n
 
     def _give_back(self, taken: list[tuple[str, str]]) -> None:
+        with self._lock:
+            self._claimed.difference_update(job_id for job_id, _ in taken)
         for _, task in taken:
             self.release(task)
 
@@ -157,14 +164,25 @@ class Slots:
         (a limit held them back); a rollback of the claim reserves them again, for the claim's
         own rollback hook to give back once."""
         with self._lock:
-            for _, task in taken:
+            for job_id, task in taken:
                 self._add(task, self.is_async(task), -1)
+                self._claimed.discard(job_id)
         tx.on_rollback(lambda: self._reserve_again(taken))
 
     def _reserve_again(self, taken: list[tuple[str, str]]) -> None:
-        with self._lock:
+        with self._lock:  # counts only: the claim's own rollback hook gives them back, ids and all
             for _, task in taken:
                 self._add(task, self.is_async(task), +1)
+
+    def is_claimed(self, job_id: str) -> bool:
+        """Whether the job is claimed for this process and has not started (nor been put back)."""
+        with self._lock:
+            return job_id in self._claimed
+
+    def claim_settled(self, job_id: str) -> None:
+        """The job claimed here started, or was put back: it no longer waits to start."""
+        with self._lock:
+            self._claimed.discard(job_id)
 
     def release(self, task: str) -> None:
         """A job of `task` stopped running (or was never started): free its slot."""
@@ -197,7 +215,3 @@ class Slots:
 
     def ready_count(self) -> int:
         return len(self._ready)
-
-    def is_ready(self, job_id: str) -> bool:
-        with self._lock:
-            return any(c.job_id == job_id for c in self._ready)
