@@ -24,6 +24,7 @@ from typing import IO
 import pytest
 
 from jobserver.client.sdk import Client
+from tests.e2e import start_server
 from tests.helpers import REPO, wait_until
 from tests.inproc import ServedApp, served_app
 from tests.receiver import Receiver, Reply
@@ -244,3 +245,24 @@ def test_a_missing_key_and_a_wrong_key_say_different_things(tmp_path: Path) -> N
         wrong = cli("tasks", "--api-key", "nope", url=srv.url)
         assert missing.returncode == wrong.returncode == 1
         assert "needs an API key" in one_line(missing) and "refused the API key" in one_line(wrong)
+
+
+def test_wait_and_logs_follow_ride_over_a_server_restart(tmp_path: Path) -> None:
+    """A watch in a terminal must not end with "cannot reach" because the server restarted
+    under it (a deploy): it waits for the server to be back and goes on."""
+    srv = start_server(tmp_path)
+    with Client(srv.url) as c:
+        job_id = c.submit("tests.e2e_tasks.wait_named", {"name": "go"})["id"]
+        wait_until(lambda: c.get(job_id)["status"] == "waiting", WAIT_S, message="the job to wait")
+    waiting = Running(srv.url, "wait", job_id)
+    following = Running(srv.url, "logs", job_id, "--follow")
+    # the live line is drawn once the job was read: the watch is under way
+    wait_until(lambda: "waiting" in waiting.stderr(), WAIT_S, message="the live line")
+    srv.terminate()
+    assert srv.wait_exit(WAIT_S) == 0
+    srv.restart()
+    with Client(srv.url) as c:
+        c.signal(job_id, "go", {"ok": True})
+    assert waiting.finish() == 0, waiting.stderr()
+    assert "completed" in waiting.stdout(), waiting.stdout()
+    assert following.finish() == 0, following.stderr()

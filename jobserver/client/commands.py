@@ -33,6 +33,7 @@ from rich.live import Live
 
 from jobserver.client import render
 from jobserver.client.sdk import DEFAULT_URL, Client, ClientError
+from jobserver.client.transport import DEFAULT_RECONNECT_FOR_S
 from jobserver.core.bounds import MAX_LIMIT, MAX_WAIT_S
 from jobserver.core.errors import (
     IdempotencyMismatchError,
@@ -303,7 +304,7 @@ def watch(
                 remaining = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
                 if remaining <= 0:
                     raise WaitTimeoutError(job, float(timeout or 0))
-                job = client.get(job_id, wait=round(min(remaining, float(MAX_WAIT_S)), 3))
+                job = _read_through_restart(client, job_id, round(min(remaining, float(MAX_WAIT_S)), 3))
     except KeyboardInterrupt:
         state = f"is still {job['status']}" if job else "goes on"
         output.note(
@@ -313,6 +314,22 @@ def watch(
         return EXIT_INTERRUPTED
     output.show(job, render.job_table(job))
     return _ended_code(job, output)
+
+
+def _read_through_restart(client: Client, job_id: str, wait_s: float) -> dict[str, Any]:
+    """The job, read with `wait`. A server that goes away while it is watched (a restart: it
+    drains, stops and starts again) is waited for, as `events()` waits for it, with doubling
+    pauses for up to DEFAULT_RECONNECT_FOR_S; a server never reached fails at the first read."""
+    give_up_at = time.monotonic() + DEFAULT_RECONNECT_FOR_S
+    pause_s = 0.1
+    while True:
+        try:
+            return client.get(job_id, wait=wait_s)
+        except ServerUnavailableError:
+            if time.monotonic() + pause_s >= give_up_at:
+                raise
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 1.0)
 
 
 def _log_line(data: Mapping[str, Any]) -> str:
