@@ -35,6 +35,18 @@ def fail_then_succeed(ctx: JobContext, path: str, failures: int) -> int:
     return ctx.attempt
 
 
+@task(max_attempts=3, backoff=(0.05, 0.1))
+def wraps_every_error(started: str) -> None:
+    """Marks each start, then waits; whatever stops it comes out as an error of its own, as
+    from task code that wraps all it meets (`except BaseException`): a cancel among them."""
+    _mark(started, "started")
+    try:
+        while True:
+            time.sleep(0.01)
+    except BaseException as exc:
+        raise RuntimeError(f"stopped by {type(exc).__name__}") from exc
+
+
 @task(max_attempts=5, retry_on=(KeyError,), backoff=(0.01, 0.02))
 def only_keyerror_retried(ctx: JobContext, exc: str) -> None:
     raise KeyError("k") if exc == "key" else ValueError("v")

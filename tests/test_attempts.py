@@ -313,3 +313,16 @@ def test_a_cancel_between_the_claim_and_the_start_stops_the_attempt(tmp_path: Pa
         job = finished(c, job_id, 10)
         assert job["status"] == "cancelled", job
         assert not ran.exists()  # stopped before its first line
+
+
+def test_a_cancelled_attempt_that_fails_its_own_way_is_not_retried(app: RunningApp, tmp_path: Path) -> None:
+    """The cancel reached the task, which raised an error of its own (or failed on its own just
+    as the cancel came): a retry would run a job its user cancelled."""
+    c = app.client
+    started = tmp_path / "started"
+    job_id = submit(c, "tests.e2e_tasks.wraps_every_error", {"started": str(started)})
+    wait_until(lambda: has_line(started), message="the job to start")
+    assert c.post(f"/jobs/{job_id}/cancel").json()["cancel_requested"]
+    job = finished(c, job_id, 10)
+    assert job["status"] == "cancelled" and job["attempts"] == 1, job
+    assert started.read_text().splitlines() == ["started"]  # never run again

@@ -186,7 +186,8 @@ def cancelled_error() -> ErrorInfo:
 
 
 def cancelled_instead(t: Transition) -> Transition:
-    """A park that finds a cancel asked meanwhile (on another node) ends the job cancelled."""
+    """A run that would park its job, retry it or put it back, and finds a cancel asked while it
+    ran (one the task did not stop for, or raised its own error at), ends the job cancelled."""
     return Transition(
         t.job_id, t.run_seq, Ending.CANCELLED, Status.CANCELLED, t.at,
         error=cancelled_error(),

@@ -713,6 +713,8 @@ class JobStore:
         """One fenced UPDATE: it changes the row only while the attempt `t.run_seq` still runs."""
         if t.status == Status.WAITING:
             return self._park(tx, t)
+        if t.status == Status.PENDING and self._cancel_asked(tx, t):
+            return self._apply(tx, cancelled_instead(t))  # no retry, no put-back: it was cancelled
         sets = ["status = ?", "lease_owner = NULL", "lease_expires_at = NULL"]
         params: list[Any] = [
             waiting_status(t.run_at, t.at) if t.status == Status.PENDING and t.run_at else t.status
@@ -749,6 +751,18 @@ class JobStore:
             self._finished(tx, rec, t.at)
         return rec
 
+    def _cancel_asked(self, tx: Tx, t: Transition) -> bool:
+        """Whether a cancel was asked while the attempt ran (on this node or another): a run that
+        ends by waiting again or by going back to pending then ends cancelled instead."""
+        row = tx.one(
+            "SELECT cancel_requested FROM jobs WHERE id = ? AND run_seq = ? AND status = 'running'"
+            + self._for_update,  # PostgreSQL: a cancel from another node waits for this outcome
+            (t.job_id, t.run_seq),
+        )
+        if row is None:
+            raise StaleAttemptError(t.job_id, t.run_seq)
+        return bool(row[0])
+
     def _park(self, tx: Tx, t: Transition) -> JobRecord:
         """A run parks its job: waiting (no lease, no slot) until its wait is over, or pending
         at once when it already is (the signal came, the awaited jobs finished meanwhile)."""
@@ -757,13 +771,7 @@ class JobStore:
         if park.kind == WaitKind.CHILDREN and self.pg:
             for chunk in _chunks(park.job_ids):  # an awaited job that ends now waits for this commit
                 tx.all(f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) FOR SHARE", chunk)
-        row = tx.one(
-            "SELECT cancel_requested FROM jobs WHERE id = ? AND run_seq = ? AND status = 'running'",
-            (t.job_id, t.run_seq),
-        )
-        if row is None:
-            raise StaleAttemptError(t.job_id, t.run_seq)
-        if row[0]:
+        if self._cancel_asked(tx, t):
             return self._apply(tx, cancelled_instead(t))
         rec = _returning(
             tx,
