@@ -276,6 +276,13 @@ def wait_named(ctx: JobContext, name: str) -> Any:
 
 
 @task
+def logs_then_waits(ctx: JobContext, name: str) -> Any:
+    """Logs a line, then waits for the signal `name`; its payload."""
+    ctx.log(f"waiting for {name}")
+    return ctx.wait_for(name)
+
+
+@task
 async def async_approval(ctx: JobContext, path: str, timeout: float | None = None) -> dict[str, Any]:
     await ctx.step("draft", _side_effect, path, 1)
     answer = await ctx.wait_for("approve", timeout=timeout)

@@ -252,12 +252,13 @@ def test_wait_and_logs_follow_ride_over_a_server_restart(tmp_path: Path) -> None
     under it (a deploy): it waits for the server to be back and goes on."""
     srv = start_server(tmp_path)
     with Client(srv.url) as c:
-        job_id = c.submit("tests.e2e_tasks.wait_named", {"name": "go"})["id"]
+        job_id = c.submit("tests.e2e_tasks.logs_then_waits", {"name": "go"})["id"]
         wait_until(lambda: c.get(job_id)["status"] == "waiting", WAIT_S, message="the job to wait")
     waiting = Running(srv.url, "wait", job_id)
     following = Running(srv.url, "logs", job_id, "--follow")
-    # the live line is drawn once the job was read: the watch is under way
+    # both watches are under way: the live line is drawn, the job's log line printed
     wait_until(lambda: "waiting" in waiting.stderr(), WAIT_S, message="the live line")
+    wait_until(lambda: "waiting for go" in following.stdout(), WAIT_S, message="the log line")
     srv.terminate()
     assert srv.wait_exit(WAIT_S) == 0
     srv.restart()
@@ -266,3 +267,5 @@ def test_wait_and_logs_follow_ride_over_a_server_restart(tmp_path: Path) -> None
     assert waiting.finish() == 0, waiting.stderr()
     assert "completed" in waiting.stdout(), waiting.stdout()
     assert following.finish() == 0, following.stderr()
+    lines = following.stdout().splitlines()  # the run before the signal and the resumed run each log once
+    assert len(lines) == len(set(lines)) == 2, lines  # resumed after the last line seen: none printed twice

@@ -57,13 +57,18 @@ def test_a_watch_outlives_a_restart_and_resumes_without_a_gap_or_a_repeat(tmp_pa
 
             def watch() -> None:
                 try:
-                    seen.extend(c.events(job["id"]))
+                    for event in c.events(job["id"]):
+                        seen.append(event)  # one at a time: the test reads them as they come
                 except BaseException as exc:  # the test reads it below
                     failed.append(exc)
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            wait_until(lambda: c.get(job["id"])["status"] == "waiting", WAIT_S, message="the job to wait")
+            wait_until(
+                lambda: any(e.event == "status" and e.data["status"] == "waiting" for e in list(seen)),
+                WAIT_S,
+                message="the watch to see the job wait",
+            )
             srv.terminate()  # the drain ends the stream; the watch meets a 503, then a closed port
             assert srv.wait_exit(WAIT_S) == 0
             srv.restart()
