@@ -303,9 +303,10 @@ class AsyncClient:
 
         A dropped connection is resumed with `Last-Event-ID`, so no event is lost or repeated;
         pass the last `Event.id` seen to resume a stream of your own. `follow=False` gives the
-        stored events only, without waiting for more. A server that drains, stops and starts
-        again is waited for: reconnecting goes on for `reconnect_for` seconds from the first
-        failed try (and the client's `retries` after that) before ServerUnavailableError.
+        stored events only, without waiting for more. Once it has had an event, a server that
+        drains, stops and starts again is waited for: reconnecting goes on for `reconnect_for`
+        seconds from the first failed try (and the client's `retries` after that) before
+        ServerUnavailableError.
         """
         resumer = EventResumer(self._conn, job_id, last_event_id, follow, reconnect_for)
         while True:
