@@ -18,7 +18,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from jobserver.client.protocol import events_request
+from jobserver.client.protocol import Call, events_request, request
 from jobserver.client.sdk import Client, ClientError, Event, Job, UnauthorizedError, parse_sse
 from jobserver.client.transport import Connection, EventResumer
 from jobserver.core.errors import (
@@ -374,6 +374,23 @@ def test_a_watch_reconnects_for_its_window_only_once_it_has_had_events() -> None
     over = EventResumer(Connection("http://127.0.0.1:1", None, 5, 0), "job-1", "3", True, 0.0)
     with pytest.raises(ServerUnavailableError):
         over.dropped(request, refused)  # no window: the client's retries alone
+
+
+def test_a_wait_poll_is_sent_again_through_a_restart_once_the_server_has_answered() -> None:
+    """wait()'s polls ride a restart, within their window; a client that never reached the
+    server, and any other request, fail after the client's retries (none here)."""
+    conn = Connection("http://127.0.0.1:1", None, 5, 0)
+    refused = httpx.ConnectError("refused")
+    poll = request("GET", "/jobs/j", Call("get", "j"), reconnect_for_s=30.0)
+    with pytest.raises(ServerUnavailableError):
+        conn.retry_delay_s(poll, 1, refused, 0.0)  # never reached: a wrong URL, not a restart
+    conn.checked(httpx.Response(200, json={}), Call("get", "j"))
+    assert conn.retry_delay_s(poll, 1, refused, 0.0) == 0.1
+    assert conn.retry_delay_s(poll, 9, refused, 29.5) == 0.5  # no pause past the window
+    with pytest.raises(ServerUnavailableError):
+        conn.retry_delay_s(poll, 40, refused, 30.0)
+    with pytest.raises(ServerUnavailableError):
+        conn.retry_delay_s(request("GET", "/jobs/j", Call("get", "j")), 1, refused, 0.0)
 
 
 def test_a_keyed_submit_waits_for_the_first_request_with_its_key_and_gets_its_job(app: RunningApp) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from jobserver.client.protocol import Event
@@ -46,13 +47,30 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_a_watch_outlives_a_restart_and_resumes_without_a_gap_or_a_repeat(tmp_path: Path) -> None:
+class CountingTransport(httpx.HTTPTransport):
+    """Counts the connections refused: a closed port, while the server is down."""
+
+    refused = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.ConnectError:
+            self.refused += 1
+            raise
+
+
+def test_a_watch_and_a_wait_outlive_a_restart(tmp_path: Path) -> None:
+    """events() resumes without a gap or a repeat; wait() keeps polling until the server is back."""
     srv = start_server(tmp_path)
     seen: list[Event] = []
+    waited: list[dict] = []
     failed: list[BaseException] = []
+    transport = CountingTransport()
     try:
-        # no resends: only the watch's own reconnect window can carry it over the restart
-        with Client(srv.url, retries=0) as c:
+        # no resends: only the watches' own reconnect window can carry them over the restart
+        http = httpx.Client(base_url=srv.url, transport=transport, timeout=30)
+        with http, Client(srv.url, http_client=http, retries=0) as c:
             job = c.submit("tests.e2e_tasks.wait_named", {"name": "go"})
 
             def watch() -> None:
@@ -60,6 +78,12 @@ def test_a_watch_outlives_a_restart_and_resumes_without_a_gap_or_a_repeat(tmp_pa
                     for event in c.events(job["id"]):
                         seen.append(event)  # one at a time: the test reads them as they come
                 except BaseException as exc:  # the test reads it below
+                    failed.append(exc)
+
+            def wait() -> None:
+                try:
+                    waited.append(c.wait(job["id"], timeout=WAIT_S * 2))
+                except BaseException as exc:
                     failed.append(exc)
 
             watcher = threading.Thread(target=watch, daemon=True)
@@ -71,13 +95,18 @@ def test_a_watch_outlives_a_restart_and_resumes_without_a_gap_or_a_repeat(tmp_pa
             )
             srv.terminate()  # the drain ends the stream; the watch meets a 503, then a closed port
             assert srv.wait_exit(WAIT_S) == 0
+            waiter = threading.Thread(target=wait, daemon=True)
+            waiter.start()  # while the server is down: its polls are refused until it is back
+            wait_until(lambda: transport.refused >= 2, WAIT_S, message="the polls to be refused")
             srv.restart()
             c.signal(job["id"], "go", {"ok": True})
             watcher.join(WAIT_S)
-        assert not watcher.is_alive() and not failed, failed
+            waiter.join(WAIT_S)
+        assert not watcher.is_alive() and not waiter.is_alive() and not failed, failed
         ids = [int(e.id or 0) for e in seen]
         assert ids == sorted(set(ids)), ids  # resumed after the last event seen: none repeated
         statuses = [e.data["status"] for e in seen if e.event == "status"]
         assert statuses[0] == "pending" and "waiting" in statuses and statuses[-1] == "completed", statuses
+        assert waited[0]["status"] == "completed" and waited[0]["result"] == {"ok": True}, waited
     finally:
         srv.stop()

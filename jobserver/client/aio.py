@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,9 +22,8 @@ from typing import Any, TypeVar
 import httpx
 
 from jobserver.client import protocol
-from jobserver.client.protocol import Event, Exchange, Job, Request, error_for
+from jobserver.client.protocol import DEFAULT_RECONNECT_FOR_S, Event, Exchange, Job, Request, error_for
 from jobserver.client.transport import (
-    DEFAULT_RECONNECT_FOR_S,
     DEFAULT_RETRIES,
     DEFAULT_URL,
     HTTP_LIMITS,
@@ -82,7 +82,7 @@ class AsyncClient:
         return self._http
 
     async def _send(self, req: Request) -> httpx.Response:
-        failures, waited_s = 0, 0.0
+        failures, waited_s, failing_since = 0, 0.0, 0.0
         while True:
             try:
                 response = await self._loop_http().request(
@@ -93,7 +93,11 @@ class AsyncClient:
                 )
             except httpx.TransportError as exc:
                 failures += 1
-                await asyncio.sleep(self._conn.retry_delay_s(req, failures, exc))
+                if failures == 1:
+                    failing_since = time.monotonic()
+                await asyncio.sleep(
+                    self._conn.retry_delay_s(req, failures, exc, time.monotonic() - failing_since)
+                )
                 continue
             wait_s = self._conn.in_flight_wait_s(req, response, waited_s)
             if wait_s is not None:

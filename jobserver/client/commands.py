@@ -32,8 +32,8 @@ from typing import Any, NoReturn
 from rich.live import Live
 
 from jobserver.client import render
+from jobserver.client.protocol import DEFAULT_RECONNECT_FOR_S
 from jobserver.client.sdk import DEFAULT_URL, Client, ClientError
-from jobserver.client.transport import DEFAULT_RECONNECT_FOR_S
 from jobserver.core.bounds import MAX_LIMIT, MAX_WAIT_S
 from jobserver.core.errors import (
     IdempotencyMismatchError,
@@ -318,8 +318,9 @@ def watch(
 
 def _read_through_restart(client: Client, job_id: str, wait_s: float) -> dict[str, Any]:
     """The job, read with `wait`. A server that goes away while it is watched (a restart: it
-    drains, stops and starts again) is waited for, as `events()` waits for it, with doubling
-    pauses for up to DEFAULT_RECONNECT_FOR_S; a server never reached fails at the first read."""
+    drains, stops and starts again) is waited for, as the SDK's `wait()` and `events()` wait for
+    it, with doubling pauses for up to DEFAULT_RECONNECT_FOR_S. The SDK's own window is bounded
+    by each call's timeout, which here is the live line's poll interval: hence this loop."""
     give_up_at = time.monotonic() + DEFAULT_RECONNECT_FOR_S
     pause_s = 0.1
     while True:

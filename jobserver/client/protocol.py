@@ -46,6 +46,9 @@ from jobserver.core.lifecycle import FINISHED
 
 T = TypeVar("T")
 JOB_ID = re.compile(ID_PATTERN)
+# how long a watch (events(), wait()) that has reached the server keeps trying when it goes
+# away: a restart drains, stops and starts again
+DEFAULT_RECONNECT_FOR_S = 30.0
 
 
 class ClientError(JobServerError):
@@ -107,6 +110,8 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     read_timeout_s: float | None = None
     retry_safe: bool = False
+    # a watch's later polls: sent again for this long after failures in a row (a restart)
+    reconnect_for_s: float = 0.0
 
 
 def request(
@@ -120,6 +125,7 @@ def request(
     read_timeout_s: float | None = None,
     retry_safe: bool | None = None,
     has_body: bool | None = None,
+    reconnect_for_s: float = 0.0,
 ) -> Request:
     """A Request; GETs are safe to retry unless told otherwise. A `json` of None sends no body,
     unless `has_body` says that None is the body (JSON `null`)."""
@@ -133,6 +139,7 @@ def request(
         headers=headers or {},
         read_timeout_s=read_timeout_s,
         retry_safe=method == "GET" if retry_safe is None else retry_safe,
+        reconnect_for_s=reconnect_for_s,
     )
 
 
@@ -380,13 +387,25 @@ def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
     return job
 
 
-def get(job_id: str, wait: float | None, timeout_s: float) -> Exchange[dict[str, Any]]:
+def get(
+    job_id: str, wait: float | None, timeout_s: float, reconnect_for_s: float = 0.0
+) -> Exchange[dict[str, Any]]:
     """GET /jobs/{id}, held up to `wait` seconds until the job is finished."""
     _check_seconds(wait, "wait")
     params = {"wait": wait} if wait is not None else None
     read = timeout_s + wait if wait else None
+    call = Call("get", job_id)
     return _dict(
-        (yield request("GET", job_path(job_id), Call("get", job_id), params=params, read_timeout_s=read))
+        (
+            yield request(
+                "GET",
+                job_path(job_id),
+                call,
+                params=params,
+                read_timeout_s=read,
+                reconnect_for_s=reconnect_for_s,
+            )
+        )
     )
 
 
@@ -399,12 +418,15 @@ def _check_seconds(value: float | None, what: str) -> None:
 def wait(
     job_id: str, timeout: float | None, timeout_s: float, clock: Callable[[], float] = time.monotonic
 ) -> Exchange[dict[str, Any]]:
-    """Long-polls until the job is finished; WaitTimeoutError once `timeout` seconds passed."""
+    """Long-polls until the job is finished; WaitTimeoutError once `timeout` seconds passed.
+    A server that restarts meanwhile is waited for, within the timeout (a client that never
+    reached it fails at once: see `Connection.retry_delay_s`)."""
     _check_seconds(timeout, "timeout")
     deadline = None if timeout is None else clock() + timeout
     while True:
         remaining = MAX_WAIT_S if deadline is None else max(0.0, deadline - clock())
-        job = yield from get(job_id, round(min(float(MAX_WAIT_S), remaining), 3), timeout_s)
+        patience = DEFAULT_RECONNECT_FOR_S if deadline is None else min(DEFAULT_RECONNECT_FOR_S, remaining)
+        job = yield from get(job_id, round(min(float(MAX_WAIT_S), remaining), 3), timeout_s, patience)
         if job["status"] in FINISHED:
             return job
         if deadline is not None and clock() >= deadline:

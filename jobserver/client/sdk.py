@@ -51,6 +51,7 @@ import httpx
 from jobserver.client import protocol
 from jobserver.client.aio import AsyncClient
 from jobserver.client.protocol import (
+    DEFAULT_RECONNECT_FOR_S,
     ClientError,
     Event,
     Exchange,
@@ -61,7 +62,6 @@ from jobserver.client.protocol import (
     parse_sse,
 )
 from jobserver.client.transport import (
-    DEFAULT_RECONNECT_FOR_S,
     DEFAULT_RETRIES,
     DEFAULT_URL,
     HTTP_LIMITS,
@@ -116,7 +116,7 @@ class Client:
 
     # ------------------------------------------------------------ plumbing
     def _send(self, req: Request) -> httpx.Response:
-        failures, waited_s = 0, 0.0
+        failures, waited_s, failing_since = 0, 0.0, 0.0
         while True:
             try:
                 response = self._http.request(
@@ -127,7 +127,9 @@ class Client:
                 )
             except httpx.TransportError as exc:
                 failures += 1
-                time.sleep(self._conn.retry_delay_s(req, failures, exc))
+                if failures == 1:
+                    failing_since = time.monotonic()
+                time.sleep(self._conn.retry_delay_s(req, failures, exc, time.monotonic() - failing_since))
                 continue
             wait_s = self._conn.in_flight_wait_s(req, response, waited_s)
             if wait_s is not None:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from jobserver.client.protocol import (
+    DEFAULT_RECONNECT_FOR_S,
     Call,
     ClientError,
     Event,
@@ -28,8 +29,6 @@ from jobserver.core.errors import DrainingError, InvalidRequestError, ServerUnav
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RETRIES = 3
-# how long an events() watch keeps reconnecting: a restart drains, stops and starts again
-DEFAULT_RECONNECT_FOR_S = 30.0
 FIRST_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 1.0
 # a server sends a keepalive comment every 15 s on an idle event stream
@@ -54,6 +53,7 @@ class Connection:
         self.api_key = api_key
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
+        self.reached = False  # the server has answered this client: a later outage is a restart
         self.headers()  # a key no header can carry is refused now, not at the first call
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -95,6 +95,7 @@ class Connection:
     def checked(self, response: httpx.Response, call: Call) -> httpx.Response:
         """The response of a successful call; the call's exception for any other answer, and a
         ClientError for a success that is not JSON (the URL names some other server)."""
+        self.reached = True
         if not response.is_success:
             raise error_for(response, call)
         ctype = response.headers.get("content-type", "")
@@ -121,11 +122,19 @@ class Connection:
             return None
         return min(MAX_RETRY_DELAY_S, max(FIRST_RETRY_DELAY_S / 2, waited_s), self.timeout_s - waited_s)
 
-    def retry_delay_s(self, req: Request, failures: int, exc: httpx.TransportError) -> float:
-        """The pause before sending again after `failures` failures; raises when it must not.
+    def retry_delay_s(
+        self, req: Request, failures: int, exc: httpx.TransportError, failing_for_s: float = 0.0
+    ) -> float:
+        """The pause before sending again after `failures` failures in a row, the first of them
+        `failing_for_s` ago; raises when it must not.
 
         A request is sent again when sending it twice cannot do anything twice, or when it was
-        never sent: a connection that could not be made carried nothing."""
+        never sent: a connection that could not be made carried nothing. A watch's poll of a
+        server that answered this client before is sent again for its `reconnect_for_s` (the
+        server restarts); otherwise the client's `retries` bound the resends."""
+        left_s = req.reconnect_for_s - failing_for_s
+        if req.retry_safe and self.reached and left_s > 0:
+            return min(_backoff_s(failures), left_s)
         never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
         if not (req.retry_safe or never_sent) or failures > self.retries:
             raise self.unavailable(exc) from exc
