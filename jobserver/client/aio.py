@@ -160,7 +160,10 @@ class AsyncClient:
         return await self._run(protocol.get(job_id, wait, self.timeout_s))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the job is finished (the job); WaitTimeoutError after `timeout` seconds (None: no limit)."""
+        """Block until the job is finished (the job); WaitTimeoutError after `timeout` seconds (None: no limit).
+
+        Once this client has had an answer from the server, a restart of the server meanwhile
+        is waited for (up to 30 s of refused polls, within `timeout`)."""
         return await self._run(protocol.wait(job_id, timeout, self.timeout_s))
 
     async def list(

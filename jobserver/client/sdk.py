@@ -32,7 +32,9 @@ problem document) raises `ClientError`. Each of these carries `status_code`, `pr
 reached or stops answering raises `ServerUnavailableError` (the httpx error is its
 `__cause__`; for an event stream refused by a server shutting down, its DrainingError),
 after a few short retries where sending twice is safe: GETs, submits
-with an Idempotency-Key, and any request whose connection could not be made. `wait(id, timeout=...)` raises `WaitTimeoutError` (with the job
+with an Idempotency-Key, and any request whose connection could not be made. The watches
+(`events()`, `wait()`) of a server that answered before try for longer: a restart drains,
+stops and starts it again. `wait(id, timeout=...)` raises `WaitTimeoutError` (with the job
 as last read in `.job`) when the job is not finished in time.
 
 Owns nothing but HTTP.
@@ -192,7 +194,10 @@ class Client:
         return self._run(protocol.get(job_id, wait, self.timeout_s))
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the job is finished (the job); WaitTimeoutError after `timeout` seconds (None: no limit)."""
+        """Block until the job is finished (the job); WaitTimeoutError after `timeout` seconds (None: no limit).
+
+        Once this client has had an answer from the server, a restart of the server meanwhile
+        is waited for (up to 30 s of refused polls, within `timeout`)."""
         return self._run(protocol.wait(job_id, timeout, self.timeout_s))
 
     def list(
