@@ -34,6 +34,7 @@ from rich.live import Live
 from jobserver.client import render
 from jobserver.client.protocol import DEFAULT_RECONNECT_FOR_S
 from jobserver.client.sdk import DEFAULT_URL, Client, ClientError
+from jobserver.client.transport import reconnect_pause_s
 from jobserver.core.bounds import MAX_LIMIT, MAX_WAIT_S
 from jobserver.core.errors import (
     IdempotencyMismatchError,
@@ -321,16 +322,18 @@ def _read_through_restart(client: Client, job_id: str, wait_s: float) -> dict[st
     drains, stops and starts again) is waited for, as the SDK's `wait()` and `events()` wait for
     it, with doubling pauses for up to DEFAULT_RECONNECT_FOR_S. The SDK's own window is bounded
     by each call's timeout, which here is the live line's poll interval: hence this loop."""
-    give_up_at = time.monotonic() + DEFAULT_RECONNECT_FOR_S
-    pause_s = 0.1
+    failures, failing_since = 0, 0.0
     while True:
         try:
             return client.get(job_id, wait=wait_s)
         except ServerUnavailableError:
-            if time.monotonic() + pause_s >= give_up_at:
+            failures += 1
+            if failures == 1:
+                failing_since = time.monotonic()
+            pause_s = reconnect_pause_s(failures, DEFAULT_RECONNECT_FOR_S, time.monotonic() - failing_since)
+            if pause_s is None:
                 raise
             time.sleep(pause_s)
-            pause_s = min(pause_s * 2, 1.0)
 
 
 def _log_line(data: Mapping[str, Any]) -> str:

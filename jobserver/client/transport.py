@@ -132,9 +132,9 @@ class Connection:
         never sent: a connection that could not be made carried nothing. A watch's poll of a
         server that answered this client before is sent again for its `reconnect_for_s` (the
         server restarts); otherwise the client's `retries` bound the resends."""
-        left_s = req.reconnect_for_s - failing_for_s
-        if req.retry_safe and self.reached and left_s > 0:
-            return min(_backoff_s(failures), left_s)
+        pause_s = reconnect_pause_s(failures, req.reconnect_for_s, failing_for_s)
+        if req.retry_safe and self.reached and pause_s is not None:
+            return pause_s
         never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
         if not (req.retry_safe or never_sent) or failures > self.retries:
             raise self.unavailable(exc) from exc
@@ -144,6 +144,13 @@ class Connection:
         """The error for a transport failure, naming the server and what went wrong."""
         reason = str(exc) or type(exc).__name__
         return ServerUnavailableError(self.url, f"{type(exc).__name__}: {reason}")
+
+
+def reconnect_pause_s(failures: int, window_s: float, failing_for_s: float) -> float | None:
+    """The pause before the next try of a watch that rides a restart, `failures` failures in a
+    row and `failing_for_s` seconds into its reconnect window; None once the window is spent."""
+    left_s = window_s - failing_for_s
+    return min(_backoff_s(failures), left_s) if left_s > 0 else None
 
 
 def _backoff_s(failures: int) -> float:
@@ -203,9 +210,9 @@ class EventResumer:
         now = time.monotonic()
         if self._failures == 1:
             self._first_failure_at = now
-        left_s = self._first_failure_at + self._reconnect_for - now
-        if left_s > 0 and self.last_event_id is not None:
-            return min(_backoff_s(self._failures), left_s)
+        pause_s = reconnect_pause_s(self._failures, self._reconnect_for, now - self._first_failure_at)
+        if pause_s is not None and self.last_event_id is not None:
+            return pause_s
         if not isinstance(exc, DrainingError):
             return self._connection.retry_delay_s(req, self._failures, exc)
         if self._failures > self._connection.retries:
