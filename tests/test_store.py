@@ -11,6 +11,7 @@ import pytest
 from jobserver.core.errors import IdempotencyMismatchError, JobFinishedError, StaleAttemptError, StorageError
 from jobserver.core.lifecycle import Outcome, Park, WaitKind
 from jobserver.core.records import Claim, HandOff, JobIds, NewJob
+from jobserver.core.tasks import TaskOptions
 from jobserver.storage.store import JobStore
 from tests.storage import claim_one, crash_decider, end_attempt, open_store, rescued_records
 
@@ -250,3 +251,19 @@ def test_a_database_a_newer_release_changed_is_refused_untouched(tmp_path: Path)
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == tables
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+
+
+@pytest.mark.parametrize("on_crash", ["retry", "fail"])
+def test_a_run_the_shutdown_cut_off_after_a_cancel_ends_cancelled(tmp_path: Path, on_crash: str) -> None:
+    """The shutdown stopped the attempt first, then a cancel came while it was being given up:
+    neither a put-back (on_crash="retry") nor an "Interrupted" failure (on_crash="fail") may
+    outlive a cancel its user asked for."""
+    with open_store(tmp_path) as store:
+        job_id = add(store, max_attempts=3)
+        running = claim(store, "w", NOW, 30)
+        assert running is not None
+        assert store.cancel(job_id, NOW + 1, lambda r: None).result(10).cancel_requested
+        options = TaskOptions(max_attempts=3, on_crash="fail" if on_crash == "fail" else "retry")
+        ended = end_attempt(store, running, Outcome.released(started=True), NOW + 2, options)
+        assert ended.status == "cancelled" and orjson.loads(ended.error or "{}")["type"] == "Cancelled", ended
+        assert claim(store, "w", NOW + 3, 30) is None

@@ -34,6 +34,7 @@ from jobserver.core.errors import (
 from jobserver.core.lifecycle import (
     FINISHED,
     AttemptFacts,
+    Ending,
     Park,
     Status,
     Transition,
@@ -713,8 +714,9 @@ class JobStore:
         """One fenced UPDATE: it changes the row only while the attempt `t.run_seq` still runs."""
         if t.status == Status.WAITING:
             return self._park(tx, t)
-        if t.status == Status.PENDING and self._cancel_asked(tx, t):
-            return self._apply(tx, cancelled_instead(t))  # no retry, no put-back: it was cancelled
+        # no retry, no put-back and no "Interrupted" failure: the run's user cancelled it
+        if (t.status == Status.PENDING or t.ending == Ending.RELEASED) and self._cancel_asked(tx, t):
+            return self._apply(tx, cancelled_instead(t))
         sets = ["status = ?", "lease_owner = NULL", "lease_expires_at = NULL"]
         params: list[Any] = [
             waiting_status(t.run_at, t.at) if t.status == Status.PENDING and t.run_at else t.status
