@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import threading
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -302,3 +304,43 @@ def test_a_client_made_outside_any_loop_serves_one_asyncio_run_after_another(tmp
         asyncio.run(client.aclose())
         del client
         gc.collect()  # here, under this test's filter, not in whichever test runs next
+
+
+def test_a_client_shared_by_two_threads_each_with_its_own_loop_serves_both_at_once(tmp_path: Path) -> None:
+    """Two threads, each running its own event loop at the same time, share one client: each
+    loop keeps a pool of its own, which its `aclose()` closes, rather than taking over the
+    other's and leaving connections that nobody closes."""
+    rounds = 5
+    both_in_a_call = threading.Barrier(2, timeout=WAIT_S)
+    results: dict[str, list[Any]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+    with served_app(tmp_path) as served:
+        shared = [AsyncClient(served.url)]
+
+        async def rounds_of_waits(client: AsyncClient, name: str, a: int) -> None:
+            for i in range(rounds):
+                job = await client.submit(ADD, {"a": a, "b": i})
+                waiting = asyncio.ensure_future(client.wait(job["id"], timeout=WAIT_S))
+                await asyncio.to_thread(both_in_a_call.wait)  # the other loop is in a call too
+                results[name].append((await waiting)["result"])
+            await client.aclose()
+
+        def thread(name: str, a: int) -> None:
+            try:
+                asyncio.run(rounds_of_waits(shared[0], name, a))
+            except BaseException as exc:
+                errors.append(exc)
+                both_in_a_call.abort()
+
+        threads = [threading.Thread(target=thread, args=(n, a)) for n, a in (("a", 100), ("b", 200))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT_S * 2)
+        assert not errors, errors
+        assert results == {"a": [100 + i for i in range(rounds)], "b": [200 + i for i in range(rounds)]}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            shared.clear()
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

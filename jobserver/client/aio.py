@@ -56,11 +56,10 @@ class AsyncClient:
     ) -> None:
         self._conn = Connection(url, api_key, timeout, retries)
         self.url, self.api_key, self.timeout_s = self._conn.url, api_key, self._conn.timeout_s
-        self._owns_http = http_client is None
         self._transport = transport
-        self._own_http_loop: asyncio.AbstractEventLoop | None = None
-        self._http = self._new_http() if http_client is None else http_client
-        self._prefix = "" if str(self._http.base_url) else self.url
+        self._given_http = http_client
+        self._pools: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._prefix = "" if http_client is None or str(http_client.base_url) else self.url
 
     # ------------------------------------------------------------ plumbing
     def _new_http(self) -> httpx.AsyncClient:
@@ -70,16 +69,19 @@ class AsyncClient:
 
     def _loop_http(self) -> httpx.AsyncClient:
         """The httpx client for the running event loop. Pooled connections belong to the loop
-        that opened them, so a client made at module level and used by one `asyncio.run`
-        after another gets a fresh pool of its own on each new loop (the old loop, closed,
-        took its sockets with it); an `http_client` passed in is the caller's to manage."""
-        if self._owns_http:
-            loop = asyncio.get_running_loop()
-            if self._own_http_loop is None:
-                self._own_http_loop = loop
-            elif self._own_http_loop is not loop:
-                self._http, self._own_http_loop = self._new_http(), loop
-        return self._http
+        that opened them, so each loop gets a pool of its own: a client made at module level
+        serves one `asyncio.run` after another, and threads that each run a loop at the same
+        time. A closed loop's pool is dropped (its sockets went with it). An `http_client`
+        passed in is the caller's to manage."""
+        if self._given_http is not None:
+            return self._given_http
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            for closed in [other for other in self._pools if other.is_closed()]:
+                self._pools.pop(closed, None)
+            pool = self._pools[loop] = self._new_http()
+        return pool
 
     async def _send(self, req: Request) -> httpx.Response:
         failures, waited_s, failing_since = 0, 0.0, 0.0
@@ -345,9 +347,11 @@ class AsyncClient:
 
     # ------------------------------------------------------------ lifetime
     async def aclose(self) -> None:
-        """Close the connection pool (not an `http_client` that was passed in)."""
-        if self._owns_http:
-            await self._loop_http().aclose()
+        """Close the running loop's connection pool (not an `http_client` that was passed in)."""
+        if self._given_http is None:
+            pool = self._pools.pop(asyncio.get_running_loop(), None)
+            if pool is not None:
+                await pool.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
