@@ -263,18 +263,18 @@ def test_more_open_streams_than_httpx_pools_by_default_all_connect(tmp_path: Pat
     streams = 120
 
     async def body() -> None:
-        async with AsyncClient(served.url, timeout=2, retries=0) as client:
+        # a connection that waited on a full pool would fail after 5 s, and again at each retry
+        async with AsyncClient(served.url, timeout=5) as client:
             job = await client.submit(NOOP, {}, delay=3600)
-            first_events: list[asyncio.Future[None]] = []
+            loop = asyncio.get_running_loop()
+            first_events: list[asyncio.Future[None]] = [loop.create_future() for _ in range(streams)]
 
-            async def watch() -> None:
-                seen = asyncio.get_running_loop().create_future()
-                first_events.append(seen)
+            async def watch(seen: asyncio.Future[None]) -> None:
                 async for _ in client.events(job["id"]):
                     if not seen.done():
                         seen.set_result(None)
 
-            watchers = [asyncio.ensure_future(watch()) for _ in range(streams)]
+            watchers = [asyncio.ensure_future(watch(seen)) for seen in first_events]
             opened = asyncio.ensure_future(asyncio.gather(*first_events))
             await asyncio.wait([opened, *watchers], timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
             ended = [w for w in watchers if w.done()]  # none may end before the cancel
