@@ -2,6 +2,8 @@
 
 Used by the end-to-end tests, the way a user runs it: a config file in a temp
 dir, a fresh SQLite file, a free port; readiness is a bounded wait on /healthz.
+The process is forked from one that has already imported jobserver (tests/forkserver.py),
+unless it runs under a command of its own (`prefix`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tests import forkserver
 from tests.helpers import REPO, Config, free_port, merged_config, wait_until, write_config
 
 STARTED: list[Server] = []  # every server a test started; the conftest stops them after each test
@@ -35,19 +38,23 @@ class Server:
         write_config(self.config_path, config)
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = tmp_path / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
         self._clients: list[httpx.Client] = []
 
     def start(self, wait: bool = True) -> Server:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child process writes to it until it stops)
-        self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "jobserver", "--config", str(self.config_path)],
-            cwd=self.tmp_path,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        argv = ["--config", str(self.config_path)]
+        if forkserver.ENABLED and not self.prefix:
+            self.proc = forkserver.start(argv, self.tmp_path, self.env, self.log_path)
+        else:
+            log = open(self.log_path, "ab")  # noqa: SIM115 (the child process writes to it until it stops)
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "jobserver", *argv],
+                cwd=self.tmp_path,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
         if wait:
             self.wait_ready()
         return self

@@ -1,0 +1,209 @@
+"""Start `python -m jobserver` processes by forking one that has already imported jobserver.
+
+A server process spends most of its start importing (about a second of CPU on a small VM),
+and the suite starts over a hundred. A fork server per test worker imports jobserver once;
+each start forks it, and the child runs `jobserver.cli.main`, the function `python -m
+jobserver` runs, in its own working directory, environment and log file, with the working
+directory first on `sys.path` as `-m` puts it. The child is a real process of its own:
+SIGKILL, SIGTERM and SIGINT reach it as they reach one started from scratch, and its exit
+status is reported as Popen reports it (a signal's number, negated).
+
+Each start forks twice: the fork server's child waits for the server it forks and writes its
+exit status to a file, which `ForkedProcess` reads, since only a parent can wait for a child.
+`TESTS_FORK_SERVERS=0` starts every server with `python -m jobserver` instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ENABLED = os.environ.get("TESTS_FORK_SERVERS", "1") != "0"
+# what `python -m jobserver` imports before it serves
+PRELOADED = (
+    "jobserver.cli",
+    "jobserver.core.config",
+    "jobserver.core.schedules",
+    "jobserver.logs",
+    "jobserver.runtime",
+    "jobserver.examples",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+)
+
+
+class ForkedProcess:
+    """The part of `subprocess.Popen` the tests use, for a server the fork server started."""
+
+    def __init__(self, pid: int, exit_path: Path) -> None:
+        self.pid = pid
+        self._exit_path = exit_path
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._exit_path.exists():
+            self.returncode = int(self._exit_path.read_text())
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"jobserver (pid {self.pid})", timeout or 0.0)
+            time.sleep(0.005)  # polling the exit file, with the bound above
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass  # it exited just now; its status file follows
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+class _ForkServer:
+    """The fork server of this test process, started at its first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dir = Path(tempfile.mkdtemp(prefix="jobserver-forks-"))
+        self._count = 0
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from tests.forkserver import serve_forks; serve_forks()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+        )
+
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> ForkedProcess:
+        with self._lock:
+            self._count += 1
+            exit_path = self._dir / f"{self._count}.exit"
+            request = {"argv": argv, "cwd": str(cwd), "env": env, "log": str(log_path), "exit": str(exit_path)}
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self._proc.stdin.flush()
+            answer = self._proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the fork server exited with {self._proc.wait()}")
+        return ForkedProcess(int(answer), exit_path)
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()  # it exits at the end of its input
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+_server: _ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def start(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> ForkedProcess:
+    """Start `python -m jobserver <argv>` from the fork server."""
+    global _server
+    with _server_lock:
+        if _server is None or _server._proc.poll() is not None:
+            _server = _ForkServer()
+            atexit.register(_server.close)
+        server = _server
+    return server.start(argv, cwd, env, log_path)
+
+
+# ---------------------------------------------------------------- in the fork server
+def serve_forks() -> None:
+    """The fork server's loop: one JSON request a line in, the server's pid a line out."""
+    import importlib
+
+    for name in PRELOADED:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the waiting children are reaped by the kernel
+    while line := sys.stdin.buffer.readline():
+        request = json.loads(line)
+        read_end, write_end = os.pipe()
+        if os.fork() == 0:
+            os.close(read_end)
+            _wait_for_server(request, write_end)  # never returns
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            pid = answer.read().strip()
+        sys.stdout.buffer.write(pid + b"\n")
+        sys.stdout.buffer.flush()
+
+
+def _wait_for_server(request: dict[str, Any], answer_fd: int) -> None:
+    """The fork server's child: fork the server, say its pid, wait for it, write its status."""
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # so that waitpid sees the server's end
+        pid = os.fork()
+        if pid == 0:
+            os.close(answer_fd)
+            _run_server(request)  # never returns
+        os.write(answer_fd, str(pid).encode())
+        os.close(answer_fd)
+        _, status = os.waitpid(pid, 0)
+        exit_path = Path(request["exit"])
+        partial = exit_path.with_suffix(".partial")
+        partial.write_text(str(os.waitstatus_to_exitcode(status)))
+        partial.replace(exit_path)
+    finally:
+        os._exit(0)
+
+
+def _run_server(request: dict[str, Any]) -> None:
+    """The server: what `python -m jobserver` does once it has imported jobserver."""
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.close(null_fd)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:1] = [os.getcwd(), *(p for p in extra if p not in sys.path)]
+        sys.argv = [str(REPO / "jobserver" / "__main__.py"), *request["argv"]]
+        from jobserver.cli import main
+
+        code = main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:  # what the interpreter does at its end: wait for threads, run exit functions
+            threading._shutdown()  # type: ignore[attr-defined]
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
