@@ -1,10 +1,10 @@
 """Start `python -m jobserver` processes by forking one that has already imported jobserver.
 
 A server process spends most of its start importing (about a second of CPU on a small VM),
-and the suite starts over a hundred. A fork server per test worker imports jobserver once;
-each start forks it, and the child runs `jobserver.cli.main`, the function `python -m
-jobserver` runs, in its own working directory, environment and log file, with the working
-directory first on `sys.path` as `-m` puts it. The child is a real process of its own:
+and the suite starts over a hundred, besides many more runs of the CLI. A fork server per test
+worker imports jobserver once; each start forks it, and the child runs `jobserver.cli.main`,
+the function `python -m jobserver` runs, in its own working directory and environment, with
+its output in files, and the working directory first on `sys.path` as `-m` puts it. The child is a real process of its own:
 SIGKILL, SIGTERM and SIGINT reach it as they reach one started from scratch, and its exit
 status is reported as Popen reports it (a signal's number, negated).
 
@@ -38,6 +38,7 @@ PRELOADED = (
     "jobserver.logs",
     "jobserver.runtime",
     "jobserver.examples",
+    "jobserver.client.commands",
     "uvicorn.protocols.http.httptools_impl",
     "uvicorn.lifespan.on",
     "uvicorn.loops.auto",
@@ -95,11 +96,13 @@ class _ForkServer:
             env=env,
         )
 
-    def start(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> ForkedProcess:
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path) -> ForkedProcess:
         with self._lock:
             self._count += 1
             exit_path = self._dir / f"{self._count}.exit"
-            request = {"argv": argv, "cwd": str(cwd), "env": env, "log": str(log_path), "exit": str(exit_path)}
+            request = {
+                "argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err), "exit": str(exit_path)
+            }  # fmt: skip
             assert self._proc.stdin is not None and self._proc.stdout is not None
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
             self._proc.stdin.flush()
@@ -124,15 +127,33 @@ _server: _ForkServer | None = None
 _server_lock = threading.Lock()
 
 
-def start(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> ForkedProcess:
-    """Start `python -m jobserver <argv>` from the fork server."""
+def start(
+    argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path | None = None
+) -> ForkedProcess:
+    """Start `python -m jobserver <argv>` from the fork server; its standard output is appended
+    to `out`, its standard error to `err` (the same file when None), and its input is empty."""
     global _server
     with _server_lock:
         if _server is None or _server._proc.poll() is not None:
             _server = _ForkServer()
             atexit.register(_server.close)
         server = _server
-    return server.start(argv, cwd, env, log_path)
+    return server.start(argv, cwd, env, out, err or out)
+
+
+def run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run([python, "-m", "jobserver", *argv], capture_output=True, text=True)`,
+    from the fork server."""
+    with tempfile.TemporaryDirectory(prefix="jobserver-run-") as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        proc = start(argv, Path.cwd(), env, out, err)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+        return subprocess.CompletedProcess(["jobserver", *argv], code, out.read_text(), err.read_text())
 
 
 # ---------------------------------------------------------------- in the fork server
@@ -157,13 +178,13 @@ def serve_forks() -> None:
 
 
 def _wait_for_server(request: dict[str, Any], answer_fd: int) -> None:
-    """The fork server's child: fork the server, say its pid, wait for it, write its status."""
+    """The fork server's child: fork the process, say its pid, wait for it, write its status."""
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # so that waitpid sees the server's end
         pid = os.fork()
         if pid == 0:
             os.close(answer_fd)
-            _run_server(request)  # never returns
+            _run_main(request)  # never returns
         os.write(answer_fd, str(pid).encode())
         os.close(answer_fd)
         _, status = os.waitpid(pid, 0)
@@ -175,15 +196,15 @@ def _wait_for_server(request: dict[str, Any], answer_fd: int) -> None:
         os._exit(0)
 
 
-def _run_server(request: dict[str, Any]) -> None:
-    """The server: what `python -m jobserver` does once it has imported jobserver."""
+def _run_main(request: dict[str, Any]) -> None:
+    """What `python -m jobserver` does once it has imported jobserver."""
     code = 1
     try:
         os.chdir(request["cwd"])
-        log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
+        for fd, path in ((1, request["out"]), (2, request["err"])):
+            file_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(file_fd, fd)
+            os.close(file_fd)
         null_fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null_fd, 0)
         os.close(null_fd)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests import forkserver
 from tests.helpers import REPO, free_port, wait_until
 from tests.inproc import ServedApp, served_app
 
@@ -40,6 +41,8 @@ def cli(*argv: str, url: str | None, **env: str) -> subprocess.CompletedProcess[
     base["PYTHONPATH"] = str(REPO)
     if url is not None:
         base["JOBSERVER_URL"] = url
+    if forkserver.ENABLED:
+        return forkserver.run(list(argv), {**base, **env}, RUN_TIMEOUT_S)
     return subprocess.run(
         [sys.executable, "-m", "jobserver", *argv],
         env={**base, **env},
