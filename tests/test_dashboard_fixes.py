@@ -236,7 +236,7 @@ def test_a_schedules_next_run_is_shown_in_the_schedules_own_zone_and_named(
         json={"task": ADD, "cron": "0 3 * * *", "timezone": "Asia/Kathmandu", "args": {"a": 1, "b": 1}},
     )
     assert made.status_code in (200, 201), made.text
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, timezone_id="UTC")
+    context = dashboard.new_context(browser, viewport={"width": 1440, "height": 900}, timezone_id="UTC")
     try:
         page = context.new_page()
         page.goto(server.url)
@@ -289,7 +289,7 @@ def test_a_job_link_reads_a_finished_job_and_its_deliveries_once(
 
 def phone(browser: Browser, width: int = 375, height: int = 812) -> tuple[BrowserContext, Page]:
     """A page at phone width; the caller closes the context."""
-    context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=True)
+    context = dashboard.new_context(browser, viewport={"width": width, "height": height}, is_mobile=True)
     page = context.new_page()
     page.set_default_timeout(dashboard.TIMEOUT_MS)
     return context, page
@@ -526,7 +526,9 @@ def test_a_long_task_name_and_progress_message_stay_within_their_columns(
         wait_finished(client, plain["id"])
         wait_finished(client, long["id"])
         for width, height in ((1400, 900), (375, 812)):
-            context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=width < 600)
+            context = dashboard.new_context(
+                browser, viewport={"width": width, "height": height}, is_mobile=width < 600
+            )
             try:
                 page = context.new_page()
                 page.set_default_timeout(dashboard.TIMEOUT_MS)

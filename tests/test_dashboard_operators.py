@@ -314,7 +314,7 @@ def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_ho
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
     for width, height, name in ((1400, 900, "wide-with-pane.png"), (390, 844, "phone.png")):
-        context = browser.new_context(viewport={"width": width, "height": height})
+        context = dashboard.new_context(browser, viewport={"width": width, "height": height})
         try:
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
@@ -340,7 +340,7 @@ def test_on_a_phone_opening_a_job_scrolls_to_its_pane(
     more = client.post("/jobs/batch", json={"jobs": [{"task": NOOP, "args": {}, "delay": 3600}] * 30})
     assert more.status_code == 202  # a list longer than the screen, above the pane
     job = more.json()["jobs"][0]
-    context = browser.new_context(viewport={"width": 390, "height": 844})
+    context = dashboard.new_context(browser, viewport={"width": 390, "height": 844})
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
