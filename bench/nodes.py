@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,26 @@ def fresh_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# starts `python -m jobserver ARGV` in a directory, with an environment, appending its output to
+# a log file; returns the process (what `subprocess.Popen` offers of poll, wait, send_signal, pid)
+Spawn = Callable[[list[str], Path, dict[str, str], Path], Any]
+
+
+def spawn_process(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A new interpreter running `python -m jobserver ARGV`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobserver", *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
 class Node:
     """One `python -m jobserver` process on the shared database."""
 
-    def __init__(self, workdir: Path, name: str, url: str, **workers: Any) -> None:
+    def __init__(
+        self, workdir: Path, name: str, url: str, spawn: Spawn = spawn_process, **workers: Any
+    ) -> None:
+        self.spawn = spawn
         notify = workers.pop("notify", True)
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -68,14 +84,12 @@ class Node:
             + '[tasks]\nmodules = ["bench.tasks"]\n'
         )  # fmt: skip
         (self.dir / "config.toml").write_text(config)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Any = None
 
     def start(self) -> Node:
-        with open(self.dir / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobserver", "--config", str(self.dir / "config.toml")],
-                cwd=self.dir, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        self.proc = self.spawn(
+            ["--config", str(self.dir / "config.toml")], self.dir, child_env(), self.dir / "server.log"
+        )
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, (self.dir / "server.log").read_text()

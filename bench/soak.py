@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from bench.nodes import Node, fresh_database
+from bench.nodes import Node, Spawn, fresh_database, spawn_process
 
 CONCURRENCY = 3  # bench.tasks.held: Concurrency("soak:{model}", 3)
 RATE, RATE_PER_S = 40.0, 1.0  # bench.tasks.spend: Rate("soak-tokens", 40, per="1s")
@@ -73,13 +73,14 @@ def _at(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def run_soak(workdir: Path, url: str, jobs: int, kills: int) -> dict[str, Any]:
-    """Run the soak on the (empty) database `url`; its findings (`violations` judges them)."""
+def run_soak(workdir: Path, url: str, jobs: int, kills: int, spawn: Spawn = spawn_process) -> dict[str, Any]:
+    """Run the soak on the (empty) database `url`; its findings (`violations` judges them).
+    `spawn` starts each node's process."""
     bodies = _bodies(jobs, workdir)
     nodes: list[Node] = []
     try:  # a node that fails to start, or an assertion, must not leave the others running
         for i in range(3):
-            nodes.append(Node(workdir, f"n{i}", url, lease_seconds=2).start())
+            nodes.append(Node(workdir, f"n{i}", url, spawn, lease_seconds=2).start())
         ids: list[str] = []
         errors: list[str] = []
         lock = threading.Lock()

@@ -43,18 +43,17 @@ class Server:
 
     def start(self, wait: bool = True) -> Server:
         argv = ["--config", str(self.config_path)]
-        if forkserver.ENABLED and not self.prefix:
-            self.proc = forkserver.start(argv, self.tmp_path, self.env, self.log_path)
+        if not self.prefix:
+            self.proc = forkserver.spawn(argv, self.tmp_path, self.env, self.log_path)
         else:
-            log = open(self.log_path, "ab")  # noqa: SIM115 (the child process writes to it until it stops)
-            self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "jobserver", *argv],
-                cwd=self.tmp_path,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            log.close()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [*self.prefix, sys.executable, "-m", "jobserver", *argv],
+                    cwd=self.tmp_path,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         if wait:
             self.wait_ready()
         return self

@@ -141,6 +141,19 @@ def start(
     return server.start(argv, cwd, env, out, err or out)
 
 
+def spawn(
+    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
+) -> ForkedProcess | subprocess.Popen[bytes]:
+    """`python -m jobserver ARGV` with its output appended to `log_path`: forked from the fork
+    server, or (TESTS_FORK_SERVERS=0) a new interpreter."""
+    if ENABLED:
+        return start(argv, cwd, env, log_path)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobserver", *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
 def run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """`subprocess.run([python, "-m", "jobserver", *argv], capture_output=True, text=True)`,
     from the fork server."""

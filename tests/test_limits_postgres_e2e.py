@@ -14,6 +14,7 @@ import pytest
 
 from bench.soak import run_soak, violations
 from jobserver.storage.store import idempotency_lock_id
+from tests import forkserver
 from tests.e2e import Server, all_ready
 from tests.helpers import has_line, wait_until
 from tests.limits_check import busiest_window, max_overlap, spans
@@ -230,5 +231,5 @@ def test_the_idempotency_in_flight_conflict_holds_across_nodes(tmp_path: Path, p
 
 def test_soak_three_nodes_one_killed_nothing_lost_no_limit_exceeded(tmp_path: Path, pg_url: str) -> None:
     """The suite's size of `python -m bench.soak` (3,000 jobs and two kills there)."""
-    result = run_soak(tmp_path, pg_url, jobs=300, kills=1)
+    result = run_soak(tmp_path, pg_url, jobs=300, kills=1, spawn=forkserver.spawn)
     assert violations(result, 300) == [], result
