@@ -28,6 +28,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.nodes import spawn_process
+
 REPO = Path(__file__).resolve().parent.parent
 ENABLED = os.environ.get("TESTS_FORK_SERVERS", "1") != "0"
 # what `python -m jobserver` imports before it serves
@@ -146,12 +148,7 @@ def spawn(
 ) -> ForkedProcess | subprocess.Popen[bytes]:
     """`python -m jobserver ARGV` with its output appended to `log_path`: forked from the fork
     server, or (TESTS_FORK_SERVERS=0) a new interpreter."""
-    if ENABLED:
-        return start(argv, cwd, env, log_path)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jobserver", *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+    return start(argv, cwd, env, log_path) if ENABLED else spawn_process(argv, cwd, env, log_path)
 
 
 def run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
