@@ -4,12 +4,13 @@ A server process spends most of its start importing (about a second of CPU on a 
 and the suite starts over a hundred, besides many more runs of the CLI. A fork server per test
 worker imports jobserver once; each start forks it, and the child runs `jobserver.cli.main`,
 the function `python -m jobserver` runs, in its own working directory and environment, with
-its output in files, and the working directory first on `sys.path` as `-m` puts it. The child is a real process of its own:
-SIGKILL, SIGTERM and SIGINT reach it as they reach one started from scratch, and its exit
-status is reported as Popen reports it (a signal's number, negated).
+its output in files, and the working directory first on `sys.path` as `-m` puts it. The child
+is a real process of its own: SIGKILL, SIGTERM and SIGINT reach it as they reach one started
+from scratch, and its exit status is reported as Popen reports it (a signal's number, negated).
 
-Each start forks twice: the fork server's child waits for the server it forks and writes its
-exit status to a file, which `ForkedProcess` reads, since only a parent can wait for a child.
+Each start forks twice, since only a parent can wait for a child: the fork server's child
+forks the process, waits for it and writes its exit status to a pipe whose other end the
+test holds (sent with the request over a Unix socket), so a test waits on that pipe.
 `TESTS_FORK_SERVERS=0` starts every server with `python -m jobserver` instead.
 """
 
@@ -18,12 +19,13 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -50,22 +52,28 @@ PRELOADED = (
 class ForkedProcess:
     """The part of `subprocess.Popen` the tests use, for a server the fork server started."""
 
-    def __init__(self, pid: int, exit_path: Path) -> None:
+    def __init__(self, pid: int, status_fd: int) -> None:
         self.pid = pid
-        self._exit_path = exit_path
+        self._status_fd = status_fd  # its waiter writes the exit status here, then closes it
         self.returncode: int | None = None
 
-    def poll(self) -> int | None:
-        if self.returncode is None and self._exit_path.exists():
-            self.returncode = int(self._exit_path.read_text())
+    def _status(self, timeout: float | None) -> int | None:
+        """The exit status once it is written, waiting at most `timeout` (None: as long as it takes)."""
+        if self.returncode is None and select.select([self._status_fd], [], [], timeout)[0]:
+            written = os.read(self._status_fd, 32)
+            os.close(self._status_fd)
+            if not written:
+                raise RuntimeError(f"the waiter of pid {self.pid} ended without its exit status")
+            self.returncode = int(written)
         return self.returncode
 
+    def poll(self) -> int | None:
+        return self._status(0)
+
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"jobserver (pid {self.pid})", timeout or 0.0)
-            time.sleep(0.005)  # polling the exit file, with the bound above
+        code = self._status(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"jobserver (pid {self.pid})", timeout or 0.0)
         return code
 
     def send_signal(self, sig: int) -> None:
@@ -73,7 +81,7 @@ class ForkedProcess:
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
-                pass  # it exited just now; its status file follows
+                pass  # it exited just now; its status follows
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -87,42 +95,42 @@ class _ForkServer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._dir = Path(tempfile.mkdtemp(prefix="jobserver-forks-"))
-        self._count = 0
+        # one message per request and per answer; a request carries the status pipe's write end
+        self._channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.forkserver import serve_forks; serve_forks()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=REPO,
-            env=env,
-        )
+        with theirs:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from tests.forkserver import serve_forks; serve_forks({theirs.fileno()})",
+                ],
+                pass_fds=[theirs.fileno()],
+                cwd=REPO,
+                env=env,
+            )
 
     def start(self, argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path) -> ForkedProcess:
-        with self._lock:
-            self._count += 1
-            exit_path = self._dir / f"{self._count}.exit"
-            request = {
-                "argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err), "exit": str(exit_path)
-            }  # fmt: skip
-            assert self._proc.stdin is not None and self._proc.stdout is not None
-            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self._proc.stdin.flush()
-            answer = self._proc.stdout.readline()
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err)}
+        status_read, status_write = os.pipe()
+        try:
+            with self._lock:
+                socket.send_fds(self._channel, [json.dumps(request).encode()], [status_write])
+                answer = self._channel.recv(32)
+        finally:
+            os.close(status_write)  # the waiter holds the only write end now
         if not answer:
+            os.close(status_read)
             raise RuntimeError(f"the fork server exited with {self._proc.wait()}")
-        return ForkedProcess(int(answer), exit_path)
+        return ForkedProcess(int(answer), status_read)
 
     def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()  # it exits at the end of its input
+        self._channel.close()  # it exits at the end of its requests
         try:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
 
 
 _server: _ForkServer | None = None
@@ -167,41 +175,43 @@ def run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.Comp
 
 
 # ---------------------------------------------------------------- in the fork server
-def serve_forks() -> None:
-    """The fork server's loop: one JSON request a line in, the server's pid a line out."""
+def serve_forks(channel_fd: int) -> None:
+    """The fork server's loop: a JSON request (with a status pipe) in, the process's pid out."""
     import importlib
 
     for name in PRELOADED:
         importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the waiting children are reaped by the kernel
-    while line := sys.stdin.buffer.readline():
-        request = json.loads(line)
+    channel = socket.socket(fileno=channel_fd)
+    while True:
+        message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
+        if not message:
+            return  # the test process closed its end
+        request, status_fd = json.loads(message), fds[0]
         read_end, write_end = os.pipe()
         if os.fork() == 0:
+            channel.close()
             os.close(read_end)
-            _wait_for_server(request, write_end)  # never returns
+            _wait_for_process(request, write_end, status_fd)  # never returns
         os.close(write_end)
+        os.close(status_fd)
         with os.fdopen(read_end, "rb") as answer:
-            pid = answer.read().strip()
-        sys.stdout.buffer.write(pid + b"\n")
-        sys.stdout.buffer.flush()
+            channel.send(answer.read())
 
 
-def _wait_for_server(request: dict[str, Any], answer_fd: int) -> None:
+def _wait_for_process(request: dict[str, Any], answer_fd: int, status_fd: int) -> None:
     """The fork server's child: fork the process, say its pid, wait for it, write its status."""
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # so that waitpid sees the server's end
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # so that waitpid sees the process's end
         pid = os.fork()
         if pid == 0:
             os.close(answer_fd)
+            os.close(status_fd)
             _run_main(request)  # never returns
         os.write(answer_fd, str(pid).encode())
         os.close(answer_fd)
         _, status = os.waitpid(pid, 0)
-        exit_path = Path(request["exit"])
-        partial = exit_path.with_suffix(".partial")
-        partial.write_text(str(os.waitstatus_to_exitcode(status)))
-        partial.replace(exit_path)
+        os.write(status_fd, str(os.waitstatus_to_exitcode(status)).encode())
     finally:
         os._exit(0)
 
