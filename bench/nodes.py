@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,15 @@ def fresh_database() -> Iterator[str]:
 Spawn = Callable[[list[str], Path, dict[str, str], Path], Any]
 
 
-def spawn_process(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """A new interpreter running `python -m jobserver ARGV`."""
+def spawn_process(
+    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """A new interpreter running `python -m jobserver ARGV`, under the command `prefix` if given."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "jobserver", *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+            [*prefix, sys.executable, "-m", "jobserver", *argv],
+            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 class Node:

@@ -12,11 +12,11 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
+from bench.nodes import spawn_process
 from tests import forkserver
 from tests.helpers import REPO, Config, free_port, merged_config, wait_until, write_config
 
@@ -43,17 +43,10 @@ class Server:
 
     def start(self, wait: bool = True) -> Server:
         argv = ["--config", str(self.config_path)]
-        if not self.prefix:
-            self.proc = forkserver.spawn(argv, self.tmp_path, self.env, self.log_path)
+        if self.prefix:
+            self.proc = spawn_process(argv, self.tmp_path, self.env, self.log_path, self.prefix)
         else:
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [*self.prefix, sys.executable, "-m", "jobserver", *argv],
-                    cwd=self.tmp_path,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+            self.proc = forkserver.spawn(argv, self.tmp_path, self.env, self.log_path)
         if wait:
             self.wait_ready()
         return self
