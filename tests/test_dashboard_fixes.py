@@ -287,6 +287,24 @@ def test_a_job_link_reads_a_finished_job_and_its_deliveries_once(
     assert seen.count(f"{path}/events") == 1, seen
 
 
+def test_polls_stop_reading_deliveries_that_are_all_made(
+    server: ServedApp, client: httpx.Client, page: Page, receiver: Receiver
+) -> None:
+    resp = client.post(
+        "/jobs", json={"task": ADD, "args": {"a": 1, "b": 2}, "webhook_url": receiver.url("/hook")}
+    )
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    receiver.wait_for(1, "/hook")
+    wait_until(lambda: client.get(f"/jobs/{job['id']}/webhooks").json()["deliveries"], 10, message="recorded")
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url.split("?")[0]))
+    page.goto(f"{server.url}/#job={job['id']}")
+    expect(page.locator('#detail-webhooks tr[data-attempt="1"]')).to_have_count(1)
+    list_polls(page, 2)  # each poll would have read the deliveries again
+    assert seen.count(f"{server.url}/jobs/{job['id']}/webhooks") == 1, seen
+
+
 def phone(browser: Browser, width: int = 375, height: int = 812) -> tuple[BrowserContext, Page]:
     """A page at phone width; the caller closes the context."""
     context = dashboard.new_context(browser, viewport={"width": width, "height": height}, is_mobile=True)

@@ -128,6 +128,30 @@ def test_a_slow_receiver_delays_neither_other_jobs_nor_the_api(srv: RunningApp, 
     assert webhook_attempts(c, slow, 1)[0]["status_code"] == 200
 
 
+def test_the_list_says_whether_a_delivery_is_still_due(tmp_path: Path, receiver: Receiver) -> None:
+    """`pending` holds while a retry waits and clears once a delivery is made or given up,
+    so a reader can stop polling a list that will not change."""
+    receiver.script("/later", Reply(500))
+    receiver.script("/gone", Reply(410))
+    config = {"webhooks": {"secret": SECRET, "retry_schedule": ["1h"]}}
+    with running_app(tmp_path, config=config) as app:
+        c = app.client
+        waiting = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, webhook_url=receiver.url("/later"))
+        done = submit(c, "jobserver.examples.add", {"a": 1, "b": 2}, webhook_url=receiver.url("/done"))
+        gone = submit(c, "jobserver.examples.add", {"a": 1, "b": 3}, webhook_url=receiver.url("/gone"))
+        plain = submit(c, "jobserver.examples.add", {"a": 1, "b": 4})
+        for job_id in (waiting, done, gone):
+            webhook_attempts(c, job_id, 1)
+        assert delivery_state(app.db_path, waiting) == ("pending", 1)  # its retry is an hour away
+        answers = {
+            job_id: c.get(f"/jobs/{job_id}/webhooks").json() for job_id in (waiting, done, gone, plain)
+        }
+        assert answers[waiting]["pending"] is True
+        assert answers[done]["pending"] is False and answers[done]["deliveries"][0]["status_code"] == 200
+        assert answers[gone]["pending"] is False and answers[gone]["deliveries"][0]["status_code"] == 410
+        assert answers[plain] == {"deliveries": [], "pending": False}
+
+
 def test_unknown_job_has_no_webhooks(srv: RunningApp) -> None:
     r = srv.client.get("/jobs/nope/webhooks")
     assert r.status_code == 404

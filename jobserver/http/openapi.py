@@ -203,7 +203,7 @@ SHARED_SCHEMAS: dict[str, Schema] = {
     },
     "WebhookDeliveries": {
         "type": "object",
-        "required": ["deliveries"],
+        "required": ["deliveries", "pending"],
         "properties": {
             "deliveries": {
                 "type": "array",
@@ -216,9 +216,20 @@ SHARED_SCHEMAS: dict[str, Schema] = {
                         "status_code": {"type": ["integer", "null"]},
                         "error": {"type": ["string", "null"]},
                         "duration_ms": {"type": ["number", "null"]},
+                        "type": {
+                            "type": ["string", "null"],
+                            "description": "The event it carried, e.g. `job.completed`.",
+                        },
                     },
                 },
-            }
+            },
+            "pending": {
+                "type": "boolean",
+                "description": (
+                    "A delivery is queued or waiting for a retry. False once each is delivered or given up,"
+                    " and before the job's first one is queued (when the job finishes or waits)."
+                ),
+            },
         },
     },
     "TaskList": {

@@ -1,9 +1,10 @@
 """HTTP route `GET /jobs/{id}/webhooks`: a job's webhook delivery attempts.
 
 Answers `{"deliveries": [{"id", "attempt", "at", "status_code", "error",
-"duration_ms", "type"}]}`, oldest first: `id` is the delivery's `webhook-id`
-(the same on every retry of it), `status_code` is null when no HTTP answer
-arrived. 404 for an unknown job. Both reads run in one hop to the reader
+"duration_ms", "type"}], "pending": bool}`, oldest first: `id` is the
+delivery's `webhook-id` (the same on every retry of it), `status_code` is null
+when no HTTP answer arrived. `pending` is true while a delivery is queued or
+waiting for a retry, so a page that shows the list knows when it is final. 404 for an unknown job. Both reads run in one hop to the reader
 threads, never on the event loop. Added to the app through
 `Runtime.extra_routes`, so it sits behind the same auth middleware as every
 other route.
@@ -31,17 +32,17 @@ from jobserver.webhooks.sender import WebhookSender
 def webhook_routes(store: JobStore, sender: WebhookSender, readers: ReadPool) -> list[Route]:
     """The routes to add to the app."""
 
-    def _deliveries(job_id: str) -> list[dict[str, Any]]:
+    def _deliveries(job_id: str) -> dict[str, Any]:
         store.get(job_id)  # 404 for an unknown job
-        return sender.attempts(job_id)
+        return {"deliveries": sender.attempts(job_id), "pending": sender.still_due(job_id)}
 
     async def list_deliveries(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
             refuse_query(request)
-            attempts = await readers.run(_deliveries, job_id)
+            answer = await readers.run(_deliveries, job_id)
         except JobServerError as exc:
             return problem_for(exc)
-        return Response(orjson.dumps({"deliveries": attempts}), media_type="application/json")
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     return [Route("/jobs/{job_id}/webhooks", list_deliveries, methods=["GET"])]

@@ -83,6 +83,7 @@ ATTEMPTS_SQL = (
     "FROM webhook_attempts a LEFT JOIN webhook_deliveries d ON d.id = a.delivery_id "
     "WHERE a.job_id = ? ORDER BY a.id"
 )
+STILL_DUE_SQL = "SELECT 1 FROM webhook_deliveries WHERE job_id = ? AND state = 'pending' LIMIT 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +239,14 @@ class WebhookSender:
                 self.db, self.pg, ATTEMPTS_SQL, (job_id,)
             )
         ]
+
+    def still_due(self, job_id: str) -> bool:
+        """Whether a delivery of the job is still to be made or retried (reads on the caller's connection).
+
+        A reader that shows the attempts polls only while this holds: once every delivery is
+        delivered or given up, its list of attempts is final until the job ends again.
+        """
+        return bool(_read(self.db, self.pg, STILL_DUE_SQL, (job_id,)))
 
     def _due(self, now: float, limit: int, skipped: Sequence[str] = ()) -> list[DueDelivery]:
         sql = _DUE_WHERE + _NOT_URL * len(skipped) + _DUE_ORDER
