@@ -155,9 +155,11 @@ async def curve_waiting(plan: Plan, root: Path, log: Log) -> list[dict[str, Any]
 async def _open_streams(b: Bench, count: int) -> tuple[list[asyncio.Future[int]], list[str]]:
     delayed = {**NOOP, "delay": 3600}
     made = await b.load(mode="batch", requests=[b.submit_request(delayed)] * count, keep=["id"])
-    ids = [d["id"] for d in made["docs"] if d and d.get("id")]
+    ids: list[str] = [d["id"] for d in made["docs"] if d and d.get("id")]
     opened: asyncio.Queue[int] = asyncio.Queue()
-    streams = [asyncio.ensure_future(hold_stream(HOST, b.port, f"/jobs/{i}/events", opened)) for i in ids]
+    streams: list[asyncio.Future[int]] = [
+        asyncio.ensure_future(hold_stream(HOST, b.port, f"/jobs/{i}/events", opened)) for i in ids
+    ]
     codes = [await asyncio.wait_for(opened.get(), 60) for _ in ids]
     if any(c != 200 for c in codes):
         raise BenchError(f"event streams answered {sorted(set(codes))}")

@@ -147,7 +147,9 @@ def auth_headers(config: dict[str, Any]) -> dict[str, str]:
 
 def _statuses_ok(run: dict[str, Any], ok: str) -> int:
     """How many answers were not `ok` (plus connection errors)."""
-    return run["errors"] + sum(n for code, n in run["statuses"].items() if code != ok)
+    errors: int = run["errors"]
+    statuses: dict[str, int] = run["statuses"]
+    return errors + sum(n for code, n in statuses.items() if code != ok)
 
 
 async def fig_submit(b: Bench, prefix: str = "submit", settle: bool = True) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 
 from bench import seed
-from bench.jobserver_figures import HOST, Bench, Figure, _pcts, _statuses_ok, run_figures
+from bench.jobserver_figures import Bench, Figure, _pcts, _statuses_ok, run_figures
 from bench.plan import Plan
 from bench.rawclient import RawClient
-from bench.servers import BenchError
+from bench.servers import HOST, BenchError
 
 PROBE = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
 
@@ -109,10 +109,12 @@ async def run_operations(
             seed.create_schema(workdir / "jobs.db")
             log(f"ops {name}: seeding {count:,} {status} jobs")
             values[f"ops.{name}.seed_s"] = seed.seed_jobs(workdir / "jobs.db", count, status)
+
+        def log_ops(message: str, n: str = name) -> None:
+            log(f"ops {n}: {message}")
+
         try:
-            v, e = await run_figures(
-                plan, workdir, extra, [(name, figure)], lambda m, n=name: log(f"ops {n}: {m}")
-            )
+            v, e = await run_figures(plan, workdir, extra, [(name, figure)], log_ops)
         except (BenchError, OSError) as exc:
             errors[f"ops {name}"] = f"{type(exc).__name__}: {exc}"
             continue

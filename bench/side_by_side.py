@@ -253,9 +253,9 @@ def table(values: dict[str, Any], errors: dict[str, str]) -> str:
     lines.append(f"medians of {values.get('peers.rounds')} rounds, systems alternating; per round:")
     for system in SYSTEMS:
         rounds = sorted({k.split(".")[1] for k in values if k.startswith(f"{system}.r")})
-        for r in rounds:
-            parts = [f"{label} {_fmt(values.get(f'{system}.{r}.{key}'))}" for key, label, *_ in ROWS]
-            lines.append(f"  {NAMES[system]}, {r}: " + ", ".join(parts))
+        for round_key in rounds:
+            parts = [f"{label} {_fmt(values.get(f'{system}.{round_key}.{key}'))}" for key, label, *_ in ROWS]
+            lines.append(f"  {NAMES[system]}, {round_key}: " + ", ".join(parts))
     for name, error in errors.items():
         lines.append(f"  could not measure {name}: {error}")
     return "\n".join(lines)

@@ -106,9 +106,9 @@ async def fig_parked_and_signals(b: Bench) -> dict[str, Any]:
         samples = []
         for job_id in ids[: b.plan.signal_samples]:
             sent = time.time()
-            r = await client.post(f"/jobs/{job_id}/signals/go", json={"n": 1})
-            if r.status_code != 202:
-                raise BenchError(f"signal answered {r.status_code}: {r.text[:300]}")
+            answer = await client.post(f"/jobs/{job_id}/signals/go", json={"n": 1})
+            if answer.status_code != 202:
+                raise BenchError(f"signal answered {answer.status_code}: {answer.text[:300]}")
             job = (await client.get(f"/jobs/{job_id}", params={"wait": 10})).json()
             if job["status"] != "completed":
                 raise BenchError(f"signalled job {job_id} is {job['status']}")

@@ -35,11 +35,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         threading.gettrace(),
     )  # coverage gives each thread its own tracer
     sys.settrace(None)
-    threading.settrace(None)  # type: ignore[arg-type]
+    threading.settrace(None)
     try:
         yield
     finally:
-        threading.settrace(new_thread_hook)  # type: ignore[arg-type]
+        threading.settrace(new_thread_hook)
         sys.settrace(tracer)
 
 

@@ -328,10 +328,13 @@ def fan_out(
     results = ctx.gather("all", ids, return_exceptions=return_exceptions)
     last = ctx.spawn("last", "tests.e2e_tasks.square", {"path": "", "i": n})
     (tail,) = ctx.gather("tail", [last])
-    shown = [
-        {"failed": r.job_id, "error": r.error["type"]} if isinstance(r, ChildFailed) else r for r in results
-    ]
+    shown = [_failure(r) if isinstance(r, ChildFailed) else r for r in results]
     return {"results": shown, "tail": tail, "ids": ids, "attempt": ctx.attempt}
+
+
+def _failure(failed: ChildFailed) -> dict[str, Any]:
+    assert failed.error is not None  # a failed child always carries its error object
+    return {"failed": failed.job_id, "error": failed.error["type"]}
 
 
 @task

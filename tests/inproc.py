@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +64,12 @@ class TimedClient(TestClient):
     def __init__(self, app: Any, api_key: str | None, timeout: float) -> None:
         super().__init__(app, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.timeout = httpx.Timeout(timeout)
-        self.event_hooks = {"request": [_start_timer], "response": [_check_timeout]}
+        self.event_hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [_start_timer],
+            "response": [_check_timeout],
+        }
 
-    def request(  # type: ignore[override]
+    def request(
         self,
         method: str,
         url: httpx.URL | str,
@@ -78,7 +81,8 @@ class TimedClient(TestClient):
         # passed on as the request's timeout extension: TestClient warns about the argument
         if timeout is not httpx.USE_CLIENT_DEFAULT:
             extensions = {**(extensions or {}), "timeout": httpx.Timeout(timeout).as_dict()}
-        return super().request(method, url, extensions=extensions, **kwargs)
+        response: httpx.Response = super().request(method, url, extensions=extensions, **kwargs)
+        return response
 
 
 @dataclass

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import schemathesis
@@ -51,19 +52,21 @@ def _as_a_client_submits(job: Any, webhook_url: str | None) -> None:
         job["idempotency_key"] = key_for_body(key, {k: v for k, v in job.items() if k != "idempotency_key"})
 
 
-def as_a_client_sends(case: schemathesis.Case, webhook_url: str | None) -> None:
+def as_a_client_sends(case: schemathesis.Case[Any], webhook_url: str | None) -> None:
     """Make the case's schema-valid keys and webhook URLs what a client would send (see above),
     in a submit body and in each item of a batch."""
     body = case.body
     _as_a_client_submits(body, webhook_url)
-    if isinstance(body, dict) and isinstance(body.get("jobs"), list):
-        for item in body["jobs"]:
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    if isinstance(jobs, list):
+        for item in jobs:
             _as_a_client_submits(item, webhook_url)
-    key = (case.headers or {}).get(KEY_HEADER)
+    headers: Mapping[str, Any] = case.headers or {}
+    key = headers.get(KEY_HEADER)
     if isinstance(key, str) and 1 <= len(key) <= MAX_KEY:
         case.headers[KEY_HEADER] = key_for_body(key, body)
 
 
 @schemathesis.hook
-def before_call(ctx: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+def before_call(ctx: Any, case: schemathesis.Case[Any], **kwargs: Any) -> None:
     as_a_client_sends(case, os.environ.get("SCHEMATHESIS_WEBHOOK_URL"))

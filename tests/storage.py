@@ -39,7 +39,7 @@ def limit_store(db: pw.Database, writer: Writer, woken: Callable[[], None] = lam
     return LimitStore(db, writer, False, 1.0, woken)
 
 
-def claim_one(store: JobStore, owner: str, now: float, lease_s: float):  # type: ignore[no-untyped-def]
+def claim_one(store: JobStore, owner: str, now: float, lease_s: float) -> Claim | None:
     """Claim the next due job, as one worker with room for one job would; None if none is due."""
     claims = store.claim(owner, now, lease_s, lambda tx: (1, None), lambda tx, c: [i for i, _ in c]).result(
         10

@@ -40,7 +40,7 @@ def test_events_in_order_with_resume(app: RunningApp, tmp_path: Path) -> None:
     c = app.client
     release = tmp_path / "release"
     job_id = submit(c, "tests.e2e_tasks.chatty", {"updates": 3, "logs": 3, "release": str(release)})
-    collected: list[tuple[str, str, dict]] = []
+    collected: list[tuple[str, str, dict[str, Any]]] = []
     reader = threading.Thread(target=lambda: collected.extend(read_events(app.new_client(), job_id)))
     reader.start()
     wait_until(lambda: (c.get(f"/jobs/{job_id}").json()["progress"] or {}).get("current") == 3)

@@ -13,6 +13,7 @@ import datetime as dt
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,7 +79,7 @@ def test_validation_problems_map_to_invalid_request_with_errors(client: Client) 
     with pytest.raises(InvalidRequestError) as info:
         client.submit(ADD, {"a": "not a number"})
     assert {tuple(e["loc"][-1:]) for e in info.value.errors} == {("a",), ("b",)}
-    assert info.value.problem["code"] == "validation-error"
+    assert info.value.problem is not None and info.value.problem["code"] == "validation-error"
 
     with pytest.raises(InvalidRequestError) as info:
         client.submit(ADD, {"a": 1, "b": 2}, delay=5, run_at=dt.datetime.now(dt.UTC))
@@ -90,6 +91,7 @@ def test_validation_problems_map_to_invalid_request_with_errors(client: Client) 
 
     with pytest.raises(ClientError) as too_large:
         client.submit(ADD, {"a": "x" * 1_100_000, "b": 1})
+    assert too_large.value.problem is not None
     assert (too_large.value.status_code, too_large.value.problem["code"]) == (413, "body-too-large")
 
 
@@ -203,7 +205,7 @@ def test_api_keys_are_sent_as_bearer_tokens(tmp_path: Path) -> None:
             with Client(api_key=key, http_client=app.client) as c, pytest.raises(UnauthorizedError) as info:
                 c.submit(ADD, {"a": 1, "b": 1})
             assert info.value.status_code == 401 and isinstance(info.value, ClientError)
-            assert info.value.problem["code"] == "unauthorized"
+            assert info.value.problem is not None and info.value.problem["code"] == "unauthorized"
             assert info.value.key_sent is (key is not None)
             messages.add(str(info.value))
         assert any("needs an API key" in m for m in messages)
@@ -254,7 +256,7 @@ def test_signal_resumes_a_waiting_job_and_repeats_are_idempotent(
     job = client.submit("tests.e2e_tasks.approval", {"path": str(marks)})
 
     def parked() -> bool:
-        return client.get(job["id"])["status"] == "waiting"
+        return bool(client.get(job["id"])["status"] == "waiting")
 
     wait_until(parked, WAIT_S, message="the job to wait for its signal")
     sent = client.signal(job["id"], "approve", {"ok": True})
@@ -281,7 +283,7 @@ def test_a_signal_without_a_payload_sends_null(client: Client, shared_app: Runni
 def test_what_cannot_be_sent_is_refused_before_sending(client: Client) -> None:
     """Each is an InvalidRequestError raised by the client, never a traceback from the HTTP
     library or a request that names another resource."""
-    refused = [
+    refused: list[Callable[[], object]] = [
         lambda: client.submit(ADD, {"a": float("nan"), "b": 1}),  # not JSON
         lambda: client.submit(ADD, {"a": 1, "b": 1}, idempotency_key="ключ"),  # not ASCII
         lambda: client.delete(""),  # /jobs/ would be the list
@@ -396,7 +398,7 @@ def test_a_wait_poll_is_sent_again_through_a_restart_once_the_server_has_answere
 def test_a_keyed_submit_waits_for_the_first_request_with_its_key_and_gets_its_job(app: RunningApp) -> None:
     """A double click, or the SDK's own resend after a timeout, meets the first request still in
     flight (409): the SDK waits for it and answers with its job, as the key promises."""
-    body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+    body: dict[str, Any] = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
     answers: list[int] = []
     app.client.event_hooks["response"].append(lambda r: answers.append(r.status_code))
     lock = sqlite3.connect(app.db_path, isolation_level=None)

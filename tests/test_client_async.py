@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from jobserver.client.aio import AsyncClient
-from jobserver.client.sdk import Client, Event, UnauthorizedError
+from jobserver.client.sdk import Client, Event, Job, UnauthorizedError
 from jobserver.core.errors import (
     JobNotFinishedError,
     JobNotFoundError,
@@ -165,7 +165,7 @@ class FlakyNetwork(httpx.AsyncBaseTransport):
 
 
 def test_only_safe_requests_are_sent_again_after_a_lost_answer(app: RunningApp) -> None:
-    async def keyed(c: AsyncClient) -> dict[str, Any]:
+    async def keyed(c: AsyncClient) -> Job:
         return await c.submit(ADD, {"a": 1, "b": 2}, idempotency_key="lost-once")
 
     transport = FlakyNetwork(app.asgi_app, lose=1)
@@ -190,7 +190,7 @@ def test_only_safe_requests_are_sent_again_after_a_lost_answer(app: RunningApp) 
 
 
 def test_any_request_is_sent_again_when_its_connection_was_refused(app: RunningApp) -> None:
-    async def unkeyed(c: AsyncClient) -> dict[str, Any]:
+    async def unkeyed(c: AsyncClient) -> Job:
         return await c.submit(NOOP, delay=3600)
 
     transport = FlakyNetwork(app.asgi_app, refuse=2)
@@ -276,7 +276,8 @@ def test_more_open_streams_than_httpx_pools_by_default_all_connect(tmp_path: Pat
 
             watchers = [asyncio.ensure_future(watch(seen)) for seen in first_events]
             opened = asyncio.ensure_future(asyncio.gather(*first_events))
-            await asyncio.wait([opened, *watchers], timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            either: list[asyncio.Future[Any]] = [opened, *watchers]
+            await asyncio.wait(either, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
             ended = [w for w in watchers if w.done()]  # none may end before the cancel
             assert opened.done() and not ended, [w.exception() for w in ended]
             await client.cancel(job["id"])

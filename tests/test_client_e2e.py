@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -65,7 +66,7 @@ def test_a_watch_and_a_wait_outlive_a_restart(tmp_path: Path) -> None:
     """events() resumes without a gap or a repeat; wait() keeps polling until the server is back."""
     srv = start_server(tmp_path)
     seen: list[Event] = []
-    waited: list[dict] = []
+    waited: list[dict[str, Any]] = []
     failed: list[BaseException] = []
     transport = CountingTransport()
     try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from pydantic import ValidationError
@@ -21,12 +24,20 @@ def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
     return path
 
 
-def load(tmp_path: Path, **kwargs: object) -> Settings:
+class LoadArgs(TypedDict, total=False):
+    """The arguments of `load_settings` a test may give (`cwd` is the test's directory)."""
+
+    config_path: str | os.PathLike[str] | None
+    environ: Mapping[str, str] | None
+    overrides: Mapping[str, Any] | None
+
+
+def load(tmp_path: Path, **kwargs: Unpack[LoadArgs]) -> Settings:
     kwargs.setdefault("environ", {})
-    return load_settings(cwd=tmp_path, **kwargs)  # type: ignore[arg-type]
+    return load_settings(cwd=tmp_path, **kwargs)
 
 
-def config_error(tmp_path: Path, **kwargs: object) -> ConfigError:
+def config_error(tmp_path: Path, **kwargs: Unpack[LoadArgs]) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, **kwargs)
     return info.value
@@ -405,7 +416,8 @@ def test_absolute_sqlite_url(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere" / "jobs.db"
     settings = load(tmp_path / "cwd", environ={"JOBSERVER_DATABASE_URL": f"sqlite:///{target}"})
     assert settings.sqlite_path() == target
-    assert settings.sqlite_path() is not None and settings.sqlite_path().is_absolute()  # type: ignore[union-attr]
+    path = settings.sqlite_path()
+    assert path is not None and path.is_absolute()
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:p@db:5432/jobs", "postgres://localhost/jobs"])
@@ -460,9 +472,9 @@ def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:
 def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load(tmp_path)
     with pytest.raises(ValidationError):
-        settings.server.port = 1  # type: ignore[misc]
+        settings.server.port = 1
     with pytest.raises(ValidationError):
-        settings.server = settings.server  # type: ignore[misc]
+        settings.server = settings.server
 
 
 def test_repo_config_toml_equals_the_defaults(tmp_path: Path) -> None:

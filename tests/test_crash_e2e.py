@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.e2e
 FINISHED = {"completed", "failed", "cancelled"}
 
 
-def all_jobs(c: httpx.Client) -> list[dict]:
+def all_jobs(c: httpx.Client) -> list[dict[str, Any]]:
     jobs, cursor = [], None
     while True:
         params = {"limit": 500, **({"cursor": cursor} if cursor else {})}

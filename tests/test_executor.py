@@ -61,7 +61,7 @@ def run_on_thread(p: Parts, claim: Claim) -> tuple[threading.Thread, list[bool]]
 
 def settled(p: Parts, job_id: str, status: str) -> bool:
     p.writer.call(lambda tx: None)  # every op queued before this one has committed
-    return p.store.get(job_id).to_api()["status"] == status
+    return bool(p.store.get(job_id).to_api()["status"] == status)
 
 
 def test_a_time_limit_is_enforced_on_the_manual_clock(tmp_path: Path) -> None:

@@ -14,17 +14,18 @@ from tests.helpers import has_line, wait_until
 from tests.inproc import RunningApp
 
 
-def submit(c: httpx.Client, task: str, args: dict | None = None, **extra) -> dict:
+def submit(c: httpx.Client, task: str, args: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     r = c.post("/jobs", json={"task": task, "args": args or {}, **extra})
     assert r.status_code == 202, r.text
     assert r.headers["location"] == f"/jobs/{r.json()['id']}"
-    return r.json()
+    job: dict[str, Any] = r.json()
+    return job
 
 
-def wait_done(c: httpx.Client, job_id: str, timeout: float = 20) -> dict:
+def wait_done(c: httpx.Client, job_id: str, timeout: float = 20) -> dict[str, Any]:
     r = c.get(f"/jobs/{job_id}", params={"wait": timeout})
     assert r.status_code == 200
-    job = r.json()
+    job: dict[str, Any] = r.json()
     assert job["status"] in ("completed", "failed", "cancelled"), job
     return job
 
@@ -96,7 +97,7 @@ def test_a_number_whose_fraction_is_zero_is_an_integer(app: RunningApp) -> None:
     ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(
-    app: RunningApp, body: dict, status: int, field: str | None
+    app: RunningApp, body: dict[str, Any], status: int, field: str | None
 ) -> None:
     c = app.client
     r = c.post("/jobs", json=body)
@@ -248,7 +249,8 @@ def test_twenty_concurrent_submits_with_one_key_make_one_job(app: RunningApp) ->
     body = {"task": "jobserver.examples.add", "args": {"a": 5, "b": 5}}
 
     def post(_: int) -> httpx.Response:
-        return app.client.post("/jobs", json=body, headers={"Idempotency-Key": "same"})
+        answer: httpx.Response = app.client.post("/jobs", json=body, headers={"Idempotency-Key": "same"})
+        return answer
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(post, range(20)))

@@ -5,6 +5,7 @@ waiting run's slots, batch submits, spawned children)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -27,12 +28,13 @@ HELD = "tests.e2e_tasks.held_key"
 GATED = "tests.e2e_tasks.gated_approval"
 
 
-def job(c: httpx.Client, job_id: str) -> dict:  # type: ignore[type-arg]
+def job(c: httpx.Client, job_id: str) -> dict[str, Any]:
     return dict(c.get(f"/jobs/{job_id}").json())
 
 
-def limit(c: httpx.Client, key: str) -> dict:  # type: ignore[type-arg]
-    return next(k for k in c.get("/limits").json()["limits"] if k["key"] == key)
+def limit(c: httpx.Client, key: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(k for k in c.get("/limits").json()["limits"] if k["key"] == key)
+    return found
 
 
 def in_use(c: httpx.Client, key: str) -> float:
@@ -222,7 +224,7 @@ def test_spawned_children_hold_their_task_limits(app: RunningApp, tmp_path: Path
     args = {"path": path, "model": "kids", "release": release, "n": 5}
     parent = submit(c, "tests.e2e_tasks.spawns_held", args)
 
-    def children() -> list[dict]:  # type: ignore[type-arg]
+    def children() -> list[dict[str, Any]]:
         return list(c.get("/jobs", params={"parent": parent}).json()["jobs"])
 
     wait_until(lambda: sum(ch["status"] == "running" for ch in children()) == 3)

@@ -6,7 +6,9 @@ import statistics
 import threading
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -29,7 +31,7 @@ def at(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def done(c: httpx.Client, job_id: str, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+def done(c: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
     job = dict(c.get(f"/jobs/{job_id}", params={"wait": timeout}).json())
     assert job["status"] in ("completed", "failed", "cancelled"), job
     return job
@@ -161,7 +163,7 @@ def _change_lags(tmp_path: Path, a: Server, b: Server) -> tuple[list[float], lis
         job_id = submit(
             ca, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)}
         )
-        wait_until(lambda started=started: has_line(started))  # type: ignore[misc]
+        wait_until(partial(has_line, started))
         waited: list[float] = []
         streamed: list[float] = []
         live = threading.Event()
@@ -189,10 +191,10 @@ def _cancel_lags(tmp_path: Path, a: Server, b: Server) -> list[float]:
     for i in range(3):
         started, seen = tmp_path / f"c-started{i}", tmp_path / f"c-seen{i}"
         job_id = submit(ca, "tests.e2e_tasks.notices_cancel", {"started": str(started), "seen": str(seen)})
-        wait_until(lambda started=started: has_line(started))  # type: ignore[misc]
+        wait_until(partial(has_line, started))
         asked = time.time()
         assert cb.post(f"/jobs/{job_id}/cancel").status_code == 202
-        wait_until(lambda seen=seen: has_line(seen), timeout=20)  # type: ignore[misc]
+        wait_until(partial(has_line, seen), timeout=20)
         lags.append(float(seen.read_text()) - asked)
         assert done(cb, job_id)["status"] == "cancelled"
     return lags

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -23,7 +24,7 @@ def node(tmp_path: Path, name: str, url: str, *, wait: bool = True, **workers: o
     return start_server(d, config=config, wait=wait)
 
 
-def submit(c: httpx.Client, task: str, args: dict) -> str:
+def submit(c: httpx.Client, task: str, args: dict[str, Any]) -> str:
     r = c.post("/jobs", json={"task": task, "args": args})
     assert r.status_code == 202, r.text
     return str(r.json()["id"])

@@ -4,7 +4,7 @@ pinned), one job per tick, catch-up, the config's schedules, and the /schedules 
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,8 +23,10 @@ ADD = "jobserver.examples.add"
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def at(*fields: int, tz: Any = UTC) -> float:
-    return datetime(*fields, tzinfo=tz).timestamp()  # type: ignore[misc]
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, *, tz: tzinfo = UTC
+) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=tz).timestamp()
 
 
 def utc(ts: float) -> datetime:

@@ -124,7 +124,7 @@ def test_a_database_made_with_the_whole_table_indexes_gets_the_partial_ones(pg_u
             ).fetchall()
     finally:
         db.close()
-    indexes = dict(rows)
+    indexes: dict[str, str] = dict(rows)
     assert not set(OLD_JOB_INDEXES) & set(indexes)
     for name, _ in JOB_INDEXES:
         assert " WHERE " in indexes[name], indexes

@@ -30,7 +30,7 @@ from jobserver.webhooks import payload as webhooks
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
 from tests.helpers import free_port, wait_until
-from tests.receiver import Receiver, Reply
+from tests.receiver import Received, Receiver, Reply
 from tests.storage import claim_one, crash_decider, end_attempt, limit_store, rescued_records
 
 SECRET = webhooks.generate_secret()
@@ -120,7 +120,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     db.close()
 
 
-def signature_ok(req: Any) -> bool:
+def signature_ok(req: Received) -> bool:
     h = req.headers
     return h["webhook-signature"] == webhooks.sign(
         SECRET, h["webhook-id"], int(h["webhook-timestamp"]), req.body

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from jobserver import task
 from jobserver.core.records import Claim
 from jobserver.core.tasks import build_taskdef
 from jobserver.runner.slots import UNKNOWN_RUN_S, Capacity, Slots
+from jobserver.storage.writer import Tx
 
 
 @task
@@ -25,13 +27,16 @@ async def waits() -> None:
     pass
 
 
-class FakeTx:
-    """Only what Slots uses of a transaction: the rollback hook."""
+class FakeTx(Tx):
+    """Only what Slots uses of a transaction: the rollback hook (no cursor: it runs no SQL)."""
+
+    __slots__ = ("undo",)
 
     def __init__(self) -> None:
-        self.undo: list = []
+        super().__init__(cur=None, pg=False)
+        self.undo: list[Callable[[], None]] = []
 
-    def on_rollback(self, hook) -> None:  # type: ignore[no-untyped-def]
+    def on_rollback(self, hook: Callable[[], None]) -> None:
         self.undo.append(hook)
 
 

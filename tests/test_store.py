@@ -13,6 +13,7 @@ from jobserver.core.lifecycle import Outcome, Park, WaitKind
 from jobserver.core.records import Claim, HandOff, JobIds, NewJob
 from jobserver.core.tasks import TaskOptions
 from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Tx
 from tests.storage import claim_one, crash_decider, end_attempt, open_store, rescued_records
 
 IDS = JobIds()
@@ -51,14 +52,16 @@ def test_claim_order_priority_then_due_time(tmp_path: Path) -> None:
         order = [claim(store, "me", NOW, 30) for _ in range(3)]
         assert [c.job_id if c else None for c in order] == [high, low, None]
         assert store.get(future).to_api()["status"] == "pending"
-        assert claim(store, "me", NOW + 61, 30).job_id == future
+        last = claim(store, "me", NOW + 61, 30)
+        assert last is not None and last.job_id == future
 
 
 def test_claim_skips_excluded_tasks(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         add(store, task="capped")
         other = add(store, task="free")
-        assert claim(store, "me", NOW, 30, ["free"]).job_id == other
+        taken = claim(store, "me", NOW, 30, ["free"])
+        assert taken is not None and taken.job_id == other
         assert claim(store, "me", NOW, 30, ["free"]) is None
         assert claim(store, "me", NOW, 30, []) is None
 
@@ -83,6 +86,7 @@ def test_stale_attempt_writes_are_refused(tmp_path: Path) -> None:
         )
         assert [r.id for r in rescued_records(rescued)] == [job_id]
         second = claim(store, "new", NOW + 31, 30)
+        assert first is not None and second is not None
         assert second.run_seq == first.run_seq + 1
         with pytest.raises(StaleAttemptError):
             end_attempt(store, first, Outcome.completed('"old"'), NOW + 32)
@@ -142,7 +146,7 @@ def test_rolled_back_claim_undoes_its_reservation(tmp_path: Path) -> None:
         job_id = add(store)
         reserved: list[str] = []
 
-        def accept(tx, cands):
+        def accept(tx: Tx, cands: list[tuple[str, str]]) -> list[str]:
             reserved.extend(i for i, _ in cands)
             tx.on_rollback(reserved.clear)
             raise RuntimeError("after reserving")

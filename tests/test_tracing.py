@@ -70,12 +70,14 @@ def parent_id(span: ReadableSpan) -> int | None:
 
 def span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    sid: int = span.context.span_id
+    return sid
 
 
 def trace_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.trace_id
+    tid: int = span.context.trace_id
+    return tid
 
 
 def test_one_trace_runs_from_the_submit_through_attempts_and_steps_to_the_webhook(

@@ -3,7 +3,9 @@ gather and the batch submit, driven through the API."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -21,11 +23,12 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def status_of(app: RunningApp, job_id: str) -> dict:
-    return app.client.get(f"/jobs/{job_id}").json()
+def status_of(app: RunningApp, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = app.client.get(f"/jobs/{job_id}").json()
+    return job
 
 
-def waiting(app: RunningApp, job_id: str) -> dict | None:
+def waiting(app: RunningApp, job_id: str) -> dict[str, Any] | None:
     job = status_of(app, job_id)
     return job if job["status"] == "waiting" else None
 
@@ -290,7 +293,7 @@ def test_bulk_cancel_reaches_waiting_jobs(app: RunningApp) -> None:
     marks = app.tmp_path / "marks"
     parked = [submit(c, "tests.e2e_tasks.approval", {"path": str(marks)}) for _ in range(2)]
     for job_id in parked:
-        wait_until(lambda job_id=job_id: waiting(app, job_id), message="the job to wait")
+        wait_until(partial(waiting, app, job_id), message="the job to wait")
     r = c.post("/jobs/cancel", json={"status": "waiting", "ids": parked})
     assert r.status_code == 200 and r.json() == {"count": 2}, r.text
     assert {finished(c, j)["status"] for j in parked} == {"cancelled"}
@@ -315,7 +318,7 @@ def test_a_wait_too_long_to_store_fails_the_call_not_the_server(app: RunningApp)
     assert wait_until(lambda: waiting_for(app, forever))["until"] is None  # None: no timeout at all
 
 
-def waiting_for(app: RunningApp, job_id: str) -> dict | None:
+def waiting_for(app: RunningApp, job_id: str) -> dict[str, Any] | None:
     job = waiting(app, job_id)
     return None if job is None else job["waiting_for"]
 

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVarTuple
 
 import pytest
 
 from jobserver.core.errors import StorageError
-from jobserver.storage.models import Checkpoints
-from jobserver.storage.writer import Tx, notify_payloads
+from jobserver.storage.models import Checkpoints, SqliteFile
+from jobserver.storage.store import JobStore
+from jobserver.storage.writer import Tx, WriteFuture, notify_payloads
 from jobserver.storage.writer import _wake as writer_wake
 from tests.storage import open_store
 
+Ts = TypeVarTuple("Ts")
 
-def count(store, sql: str = "SELECT COUNT(*) FROM meta WHERE key != 'schema_version'") -> int:
+
+def count(store: JobStore, sql: str = "SELECT COUNT(*) FROM meta WHERE key != 'schema_version'") -> int:
     return int(store._query(sql)[0][0])
 
 
-def insert(key: str):
+def insert(key: str) -> Callable[[Tx], str]:
     def op(tx: Tx) -> str:
         tx.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
         return key
@@ -71,7 +77,11 @@ def test_failing_op_after_write_is_undone_alone(tmp_path: Path) -> None:
             insert("good")(tx)
             tx.after_commit(lambda: hooks.append("good"))
 
-        futures = [store.writer.submit(good), store.writer.submit(half), store.writer.submit(insert("z"))]
+        futures: list[WriteFuture[Any]] = [
+            store.writer.submit(good),
+            store.writer.submit(half),
+            store.writer.submit(insert("z")),
+        ]
         gate.set()
         futures[0].result(10)
         futures[2].result(10)
@@ -159,19 +169,29 @@ def test_coroutines_await_answers_and_one_commit_wakes_their_loop_once(tmp_path:
             calls = 0
             threadsafe = loop.call_soon_threadsafe
 
-            def counting(callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            def counting(
+                callback: Callable[[*Ts], object],
+                *args: *Ts,
+                context: contextvars.Context | None = None,
+            ) -> asyncio.Handle:
                 nonlocal calls
-                calls += callback is writer_wake
-                return threadsafe(callback, *args, **kwargs)
+                scheduled: object = callback  # any callback: counted when it is the writer's wake-up
+                calls += scheduled is writer_wake
+                return threadsafe(callback, *args, context=context)
 
             loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
             started = threading.Event()
-            held = store.writer.submit(lambda tx: started.set() or gate.wait(10))  # the rest queue behind it
+
+            def hold(tx: Tx) -> bool:
+                started.set()
+                return gate.wait(10)
+
+            held = store.writer.submit(hold)  # the rest queue behind it
             assert await asyncio.to_thread(started.wait, 10)
             calls = 0
             awaiting: list[int] = []
 
-            async def answer(future):  # type: ignore[no-untyped-def]
+            async def answer(future: Awaitable[str]) -> str:
                 awaiting.append(1)  # the await below registers with the future before it yields
                 return await future
 
@@ -221,17 +241,20 @@ def test_commits_leave_checkpoints_to_the_maintenance_pass(tmp_path: Path) -> No
 
         def write_rows(first: int, rows: int) -> None:
             for start in range(first, first + rows, 50):
-                store.writer.call(
-                    lambda tx, start=start: [
+
+                def fifty(tx: Tx, start: int = start) -> list[Any]:
+                    return [
                         tx.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{n}", blob))
                         for n in range(start, start + 50)
                     ]
-                )
+
+                store.writer.call(fifty)
 
         write_rows(0, 1500)  # 30 commits, some 1,500 pages
         before = db_file.stat().st_size
         assert before < 1_000_000  # the rows are all still in the log: no commit checkpointed
         commits = [1]
+        assert isinstance(store.db, SqliteFile)
         checkpoints = Checkpoints(store.db, lambda: commits[0])
         checkpoints.run_once()
         after = db_file.stat().st_size
