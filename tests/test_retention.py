@@ -131,6 +131,23 @@ def test_finished_jobs_past_the_horizon_go_with_all_their_rows(seed: Seed) -> No
     assert pruner(seed).run_once(NOW).jobs == 0
 
 
+def test_a_finished_child_stays_while_its_parent_has_not_finished(seed: Seed) -> None:
+    """A waiting parent reads its children's ends again when it resumes: they must still be there."""
+    parent = seed.job(NOW - 30 * DAY, "pending")
+    child = seed.job(NOW - 8 * DAY, "completed", logs=1)
+    orphan = seed.job(NOW - 8 * DAY, "completed")  # its parent is gone already
+    seed.writer.call(lambda tx: tx.execute("UPDATE jobs SET parent_id = ? WHERE id = ?", (parent, child)))
+    seed.writer.call(lambda tx: tx.execute("UPDATE jobs SET parent_id = 'gone' WHERE id = ?", (orphan,)))
+    kept = seed.rows_of(child)
+
+    assert pruner(seed).run_once(NOW).jobs == 1
+    assert seed.rows_of(child) == kept and seed.count("jobs", orphan) == 0
+
+    seed.store.cancel(parent, NOW, lambda rec: None).result()
+    assert pruner(seed).run_once(NOW).jobs == 1  # the child; the parent finished just now
+    assert seed.count("jobs", child) == 0 and seed.count("jobs", parent) == 1
+
+
 def test_idempotency_keys_past_their_horizon_go(seed: Seed) -> None:
     seed.job(NOW - 2 * DAY, "completed", key="old")
     seed.job(NOW - DAY + 60, "completed", key="young")

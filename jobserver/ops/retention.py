@@ -1,7 +1,8 @@
 """Pruner: deletes finished jobs and idempotency keys past their retention.
 
 Owns the `[retention]` rules: a completed, failed or cancelled job whose
-`finished_at` is older than `retention.finished_jobs` goes, together with its
+`finished_at` is older than `retention.finished_jobs` goes (a child once its parent has
+finished too), together with its
 events, steps, webhook deliveries and webhook attempts; an idempotency key goes
 once it is older than `retention.idempotency_keys`; a limit key goes once nothing has used it
 for an hour past its window (`LimitStore.prune_idle_op`).
@@ -33,8 +34,12 @@ log = logging.getLogger(__name__)
 
 MAX_BATCHES_PER_PASS = 100  # a pass stops after this many ops; the next pass goes on
 
+# A finished child of an unfinished parent stays: the parent's gather reads its end again on
+# every resume, and a child gone would read as a failure.
 EXPIRED_JOBS_SQL = (
-    "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < ? LIMIT ?"
+    "SELECT j.id FROM jobs j WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at < ? "
+    "AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.id = j.parent_id "
+    "AND p.status NOT IN ('completed', 'failed', 'cancelled')) LIMIT ?"
 )
 # (table, the columns that name one row); children first, the job row last.
 CHILD_TABLES = (
