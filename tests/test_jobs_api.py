@@ -4,6 +4,7 @@ in-process on a fresh SQLite file (tests/inproc.py)."""
 from __future__ import annotations
 
 import concurrent.futures
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,21 @@ def test_delete_and_retry_endpoints(app: RunningApp) -> None:
     assert c.delete(f"/jobs/{done['id']}").status_code == 204
     assert c.get(f"/jobs/{done['id']}").status_code == 404
     assert c.delete(f"/jobs/{done['id']}").status_code == 404
+
+
+@pytest.mark.parametrize("how", ["one", "bulk"])
+def test_deleting_a_job_deletes_the_signals_sent_to_it(app: RunningApp, how: str) -> None:
+    c = app.client
+    job = submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=3600)
+    assert c.post(f"/jobs/{job['id']}/signals/approve", json={"card": "4242"}).status_code == 202
+    assert c.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    if how == "one":
+        assert c.delete(f"/jobs/{job['id']}").status_code == 204
+    else:
+        r = c.post("/jobs/delete", json={"ids": [job["id"]]})
+        assert r.status_code == 200 and r.json()["count"] == 1, r.text
+    with sqlite3.connect(f"file:{app.db_path}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT COUNT(*) FROM signals WHERE job_id = ?", (job["id"],)).fetchone() == (0,)
 
 
 def test_cancel_pending_never_runs(app: RunningApp, tmp_path: Path) -> None:

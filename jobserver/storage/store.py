@@ -92,6 +92,17 @@ SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a park
 )
 
 
+# Every row a finished job owns, the job's own last: deleting a job deletes them all.
+JOB_ROWS = (
+    ("events", "job_id"),
+    ("steps", "job_id"),
+    ("signals", "job_id"),
+    ("webhook_attempts", "job_id"),
+    ("webhook_deliveries", "job_id"),
+    ("jobs", "id"),
+)
+
+
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
     return [ids[i : i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
 
@@ -956,8 +967,7 @@ class JobStore:
                 raise JobNotFoundError(job_id)
             if row[0] not in FINISHED:
                 raise JobNotFinishedError(job_id, str(row[0]))
-            for table in ("events", "steps", "signals", "webhook_attempts", "webhook_deliveries", "jobs"):
-                column = "id" if table == "jobs" else "job_id"
+            for table, column in JOB_ROWS:
                 tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
         return self.writer.submit(op)
@@ -1064,8 +1074,7 @@ class JobStore:
             gone = [rec.id for rec in records]
             if gone:
                 gone_marks = ", ".join("?" * len(gone))
-                for table in ("events", "steps", "webhook_attempts", "webhook_deliveries", "jobs"):
-                    column = "id" if table == "jobs" else "job_id"
+                for table, column in JOB_ROWS:
                     tx.execute(f"DELETE FROM {table} WHERE {column} IN ({gone_marks})", tuple(gone))
             return records, found[-1]
 
