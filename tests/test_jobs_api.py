@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers import has_line, wait_until
-from tests.inproc import RunningApp
+from tests.inproc import RunningApp, running_app
 
 
 def submit(c: httpx.Client, task: str, args: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -377,6 +377,23 @@ def test_deleting_a_job_deletes_the_signals_sent_to_it(app: RunningApp, how: str
         assert r.status_code == 200 and r.json()["count"] == 1, r.text
     with sqlite3.connect(f"file:{app.db_path}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM signals WHERE job_id = ?", (job["id"],)).fetchone() == (0,)
+
+
+def test_a_retried_async_job_starts_while_every_worker_thread_is_busy(tmp_path: Path) -> None:
+    """The async feeder claims it at once; the thread that could wake it is busy, and the next
+    poll is half a minute away."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    with running_app(tmp_path, config={"workers": {"threads": 1, "poll_interval": "30s"}}) as app:
+        c = app.client
+        later = submit(c, "jobserver.examples.async_sleep", {"seconds": 0}, delay=3600)
+        assert c.post(f"/jobs/{later['id']}/cancel").status_code == 202
+        submit(c, "tests.e2e_tasks.block_until_file", {"started": str(started), "release": str(release)})
+        wait_until(started.exists, 10, message="the one worker thread busy")
+        try:
+            assert c.post(f"/jobs/{later['id']}/retry").status_code == 202
+            assert c.get(f"/jobs/{later['id']}", params={"wait": 10}).json()["status"] == "completed"
+        finally:
+            release.touch()
 
 
 def test_cancel_pending_never_runs(app: RunningApp, tmp_path: Path) -> None:

@@ -173,9 +173,9 @@ class JobCommands:
     async def retry(self, job_id: str) -> JobRecord:
         """Run a failed or cancelled job again with a fresh round of attempts."""
 
-        def after() -> None:
-            self.hub.publish(job_id)
-            self.wakeup.notify()
+        def after(rec: JobRecord) -> None:
+            self.hub.publish(rec.id)
+            self.dispatcher.job_added(rec.task)  # an async job is claimed by the feeder, not a thread
 
         return await self.store.retry(job_id, self.clock.now(), after)
 

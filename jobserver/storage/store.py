@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -935,7 +936,9 @@ class JobStore:
 
         return self.writer.submit(op)
 
-    def retry(self, job_id: str, now: float, on_commit: Callable[[], None]) -> WriteFuture[JobRecord]:
+    def retry(
+        self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]
+    ) -> WriteFuture[JobRecord]:
         """A failed or cancelled job gets a fresh round of attempts; its steps are kept."""
 
         def op(tx: Tx) -> JobRecord:
@@ -953,7 +956,7 @@ class JobStore:
                 raise JobNotRetryableError(job_id, str(row[0]))
             tx.notify(DUE_NOTE)
             _job_event(tx, rec, now)
-            tx.after_commit(on_commit)
+            tx.after_commit(partial(on_commit, rec))
             return rec
 
         return self.writer.submit(op)
