@@ -162,6 +162,34 @@ async def async_forever(ctx: JobContext, started: str) -> None:
 
 
 @task
+async def async_swallows_stops(ctx: JobContext, started: str, release: str, then: str = "wait") -> str:
+    """Catches its cancellation and goes on: returns at once (`then="return"`), or keeps running
+    until `release` exists (`then="wait"`). `started` gets a line when it starts, when each
+    cancellation reaches it and when it returns."""
+    _mark(started, "started")
+    while not Path(release).exists():
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            _mark(started, "cancelled")
+            if then == "return":
+                break
+    _mark(started, "returned")
+    return "finished anyway"
+
+
+@task
+def catches_its_stop(ctx: JobContext, started: str) -> str:
+    """A sync task that catches its interruption and returns a value."""
+    _mark(started, "started")
+    try:
+        while True:
+            time.sleep(0.01)
+    except BaseException:
+        return "finished anyway"
+
+
+@task
 def sleep_in_c(ctx: JobContext, started: str, seconds: float) -> str:
     """A blocking C call that no interruption can cut short."""
     _mark(started, ctx.job_id)

@@ -107,6 +107,77 @@ def test_a_stuck_thread_is_given_up_after_the_grace_period(tmp_path: Path) -> No
         assert p.store.get(job_id).status == "cancelled"
 
 
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_an_async_task_that_swallows_its_timeout_is_given_up_after_the_grace_period(tmp_path: Path) -> None:
+    clock = ManualClock()
+    started, release = tmp_path / "started", tmp_path / "release"
+    with built(tmp_path, clock) as p:
+        args: dict[str, object] = {"started": str(started), "release": str(release)}
+        job_id = enqueue(p, "tests.e2e_tasks.async_swallows_stops", args, 1, 0.5)
+        assert p.dispatcher.claim_once() == 1
+        wait_until(lambda: "started" in lines(started), 10, message="the task to start")
+        clock.advance(0.5)
+        assert p.executor.watchdog_once() == 0
+        wait_until(lambda: "cancelled" in lines(started), 10, message="the cancellation to reach it")
+        assert p.executor.running_count() == 1  # inside the grace period it may still stop
+        clock.advance(STUCK_GRACE_S)
+        assert p.executor.watchdog_once() == 0  # no worker thread to replace: it ran on the event loop
+        wait_until(lambda: settled(p, job_id, "failed"), 10, message="the attempt given up")
+        assert p.store.get(job_id).to_api()["error"]["type"] == "Timeout"
+        wait_until(lambda: p.executor.running_count() == 0, 10, message="its slot freed")
+        release.touch()
+        wait_until(lambda: "returned" in lines(started), 10, message="the task to return at last")
+        job = p.store.get(job_id).to_api()
+        assert (job["status"], job["result"]) == ("failed", None)  # its late return changed nothing
+
+
+@pytest.mark.parametrize("reason, status", [("cancel", "cancelled"), ("timeout", "failed")])
+def test_an_async_task_that_returns_after_its_stop_ends_as_the_stop_says(
+    tmp_path: Path, reason: str, status: str
+) -> None:
+    clock = ManualClock()
+    started = tmp_path / "started"
+    with built(tmp_path, clock) as p:
+        args: dict[str, object] = {
+            "started": str(started),
+            "release": str(tmp_path / "never"),
+            "then": "return",
+        }
+        job_id = enqueue(p, "tests.e2e_tasks.async_swallows_stops", args, 1, 0.5)
+        assert p.dispatcher.claim_once() == 1
+        wait_until(lambda: "started" in lines(started), 10, message="the task to start")
+        if reason == "cancel":
+            p.executor.request_stop(job_id, "cancel")
+        else:
+            clock.advance(0.5)
+            p.executor.watchdog_once()
+        wait_until(lambda: settled(p, job_id, status), 10, message=f"the job {status}")
+        job = p.store.get(job_id).to_api()
+        assert job["result"] is None and job["error"]["type"] == {"cancel": "Cancelled"}.get(
+            reason, "Timeout"
+        )
+        assert "returned" in lines(started)
+
+
+def test_a_sync_task_that_returns_after_its_timeout_fails_with_timeout(tmp_path: Path) -> None:
+    clock = ManualClock()
+    started = tmp_path / "started"
+    with built(tmp_path, clock) as p:
+        job_id = enqueue(p, "tests.e2e_tasks.catches_its_stop", {"started": str(started)}, 1, 0.5)
+        thread, returned = run_on_thread(p, claim_sync(p))
+        wait_until(lambda: "started" in lines(started), 10, message="the task to start")
+        clock.advance(0.5)
+        p.executor.watchdog_once()
+        thread.join(10)
+        assert returned == [True]
+        wait_until(lambda: settled(p, job_id, "failed"), 10, message="the attempt's end recorded")
+        job = p.store.get(job_id).to_api()
+        assert (job["result"], job["error"]["type"]) == (None, "Timeout")
+
+
 def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(tmp_path: Path) -> None:
     clock = ManualClock()
     with built(tmp_path, clock) as p:

@@ -182,6 +182,13 @@ class Executor:
         except JobServerError as exc:
             return Outcome.raised(exc)
 
+    def _unless_stopped(self, attempt: Attempt, outcome: Outcome) -> Outcome:
+        """A task that caught its interruption and went on to return, raise or wait ends as the
+        stop says: a timeout is a `Timeout` and a cancel a cancel, whatever it did after."""
+        if attempt.stop_requested.is_set():
+            return self._stopped(attempt, None)
+        return outcome
+
     def _run_sync(self, attempt: Attempt, taskdef: TaskDef) -> Outcome:
         try:
             try:
@@ -192,19 +199,19 @@ class Executor:
                         value = taskdef.fn(**kwargs)
                     finally:
                         attempt.disarm()
-                return self._value(value)
+                return self._unless_stopped(attempt, self._value(value))
             except (Cancelled, Timeout) as exc:
                 return self._stopped(attempt, exc)
             except Suspend as parked:
-                return Outcome.suspended(parked.park)
+                return self._unless_stopped(attempt, Outcome.suspended(parked.park))
             except StaleAttemptError:
                 return Outcome.stale()
             except Exception as exc:
-                return Outcome.raised(exc)
+                return self._unless_stopped(attempt, Outcome.raised(exc))
         except (Cancelled, Timeout) as exc:  # an interruption that landed in our own code
             return self._stopped(attempt, exc)
 
-    def _stopped(self, attempt: Attempt, exc: BaseException) -> Outcome:
+    def _stopped(self, attempt: Attempt, exc: BaseException | None) -> Outcome:
         """The outcome of an attempt that stopped because it was asked to."""
         reason = attempt.stop_reason
         if reason == "timeout" or (isinstance(exc, Timeout) and reason is None):
@@ -224,15 +231,15 @@ class Executor:
                 raise asyncio.CancelledError()
             with attempt.trace.current():
                 value = await taskdef.fn(**kwargs)
-            outcome = self._value(value)
+            outcome = self._unless_stopped(attempt, self._value(value))
         except (asyncio.CancelledError, Cancelled, Timeout) as exc:
             outcome = self._stopped(attempt, exc)
         except Suspend as parked:
-            outcome = Outcome.suspended(parked.park)
+            outcome = self._unless_stopped(attempt, Outcome.suspended(parked.park))
         except StaleAttemptError:
             outcome = Outcome.stale()
         except Exception as exc:
-            outcome = Outcome.raised(exc)
+            outcome = self._unless_stopped(attempt, Outcome.raised(exc))
         attempt.async_task = None
         if attempt.take_end():
             self.finish(attempt, outcome)  # queues the writes; does not block the loop
@@ -418,8 +425,10 @@ class Executor:
             return self._running.get(attempt.claim.job_id) is attempt and not attempt.abandoned
 
     def watchdog_once(self) -> int:
-        """Enforce time limits, and give up sync attempts stuck past the grace period;
-        returns how many worker threads were given up (to be replaced)."""
+        """Enforce time limits, and give up attempts still running past the grace period after
+        their stop; returns how many worker threads were given up (to be replaced). An async
+        task that swallows its cancellation is given up too: its end is recorded and its slot
+        freed, and whatever it does later is fenced."""
         now = self.clock.monotonic()
         abandoned = 0
         for attempt in self.running():
@@ -430,18 +439,18 @@ class Executor:
             ):
                 attempt.request_stop("timeout")
             if (
-                not attempt.is_async
-                and attempt.stop_at is not None
+                attempt.stop_at is not None
                 and not attempt.abandoned
                 and now - attempt.stop_at >= STUCK_GRACE_S
             ):
                 self.abandon(attempt)
-                abandoned += 1
+                abandoned += attempt.abandoned and not attempt.is_async  # its thread exits when it can
         return abandoned
 
     def abandon(self, attempt: Attempt) -> WriteFuture[JobRecord] | None:
-        """A sync task ignored its interruption (a blocking C call): record its end
-        without it and give its worker slot to a new thread. Its late writes are fenced."""
+        """A task ignored its interruption (a sync one in a blocking C call, an async one that
+        caught its cancellation): record its end without it and free its slot, a sync one's
+        by giving it to a new thread. Its late writes are fenced."""
         if not attempt.take_end():
             return None
         attempt.abandoned = True
