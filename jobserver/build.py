@@ -16,6 +16,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import peewee as pw
@@ -194,6 +195,12 @@ def build(
     )
     reporter = Reporter(writer, hub.publish, s.events.max_log_lines)
     tasks_loop = asyncio.new_event_loop()
+    # Async tasks' sync steps and reads run on the loop's default executor, asyncio's own sized
+    # by the CPU count (6 threads on 2 cores): one per async slot, so that a few slow steps never
+    # hold up every other async job's steps.
+    tasks_loop.set_default_executor(
+        ThreadPoolExecutor(s.workers.async_concurrency, thread_name_prefix="jobserver-step")
+    )
     factory = JobFactory(s, registry)
     executor = Executor(
         store,

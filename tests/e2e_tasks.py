@@ -178,6 +178,20 @@ async def async_swallows_stops(ctx: JobContext, started: str, release: str, then
     return "finished anyway"
 
 
+def _held_until(started: str, release: str, job_id: str) -> str:
+    _mark(started, job_id)
+    while not Path(release).exists():
+        time.sleep(0.01)
+    return "released"
+
+
+@task
+async def async_blocking_step(ctx: JobContext, started: str, release: str) -> str:
+    """A sync step (run on a thread) that blocks until `release` exists."""
+    result: str = await ctx.step("held", _held_until, started, release, ctx.job_id)
+    return result
+
+
 @task
 def catches_its_stop(ctx: JobContext, started: str) -> str:
     """A sync task that catches its interruption and returns a value."""

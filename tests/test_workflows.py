@@ -3,6 +3,7 @@ gather and the batch submit, driven through the API."""
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,31 @@ def test_spawn_many_beyond_a_batch_fails_the_job_at_once_and_spawns_nothing(app:
     assert job["status"] == "failed" and job["attempts"] == 1, job
     assert f"at most {MAX_BATCH} in one call" in job["error"]["message"]
     assert app.client.get("/jobs", params={"parent": job["id"]}).json()["jobs"] == []
+
+
+def test_slow_sync_steps_of_async_jobs_do_not_hold_up_the_steps_of_others(tmp_path: Path) -> None:
+    """More blocked steps than asyncio's own default executor has threads, and a quick step still runs."""
+    held = min(32, (os.cpu_count() or 1) + 4)  # that executor's size on this machine
+    started, release = tmp_path / "started", tmp_path / "release"
+    config = {"workers": {"async_concurrency": held + 4}}
+    with running_app(tmp_path, config=config) as app:
+        c = app.client
+        try:
+            for _ in range(held):
+                submit(
+                    c,
+                    "tests.e2e_tasks.async_blocking_step",
+                    {"started": str(started), "release": str(release)},
+                )
+            wait_until(lambda: len(started.read_text().split()) == held if started.exists() else False, 10)
+            quick = submit(
+                c,
+                "tests.e2e_tasks.async_stepped",
+                {"path": str(tmp_path / "q"), "hold": str(tmp_path / "no")},
+            )
+            assert c.get(f"/jobs/{quick}", params={"wait": 10}).json()["status"] == "completed"
+        finally:
+            release.touch()
 
 
 def test_async_fan_out_gathers(app: RunningApp) -> None:
