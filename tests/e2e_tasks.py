@@ -445,6 +445,16 @@ def settles_usage(ctx: JobContext, team: str, used: float) -> float:
     return used
 
 
+@task(limits=[Rate("budget:{team}", 10, per="60s", cost=6)])
+def reports_endless_usage(ctx: JobContext, team: str) -> str:
+    """Reports an infinite usage (an overflow in the caller's own sums): what report_usage says."""
+    try:
+        ctx.report_usage("budget:{team}", 1e308 * 10)
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"
+
+
 @task(limits=[Concurrency("gate:{team}", 1)])
 def gated_approval(ctx: JobContext, team: str) -> Any:
     """Holds its team's only slot, and waits for the `go` signal (a parked run holds none)."""

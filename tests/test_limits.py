@@ -4,6 +4,7 @@ waiting run's slots, batch submits, spawned children)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,14 @@ def test_reported_usage_gives_back_what_the_estimate_overcharged(app: RunningApp
     assert limit(c, "budget:t")["in_use"] == 10
 
 
+def test_an_endless_usage_is_refused_and_charges_nothing(app: RunningApp) -> None:
+    c = app.client
+    job_id = submit(c, "tests.e2e_tasks.reports_endless_usage", {"team": "t"})
+    done = c.get(f"/jobs/{job_id}", params={"wait": 10}).json()
+    assert done["status"] == "completed" and "finite" in done["result"], done
+    assert limit(c, "budget:t")["in_use"] == 6  # the estimate stands
+
+
 def test_a_parked_job_can_be_cancelled(app: RunningApp, tmp_path: Path) -> None:
     c = app.client
     path, release = str(tmp_path / "spans"), str(tmp_path / "release")
@@ -168,6 +177,15 @@ def test_declarations_are_checked_when_the_task_is_registered() -> None:
         Rate("k", 5, per="soon")
     with pytest.raises(ValueError, match="only name args"):
         Concurrency("k:{model.attr}", 1)
+    for endless in (math.inf, math.nan):  # JSON keeps neither: a stored job could not be read back
+        with pytest.raises(ValueError, match="finite"):
+            Rate("k", endless, per="1m")
+        with pytest.raises(ValueError, match="finite"):
+            Rate("k", 5, per=endless)
+        with pytest.raises(ValueError, match="finite"):
+            Rate("k", 5, per="1m", cost=endless)
+    with pytest.raises(ValueError, match="finite"):
+        Rate("k", 5, per="1m", cost=lambda args: args["x"] * 1e308).bind({"x": 10})
     options = build_taskdef(task(limits=[Rate("t:{model}", 5, per="1m")])(f)).options.public()
     assert options["limits"] == [{"kind": "rate", "key": "t:{model}", "limit": 5, "per_s": 60.0, "cost": 1}]
 

@@ -9,6 +9,7 @@ after it was accepted. Must not import storage or anything above core.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,9 +33,14 @@ def _seconds(per: float | str) -> float:
         if match is None:
             raise ValueError(f'a rate window must be seconds or like "1m", "1h": got {per!r}')
         value = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if value <= 0:
-        raise ValueError("a rate window must be longer than 0 seconds")
+    if not 0 < value < math.inf:
+        raise ValueError(f"a rate window must be a finite number of seconds above 0: got {per!r}")
     return value
+
+
+def usable_units(cost: object) -> bool:
+    """A cost a window can add up: a finite number of at least 0 (JSON keeps no inf or NaN)."""
+    return not isinstance(cost, bool) and isinstance(cost, (int, float)) and 0 <= cost < math.inf
 
 
 def _fields(key: str) -> list[str]:
@@ -82,10 +88,12 @@ class Rate:
     cost: Cost
 
     def __init__(self, key: str, n: float, per: float | str, cost: Cost = 1) -> None:
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or n <= 0:
-            raise ValueError(f"Rate({key!r}): n must be a number above 0")
-        if not callable(cost) and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
-            raise ValueError(f"Rate({key!r}): cost must be a number of at least 0 or a function of the args")
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 < n < math.inf:
+            raise ValueError(f"Rate({key!r}): n must be a finite number above 0")
+        if not callable(cost) and not usable_units(cost):
+            raise ValueError(
+                f"Rate({key!r}): cost must be a finite number of at least 0 or a function of the args"
+            )
         _fields(key)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "n", n)
@@ -94,8 +102,8 @@ class Rate:
 
     def bind(self, args: Mapping[str, Any]) -> HeldLimit:
         cost = self.cost(dict(args)) if callable(self.cost) else self.cost
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not cost >= 0:
-            raise ValueError(f"the cost of {self.key!r} must be a number of at least 0, got {cost!r}")
+        if not usable_units(cost):
+            raise ValueError(f"the cost of {self.key!r} must be a finite number of at least 0, got {cost!r}")
         if cost > self.n:
             raise ValueError(f"the cost {cost} of {self.key!r} is more than its limit {self.n} per window")
         return HeldLimit(_render(self.key, args), "rate", self.n, self.per_s, float(cost), self.key)

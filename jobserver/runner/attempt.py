@@ -28,7 +28,7 @@ from jobserver.core.bounds import duration_s, signal_name
 from jobserver.core.clock import Clock
 from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, Timeout
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
-from jobserver.core.limits import load_held
+from jobserver.core.limits import load_held, usable_units
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tracing import NO_ATTEMPT_TRACE, AttemptTrace, kept_context
 from jobserver.runner.reporter import Reporter
@@ -187,8 +187,8 @@ class Attempt:
     def report_usage(self, key: str, units: float) -> None:
         """Settle this attempt's charge of a rate key (its name or its template) with the real
         usage; written without waiting, like progress."""
-        if isinstance(units, bool) or not isinstance(units, (int, float)) or not units >= 0:
-            raise ValueError(f"usage must be a number of at least 0, got {units!r}")
+        if not usable_units(units):
+            raise ValueError(f"usage must be a finite number of at least 0, got {units!r}")
         rates = [h for h in load_held(self.claim.limits) if h.kind == "rate"]
         match = next((h for h in rates if key in (h.key, h.template)), None)
         if match is None:
