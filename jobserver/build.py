@@ -139,7 +139,9 @@ def build(
     tracing = tracing if tracing is not None else load_tracing(os.environ)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     registry = registry or Registry.from_modules(s.tasks.modules)
-    configured_schedules = check_configured(s.schedules, registry)  # a bad one stops the start here
+    configured_schedules = check_configured(
+        s.schedules, registry, s.server.max_args_bytes
+    )  # a bad one stops the start here
     db = open_database(s.database.url, s.sqlite_path(), s.database.synchronous, s.database.busy_timeout)
     if s.is_postgres:
         wait_for_database(db, s.database.startup_wait, stop or threading.Event())  # None: nothing stops it
@@ -236,7 +238,12 @@ def build(
     pool = WorkerPool(dispatcher, executor, s.workers.threads)
     pruner = Pruner(s.retention, writer, limits, clock)
     scheduler = Scheduler(
-        ScheduleStore(db, writer, store, s.is_postgres), registry, clock, observers, dispatcher.job_added
+        ScheduleStore(db, writer, store, s.is_postgres),
+        registry,
+        clock,
+        observers,
+        dispatcher.job_added,
+        s.server.max_args_bytes,
     )
     stats = Stats(Counters(db, s.is_postgres), writer, clock)
     bulk = BulkActions(store, clock, hub, wakeup, dispatcher, commands)

@@ -171,7 +171,7 @@ def serve(args_list: list[str]) -> int:
     log_auth(settings)
     try:
         registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
-        check_configured(settings.schedules, registry)
+        check_configured(settings.schedules, registry, settings.server.max_args_bytes)
     except ConfigError as exc:
         log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
         print(f"jobserver: {exc}", file=sys.stderr)

@@ -276,6 +276,26 @@ def test_bad_schedule_bodies_and_names(tmp_path: Path) -> None:
         assert c.get("/schedules").json() == {"schedules": []}
 
 
+@pytest.mark.parametrize(
+    "task, args",
+    [
+        ("tests.e2e_tasks.spends_tokens", {"path": "p", "tokens": 100}),  # a cost over its rate's limit
+        ("tests.e2e_tasks.record", {"path": "x" * 70_000, "value": "v"}),  # over server.max_args_bytes
+    ],
+)
+def test_a_schedule_is_refused_what_a_submit_of_its_job_would_be(
+    tmp_path: Path, task: str, args: dict[str, Any]
+) -> None:
+    with running_app(tmp_path) as app:
+        c = app.client
+        submitted = c.post("/jobs", json={"task": task, "args": args})
+        assert submitted.status_code == 422, submitted.text
+        r = c.put("/schedules/over", json={"task": task, "cron": "* * * * *", "args": args})
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["type"] == submitted.json()["errors"][0]["type"]
+        assert c.get("/schedules").json() == {"schedules": []}
+
+
 # --------------------------------------------------------------- config
 def test_config_schedules_are_created_updated_and_removed_at_start(tmp_path: Path) -> None:
     clock = ManualClock(at(2026, 1, 1, 0, 0))
@@ -309,10 +329,18 @@ def test_bad_config_schedule_is_a_config_error_naming_it(tmp_path: Path) -> None
     registry = Registry.from_modules(["jobserver.examples"])
     settings = load(head + 'cron = "0 3 * * *"\nargs = {a = "x", b = 2}\n')
     with pytest.raises(ConfigError, match=r"schedules\.nightly\.args: a: Input should be a valid integer"):
-        check_configured(settings.schedules, registry)
+        check_configured(settings.schedules, registry, settings.server.max_args_bytes)
+    registry = Registry.from_modules(["jobserver.examples", "tests.e2e_tasks"])
+    costly = head.replace("jobserver.examples.add", "tests.e2e_tasks.spends_tokens")
+    settings = load(costly + 'cron = "0 3 * * *"\nargs = {path = "p", tokens = 100}\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"schedules\.nightly\.args: ValueError: the cost 100 of 'tokens' is more than its limit",
+    ):
+        check_configured(settings.schedules, registry, settings.server.max_args_bytes)
     settings = load(head.replace("examples.add", "examples.nope") + 'cron = "0 3 * * *"\n')
     with pytest.raises(ConfigError, match=r"schedules\.nightly\.task"):
-        check_configured(settings.schedules, registry)
+        check_configured(settings.schedules, registry, settings.server.max_args_bytes)
 
 
 def test_schedule_jobs_finish_like_any_other(tmp_path: Path) -> None:

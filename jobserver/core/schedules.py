@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from jobserver.core.bounds import TASK_NAME_MAX
 from jobserver.core.clock import rfc3339
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskNotFoundError
+from jobserver.core.schemas import json_within
 from jobserver.core.tasks import Registry
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # safe in a URL path and an idempotency key
@@ -144,22 +144,31 @@ def schedule_of(key: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def check_schedule(name: str, body: ScheduleBody, registry: Registry) -> Schedule:
-    """Check the task and validate the args (TaskNotFoundError / InvalidRequestError, 422)."""
+def check_schedule(name: str, body: ScheduleBody, registry: Registry, max_args_bytes: int) -> Schedule:
+    """Check the task and its args as a submit does: valid, within `server.max_args_bytes`, and
+    such that the task's limits apply to them (TaskNotFoundError / InvalidRequestError, 422).
+    A tick's job is then refused nothing that a submit of it would be."""
     taskdef = registry.get(body.task)
     args = taskdef.validate_args(body.args)
-    return Schedule(name, taskdef.name, body.cron, body.timezone, orjson.dumps(args).decode(), body.catch_up)
+    args_json = json_within(args, max_args_bytes, ["body", "args"], "args")
+    taskdef.bind_limits(args)
+    return Schedule(name, taskdef.name, body.cron, body.timezone, args_json, body.catch_up)
 
 
-def check_configured(specs: tuple[ScheduleSpec, ...], registry: Registry) -> list[Schedule]:
+def check_configured(
+    specs: tuple[ScheduleSpec, ...], registry: Registry, max_args_bytes: int
+) -> list[Schedule]:
     """The `[[schedules]]` of config.toml checked against the registry; ConfigError names the bad one."""
     checked = []
     for spec in specs:
         try:
-            checked.append(check_schedule(spec.name, spec, registry))
+            checked.append(check_schedule(spec.name, spec, registry, max_args_bytes))
         except TaskNotFoundError as exc:
             raise ConfigError(f"schedules.{spec.name}.task", str(exc)) from exc
         except InvalidRequestError as exc:
-            fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'][2:])}: {e['msg']}" for e in exc.errors)
+            fields = "; ".join(
+                ": ".join([*([".".join(str(p) for p in e["loc"][2:])] if e["loc"][2:] else []), e["msg"]])
+                for e in exc.errors
+            )
             raise ConfigError(f"schedules.{spec.name}.args", fields or str(exc)) from exc
     return checked

@@ -7,6 +7,7 @@ import math
 import re
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobserver.core.bounds import (
@@ -20,6 +21,7 @@ from jobserver.core.bounds import (
     RUN_AT_YEARS,
     TASK_NAME_MAX,
 )
+from jobserver.core.errors import InvalidRequestError
 
 # RFC 3339's date-time, as JSON Schema's "date-time" format has it: a "T", seconds, an offset
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -156,3 +158,15 @@ class GetQuery(BaseModel):
     wait: float = Field(default=0, ge=0, le=MAX_WAIT_S)
 
     _plain_wait = field_validator("wait", mode="before")(plain_query_number)
+
+
+def json_within(value: Any, limit: int, loc: list[str], what: str) -> str:
+    """`value` as stored JSON, refused with a 422 naming `loc` when it takes more than `limit`
+    bytes: the limit counts UTF-8 bytes, not characters (client data: args, a signal's payload)."""
+    encoded = orjson.dumps(value)
+    if len(encoded) > limit:
+        raise InvalidRequestError(
+            f"too large: {what}",
+            [{"loc": loc, "type": "too_large", "msg": f"{len(encoded)} bytes, at most {limit}"}],
+        )
+    return encoded.decode()

@@ -48,8 +48,10 @@ class Scheduler:
         clock: Clock,
         observers: Sequence[JobObserver],
         job_added: Callable[[str], None],
+        max_args_bytes: int,
     ) -> None:
         self.store = store
+        self.max_args_bytes = max_args_bytes  # a schedule's args are held to a submit's bound
         self.registry = registry
         self.clock = clock
         self.observers = observers
@@ -140,7 +142,7 @@ class Scheduler:
 
     def put(self, name: str, body: ScheduleBody) -> WriteFuture[tuple[bool, ScheduleState]]:
         """Create or replace a schedule (checked first: TaskNotFoundError / InvalidRequestError)."""
-        schedule = check_schedule(name, body, self.registry)
+        schedule = check_schedule(name, body, self.registry, self.max_args_bytes)
         return self.store.put(schedule, "api", self.clock.now())
 
     def set_paused(self, name: str, paused: bool) -> WriteFuture[ScheduleState | None]:

@@ -25,11 +25,11 @@ from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import Status
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import JobRecord
-from jobserver.core.schemas import SubmitBody
+from jobserver.core.schemas import SubmitBody, json_within
 from jobserver.core.tasks import Registry
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import Executor
-from jobserver.runner.submission import JobFactory, json_within
+from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.readers import ReadPool
 from jobserver.storage.store import JobStore, body_hash

@@ -10,28 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pydantic
 
 from jobserver.core.config import Settings
 from jobserver.core.errors import InvalidRequestError, field_errors_text
 from jobserver.core.records import JobIds, NewJob
-from jobserver.core.schemas import SubmitBody
+from jobserver.core.schemas import SubmitBody, json_within
 from jobserver.core.tasks import Registry
 
 SPAWN_OPTIONS = frozenset({"priority", "max_attempts", "timeout", "delay"})
-
-
-def json_within(value: Any, limit: int, loc: list[str], what: str) -> str:
-    """`value` as stored JSON, refused with a 422 naming `loc` when it takes more than `limit`
-    bytes: the limit counts UTF-8 bytes, not characters (client data: args, a signal's payload)."""
-    encoded = orjson.dumps(value)
-    if len(encoded) > limit:
-        raise InvalidRequestError(
-            f"too large: {what}",
-            [{"loc": loc, "type": "too_large", "msg": f"{len(encoded)} bytes, at most {limit}"}],
-        )
-    return encoded.decode()
 
 
 class JobFactory:
