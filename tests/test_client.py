@@ -30,6 +30,7 @@ from jobserver.core.errors import (
     JobNotFoundError,
     JobNotRetryableError,
     JobServerError,
+    ScheduleNotFoundError,
     ServerUnavailableError,
     SignalConflictError,
     TaskNotFoundError,
@@ -433,6 +434,17 @@ def test_what_no_job_id_or_event_id_can_be_is_refused_before_it_is_sent(client: 
     for bad in ("abc", "-1", "9" * 5000, "1.5"):
         with pytest.raises(InvalidRequestError):
             list(client.events(job["id"], last_event_id=bad))
+    for dots in (".", ".."):  # a dot segment leaves the path before the server sees it
+        with pytest.raises(ScheduleNotFoundError):
+            client.schedule(dots)
+        with pytest.raises(ScheduleNotFoundError):
+            client.pause_schedule(dots)
+        with pytest.raises(ScheduleNotFoundError):
+            client.delete_schedule(dots)
+        with pytest.raises(InvalidRequestError, match="dot segment"):
+            client.put_schedule(dots, ADD, "* * * * *", {"a": 1, "b": 1})
+        with pytest.raises(TaskNotFoundError):
+            client.pause_task(dots)
     assert sent == []
     assert client.get(job["id"])["id"] == job["id"]
     assert next(e.event for e in client.events(job["id"], last_event_id=" 0 ", follow=False)) == "status"

@@ -313,11 +313,22 @@ def job_path(job_id: str, suffix: str = "") -> str:
     return f"/jobs/{text}{suffix}"
 
 
-def _schedule_path(name: str, suffix: str = "") -> str:
+# A path segment of "." or ".." is taken out of the path before it reaches the server (RFC 3986's
+# dot segments), so `/schedules/..` would read another route: such a name is answered here.
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def _schedule_path(name: str, suffix: str = "", making: bool = False) -> str:
+    if name in DOT_SEGMENTS:
+        if making:
+            raise InvalidRequestError(f"{name!r} cannot be a schedule's name: it is a dot segment of a path")
+        raise ScheduleNotFoundError(name)
     return f"/schedules/{_segment(name, 'a schedule name')}{suffix}"
 
 
 def _task_path(task: str, suffix: str) -> str:
+    if task in DOT_SEGMENTS:
+        raise TaskNotFoundError(task)
     return f"/tasks/{_segment(task, 'a task name')}{suffix}"
 
 
@@ -491,7 +502,7 @@ def schedule(name: str) -> Exchange[dict[str, Any]]:
 def put_schedule(name: str, body: dict[str, Any]) -> Exchange[dict[str, Any]]:
     """PUT /schedules/{name}."""
     call = Call("put_schedule", task=str(body.get("task", "")), name=name)
-    return (yield from _json_call("PUT", _schedule_path(name), call, body))
+    return (yield from _json_call("PUT", _schedule_path(name, making=True), call, body))
 
 
 def delete_schedule(name: str) -> Exchange[None]:
