@@ -205,6 +205,36 @@ def test_a_claim_whose_clock_reading_is_older_still_sees_every_charge_of_its_win
         assert claim_one(store, "me", 108.0, 30) is None  # both are in (98, 108]: held back
 
 
+def test_a_big_start_parked_on_a_rate_key_is_not_overtaken_by_later_small_ones(tmp_path: Path) -> None:
+    def costing(units: float) -> str:
+        return orjson.dumps([HeldLimit("r", "rate", 10, 10.0, units, "r").to_json()]).decode()
+
+    ids = JobIds()
+    with open_store(tmp_path) as store:
+
+        def add(units: float, at: float, priority: int = 0) -> str:
+            job = NewJob(ids.new(), "t", "{}", priority, 1, None, None, None, at, at, limits=costing(units))
+            store.enqueue(job, None, lambda: None).result(10)
+            return job.id
+
+        def status(job_id: str) -> str:
+            return store.get(job_id).status
+
+        small = add(1, 100.0)
+        assert claim_one(store, "me", 100.0, 30) is not None  # charged 1 at 100
+        big = add(10, 101.0)
+        assert claim_one(store, "me", 101.0, 30) is None and status(big) == "blocked"  # 1 + 10 > 10
+        later = add(1, 102.0)  # 1 + 1 fits, but the big one came first
+        assert claim_one(store, "me", 102.0, 30) is None and status(later) == "blocked"
+        urgent = add(1, 103.0, priority=5)  # a higher priority goes ahead of the parked ones
+        claim = claim_one(store, "me", 103.0, 30)
+        assert claim is not None and claim.job_id == urgent
+        assert store.limits.unpark_due(113.0).result(10) == 1  # the window is empty at last
+        claim = claim_one(store, "me", 113.0, 30)
+        assert claim is not None and claim.job_id == big and status(small) == "running"
+        assert claim_one(store, "me", 113.0, 30) is None and status(later) == "blocked"  # 10 of 10
+
+
 def test_a_bulk_cancel_of_pending_jobs_takes_the_parked_ones_too(app: RunningApp, tmp_path: Path) -> None:
     c = app.client
     path, release = str(tmp_path / "spans"), str(tmp_path / "release")

@@ -49,6 +49,19 @@ IDLE_KEY = (
 )
 
 
+def _claim_order(tx: Tx, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """Each candidate's place in the claim order: (priority, run_at, id)."""
+    rows = tx.all(f"SELECT priority, run_at, id FROM jobs WHERE id IN ({', '.join('?' * len(ids))})", ids)
+    return {str(job_id): (int(priority), float(run_at), str(job_id)) for priority, run_at, job_id in rows}
+
+
+def _behind(candidate: tuple[Any, ...] | None, head: tuple[Any, ...] | None) -> bool:
+    """Whether a candidate comes after a parked head in claim order (priority first, then oldest)."""
+    if candidate is None or head is None:
+        return False
+    return (-candidate[0], candidate[1], candidate[2]) > (-head[0], head[1], head[2])
+
+
 @dataclass(frozen=True, slots=True)
 class KeyUse:
     """One key as GET /limits shows it."""
@@ -123,11 +136,16 @@ class LimitStore:
         transaction, and its next parked jobs are made due."""
         held = {job_id: self._held(text) for job_id, text in jobs}
         keys = self._lock({h.key: h for hs in held.values() for h in hs}, tx, now)
+        heads = self._parked_heads(tx, keys)
+        order = _claim_order(tx, [job_id for job_id, _ in jobs]) if heads else {}
         admitted = []
         parked: dict[str, list[HeldLimit]] = {}
         for job_id, _ in jobs:
             mine = held[job_id]
-            blocking = next((h for h in mine if not keys[h.key].fits(h)), None)
+            blocking = next(
+                (h for h in mine if not keys[h.key].fits(h) or _behind(order.get(job_id), heads.get(h.key))),
+                None,
+            )
             if blocking is not None:
                 tx.execute(
                     "UPDATE jobs SET status = 'blocked', blocked_by = ? WHERE id = ?", (blocking.key, job_id)
@@ -147,6 +165,29 @@ class LimitStore:
             elif key.wake_at is not None and key.has_room():
                 self._look_at(tx, key, now, ADMIT_PAGE, 1)
         return admitted
+
+    def _parked_heads(self, tx: Tx, keys: Mapping[str, _Key]) -> dict[str, tuple[Any, ...]]:
+        """The claim order (priority, run_at, id) of the first job parked on each key that has
+        some: a candidate behind it is parked behind it, though the key has room for the
+        candidate's smaller cost. Otherwise small starts would keep a rate window from ever
+        having room for a big one, and the big one would wait for ever. A key with parked jobs
+        has a look due (`wake_at`); a parked job of a paused task stands in front of nobody."""
+        heads: dict[str, tuple[Any, ...]] = {}
+        paused: frozenset[str] | None = None
+        for name, key in keys.items():
+            if key.wake_at is None:
+                continue
+            if paused is None:
+                paused = self.paused(tx)
+            for priority, run_at, job_id, task in tx.all(
+                "SELECT priority, run_at, id, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
+                "ORDER BY priority DESC, run_at, id LIMIT ?",
+                (name, UNPARK_PAGE),
+            ):
+                if task not in paused:
+                    heads[name] = (int(priority), float(run_at), str(job_id))
+                    break
+        return heads
 
     def _held(self, text: str) -> list[HeldLimit]:
         """A queued job's limits as the running code declares them: what a claim checks and takes."""
