@@ -246,6 +246,36 @@ def test_idempotency_replay_mismatch(app: RunningApp) -> None:
     assert len(c.get("/jobs").json()["jobs"]) == 1
 
 
+def test_a_resend_gets_its_job_though_a_check_of_it_would_now_refuse_it(tmp_path: Path) -> None:
+    """The webhook host was allowed when the job was accepted and no longer is: the resend is
+    told about its job (200, replayed), not that it was refused, as a single submit and as a batch."""
+    hook = "http://127.0.0.1:9/hook"
+    single = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}, "webhook_url": hook}
+    batch = {
+        "jobs": [
+            {**single, "idempotency_key": "b-1"},
+            {**single, "args": {"a": 2, "b": 2}, "idempotency_key": "b-2"},
+        ]
+    }
+    with running_app(tmp_path, config={"webhooks": {"allow_hosts": ["127.0.0.1"]}}) as app:
+        first = app.client.post("/jobs", json=single, headers={"Idempotency-Key": "k-1"})
+        assert first.status_code == 202, first.text
+        firsts = app.client.post("/jobs/batch", json=batch)
+        assert firsts.status_code == 202, firsts.text
+    with running_app(tmp_path, config={"webhooks": {"allow_hosts": []}}) as app:
+        c = app.client
+        assert c.post("/jobs", json={**single, "args": {"a": 5, "b": 5}}).status_code == 422  # refused now
+        again = c.post("/jobs", json=single, headers={"Idempotency-Key": "k-1"})
+        assert again.status_code == 200, again.text
+        assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == first.json()["id"]
+        resent = c.post("/jobs/batch", json=batch)
+        assert resent.status_code == 202 and resent.json()["replayed"] == [0, 1], resent.text
+        assert [j["id"] for j in resent.json()["jobs"]] == [j["id"] for j in firsts.json()["jobs"]]
+        other = c.post("/jobs", json={**single, "args": {"a": 9, "b": 9}}, headers={"Idempotency-Key": "k-1"})
+        assert other.status_code == 422 and other.json()["code"] == "idempotency-key-reused", other.text
+        assert len(c.get("/jobs").json()["jobs"]) == 3
+
+
 def test_twenty_concurrent_submits_with_one_key_make_one_job(app: RunningApp) -> None:
     body = {"task": "jobserver.examples.add", "args": {"a": 5, "b": 5}}
 

@@ -93,6 +93,10 @@ SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a park
 )
 
 
+REPLAY_SQL = (
+    f"SELECT k.body_hash, {', '.join('j.' + column.strip() for column in JOB_COLUMNS.split(','))} "
+    "FROM idempotency_keys k JOIN jobs j ON j.id = k.job_id WHERE k.scope = ? AND k.key = ?"
+)
 # Every row a finished job owns, the job's own last: deleting a job deletes them all.
 JOB_ROWS = (
     ("events", "job_id"),
@@ -249,6 +253,18 @@ class JobStore:
         if not rows:
             raise JobNotFoundError(job_id)
         return JobRecord.from_row(rows[0])
+
+    def replay(self, scope: str, key: str, digest: str) -> JobRecord | None:
+        """The job an idempotency key was first used for, when it was with this body (read
+        before the submit is checked again: a resend gets its job though the task, the config
+        or a webhook host's address changed since). IdempotencyMismatchError with another
+        body; None when the key is unused, or its job is gone. The insert checks again."""
+        rows = self._query(REPLAY_SQL, (scope, key))
+        if not rows:
+            return None
+        if rows[0][0] != digest:
+            raise IdempotencyMismatchError(key)
+        return JobRecord.from_row(rows[0][1:])
 
     def list_jobs(
         self,
