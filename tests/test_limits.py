@@ -177,6 +177,10 @@ def test_declarations_are_checked_when_the_task_is_registered() -> None:
         Rate("k", 5, per="soon")
     with pytest.raises(ValueError, match="only name args"):
         Concurrency("k:{model.attr}", 1)
+    with pytest.raises(TaskDefinitionError, match="same key"):
+        build_taskdef(task(limits=[Concurrency("llm:{model}", 2), Rate("llm:{model}", 5, per="1m")])(f))
+    with pytest.raises(TaskDefinitionError, match="same key"):  # concurrency=n is a key named after the task
+        build_taskdef(task(name="t", concurrency=2, limits=[Concurrency("t", 3)])(f))
     for endless in (math.inf, math.nan):  # JSON keeps neither: a stored job could not be read back
         with pytest.raises(ValueError, match="finite"):
             Rate("k", endless, per="1m")

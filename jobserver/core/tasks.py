@@ -346,7 +346,7 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
         raise TaskDefinitionError(name, None, problem)
     schema["title"] = f"{name} args"
     doc = inspect.getdoc(fn) or ""
-    return TaskDef(
+    taskdef = TaskDef(
         name=name,
         fn=fn,
         options=options,
@@ -356,6 +356,11 @@ def build_taskdef(fn: Callable[..., Any]) -> TaskDef:
         description=doc.split("\n\n")[0].strip(),
         schema=schema,
     )
+    templates = [limit.key for limit in taskdef.limits]  # `concurrency=n` included
+    twice = sorted({t for t in templates if templates.count(t) > 1})
+    if twice:  # every job would name the key twice, and every submit of it be refused
+        raise TaskDefinitionError(name, None, f"two of its limits have the same key: {twice}")
+    return taskdef
 
 
 # frames of these packages only pass an import error on: the user's line is the last one outside them
