@@ -55,10 +55,15 @@ def test_bulk_cancel_and_retry_with_filters(server: ServedApp) -> None:
 
 def test_schedules_and_stats(server: ServedApp) -> None:
     c = server.client()
-    r = c.put("/schedules/nightly", json={"task": ADD, "cron": "0 3 * * *", "args": {"a": 1, "b": 1}})
-    assert r.status_code in (200, 201)
+    for name, cron in (("nightly", "0 3 * * *"), ("hourly", "0 * * * *")):
+        r = c.put(f"/schedules/{name}", json={"task": ADD, "cron": cron, "args": {"a": 1, "b": 1}})
+        assert r.status_code in (200, 201)
     listed = ok_json(cli("--json", "schedules", url=server.url))["schedules"]
+    assert sorted(s["name"] for s in listed) == ["hourly", "nightly"]
+    listed = ok_json(cli("--json", "schedules", "list", "nightly", url=server.url))["schedules"]
     assert [(s["name"], s["cron"], s["paused"]) for s in listed] == [("nightly", "0 3 * * *", False)]
+    unknown = cli("schedules", "list", "weekly", url=server.url)
+    assert unknown.returncode == 1 and "no schedule named 'weekly'" in one_line(unknown)
     assert ok_json(cli("--json", "schedules", "pause", "nightly", url=server.url))["paused"] is True
     assert ok_json(cli("--json", "schedules", "resume", "nightly", url=server.url))["paused"] is False
     deleted = ok_json(cli("--json", "schedules", "delete", "nightly", url=server.url))

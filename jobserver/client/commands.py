@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("task", metavar="TASK")
     p = sub.add_parser("schedules", parents=[common], help="list schedules, or pause, resume or delete one")
     p.add_argument("action", nargs="?", choices=["list", "pause", "resume", "delete"], default="list")
-    p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (for pause, resume, delete)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (list: only that one)")
     sub.add_parser("stats", parents=[common], help="counts by status and task; the last hour's throughput")
     sub.add_parser(
         "limits", parents=[common], help="each limit key: its limit, its use now, the jobs it holds back"
@@ -511,7 +511,7 @@ def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> in
 
 def _schedules(client: Client, args: argparse.Namespace, output: Output) -> int:
     if args.action == "list":
-        schedules = client.schedules()
+        schedules = client.schedules() if args.name is None else [client.schedule(args.name)]
         columns = ("NAME", "TASK", "CRON", "TIMEZONE", "STATE", "NEXT RUN", "LAST RUN")
         rows = [
             [
