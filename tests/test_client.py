@@ -154,6 +154,9 @@ def test_list_pages_and_iter_jobs(client: Client) -> None:
     second = client.list(task=NOOP, limit=2, cursor=page["next_cursor"])
     assert [j["id"] for j in second["jobs"]] == newest_first[2:4]
 
+    summary = client.list(task=NOOP, limit=2, fields="summary")["jobs"]
+    assert [j["id"] for j in summary] == newest_first[:2] and all("args" not in j for j in summary)
+    assert all("args" in j for j in page["jobs"])
     assert [j["id"] for j in client.iter_jobs(task=NOOP, page_size=2)] == newest_first
     assert [j["id"] for j in client.iter_jobs(task=NOOP, status="completed")] == []
     with pytest.raises(InvalidRequestError):

@@ -71,6 +71,8 @@ def test_submit_wait_list_events_and_delete(app: RunningApp) -> None:
         assert (await c.get(job["id"]))["status"] == "completed"
         assert [j["id"] async for j in c.iter_jobs(task=SLEEP, page_size=1)] == [job["id"]]
         assert [j["id"] for j in (await c.list(idempotency_key="async-1"))["jobs"]] == [job["id"]]
+        [summary] = (await c.list(idempotency_key="async-1", fields="summary"))["jobs"]
+        assert summary["id"] == job["id"] and "result" not in summary
         events = [e async for e in c.events(job["id"])]
         assert "progress" in [e.event for e in events]  # progress is coalesced, so at least one
         assert events[-1].event == "status" and events[-1].data["status"] == "completed"

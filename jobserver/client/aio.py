@@ -17,7 +17,7 @@ import builtins
 import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -176,10 +176,11 @@ class AsyncClient:
         cursor: str | None = None,
         parent: str | None = None,
         idempotency_key: str | None = None,
+        fields: Literal["full", "summary"] | None = None,
     ) -> dict[str, Any]:
         """One page, newest first: `{"jobs": [...], "next_cursor": str | None}`; `parent` lists
         the children of that job, `idempotency_key` the job submitted under that key (with this
-        client's API key)."""
+        client's API key); `fields="summary"` leaves out each job's args, result and traceback."""
         query = {
             "status": status,
             "task": task,
@@ -187,6 +188,7 @@ class AsyncClient:
             "cursor": cursor,
             "parent": parent,
             "idempotency_key": idempotency_key,
+            "fields": fields,
         }
         return await self._run(protocol.list_jobs(query))
 
