@@ -46,6 +46,7 @@ from jobserver.core.records import JobRecord
 from jobserver.core.schemas import BatchBody, EventsQuery, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
+from jobserver.http.crosssite import CrossSiteGuard
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import (
     PROBLEM_TYPES,
@@ -68,6 +69,13 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
 OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
+# The dashboard's policy, sent as a header (a <meta> policy cannot say frame-ancestors): its own
+# inline script and styles, requests to this server only, and no page may frame it (clickjacking)
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection
 T = TypeVar("T")
@@ -596,7 +604,8 @@ def create_app(svc: Services) -> Starlette:
     page = resources.files("jobserver.http").joinpath("static/index.html")
 
     async def dashboard(request: Request) -> Response:
-        return HTMLResponse(page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>")
+        body = page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>"
+        return HTMLResponse(body, headers=DASHBOARD_HEADERS)
 
     routes = [
         Route("/jobs", traced("/jobs", guarded(submit)), methods=["POST"]),
@@ -636,6 +645,7 @@ def create_app(svc: Services) -> Starlette:
         app.add_middleware(
             AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
         )
+    app.add_middleware(CrossSiteGuard)  # outermost: a forged request is refused, keys or not
     return app
 
 

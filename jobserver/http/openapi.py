@@ -37,6 +37,7 @@ VERSION = "3.2.0"
 PROBLEM_JSON = "application/problem+json"
 STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+UNSAFE_METHODS = ("post", "put", "patch", "delete")
 WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp]([Ss])?://"  # the scheme is checked; the host when it resolves
 
 Schema = dict[str, Any]
@@ -386,6 +387,10 @@ def event_item_schema() -> Schema:
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not valid JSON, or a header is not what it must be (Last-Event-ID)."),
     401: ("Unauthorized", "Missing or wrong API key."),
+    403: (
+        "CrossSiteRequest",
+        "A browser sent this change from another site's page (`Sec-Fetch-Site`, `Origin`).",
+    ),
     404: ("NotFound", "No such job, schedule or task."),
     409: ("Conflict", "The job's state does not allow this (or the Idempotency-Key is in use)."),
     413: ("TooLarge", "The body is larger than `server.max_body_bytes`."),
@@ -1038,6 +1043,15 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
     }  # fmt: skip
 
 
+def _refused_cross_site(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Every operation that changes something may answer 403: a browser sent it from another site."""
+    for item in paths.values():
+        for method in UNSAFE_METHODS:
+            if method in item:
+                item[method]["responses"]["403"] = {"$ref": f"#/components/responses/{PROBLEMS[403][0]}"}
+    return paths
+
+
 def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
     body, task_components = submit_schemas(registry)
@@ -1060,7 +1074,7 @@ def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
             "version": package_version(),
             "description": "A durable job server: submit jobs, watch them, read their results.",
         },
-        "paths": {**_paths(secured), **ops_paths(secured)},
+        "paths": _refused_cross_site({**_paths(secured), **ops_paths(secured)}),
         "components": components,
     }
     if secured:

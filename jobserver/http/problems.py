@@ -177,6 +177,19 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "The server has API keys configured and the request carried none, or a wrong one.",
         "Send `Authorization: Bearer <key>` with one of the keys in `auth.api_keys`.",
     ),
+    "cross-site-request": ProblemType(
+        (403,),
+        "Cross-site request refused",
+        "A browser sent this POST, PUT, PATCH or DELETE from another site's page: its "
+        "`Sec-Fetch-Site` header says `cross-site` or `same-site`, or (from a browser that sends no "
+        "`Sec-Fetch-Site`) its `Origin` is `null` or names another host than the request's `Host`. "
+        "Any web page can make its visitors' browsers send such requests, so the server takes "
+        "changes only from its own pages (the dashboard) and from clients that are not browsers "
+        "(the SDK, the CLI, curl, which send neither header). Nothing was changed.",
+        "Call the API from a program rather than from another site's page, or use the dashboard. "
+        "Behind a reverse proxy, pass the browser's `Host` header on (nginx: "
+        "`proxy_set_header Host $host;`), which older browsers' `Origin` is compared with.",
+    ),
     "draining": ProblemType(
         (503,),
         "Server is shutting down",
