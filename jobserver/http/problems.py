@@ -81,9 +81,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Webhook URL refused",
         "The `webhook_url` is not an http(s) URL, or its host resolves to a loopback, private, "
         "link-local or otherwise internal address, which the server does not send webhooks to "
-        "(a guard against server-side request forgery).",
+        "(a guard against server-side request forgery), or it is the server's own API (its "
+        "`server.host` and `server.port`), which no webhook may call.",
         "Use a public http(s) URL, or allow the host on the server with `webhooks.allow_hosts` "
-        "(or `webhooks.allow_private` for every internal address).",
+        "(or `webhooks.allow_private` for every internal address); a receiver on the server's "
+        "machine listens on another port than the API.",
     ),
     "idempotency-key-reused": ProblemType(
         (422,),
