@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -29,7 +28,6 @@ from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, signal_name
 from jobserver.core.config import Settings
@@ -46,6 +44,7 @@ from jobserver.core.records import JobRecord
 from jobserver.core.schemas import BatchBody, EventsQuery, GetQuery, ListQuery, SubmitBody, json_violations
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
+from jobserver.http.auth import AuthMiddleware
 from jobserver.http.crosssite import CrossSiteGuard
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import (
@@ -67,8 +66,6 @@ from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
-DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
-OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
 # The dashboard's policy, sent as a header (a <meta> policy cannot say frame-ancestors): its own
 # inline script and styles, requests to this server only, and no page may frame it (clickjacking)
 DASHBOARD_HEADERS = {
@@ -216,44 +213,6 @@ def key_scope(request: Request) -> str:
     """Idempotency keys are scoped per API key (a hash of it), or global when auth is off."""
     key: str | None = request.scope.get("jobserver.api_key")
     return "public" if key is None else hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-class AuthMiddleware:
-    """Bearer API keys, compared in constant time; `auth.open_paths`, the dashboard page and the
-    problem pages stay open."""
-
-    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], open_paths: tuple[str, ...]) -> None:
-        self.app = app
-        self.keys = [k.encode() for k in api_keys]
-        self.open_paths = frozenset({*open_paths, DASHBOARD_PAGE})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or not self.keys
-            or path in self.open_paths
-            or path.startswith(OPEN_PREFIXES)
-        ):
-            await self.app(scope, receive, send)
-            return
-        # HTTP allows one Authorization header: with two, a proxy may have checked the other
-        # one, so neither counts (a 401) rather than the last silently winning
-        sent = [value for name, value in scope["headers"] if name == b"authorization"]
-        header = sent[0] if len(sent) == 1 else b""
-        token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
-        matched = False
-        for key in self.keys:  # compare against every key: timing does not reveal which matched
-            matched |= hmac.compare_digest(token, key)
-        if not matched:
-            response = problem(
-                401, "unauthorized", "Unauthorized", "send a valid API key as 'Authorization: Bearer <key>'"
-            )
-            response.headers["WWW-Authenticate"] = 'Bearer realm="jobserver"'
-            await response(scope, receive, send)
-            return
-        scope["jobserver.api_key"] = token.decode()
-        await self.app(scope, receive, send)
 
 
 def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
@@ -589,7 +548,8 @@ def create_app(svc: Services) -> Starlette:
 
     async def openapi(request: Request) -> Response:
         if not openapi_doc:
-            openapi_doc.append(orjson.dumps(build_openapi(svc.registry, bool(settings.auth.api_keys))))
+            doc = build_openapi(svc.registry, bool(settings.auth.api_keys), settings.auth.open_paths)
+            openapi_doc.append(orjson.dumps(doc))
         return Response(openapi_doc[0], media_type="application/json")
 
     async def problem_page(request: Request) -> Response:

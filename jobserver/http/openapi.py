@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Collection
 from typing import Any
 
 from jobserver.core.bounds import (
@@ -30,6 +31,7 @@ from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.core.version import package_version
+from jobserver.http.auth import is_open
 from jobserver.http.problems import PROBLEM_TYPES
 from jobserver.runner.pending import CODES as PENDING_CODES
 
@@ -551,20 +553,16 @@ def _paths(secured: bool) -> dict[str, Schema]:
         ok: dict[int, Schema],
         problems: tuple[int, ...] = (),
         params: list[Schema] | None = None,
-        open_route: bool = False,
         **extra: Any,
     ) -> Schema:
-        lock = secured and not open_route
         doc: Schema = {
             "operationId": op_id,
             "summary": summary,
             **extra,
-            "responses": _answers(ok, problems, lock),
+            "responses": _answers(ok, problems, secured),
         }
         if params:
             doc["parameters"] = params
-        if secured and open_route:
-            doc["security"] = []
         return doc
 
     job = _json("The job.", _ref("Job"))
@@ -781,11 +779,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 (422,),
             )
         },
-        "/healthz": {
-            "get": op(
-                "healthz", "The process answers", {200: _json("Alive.", _ref("Health"))}, open_route=True
-            )
-        },
+        "/healthz": {"get": op("healthz", "The process answers", {200: _json("Alive.", _ref("Health"))})},
         "/readyz": {
             "get": op(
                 "readyz",
@@ -821,7 +815,6 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     }
                 },
-                open_route=True,
             )
         },
         "/problems/{code}": {
@@ -846,7 +839,6 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "schema": {"type": "string", "enum": sorted(PROBLEM_TYPES)},
                     }
                 ],
-                open_route=True,
             )
         },
     }
@@ -1052,8 +1044,20 @@ def _refused_cross_site(paths: dict[str, Schema]) -> dict[str, Schema]:
     return paths
 
 
-def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
-    """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
+def _open_without_a_key(paths: dict[str, Schema], open_paths: Collection[str]) -> None:
+    """The routes the auth layer lets through without a key (`auth.open_paths`, the dashboard,
+    the problem pages): `security: []` and no 401. A path with a parameter is one only by the
+    rule's prefixes: `open_paths` name requests' paths exactly, never a whole template."""
+    for path, item in paths.items():
+        if is_open(() if "{" in path else open_paths, path):
+            for op in item.values():
+                op["security"] = []
+                op["responses"].pop("401")
+
+
+def build_openapi(registry: Registry, secured: bool, open_paths: Collection[str] = ()) -> dict[str, Any]:
+    """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers, but for the
+    routes open without a key (`open_paths`, as `auth.open_paths`, and those always open)."""
     body, task_components = submit_schemas(registry)
     item, item_components = submit_schemas(registry, batch_item=True)
     schemas = {
@@ -1082,4 +1086,5 @@ def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"}
         }
         doc["security"] = [{"bearer": []}]
+        _open_without_a_key(doc["paths"], open_paths)
     return doc
