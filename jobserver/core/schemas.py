@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 from typing import Any
@@ -95,6 +96,46 @@ def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str
         elif isinstance(item, float) and not math.isfinite(item):
             errors.append({"loc": where, "msg": "number is not finite", "type": "finite_number"})
     return errors
+
+
+# the tokens of JSON text that change where a value sits: a string (a key, or a value to skip),
+# a bracket, a comma
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
+
+
+def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[str, Any]]:
+    """`json_violations`' nesting error for JSON text nested too deep for a parser to read: the
+    first array or object, in the text's order, nested deeper than `max_depth`; [] when none is.
+    Reads tokens without building values, so a hostile depth costs neither recursion nor memory."""
+    path: list[str] = []  # the key or index of the value being read, in each open array or object
+    in_object: list[bool] = []
+    expect_key = False
+    for match in _JSON_TOKEN.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            if len(path) >= max_depth:
+                msg = f"nested deeper than {max_depth} levels"
+                return [{"loc": [*loc, *path], "msg": msg, "type": "too_deep"}]
+            in_object.append(token == b"{")
+            path.append("" if token == b"{" else "0")
+            expect_key = token == b"{"
+        elif token in (b"]", b"}"):
+            if path:
+                path.pop()
+                in_object.pop()
+            expect_key = False
+        elif token == b",":
+            if in_object and in_object[-1]:
+                expect_key = True
+            elif path:
+                path[-1] = str(int(path[-1]) + 1)
+        elif expect_key:  # a string where an object's key goes
+            try:
+                path[-1] = str(json.loads(token))
+            except ValueError:  # not a JSON string after all: its text as it is
+                path[-1] = token[1:-1].decode("utf-8", "replace")
+            expect_key = False
+    return []
 
 
 class BatchItem(SubmitBody):

@@ -41,7 +41,15 @@ from jobserver.core.errors import (
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.records import JobRecord
-from jobserver.core.schemas import BatchBody, EventsQuery, GetQuery, ListQuery, SubmitBody, json_violations
+from jobserver.core.schemas import (
+    BatchBody,
+    EventsQuery,
+    GetQuery,
+    ListQuery,
+    SubmitBody,
+    json_text_too_deep,
+    json_violations,
+)
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.http.auth import AuthMiddleware
@@ -174,6 +182,12 @@ async def read_json_body(request: Request, limit: int, max_depth: int) -> Any:
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # valid JSON nested past the parser's own limit (1024 levels) is past ours as well
+        too_deep = json_text_too_deep(raw, max_depth, ["body"]) if "depth" in exc.msg else []
+        if too_deep:
+            raise InvalidRequestError(
+                f"the body is nested deeper than {max_depth} levels", too_deep
+            ) from None
         raise MalformedRequestError(
             "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
         ) from None
