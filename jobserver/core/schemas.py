@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from jobserver.core.bounds import (
     ID_PATTERN,
+    IDEMPOTENCY_KEY_MAX,
     INT_MAX,
     INT_MIN,
     MAX_BATCH,
@@ -138,10 +139,29 @@ def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[
     return []
 
 
+IDEMPOTENCY_KEY_RULE = f"1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+
+
+def idempotency_key(value: str) -> str:
+    """An idempotency key as kept: the `Idempotency-Key` header's and a batch item's
+    `idempotency_key` share one key space, so one rule for both. The spaces and tabs around it
+    are not part of it (as around any header's value, RFC 9110), and what is left has
+    IDEMPOTENCY_KEY_RULE (a header's bytes past ASCII have no agreed text); else ValueError."""
+    key = value.strip(" \t")
+    if not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX and key.isascii() and key.isprintable()):
+        raise ValueError(f"an idempotency key has {IDEMPOTENCY_KEY_RULE}")
+    return key
+
+
 class BatchItem(SubmitBody):
     """One job of POST /jobs/batch: a submit body with its own idempotency key."""
 
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = None
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _idempotency_key(cls, value: str | None) -> str | None:
+        return None if value is None else idempotency_key(value)
 
 
 class BatchBody(BaseModel):

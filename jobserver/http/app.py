@@ -42,11 +42,13 @@ from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.records import JobRecord
 from jobserver.core.schemas import (
+    IDEMPOTENCY_KEY_RULE,
     BatchBody,
     EventsQuery,
     GetQuery,
     ListQuery,
     SubmitBody,
+    idempotency_key,
     json_text_too_deep,
     json_violations,
 )
@@ -297,14 +299,13 @@ def create_app(svc: Services) -> Starlette:
             return validation_problem(exc, "body")
         idem_key = request.headers.get("idempotency-key")
         if idem_key is not None:
-            # whitespace around a header's value is not part of it (RFC 9110), and a header's
-            # bytes past ASCII have no agreed text: `key ` and `key` are one key, `ü` none
-            idem_key = idem_key.strip(" \t")
-            if not (1 <= len(idem_key) <= 255 and idem_key.isascii() and idem_key.isprintable()):
+            try:
+                idem_key = idempotency_key(idem_key)  # `key ` and `key` are one key, `ü` none
+            except ValueError:
                 return field_problem(
                     ["header", "Idempotency-Key"],
-                    "1 to 255 printable ASCII characters",
-                    "Idempotency-Key must have 1 to 255 printable ASCII characters",
+                    IDEMPOTENCY_KEY_RULE,
+                    f"Idempotency-Key must have {IDEMPOTENCY_KEY_RULE}",
                 )
         record, replayed = await commands.submit(
             body, idem_key, key_scope(request), parsed, svc.tracing.carrier()

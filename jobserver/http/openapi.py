@@ -19,6 +19,7 @@ from typing import Any
 from jobserver.core.bounds import (
     EVENT_ID_MAX,
     ID_PATTERN,
+    IDEMPOTENCY_KEY_MAX,
     MAX_BATCH,
     MAX_LIMIT,
     MAX_WAIT_S,
@@ -43,6 +44,13 @@ UNSAFE_METHODS = ("post", "put", "patch", "delete")
 WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp]([Ss])?://"  # the scheme is checked; the host when it resolves
 
 Schema = dict[str, Any]
+# an idempotency key, in the Idempotency-Key header and in a batch item alike: one rule
+IDEMPOTENCY_KEY_SCHEMA: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX,
+    "pattern": "^[ -~]+$",
+}
 
 
 def _ref(name: str) -> Schema:
@@ -494,8 +502,9 @@ def submit_schemas(registry: Registry, batch_item: bool = False) -> tuple[Schema
     common = _common_submit_fields()
     if batch_item:
         common["idempotency_key"] = {
-            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 255}, {"type": "null"}],
-            "description": "This item's Idempotency-Key: same key and body give the first job again.",
+            "anyOf": [dict(IDEMPOTENCY_KEY_SCHEMA), {"type": "null"}],
+            "description": "This item's Idempotency-Key: same key and body give the first job again. "
+            "The header's rule: printable ASCII; spaces around it are not part of it.",
         }
     components: dict[str, Schema] = {}
     members, mapping = [], {}
@@ -587,7 +596,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "required": False,
                         "description": "Same key and body: the first job again (scoped per API key). "
                         "Printable ASCII; whitespace around it is not part of it.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+                        "schema": dict(IDEMPOTENCY_KEY_SCHEMA),
                     }
                 ],
                 requestBody={

@@ -63,7 +63,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Invalid request",
         "The body, the query string or a header does not match what the route accepts: a missing or "
         "unknown field, a value of the wrong type or out of range, args that the task's parameters do not "
-        "accept, `delay` together with `run_at`, or an `Idempotency-Key` that is empty or too long. "
+        "accept, `delay` together with `run_at`, or an idempotency key (the `Idempotency-Key` header or "
+        "a batch item's `idempotency_key`) that is empty, too long or not printable ASCII. "
         "Nothing was queued or changed.",
         'Read the `errors` list: each entry names the field (`loc`, e.g. `["body", "args", "a"]`), '
         "what is wrong with it (`msg`) and a machine-readable `type`. `GET /tasks` lists each task's args "
