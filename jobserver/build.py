@@ -62,6 +62,7 @@ from jobserver.storage.readers import ReadPool
 from jobserver.storage.schedules import ScheduleStore
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
+from jobserver.webhooks.netguard import WebhookGuard
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import WebhookSender, load_secret
 
@@ -184,6 +185,8 @@ def build(
     metrics = Metrics(store.count_in, clock.now)
     summary = Summary()
     observers: list[JobObserver] = [metrics, summary]
+    # one guard for the submit's check and each delivery's: never the server's own API
+    guard = WebhookGuard(s.webhooks.allow_private, s.webhooks.allow_hosts, s.server.host, s.server.port)
     sender = WebhookSender(
         s.webhooks,
         db,
@@ -191,6 +194,7 @@ def build(
         clock,
         load_secret(s.webhooks, db, writer, s.is_postgres),
         s.is_postgres,
+        guard,
         wake=outbox_wake,
         on_attempt=metrics.webhook_delivery,
         tracing=tracing,
@@ -232,7 +236,7 @@ def build(
     )
     readers = ReadPool(READ_THREADS, "jobserver-read")
     commands = JobCommands(
-        s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory, readers
+        s, store, registry, clock, hub, wakeup, dispatcher, executor, observers, factory, readers, guard
     )
     rescuer = Rescuer(store, registry, clock, hub, wakeup, observers, owner, executor.running_ids)
     pool = WorkerPool(dispatcher, executor, s.workers.threads)

@@ -306,9 +306,15 @@ def test_nesting_limit(hostile: tuple[RunningApp, str]) -> None:
     ok = app.client.post("/jobs", content=job_body(ECHO, {"value": nested(limit - 3)}), headers=json_type)
     assert ok.status_code == 202, ok.text
     assert finished(app.client, ok.json()["id"])["result"] == nested(limit - 3)
-    for depth in (limit + 1, 300, 1000):
+    # past 1024 levels the JSON parser itself gives up: the same answer, naming the same place
+    for depth, objects in ((limit + 1, False), (300, False), (1000, False), (1025, False), (50_000, True)):
         for headers in (json_type, {**json_type, "Idempotency-Key": f"deep-{depth}"}):
-            r = app.client.post("/jobs", content=deep_job(depth), headers=headers)
+            r = app.client.post("/jobs", content=deep_job(depth, objects), headers=headers)
             assert r.status_code == 422, (depth, r.text[:200])
-            assert f"nested deeper than {limit} levels" in r.json()["errors"][0]["msg"]
+            error = r.json()["errors"][0]
+            assert f"nested deeper than {limit} levels" in error["msg"] and error["type"] == "too_deep"
             assert r.json()["detail"] == f"the body is nested deeper than {limit} levels"
+            step = "k" if objects else "0"
+            assert error["loc"] == ["body", "args", "value", *[step] * (limit - 2)], (depth, error["loc"])
+    r = app.client.post("/jobs", content=raw("[" * 1100 + "x"), headers=json_type)
+    assert r.status_code == 400 and r.json()["code"] == "malformed-json", r.text  # deep, and not JSON

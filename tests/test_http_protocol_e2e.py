@@ -140,6 +140,29 @@ def test_bytes_that_are_not_http_get_a_400_problem_and_a_request_in_flight_is_an
     assert received.count(b"HTTP/1.1") == 1, received
 
 
+def test_a_malformed_chunked_body_gets_a_400_problem_and_the_connection_closes(shared: Server) -> None:
+    """A chunk-size line that is not hex, at once or after a good chunk: a 400 problem and the
+    connection closed, long before the body deadline; queued behind requests still being
+    answered, they are answered whole and the connection closes."""
+    post = (
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    for chunks in (b"zz\r\n{}\r\n0\r\n\r\n", b'9\r\n{"task": \r\nzz\r\n"x"}\r\n0\r\n\r\n'):
+        with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(post + chunks)
+            received, closed_at = read_until_closed(sock, 10)
+        status, doc = answer_of(received)
+        assert status == 400 and doc["code"] == "malformed-request" and "body" in str(doc["detail"]), doc
+        assert closed_at - started < 5  # not the body deadline (30 s)
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+        sock.sendall(get * 2 + post + b"zz\r\n{}\r\n0\r\n\r\n")
+        received = read_until_closed(sock, 10)[0]
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.count(b'{"status":"ok"}') == 2, received
+
+
 def test_a_slow_client_is_closed_at_the_head_deadline(tmp_path: Path) -> None:
     srv = start_server(tmp_path, {"server": {"header_timeout": "1s"}})
     silent = socket.create_connection(("127.0.0.1", srv.port))

@@ -220,6 +220,27 @@ def test_an_idempotency_key_is_the_headers_value_without_surrounding_whitespace(
     assert len(c.get("/jobs").json()["jobs"]) == before  # refused: nothing queued
 
 
+def test_a_batch_items_idempotency_key_follows_the_headers_rule(app: RunningApp) -> None:
+    """The header and a batch item share one key space, so one rule: trimmed, then 1 to 255
+    printable ASCII characters; a refused item is named by its index and nothing is queued."""
+    c = app.client
+    body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+    first = c.post("/jobs/batch", json={"jobs": [{**body, "idempotency_key": " \tbatch-key "}]})
+    assert first.status_code == 202, first.text
+    assert first.json()["jobs"][0]["idempotency_key"] == "batch-key"
+    again = c.post("/jobs", json=body, headers={"Idempotency-Key": "batch-key"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["jobs"][0]["id"], again.text
+    before = len(c.get("/jobs").json()["jobs"])
+    for key in ("a\u0000b", "a\u202eb", "\u00fc-1", "   ", "k" * 256, "a\nb"):
+        items = [{**body, "idempotency_key": "fine"}, {**body, "idempotency_key": key}]
+        r = c.post("/jobs/batch", json={"jobs": items})
+        assert r.status_code == 422 and r.json()["code"] == "validation-error", (key, r.text)
+        assert [e["loc"] for e in r.json()["errors"]] == [["body", "jobs", "1", "idempotency_key"]], r.text
+        assert "printable ASCII" in r.json()["errors"][0]["msg"]
+        assert c.post("/jobs", json=body, headers=[(b"Idempotency-Key", key.encode())]).status_code == 422
+    assert len(c.get("/jobs").json()["jobs"]) == before
+
+
 def test_idempotency_replay_mismatch(app: RunningApp) -> None:
     c = app.client
     body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}

@@ -6,6 +6,7 @@ answered by a fake `getaddrinfo`, so no test depends on outside DNS.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -241,3 +242,47 @@ def test_the_shared_address_policy_names_only_the_host(dns: dict[str, list[str]]
     )
     with pytest.raises(AddressRefused):
         addresses.check_address("127.0.0.2", ipaddress.ip_address("127.0.0.2"), ["127.0.0.1"])
+
+
+API = netguard.WebhookGuard(
+    allow_private=False, allow_hosts=("127.0.0.1", "localhost"), api_host="127.0.0.1", api_port=8000
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/jobs/x/cancel",
+        "http://localhost:8000/tasks/t/pause",
+        "http://[::ffff:127.0.0.1]:8000/",
+    ],
+)
+def test_the_servers_own_api_is_refused_whatever_the_exceptions_allow(
+    dns: dict[str, list[str]], url: str
+) -> None:
+    host = url.split("/")[2].removesuffix(":8000")
+    for guard in (API, dataclasses.replace(API, allow_private=True)):
+        with pytest.raises(WebhookURLError) as info:
+            guard.check(url)
+        assert info.value.reason.startswith(f"{host}:8000 is this server's own API"), info.value.reason
+    allowed = dataclasses.replace(API, allow_private=True)
+    assert allowed.check("http://127.0.0.1:8001/hook")  # another port of the host: a receiver
+    assert allowed.check("http://127.0.0.2:8000/hook")  # another address: the API does not listen there
+    assert allowed.check("http://[::1]:8000/hook")
+
+
+def test_an_api_on_every_address_keeps_out_every_local_address(dns: dict[str, list[str]]) -> None:
+    dns["rebound.test"] = [PUBLIC_V4, "127.0.0.5"]
+    for any_address in ("0.0.0.0", "::"):
+        guard = netguard.WebhookGuard(True, (), any_address, 8000)
+        for url in (
+            "http://127.0.0.5:8000/",
+            "http://[::1]:8000/",
+            "http://0.0.0.0:8000/",
+            "http://rebound.test:8000/",
+        ):
+            with pytest.raises(WebhookURLError, match="own API"):
+                guard.check(url)
+        assert guard.check(f"http://{PUBLIC_V4}:8000/")  # not an address of this machine
+        assert guard.check("http://127.0.0.5:8001/")
+    assert netguard.WebhookGuard(True, ()).check("http://127.0.0.1:8000/")  # no API to keep out

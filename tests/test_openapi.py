@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
@@ -155,6 +156,26 @@ def test_with_api_keys_the_document_declares_bearer_auth(tmp_path: Path) -> None
     assert doc["paths"]["/"]["get"]["security"] == []
     assert "401" in doc["paths"]["/jobs"]["post"]["responses"]
     assert "401" not in doc["paths"]["/healthz"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("open_paths", [["/metrics", "/readyz"], [], ["/healthz", "/jobs"]])
+def test_the_document_marks_open_exactly_the_routes_that_answer_without_a_key(
+    tmp_path: Path, open_paths: list[str]
+) -> None:
+    with running_app(tmp_path, config={"auth": {"api_keys": ["k1"], "open_paths": open_paths}}) as app:
+        doc = app.new_client("k1").get("/openapi.json").json()
+        anonymous = app.new_client()
+        for path, item in doc["paths"].items():
+            for method, op in item.items():
+                documented_open = op.get("security", doc["security"]) == []
+                assert documented_open == ("401" not in op["responses"]), (method, path)
+                if "{" in path and not path.startswith("/problems/"):
+                    assert not documented_open, (method, path)
+                    continue
+                url = path.replace("{code}", "validation-error")
+                answer = anonymous.request(method, url, json={} if method != "get" else None)
+                assert (answer.status_code != 401) == documented_open, (method, path, answer.status_code)
+    assert ("/healthz" in open_paths) == (doc["paths"]["/healthz"]["get"].get("security") == [])
 
 
 class Address(BaseModel):

@@ -27,6 +27,7 @@ from jobserver.storage.models import create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Writer
 from jobserver.webhooks import payload as webhooks
+from jobserver.webhooks.netguard import WebhookGuard
 from jobserver.webhooks.outbox import Outbox
 from jobserver.webhooks.sender import ATTEMPTS_SQL, DUE_SQL, NEXT_DUE_SQL, WebhookSender, load_secret
 from tests.helpers import free_port, wait_until
@@ -52,13 +53,15 @@ class Env:
     def sender(self, **settings: Any) -> WebhookSender:
         options: dict[str, Any] = {"allow_hosts": ("127.0.0.1",), "retry_schedule": SCHEDULE, "timeout": 5.0}
         options.update(settings)
+        webhooks_settings = WebhooksSettings(**options)
         s = WebhookSender(
-            WebhooksSettings(**options),
+            webhooks_settings,
             self.db,
             self.writer,
             self.clock,
             SECRET,
             False,
+            WebhookGuard(webhooks_settings.allow_private, webhooks_settings.allow_hosts),
             client=self.client,
             rng=random.Random(7),
             wake=self.outbox_wake,

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from jobserver.core.clock import rfc3339
 from jobserver.webhooks import payload as webhooks
+from jobserver.webhooks.netguard import WebhookGuard
 from tests.fakedns import fake_getaddrinfo
 
 NOW = 1_700_000_000.0
@@ -69,12 +70,15 @@ class Receiver:
 def deliver(
     receiver: Receiver, url: str, secret: str, now: float = NOW, **kwargs: Any
 ) -> webhooks.AttemptResult:
-    """One attempt through `receiver` with default guard settings, overridable by keyword."""
-    options: dict[str, Any] = {"allow_private": False, "allow_hosts": [], "timeout_s": 5.0}
+    """One attempt through `receiver` with default guard settings (`allow_private`, `allow_hosts`,
+    the API's `api_host` and `api_port`) and `timeout_s`, overridable by keyword."""
+    options: dict[str, Any] = {"allow_private": False, "allow_hosts": ()}
     options.update(kwargs)
+    timeout_s = options.pop("timeout_s", 5.0)
+    guard = WebhookGuard(**options)
     body = b'{"type":"job.completed"}'
     with receiver.client() as client:
-        return webhooks.deliver_once(client, url, "msg_1", body, secret, now, **options)
+        return webhooks.deliver_once(client, url, "msg_1", body, secret, now, guard, timeout_s)
 
 
 # --- secrets, signatures, payloads ---------------------------------------------
@@ -270,7 +274,7 @@ def test_forbidden_url_is_refused_without_a_request(secret: str, url: str) -> No
 
 def test_allow_hosts_lets_a_loopback_delivery_through(secret: str) -> None:
     receiver = Receiver()
-    result = deliver(receiver, "http://127.0.0.1:9/x", secret, allow_hosts=["127.0.0.1"])
+    result = deliver(receiver, "http://127.0.0.1:9/x", secret, allow_hosts=("127.0.0.1",))
     assert result.outcome == "delivered"
     assert receiver.requests[0].headers["host"] == "127.0.0.1:9"
 
@@ -347,8 +351,7 @@ def test_delivery_to_a_real_receiver(secret: str) -> None:
                 body,
                 secret,
                 time.time(),
-                allow_private=False,
-                allow_hosts=["127.0.0.1"],
+                WebhookGuard(allow_private=False, allow_hosts=("127.0.0.1",)),
                 timeout_s=5.0,
             )
         assert arrived.wait(timeout=5)

@@ -15,12 +15,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.fakedns import fake_getaddrinfo
-from tests.helpers import delivery_state, submit, wait_until, webhook_attempts
+from tests.helpers import delivery_state, free_port, submit, wait_until, webhook_attempts
 from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver, Reply
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 SCHEDULE = ["20ms", "40ms", "80ms"]  # three retries, as in the test config, only sooner
+ADD = "jobserver.examples.add"
 
 
 @pytest.fixture
@@ -202,3 +203,34 @@ def test_refusal_at_submit_does_not_reveal_the_resolved_address(
     assert r.headers["content-type"] == "application/problem+json"
     assert "rel-internal.test" in r.json()["detail"]
     assert "10.1.2.3" not in r.text
+
+
+def test_a_webhook_may_not_call_the_servers_own_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback is allowed (the test config's allow_hosts), yet a webhook_url at the server's own
+    listening address is refused at submit, naming only the host given; a name that resolved
+    elsewhere at submit and resolves to it at delivery gets no request either."""
+    names = {"flip.test": ["93.184.216.34"]}
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(names, localhost=True))
+    port = free_port()
+    config = {"server": {"port": port}, "webhooks": {"retry_schedule": SCHEDULE}}
+    with running_app(tmp_path, config=config) as app:
+        c = app.client
+        target = submit(c, ADD, {"a": 1, "b": 2}, delay=3600)
+        for host in ("127.0.0.1", "localhost"):
+            url = f"http://{host}:{port}/jobs/{target}/cancel"
+            job = {"task": ADD, "args": {"a": 1, "b": 2}, "webhook_url": url}
+            r = c.post("/jobs", json=job)
+            assert r.status_code == 422 and r.json()["code"] == "webhook-url-refused", r.text
+            assert f"{host}:{port} is this server's own API" in r.json()["errors"][0]["msg"], r.text
+            r = c.post("/jobs/batch", json={"jobs": [job]})
+            assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "jobs", 0, "webhook_url"]
+        assert c.post(f"/tasks/{ADD}/pause").status_code == 200
+        rebound = submit(
+            c, ADD, {"a": 1, "b": 2}, webhook_url=f"http://flip.test:{port}/jobs/{target}/cancel"
+        )
+        names["flip.test"] = ["127.0.0.1"]
+        assert c.post(f"/tasks/{ADD}/resume").status_code == 200
+        attempt = webhook_attempts(c, rebound, 1)[0]
+        assert attempt["status_code"] is None and "flip.test" in attempt["error"], attempt
+        assert "is this server's own API" in attempt["error"], attempt
+        assert c.get(f"/jobs/{target}").json()["status"] == "pending"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from jobserver.core.bounds import (
     ID_PATTERN,
+    IDEMPOTENCY_KEY_MAX,
     INT_MAX,
     INT_MIN,
     MAX_BATCH,
@@ -99,10 +101,69 @@ def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str
     return errors
 
 
+# the tokens of JSON text that change where a value sits: a string (a key, or a value to skip),
+# a bracket, a comma
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
+
+
+def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[str, Any]]:
+    """`json_violations`' nesting error for JSON text nested too deep for a parser to read: the
+    first array or object, in the text's order, nested deeper than `max_depth`; [] when none is.
+    Reads tokens without building values, so a hostile depth costs neither recursion nor memory."""
+    path: list[str] = []  # the key or index of the value being read, in each open array or object
+    in_object: list[bool] = []
+    expect_key = False
+    for match in _JSON_TOKEN.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            if len(path) >= max_depth:
+                msg = f"nested deeper than {max_depth} levels"
+                return [{"loc": [*loc, *path], "msg": msg, "type": "too_deep"}]
+            in_object.append(token == b"{")
+            path.append("" if token == b"{" else "0")
+            expect_key = token == b"{"
+        elif token in (b"]", b"}"):
+            if path:
+                path.pop()
+                in_object.pop()
+            expect_key = False
+        elif token == b",":
+            if in_object and in_object[-1]:
+                expect_key = True
+            elif path:
+                path[-1] = str(int(path[-1]) + 1)
+        elif expect_key:  # a string where an object's key goes
+            try:
+                path[-1] = str(json.loads(token))
+            except ValueError:  # not a JSON string after all: its text as it is
+                path[-1] = token[1:-1].decode("utf-8", "replace")
+            expect_key = False
+    return []
+
+
+IDEMPOTENCY_KEY_RULE = f"1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+
+
+def idempotency_key(value: str) -> str:
+    """An idempotency key as kept: the `Idempotency-Key` header's and a batch item's
+    `idempotency_key` share one key space, so one rule for both. The spaces and tabs around it
+    are not part of it (as around any header's value, RFC 9110), and what is left has
+    IDEMPOTENCY_KEY_RULE (a header's bytes past ASCII have no agreed text); else ValueError."""
+    key = value.strip(" \t")
+    if not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX and key.isascii() and key.isprintable()):
+        raise ValueError(f"an idempotency key has {IDEMPOTENCY_KEY_RULE}")
+    return key
+
+
 class BatchItem(SubmitBody):
     """One job of POST /jobs/batch: a submit body with its own idempotency key."""
 
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = None
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _idempotency_key(cls, value: str | None) -> str | None:
+        return None if value is None else idempotency_key(value)
 
 
 class BatchBody(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -29,7 +28,6 @@ from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, signal_name
 from jobserver.core.config import Settings
@@ -43,9 +41,21 @@ from jobserver.core.errors import (
 from jobserver.core.hub import Hub
 from jobserver.core.lifecycle import FINISHED
 from jobserver.core.records import JobRecord
-from jobserver.core.schemas import BatchBody, EventsQuery, GetQuery, ListQuery, SubmitBody, json_violations
+from jobserver.core.schemas import (
+    IDEMPOTENCY_KEY_RULE,
+    BatchBody,
+    EventsQuery,
+    GetQuery,
+    ListQuery,
+    SubmitBody,
+    idempotency_key,
+    json_text_too_deep,
+    json_violations,
+)
 from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
+from jobserver.http.auth import AuthMiddleware
+from jobserver.http.crosssite import CrossSiteGuard
 from jobserver.http.openapi import build_openapi
 from jobserver.http.problems import (
     PROBLEM_TYPES,
@@ -66,8 +76,13 @@ from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
-DASHBOARD_PAGE = "/"  # the static page is always open: it asks for a key itself
-OPEN_PREFIXES = ("/problems/",)  # pages that explain the problem types: documentation, no data
+# The dashboard's policy, sent as a header (a <meta> policy cannot say frame-ancestors): its own
+# inline script and styles, requests to this server only, and no page may frame it (clickjacking)
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 KEEPALIVE_S = 15.0
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection
 T = TypeVar("T")
@@ -169,6 +184,12 @@ async def read_json_body(request: Request, limit: int, max_depth: int) -> Any:
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # valid JSON nested past the parser's own limit (1024 levels) is past ours as well
+        too_deep = json_text_too_deep(raw, max_depth, ["body"]) if "depth" in exc.msg else []
+        if too_deep:
+            raise InvalidRequestError(
+                f"the body is nested deeper than {max_depth} levels", too_deep
+            ) from None
         raise MalformedRequestError(
             "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}"
         ) from None
@@ -208,44 +229,6 @@ def key_scope(request: Request) -> str:
     """Idempotency keys are scoped per API key (a hash of it), or global when auth is off."""
     key: str | None = request.scope.get("jobserver.api_key")
     return "public" if key is None else hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-class AuthMiddleware:
-    """Bearer API keys, compared in constant time; `auth.open_paths`, the dashboard page and the
-    problem pages stay open."""
-
-    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], open_paths: tuple[str, ...]) -> None:
-        self.app = app
-        self.keys = [k.encode() for k in api_keys]
-        self.open_paths = frozenset({*open_paths, DASHBOARD_PAGE})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or not self.keys
-            or path in self.open_paths
-            or path.startswith(OPEN_PREFIXES)
-        ):
-            await self.app(scope, receive, send)
-            return
-        # HTTP allows one Authorization header: with two, a proxy may have checked the other
-        # one, so neither counts (a 401) rather than the last silently winning
-        sent = [value for name, value in scope["headers"] if name == b"authorization"]
-        header = sent[0] if len(sent) == 1 else b""
-        token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
-        matched = False
-        for key in self.keys:  # compare against every key: timing does not reveal which matched
-            matched |= hmac.compare_digest(token, key)
-        if not matched:
-            response = problem(
-                401, "unauthorized", "Unauthorized", "send a valid API key as 'Authorization: Bearer <key>'"
-            )
-            response.headers["WWW-Authenticate"] = 'Bearer realm="jobserver"'
-            await response(scope, receive, send)
-            return
-        scope["jobserver.api_key"] = token.decode()
-        await self.app(scope, receive, send)
 
 
 def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
@@ -316,14 +299,13 @@ def create_app(svc: Services) -> Starlette:
             return validation_problem(exc, "body")
         idem_key = request.headers.get("idempotency-key")
         if idem_key is not None:
-            # whitespace around a header's value is not part of it (RFC 9110), and a header's
-            # bytes past ASCII have no agreed text: `key ` and `key` are one key, `ü` none
-            idem_key = idem_key.strip(" \t")
-            if not (1 <= len(idem_key) <= 255 and idem_key.isascii() and idem_key.isprintable()):
+            try:
+                idem_key = idempotency_key(idem_key)  # `key ` and `key` are one key, `ü` none
+            except ValueError:
                 return field_problem(
                     ["header", "Idempotency-Key"],
-                    "1 to 255 printable ASCII characters",
-                    "Idempotency-Key must have 1 to 255 printable ASCII characters",
+                    IDEMPOTENCY_KEY_RULE,
+                    f"Idempotency-Key must have {IDEMPOTENCY_KEY_RULE}",
                 )
         record, replayed = await commands.submit(
             body, idem_key, key_scope(request), parsed, svc.tracing.carrier()
@@ -581,7 +563,8 @@ def create_app(svc: Services) -> Starlette:
 
     async def openapi(request: Request) -> Response:
         if not openapi_doc:
-            openapi_doc.append(orjson.dumps(build_openapi(svc.registry, bool(settings.auth.api_keys))))
+            doc = build_openapi(svc.registry, bool(settings.auth.api_keys), settings.auth.open_paths)
+            openapi_doc.append(orjson.dumps(doc))
         return Response(openapi_doc[0], media_type="application/json")
 
     async def problem_page(request: Request) -> Response:
@@ -596,7 +579,8 @@ def create_app(svc: Services) -> Starlette:
     page = resources.files("jobserver.http").joinpath("static/index.html")
 
     async def dashboard(request: Request) -> Response:
-        return HTMLResponse(page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>")
+        body = page.read_bytes() if page.is_file() else b"<h1>jobserver</h1>"
+        return HTMLResponse(body, headers=DASHBOARD_HEADERS)
 
     routes = [
         Route("/jobs", traced("/jobs", guarded(submit)), methods=["POST"]),
@@ -636,6 +620,7 @@ def create_app(svc: Services) -> Starlette:
         app.add_middleware(
             AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
         )
+    app.add_middleware(CrossSiteGuard)  # outermost: a forged request is refused, keys or not
     return app
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Collection
 from typing import Any
 
 from jobserver.core.bounds import (
     EVENT_ID_MAX,
     ID_PATTERN,
+    IDEMPOTENCY_KEY_MAX,
     MAX_BATCH,
     MAX_LIMIT,
     MAX_WAIT_S,
@@ -30,6 +32,7 @@ from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.core.version import package_version
+from jobserver.http.auth import is_open
 from jobserver.http.problems import PROBLEM_TYPES
 from jobserver.runner.pending import CODES as PENDING_CODES
 
@@ -37,9 +40,17 @@ VERSION = "3.2.0"
 PROBLEM_JSON = "application/problem+json"
 STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+UNSAFE_METHODS = ("post", "put", "patch", "delete")
 WEBHOOK_URL_PATTERN = "^[Hh][Tt][Tt][Pp]([Ss])?://"  # the scheme is checked; the host when it resolves
 
 Schema = dict[str, Any]
+# an idempotency key, in the Idempotency-Key header and in a batch item alike: one rule
+IDEMPOTENCY_KEY_SCHEMA: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX,
+    "pattern": "^[ -~]+$",
+}
 
 
 def _ref(name: str) -> Schema:
@@ -386,6 +397,10 @@ def event_item_schema() -> Schema:
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not valid JSON, or a header is not what it must be (Last-Event-ID)."),
     401: ("Unauthorized", "Missing or wrong API key."),
+    403: (
+        "CrossSiteRequest",
+        "A browser sent this change from another site's page (`Sec-Fetch-Site`, `Origin`).",
+    ),
     404: ("NotFound", "No such job, schedule or task."),
     409: ("Conflict", "The job's state does not allow this (or the Idempotency-Key is in use)."),
     413: ("TooLarge", "The body is larger than `server.max_body_bytes`."),
@@ -487,8 +502,9 @@ def submit_schemas(registry: Registry, batch_item: bool = False) -> tuple[Schema
     common = _common_submit_fields()
     if batch_item:
         common["idempotency_key"] = {
-            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 255}, {"type": "null"}],
-            "description": "This item's Idempotency-Key: same key and body give the first job again.",
+            "anyOf": [dict(IDEMPOTENCY_KEY_SCHEMA), {"type": "null"}],
+            "description": "This item's Idempotency-Key: same key and body give the first job again. "
+            "The header's rule: printable ASCII; spaces around it are not part of it.",
         }
     components: dict[str, Schema] = {}
     members, mapping = [], {}
@@ -546,20 +562,16 @@ def _paths(secured: bool) -> dict[str, Schema]:
         ok: dict[int, Schema],
         problems: tuple[int, ...] = (),
         params: list[Schema] | None = None,
-        open_route: bool = False,
         **extra: Any,
     ) -> Schema:
-        lock = secured and not open_route
         doc: Schema = {
             "operationId": op_id,
             "summary": summary,
             **extra,
-            "responses": _answers(ok, problems, lock),
+            "responses": _answers(ok, problems, secured),
         }
         if params:
             doc["parameters"] = params
-        if secured and open_route:
-            doc["security"] = []
         return doc
 
     job = _json("The job.", _ref("Job"))
@@ -584,7 +596,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "required": False,
                         "description": "Same key and body: the first job again (scoped per API key). "
                         "Printable ASCII; whitespace around it is not part of it.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+                        "schema": dict(IDEMPOTENCY_KEY_SCHEMA),
                     }
                 ],
                 requestBody={
@@ -776,11 +788,7 @@ def _paths(secured: bool) -> dict[str, Schema]:
                 (422,),
             )
         },
-        "/healthz": {
-            "get": op(
-                "healthz", "The process answers", {200: _json("Alive.", _ref("Health"))}, open_route=True
-            )
-        },
+        "/healthz": {"get": op("healthz", "The process answers", {200: _json("Alive.", _ref("Health"))})},
         "/readyz": {
             "get": op(
                 "readyz",
@@ -816,7 +824,6 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     }
                 },
-                open_route=True,
             )
         },
         "/problems/{code}": {
@@ -841,7 +848,6 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "schema": {"type": "string", "enum": sorted(PROBLEM_TYPES)},
                     }
                 ],
-                open_route=True,
             )
         },
     }
@@ -1038,8 +1044,29 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
     }  # fmt: skip
 
 
-def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
-    """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers."""
+def _refused_cross_site(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Every operation that changes something may answer 403: a browser sent it from another site."""
+    for item in paths.values():
+        for method in UNSAFE_METHODS:
+            if method in item:
+                item[method]["responses"]["403"] = {"$ref": f"#/components/responses/{PROBLEMS[403][0]}"}
+    return paths
+
+
+def _open_without_a_key(paths: dict[str, Schema], open_paths: Collection[str]) -> None:
+    """The routes the auth layer lets through without a key (`auth.open_paths`, the dashboard,
+    the problem pages): `security: []` and no 401. A path with a parameter is one only by the
+    rule's prefixes: `open_paths` name requests' paths exactly, never a whole template."""
+    for path, item in paths.items():
+        if is_open(() if "{" in path else open_paths, path):
+            for op in item.values():
+                op["security"] = []
+                op["responses"].pop("401")
+
+
+def build_openapi(registry: Registry, secured: bool, open_paths: Collection[str] = ()) -> dict[str, Any]:
+    """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers, but for the
+    routes open without a key (`open_paths`, as `auth.open_paths`, and those always open)."""
     body, task_components = submit_schemas(registry)
     item, item_components = submit_schemas(registry, batch_item=True)
     schemas = {
@@ -1060,7 +1087,7 @@ def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
             "version": package_version(),
             "description": "A durable job server: submit jobs, watch them, read their results.",
         },
-        "paths": {**_paths(secured), **ops_paths(secured)},
+        "paths": _refused_cross_site({**_paths(secured), **ops_paths(secured)}),
         "components": components,
     }
     if secured:
@@ -1068,4 +1095,5 @@ def build_openapi(registry: Registry, secured: bool) -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"}
         }
         doc["security"] = [{"bearer": []}]
+        _open_without_a_key(doc["paths"], open_paths)
     return doc

@@ -63,7 +63,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Invalid request",
         "The body, the query string or a header does not match what the route accepts: a missing or "
         "unknown field, a value of the wrong type or out of range, args that the task's parameters do not "
-        "accept, `delay` together with `run_at`, or an `Idempotency-Key` that is empty or too long. "
+        "accept, `delay` together with `run_at`, or an idempotency key (the `Idempotency-Key` header or "
+        "a batch item's `idempotency_key`) that is empty, too long or not printable ASCII. "
         "Nothing was queued or changed.",
         'Read the `errors` list: each entry names the field (`loc`, e.g. `["body", "args", "a"]`), '
         "what is wrong with it (`msg`) and a machine-readable `type`. `GET /tasks` lists each task's args "
@@ -81,9 +82,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Webhook URL refused",
         "The `webhook_url` is not an http(s) URL, or its host resolves to a loopback, private, "
         "link-local or otherwise internal address, which the server does not send webhooks to "
-        "(a guard against server-side request forgery).",
+        "(a guard against server-side request forgery), or it is the server's own API (its "
+        "`server.host` and `server.port`), which no webhook may call.",
         "Use a public http(s) URL, or allow the host on the server with `webhooks.allow_hosts` "
-        "(or `webhooks.allow_private` for every internal address).",
+        "(or `webhooks.allow_private` for every internal address); a receiver on the server's "
+        "machine listens on another port than the API.",
     ),
     "idempotency-key-reused": ProblemType(
         (422,),
@@ -176,6 +179,19 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Unauthorized",
         "The server has API keys configured and the request carried none, or a wrong one.",
         "Send `Authorization: Bearer <key>` with one of the keys in `auth.api_keys`.",
+    ),
+    "cross-site-request": ProblemType(
+        (403,),
+        "Cross-site request refused",
+        "A browser sent this POST, PUT, PATCH or DELETE from another site's page: its "
+        "`Sec-Fetch-Site` header says `cross-site` or `same-site`, or (from a browser that sends no "
+        "`Sec-Fetch-Site`) its `Origin` is `null` or names another host than the request's `Host`. "
+        "Any web page can make its visitors' browsers send such requests, so the server takes "
+        "changes only from its own pages (the dashboard) and from clients that are not browsers "
+        "(the SDK, the CLI, curl, which send neither header). Nothing was changed.",
+        "Call the API from a program rather than from another site's page, or use the dashboard. "
+        "Behind a reverse proxy, pass the browser's `Host` header on (nginx: "
+        "`proxy_set_header Host $host;`), which older browsers' `Origin` is compared with.",
     ),
     "draining": ProblemType(
         (503,),

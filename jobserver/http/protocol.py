@@ -232,8 +232,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        starts_next = bool(self.pipeline)  # the next pipelined request, started by uvicorn
         super().on_response_complete()
         self._waiting_since = self.loop.time()
+        if self._refused and not starts_next and not self.transport.is_closing():
+            self.transport.close()  # what followed this answer was refused (see _end_body_read)
 
     # ---------------------------------------------------------------- limits
     def waiting_for_a_request(self) -> bool:
@@ -324,18 +327,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         timeout_s = self.limits.body_timeout_s
         log.debug("closed a client that sent no whole request body in %ss", timeout_s,
                   extra={"action": "body_timeout"})  # fmt: skip
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # too late for a problem document: the answer has begun
+            return
+        detail = f"the request body did not arrive within {timeout_s:g} s"
+        self._end_body_read(408, "request-timeout", "Request Timeout", detail)
+
+    def _end_body_read(self, status: int, code: str, title: str, detail: str) -> None:
+        """End the request whose body is being read, before any answer to it: its app's wait
+        for the rest of the body ends as a disconnect, the client gets the problem document,
+        and the connection closes. A request queued behind one still being answered is dropped
+        instead, and the connection closes once that answer is sent (nothing may cut into it)."""
         cycle = self.cycle
-        if cycle is None or cycle.response_started:
+        queued = [entry for entry in self.pipeline if entry[0] is cycle]
+        if queued:
+            self.pipeline.remove(queued[0])
+            self._refused = True  # see on_response_complete
+            self._stop_deadline_checks()
+            return
+        if cycle is None:
             self.transport.close()
             return
-        cycle.disconnected = True  # the app's wait for the rest of the body ends as a disconnect
+        cycle.disconnected = True
         cycle.message_event.set()
-        self._refuse(
-            408,
-            "request-timeout",
-            "Request Timeout",
-            f"the request body did not arrive within {timeout_s:g} s",
-        )
+        self._refuse(status, code, title, detail)
 
     def _refuse_head_too_large(self, detail: str) -> None:
         log.debug("refused a request head: %s", detail, extra={"action": "header_too_large"})
@@ -343,13 +358,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """Bytes that are not HTTP: a problem document, as for every other 4xx (uvicorn's is plain
-        text). A request still being answered on this connection is answered first, then closed."""
+        text). A request whose body is not valid HTTP (a bad chunk) ends as a request whose body
+        is late does; a request still being answered on this connection is answered first, then
+        the connection closes."""
         cycle = self.cycle
+        malformed = ("malformed-request", "Malformed request")
         if cycle is not None and not cycle.response_complete:
+            if self._body_started_at is not None and not cycle.response_started:
+                self._end_body_read(400, *malformed, "the request body is not valid HTTP/1.1")
+                return
             cycle.keep_alive = False
             self._refused = True
             return
-        self._refuse(400, "malformed-request", "Malformed request", "the request is not valid HTTP/1.1")
+        self._refuse(400, *malformed, "the request is not valid HTTP/1.1")
 
     def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
         """Answer with a problem document, stop reading, and close after a short linger."""

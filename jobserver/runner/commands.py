@@ -34,7 +34,7 @@ from jobserver.runner.submission import JobFactory
 from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.readers import ReadPool
 from jobserver.storage.store import JobStore, body_hash
-from jobserver.webhooks.netguard import check_webhook_url
+from jobserver.webhooks.netguard import WebhookGuard
 
 
 class JobCommands:
@@ -53,6 +53,7 @@ class JobCommands:
         observers: Sequence[JobObserver],
         factory: JobFactory,
         readers: ReadPool,
+        webhook_guard: WebhookGuard,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -65,6 +66,7 @@ class JobCommands:
         self.observers = observers
         self.factory = factory
         self.readers = readers  # reads for the event loop: a replayed key's job
+        self.webhook_guard = webhook_guard
         self._inflight_keys: set[tuple[str, str]] = set()
 
     @property
@@ -114,8 +116,7 @@ class JobCommands:
         return record, True
 
     async def _check_webhook(self, url: str) -> None:
-        webhooks = self.settings.webhooks
-        await asyncio.to_thread(check_webhook_url, url, webhooks.allow_private, webhooks.allow_hosts)
+        await asyncio.to_thread(self.webhook_guard.check, url)
 
     async def submit_many(
         self, items: Sequence[tuple[SubmitBody, str | None]], scope: str, raw_items: Sequence[Any]

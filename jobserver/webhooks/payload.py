@@ -155,8 +155,7 @@ def deliver_once(
     body: bytes,
     secret: str,
     now: float,
-    allow_private: bool,
-    allow_hosts: Sequence[str],
+    guard: netguard.WebhookGuard,
     timeout_s: float,
     trace_headers: Mapping[str, str] | None = None,
 ) -> AttemptResult:
@@ -164,7 +163,7 @@ def deliver_once(
 
     `trace_headers` (`traceparent`, ...) continue the job's trace at the receiver.
 
-    The URL is checked again and the request goes to its first allowed address.
+    The URL is checked again by `guard` and the request goes to its first allowed address.
     A refused URL is an attempt with outcome "retry" and no request sent.
     Only a malformed `secret` raises (ValueError): that is a configuration bug.
     """
@@ -178,7 +177,7 @@ def deliver_once(
 
     try:
         _scheme, _host, port = netguard.split_webhook_url(url)
-        addresses = netguard.check_webhook_url(url, allow_private, allow_hosts)
+        addresses = guard.check(url)
         pinned_url, host_header, server_name = _pinned_request_target(url, addresses[0], port)
     except WebhookURLError as exc:
         return result(None, f"refused: {exc.reason}", "retry")

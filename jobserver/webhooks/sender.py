@@ -182,6 +182,7 @@ class WebhookSender:
         clock: Clock,
         secret: str,
         pg: bool,
+        guard: netguard.WebhookGuard,
         client: httpx.Client | None = None,
         rng: random.Random | None = None,
         parallel: int = 8,
@@ -196,6 +197,7 @@ class WebhookSender:
         self.clock = clock
         self.secret = secret
         self.pg = pg
+        self.guard = guard  # where deliveries may go (the SSRF rule, never the server's own API)
         self.parallel = parallel
         # A quarter of the slots (at least one, when there are two) stays free for other hosts.
         self.per_host = max(1, parallel - max(1, parallel // 4))
@@ -356,8 +358,7 @@ class WebhookSender:
                     delivery.payload.encode(),
                     self.secret,
                     now,
-                    self.settings.allow_private,
-                    self.settings.allow_hosts,
+                    self.guard,
                     self.settings.timeout,
                     span.headers(),
                 )

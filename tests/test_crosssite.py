@@ -1,0 +1,102 @@
+"""The cross-site request guard on the real app in-process: what a browser sends for another
+site's page (`fetch(url, {method: "POST", mode: "no-cors"})`) changes nothing, on an open
+server too; the server's own pages and clients that are not browsers are unaffected; the
+dashboard cannot be framed."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobserver.http.crosssite import cross_site
+from tests.helpers import submit
+from tests.inproc import RunningApp
+
+ADD = "jobserver.examples.add"
+FORGED = [  # what a browser sends with a request another site's page makes
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
+    {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain's page
+    {"Origin": "https://evil.example"},  # a browser that sends no Sec-Fetch-Site
+    {"Origin": "null"},  # a sandboxed frame or a file: page
+    {"Origin": "http://testserver.evil.example"},
+]
+OWN = [  # the server's own pages, and clients that are not browsers
+    {},
+    {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+    {"Origin": "http://testserver"},
+    {"Origin": "https://testserver"},  # behind a proxy that terminates TLS
+    {"Origin": "https://jobs.example.com", "Sec-Fetch-Site": "same-origin"},  # behind a proxy that sets Host
+    {"Sec-Fetch-Site": "none"},  # typed by the user
+]
+
+
+@pytest.mark.parametrize("headers", FORGED)
+def test_a_forged_change_is_refused_and_changes_nothing(
+    shared_app: RunningApp, headers: dict[str, str]
+) -> None:
+    c = shared_app.client
+    job_id = submit(c, ADD, {"a": 1, "b": 2}, delay=3600)
+    changes = [
+        ("POST", f"/tasks/{ADD}/pause"),
+        ("POST", f"/jobs/{job_id}/cancel"),
+        ("DELETE", f"/jobs/{job_id}"),
+        ("PUT", "/schedules/forged"),
+        ("POST", "/jobs/cancel"),
+        ("POST", "/jobs"),
+    ]
+    for method, path in changes:
+        r = c.request(method, path, headers=headers, content=b"{}")
+        assert r.status_code == 403, (method, path, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        doc = r.json()
+        assert doc["code"] == "cross-site-request" and doc["type"] == "/problems/cross-site-request", doc
+        assert method in doc["detail"], doc
+    assert c.get(f"/jobs/{job_id}").json()["status"] == "pending"
+    assert not any(t["paused"] for t in c.get("/tasks").json()["tasks"])
+    assert c.get("/schedules/forged").status_code == 404
+    assert c.get("/jobs", headers=headers).status_code == 200  # a read changes nothing: not refused
+    assert c.get("/problems/cross-site-request").status_code == 200
+
+
+@pytest.mark.parametrize("headers", OWN)
+def test_the_servers_own_pages_and_programs_still_change_things(
+    shared_app: RunningApp, headers: dict[str, str]
+) -> None:
+    c = shared_app.client
+    job_id = submit(c, ADD, {"a": 1, "b": 2}, delay=3600)
+    assert c.post(f"/tasks/{ADD}/pause", headers=headers).status_code == 200
+    assert c.post(f"/tasks/{ADD}/resume", headers=headers).status_code == 200
+    assert c.post(f"/jobs/{job_id}/cancel", headers=headers).status_code == 202
+    assert c.delete(f"/jobs/{job_id}", headers=headers).status_code == 204
+
+
+def test_the_rule_reads_only_the_headers_it_names() -> None:
+    assert cross_site([(b"sec-fetch-site", b"Cross-Site")]) is not None
+    assert cross_site([(b"origin", b"http://a:8000"), (b"host", b"A:8000")]) is None
+    assert cross_site([(b"origin", b"http://a:8000"), (b"host", b"a:8001")]) is not None
+    assert cross_site([(b"origin", b"http://a")]) is not None  # no Host to match
+    assert cross_site([(b"origin", b"garbage"), (b"host", b"garbage")]) is not None
+    assert cross_site([(b"referer", b"https://evil.example/"), (b"host", b"a")]) is None
+
+
+def test_the_dashboard_cannot_be_framed_and_keeps_its_policy(shared_app: RunningApp) -> None:
+    r = shared_app.client.get("/")
+    assert r.status_code == 200 and r.headers["x-frame-options"] == "DENY"
+    policy = [d.strip() for d in r.headers["content-security-policy"].split(";")]
+    assert "frame-ancestors 'none'" in policy
+    assert {
+        "default-src 'none'",
+        "connect-src 'self'",
+        "script-src 'unsafe-inline'",
+        "form-action 'none'",
+    } <= set(policy)
+    assert "unsafe-eval" not in r.headers["content-security-policy"]
+
+
+def test_openapi_lists_the_403_on_every_change_and_only_there(shared_app: RunningApp) -> None:
+    paths = shared_app.client.get("/openapi.json").json()["paths"]
+    for path, item in paths.items():
+        for method, op in item.items():
+            assert ("403" in op["responses"]) == (method in ("post", "put", "patch", "delete")), (
+                path,
+                method,
+            )
