@@ -163,6 +163,36 @@ def test_query_validation(app: RunningApp) -> None:
     assert c.get("/tasks").status_code == c.get("/stats").status_code == 200
 
 
+def test_a_change_refuses_a_query_and_changes_nothing(app: RunningApp) -> None:
+    """`POST /jobs/cancel?status=running` with `{}` would otherwise cancel every job."""
+    c = app.client
+    waiting = [submit(c, "jobserver.examples.add", {"a": 1, "b": 1}, delay=3600)["id"] for _ in range(2)]
+    schedule = {"task": "jobserver.examples.add", "cron": "0 3 * * *", "args": {"a": 1, "b": 1}}
+    assert c.put("/schedules/nightly", json=schedule).status_code == 201
+    changes = [
+        ("POST", "/jobs/cancel", {}),
+        ("POST", "/jobs/retry", {}),
+        ("POST", "/jobs/delete", {}),
+        ("POST", f"/jobs/{waiting[0]}/cancel", None),
+        ("DELETE", f"/jobs/{waiting[0]}", None),
+        ("POST", "/jobs", {"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}}),
+        ("POST", "/jobs/batch", {"jobs": [{"task": "jobserver.examples.add", "args": {"a": 1, "b": 1}}]}),
+        ("POST", "/tasks/jobserver.examples.add/pause", None),
+        ("PUT", "/schedules/nightly", {**schedule, "cron": "0 4 * * *"}),
+        ("POST", "/schedules/nightly/pause", None),
+        ("DELETE", "/schedules/nightly", None),
+    ]
+    for method, path, body in changes:
+        r = c.request(method, path, params={"status": "running"}, json=body)
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "status"], (path, r.text)
+    listed = c.get("/jobs").json()["jobs"]
+    assert sorted(j["id"] for j in listed) == sorted(waiting) and {j["status"] for j in listed} == {"pending"}
+    [kept] = c.get("/schedules").json()["schedules"]
+    assert (kept["cron"], kept["paused"]) == ("0 3 * * *", False)
+    assert not any(t["paused"] for t in c.get("/tasks").json()["tasks"])
+    assert c.post("/jobs/cancel", json={}).json()["count"] == 2  # the same change without a query
+
+
 def test_a_query_names_each_parameter_once_with_plain_numbers(app: RunningApp) -> None:
     c = app.client
     for _ in range(3):

@@ -225,6 +225,28 @@ def refuse_query(request: Request) -> None:
         raise InvalidRequestError(f"invalid query: {', '.join(names)}", errors)
 
 
+def handled(handler: Handler, max_body_bytes: int) -> Handler:
+    """`handler` with the errors it raises answered as problem documents. A change (any method
+    but GET and HEAD) refuses query parameters first: no such route takes any, and a filter
+    written in the query (`POST /jobs/cancel?status=running`) must not be dropped silently
+    while the body's filter, or the lack of one, acts on every job."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            if request.method not in ("GET", "HEAD"):
+                refuse_query(request)
+            return await handler(request)
+        except JobServerError as exc:
+            return problem_for(exc)
+        except BodyTooLarge:
+            detail = f"the body may take at most {max_body_bytes} bytes"
+            return problem(413, "body-too-large", "Request body too large", detail)
+        except UnsupportedMediaType as exc:
+            return problem(415, "unsupported-media-type", "Unsupported media type", exc.detail)
+
+    return wrapper
+
+
 def key_scope(request: Request) -> str:
     """Idempotency keys are scoped per API key (a hash of it), or global when auth is off."""
     key: str | None = request.scope.get("jobserver.api_key")
@@ -265,6 +287,8 @@ def create_app(svc: Services) -> Starlette:
     literal_paths: set[str] = set()  # /jobs/batch and the bulk actions: never a job's id
 
     def guarded(handler: Handler) -> Handler:
+        answered = handled(handler, settings.server.max_body_bytes)
+
         async def wrapper(request: Request) -> Response:
             job_id = request.path_params.get("job_id")
             if job_id is not None:
@@ -272,19 +296,7 @@ def create_app(svc: Services) -> Starlette:
                     return await _not_allowed(request, None)
                 if not JOB_ID.fullmatch(job_id):
                     return problem_for(JobNotFoundError(job_id[:64]))  # no job has such an id
-            try:
-                return await handler(request)
-            except JobServerError as exc:
-                return problem_for(exc)
-            except BodyTooLarge:
-                return problem(
-                    413,
-                    "body-too-large",
-                    "Request body too large",
-                    f"the body may take at most {settings.server.max_body_bytes} bytes",
-                )
-            except UnsupportedMediaType as exc:
-                return problem(415, "unsupported-media-type", "Unsupported media type", exc.detail)
+            return await answered(request)
 
         return wrapper
 

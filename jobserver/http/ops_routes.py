@@ -31,14 +31,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jobserver.core.errors import (
-    JobServerError,
     ScheduleNotFoundError,
     TaskNotFoundError,
 )
 from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.http.app import JSON, BodyTooLarge, UnsupportedMediaType, read_json_body, refuse_query
-from jobserver.http.problems import problem, problem_for, validation_problem
+from jobserver.http.app import JSON, handled, read_json_body, refuse_query
+from jobserver.http.problems import problem, validation_problem
 from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
 from jobserver.runner.bulk import BulkActions
@@ -72,18 +71,7 @@ def ops_routes(svc: OpsServices) -> list[Route]:
         return await svc.readers.run(fn, *args)
 
     def guarded(handler: Handler) -> Handler:
-        async def wrapper(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except JobServerError as exc:
-                return problem_for(exc)
-            except BodyTooLarge:
-                detail = f"the body may take at most {svc.max_body_bytes} bytes"
-                return problem(413, "body-too-large", "Request body too large", detail)
-            except UnsupportedMediaType as exc:
-                return problem(415, "unsupported-media-type", "Unsupported media type", exc.detail)
-
-        return wrapper
+        return handled(handler, svc.max_body_bytes)
 
     def schedule_name(request: Request) -> str:
         name: str = request.path_params["name"]
