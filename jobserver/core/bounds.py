@@ -18,6 +18,7 @@ RUN_AT_YEARS = (1970, 8999)
 RUN_AT_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3})-"
 MAX_BATCH = 1000
 IDEMPOTENCY_KEY_MAX = 255  # characters of an idempotency key (printable ASCII)
+SCHEDULE_KEY_PREFIX = "schedule:"  # the idempotency keys of schedules' jobs: no client's key starts so
 TASK_NAME_MAX = 200  # characters: the column, and what a submit's `task` may be
 SIGNAL_NAME_MAX = 200  # characters; a signal's name is a path segment of POST /jobs/{id}/signals/{name}
 MAX_DELAY_S = 10 * 365 * 86400  # the longest delay, sleep, signal timeout or Retry delay: ten years

@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from jobserver.core.bounds import TASK_NAME_MAX
+from jobserver.core.bounds import SCHEDULE_KEY_PREFIX, TASK_NAME_MAX
 from jobserver.core.clock import rfc3339
 from jobserver.core.errors import ConfigError, InvalidRequestError, TaskNotFoundError
 from jobserver.core.schemas import json_within
 from jobserver.core.tasks import Registry
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # safe in a URL path and an idempotency key
-KEY_PREFIX = "schedule:"
+KEY_PREFIX = SCHEDULE_KEY_PREFIX
 IDEMPOTENCY_SCOPE = "schedules"  # schedule keys never meet a client's Idempotency-Key
 _KEY_RE = re.compile(r"^schedule:([A-Za-z0-9][A-Za-z0-9._-]{0,99}):\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -21,6 +21,7 @@ from jobserver.core.bounds import (
     MAX_LIMIT,
     MAX_WAIT_S,
     RUN_AT_YEARS,
+    SCHEDULE_KEY_PREFIX,
     TASK_NAME_MAX,
 )
 from jobserver.core.errors import InvalidRequestError
@@ -141,7 +142,10 @@ def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[
     return []
 
 
-IDEMPOTENCY_KEY_RULE = f"1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+IDEMPOTENCY_KEY_RULE = (
+    f"1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters, not starting with {SCHEDULE_KEY_PREFIX!r}"
+    " (the keys of schedules' jobs)"
+)
 
 
 def idempotency_key(value: str) -> str:
@@ -150,7 +154,9 @@ def idempotency_key(value: str) -> str:
     are not part of it (as around any header's value, RFC 9110), and what is left has
     IDEMPOTENCY_KEY_RULE (a header's bytes past ASCII have no agreed text); else ValueError."""
     key = value.strip(" \t")
-    if not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX and key.isascii() and key.isprintable()):
+    if not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX and key.isascii() and key.isprintable()) or key.startswith(
+        SCHEDULE_KEY_PREFIX
+    ):
         raise ValueError(f"an idempotency key has {IDEMPOTENCY_KEY_RULE}")
     return key
 
