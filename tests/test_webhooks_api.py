@@ -130,8 +130,8 @@ def test_a_slow_receiver_delays_neither_other_jobs_nor_the_api(srv: RunningApp, 
 
 
 def test_the_list_says_whether_a_delivery_is_still_due(tmp_path: Path, receiver: Receiver) -> None:
-    """`pending` holds while a retry waits and clears once a delivery is made or given up,
-    so a reader can stop polling a list that will not change."""
+    """`pending` holds while the job has not finished or a retry waits, and clears once every
+    delivery is made or given up, so a reader can stop polling a list that will not change."""
     receiver.script("/later", Reply(500))
     receiver.script("/gone", Reply(410))
     config = {"webhooks": {"secret": SECRET, "retry_schedule": ["1h"]}}
@@ -141,16 +141,20 @@ def test_the_list_says_whether_a_delivery_is_still_due(tmp_path: Path, receiver:
         done = submit(c, "jobserver.examples.add", {"a": 1, "b": 2}, webhook_url=receiver.url("/done"))
         gone = submit(c, "jobserver.examples.add", {"a": 1, "b": 3}, webhook_url=receiver.url("/gone"))
         plain = submit(c, "jobserver.examples.add", {"a": 1, "b": 4})
+        later = submit(
+            c, "jobserver.examples.add", {"a": 1, "b": 5}, delay=3600, webhook_url=receiver.url("/x")
+        )
         for job_id in (waiting, done, gone):
             webhook_attempts(c, job_id, 1)
         assert delivery_state(app.db_path, waiting) == ("pending", 1)  # its retry is an hour away
         answers = {
-            job_id: c.get(f"/jobs/{job_id}/webhooks").json() for job_id in (waiting, done, gone, plain)
+            job_id: c.get(f"/jobs/{job_id}/webhooks").json() for job_id in (waiting, done, gone, plain, later)
         }
         assert answers[waiting]["pending"] is True
         assert answers[done]["pending"] is False and answers[done]["deliveries"][0]["status_code"] == 200
         assert answers[gone]["pending"] is False and answers[gone]["deliveries"][0]["status_code"] == 410
         assert answers[plain] == {"deliveries": [], "pending": False}
+        assert answers[later] == {"deliveries": [], "pending": True}  # one is made when it finishes
 
 
 def test_unknown_job_has_no_webhooks(srv: RunningApp) -> None:

@@ -237,8 +237,8 @@ SHARED_SCHEMAS: dict[str, Schema] = {
             "pending": {
                 "type": "boolean",
                 "description": (
-                    "A delivery is queued or waiting for a retry. False once each is delivered or given up,"
-                    " and before the job's first one is queued (when the job finishes or waits)."
+                    "The list may still grow: the job has a webhook URL and has not finished, or a"
+                    " delivery is queued or waiting for a retry. False once it is final (until a retry)."
                 ),
             },
         },
