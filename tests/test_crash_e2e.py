@@ -120,6 +120,7 @@ def test_on_crash_fail_is_at_most_once(tmp_path: Path) -> None:
     job = c.get(f"/jobs/{job_id}", params={"wait": 20}).json()
     assert job["status"] == "failed"
     assert job["error"]["type"] == "Crashed"
+    assert "the server running it stopped" in job["error"]["message"]  # found at the start, not by a lease
     assert started.read_text().splitlines() == [f"{job_id} 1"]
     srv.stop()
 

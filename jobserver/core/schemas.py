@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -79,12 +80,14 @@ class SubmitBody(BaseModel):
         return self
 
 
-def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str, Any]]:
+def json_violations(value: Any, max_depth: int, loc: Sequence[str | int]) -> list[dict[str, Any]]:
     """Where a parsed JSON value goes beyond what is stored exactly: nesting deeper than
     `max_depth`, integers outside 64 bits, numbers that are not finite. Iterative, so a
-    hostile depth never reaches Python's recursion limit; stops at the first nesting error."""
+    hostile depth never reaches Python's recursion limit; stops at the first nesting error.
+    A `loc` names an array's item by its index (an int) and an object's member by its key, as
+    pydantic's errors do."""
     errors: list[dict[str, Any]] = []
-    stack: list[tuple[Any, list[str], int]] = [(value, loc, 0)]
+    stack: list[tuple[Any, list[str | int], int]] = [(value, list(loc), 0)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, dict | list):
@@ -92,7 +95,7 @@ def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str
                 msg = f"nested deeper than {max_depth} levels"
                 return [*errors, {"loc": where, "msg": msg, "type": "too_deep"}]
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            stack.extend((v, [*where, str(k)], depth + 1) for k, v in pairs)
+            stack.extend((v, [*where, k], depth + 1) for k, v in pairs)
         elif isinstance(item, bool):
             continue
         elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
@@ -107,11 +110,11 @@ def json_violations(value: Any, max_depth: int, loc: list[str]) -> list[dict[str
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
 
 
-def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[str, Any]]:
+def json_text_too_deep(raw: bytes, max_depth: int, loc: Sequence[str | int]) -> list[dict[str, Any]]:
     """`json_violations`' nesting error for JSON text nested too deep for a parser to read: the
     first array or object, in the text's order, nested deeper than `max_depth`; [] when none is.
     Reads tokens without building values, so a hostile depth costs neither recursion nor memory."""
-    path: list[str] = []  # the key or index of the value being read, in each open array or object
+    path: list[str | int] = []  # the key or index of the value being read, in each open array or object
     in_object: list[bool] = []
     expect_key = False
     for match in _JSON_TOKEN.finditer(raw):
@@ -121,7 +124,7 @@ def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[
                 msg = f"nested deeper than {max_depth} levels"
                 return [{"loc": [*loc, *path], "msg": msg, "type": "too_deep"}]
             in_object.append(token == b"{")
-            path.append("" if token == b"{" else "0")
+            path.append("" if token == b"{" else 0)
             expect_key = token == b"{"
         elif token in (b"]", b"}"):
             if path:
@@ -132,7 +135,7 @@ def json_text_too_deep(raw: bytes, max_depth: int, loc: list[str]) -> list[dict[
             if in_object and in_object[-1]:
                 expect_key = True
             elif path:
-                path[-1] = str(int(path[-1]) + 1)
+                path[-1] = int(path[-1]) + 1
         elif expect_key:  # a string where an object's key goes
             try:
                 path[-1] = str(json.loads(token))

@@ -50,16 +50,27 @@ class Rescuer:
         self.alive = alive  # the jobs this process runs now: never rescued from under itself
         self.rng = rng or random.Random()
 
-    def _decide(self, job: AttemptFacts, task: str, cancel_requested: bool, now: float) -> Transition | None:
-        return decide(
-            Outcome.crashed(cancel_requested), job, self.registry.options(task), now, self.rng.random()
-        )
+    def _decider(self, note: str) -> Callable[[AttemptFacts, str, bool, float], Transition | None]:
+        def decide_crash(
+            job: AttemptFacts, task: str, cancel_requested: bool, now: float
+        ) -> Transition | None:
+            outcome = Outcome.crashed(cancel_requested, note)
+            return decide(outcome, job, self.registry.options(task), now, self.rng.random())
+
+        return decide_crash
 
     def rescue_once(self, every_other_owner: bool = False) -> list[JobRecord]:
         """Recover running jobs with an expired lease (or, with `every_other_owner`,
         every running job not leased to this process)."""
+        # at an SQLite start the file lock, not a lease, says the process that ran them is gone
+        note = "the server running it stopped" if every_other_owner else "its worker stopped heartbeating"
         rescued = self.store.rescue(
-            self.clock.now(), self.owner, every_other_owner, self._decide, self.wakeup.notify, self.alive()
+            self.clock.now(),
+            self.owner,
+            every_other_owner,
+            self._decider(note),
+            self.wakeup.notify,
+            self.alive(),
         ).result()
         for transition, rec in rescued:
             log.warning(
