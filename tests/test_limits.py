@@ -263,6 +263,7 @@ def test_a_waiting_job_frees_its_slot_and_takes_it_again_to_resume(app: RunningA
     wait_until(lambda: all(job(c, i)["status"] == "waiting" for i in (first, second)))
     key = limit(c, "gate:t")  # the batch bound the task's limits to each job's args
     assert (key["limit"], key["in_use"], key["blocked"]) == (1, 0, 0)
+    assert type(key["limit"]) is type(key["in_use"]) is int  # slots are counted, as 1, not 1.0
     for i in (first, second):
         assert c.post(f"/jobs/{i}/signals/go", json=i).status_code == 202
     assert [finished(c, i)["result"] for i in (first, second)] == [first, second]

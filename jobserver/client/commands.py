@@ -123,7 +123,9 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--delay", type=seconds, metavar="S", help="run after S seconds")
     when.add_argument("--run-at", metavar="TIME", help="run at this RFC 3339 time")
-    p.add_argument("--max-attempts", type=int, metavar="N")
+    p.add_argument(
+        "--max-attempts", type=int, metavar="N", help="attempts before it fails (default: the task's)"
+    )
     p.add_argument("--timeout", type=seconds, metavar="S", help="time limit of one attempt")
     p.add_argument("--webhook-url", metavar="URL", help="POSTed to when the job finishes")
     p.add_argument(

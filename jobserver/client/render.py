@@ -130,9 +130,13 @@ def tasks_table(tasks: Iterable[Mapping[str, Any]], unknown: Iterable[Mapping[st
             str(task["name"]),
             Text("unknown", style="red"),
             "",
-            f"{task.get('pending', 0)} jobs wait for it: no process of this server registers it",
+            f"{_jobs(int(task.get('pending', 0)))} wait for it: no process of this server registers it",
         )
     return table
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
 
 
 def rows_table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:

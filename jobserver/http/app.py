@@ -225,6 +225,11 @@ def refuse_query(request: Request) -> None:
         raise InvalidRequestError(f"invalid query: {', '.join(names)}", errors)
 
 
+def _count(value: float) -> float | int:
+    """A whole number as an integer (a concurrency key's slots: `8`, not `8.0`)."""
+    return int(value) if value.is_integer() else value
+
+
 def handled(handler: Handler, max_body_bytes: int) -> Handler:
     """`handler` with the errors it raises answered as problem documents. A change (any method
     but GET and HEAD) refuses query parameters first: no such route takes any, and a filter
@@ -537,9 +542,9 @@ def create_app(svc: Services) -> Starlette:
                     {
                         "key": k.key,
                         "kind": k.kind,
-                        "limit": k.limit,
+                        "limit": _count(k.limit),
                         "per": k.per_s,
-                        "in_use": k.in_use,
+                        "in_use": _count(k.in_use),
                         "blocked": k.blocked,
                     }
                     for k in keys
