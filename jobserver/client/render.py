@@ -118,12 +118,12 @@ def tasks_table(tasks: Iterable[Mapping[str, Any]], unknown: Iterable[Mapping[st
     table.add_column("KIND", no_wrap=True)
     table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis")
     for task in tasks:
-        first_line = str(task.get("description") or "").strip().splitlines()[:1]
+        summary = " ".join(str(task.get("description") or "").split())  # its first paragraph, on one line
         table.add_row(
             str(task["name"]),
             Text("paused", style="yellow") if task.get("paused") else Text("active"),
             "async" if task.get("is_async") else "sync",
-            first_line[0] if first_line else "",
+            summary,
         )
     for task in unknown:
         table.add_row(
