@@ -8,6 +8,7 @@ Scripts pass `--json` and get the API's JSON instead; nothing here is parsed by 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 PIPED_WIDTH = 200  # wide enough that a piped table is never cut to 80 columns
+DESCRIPTION_WIDTH = 100  # characters of a task's description the tasks table shows at most
 STATUS_STYLES = {
     "pending": "yellow",
     "running": "cyan",
@@ -110,15 +112,16 @@ def job_table(job: Mapping[str, Any]) -> Table:
 
 
 def tasks_table(tasks: Iterable[Mapping[str, Any]], unknown: Iterable[Mapping[str, Any]] = ()) -> Table:
-    """One line per task: name, paused or not, sync or async, the first line of its description;
+    """One line per task: name, paused or not, sync or async, the start of its description;
     then one per task that jobs wait for though the server does not register it."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("TASK", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
     table.add_column("KIND", no_wrap=True)
-    table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis")
+    table.add_column("DESCRIPTION")  # wraps in a narrow terminal rather than push the others out
     for task in tasks:
-        summary = " ".join(str(task.get("description") or "").split())  # its first paragraph, on one line
+        # its first paragraph on one line, cut short: a long one would crowd the other columns out
+        summary = textwrap.shorten(str(task.get("description") or ""), DESCRIPTION_WIDTH, placeholder=" …")
         table.add_row(
             str(task["name"]),
             Text("paused", style="yellow") if task.get("paused") else Text("active"),
