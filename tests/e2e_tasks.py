@@ -185,7 +185,14 @@ def _held_until(started: str, release: str, job_id: str) -> str:
     return "released"
 
 
-@task
+@task(max_attempts=1)
+def blocking_step(ctx: JobContext, started: str, release: str) -> str:
+    """A step that blocks until `release` exists; one attempt only."""
+    result: str = ctx.step("held", _held_until, started, release, ctx.job_id)
+    return result
+
+
+@task(max_attempts=1)
 async def async_blocking_step(ctx: JobContext, started: str, release: str) -> str:
     """A sync step (run on a thread) that blocks until `release` exists."""
     result: str = await ctx.step("held", _held_until, started, release, ctx.job_id)

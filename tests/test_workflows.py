@@ -4,6 +4,7 @@ gather and the batch submit, driven through the API."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,30 @@ def test_slow_sync_steps_of_async_jobs_do_not_hold_up_the_steps_of_others(tmp_pa
             assert c.get(f"/jobs/{quick}", params={"wait": 10}).json()["status"] == "completed"
         finally:
             release.touch()
+
+
+@pytest.mark.parametrize("task", ["tests.e2e_tasks.blocking_step", "tests.e2e_tasks.async_blocking_step"])
+def test_a_step_whose_result_the_database_refuses_for_a_while_is_stored_once_it_takes_it(
+    tmp_path: Path, task: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The step's call returned while another process held the write lock: its result waits
+    for the lock, the call is not made again, and the job's one attempt completes."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    with running_app(tmp_path, config={"database": {"busy_timeout": "50ms"}}) as app:
+        c = app.client
+        job_id = submit(c, task, {"started": str(started), "release": str(release)})
+        wait_until(started.exists, 10, message="the step's call to start")
+        other = sqlite3.connect(app.db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process takes the write lock and keeps it
+        try:
+            release.touch()  # the call returns; its result cannot be written yet
+            wait_until(lambda: f"a write of {job_id} failed" in caplog.text, 10, message="a refused write")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        done = c.get(f"/jobs/{job_id}", params={"wait": 10}).json()
+        assert (done["status"], done["attempts"], done["result"]) == ("completed", 1, "released"), done
+        assert started.read_text().split() == [job_id]  # the call was made once
 
 
 def test_async_fan_out_gathers(app: RunningApp) -> None:

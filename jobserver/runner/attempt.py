@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
 from jobserver.core.bounds import duration_s, signal_name
 from jobserver.core.clock import Clock
-from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, Timeout
+from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, StorageError, Timeout
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
 from jobserver.core.limits import load_held, usable_units
 from jobserver.core.records import Claim, JobRecord
@@ -36,10 +38,18 @@ from jobserver.runner.submission import JobFactory
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, Writer
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 StopReason = Literal["cancel", "timeout", "stale", "shutdown"]
 # how long a stopped async task waits for a sync step's thread to take the interruption; a
 # blocking C call does not take it, and its thread then finishes on its own, unrecorded
 STEP_THREAD_GRACE_S = 1.0
+# A write the database refuses (disk full, locked past the busy timeout) is tried again, for an
+# attempt's outcome and for its own writes (a step's result, a durable call's): doubling waits
+# from the least to the most, for up to RECORD_RETRY_S before it is given up.
+RECORD_RETRY_S = 300
+RECORD_RETRY_MIN_DELAY_S = 0.1
+RECORD_RETRY_MAX_DELAY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +233,7 @@ class Attempt:
         with self.trace.step(name):
             raw = fn(*args, **kwargs)
         result_json = to_json(raw, f"the result of step {name!r}")
-        self._writer.call(self._save_step_op(name, result_json, started))
+        self._write(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
 
     async def step_async(
@@ -266,8 +276,51 @@ class Attempt:
 
     async def _save_async(self, name: str, raw: Any, started: float) -> Any:
         result_json = to_json(raw, f"the result of step {name!r}")
-        await self._writer.acall(self._save_step_op(name, result_json, started))
+        await self._awrite(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
+
+    # ---------------------------------------------------------- own writes
+    def _write(self, op: Callable[[Tx], T]) -> T:
+        """Commit one of the attempt's own writes from its thread, waiting out a database that
+        refuses it: a step whose call returned must be stored before the task goes on, or a
+        retry would make the call again. A stop asked meanwhile ends the wait (its outcome wins)."""
+        delay, give_up_at = RECORD_RETRY_MIN_DELAY_S, None
+        while True:
+            try:
+                return self._writer.call(op)
+            except StorageError as exc:
+                give_up_at = self._refused(exc, give_up_at)
+                if self.stop_requested.wait(delay):
+                    raise
+                delay = min(RECORD_RETRY_MAX_DELAY_S, delay * 2)
+
+    async def _awrite(self, op: Callable[[Tx], T]) -> T:
+        """`_write` for an async task: the waits are the task's own, so a cancel ends them."""
+        delay, give_up_at = RECORD_RETRY_MIN_DELAY_S, None
+        while True:
+            try:
+                return await self._writer.acall(op)
+            except StorageError as exc:
+                give_up_at = self._refused(exc, give_up_at)
+                await asyncio.sleep(delay)
+                delay = min(RECORD_RETRY_MAX_DELAY_S, delay * 2)
+
+    def _refused(self, exc: StorageError, give_up_at: float | None) -> float:
+        """The time to give up waiting for the database (the first refusal logs it); raises
+        `exc` once that time has passed."""
+        now = time.monotonic()
+        if give_up_at is None:
+            log.warning(
+                "a write of %s failed (%s); retrying for up to %ds",
+                self.claim.job_id,
+                exc,
+                RECORD_RETRY_S,
+                extra={"job_id": self.claim.job_id, "action": "write_retry"},
+            )
+            return now + RECORD_RETRY_S
+        if now >= give_up_at:
+            raise exc
+        return give_up_at
 
     # -------------------------------------------------------- durable calls
     def drive_sync(self, calls: Calls) -> Any:
@@ -283,7 +336,7 @@ class Attempt:
                     self._writer.submit(item.op)
                     item = calls.send(None)
                 else:
-                    item = calls.send(self._writer.call(item))
+                    item = calls.send(self._write(item))
         except StopIteration as stop:
             return stop.value
 
@@ -300,7 +353,7 @@ class Attempt:
                     self._writer.submit(item.op)
                     item = calls.send(None)
                 else:
-                    item = calls.send(await self._writer.acall(item))
+                    item = calls.send(await self._awrite(item))
         except StopIteration as stop:
             return stop.value
 

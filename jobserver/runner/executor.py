@@ -32,7 +32,14 @@ from jobserver.core.observers import JobObserver
 from jobserver.core.records import Claim, JobRecord
 from jobserver.core.tasks import Registry, TaskDef
 from jobserver.core.tracing import NO_ATTEMPT_TRACE, NO_TRACING, Tracing
-from jobserver.runner.attempt import Attempt, StopReason, to_json
+from jobserver.runner.attempt import (
+    RECORD_RETRY_MAX_DELAY_S,
+    RECORD_RETRY_MIN_DELAY_S,
+    RECORD_RETRY_S,
+    Attempt,
+    StopReason,
+    to_json,
+)
 from jobserver.runner.reporter import Reporter
 from jobserver.runner.slots import Slots
 from jobserver.runner.submission import JobFactory
@@ -42,9 +49,6 @@ from jobserver.storage.writer import WriteFuture, Writer
 
 log = logging.getLogger(__name__)
 STUCK_GRACE_S = 2.0  # a stopped sync task that ignores the interruption is given up after this
-RECORD_RETRY_S = 300  # how long an outcome the database refuses is retried before the job is given up
-RECORD_RETRY_MIN_DELAY_S = 0.1
-RECORD_RETRY_MAX_DELAY_S = 5.0
 
 
 @dataclass
