@@ -178,6 +178,24 @@ def test_a_sync_task_that_returns_after_its_timeout_fails_with_timeout(tmp_path:
         assert (job["result"], job["error"]["type"]) == (None, "Timeout")
 
 
+def test_the_rescuer_leaves_a_job_of_a_task_it_does_not_know_to_a_process_that_does(tmp_path: Path) -> None:
+    """Whether a crashed job may run again is its task's to say (`on_crash="fail"`: never)."""
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        unknown = enqueue(p, "other.deploy.charge_card", {}, 3)
+        cancelled = enqueue(p, "other.deploy.charge_card", {}, 3)
+        lease = p.settings.workers.lease_seconds
+        p.store.claim(
+            "gone", clock.now(), lease, lambda tx: (10, None), lambda tx, c: [i for i, _ in c]
+        ).result(10)
+        p.store.cancel(cancelled, clock.now(), lambda rec: None).result(10)  # asked while it ran
+        clock.advance(lease + 1)
+        assert [rec.id for rec in p.rescuer.rescue_once()] == [cancelled]  # a cancel ends it anyway
+        assert p.store.get(cancelled).status == "cancelled"
+        assert p.store.get(unknown).status == "running"  # left for a process that knows its task
+        assert [rec.id for rec in p.rescuer.rescue_once(every_other_owner=True)] == []
+
+
 def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(tmp_path: Path) -> None:
     clock = ManualClock()
     with built(tmp_path, clock) as p:

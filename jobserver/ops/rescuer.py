@@ -4,7 +4,9 @@ A lease that expired means the owning process stopped heartbeating (killed,
 frozen, cut off). At an SQLite start every running row is rescued at once: the
 file lock proves the previous owner is dead. Each one ends as the lifecycle
 decides for a crash (run again counted, or failed `Crashed`, or cancelled when a
-cancel was asked).
+cancel was asked). A job of a task this process does not know is left running
+until a process that knows it rescues it: only its task says whether it may run
+again (`on_crash="fail"`), and a cancel asked of it ends it here.
 """
 
 from __future__ import annotations
@@ -54,8 +56,13 @@ class Rescuer:
         def decide_crash(
             job: AttemptFacts, task: str, cancel_requested: bool, now: float
         ) -> Transition | None:
+            options = self.registry.options(task)
+            if options is None and not cancel_requested:
+                # whether to run it again is its task's to say (`on_crash="fail"`: never), and
+                # this process does not know the task: a node (or a deploy) that does rescues it
+                return None
             outcome = Outcome.crashed(cancel_requested, note)
-            return decide(outcome, job, self.registry.options(task), now, self.rng.random())
+            return decide(outcome, job, options, now, self.rng.random())
 
         return decide_crash
 
