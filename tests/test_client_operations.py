@@ -73,7 +73,7 @@ def test_the_tasks_command_shows_tasks_that_jobs_wait_for_but_no_process_registe
     assert json.loads(capsys.readouterr().out)["unknown_tasks"] == overview["unknown_tasks"]
     assert run(client, parser.parse_args(["tasks"]), Output(as_json=False)) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "elsewhere.task" in x)
-    assert "unknown" in line and "1 jobs wait for it" in line
+    assert "unknown" in line and "1 job waits for it" in line
 
 
 def test_the_stats_command_counts_cancelled_jobs_in_its_last_hour_line(

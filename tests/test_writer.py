@@ -17,6 +17,7 @@ from jobserver.storage.models import Checkpoints, SqliteFile
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, WriteFuture, notify_payloads
 from jobserver.storage.writer import _wake as writer_wake
+from tests.inproc import running_app
 from tests.storage import open_store
 
 Ts = TypeVarTuple("Ts")
@@ -266,3 +267,18 @@ def test_commits_leave_checkpoints_to_the_maintenance_pass(tmp_path: Path) -> No
         checkpoints.run_once()
         assert db_file.stat().st_size > after + 1_000_000
         assert count(store, "SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'") == 2000
+
+
+def test_a_database_file_removed_while_the_server_runs_is_refused_not_written_to(tmp_path: Path) -> None:
+    """Commits to the deleted file would answer 202 and be lost at the next start; a new
+    connection would make an empty file in its place."""
+    with running_app(tmp_path) as app:
+        c = app.client
+        body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
+        assert c.post("/jobs", json=body).status_code == 202
+        app.db_path.unlink()
+        refused = c.post("/jobs", json=body)
+        assert refused.status_code == 503 and refused.json()["code"] == "storage-unavailable", refused.text
+        assert "was removed or replaced" in refused.json()["detail"]
+        assert c.get("/readyz").status_code == 503
+        assert not app.db_path.exists()  # no connection made a new, empty file there

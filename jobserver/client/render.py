@@ -133,13 +133,13 @@ def tasks_table(tasks: Iterable[Mapping[str, Any]], unknown: Iterable[Mapping[st
             str(task["name"]),
             Text("unknown", style="red"),
             "",
-            f"{_jobs(int(task.get('pending', 0)))} wait for it: no process of this server registers it",
+            f"{_waiting(int(task.get('pending', 0)))} for it: no process of this server registers it",
         )
     return table
 
 
-def _jobs(n: int) -> str:
-    return f"{n} job" if n == 1 else f"{n} jobs"
+def _waiting(n: int) -> str:
+    return "1 job waits" if n == 1 else f"{n} jobs wait"
 
 
 def rows_table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:

@@ -291,11 +291,30 @@ class SqliteFile(pw.SqliteDatabase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._generation = 0
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file first opened
 
     def _connect(self) -> sqlite3.Connection:
+        self.check_file()  # a new connection must not make a new, empty file where it was
         conn: sqlite3.Connection = super()._connect()  # type: ignore[misc]
+        if self._file_id is None:
+            self._file_id = _file_id(self.database)
         self._thread_state().generation = self._generation
         return conn
+
+    def check_file(self) -> None:
+        """Raise sqlite3.OperationalError once the file at the database's path is no longer the
+        one the server opened (deleted, or replaced): connections already open would go on
+        writing to the deleted file, and a job accepted there would be lost at the next start."""
+        if self._file_id is None:
+            return
+        try:
+            now: tuple[int, int] | None = _file_id(self.database)
+        except FileNotFoundError:
+            now = None
+        if now != self._file_id:
+            raise sqlite3.OperationalError(
+                f"the database file {self.database} was removed or replaced while the server ran"
+            )
 
     def connection(self) -> sqlite3.Connection:
         self.refresh()
@@ -328,6 +347,11 @@ class SqliteFile(pw.SqliteDatabase):
     def _thread_state(self) -> Any:
         """Peewee's per-thread connection state."""
         return self.__dict__["_state"]
+
+
+def _file_id(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 class PostgresDatabase(Psycopg3Database):

@@ -486,6 +486,8 @@ class Writer:
         statement = "BEGIN" if self._pg else "BEGIN IMMEDIATE"
 
         def begin() -> Any:
+            if isinstance(self._db, SqliteFile):
+                self._db.check_file()  # a commit to a deleted file would be lost: refuse it
             cur = self._db.connection().cursor()
             cur.execute(statement)
             return cur
