@@ -16,6 +16,7 @@ rescues it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import functools
 import gc
@@ -72,24 +73,32 @@ def connection_cap(max_connections: int, open_files: int) -> int:
     return max(1, min(max_connections, open_files - spare))
 
 
-def lock_sqlite_file(path: Path) -> int:
-    """Take an OS lock next to the SQLite file; it dies with the process. The lock is named
-    after the file's real path, so a server started on a symlink to it finds the lock too.
+def lock_sqlite_file(path: Path) -> tuple[int, bool]:
+    """Take an OS lock on the SQLite file itself (made empty if it is new: SQLite reads an empty
+    file as a new database); it dies with the process. The lock is the file's, so a server
+    started on a symlink or a hard link to it finds it too, and no stray file can be deleted
+    to lift it. (flock and SQLite's own byte-range locks do not meet; the descriptor stays
+    open for the life of the server, as closing any descriptor of the file would drop
+    SQLite's locks on it.) Returns (descriptor, whether the file was made now).
 
-    StorageError when the lock file cannot be opened (a read-only or missing directory,
-    a directory in its place), DatabaseInUseError when another process holds the lock."""
-    lock_path = os.path.realpath(path) + ".lock"
+    StorageError when the file cannot be opened (a read-only or missing directory, a
+    directory in its place), DatabaseInUseError when another process holds the lock."""
+    real = os.path.realpath(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        existed = os.path.exists(real)
+        fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StorageError(f"cannot open the lock file {lock_path}: {exc.strerror or exc}") from exc
+        reason = exc.strerror or str(exc)
+        if existed and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageError(f"the database file {path} is not writable: {reason}") from exc
+        raise StorageError(f"cannot open the database file {path}: {reason}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise DatabaseInUseError(str(path)) from None
-    return fd
+    return fd, not existed
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -143,9 +152,10 @@ class Runtime:
         """Lock the SQLite file, build every part and start them (serving HTTP is separate)."""
         path = self.settings.sqlite_path()
         if path is not None:
-            self._lock_fd = lock_sqlite_file(path)
+            self._lock_fd, made = lock_sqlite_file(path)
             try:
-                check_sqlite_file(path, self.settings.database.startup_check)
+                if not made:  # a file made just now is a new database: nothing to check
+                    check_sqlite_file(path, self.settings.database.startup_check)
             except StorageError:
                 os.close(self._lock_fd)
                 self._lock_fd = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -182,6 +183,18 @@ def test_second_server_on_same_file_is_refused(server: Server, tmp_path: Path) -
     STARTED.append(third)
     third.start(wait=False)
     assert third.wait_exit(30) != 0 and "already using" in third.log()
+
+    hard = tmp_path / "hard"  # a hard link, with every other file beside the database deleted:
+    hard.mkdir()  # the lock is the file's own, so nothing can be removed to lift it
+    db = Path(server.config["database"]["url"].removeprefix("sqlite:///"))
+    os.link(db, hard / "jobs.db")
+    assert not [p for p in db.parent.iterdir() if p.name.endswith(".lock")]
+    config["database"] = {**config["database"], "url": f"sqlite:///{hard / 'jobs.db'}"}
+    fourth = Server(hard, config, None)
+    STARTED.append(fourth)
+    fourth.start(wait=False)
+    assert fourth.wait_exit(30) != 0 and "already using" in fourth.log()
+    assert server.client().get("/healthz").status_code == 200
 
 
 def test_restart_right_after_sigkill_starts_normally(server: Server) -> None:

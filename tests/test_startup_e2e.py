@@ -72,15 +72,15 @@ def test_a_read_only_data_directory_is_one_line(tmp_path: Path, tmpfs: Path) -> 
     mount("-o", "remount,ro", str(tmpfs))
     code, output = failed_start(tmp_path, db)
     assert code == 1
-    assert_one_line(output, "lock file", "Read-only file system")
+    assert_one_line(output, f"the database file {db} is not writable", "Read-only file system")
 
 
-def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+def test_a_directory_where_the_database_file_goes_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    Path(f"{db}.lock").mkdir()
+    db.mkdir()
     code, output = failed_start(tmp_path, db)
     assert code == 1
-    assert_one_line(output, f"{db}.lock", "Is a directory")
+    assert_one_line(output, f"cannot open the database file {db}", "Is a directory")
 
 
 def test_a_database_with_damaged_pages_is_one_line(tmp_path: Path) -> None:
