@@ -4,7 +4,9 @@ Nothing here starts the worker threads: each test drives one step at a time."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ import pytest
 from jobserver.build import Parts, build
 from jobserver.core.clock import ManualClock
 from jobserver.core.records import Claim, JobIds, NewJob
+from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import STUCK_GRACE_S
 from tests.helpers import blocked_in_read, has_line, wait_until
 from tests.inproc import settings_for
@@ -176,6 +179,38 @@ def test_a_sync_task_that_returns_after_its_timeout_fails_with_timeout(tmp_path:
         wait_until(lambda: settled(p, job_id, "failed"), 10, message="the attempt's end recorded")
         job = p.store.get(job_id).to_api()
         assert (job["result"], job["error"]["type"]) == (None, "Timeout")
+
+
+def test_idle_workers_that_look_for_work_together_make_one_claim(tmp_path: Path) -> None:
+    """The first claim takes for every idle thread; the others take from what it queued."""
+    clock = ManualClock()
+    source, first = inspect.getsourcelines(Dispatcher.next_sync)
+    # where a thread waits for its turn while another claims
+    turn_line = next((n for n, line in enumerate(source, first) if "with self._claiming" in line), None)
+
+    def waiting(thread: threading.Thread) -> bool:
+        frame = sys._current_frames().get(thread.ident or 0)
+        return frame is not None and (
+            frame.f_code.co_name == "_wait"  # its claim waits for the writer
+            or (frame.f_code.co_name == "next_sync" and frame.f_lineno == turn_line)
+        )
+
+    with built(tmp_path, clock) as p:
+        for i in range(8):
+            enqueue(p, "tests.e2e_tasks.record", {"path": str(tmp_path / str(i)), "value": "v"})
+        gate = threading.Event()
+        p.writer.submit(lambda tx: gate.wait(10))  # the writer is busy: claims wait behind it
+        ops = p.writer.ops
+        claims: list[Claim | None] = []
+        threads = [threading.Thread(target=lambda: claims.append(p.dispatcher.next_sync())) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(waiting(t) for t in threads), 10, message="every thread waiting")
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+        assert len({c.job_id for c in claims if c is not None}) == 4
+        assert p.writer.ops - ops == 2  # the op that held the writer, and one claim
 
 
 def test_the_rescuer_leaves_a_job_of_a_task_it_does_not_know_to_a_process_that_does(tmp_path: Path) -> None:
