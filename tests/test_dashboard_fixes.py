@@ -392,6 +392,7 @@ def test_integers_beyond_2_53_are_shown_and_submitted_exactly(
     expect(page.locator("#detail-status")).to_have_text("completed")
     expect(page.locator("#detail-result")).to_have_text(str(BIG))
     expect(page.locator("#detail-args")).to_contain_text(f'"a": {BIG}')
+    page.locator("#detail-raw summary").click()
     expect(page.locator("#detail-json")).to_contain_text(f'"result": {BIG}')
 
     page.locator("#submit-task").select_option(ADD)
