@@ -154,6 +154,13 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
     shot(page, "bulk-3-deleted.png")
     assert [client.get(f"/jobs/{i}").status_code for i in ids] == [404, 404, 200]
 
+    page.locator("#bulk-all").check()
+    page.locator("#filter-status").select_option("pending")  # other filters: "every job" is unticked
+    expect(row(page, ids[2])).to_be_visible()
+    expect(page.locator("#bulk-all")).not_to_be_checked()
+    expect(page.locator("#bulk-count")).not_to_contain_text("every job matching")
+    expect(page.locator("#bulk-cancel")).to_be_disabled()
+
 
 def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
     server: ServedApp, client: httpx.Client, page: Page, receiver: Receiver
