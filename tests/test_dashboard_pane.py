@@ -1,8 +1,11 @@
 """The dashboard's job detail pane, in headless chromium against the real server: a large value
-shown as text past a bound, with the full job JSON built only when it is opened.
+shown as text past a bound, with the full job JSON built only when it is opened; a children
+tree cut at 300 that says so.
 """
 
 from __future__ import annotations
+
+import re
 
 import httpx
 import pytest
@@ -14,6 +17,7 @@ from tests.test_dashboard import ADD, open_job, submit, wait_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
+FAN_OUT = "tests.e2e_tasks.fan_out"  # spawns `n` children, gathers them, then spawns one more
 ECHO = "tests.e2e_tasks.echo"  # returns its `value`: the same data as args and as result
 # the browser, page and HTTP client fixtures of the dashboard tests
 browser = dashboard.browser
@@ -55,3 +59,26 @@ def test_a_large_value_is_shown_as_text_and_the_full_json_is_built_when_opened(
     expect(result).to_have_text("3")
     expect(result.locator(".j-num")).to_have_count(1)
     expect(page.locator("#detail-args .j-key")).to_have_count(2)
+
+
+def test_a_children_tree_cut_at_300_says_so_and_links_the_list_of_children(
+    server: ServedApp, client: httpx.Client, page: Page
+) -> None:
+    small = submit(client, FAN_OUT, {"path": "", "n": 2})
+    wide = submit(client, FAN_OUT, {"path": "", "n": 300})  # 301 children with the tail one
+    wait_finished(client, small["id"])
+    wait_finished(client, wide["id"])
+    page.goto(f"{server.url}/#job={small['id']}")
+    nodes = page.locator("#detail-children li[data-job-id]")
+    expect(nodes).to_have_count(3)
+    expect(page.locator("#detail-children-more")).to_be_hidden()
+
+    page.evaluate(f"location.hash = '#job={wide['id']}'")  # past the list's first page
+    expect(page.locator("#detail-id")).to_have_text(wide["id"])
+    expect(nodes).to_have_count(300)
+    more = page.locator("#detail-children-more")
+    expect(more).to_have_text("300 shown, more not shown: list the children")
+    more.get_by_role("link").click()
+    expect(page).to_have_url(re.compile(f"[?&]parent={wide['id']}"))
+    expect(page.locator("#jobs-body tr")).to_have_count(50)  # the first page of them, and more to load
+    expect(page.locator("#load-more")).to_be_visible()
