@@ -1,6 +1,6 @@
 """The dashboard's job detail pane, in headless chromium against the real server: a large value
 shown as text past a bound, with the full job JSON built only when it is opened; a children
-tree cut at 300 that says so.
+tree cut at 300 that says so; direction controls in job data shown, not obeyed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from tests import test_dashboard as dashboard
 from tests.inproc import ServedApp
-from tests.test_dashboard import ADD, open_job, submit, wait_finished
+from tests.test_dashboard import ADD, FAIL, log_entries, open_job, row, submit, wait_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -82,3 +82,36 @@ def test_a_children_tree_cut_at_300_says_so_and_links_the_list_of_children(
     expect(page).to_have_url(re.compile(f"[?&]parent={wide['id']}"))
     expect(page.locator("#jobs-body tr")).to_have_count(50)  # the first page of them, and more to load
     expect(page.locator("#load-more")).to_be_visible()
+
+
+def test_direction_controls_in_job_data_are_shown_not_obeyed(
+    server: ServedApp, client: httpx.Client, page: Page
+) -> None:
+    """U+202E (right-to-left override) in an error message, a value, a key, a log line or a
+    signal name made "payment to \\u202eevil.com\\u202c" read "payment to moc.live"."""
+    rlo, pdf = "\u202e", "\u202c"
+    failed = submit(client, FAIL, {"message": f"payment to {rlo}evil.com{pdf} approved"})
+    echoed = submit(client, ECHO, {"value": {f"to {rlo}key": f"file {rlo}exe.txt"}})
+    waiting = submit(client, "tests.e2e_tasks.logs_then_waits", {"name": f"go{rlo}ahead"})
+    wait_finished(client, failed["id"])
+    wait_finished(client, echoed["id"])
+    shown = "payment to <U+202E>evil.com<U+202C> approved"
+
+    page.goto(f"{server.url}/#job={failed['id']}")
+    expect(page.locator("#detail-error-message")).to_have_text(shown)
+    expect(page.locator("#detail-traceback")).to_contain_text(shown)
+    expect(page.locator("#detail-args")).to_contain_text(f'"message": "{shown}"')
+    expect(log_entries(page, "status", "failed")).to_contain_text(shown)
+    assert rlo not in page.locator("body").inner_text()
+
+    page.evaluate(f"location.hash = '#job={echoed['id']}'")
+    expect(page.locator("#detail-result")).to_contain_text('"to <U+202E>key": "file <U+202E>exe.txt"')
+    expect(page.locator("#detail-args")).to_contain_text('"to <U+202E>key": "file <U+202E>exe.txt"')
+    assert rlo not in page.locator("body").inner_text()
+
+    expect(row(page, waiting["id"]).locator(".waits")).to_have_text("signal go<U+202E>ahead")
+    open_job(page, waiting["id"])
+    expect(page.locator("#detail-fields")).to_contain_text("signal go<U+202E>ahead")
+    expect(log_entries(page, "log").locator(".m")).to_have_text("waiting for go<U+202E>ahead")
+    expect(page.locator("#signal-approve")).to_have_text("Approve (go<U+202E>ahead)")
+    assert rlo not in page.locator("body").inner_text()
