@@ -35,6 +35,7 @@ from tests.test_dashboard import (
     submit,
     wait_finished,
 )
+from tests.test_dashboard_fixes import list_polls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -89,14 +90,26 @@ def test_counts_chart_search_and_filters_in_the_url(
     assert "q=invoice-42" in page.url
     expect(page.locator("#bulk-all")).to_be_disabled()  # "every job matching" would not be the search
 
+    missed: list[str] = []
+    page.on("response", lambda resp: missed.append(resp.url) if resp.status == 404 else None)
     page.locator("#search").fill("no-such-key")
     page.locator("#search").press("Enter")
     expect(page.locator("#jobs-empty")).to_have_text("No job has that id or idempotency key.")
+    list_polls(page, 2)  # a search that answered 404 is not asked again at each poll
+    assert missed == [f"{server.url}/jobs/no-such-key"], missed
 
     page.locator("#search").fill(failed)  # an id works too
     page.locator("#search").press("Enter")
     expect(page.locator("#jobs-body tr")).to_have_count(1)
     expect(row(page, failed)).to_be_visible()
+    page.locator("#search-clear").click()
+    expect(page.locator("#jobs-body tr")).to_have_count(5)
+    page.locator("#search").fill(done[1][-8:])  # the short id a row shows
+    page.locator("#search").press("Enter")
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    expect(row(page, done[1])).to_be_visible()
+    expect(page.locator("#search")).to_have_value(done[1])
+    assert f"q={done[1]}" in page.url
     page.locator("#search-clear").click()
     expect(page.locator("#jobs-body tr")).to_have_count(5)
     expect(page.locator("#bulk-all")).to_be_enabled()
