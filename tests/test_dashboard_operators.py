@@ -11,6 +11,7 @@ in SCREENSHOTS (printed by the tests that write them).
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -173,6 +174,29 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
     expect(page.locator("#bulk-all")).not_to_be_checked()
     expect(page.locator("#bulk-count")).not_to_contain_text("every job matching")
     expect(page.locator("#bulk-cancel")).to_be_disabled()
+
+    # only the actions that act on pending jobs are offered for every pending job
+    page.locator("#bulk-all").check()
+    expect(page.locator("#bulk-cancel")).to_be_enabled()
+    expect(page.locator("#bulk-retry")).to_be_disabled()
+    expect(page.locator("#bulk-delete")).to_be_disabled()
+    expect(page.locator("#bulk-delete")).to_have_attribute("title", re.compile("not pending ones"))
+    errors = [{"loc": ["body", "status"], "msg": "Input should be 'waiting'", "type": "literal_error"}]
+    refusal = {"title": "Invalid request", "status": 422, "detail": "invalid body: status", "errors": errors}
+    page.route(
+        "**/jobs/cancel",
+        lambda route: route.fulfill(
+            status=422, headers={"Content-Type": "application/problem+json"}, body=json.dumps(refusal)
+        ),
+    )
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#bulk-cancel").click()  # a refusal says why, field by field
+    expect(page.locator("#bulk-result")).to_have_text(
+        "cancel refused: invalid body: status; body.status: Input should be 'waiting'"
+    )
+    page.locator("#filter-status").select_option("")  # and is cleared with the filters
+    expect(page.locator("#bulk-result")).to_have_text("")
+    assert client.get(f"/jobs/{ids[2]}").json()["status"] == "pending"
 
 
 def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
