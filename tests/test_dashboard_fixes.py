@@ -63,7 +63,7 @@ def test_a_long_unbroken_error_message_wraps_inside_the_error_box(
     assert box_scroll <= box_client, widths  # and the message stays inside the red box
 
 
-def test_space_on_a_rows_checkbox_ticks_it_and_leaves_the_detail_closed(
+def test_space_on_a_rows_checkbox_ticks_it_and_enter_on_the_row_moves_the_keyboard_to_the_pane(
     server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, ADD, {"a": 1, "b": 2})
@@ -81,9 +81,19 @@ def test_space_on_a_rows_checkbox_ticks_it_and_leaves_the_detail_closed(
     expect(page.locator("#detail")).to_be_hidden()
     page.keyboard.press("Space")
     expect(box).not_to_be_checked()
+    expect(r).to_have_accessible_description("Enter opens the job's details.")
+    expect(r).not_to_have_attribute("aria-current", "true")
     r.focus()
     page.keyboard.press("Enter")  # the row itself still opens with the keyboard
     expect(page.locator("#detail")).to_have_attribute("data-job-id", job["id"])
+    expect(page.locator("#detail-task")).to_be_focused()  # the keyboard is in the pane
+    expect(r).to_have_attribute("aria-current", "true")
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+    expect(r).to_be_focused()  # and back on the row when it closes
+    expect(r).not_to_have_attribute("aria-current", "true")
+    pause = page.locator(f'#tasks-body tr[data-task="{ADD}"]').get_by_role("button")
+    expect(pause).to_have_accessible_name(f"Pause {ADD}")
 
 
 def test_children_in_the_tree_open_with_enter_and_space(
