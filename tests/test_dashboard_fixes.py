@@ -211,7 +211,8 @@ def test_the_children_tree_of_a_wide_parent_asks_the_server_a_bounded_number_of_
 def test_webhook_deliveries_say_which_event_they_were_for(
     server: ServedApp, client: httpx.Client, page: Page, receiver: Receiver, tmp_path: Path
 ) -> None:
-    receiver.script("/hook", Reply(200), Reply(200))
+    # job.waiting: refused once, then delivered; job.completed: 410 Gone, given up at once
+    receiver.script("/hook", Reply(500), Reply(200), Reply(410))
     resp = client.post(
         "/jobs",
         json={
@@ -222,18 +223,38 @@ def test_webhook_deliveries_say_which_event_they_were_for(
     )
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    receiver.wait_for(1, "/hook")  # job.waiting
+    receiver.wait_for(2, "/hook")  # job.waiting, twice
     assert client.post(f"/jobs/{job_id}/signals/approve", json={"ok": True}).status_code in (200, 202)
     wait_finished(client, job_id)
-    receiver.wait_for(2, "/hook")  # job.completed
+    receiver.wait_for(3, "/hook")  # job.completed
+    wait_until(
+        lambda: not client.get(f"/jobs/{job_id}/webhooks").json()["pending"], message="final deliveries"
+    )
+    waiting, completed = {
+        d["type"]: d["id"] for d in client.get(f"/jobs/{job_id}/webhooks").json()["deliveries"]
+    }.values()
 
     page.goto(server.url)
     open_job(page, job_id)
     deliveries = page.locator('#detail-webhooks tr[data-attempt="1"]')
     expect(deliveries).to_have_count(2)
     expect(page.locator("table.deliveries thead")).to_contain_text("Type")
-    expect(page.locator('#detail-webhooks tr[data-type="job.waiting"]')).to_contain_text("job.waiting")
+    expect(page.locator('#detail-webhooks tr[data-type="job.waiting"]').first).to_contain_text("job.waiting")
     expect(page.locator('#detail-webhooks tr[data-type="job.completed"]')).to_contain_text("job.completed")
+    # each delivery's attempts together, under its webhook-id, and the one given up says so
+    for delivery_id, attempts in ((waiting, 2), (completed, 1)):
+        rows = page.locator(f'#detail-webhooks tr[data-delivery="{delivery_id}"]')
+        expect(rows).to_have_count(attempts)
+        name = rows.first.locator(".wh-delivery code")
+        expect(name).to_have_text(delivery_id[-8:])
+        expect(name).to_have_attribute("title", delivery_id)
+    expect(page.locator(f'#detail-webhooks tr[data-delivery="{waiting}"]').nth(1)).to_contain_text("200")
+    expect(page.locator(f'#detail-webhooks tr[data-delivery="{waiting}"]').first).to_have_attribute(
+        "data-outcome", "delivered"
+    )
+    given_up = page.locator(f'#detail-webhooks tr[data-delivery="{completed}"]')
+    expect(given_up).to_have_attribute("data-outcome", "given-up")
+    expect(given_up.locator(".wh-delivery")).to_contain_text("given up")
 
 
 def test_a_schedules_next_run_is_shown_in_the_schedules_own_zone_and_named(
