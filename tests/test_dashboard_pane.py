@@ -1,6 +1,7 @@
 """The dashboard's job detail pane, in headless chromium against the real server: a large value
 shown as text past a bound, with the full job JSON built only when it is opened; a children
-tree cut at 300 that says so; direction controls in job data shown, not obeyed.
+tree cut at 300 that says so; direction controls in job data shown, not obeyed; an open job
+deleted elsewhere.
 """
 
 from __future__ import annotations
@@ -115,3 +116,23 @@ def test_direction_controls_in_job_data_are_shown_not_obeyed(
     expect(log_entries(page, "log").locator(".m")).to_have_text("waiting for go<U+202E>ahead")
     expect(page.locator("#signal-approve")).to_have_text("Approve (go<U+202E>ahead)")
     assert rlo not in page.locator("body").inner_text()
+
+
+def test_an_open_job_deleted_elsewhere_and_not_listed_shows_as_deleted(
+    server: ServedApp, client: httpx.Client, page: Page
+) -> None:
+    """A finished job open beside a list that does not hold it stayed on screen, Delete and
+    all, after it was deleted with the CLI."""
+    job = submit(client, ADD, {"a": 1, "b": 2})
+    wait_finished(client, job["id"])
+    page.goto(f"{server.url}/?status=failed#job={job['id']}")  # the list holds no completed job
+    expect(page.locator("#jobs-empty")).to_have_text("No jobs match these filters.")
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
+    expect(page.locator("#btn-delete")).to_be_visible()
+
+    assert client.delete(f"/jobs/{job['id']}").status_code == 204
+    expect(page.locator("#detail")).to_have_attribute("data-gone", "true")
+    expect(page.locator("#detail-message")).to_contain_text("deleted")
+    expect(page.locator("#btn-delete")).to_be_hidden()
+    expect(page.locator("#btn-retry")).to_be_hidden()
