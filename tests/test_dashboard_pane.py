@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 from tests import test_dashboard as dashboard
 from tests.inproc import ServedApp
 from tests.test_dashboard import ADD, FAIL, log_entries, open_job, row, submit, wait_finished
+from tests.test_dashboard_fixes import list_polls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -122,14 +123,18 @@ def test_an_open_job_deleted_elsewhere_and_not_listed_shows_as_deleted(
     server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     """A finished job open beside a list that does not hold it stayed on screen, Delete and
-    all, after it was deleted with the CLI."""
+    all, after it was deleted with the CLI; and its (empty) children were read every 4 s."""
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
+    trees: list[str] = []
+    page.on("request", lambda r: trees.append(r.url) if "/jobs?" in r.url and "parent=" in r.url else None)
     page.goto(f"{server.url}/?status=failed#job={job['id']}")  # the list holds no completed job
     expect(page.locator("#jobs-empty")).to_have_text("No jobs match these filters.")
     expect(page.locator("#detail-status")).to_have_text("completed")
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
     expect(page.locator("#btn-delete")).to_be_visible()
+    list_polls(page, 3)
+    assert len(trees) == 1, trees  # a finished job without children: its children are read once
 
     assert client.delete(f"/jobs/{job['id']}").status_code == 204
     expect(page.locator("#detail")).to_have_attribute("data-gone", "true")
