@@ -386,6 +386,8 @@ def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_ho
             for part in ("#search", "#bulk-retry", "#detail-status"):
                 part_box = page.locator(part).bounding_box()
                 assert part_box is not None and part_box["x"] + part_box["width"] <= width, (width, part)
+            tops = [page.locator(f"#bulk-{kind}").bounding_box() for kind in ("retry", "cancel", "delete")]
+            assert len({round(b["y"]) for b in tops if b}) == 1, (width, tops)  # the buttons on one line
             shot(page, name)
         finally:
             context.close()
