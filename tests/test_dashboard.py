@@ -213,6 +213,7 @@ def test_detail_pane_shows_job_and_live_event_log(
     expect(log_entries(page, "status", "completed")).to_have_count(1)
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "ended")
     expect(page.locator("#detail-result-section")).to_be_visible()
+    page.locator("#detail-raw summary").click()  # built when opened
     expect(page.locator("#detail-json")).to_contain_text(job["id"])
     expect(page.locator("#btn-cancel")).to_be_hidden()
     expect(page.locator("#btn-retry")).to_be_hidden()

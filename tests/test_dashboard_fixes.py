@@ -63,7 +63,7 @@ def test_a_long_unbroken_error_message_wraps_inside_the_error_box(
     assert box_scroll <= box_client, widths  # and the message stays inside the red box
 
 
-def test_space_on_a_rows_checkbox_ticks_it_and_leaves_the_detail_closed(
+def test_space_on_a_rows_checkbox_ticks_it_and_enter_on_the_row_moves_the_keyboard_to_the_pane(
     server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
     job = submit(client, ADD, {"a": 1, "b": 2})
@@ -81,9 +81,19 @@ def test_space_on_a_rows_checkbox_ticks_it_and_leaves_the_detail_closed(
     expect(page.locator("#detail")).to_be_hidden()
     page.keyboard.press("Space")
     expect(box).not_to_be_checked()
+    expect(r).to_have_accessible_description("Enter opens the job's details.")
+    expect(r).not_to_have_attribute("aria-current", "true")
     r.focus()
     page.keyboard.press("Enter")  # the row itself still opens with the keyboard
     expect(page.locator("#detail")).to_have_attribute("data-job-id", job["id"])
+    expect(page.locator("#detail-task")).to_be_focused()  # the keyboard is in the pane
+    expect(r).to_have_attribute("aria-current", "true")
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+    expect(r).to_be_focused()  # and back on the row when it closes
+    expect(r).not_to_have_attribute("aria-current", "true")
+    pause = page.locator(f'#tasks-body tr[data-task="{ADD}"]').get_by_role("button")
+    expect(pause).to_have_accessible_name(f"Pause {ADD}")
 
 
 def test_children_in_the_tree_open_with_enter_and_space(
@@ -201,7 +211,8 @@ def test_the_children_tree_of_a_wide_parent_asks_the_server_a_bounded_number_of_
 def test_webhook_deliveries_say_which_event_they_were_for(
     server: ServedApp, client: httpx.Client, page: Page, receiver: Receiver, tmp_path: Path
 ) -> None:
-    receiver.script("/hook", Reply(200), Reply(200))
+    # job.waiting: refused once, then delivered; job.completed: 410 Gone, given up at once
+    receiver.script("/hook", Reply(500), Reply(200), Reply(410))
     resp = client.post(
         "/jobs",
         json={
@@ -212,18 +223,38 @@ def test_webhook_deliveries_say_which_event_they_were_for(
     )
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    receiver.wait_for(1, "/hook")  # job.waiting
+    receiver.wait_for(2, "/hook")  # job.waiting, twice
     assert client.post(f"/jobs/{job_id}/signals/approve", json={"ok": True}).status_code in (200, 202)
     wait_finished(client, job_id)
-    receiver.wait_for(2, "/hook")  # job.completed
+    receiver.wait_for(3, "/hook")  # job.completed
+    wait_until(
+        lambda: not client.get(f"/jobs/{job_id}/webhooks").json()["pending"], message="final deliveries"
+    )
+    waiting, completed = {
+        d["type"]: d["id"] for d in client.get(f"/jobs/{job_id}/webhooks").json()["deliveries"]
+    }.values()
 
     page.goto(server.url)
     open_job(page, job_id)
     deliveries = page.locator('#detail-webhooks tr[data-attempt="1"]')
     expect(deliveries).to_have_count(2)
     expect(page.locator("table.deliveries thead")).to_contain_text("Type")
-    expect(page.locator('#detail-webhooks tr[data-type="job.waiting"]')).to_contain_text("job.waiting")
+    expect(page.locator('#detail-webhooks tr[data-type="job.waiting"]').first).to_contain_text("job.waiting")
     expect(page.locator('#detail-webhooks tr[data-type="job.completed"]')).to_contain_text("job.completed")
+    # each delivery's attempts together, under its webhook-id, and the one given up says so
+    for delivery_id, attempts in ((waiting, 2), (completed, 1)):
+        rows = page.locator(f'#detail-webhooks tr[data-delivery="{delivery_id}"]')
+        expect(rows).to_have_count(attempts)
+        name = rows.first.locator(".wh-delivery code")
+        expect(name).to_have_text(delivery_id[-8:])
+        expect(name).to_have_attribute("title", delivery_id)
+    expect(page.locator(f'#detail-webhooks tr[data-delivery="{waiting}"]').nth(1)).to_contain_text("200")
+    expect(page.locator(f'#detail-webhooks tr[data-delivery="{waiting}"]').first).to_have_attribute(
+        "data-outcome", "delivered"
+    )
+    given_up = page.locator(f'#detail-webhooks tr[data-delivery="{completed}"]')
+    expect(given_up).to_have_attribute("data-outcome", "given-up")
+    expect(given_up.locator(".wh-delivery")).to_contain_text("given up")
 
 
 def test_a_schedules_next_run_is_shown_in_the_schedules_own_zone_and_named(
@@ -392,6 +423,7 @@ def test_integers_beyond_2_53_are_shown_and_submitted_exactly(
     expect(page.locator("#detail-status")).to_have_text("completed")
     expect(page.locator("#detail-result")).to_have_text(str(BIG))
     expect(page.locator("#detail-args")).to_contain_text(f'"a": {BIG}')
+    page.locator("#detail-raw summary").click()
     expect(page.locator("#detail-json")).to_contain_text(f'"result": {BIG}')
 
     page.locator("#submit-task").select_option(ADD)
@@ -725,9 +757,10 @@ def test_a_very_long_error_message_scrolls_in_its_own_box(
     assert box is not None and box["height"] < 700, box  # the result and args below stay near
 
 
-def test_a_refused_key_clears_the_counts_chart_panel_and_the_open_job(
+def test_a_refused_key_clears_the_counts_chart_panel_and_the_open_job_until_no_key_is_needed(
     server: ServedApp, client: httpx.Client, page: Page
 ) -> None:
+    """A page left at "API key needed" never noticed that the server no longer needed one."""
     job = submit(client, ADD, {"a": 1, "b": 2})
     wait_finished(client, job["id"])
     page.goto(server.url)
@@ -753,11 +786,13 @@ def test_a_refused_key_clears_the_counts_chart_panel_and_the_open_job(
     expect(page.locator("#schedules-body tr")).to_have_count(0)
     expect(page.locator("#detail")).to_be_hidden()
 
-    page.unroute_all()
-    enter_api_key(page, "any")  # this server has no keys: any is taken, and the job comes back
+    page.unroute_all()  # the server needs no key again (as after a restart without keys)
+    expect(page.locator("#auth-banner")).to_be_hidden()  # the page notices by itself
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
     expect(page.locator("#detail")).to_be_visible()
     expect(page.locator("#detail-result")).to_have_text("3")
     expect(page.locator("#counts button")).not_to_have_count(0)
+    expect(row(page, job["id"])).to_be_visible()
 
 
 def test_direction_controls_in_a_task_name_are_shown_not_obeyed(

@@ -60,8 +60,12 @@ def test_a_list_poll_leaves_out_large_results_and_the_pane_still_shows_them(
         assert len(body) < 20_000, (resp.url, len(body))
 
     open_job(page, jobs[0]["id"])  # the pane reads the whole job
-    expect(page.locator("#detail-result")).to_contain_text("released")
-    assert len(page.locator("#detail-result").inner_text()) > pad
+    result = page.locator("#detail-result")
+    expect(result).to_contain_text("released")
+    expect(result.locator(".json-note")).to_contain_text("200 kB of JSON")  # past 100 kB: its start, as text
+    result.get_by_role("button", name="Show all").click()
+    expect(result.locator(".json-note")).to_contain_text("all of it")
+    assert len(result.inner_text()) > pad
 
 
 def test_the_list_keeps_its_length_after_rows_leave_and_come_back(

@@ -11,6 +11,7 @@ in SCREENSHOTS (printed by the tests that write them).
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ from tests.test_dashboard import (
     submit,
     wait_finished,
 )
+from tests.test_dashboard_fixes import list_polls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -89,14 +91,26 @@ def test_counts_chart_search_and_filters_in_the_url(
     assert "q=invoice-42" in page.url
     expect(page.locator("#bulk-all")).to_be_disabled()  # "every job matching" would not be the search
 
+    missed: list[str] = []
+    page.on("response", lambda resp: missed.append(resp.url) if resp.status == 404 else None)
     page.locator("#search").fill("no-such-key")
     page.locator("#search").press("Enter")
     expect(page.locator("#jobs-empty")).to_have_text("No job has that id or idempotency key.")
+    list_polls(page, 2)  # a search that answered 404 is not asked again at each poll
+    assert missed == [f"{server.url}/jobs/no-such-key"], missed
 
     page.locator("#search").fill(failed)  # an id works too
     page.locator("#search").press("Enter")
     expect(page.locator("#jobs-body tr")).to_have_count(1)
     expect(row(page, failed)).to_be_visible()
+    page.locator("#search-clear").click()
+    expect(page.locator("#jobs-body tr")).to_have_count(5)
+    page.locator("#search").fill(done[1][-8:])  # the short id a row shows
+    page.locator("#search").press("Enter")
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    expect(row(page, done[1])).to_be_visible()
+    expect(page.locator("#search")).to_have_value(done[1])
+    assert f"q={done[1]}" in page.url
     page.locator("#search-clear").click()
     expect(page.locator("#jobs-body tr")).to_have_count(5)
     expect(page.locator("#bulk-all")).to_be_enabled()
@@ -112,6 +126,12 @@ def test_counts_chart_search_and_filters_in_the_url(
     expect(page.locator("#jobs-body tr")).to_have_count(1)
 
     expect(page.locator('#counts button[data-status="completed"] b')).to_have_text("0")  # the task's own
+    # the chart's minutes are for all tasks (so says its legend), beside the task's own totals
+    expect(page.locator("#chart-legend")).to_contain_text("Last hour, all tasks: 4 completed, 1 failed")
+    expect(page.locator("#chart-legend .chart-task")).to_have_text(
+        f"{FAIL}: 0 completed, 1 failed, 0 cancelled, failure rate 100.0%"
+    )
+    expect(page.locator("#chart")).to_have_accessible_name("Jobs finished per minute, last hour, all tasks")
     focused = page.locator('#counts button[data-status="failed"]')
     focused.focus()
     wait_finished(client, submit(client, FAIL, {})["id"])
@@ -153,6 +173,36 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
     expect(page.locator("#jobs-body tr")).to_have_count(0)
     shot(page, "bulk-3-deleted.png")
     assert [client.get(f"/jobs/{i}").status_code for i in ids] == [404, 404, 200]
+
+    page.locator("#bulk-all").check()
+    page.locator("#filter-status").select_option("pending")  # other filters: "every job" is unticked
+    expect(row(page, ids[2])).to_be_visible()
+    expect(page.locator("#bulk-all")).not_to_be_checked()
+    expect(page.locator("#bulk-count")).not_to_contain_text("every job matching")
+    expect(page.locator("#bulk-cancel")).to_be_disabled()
+
+    # only the actions that act on pending jobs are offered for every pending job
+    page.locator("#bulk-all").check()
+    expect(page.locator("#bulk-cancel")).to_be_enabled()
+    expect(page.locator("#bulk-retry")).to_be_disabled()
+    expect(page.locator("#bulk-delete")).to_be_disabled()
+    expect(page.locator("#bulk-delete")).to_have_attribute("title", re.compile("not pending ones"))
+    errors = [{"loc": ["body", "status"], "msg": "Input should be 'waiting'", "type": "literal_error"}]
+    refusal = {"title": "Invalid request", "status": 422, "detail": "invalid body: status", "errors": errors}
+    page.route(
+        "**/jobs/cancel",
+        lambda route: route.fulfill(
+            status=422, headers={"Content-Type": "application/problem+json"}, body=json.dumps(refusal)
+        ),
+    )
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#bulk-cancel").click()  # a refusal says why, field by field
+    expect(page.locator("#bulk-result")).to_have_text(
+        "cancel refused: invalid body: status; body.status: Input should be 'waiting'"
+    )
+    page.locator("#filter-status").select_option("")  # and is cleared with the filters
+    expect(page.locator("#bulk-result")).to_have_text("")
+    assert client.get(f"/jobs/{ids[2]}").json()["status"] == "pending"
 
 
 def test_job_page_why_pending_webhooks_delete_and_confirmed_cancel(
@@ -216,6 +266,14 @@ def test_why_pending_says_every_thread_is_busy_and_the_chart_keeps_cancelled_apa
             expect(page.locator("#detail-why")).to_have_text(f"Why pending: {busy}")
             expect(why).to_have_text(busy)
             shot(page, "why-pending-busy.png")
+            # the pane follows the reason while its event stream is open (no event carries it)
+            expect(page.locator("#stream-state")).to_have_attribute("data-stream", "live")
+            task = page.locator(f'#tasks-body tr[data-task="{BLOCK}"]')
+            task.get_by_role("button", name="Pause").click()
+            expect(why).to_have_text(f"task {BLOCK} is paused")
+            expect(page.locator("#detail-why")).to_have_text(f"Why pending: task {BLOCK} is paused")
+            task.get_by_role("button", name="Resume").click()
+            expect(page.locator("#detail-why")).to_have_text(f"Why pending: {busy}")
 
             (tmp_path / "release").touch()
             expect(page.locator("#detail-status")).to_have_text("completed")
@@ -328,6 +386,8 @@ def test_duration_stays_visible_at_1400px_with_the_pane_open_and_a_phone_view_ho
             for part in ("#search", "#bulk-retry", "#detail-status"):
                 part_box = page.locator(part).bounding_box()
                 assert part_box is not None and part_box["x"] + part_box["width"] <= width, (width, part)
+            tops = [page.locator(f"#bulk-{kind}").bounding_box() for kind in ("retry", "cancel", "delete")]
+            assert len({round(b["y"]) for b in tops if b}) == 1, (width, tops)  # the buttons on one line
             shot(page, name)
         finally:
             context.close()
