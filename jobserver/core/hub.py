@@ -45,6 +45,11 @@ class Hub:
         for job_id in job_ids:
             self.publish(job_id)
 
+    def watching(self, job_id: str) -> int:
+        """How many watch the job now (long-polls and event streams of it)."""
+        with self._lock:
+            return len(self._watchers.get(job_id, ()))
+
     def watch(self, job_id: str) -> Watch:
         """A watch of the job, registered while its `with` block runs."""
         return Watch(self, job_id)

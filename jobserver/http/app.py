@@ -84,6 +84,7 @@ DASHBOARD_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 KEEPALIVE_S = 15.0
+GONE_CHECK_S = 1.0  # how often a long-poll (`GET ?wait`) looks whether its client is still there
 READ_THREADS = 8  # the reader pool's size: each keeps its own read connection
 T = TypeVar("T")
 EVENT_PAGE = 500
@@ -392,10 +393,17 @@ def create_app(svc: Services) -> Starlette:
             while True:
                 watch.clear()
                 data = await read(job_with_steps, job_id)
-                remaining = deadline - time.monotonic()
-                if data["status"] in FINISHED or remaining <= 0 or svc.hub.closed:
+                now = time.monotonic()
+                if data["status"] in FINISHED or now >= deadline or svc.hub.closed:
                     return JSON(data)  # closed: the server is stopping, the job as it is now
-                await watch.wait(min(remaining, recheck_s))
+                # a wait is not cut short by a client that leaves (only a stream's is): look every
+                # GONE_CHECK_S, so a client that drops its long-poll frees it within about that
+                recheck_at = min(deadline, now + recheck_s)
+                while not await watch.wait(max(0.0, min(recheck_at - time.monotonic(), GONE_CHECK_S))):
+                    if await request.is_disconnected():
+                        return Response(status_code=204)  # the client left: nobody to answer
+                    if time.monotonic() >= recheck_at:
+                        break
 
     def job_with_steps(job_id: str) -> dict[str, Any]:
         """The job object with its steps: both reads in one thread hop."""
@@ -497,10 +505,11 @@ def create_app(svc: Services) -> Starlette:
                 if await read(_gone_or_finished, job_id):
                     finishing = True  # it may have finished between the two reads: read its events once more
                     continue
-                changed = await watch.wait(min(KEEPALIVE_S, recheck_s))
-                if not changed and time.monotonic() - last_sent >= KEEPALIVE_S:
-                    last_sent = time.monotonic()
+                quiet = time.monotonic() - last_sent
+                if quiet >= KEEPALIVE_S:  # whatever changed meanwhile, nothing was sent for that long
+                    last_sent, quiet = time.monotonic(), 0.0
                     yield b": keepalive\n\n"
+                await watch.wait(min(KEEPALIVE_S - quiet, recheck_s))
 
     def _gone_or_finished(job_id: str) -> bool:
         try:
