@@ -87,7 +87,8 @@ def default_config(tmp_path: Path, port: int) -> Config:
     """The test config: a fresh SQLite file in `tmp_path`, the test tasks, a short lease,
     webhooks allowed to 127.0.0.1 with a fast retry schedule."""
     return {
-        "server": {"host": "127.0.0.1", "port": port, "log_level": "info"},
+        # the in-process apps' test client sends `Host: testserver`
+        "server": {"host": "127.0.0.1", "port": port, "log_level": "info", "allowed_hosts": ["testserver"]},
         "database": {"url": f"sqlite:///{tmp_path / 'jobs.db'}"},
         "workers": {"threads": 4, "lease_seconds": 5, "shutdown_grace_seconds": 5},
         "tasks": {"modules": ["jobserver.examples", "tests.e2e_tasks"]},

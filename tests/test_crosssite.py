@@ -5,11 +5,13 @@ dashboard cannot be framed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobserver.http.crosssite import cross_site
 from tests.helpers import submit
-from tests.inproc import RunningApp
+from tests.inproc import RunningApp, running_app
 
 ADD = "jobserver.examples.add"
 FORGED = [  # what a browser sends with a request another site's page makes
@@ -100,3 +102,43 @@ def test_openapi_lists_the_403_on_every_change_and_only_there(shared_app: Runnin
                 path,
                 method,
             )
+
+
+REBOUND = "attacker.example"  # a page's own name, pointed at 127.0.0.1 (DNS rebinding)
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost:8000", "127.0.0.1", "127.9.9.9:80", "[::1]:8000", "app.localhost", "testserver"]
+)
+def test_an_open_server_answers_the_names_of_this_machine(app: RunningApp, host: str) -> None:
+    assert app.client.get("/jobs", headers={"Host": host}).status_code == 200
+
+
+def test_an_open_server_answers_no_other_host_and_changes_nothing(app: RunningApp) -> None:
+    """A page that rebinds its own name to this machine is same-origin to the browser: the
+    cross-site rules above do not stop it, the name it used does."""
+    c = app.client
+    job = submit(c, ADD, {"a": 1, "b": 2}, delay=3600)
+    for method, path, body in [
+        ("GET", "/jobs", None),
+        ("GET", "/", None),
+        ("POST", f"/jobs/{job}/cancel", None),
+    ]:
+        r = c.request(method, path, headers={"Host": f"{REBOUND}:8000"}, json=body)
+        assert r.status_code == 403 and r.json()["code"] == "host-not-allowed", (method, path, r.text)
+        assert REBOUND in r.json()["detail"]
+    assert c.get(f"/jobs/{job}").json()["status"] == "pending"
+
+
+def test_the_host_is_not_checked_with_api_keys_and_a_listed_name_is_answered(tmp_path: Path) -> None:
+    for name in ("keys", "listed", "any"):
+        (tmp_path / name).mkdir()
+    with running_app(tmp_path / "keys", config={"auth": {"api_keys": ["k1"]}}) as keyed:
+        r = keyed.client.get("/jobs", headers={"Host": REBOUND, "Authorization": "Bearer k1"})
+        assert r.status_code == 200  # the key proves the caller; the page has none
+    listed = {"server": {"allowed_hosts": ["testserver", "jobs.internal"]}}
+    with running_app(tmp_path / "listed", config=listed) as app:
+        assert app.client.get("/jobs", headers={"Host": "JOBS.internal:8000"}).status_code == 200
+        assert app.client.get("/jobs", headers={"Host": REBOUND}).status_code == 403
+    with running_app(tmp_path / "any", config={"server": {"allowed_hosts": ["*"]}}) as app:
+        assert app.client.get("/jobs", headers={"Host": REBOUND}).status_code == 200

@@ -135,6 +135,8 @@ class ServerSettings(_Section):
     header_timeout: Duration = Field(default=10.0, gt=0)
     body_timeout: Duration = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    # with no API keys, the Host names answered besides this machine's own ("*": any)
+    allowed_hosts: tuple[str, ...] = ()
     max_json_depth: int = Field(default=64, ge=2, le=MAX_STORED_DEPTH)
     log_level: LogLevel = "info"
     log_format: Literal["text", "json"] = "text"

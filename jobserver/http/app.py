@@ -646,7 +646,9 @@ def create_app(svc: Services) -> Starlette:
         app.add_middleware(
             AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
         )
-    app.add_middleware(CrossSiteGuard)  # outermost: a forged request is refused, keys or not
+    # outermost: a forged request is refused, keys or not; an open server checks each Host too
+    open_hosts = None if settings.auth.api_keys else frozenset(settings.server.allowed_hosts)
+    app.add_middleware(CrossSiteGuard, open_hosts=open_hosts)
     return app
 
 

@@ -16,10 +16,15 @@ with a 403 problem when the browser says it comes from elsewhere:
 - neither header: not a browser (curl, the SDK, the CLI): taken.
 
 Reads (GET, HEAD, OPTIONS) are never refused here: a cross-site page cannot read their
-answers. Imports nothing of the app but the problem documents.
+answers, unless it points a name of its own at this machine (DNS rebinding): then the browser
+sees the server as the page's own origin. So an open server (no API keys, which such a page
+does not have) answers only a `Host` that names this machine or one of `server.allowed_hosts`,
+for every method. Imports nothing of the app but the problem documents.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,13 +63,54 @@ def _text(value: bytes) -> str:
     return value[:200].decode("latin-1")
 
 
-class CrossSiteGuard:
-    """Refuses an unsafe request that a browser sent from another site's page (403)."""
+def host_name(host: bytes) -> str:
+    """The name or address of a `Host` header, without its port or an IPv6 address's brackets."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text[1:]
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
-    def __init__(self, app: ASGIApp) -> None:
+
+def names_this_machine(name: str) -> bool:
+    """`localhost`, a name under `.localhost` (RFC 6761: always this machine), or a loopback address."""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class CrossSiteGuard:
+    """Refuses an unsafe request that a browser sent from another site's page (403), and, on an
+    open server (`open_hosts` given), any request whose `Host` is neither this machine nor one
+    of `open_hosts` (403)."""
+
+    def __init__(self, app: ASGIApp, open_hosts: frozenset[str] | None = None) -> None:
         self.app = app
+        self.open_hosts = None if open_hosts is None else frozenset(h.lower() for h in open_hosts)
+
+    def _host_refused(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        if self.open_hosts is None or "*" in self.open_hosts:
+            return None
+        host = next((value for name, value in headers if name == b"host"), None)
+        if host is None:
+            return None  # not a browser's request: every browser sends Host
+        name = host_name(host)
+        if names_this_machine(name) or name in self.open_hosts:
+            return None
+        return name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused_host = self._host_refused(scope["headers"])
+            if refused_host is not None:
+                detail = (
+                    f"Host {refused_host[:200]!r} is not this machine: an open server (no API keys) "
+                    "answers only localhost, 127.0.0.1, ::1 and the names in server.allowed_hosts"
+                )
+                await problem(403, "host-not-allowed", "Host not allowed", detail)(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             reason = cross_site(scope["headers"])
             if reason is not None:

@@ -180,6 +180,17 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "The server has API keys configured and the request carried none, or a wrong one.",
         "Send `Authorization: Bearer <key>` with one of the keys in `auth.api_keys`.",
     ),
+    "host-not-allowed": ProblemType(
+        (403,),
+        "Host not allowed",
+        "The server has no API keys, and this request's `Host` names neither this machine "
+        "(`localhost`, a name ending in `.localhost`, 127.0.0.1 to 127.255.255.255, `::1`) nor a "
+        "name in `server.allowed_hosts`. A web page can point a name of its own at 127.0.0.1 "
+        "(DNS rebinding) and then read and change an open server's jobs from its visitors' "
+        "browsers; the name it used is what gives it away. Nothing was read or changed.",
+        "Reach the server as `localhost` or 127.0.0.1, add the name you use to `server.allowed_hosts` "
+        '(`["*"]` takes any), or set API keys (`auth.api_keys`), which make the check needless.',
+    ),
     "cross-site-request": ProblemType(
         (403,),
         "Cross-site request refused",
