@@ -105,7 +105,9 @@ def test_waits_and_streams_open_at_the_end_of_a_drain_are_answered_not_cut_off(t
     ).json()
     wait_until(lambda: has_line(started), 30, message="the job to start")
     held = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-    held.sendall(f"GET /jobs/{job['id']}?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    held.sendall(
+        f"GET /jobs/{job['id']}?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    )
     answer: list[bytes] = []
     reader = threading.Thread(target=lambda: answer.append(read_until_closed(held, 30)[0]))
     reader.start()
