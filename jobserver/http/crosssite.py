@@ -32,6 +32,7 @@ from jobserver.http.problems import problem
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 SAME_ORIGIN = (b"same-origin", b"none")
+HOSTS_REMEMBERED = 256  # distinct Host values whose verdict is kept (a client sending many gets none kept)
 
 
 def cross_site(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -89,6 +90,7 @@ class CrossSiteGuard:
     def __init__(self, app: ASGIApp, open_hosts: frozenset[str] | None = None) -> None:
         self.app = app
         self.open_hosts = None if open_hosts is None else frozenset(h.lower() for h in open_hosts)
+        self._answered: dict[bytes, str | None] = {}  # a Host seen before: its verdict (few differ)
 
     def _host_refused(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         if self.open_hosts is None or "*" in self.open_hosts:
@@ -96,10 +98,15 @@ class CrossSiteGuard:
         host = next((value for name, value in headers if name == b"host"), None)
         if host is None:
             return None  # not a browser's request: every browser sends Host
+        try:
+            return self._answered[host]
+        except KeyError:
+            pass
         name = host_name(host)
-        if names_this_machine(name) or name in self.open_hosts:
-            return None
-        return name
+        refused = None if names_this_machine(name) or name in self.open_hosts else name
+        if len(self._answered) < HOSTS_REMEMBERED:
+            self._answered[host] = refused
+        return refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
