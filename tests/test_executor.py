@@ -231,6 +231,26 @@ def test_the_rescuer_leaves_a_job_of_a_task_it_does_not_know_to_a_process_that_d
         assert [rec.id for rec in p.rescuer.rescue_once(every_other_owner=True)] == []
 
 
+def test_jobs_the_rescuer_leaves_do_not_keep_it_from_the_others(tmp_path: Path) -> None:
+    """A rescue reads a page of running jobs: those of tasks it does not know are not in it."""
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        now = clock.now()
+        ids = JobIds()
+        unknown = [
+            NewJob(ids.new(), "other.deploy.task", "{}", 0, 3, None, None, None, now, now)
+            for _ in range(1001)
+        ]
+        p.store.enqueue_many([(new, None) for new in unknown], lambda: None).result(30)
+        known = enqueue(p, "tests.e2e_tasks.record", {"path": str(tmp_path / "x"), "value": "v"}, 3)
+        lease = p.settings.workers.lease_seconds
+        p.store.claim(
+            "gone", clock.now(), lease, lambda tx: (2000, None), lambda tx, c: [i for i, _ in c]
+        ).result(30)
+        clock.advance(lease + 1)
+        assert [rec.id for rec in p.rescuer.rescue_once()] == [known]
+
+
 def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(tmp_path: Path) -> None:
     clock = ManualClock()
     with built(tmp_path, clock) as p:

@@ -78,6 +78,7 @@ class Rescuer:
             self._decider(note),
             self.wakeup.notify,
             self.alive(),
+            known={t.name for t in self.registry.all()},
         ).result()
         for transition, rec in rescued:
             log.warning(

@@ -79,10 +79,24 @@ NEXT_DUE_SQL = (
 # Running jobs to recover: those whose lease expired, or (an SQLite start) every one not ours
 _RESCUE_SQL = (
     "SELECT id, task, attempts, max_attempts, run_seq, cancel_requested, lease_owner FROM jobs "
-    "WHERE status = 'running' AND ({}) LIMIT 1000"
+    "WHERE status = 'running' AND ({}){} LIMIT 1000"
 )
-RESCUE_EXPIRED_SQL = _RESCUE_SQL.format("lease_expires_at < ?")
-RESCUE_ORPHANS_SQL = _RESCUE_SQL.format("lease_owner <> ? OR lease_owner IS NULL")
+_EXPIRED = "lease_expires_at < ?"
+_ORPHANS = "lease_owner <> ? OR lease_owner IS NULL"
+RESCUE_EXPIRED_SQL = _RESCUE_SQL.format(_EXPIRED, "")
+RESCUE_ORPHANS_SQL = _RESCUE_SQL.format(_ORPHANS, "")
+
+
+def _rescue_sql(orphans: bool, known_tasks: int | None) -> str:
+    """The rescue's read; with `known_tasks` marks, only jobs of those tasks or whose cancel was asked."""
+    if known_tasks is None:
+        return RESCUE_ORPHANS_SQL if orphans else RESCUE_EXPIRED_SQL
+    marks = ", ".join("?" * known_tasks) or "NULL"
+    return _RESCUE_SQL.format(
+        _ORPHANS if orphans else _EXPIRED, f" AND (task IN ({marks}) OR cancel_requested = 1)"
+    )
+
+
 IN_CHUNK = 500  # ids per `IN (...)` list
 NOT_FINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
 SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a parked call's row is completed
@@ -999,15 +1013,18 @@ class JobStore:
         decide: RescueDecider,
         on_commit: Callable[[], None],
         alive: Collection[str] = (),
+        known: Collection[str] | None = None,
     ) -> WriteFuture[list[tuple[Transition, JobRecord]]]:
         """Recover running jobs whose lease expired (or, at an SQLite start, every job
         not ours: the file lock proves their owner is dead), each as `decide` says. Our own
-        jobs in `alive` still run here (their lease lapsed while writes failed): they are kept."""
-        sql = RESCUE_ORPHANS_SQL if everyone_else else RESCUE_EXPIRED_SQL
-        arg: Any = owner if everyone_else else now
+        jobs in `alive` still run here (their lease lapsed while writes failed): they are kept.
+        With `known`, only jobs of those tasks, or whose cancel was asked, are read: the others
+        are left for a process that knows their task, and must not fill the page read."""
+        sql = _rescue_sql(everyone_else, None if known is None else len(known))
+        args: list[Any] = [owner if everyone_else else now, *sorted(known or ())]
 
         def op(tx: Tx) -> list[tuple[Transition, JobRecord]]:
-            rows = tx.all(sql, (arg,))
+            rows = tx.all(sql, args)
             out = []
             for job_id, task, attempts, max_attempts, run_seq, cancel, lease_owner in rows:
                 if lease_owner == owner and job_id in alive:
