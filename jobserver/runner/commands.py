@@ -36,6 +36,9 @@ from jobserver.storage.readers import ReadPool
 from jobserver.storage.store import JobStore, body_hash
 from jobserver.webhooks.netguard import WebhookGuard
 
+# what a submit's checks refuse (422): a resend with an idempotency key still gets its job
+REFUSALS = (InvalidRequestError, TaskNotFoundError, WebhookURLError)
+
 
 class JobCommands:
     """Submit, cancel, retry and delete jobs."""
@@ -86,14 +89,20 @@ class JobCommands:
         the job so that its attempts join that trace."""
         if self.draining:
             raise DrainingError()
-        if idem_key is not None:  # a resend gets its job, whatever a check of it would say now
-            first = await self.readers.run(self.store.replay, scope, idem_key, body_hash(raw_body))
-            if first is not None:
-                return first, True
-        new = self.factory.new(body, self.clock.now(), idem_key, trace_context=trace_context)
+        try:
+            new = self.factory.new(body, self.clock.now(), idem_key, trace_context=trace_context)
+            if body.webhook_url is not None:
+                await self._check_webhook(body.webhook_url)
+        except REFUSALS:
+            # a resend gets its job, though its checks refuse it now (a webhook host no longer
+            # allowed, a task's args changed by a deploy); a new key's submit is not read twice
+            first = None
+            if idem_key is not None:
+                first = await self.readers.run(self.store.replay, scope, idem_key, body_hash(raw_body))
+            if first is None:
+                raise
+            return first, True
         taskdef = self.registry.get(new.task)
-        if body.webhook_url is not None:
-            await self._check_webhook(body.webhook_url)
         # after the commit, unless the submit's own transaction handed the job to an idle worker
         on_commit = self.dispatcher.async_job_added if taskdef.is_async else self.wakeup.notify
         idem = None
@@ -125,9 +134,6 @@ class JobCommands:
         per item, in order. A bad item is a 422 whose fields are named `jobs.<index>....`."""
         if self.draining:
             raise DrainingError()
-        replays = await self._replays(items, scope, raw_items)
-        if replays is not None:
-            return [(rec, True) for rec in replays]
         now = self.clock.now()
         news = []
         for i, (body, key) in enumerate(items):
@@ -135,7 +141,10 @@ class JobCommands:
                 news.append(self.factory.new(body, now, key))
                 if body.webhook_url is not None:
                     await self._check_webhook(body.webhook_url)
-            except (InvalidRequestError, TaskNotFoundError, WebhookURLError) as exc:
+            except REFUSALS as exc:
+                replays = await self._replays(items, scope, raw_items)
+                if replays is not None:  # a batch resent whole: every item accepted before
+                    return [(rec, True) for rec in replays]
                 raise _at_index(exc, i) from None
         idems = [
             None if key is None else (scope, key, body_hash(raw))
@@ -156,7 +165,7 @@ class JobCommands:
         self, items: Sequence[tuple[SubmitBody, str | None]], scope: str, raw_items: Sequence[Any]
     ) -> list[JobRecord] | None:
         """A resent batch whose every item has a key already used with its body: the first jobs,
-        in order, without checking the items again. None when any item is new."""
+        in order, though the items' checks refuse them now. None when any item is new."""
         if not items or any(key is None for _, key in items):
             return None
 

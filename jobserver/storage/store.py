@@ -269,10 +269,10 @@ class JobStore:
         return JobRecord.from_row(rows[0])
 
     def replay(self, scope: str, key: str, digest: str) -> JobRecord | None:
-        """The job an idempotency key was first used for, when it was with this body (read
-        before the submit is checked again: a resend gets its job though the task, the config
-        or a webhook host's address changed since). IdempotencyMismatchError with another
-        body; None when the key is unused, or its job is gone. The insert checks again."""
+        """The job an idempotency key was first used for, when it was with this body (read when
+        a resend's checks refuse it: it gets its job though the task, the config or a webhook
+        host's address changed since). IdempotencyMismatchError with another body; None when
+        the key is unused, or its job is gone."""
         rows = self._query(REPLAY_SQL, (scope, key))
         if not rows:
             return None
