@@ -137,9 +137,11 @@ def test_an_async_task_that_swallows_its_timeout_is_given_up_after_the_grace_per
         assert (job["status"], job["result"]) == ("failed", None)  # its late return changed nothing
 
 
-@pytest.mark.parametrize("reason, status", [("cancel", "cancelled"), ("timeout", "failed")])
+@pytest.mark.parametrize(
+    "reason, status, error", [("cancel", "cancelled", "Cancelled"), ("timeout", "failed", "Timeout")]
+)
 def test_an_async_task_that_returns_after_its_stop_ends_as_the_stop_says(
-    tmp_path: Path, reason: str, status: str
+    tmp_path: Path, reason: str, status: str, error: str
 ) -> None:
     clock = ManualClock()
     started = tmp_path / "started"
@@ -159,9 +161,7 @@ def test_an_async_task_that_returns_after_its_stop_ends_as_the_stop_says(
             p.executor.watchdog_once()
         wait_until(lambda: settled(p, job_id, status), 10, message=f"the job {status}")
         job = p.store.get(job_id).to_api()
-        assert job["result"] is None and job["error"]["type"] == {"cancel": "Cancelled"}.get(
-            reason, "Timeout"
-        )
+        assert job["result"] is None and job["error"]["type"] == error
         assert "returned" in lines(started)
 
 

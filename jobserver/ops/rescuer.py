@@ -56,13 +56,8 @@ class Rescuer:
         def decide_crash(
             job: AttemptFacts, task: str, cancel_requested: bool, now: float
         ) -> Transition | None:
-            options = self.registry.options(task)
-            if options is None and not cancel_requested:
-                # whether to run it again is its task's to say (`on_crash="fail"`: never), and
-                # this process does not know the task: a node (or a deploy) that does rescues it
-                return None
             outcome = Outcome.crashed(cancel_requested, note)
-            return decide(outcome, job, options, now, self.rng.random())
+            return decide(outcome, job, self.registry.options(task), now, self.rng.random())
 
         return decide_crash
 
@@ -78,6 +73,9 @@ class Rescuer:
             self._decider(note),
             self.wakeup.notify,
             self.alive(),
+            # whether a crashed job may run again is its task's to say (`on_crash="fail"`: never):
+            # a job of a task this process does not know is left for one that does, unless a
+            # cancel was asked of it, which ends it whatever its task
             known={t.name for t in self.registry.all()},
         ).result()
         for transition, rec in rescued:
