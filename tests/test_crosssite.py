@@ -94,14 +94,26 @@ def test_the_dashboard_cannot_be_framed_and_keeps_its_policy(shared_app: Running
     assert "unsafe-eval" not in r.headers["content-security-policy"]
 
 
-def test_openapi_lists_the_403_on_every_change_and_only_there(shared_app: RunningApp) -> None:
-    paths = shared_app.client.get("/openapi.json").json()["paths"]
-    for path, item in paths.items():
-        for method, op in item.items():
-            assert ("403" in op["responses"]) == (method in ("post", "put", "patch", "delete")), (
-                path,
-                method,
-            )
+def forbidden_answers(
+    app: RunningApp, headers: dict[str, str] | None = None
+) -> dict[tuple[str, str], str | None]:
+    """(path, method) -> the response its 403 refers to in /openapi.json, or None."""
+    paths = app.client.get("/openapi.json", headers=headers).json()["paths"]
+    return {
+        (path, method): op["responses"].get("403", {}).get("$ref", "").rpartition("/")[2] or None
+        for path, item in paths.items()
+        for method, op in item.items()
+    }
+
+
+def test_openapi_lists_a_403_on_every_route_of_an_open_server(shared_app: RunningApp) -> None:
+    """An open server refuses any request for a Host not its own, and changes from other sites."""
+    answers = forbidden_answers(shared_app)
+    for (path, method), name in answers.items():
+        unsafe = method in ("post", "put", "patch", "delete")
+        assert name == ("CrossSiteOrHostNotAllowed" if unsafe else "HostNotAllowed"), (path, method)
+    responses = shared_app.client.get("/openapi.json").json()["components"]["responses"]
+    assert "server.allowed_hosts" in responses["HostNotAllowed"]["description"]
 
 
 REBOUND = "attacker.example"  # a page's own name, pointed at 127.0.0.1 (DNS rebinding)
@@ -136,9 +148,18 @@ def test_the_host_is_not_checked_with_api_keys_and_a_listed_name_is_answered(tmp
     with running_app(tmp_path / "keys", config={"auth": {"api_keys": ["k1"]}}) as keyed:
         r = keyed.client.get("/jobs", headers={"Host": REBOUND, "Authorization": "Bearer k1"})
         assert r.status_code == 200  # the key proves the caller; the page has none
+        only_changes_refused(forbidden_answers(keyed, {"Authorization": "Bearer k1"}))
     listed = {"server": {"allowed_hosts": ["testserver", "jobs.internal"]}}
     with running_app(tmp_path / "listed", config=listed) as app:
         assert app.client.get("/jobs", headers={"Host": "JOBS.internal:8000"}).status_code == 200
         assert app.client.get("/jobs", headers={"Host": REBOUND}).status_code == 403
     with running_app(tmp_path / "any", config={"server": {"allowed_hosts": ["*"]}}) as app:
         assert app.client.get("/jobs", headers={"Host": REBOUND}).status_code == 200
+        only_changes_refused(forbidden_answers(app))
+
+
+def only_changes_refused(answers: dict[tuple[str, str], str | None]) -> None:
+    """Where no Host is refused, only a change may answer 403: from another site's page."""
+    for (path, method), name in answers.items():
+        unsafe = method in ("post", "put", "patch", "delete")
+        assert name == ("CrossSiteRequest" if unsafe else None), (path, method)

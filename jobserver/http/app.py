@@ -587,9 +587,14 @@ def create_app(svc: Services) -> Starlette:
 
     openapi_doc: list[bytes] = []  # built on first use: every task module is imported by then
 
+    # an open server answers only its own Host names (CrossSiteGuard, below), unless told "*"
+    host_checked = not settings.auth.api_keys and "*" not in settings.server.allowed_hosts
+
     async def openapi(request: Request) -> Response:
         if not openapi_doc:
-            doc = build_openapi(svc.registry, bool(settings.auth.api_keys), settings.auth.open_paths)
+            doc = build_openapi(
+                svc.registry, bool(settings.auth.api_keys), settings.auth.open_paths, host_checked
+            )
             openapi_doc.append(orjson.dumps(doc))
         return Response(openapi_doc[0], media_type="application/json")
 

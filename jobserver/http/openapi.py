@@ -409,6 +409,16 @@ PROBLEMS: dict[int, tuple[str, str]] = {
     503: ("Unavailable", "Draining for shutdown, or the database is unavailable."),
 }
 
+_HOST_NOT_ALLOWED = (
+    "An open server (no API keys) answers only a `Host` that names this machine (`localhost`, "
+    "`127.0.0.1`, `::1`) or one of `server.allowed_hosts`."
+)
+# the other 403 answers: an open server refuses any request for a Host not its own
+FORBIDDEN: dict[str, str] = {
+    "HostNotAllowed": _HOST_NOT_ALLOWED,
+    "CrossSiteOrHostNotAllowed": f"{PROBLEMS[403][1]} Or: {_HOST_NOT_ALLOWED}",
+}
+
 
 def _problem_responses() -> dict[str, Schema]:
     out: dict[str, Schema] = {}
@@ -422,6 +432,8 @@ def _problem_responses() -> dict[str, Schema]:
         if status == 503:
             response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
         out[name] = response
+    for name, description in FORBIDDEN.items():
+        out[name] = {"description": description, "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
     return out
 
 
@@ -1044,12 +1056,21 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
     }  # fmt: skip
 
 
-def _refused_cross_site(paths: dict[str, Schema]) -> dict[str, Schema]:
-    """Every operation that changes something may answer 403: a browser sent it from another site."""
+def _forbidden(paths: dict[str, Schema], host_checked: bool) -> dict[str, Schema]:
+    """Every operation that changes something may answer 403: a browser sent it from another
+    site; with `host_checked` (an open server), every operation may, for a Host not its own."""
     for item in paths.values():
-        for method in UNSAFE_METHODS:
-            if method in item:
-                item[method]["responses"]["403"] = {"$ref": f"#/components/responses/{PROBLEMS[403][0]}"}
+        for method, op in item.items():
+            unsafe = method in UNSAFE_METHODS
+            if unsafe or host_checked:
+                name = (
+                    PROBLEMS[403][0]
+                    if not host_checked
+                    else "CrossSiteOrHostNotAllowed"
+                    if unsafe
+                    else "HostNotAllowed"
+                )
+                op["responses"]["403"] = {"$ref": f"#/components/responses/{name}"}
     return paths
 
 
@@ -1064,9 +1085,12 @@ def _open_without_a_key(paths: dict[str, Schema], open_paths: Collection[str]) -
                 op["responses"].pop("401")
 
 
-def build_openapi(registry: Registry, secured: bool, open_paths: Collection[str] = ()) -> dict[str, Any]:
+def build_openapi(
+    registry: Registry, secured: bool, open_paths: Collection[str] = (), host_checked: bool = False
+) -> dict[str, Any]:
     """The whole OpenAPI document; `secured` adds the bearer scheme and 401 answers, but for the
-    routes open without a key (`open_paths`, as `auth.open_paths`, and those always open)."""
+    routes open without a key (`open_paths`, as `auth.open_paths`, and those always open);
+    `host_checked` (an open server that answers only its own Host names) a 403 on every route."""
     body, task_components = submit_schemas(registry)
     item, item_components = submit_schemas(registry, batch_item=True)
     schemas = {
@@ -1087,7 +1111,7 @@ def build_openapi(registry: Registry, secured: bool, open_paths: Collection[str]
             "version": package_version(),
             "description": "A durable job server: submit jobs, watch them, read their results.",
         },
-        "paths": _refused_cross_site({**_paths(secured), **ops_paths(secured)}),
+        "paths": _forbidden({**_paths(secured), **ops_paths(secured)}, host_checked),
         "components": components,
     }
     if secured:
