@@ -125,6 +125,10 @@ def test_bulk_cancel_runs_in_batches_and_asks_running_jobs_to_stop(
         ("/jobs/retry", {"status": "pending"}, ["body", "status"]),
         ("/jobs/retry", {"ids": "abc"}, ["body", "ids"]),
         ("/jobs/cancel", {"everything": True}, ["body", "everything"]),
+        # null is not "left out": a selection that came out null must not cancel every job
+        ("/jobs/cancel", {"ids": None}, ["body", "ids"]),
+        ("/jobs/cancel", {"task": None}, ["body", "task"]),
+        ("/jobs/delete", {"status": None, "task": ADD}, ["body", "status"]),
     ],
 )
 def test_bad_bulk_filter_is_422_and_changes_nothing(
