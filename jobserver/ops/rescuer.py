@@ -6,7 +6,9 @@ file lock proves the previous owner is dead. Each one ends as the lifecycle
 decides for a crash (run again counted, or failed `Crashed`, or cancelled when a
 cancel was asked). A job of a task this process does not know is left running
 until a process that knows it rescues it: only its task says whether it may run
-again (`on_crash="fail"`), and a cancel asked of it ends it here.
+again (`on_crash="fail"`), and a cancel asked of it ends it here. Its concurrency
+slots are freed at once, though: a key it shares with deployed tasks is not kept a
+slot short meanwhile (its next claim, if it runs again, takes them again).
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ class Rescuer:
 
         return decide_crash
 
+    def _freed(self, ids: list[str]) -> None:
+        for job_id in ids:
+            log.warning(
+                "%s crashed: its concurrency slots are freed; it stays running for a process that knows its task",
+                job_id,
+                extra={"job_id": job_id, "action": "rescue_slots"},
+            )
+
     def rescue_once(self, every_other_owner: bool = False) -> list[JobRecord]:
         """Recover running jobs with an expired lease (or, with `every_other_owner`,
         every running job not leased to this process)."""
@@ -77,6 +87,7 @@ class Rescuer:
             # a job of a task this process does not know is left for one that does, unless a
             # cancel was asked of it, which ends it whatever its task
             known={t.name for t in self.registry.all()},
+            on_freed=self._freed,
         ).result()
         for transition, rec in rescued:
             log.warning(

@@ -97,6 +97,17 @@ def _rescue_sql(orphans: bool, known_tasks: int | None) -> str:
     )
 
 
+def _left_sql(orphans: bool, known_tasks: int) -> str:
+    """The crashed jobs a rescue with `known_tasks` marks leaves running (of other tasks, no cancel
+    asked) that still hold a concurrency slot, their rows locked (PostgreSQL: skipping any a
+    rescue or claim elsewhere is changing)."""
+    marks = ", ".join("?" * known_tasks)
+    return (
+        "SELECT id, limits, lease_owner FROM jobs WHERE status = 'running' AND ({}) AND cancel_requested = 0"
+        "{} AND EXISTS (SELECT 1 FROM limit_holds h WHERE h.job_id = jobs.id) LIMIT 1000"
+    ).format(_ORPHANS if orphans else _EXPIRED, f" AND task NOT IN ({marks})" if known_tasks else "")
+
+
 IN_CHUNK = 500  # ids per `IN (...)` list
 NOT_FINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
 SAVE_STEP_SQL = (  # fenced: only while the attempt `run_seq` still runs; a parked call's row is completed
@@ -1014,12 +1025,14 @@ class JobStore:
         on_commit: Callable[[], None],
         alive: Collection[str] = (),
         known: Collection[str] | None = None,
+        on_freed: Callable[[list[str]], None] = lambda ids: None,
     ) -> WriteFuture[list[tuple[Transition, JobRecord]]]:
         """Recover running jobs whose lease expired (or, at an SQLite start, every job
         not ours: the file lock proves their owner is dead), each as `decide` says. Our own
         jobs in `alive` still run here (their lease lapsed while writes failed): they are kept.
         With `known`, only jobs of those tasks, or whose cancel was asked, are read: the others
-        are left for a process that knows their task, and must not fill the page read."""
+        are left for a process that knows their task, and must not fill the page read. Those
+        left give back their concurrency slots now (`on_freed` gets their ids after the commit)."""
         sql = _rescue_sql(everyone_else, None if known is None else len(known))
         args: list[Any] = [owner if everyone_else else now, *sorted(known or ())]
 
@@ -1033,11 +1046,40 @@ class JobStore:
                 transition = decide(facts, str(task), bool(cancel), now)
                 if transition is not None:
                     out.append((transition, self._apply(tx, transition)))
+            if known is not None:
+                freed = self._free_left(tx, _left_sql(everyone_else, len(known)), args, owner, alive)
+                if freed:
+                    tx.after_commit(partial(on_freed, freed))
             if out:
                 tx.after_commit(on_commit)
             return out
 
         return self.writer.submit(op)
+
+    def _free_left(
+        self, tx: Tx, sql: str, args: Sequence[Any], owner: str, alive: Collection[str]
+    ) -> list[str]:
+        """Free the concurrency slots of the crashed jobs a rescue leaves running for a process
+        that knows their task: a key shared with deployed tasks would otherwise be a slot short
+        for as long as no process knows it. The job keeps its status, `run_seq` and expired lease
+        (any later rescue still finds it); its lease owner goes, so if that process lives after
+        all, its heartbeat stops the attempt rather than run on without the slot. What is freed
+        is the job's rows in `limit_holds`, deleted once: the rescue that later ends the job, its
+        cancel, frees nothing more, and its next claim takes its keys again like any claim."""
+        rows = [
+            (str(job_id), str(limits))
+            for job_id, limits, lease_owner in tx.all(sql + self._skip_locked, args)
+            if not (lease_owner == owner and job_id in alive)
+        ]
+        if not rows:
+            return []
+        for chunk in _chunks([job_id for job_id, _ in rows]):
+            tx.execute(
+                f"UPDATE jobs SET lease_owner = NULL WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+        for job_id, limits in rows:
+            self.limits.release(tx, job_id, limits)
+        return [job_id for job_id, _ in rows]
 
     # ---------------------------------------------------------- bulk actions
     def _bulk_ids(
