@@ -126,12 +126,13 @@ def test_counts_chart_search_and_filters_in_the_url(
     expect(page.locator("#jobs-body tr")).to_have_count(1)
 
     expect(page.locator('#counts button[data-status="completed"] b')).to_have_text("0")  # the task's own
-    # the chart's minutes are for all tasks (so says its legend), beside the task's own totals
-    expect(page.locator("#chart-legend")).to_contain_text("Last hour, all tasks: 4 completed, 1 failed")
-    expect(page.locator("#chart-legend .chart-task")).to_have_text(
-        f"{FAIL}: 0 completed, 1 failed, 0 cancelled, failure rate 100.0%"
+    # the chart follows the task filter: the task's own minutes and totals, named in its legend
+    expect(page.locator("#chart-legend .chart-task")).to_have_text(f"Task {FAIL}")
+    expect(page.locator("#chart-legend")).to_contain_text("Last hour: 0 completed, 1 failed, 0 cancelled")
+    expect(page.locator("#chart")).to_have_accessible_name(
+        f"Jobs finished per minute, last hour, task {FAIL}"
     )
-    expect(page.locator("#chart")).to_have_accessible_name("Jobs finished per minute, last hour, all tasks")
+    expect(page.locator("#chart rect.done")).to_have_count(0)
     focused = page.locator('#counts button[data-status="failed"]')
     focused.focus()
     wait_finished(client, submit(client, FAIL, {})["id"])

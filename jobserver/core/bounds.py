@@ -10,6 +10,10 @@ INT_MIN = -(2**63)  # what the JSON encoder and both databases store exactly
 INT_MAX = 2**64 - 1
 MAX_STORED_DEPTH = 200  # the JSON encoder stops at 255 levels; config caps request bodies below this
 ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids and cursors: anything else names no job
+# the end of a job's id, as the dashboard shows it (`GET /jobs?id_suffix=`): hex digits and dashes,
+# from a few characters to a whole id
+ID_SUFFIX_MIN, ID_SUFFIX_MAX = 4, 36
+ID_SUFFIX_PATTERN = f"^[0-9A-Fa-f-]{{{ID_SUFFIX_MIN},{ID_SUFFIX_MAX}}}$"
 EVENT_ID_MAX = 2**63 - 1  # the largest Last-Event-ID: event ids are 64-bit integers
 MAX_LIMIT = 500
 # run_at's date as written (before its offset) is from 1970 to 8999: far from datetime's limits in

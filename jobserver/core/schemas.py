@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from jobserver.core.bounds import (
     ID_PATTERN,
+    ID_SUFFIX_PATTERN,
     IDEMPOTENCY_KEY_MAX,
     INT_MAX,
     INT_MIN,
@@ -205,10 +206,21 @@ class ListQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(default=None, pattern=ID_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    # the jobs whose id ends with this (the short id a list shows): hex digits and dashes
+    id_suffix: str | None = Field(default=None, pattern=ID_SUFFIX_PATTERN)
     # "summary": each job without `args`, `result` and its error's `traceback` (a list view's rows)
     fields: str = Field(default="full", pattern="^(full|summary)$")
 
     _plain_limit = field_validator("limit", mode="before")(plain_query_number)
+
+
+class StatsQuery(BaseModel):
+    """GET /stats query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # the last hour (its totals and minutes) of this task's jobs only
+    task: str | None = Field(default=None, min_length=1, max_length=TASK_NAME_MAX)
 
 
 class EventsQuery(BaseModel):

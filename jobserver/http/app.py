@@ -259,7 +259,8 @@ def key_scope(request: Request) -> str:
     return "public" if key is None else hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _query(model: type[pydantic.BaseModel], request: Request) -> Any:
+def parsed_query(model: type[pydantic.BaseModel], request: Request) -> Any:
+    """The request's query string validated by `model` (a pydantic ValidationError if not)."""
     return _parsed_query(model, request.scope["query_string"])
 
 
@@ -383,7 +384,7 @@ def create_app(svc: Services) -> Starlette:
     async def get_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
-            wait = _query(GetQuery, request).wait
+            wait = parsed_query(GetQuery, request).wait
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
         if wait <= 0:
@@ -426,15 +427,16 @@ def create_app(svc: Services) -> Starlette:
         key: str | None,
         scope: str,
         summary: bool,
+        id_suffix: str | None,
     ) -> dict[str, Any]:
         idempotency = (scope, key) if key else None
-        jobs, next_cursor = store.list_jobs(status, task, limit, cursor, parent, idempotency)
+        jobs, next_cursor = store.list_jobs(status, task, limit, cursor, parent, idempotency, id_suffix)
         paused = svc.paused_tasks() if any(j.status in HELD for j in jobs) else frozenset()
         return {"jobs": [with_reason(j, paused, summary) for j in jobs], "next_cursor": next_cursor}
 
     async def list_jobs(request: Request) -> Response:
         try:
-            q = _query(ListQuery, request)
+            q = parsed_query(ListQuery, request)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
         return JSON(
@@ -448,6 +450,7 @@ def create_app(svc: Services) -> Starlette:
                 q.idempotency_key,
                 key_scope(request),
                 q.fields == "summary",
+                q.id_suffix,
             )
         )
 
@@ -466,7 +469,7 @@ def create_app(svc: Services) -> Starlette:
     async def events(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
-            follow = _query(EventsQuery, request).follow
+            follow = parsed_query(EventsQuery, request).follow
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "query")
         record = await read(store.get, job_id)  # 404 before the stream starts

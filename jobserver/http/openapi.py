@@ -19,6 +19,7 @@ from typing import Any
 from jobserver.core.bounds import (
     EVENT_ID_MAX,
     ID_PATTERN,
+    ID_SUFFIX_PATTERN,
     IDEMPOTENCY_KEY_MAX,
     MAX_BATCH,
     MAX_LIMIT,
@@ -643,6 +644,14 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     },
                     {
+                        "name": "id_suffix",
+                        "in": "query",
+                        "description": "Only the jobs whose id ends with this (the short id a list shows), newest "
+                        "first. A scan of the ids that stops once the page is full: the fewer jobs match, "
+                        "the more ids it reads (every one when none matches).",
+                        "schema": {"type": "string", "pattern": ID_SUFFIX_PATTERN},
+                    },
+                    {
                         "name": "fields",
                         "in": "query",
                         "description": "`summary`: each job without `args`, `result` and the error's `traceback` "
@@ -1051,7 +1060,16 @@ def ops_paths(secured: bool) -> dict[str, Schema]:
             )
         },
         "/stats": {
-            "get": op("getStats", "Counts by status and task; the last hour's throughput and failure rate", {200: _json("Stats.", _ref("Stats"))}, (422,))
+            "get": op(
+                "getStats", "Counts by status and task; the last hour's throughput and failure rate",
+                {200: _json("Stats.", _ref("Stats"))}, (422,),
+                parameters=[{
+                    "name": "task", "in": "query",
+                    "description": "The last hour (its totals and its minutes) of this task's jobs only; "
+                    "`counts` and `tasks` stay every task's.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                }],
+            )
         },
     }  # fmt: skip
 

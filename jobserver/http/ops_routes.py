@@ -11,7 +11,7 @@
     POST   /jobs/cancel                 200 {"count": n} for {"status"?, "task"?, "ids"?}
     POST   /jobs/retry                  200 {"count": n}
     POST   /jobs/delete                 200 {"count": n} (finished jobs only)
-    GET    /stats                       counts by status and task; the last hour's throughput
+    GET    /stats[?task=]               counts by status and task; the last hour's throughput (of one task)
 
 Reads run on the reader pool and writes through the writer, never on the event
 loop. Added to the app beside the job routes (a POST to /jobs/cancel is this
@@ -36,7 +36,8 @@ from jobserver.core.errors import (
 )
 from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, RetryFilter
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
-from jobserver.http.app import JSON, handled, read_json_body, refuse_query
+from jobserver.core.schemas import StatsQuery
+from jobserver.http.app import JSON, handled, parsed_query, read_json_body, refuse_query
 from jobserver.http.problems import problem, validation_problem
 from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
@@ -155,8 +156,11 @@ def ops_routes(svc: OpsServices) -> list[Route]:
         return handler
 
     async def stats(request: Request) -> Response:
-        refuse_query(request)
-        return JSON(await read(svc.stats.read))
+        try:
+            q = parsed_query(StatsQuery, request)
+        except pydantic.ValidationError as exc:
+            return validation_problem(exc, "query")
+        return JSON(await read(svc.stats.read, q.task))
 
     return [
         Route("/jobs/cancel", guarded(bulk(CancelFilter, svc.bulk.cancel)), methods=["POST"]),

@@ -32,13 +32,14 @@ class Stats:
         counters: no scan of the jobs table, however long the queue (call on a reader thread)."""
         return {task: n["pending"] for task, n in self.counters.by_task().items() if n.get("pending", 0) > 0}
 
-    def read(self) -> dict[str, Any]:
-        """The /stats document (call on a reader thread)."""
+    def read(self, task: str | None = None) -> dict[str, Any]:
+        """The /stats document (call on a reader thread); with `task`, the last hour (its
+        totals and its minutes) counts that task's finishes only, and the counts stay whole."""
         now = self.clock.now()
         by_task = self.counters.by_task()
         first_minute = int(now // 60) - (WINDOW_MINUTES - 1)
-        finished = self.counters.finished_since(first_minute)
-        per_minute = self.counters.finishes_by_minute(first_minute)
+        finished = self.counters.finished_since(first_minute, task)
+        per_minute = self.counters.finishes_by_minute(first_minute, task)
         totals = dict.fromkeys(STATUSES, 0)
         for per_status in by_task.values():
             for status, n in per_status.items():

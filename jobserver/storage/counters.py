@@ -120,14 +120,23 @@ class Counters:
         """task -> status -> how many jobs."""
         return counts(self._query(COUNTS_SQL))
 
-    def finished_since(self, minute: int) -> dict[str, dict[str, int]]:
-        """task -> finished status -> how many jobs finished from epoch minute `minute` on."""
-        return counts(self._query(FINISHES_SQL, (minute,)))
+    def finished_since(self, minute: int, task: str | None = None) -> dict[str, dict[str, int]]:
+        """task -> finished status -> how many jobs finished from epoch minute `minute` on (of
+        `task` alone, if given)."""
+        if task is None:
+            return counts(self._query(FINISHES_SQL, (minute,)))
+        return counts(self._query(TASK_FINISHES_SQL, (minute, task)))
 
-    def finishes_by_minute(self, minute: int) -> dict[int, dict[str, int]]:
-        """epoch minute -> finished status -> how many jobs finished in it, from `minute` on."""
+    def finishes_by_minute(self, minute: int, task: str | None = None) -> dict[int, dict[str, int]]:
+        """epoch minute -> finished status -> how many jobs finished in it, from `minute` on (of
+        `task` alone, if given). PostgreSQL's delta rows not yet folded are summed in."""
         per_minute: dict[int, dict[str, int]] = {}
-        for at, status, n in self._query(MINUTES_SQL, (minute,)):
+        rows = (
+            self._query(MINUTES_SQL, (minute,))
+            if task is None
+            else self._query(TASK_MINUTES_SQL, (minute, task))
+        )
+        for at, status, n in rows:
             per_minute.setdefault(int(at), {})[str(status)] = int(n)
         return per_minute
 
@@ -146,6 +155,12 @@ class Counters:
 COUNTS_SQL = "SELECT task, status, SUM(n) FROM job_counts GROUP BY task, status HAVING SUM(n) <> 0"
 FINISHES_SQL = "SELECT task, status, SUM(n) FROM job_finishes WHERE minute >= ? GROUP BY task, status"
 MINUTES_SQL = "SELECT minute, status, SUM(n) FROM job_finishes WHERE minute >= ? GROUP BY minute, status"
+TASK_FINISHES_SQL = (
+    "SELECT task, status, SUM(n) FROM job_finishes WHERE minute >= ? AND task = ? GROUP BY task, status"
+)
+TASK_MINUTES_SQL = (
+    "SELECT minute, status, SUM(n) FROM job_finishes WHERE minute >= ? AND task = ? GROUP BY minute, status"
+)
 
 
 def compact_sql(pg: bool) -> list[str]:

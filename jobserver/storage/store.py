@@ -299,16 +299,19 @@ class JobStore:
         cursor: str | None,
         parent: str | None = None,
         idempotency: tuple[str, str] | None = None,
+        id_suffix: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; `cursor` is the last id of the previous page; `idempotency` (scope,
-        key) keeps the job submitted under that Idempotency-Key."""
+        key) keeps the job submitted under that Idempotency-Key; `id_suffix` keeps the jobs
+        whose id ends with it (hex digits and dashes: a scan of the ids, newest first, that
+        stops at the page's end; no index serves it, so submits pay nothing for it)."""
         if status == "pending":  # the API's "pending" covers jobs waiting for their run_at
             statuses = ("pending", "scheduled", "blocked")
-            pages = [self._list(s, task, limit, cursor, parent, idempotency) for s in statuses]
+            pages = [self._list(s, task, limit, cursor, parent, idempotency, id_suffix) for s in statuses]
             merged = sorted([r for page, _ in pages for r in page], key=lambda r: r.id, reverse=True)
             more = len(merged) > limit or any(next_cursor for _, next_cursor in pages)
             return merged[:limit], (merged[limit - 1].id if more else None)
-        return self._list(status, task, limit, cursor, parent, idempotency)
+        return self._list(status, task, limit, cursor, parent, idempotency, id_suffix)
 
     def _list(
         self,
@@ -318,6 +321,7 @@ class JobStore:
         cursor: str | None,
         parent: str | None = None,
         idempotency: tuple[str, str] | None = None,
+        id_suffix: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         where: list[str] = []
         params: list[Any] = []
@@ -336,6 +340,9 @@ class JobStore:
         if cursor:
             where.append("id < ?")
             params.append(cursor)
+        if id_suffix is not None:  # ids are lower-case hex: PostgreSQL's LIKE tells cases apart
+            where.append("id LIKE ?")
+            params.append(f"%{id_suffix.lower()}")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._query(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", (*params, limit + 1)
