@@ -20,8 +20,10 @@ from typing import Any
 import httpx
 from starlette.exceptions import StarletteDeprecationWarning
 
+from jobserver.build import Parts, build
 from jobserver.core.clock import Clock
 from jobserver.core.config import Settings, load_settings
+from jobserver.core.tasks import Registry
 from jobserver.core.tracing import NO_TRACING, Tracing
 from jobserver.runtime import Runtime, bind_listener
 from tests.helpers import Config, merged_config, wait_until, write_config
@@ -122,6 +124,24 @@ def settings_for(
     path = tmp_path / "config.toml"
     write_config(path, merged_config(tmp_path, UNUSED_PORT, config))
     return load_settings(path, environ=dict(environ or {}), cwd=tmp_path)
+
+
+@contextmanager
+def driven_parts(settings: Settings, clock: Clock, registry: Registry | None = None) -> Iterator[Parts]:
+    """Every part of one server built on `settings`, nothing started but its writer and the
+    tasks' event loop: the test drives each step (claims, attempts, rescues) itself."""
+    parts = build(settings, clock, registry)
+    loop_thread = threading.Thread(target=parts.tasks_loop.run_forever, daemon=True)
+    loop_thread.start()
+    try:
+        yield parts
+    finally:
+        parts.tasks_loop.call_soon_threadsafe(parts.tasks_loop.stop)
+        loop_thread.join(5)
+        parts.tasks_loop.close()
+        parts.readers.shutdown()
+        parts.writer.stop()
+        parts.db.close()  # the calling thread's connection, which the test's reads used
 
 
 @contextmanager

@@ -8,34 +8,23 @@ import inspect
 import os
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import orjson
 import pytest
 
-from jobserver.build import Parts, build
+from jobserver.build import Parts
 from jobserver.core.clock import ManualClock
 from jobserver.core.records import Claim, JobIds, NewJob
 from jobserver.runner.dispatcher import Dispatcher
 from jobserver.runner.executor import STUCK_GRACE_S
 from tests.helpers import blocked_in_read, has_line, wait_until
-from tests.inproc import settings_for
+from tests.inproc import driven_parts, settings_for
 
 
-@contextmanager
-def built(tmp_path: Path, clock: ManualClock) -> Iterator[Parts]:
-    parts = build(settings_for(tmp_path), clock)
-    loop_thread = threading.Thread(target=parts.tasks_loop.run_forever, daemon=True)
-    loop_thread.start()
-    try:
-        yield parts
-    finally:
-        parts.tasks_loop.call_soon_threadsafe(parts.tasks_loop.stop)
-        loop_thread.join(5)
-        parts.tasks_loop.close()
-        parts.writer.stop()
+def built(tmp_path: Path, clock: ManualClock) -> AbstractContextManager[Parts]:
+    return driven_parts(settings_for(tmp_path), clock)
 
 
 def enqueue(

@@ -4,23 +4,22 @@ driven one step at a time on a manual clock, one `build()` per process of the st
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobserver import Concurrency, task
-from jobserver.build import Parts, build
+from jobserver.build import Parts
 from jobserver.core.clock import ManualClock
 from jobserver.core.config import Settings
 from jobserver.core.records import Claim
 from jobserver.core.schemas import SubmitBody
 from jobserver.core.tasks import Registry, build_taskdef
 from jobserver.runner.submission import JobFactory
-from tests.inproc import settings_for
+from tests.inproc import driven_parts, settings_for
 
 KEY = "shelf"
 
@@ -46,22 +45,11 @@ def count() -> str:
 BOTH = (pack, count)
 
 
-@contextmanager
-def process(settings: Settings, clock: ManualClock, *tasks: Callable[..., Any]) -> Iterator[Parts]:
-    """One server process on the shared database, knowing only `tasks`; nothing is started
-    but its writer (and the tasks' event loop): the test drives each step."""
-    parts = build(settings, clock, Registry([build_taskdef(t) for t in tasks]))
-    loop_thread = threading.Thread(target=parts.tasks_loop.run_forever, daemon=True)
-    loop_thread.start()
-    try:
-        yield parts
-    finally:
-        parts.tasks_loop.call_soon_threadsafe(parts.tasks_loop.stop)
-        loop_thread.join(5)
-        parts.tasks_loop.close()
-        parts.readers.shutdown()
-        parts.writer.stop()
-        parts.db.close()  # this thread's connection, which the reads above used
+def process(
+    settings: Settings, clock: ManualClock, *tasks: Callable[..., Any]
+) -> AbstractContextManager[Parts]:
+    """One server process on the shared database, knowing only `tasks`; the test drives each step."""
+    return driven_parts(settings, clock, Registry([build_taskdef(t) for t in tasks]))
 
 
 def submit(p: Parts, name: str) -> str:
