@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, MAX_WAIT_S
+from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, MAX_WAIT_S, signal_name
 from jobserver.core.errors import (
     ConflictError,
     DrainingError,
@@ -390,7 +390,15 @@ def submit_many(jobs: Iterable[dict[str, Any]]) -> Exchange[builtins.list[Job]]:
 
 
 def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
-    """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent."""
+    """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent.
+    A name no task can wait for is answered here as the server answers it: sent, `.` or `..`
+    would be taken out of the path as a dot segment and reach another route."""
+    try:
+        signal_name(name)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            str(exc), [{"loc": ["path", "name"], "msg": str(exc), "type": "value_error"}]
+        ) from None
     path = job_path(job_id, f"/signals/{quote(name, safe='')}")
     response = yield request("POST", path, Call("signal", job_id, key=name), json=payload, has_body=True)
     job = Job(response.json())
