@@ -325,6 +325,14 @@ def wait_named(ctx: JobContext, name: str) -> Any:
 
 
 @task
+def approval_or_reminder(ctx: JobContext, timeout: float, then_sleep: float) -> Any:
+    """Waits for `approve` up to `timeout`, then sleeps (a reminder's delay) before it ends."""
+    answer = ctx.wait_for("approve", timeout=timeout)
+    ctx.sleep("remind", then_sleep)
+    return answer
+
+
+@task
 def logs_then_waits(ctx: JobContext, name: str) -> Any:
     """Logs a line, then waits for the signal `name`; its payload."""
     ctx.log(f"waiting for {name}")

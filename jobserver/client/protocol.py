@@ -37,6 +37,7 @@ from jobserver.core.errors import (
     JobServerError,
     ScheduleNotFoundError,
     SignalConflictError,
+    SignalNotAwaitedError,
     StorageError,
     TaskNotFoundError,
     WaitTimeoutError,
@@ -158,9 +159,13 @@ _CONFLICTS: dict[str, type[ConflictError]] = {
 _CONFLICT_STATUS = re.compile(r"^job \S+ is (\w+)")
 
 
-def _conflict(call: Call, detail: str) -> JobServerError:
+def _conflict_status(detail: str) -> str:
     match = _CONFLICT_STATUS.match(detail)
-    return _CONFLICTS.get(call.op, ConflictError)(call.job_id, match.group(1) if match else "unknown", detail)
+    return match.group(1) if match else "unknown"
+
+
+def _conflict(call: Call, detail: str) -> JobServerError:
+    return _CONFLICTS.get(call.op, ConflictError)(call.job_id, _conflict_status(detail), detail)
 
 
 def _field_reason(errors: builtins.list[Any], default: str) -> str:
@@ -180,6 +185,9 @@ _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] 
     "idempotency-key-in-flight": lambda call, detail, errors: IdempotencyInFlightError(call.key),
     "conflict": lambda call, detail, errors: _conflict(call, detail),
     "signal-conflict": lambda call, detail, errors: SignalConflictError(call.job_id, "unknown", call.key),
+    "signal-not-awaited": lambda call, detail, errors: SignalNotAwaitedError(
+        call.job_id, _conflict_status(detail), call.key
+    ),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
     "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
