@@ -181,6 +181,27 @@ def test_a_signal_after_its_wait_timed_out_is_refused_not_kept_unread(tmp_path: 
         assert finished(c, job_id)["result"] is None
 
 
+@pytest.mark.parametrize("on_thread", [False, True], ids=["coroutine", "thread"])
+@pytest.mark.parametrize("then", ["wait", "raise"])
+def test_a_step_still_running_beside_a_branch_that_parks_or_raises_is_stored_not_paid_again(
+    app: RunningApp, on_thread: bool, then: str
+) -> None:
+    started, release = app.tmp_path / "started", app.tmp_path / "release"
+    args = {"started": str(started), "release": str(release), "on_thread": on_thread, "then": then}
+    job_id = submit(app.client, "tests.e2e_tasks.pays_beside_a_wait", args)
+    other = app.tmp_path / "started.other"
+    wait_until(lambda: lines(other), message="the other branch to park or raise while the call runs")
+    release.touch()
+    if then == "wait":
+        wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
+        assert [s["name"] for s in status_of(app, job_id)["steps"]] == ["pay"]  # stored before it parked
+        assert app.client.post(f"/jobs/{job_id}/signals/go", json=1).status_code == 202
+    job = finished(app.client, job_id)
+    assert job["status"] == "completed", job
+    assert job["result"] == ["released", 1 if then == "wait" else "done"]
+    assert lines(started) == [job_id]  # the call was made once
+
+
 def test_async_task_waits_and_sleeps_durably(app: RunningApp) -> None:
     c = app.client
     job_id = submit(c, "tests.e2e_tasks.async_approval", {"path": str(app.tmp_path / "m")})
