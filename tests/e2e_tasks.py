@@ -325,6 +325,38 @@ def wait_named(ctx: JobContext, name: str) -> Any:
 
 
 @task
+def approval_or_reminder(ctx: JobContext, timeout: float, then_sleep: float) -> Any:
+    """Waits for `approve` up to `timeout`, then sleeps (a reminder's delay) before it ends."""
+    answer = ctx.wait_for("approve", timeout=timeout)
+    ctx.sleep("remind", then_sleep)
+    return answer
+
+
+async def _paid_async(started: str, release: str, job_id: str) -> str:
+    _mark(started, job_id)
+    while not Path(release).exists():
+        await asyncio.sleep(0.01)
+    return "released"
+
+
+@task(max_attempts=2, backoff=(0.01, 0.01))
+async def pays_beside_a_wait(ctx: JobContext, started: str, release: str, on_thread: bool, then: str) -> Any:
+    """One branch of an asyncio.gather makes a held call (a step), while the other waits for the
+    signal `go` (then="wait") or, on the first attempt, raises (then="raise")."""
+    paid = _held_until if on_thread else _paid_async
+
+    async def other() -> Any:
+        while not Path(started).exists():  # the paid call has started
+            await asyncio.sleep(0.01)
+        _mark(started + ".other", then)
+        if then == "raise" and ctx.attempt == 1:
+            raise RuntimeError("the other branch failed")
+        return await ctx.wait_for("go") if then == "wait" else "done"
+
+    return await asyncio.gather(ctx.step("pay", paid, started, release, ctx.job_id), other())
+
+
+@task
 def logs_then_waits(ctx: JobContext, name: str) -> Any:
     """Logs a line, then waits for the signal `name`; its payload."""
     ctx.log(f"waiting for {name}")

@@ -284,6 +284,20 @@ def test_a_signal_without_a_payload_sends_null(client: Client, shared_app: Runni
         client.signal("no-such-job", "approve")  # the job is looked up, not the body refused
 
 
+@pytest.mark.parametrize("name", [".", "..", "a/../b"])
+def test_a_signal_name_no_task_can_wait_for_is_refused_as_the_server_refuses_it(
+    client: Client, shared_app: RunningApp, name: str
+) -> None:
+    """Sent as is, `.` and `..` would be taken out of the path (`/jobs/ID/signals/..` is
+    `/jobs/ID`): the caller would read "POST is not allowed" about another route."""
+    job = client.submit("tests.e2e_tasks.wait_named", {"name": "go"})
+    with pytest.raises(InvalidRequestError) as refused:
+        client.signal(job["id"], name, 1)
+    assert "no '.' or '..'" in str(refused.value) and refused.value.errors[0]["loc"] == ["path", "name"]
+    assert not client.signal(job["id"], "go", 1).replayed  # nothing was kept before
+    assert client.wait(job["id"], timeout=WAIT_S)["result"] == 1
+
+
 def test_what_cannot_be_sent_is_refused_before_sending(client: Client) -> None:
     """Each is an InvalidRequestError raised by the client, never a traceback from the HTTP
     library or a request that names another resource."""

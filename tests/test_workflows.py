@@ -15,7 +15,12 @@ import pytest
 from jobserver.client import Client
 from jobserver.core.bounds import MAX_BATCH
 from jobserver.core.clock import ManualClock
-from jobserver.core.errors import DrainingError, InvalidRequestError, ServerUnavailableError
+from jobserver.core.errors import (
+    DrainingError,
+    InvalidRequestError,
+    ServerUnavailableError,
+    SignalNotAwaitedError,
+)
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
 from tests.receiver import Receiver
@@ -143,6 +148,58 @@ def test_early_signal_is_kept_and_timeout_returns_none(app: RunningApp) -> None:
     assert [p["waiting_for"]["name"] for p in parked] == ["approve"] and parked[0]["waiting_for"]["until"]
     # a signal after the timeout changes nothing: the job is finished
     assert c.post(f"/jobs/{job_id2}/signals/approve", json="late").status_code == 409
+
+
+def test_a_signal_after_its_wait_timed_out_is_refused_not_kept_unread(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with running_app(tmp_path, clock=clock) as app:
+        c = app.client
+        args = {"timeout": 60, "then_sleep": 3600}
+        job_id = submit(c, "tests.e2e_tasks.approval_or_reminder", args)
+        wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
+        clock.advance(61)  # the wait times out: the job goes on and sleeps
+        job = wait_until(
+            lambda: (j := waiting(app, job_id)) and j["waiting_for"]["kind"] == "sleep" and j,
+            message="the job to sleep after its timeout",
+        )
+        r = c.post(f"/jobs/{job_id}/signals/approve", json={"approved": True})
+        assert r.status_code == 409, r.text
+        problem = r.json()
+        assert problem["type"] == "/problems/signal-not-awaited", problem
+        assert problem["detail"].startswith(
+            f"job {job_id} is waiting: it no longer waits for signal 'approve'"
+        )
+        assert status_of(app, job_id)["waiting_for"] == job["waiting_for"]  # nothing changed
+        with Client(http_client=c) as sdk, pytest.raises(SignalNotAwaitedError) as refused:
+            sdk.signal(job_id, "approve", {"approved": True})
+        assert refused.value.status == "waiting" and refused.value.name == "approve"
+        with sqlite3.connect(app.db_path) as db:
+            assert db.execute("SELECT COUNT(*) FROM signals").fetchone() == (0,)
+        # a signal of a name the job has not waited for is kept, as before
+        assert c.post(f"/jobs/{job_id}/signals/later", json=1).status_code == 202
+        clock.advance(3601)
+        assert finished(c, job_id)["result"] is None
+
+
+@pytest.mark.parametrize("on_thread", [False, True], ids=["coroutine", "thread"])
+@pytest.mark.parametrize("then", ["wait", "raise"])
+def test_a_step_still_running_beside_a_branch_that_parks_or_raises_is_stored_not_paid_again(
+    app: RunningApp, on_thread: bool, then: str
+) -> None:
+    started, release = app.tmp_path / "started", app.tmp_path / "release"
+    args = {"started": str(started), "release": str(release), "on_thread": on_thread, "then": then}
+    job_id = submit(app.client, "tests.e2e_tasks.pays_beside_a_wait", args)
+    other = app.tmp_path / "started.other"
+    wait_until(lambda: lines(other), message="the other branch to park or raise while the call runs")
+    release.touch()
+    if then == "wait":
+        wait_until(lambda: waiting(app, job_id), message="the job to wait for its signal")
+        assert [s["name"] for s in status_of(app, job_id)["steps"]] == ["pay"]  # stored before it parked
+        assert app.client.post(f"/jobs/{job_id}/signals/go", json=1).status_code == 202
+    job = finished(app.client, job_id)
+    assert job["status"] == "completed", job
+    assert job["result"] == ["released", 1 if then == "wait" else "done"]
+    assert lines(started) == [job_id]  # the call was made once
 
 
 def test_async_task_waits_and_sleeps_durably(app: RunningApp) -> None:

@@ -154,7 +154,8 @@ class AsyncClient:
         """Send the signal `name` with a JSON payload to a job; a job waiting for it runs again.
 
         The same name again with an equal payload is accepted (`replayed` True); with another
-        payload it raises SignalConflictError, and on a finished job JobFinishedError."""
+        payload it raises SignalConflictError, on a finished job JobFinishedError, and when
+        the job's wait for it is over (timed out) SignalNotAwaitedError."""
         return await self._run(protocol.signal(job_id, name, payload))
 
     async def get(self, job_id: str, wait: float | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, MAX_WAIT_S
+from jobserver.core.bounds import EVENT_ID_MAX, ID_PATTERN, MAX_WAIT_S, signal_name
 from jobserver.core.errors import (
     ConflictError,
     DrainingError,
@@ -37,6 +37,7 @@ from jobserver.core.errors import (
     JobServerError,
     ScheduleNotFoundError,
     SignalConflictError,
+    SignalNotAwaitedError,
     StorageError,
     TaskNotFoundError,
     WaitTimeoutError,
@@ -158,9 +159,13 @@ _CONFLICTS: dict[str, type[ConflictError]] = {
 _CONFLICT_STATUS = re.compile(r"^job \S+ is (\w+)")
 
 
-def _conflict(call: Call, detail: str) -> JobServerError:
+def _conflict_status(detail: str) -> str:
     match = _CONFLICT_STATUS.match(detail)
-    return _CONFLICTS.get(call.op, ConflictError)(call.job_id, match.group(1) if match else "unknown", detail)
+    return match.group(1) if match else "unknown"
+
+
+def _conflict(call: Call, detail: str) -> JobServerError:
+    return _CONFLICTS.get(call.op, ConflictError)(call.job_id, _conflict_status(detail), detail)
 
 
 def _field_reason(errors: builtins.list[Any], default: str) -> str:
@@ -180,6 +185,9 @@ _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] 
     "idempotency-key-in-flight": lambda call, detail, errors: IdempotencyInFlightError(call.key),
     "conflict": lambda call, detail, errors: _conflict(call, detail),
     "signal-conflict": lambda call, detail, errors: SignalConflictError(call.job_id, "unknown", call.key),
+    "signal-not-awaited": lambda call, detail, errors: SignalNotAwaitedError(
+        call.job_id, _conflict_status(detail), call.key
+    ),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
     "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
@@ -390,7 +398,15 @@ def submit_many(jobs: Iterable[dict[str, Any]]) -> Exchange[builtins.list[Job]]:
 
 
 def signal(job_id: str, name: str, payload: Any) -> Exchange[Job]:
-    """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent."""
+    """POST /jobs/{id}/signals/{name}; `replayed` when the same signal was already sent.
+    A name no task can wait for is answered here as the server answers it: sent, `.` or `..`
+    would be taken out of the path as a dot segment and reach another route."""
+    try:
+        signal_name(name)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            str(exc), [{"loc": ["path", "name"], "msg": str(exc), "type": "value_error"}]
+        ) from None
     path = job_path(job_id, f"/signals/{quote(name, safe='')}")
     response = yield request("POST", path, Call("signal", job_id, key=name), json=payload, has_body=True)
     job = Job(response.json())

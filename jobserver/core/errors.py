@@ -15,7 +15,8 @@
     │   ├── JobNotFinishedError     delete of an unfinished job
     │   ├── JobNotRetryableError    retry of a job that is neither failed nor cancelled
     │   ├── IdempotencyInFlightError the first request with this key is still being handled
-    │   └── SignalConflictError     the signal was already sent to the job with another body
+    │   ├── SignalConflictError     the signal was already sent to the job with another body
+    │   └── SignalNotAwaitedError   the job's wait for the signal is over (timed out): it would never be read
     ├── IdempotencyMismatchError    422: the key was used with another body
     ├── DrainingError               503: the server is shutting down
     ├── StaleAttemptError           a write from an attempt that was already given up (fencing)
@@ -179,6 +180,21 @@ class SignalConflictError(ConflictError):
         self.name = name
         super().__init__(
             job_id, status, f"signal {name!r} was already sent to job {job_id} with another body"
+        )
+
+
+class SignalNotAwaitedError(ConflictError):
+    """The job no longer waits for this signal: the call of that name already finished (a
+    `wait_for` that timed out), so the signal would be kept and never read."""
+
+    def __init__(self, job_id: str, status: str, name: str) -> None:
+        self.name = name
+        shown = "pending" if status in ("scheduled", "blocked") else status
+        super().__init__(
+            job_id,
+            status,
+            f"job {job_id} is {shown}: it no longer waits for signal {name!r} (its wait for it "
+            "ended, timed out), so the signal would never be read",
         )
 
 

@@ -704,7 +704,11 @@ def _paths(secured: bool) -> dict[str, Schema]:
                     200: _json("The same signal with an equal body was already sent.", _ref("Job")),
                 },
                 (400, 404, 409, 413, 415, 422),
-                description="409 when the signal was sent with another body or the job is finished.",
+                description=(
+                    "409 when the signal was sent with another body (`signal-conflict`), the job is"
+                    " finished (`conflict`), or its wait for this name is over, timed out"
+                    " (`signal-not-awaited`)."
+                ),
                 params=[
                     _job_id(),
                     {

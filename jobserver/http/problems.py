@@ -21,6 +21,7 @@ from jobserver.core.errors import (
     MalformedRequestError,
     ScheduleNotFoundError,
     SignalConflictError,
+    SignalNotAwaitedError,
     StorageError,
     TaskNotFoundError,
     WebhookURLError,
@@ -41,6 +42,7 @@ ERROR_TABLE: list[tuple[type[JobServerError], int, str, str]] = [
         "Request with this Idempotency-Key in progress",
     ),
     (SignalConflictError, 409, "signal-conflict", "Signal already sent with another body"),
+    (SignalNotAwaitedError, 409, "signal-not-awaited", "The job no longer waits for this signal"),
     (ConflictError, 409, "conflict", "Conflict with the job's state"),
     (DrainingError, 503, "draining", "Server is shutting down"),
     (StorageError, 503, "storage-unavailable", "Database unavailable"),
@@ -102,6 +104,16 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "A signal with this name was already delivered to the job with a different JSON body. A signal "
         "is delivered once: sending it again with the same body is answered 200 and changes nothing.",
         "Send the same body again to confirm it, or use another signal name for a different message.",
+    ),
+    "signal-not-awaited": ProblemType(
+        (409,),
+        "The job no longer waits for this signal",
+        "The job's call that waited for this signal name is over: a `ctx.wait_for` whose timeout "
+        "passed before the signal came (it returned `None`, and the job went on), or another call of "
+        "the job by that name. Names are unique per job and a finished call is never run again, so "
+        "the signal would be kept and never read; nothing was kept.",
+        "Read the job (`GET /jobs/{id}`): `waiting_for` names the signal it waits for now, if any. "
+        "A task that waits again after a timeout waits under a new name (`approval-2`).",
     ),
     "idempotency-key-in-flight": ProblemType(
         (409,),

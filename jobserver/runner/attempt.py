@@ -121,6 +121,10 @@ class Attempt:
         self.stop_at: float | None = None  # monotonic time the stop was asked
         self.abandoned = False
         self._ended = False
+        # an async task's steps whose call has started and whose result is not stored yet (a
+        # branch of an `asyncio.gather` may still run one when another branch parks the job)
+        self._in_flight: set[asyncio.Future[None]] = set()
+        self._settling = False
 
     # ------------------------------------------------------------ stopping
     def request_stop(self, reason: StopReason) -> None:
@@ -244,6 +248,27 @@ class Attempt:
         done, value = self._begin_step(name)
         if done:
             return value
+        if self._settling:  # the run is ending: a call made now would be made again by its rerun
+            raise asyncio.CancelledError()
+        in_flight: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight.add(in_flight)
+        try:
+            return await self._run_step_async(name, fn, args, kwargs)
+        finally:
+            self._in_flight.discard(in_flight)
+            in_flight.set_result(None)
+
+    async def settle(self) -> None:
+        """Before a run that parks or raised ends: wait until the steps other branches of an
+        async task still run are stored (their calls were made; a rerun must not make them
+        again), and start no other step."""
+        self._settling = True
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
+    async def _run_step_async(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
             with self.trace.step(name):

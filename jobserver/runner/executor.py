@@ -239,14 +239,23 @@ class Executor:
         except (asyncio.CancelledError, Cancelled, Timeout) as exc:
             outcome = self._stopped(attempt, exc)
         except Suspend as parked:
-            outcome = self._unless_stopped(attempt, Outcome.suspended(parked.park))
+            outcome = await self._settled(attempt, Outcome.suspended(parked.park))
         except StaleAttemptError:
             outcome = Outcome.stale()
         except Exception as exc:
-            outcome = self._unless_stopped(attempt, Outcome.raised(exc))
+            outcome = await self._settled(attempt, Outcome.raised(exc))
         attempt.async_task = None
         if attempt.take_end():
             self.finish(attempt, outcome)  # queues the writes; does not block the loop
+
+    async def _settled(self, attempt: Attempt, outcome: Outcome) -> Outcome:
+        """The outcome of an async run that parks or raised, once the steps its other branches
+        still run are stored (a stop meanwhile wins, as it does while the task runs)."""
+        try:
+            await attempt.settle()
+        except (asyncio.CancelledError, Cancelled, Timeout) as exc:
+            return self._stopped(attempt, exc)
+        return self._unless_stopped(attempt, outcome)
 
     # ---------------------------------------------------------------- finish
     def finish(self, attempt: Attempt, outcome: Outcome) -> WriteFuture[JobRecord] | None:

@@ -30,6 +30,7 @@ from jobserver.core.errors import (
     JobNotFoundError,
     JobNotRetryableError,
     SignalConflictError,
+    SignalNotAwaitedError,
     StaleAttemptError,
 )
 from jobserver.core.lifecycle import (
@@ -597,7 +598,7 @@ class JobStore:
         handoff: HandOff | None = None,
     ) -> WriteFuture[tuple[bool, JobRecord]]:
         """Keep a signal for a job; (True, job) when new, (False, job) for a repeat with an
-        equal body. A job waiting for it is pending again in the same transaction, and with
+        equal body; SignalNotAwaitedError when the job's wait for it is over (timed out). A job waiting for it is pending again in the same transaction, and with
         `handoff` claimed there for an idle worker (the answer shows it as it was woken)."""
 
         def op(tx: Tx) -> tuple[bool, JobRecord]:
@@ -611,6 +612,12 @@ class JobStore:
                 return False, rec
             if rec.finished:
                 raise JobFinishedError(job_id, rec.status)
+            # a call of that name that finished (a wait_for that timed out) is never run again:
+            # a signal kept for it would be answered 202 and never read
+            if tx.one(
+                "SELECT 1 FROM steps WHERE job_id = ? AND name = ? AND status = 'completed'", (job_id, name)
+            ):
+                raise SignalNotAwaitedError(job_id, rec.status, name)
             tx.execute(
                 "INSERT INTO signals (job_id, name, payload, body_hash, received_at) VALUES (?, ?, ?, ?, ?)",
                 (job_id, name, payload_json, digest, now),
