@@ -7,18 +7,30 @@ import base64
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.e2e import start_server
-from tests.helpers import delivery_state, submit, webhook_attempts
+from tests.helpers import REPO, delivery_state, submit, webhook_attempts
 from tests.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+def documented_verifier() -> Callable[..., bytes]:
+    """The `verify` function of docs/webhooks.md ("Verifying by hand"), as a receiver copies it."""
+    text = (REPO / "docs" / "webhooks.md").read_text()
+    code = text.split("### Verifying by hand", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    verify: Callable[..., bytes] = namespace["verify"]
+    return verify
 
 
 def test_a_delivery_in_flight_at_sigkill_is_delivered_after_restart(
@@ -37,6 +49,10 @@ def test_a_delivery_in_flight_at_sigkill_is_delivered_after_restart(
         reqs = receiver.wait_for(2, "/hook")
         assert {r.headers["webhook-id"] for r in reqs} == {first.headers["webhook-id"]}
         Webhook(SECRET).verify(reqs[1].body, reqs[1].headers)
+        verify = documented_verifier()
+        assert verify(SECRET, reqs[1].body, reqs[1].headers) == reqs[1].body
+        with pytest.raises(ValueError, match="no matching signature"):
+            verify(SECRET, reqs[1].body + b" ", reqs[1].headers)
         [attempt] = webhook_attempts(srv.client(), job_id, 1)
         assert attempt["status_code"] == 200
     finally:
