@@ -54,6 +54,10 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     logging.getLogger("huey").setLevel(logging.WARNING)
     logging.getLogger("peewee").setLevel(logging.INFO)  # "debug" means ours, not every SQL statement
+    # httpx logs every webhook request at INFO with its whole URL: a receiver's token in the query
+    # would land in the log on every attempt. The sender logs each attempt itself, without the URL.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # warnings and uncaught exceptions go through the handler too, so every line has the chosen format
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught

@@ -74,6 +74,11 @@ class Seed:
                     "error, duration_ms) VALUES (?, ?, 1, ?, 200, NULL, 3.0)",
                     (row[0], job_id, at),
                 )
+                tx.execute(
+                    "UPDATE webhook_deliveries SET state = 'delivered', attempts = 1, next_attempt_at = NULL "
+                    "WHERE id = ?",
+                    (row[0],),
+                )
 
         self.writer.call(extras)
         return job_id
@@ -146,6 +151,33 @@ def test_a_finished_child_stays_while_its_parent_has_not_finished(seed: Seed) ->
     seed.store.cancel(parent, NOW, lambda rec: None).result()
     assert pruner(seed).run_once(NOW).jobs == 1  # the child; the parent finished just now
     assert seed.count("jobs", child) == 0 and seed.count("jobs", parent) == 1
+
+
+def test_a_finished_job_stays_while_its_webhook_is_still_being_delivered(seed: Seed) -> None:
+    """Retries run for about three days: a shorter horizon must not drop a delivery still pending."""
+    retrying = seed.job(NOW - 2 * DAY, "failed")
+    given_up = seed.job(NOW - 2 * DAY, "completed")
+    seed.writer.call(
+        lambda tx: tx.execute(
+            "UPDATE webhook_deliveries SET state = 'pending', attempts = 3, next_attempt_at = ? WHERE job_id = ?",
+            (NOW + 3600, retrying),
+        )
+    )
+    seed.writer.call(
+        lambda tx: tx.execute("UPDATE webhook_deliveries SET state = 'failed' WHERE job_id = ?", (given_up,))
+    )
+    kept = seed.rows_of(retrying)
+
+    assert pruner(seed, finished_jobs=DAY).run_once(NOW).jobs == 1
+    assert seed.rows_of(retrying) == kept and seed.count("jobs", given_up) == 0
+
+    seed.writer.call(
+        lambda tx: tx.execute(
+            "UPDATE webhook_deliveries SET state = 'delivered' WHERE job_id = ?", (retrying,)
+        )
+    )
+    assert pruner(seed, finished_jobs=DAY).run_once(NOW).jobs == 1
+    assert seed.rows_of(retrying) == dict.fromkeys(("jobs", *CHILDREN), 0)
 
 
 def test_idempotency_keys_past_their_horizon_go(seed: Seed) -> None:

@@ -2,7 +2,7 @@
 
 Owns the `[retention]` rules: a completed, failed or cancelled job whose
 `finished_at` is older than `retention.finished_jobs` goes (a child once its parent has
-finished too), together with its
+finished too, and a job with a webhook once no delivery of it is still pending), together with its
 events, steps, webhook deliveries and webhook attempts; an idempotency key goes
 once it is older than `retention.idempotency_keys`; a limit key goes once nothing has used it
 for an hour past its window (`LimitStore.prune_idle_op`).
@@ -35,11 +35,15 @@ log = logging.getLogger(__name__)
 MAX_BATCHES_PER_PASS = 100  # a pass stops after this many ops; the next pass goes on
 
 # A finished child of an unfinished parent stays: the parent's gather reads its end again on
-# every resume, and a child gone would read as a failure.
+# every resume, and a child gone would read as a failure. A job whose webhook is still being
+# delivered (retries run for about three days) stays until the delivery is made or given up:
+# with a horizon shorter than the retries, pruning it would drop the delivery without a word.
 EXPIRED_JOBS_SQL = (
     "SELECT j.id FROM jobs j WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.id = j.parent_id "
-    "AND p.status NOT IN ('completed', 'failed', 'cancelled')) LIMIT ?"
+    "AND p.status NOT IN ('completed', 'failed', 'cancelled')) "
+    "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.job_id = j.id AND d.state = 'pending') "
+    "LIMIT ?"
 )
 # (table, the columns that name one row); children first, the job row last.
 CHILD_TABLES = (
