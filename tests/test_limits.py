@@ -406,3 +406,18 @@ def test_parked_jobs_of_a_task_no_longer_deployed_hold_back_no_other_task(tmp_pa
         assert [c.job_id for c in claim_known(store, 100.1)] == later[:1]
         [key] = store.limits.usage(100.1)
         assert (key.in_use, key.blocked) == (1.0, 1)  # the "gone" jobs wait as pending, unclaimed
+
+
+def test_a_backlog_on_a_full_key_holds_back_no_later_job_for_a_poll_interval(tmp_path: Path) -> None:
+    """A claim takes sync jobs of a task not measured yet one per idle thread, so it parks a few
+    of a backlog on a full key at a time: claims go on at once while they park, and a later job
+    of another key or task starts at once, not after a poll interval per few jobs parked."""
+    with running_app(tmp_path, {"workers": {"poll_interval": 60}}) as app:
+        c, release = app.client, str(tmp_path / "release")
+        backlog = [{"task": "tests.e2e_tasks.second_on_slot", "args": {"release": release}}] * 300
+        r = c.post("/jobs/batch", json={"jobs": backlog})
+        assert r.status_code == 202, r.text
+        gate = submit(c, GATED, {"team": "t"})  # another key: a job with limits is never handed off
+        wait_until(lambda: job(c, gate)["status"] == "waiting", timeout=10)
+        assert limit(c, "one-slot")["blocked"] == 299
+        Path(release).touch()

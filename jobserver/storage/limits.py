@@ -166,6 +166,11 @@ class LimitStore:
                 )
             elif key.wake_at is not None and key.has_room():
                 self._look_at(tx, key, now, ADMIT_PAGE, 1)
+        if parked:
+            # the jobs behind those parked (of other keys: other tenants, other models) are due
+            # now: claim again at once, not a poll interval later, or a backlog on one full key
+            # would hold back every other key's jobs a poll interval per claim's worth of it
+            tx.after_commit(self.woken)
         return admitted
 
     def _parked_heads(self, tx: Tx, keys: Mapping[str, _Key]) -> dict[str, tuple[Any, ...]]:
