@@ -180,6 +180,7 @@ def build(
         job_due,
         task_pauses.paused,
         declared_now(limit for taskdef in registry.all() for limit in taskdef.limits),
+        frozenset(taskdef.name for taskdef in registry.all()),
     )
     store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)

@@ -23,13 +23,15 @@ def open_store(
     tmp_path: Path,
     busy_timeout_s: float = 5.0,
     declared: dict[str, tuple[str, float, float | None]] | None = None,
+    known: frozenset[str] | None = None,
 ) -> Iterator[JobStore]:
     db = open_database("sqlite:///x", tmp_path / "jobs.db", "normal", busy_timeout_s)
     create_schema(db)
     writer = Writer(db, pg=False)
     writer.start()
     try:
-        yield JobStore(db, writer, False, LimitStore(db, writer, False, 1.0, lambda: None, declared=declared))
+        limits = LimitStore(db, writer, False, 1.0, lambda: None, declared=declared, known=known)
+        yield JobStore(db, writer, False, limits)
     finally:
         writer.stop()
 

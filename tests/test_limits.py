@@ -17,9 +17,10 @@ from jobserver.core.clock import ManualClock
 from jobserver.core.errors import TaskDefinitionError
 from jobserver.core.lifecycle import Outcome
 from jobserver.core.limits import HeldLimit, as_declared, declared_now
-from jobserver.core.records import JobIds, NewJob
+from jobserver.core.records import Claim, JobIds, NewJob
 from jobserver.core.tasks import build_taskdef
 from jobserver.storage.models import read_rows
+from jobserver.storage.store import JobStore
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
 from tests.limits_check import bound, busiest_window, claim_all, max_overlap, queue, run_ticks, spans, ticks
@@ -382,3 +383,41 @@ def test_a_job_held_by_another_of_its_keys_passes_the_slot_on(tmp_path: Path) ->
         assert run_ticks(store, [100.5])[100.5][0].job_id == ys[0]
         blocked = dict(read_rows(store.db, False, "SELECT id, blocked_by FROM jobs WHERE status = 'blocked'"))
         assert blocked == {xs[1]: "b", xs[2]: "b", ys[1]: "a"}  # ... past the x behind it too
+
+
+def test_parked_jobs_of_a_task_no_longer_deployed_hold_back_no_other_task(tmp_path: Path) -> None:
+    """A task "gone" was removed by a deploy while its jobs were parked on a key it shared with "b".
+    They wait for a process that knows their task, like a paused task's: when the slot frees it
+    goes to the next "b", not to a job nobody here can run, one poll interval per such job."""
+    slot = bound(HeldLimit("shared", "concurrency", 1, template="shared"))
+
+    def claim_known(store: JobStore, now: float) -> list[Claim]:  # as Slots.accept: known tasks only
+        return store.claim(
+            "me", now, 30, lambda tx: (1000, None), lambda tx, c: [i for i, t in c if t != "gone"]
+        ).result(10)
+
+    with open_store(tmp_path, known=frozenset({"b"})) as store:
+        [first] = queue(store, slot, 1, 99.0, "b")
+        queue(store, slot, 3, 99.1, "gone")
+        later = queue(store, slot, 2, 99.2, "b")
+        [running] = claim_all(store, 100.0)  # by the code before the deploy, which knew "gone"
+        assert running.job_id == first  # the rest are parked on the slot
+        end_attempt(store, running, Outcome.completed("1"), 100.1)
+        assert [c.job_id for c in claim_known(store, 100.1)] == later[:1]
+        [key] = store.limits.usage(100.1)
+        assert (key.in_use, key.blocked) == (1.0, 1)  # the "gone" jobs wait as pending, unclaimed
+
+
+def test_a_backlog_on_a_full_key_holds_back_no_later_job_for_a_poll_interval(tmp_path: Path) -> None:
+    """A claim takes sync jobs of a task not measured yet one per idle thread, so it parks a few
+    of a backlog on a full key at a time: claims go on at once while they park, and a later job
+    of another key or task starts at once, not after a poll interval per few jobs parked."""
+    with running_app(tmp_path, {"workers": {"poll_interval": 60}}) as app:
+        c, release = app.client, str(tmp_path / "release")
+        backlog = [{"task": "tests.e2e_tasks.second_on_slot", "args": {"release": release}}] * 300
+        r = c.post("/jobs/batch", json={"jobs": backlog})
+        assert r.status_code == 202, r.text
+        gate = submit(c, GATED, {"team": "t"})  # another key: a job with limits is never handed off
+        wait_until(lambda: job(c, gate)["status"] == "waiting", timeout=10)
+        assert limit(c, "one-slot")["blocked"] == 299
+        Path(release).touch()

@@ -113,6 +113,7 @@ class LimitStore:
         woken: Callable[[], None],
         paused: Callable[[Tx], frozenset[str]] = lambda tx: frozenset(),
         declared: Mapping[str, tuple[str, float, float | None]] | None = None,
+        known: frozenset[str] | None = None,
     ) -> None:
         self.db = db
         self.writer = writer
@@ -121,6 +122,7 @@ class LimitStore:
         self.woken = woken  # after a commit that made jobs due again (wakes this process's workers)
         self.paused = paused  # the paused tasks, as a transaction sees them
         self.declared = declared or {}  # key template -> what the running code declares (the latest)
+        self.known = known  # the tasks the running code registers (None: every task)
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if pg else ""
         self._for_update = " FOR UPDATE" if pg else ""
 
@@ -164,6 +166,11 @@ class LimitStore:
                 )
             elif key.wake_at is not None and key.has_room():
                 self._look_at(tx, key, now, ADMIT_PAGE, 1)
+        if parked:
+            # the jobs behind those parked (of other keys: other tenants, other models) are due
+            # now: claim again at once, not a poll interval later, or a backlog on one full key
+            # would hold back every other key's jobs a poll interval per claim's worth of it
+            tx.after_commit(self.woken)
         return admitted
 
     def _parked_heads(self, tx: Tx, keys: Mapping[str, _Key]) -> dict[str, tuple[Any, ...]]:
@@ -171,20 +178,21 @@ class LimitStore:
         some: a candidate behind it is parked behind it, though the key has room for the
         candidate's smaller cost. Otherwise small starts would keep a rate window from ever
         having room for a big one, and the big one would wait for ever. A key with parked jobs
-        has a look due (`wake_at`); a parked job of a paused task stands in front of nobody."""
+        has a look due (`wake_at`); a parked job of a paused task, or of a task this process does
+        not know, stands in front of nobody."""
         heads: dict[str, tuple[Any, ...]] = {}
-        paused: frozenset[str] | None = None
+        aside: Callable[[str], bool] | None = None
         for name, key in keys.items():
             if key.wake_at is None:
                 continue
-            if paused is None:
-                paused = self.paused(tx)
+            if aside is None:
+                aside = self._aside(tx)
             for priority, run_at, job_id, task in tx.all(
                 "SELECT priority, run_at, id, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
                 "ORDER BY priority DESC, run_at, id LIMIT ?",
                 (name, UNPARK_PAGE),
             ):
-                if task not in paused:
+                if not aside(str(task)):
                     heads[name] = (int(priority), float(run_at), str(job_id))
                     break
         return heads
@@ -288,22 +296,36 @@ class LimitStore:
     def _unpark(self, tx: Tx, key: str, n: int) -> int:
         """Make the key's first `n` parked jobs due. A job of a paused task goes too without taking
         one of the `n`: it waits on its pause instead, and no longer stands in front of the jobs
-        of other tasks (it is checked against the key again when it is claimed after a resume)."""
+        of other tasks (it is checked against the key again when it is claimed after a resume).
+        So does a job of a task the running code does not register (removed by a deploy, or
+        known only to nodes still on older code): it waits for a process that knows its task,
+        and the claim there checks it against the key again."""
         if n <= 0:
             return 0
-        paused = self.paused(tx)
-        rows = tx.all(
-            "SELECT id, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
-            f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
-            (key, n + UNPARK_PAGE if paused else n),
-        )
+        aside = self._aside(tx)
         due: list[str] = []
-        for job_id, task in rows:
-            due.append(str(job_id))
-            n -= task not in paused
-            if n == 0:
+        for page in (n, n + UNPARK_PAGE):  # a page past the first only if some were set aside
+            rows = tx.all(
+                "SELECT id, task FROM jobs WHERE status = 'blocked' AND blocked_by = ? "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._skip_locked}",
+                (key, page),
+            )
+            due, left = [], n
+            for job_id, task in rows:
+                due.append(str(job_id))
+                left -= not aside(str(task))
+                if left == 0:
+                    break
+            if left == 0 or len(rows) < page:
                 break
         return self._make_due(tx, due)
+
+    def _aside(self, tx: Tx) -> Callable[[str], bool]:
+        """Whether a parked job of a task is made due without taking room: its task is paused
+        (it waits on its pause), or no task of the running code has its name (it waits for a
+        process that knows it). Either way it holds back no job behind it on its key."""
+        paused, known = self.paused(tx), self.known
+        return lambda task: task in paused or (known is not None and task not in known)
 
     def _make_due(self, tx: Tx, ids: list[str]) -> int:
         if not ids:
@@ -369,7 +391,7 @@ class LimitStore:
         Pages of parked jobs are read while the room lasts: a key whose window has room for
         hundreds of starts gets them all now, not a page per poll interval. Past `pages` pages
         the next look is due at once (the next maintenance pass), which keeps one transaction short."""
-        paused = self.paused(tx)
+        aside = self._aside(tx)
         made, parked, waiting = 0, [], None
         for _ in range(pages):
             parked = tx.all(
@@ -379,7 +401,7 @@ class LimitStore:
             )
             due: list[str] = []
             for job_id, text, task in parked:
-                if task in paused:  # due without taking room: it waits on its pause (see _unpark)
+                if aside(str(task)):  # due without taking room: it waits on its pause (see _unpark)
                     due.append(str(job_id))
                     continue
                 mine = self._mine(str(text), key.held)
