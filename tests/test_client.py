@@ -37,7 +37,7 @@ from jobserver.core.errors import (
     WaitTimeoutError,
 )
 from tests.helpers import wait_until
-from tests.inproc import RunningApp, running_app
+from tests.inproc import RunningApp, running_app, served_app
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -465,3 +465,18 @@ def test_what_no_job_id_or_event_id_can_be_is_refused_before_it_is_sent(client: 
     assert sent == []
     assert client.get(job["id"])["id"] == job["id"]
     assert next(e.event for e in client.events(job["id"], last_event_id=" 0 ", follow=False)) == "status"
+
+
+def test_keys_with_spaces_around_them_are_sent_trimmed_as_the_server_reads_them(tmp_path: Path) -> None:
+    """An API key or Idempotency-Key read with a space or tab around it (a file, a form) is the
+    key the server compares once trimmed; HTTP cannot carry the space, and a refused header was
+    reported as the server being unreachable, after resends. Over a socket: the TestClient
+    would carry it."""
+    with (
+        served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as served,
+        Client(served.url, api_key="k1 \t", retries=0) as c,
+    ):
+        first = c.submit(ADD, {"a": 1, "b": 2}, idempotency_key=" order-7\t")
+        again = c.submit(ADD, {"a": 1, "b": 2}, idempotency_key="order-7")
+        assert again.replayed and again["id"] == first["id"]
+        assert first["idempotency_key"] == "order-7"
