@@ -460,7 +460,7 @@ def test_what_no_job_id_or_event_id_can_be_is_refused_before_it_is_sent(client: 
             client.pause_schedule(odd)
         with pytest.raises(ScheduleNotFoundError):
             client.delete_schedule(odd)
-        with pytest.raises(InvalidRequestError, match="dot segment|holds a '/'"):
+        with pytest.raises(InvalidRequestError, match=r"dot segment|holds a '/'"):
             client.put_schedule(odd, ADD, "* * * * *", {"a": 1, "b": 1})
     for dots in (".", ".."):  # a task's name may hold a "/": the server's route takes the rest
         with pytest.raises(TaskNotFoundError):
