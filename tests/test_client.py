@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import pickle
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -483,3 +484,31 @@ def test_keys_with_spaces_around_them_are_sent_trimmed_as_the_server_reads_them(
         again = c.submit(ADD, {"a": 1, "b": 2}, idempotency_key="order-7")
         assert again.replayed and again["id"] == first["id"]
         assert first["idempotency_key"] == "order-7"
+
+
+def test_errors_survive_pickling_with_their_class_and_fields(client: Client) -> None:
+    """An error raised in a worker process (multiprocessing, ProcessPoolExecutor) reaches the
+    parent pickled: each class takes other `__init__` arguments, and unpickling one called it
+    with the message alone (a TypeError, or the message nested in itself)."""
+    caught: list[JobServerError] = []
+    calls: list[Callable[[], object]] = [
+        lambda: client.get("0000"),
+        lambda: client.submit(ADD, {"a": "two", "b": 1}),
+        lambda: client.wait(delayed["id"], timeout=0),
+    ]
+    delayed = client.submit(ADD, {"a": 1, "b": 1}, delay=3600)
+    for call in calls:
+        with pytest.raises(JobServerError) as info:
+            call()
+        caught.append(info.value)
+    client.cancel(delayed["id"])
+    caught.append(UnauthorizedError({"status": 401}, key_sent=True))
+    for exc in caught:
+        copy = pickle.loads(pickle.dumps(exc))
+        assert type(copy) is type(exc) and str(copy) == str(exc) and copy.__dict__ == exc.__dict__
+    assert [type(e) for e in caught] == [
+        JobNotFoundError,
+        InvalidRequestError,
+        WaitTimeoutError,
+        UnauthorizedError,
+    ]
