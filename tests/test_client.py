@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import pickle
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from jobserver.core.errors import (
     WaitTimeoutError,
 )
 from tests.helpers import wait_until
-from tests.inproc import RunningApp, running_app
+from tests.inproc import RunningApp, running_app, served_app
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -451,17 +452,63 @@ def test_what_no_job_id_or_event_id_can_be_is_refused_before_it_is_sent(client: 
     for bad in ("abc", "-1", "9" * 5000, "1.5"):
         with pytest.raises(InvalidRequestError):
             list(client.events(job["id"], last_event_id=bad))
-    for dots in (".", ".."):  # a dot segment leaves the path before the server sees it
+    # a dot segment leaves the path before the server sees it, and a "/" (sent as %2F) is
+    # decoded before routing: `a/b` would reach the route of /schedules/a/b
+    for odd in (".", "..", "nightly/pause", "a/b"):
         with pytest.raises(ScheduleNotFoundError):
-            client.schedule(dots)
+            client.schedule(odd)
         with pytest.raises(ScheduleNotFoundError):
-            client.pause_schedule(dots)
+            client.pause_schedule(odd)
         with pytest.raises(ScheduleNotFoundError):
-            client.delete_schedule(dots)
-        with pytest.raises(InvalidRequestError, match="dot segment"):
-            client.put_schedule(dots, ADD, "* * * * *", {"a": 1, "b": 1})
+            client.delete_schedule(odd)
+        with pytest.raises(InvalidRequestError, match=r"dot segment|holds a '/'"):
+            client.put_schedule(odd, ADD, "* * * * *", {"a": 1, "b": 1})
+    for dots in (".", ".."):  # a task's name may hold a "/": the server's route takes the rest
         with pytest.raises(TaskNotFoundError):
             client.pause_task(dots)
     assert sent == []
     assert client.get(job["id"])["id"] == job["id"]
     assert next(e.event for e in client.events(job["id"], last_event_id=" 0 ", follow=False)) == "status"
+
+
+def test_keys_with_spaces_around_them_are_sent_trimmed_as_the_server_reads_them(tmp_path: Path) -> None:
+    """An API key or Idempotency-Key read with a space or tab around it (a file, a form) is the
+    key the server compares once trimmed; HTTP cannot carry the space, and a refused header was
+    reported as the server being unreachable, after resends. Over a socket: the TestClient
+    would carry it."""
+    with (
+        served_app(tmp_path, {"auth": {"api_keys": ["k1"]}}) as served,
+        Client(served.url, api_key="k1 \t", retries=0) as c,
+    ):
+        first = c.submit(ADD, {"a": 1, "b": 2}, idempotency_key=" order-7\t")
+        again = c.submit(ADD, {"a": 1, "b": 2}, idempotency_key="order-7")
+        assert again.replayed and again["id"] == first["id"]
+        assert first["idempotency_key"] == "order-7"
+
+
+def test_errors_survive_pickling_with_their_class_and_fields(client: Client) -> None:
+    """An error raised in a worker process (multiprocessing, ProcessPoolExecutor) reaches the
+    parent pickled: each class takes other `__init__` arguments, and unpickling one called it
+    with the message alone (a TypeError, or the message nested in itself)."""
+    caught: list[JobServerError] = []
+    calls: list[Callable[[], object]] = [
+        lambda: client.get("0000"),
+        lambda: client.submit(ADD, {"a": "two", "b": 1}),
+        lambda: client.wait(delayed["id"], timeout=0),
+    ]
+    delayed = client.submit(ADD, {"a": 1, "b": 1}, delay=3600)
+    for call in calls:
+        with pytest.raises(JobServerError) as info:
+            call()
+        caught.append(info.value)
+    client.cancel(delayed["id"])
+    caught.append(UnauthorizedError({"status": 401}, key_sent=True))
+    for exc in caught:
+        copy = pickle.loads(pickle.dumps(exc))
+        assert type(copy) is type(exc) and str(copy) == str(exc) and copy.__dict__ == exc.__dict__
+    assert [type(e) for e in caught] == [
+        JobNotFoundError,
+        InvalidRequestError,
+        WaitTimeoutError,
+        UnauthorizedError,
+    ]

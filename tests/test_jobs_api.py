@@ -213,6 +213,27 @@ def test_a_query_names_each_parameter_once_with_plain_numbers(app: RunningApp) -
     assert c.get(f"/jobs/{job_id}?wait=1e-3").status_code == 200
 
 
+def test_a_header_that_is_sent_once_is_refused_when_repeated_and_changes_nothing(app: RunningApp) -> None:
+    """Two Idempotency-Keys (a proxy added one), two Content-Types or two Last-Event-IDs: a 422
+    naming the header, as for a repeated query parameter, not the first silently counting."""
+    c = app.client
+    body = b'{"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}'
+    before = len(c.get("/jobs").json()["jobs"])
+    for headers in (
+        [("Content-Type", "application/json"), ("Idempotency-Key", "k-a"), ("Idempotency-Key", "k-b")],
+        [("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+    ):
+        r = c.post("/jobs", content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["msg"] == "given more than once", r.text
+    assert len(c.get("/jobs").json()["jobs"]) == before
+    job = wait_done(c, submit(c, "jobserver.examples.add", {"a": 1, "b": 2})["id"])
+    r = c.get(
+        f"/jobs/{job['id']}/events?follow=false", headers=[("Last-Event-ID", "1"), ("Last-Event-ID", "9")]
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["header", "Last-Event-ID"], r.text
+
+
 def test_a_body_in_a_charset_other_than_utf8_is_refused(app: RunningApp) -> None:
     c = app.client
     body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}

@@ -327,9 +327,13 @@ DOT_SEGMENTS = frozenset({".", ".."})
 
 
 def _schedule_path(name: str, suffix: str = "", making: bool = False) -> str:
-    if name in DOT_SEGMENTS:
+    """A schedule's path. A name with a "/" is answered here, as one that is a dot segment: no
+    schedule can have it, and the server decodes `%2F` before routing, so `a/b` would reach
+    the route of `/schedules/a/b` (no route, or the wrong method of another)."""
+    if name in DOT_SEGMENTS or "/" in name:
         if making:
-            raise InvalidRequestError(f"{name!r} cannot be a schedule's name: it is a dot segment of a path")
+            why = "it is a dot segment of a path" if name in DOT_SEGMENTS else "it holds a '/'"
+            raise InvalidRequestError(f"{name!r} cannot be a schedule's name: {why}")
         raise ScheduleNotFoundError(name)
     return f"/schedules/{_segment(name, 'a schedule name')}{suffix}"
 

@@ -50,7 +50,9 @@ class Connection:
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             raise InvalidRequestError(f"the server's URL is http(s)://host[:port][/prefix], not {url!r}")
         self.url = url.rstrip("/")
-        self.api_key = api_key
+        # whitespace around a header's value is not part of it (RFC 9110), and HTTP cannot send
+        # it: a key read from a file with its trailing space is the key the server compares
+        self.api_key = api_key.strip(" \t") if api_key else api_key
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.reached = False  # the server has answered this client: a later outage is a restart
@@ -61,7 +63,9 @@ class Connection:
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        headers.update(extra or {})
+        # an Idempotency-Key is trimmed by the server (`key ` and `key` are one key); sent as it
+        # is, the space would not even leave this process (httpx refuses it as a header's value)
+        headers.update({name: value.strip(" \t") for name, value in (extra or {}).items()})
         for name, value in headers.items():  # refused here, not as a failure to reach the server
             if not (value.isascii() and value.isprintable()):
                 what = "the API key" if name == "Authorization" else name
@@ -132,6 +136,7 @@ class Connection:
         never sent: a connection that could not be made carried nothing. A watch's poll of a
         server that answered this client before is sent again for its `reconnect_for_s` (the
         server restarts); otherwise the client's `retries` bound the resends."""
+        refuse_unsendable(exc)
         pause_s = reconnect_pause_s(failures, req.reconnect_for_s, failing_for_s)
         if req.retry_safe and self.reached and pause_s is not None:
             return pause_s
@@ -144,6 +149,13 @@ class Connection:
         """The error for a transport failure, naming the server and what went wrong."""
         reason = str(exc) or type(exc).__name__
         return ServerUnavailableError(self.url, f"{type(exc).__name__}: {reason}")
+
+
+def refuse_unsendable(exc: httpx.TransportError | DrainingError) -> None:
+    """A request httpx would not put on the wire (a header it cannot carry) is the caller's
+    error, raised at once: no server was tried, so it is not a failure to reach one."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        raise InvalidRequestError(f"the request cannot be sent as HTTP: {exc}") from exc
 
 
 def reconnect_pause_s(failures: int, window_s: float, failing_for_s: float) -> float | None:
@@ -206,6 +218,7 @@ class EventResumer:
         events outlives a restart: it keeps trying for `reconnect_for` seconds from the first
         failure in a row, then as many times as the client's `retries`, and then raises
         ServerUnavailableError, as at once for a server that was never reached."""
+        refuse_unsendable(exc)
         self._failures += 1
         now = time.monotonic()
         if self._failures == 1:

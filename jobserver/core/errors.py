@@ -49,6 +49,17 @@ class JobServerError(Exception):
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its message and attributes, rebuilt without calling `__init__` (whose
+        arguments differ by class): an error crosses a process boundary whole
+        (multiprocessing, concurrent.futures, a task queue), with its class and fields."""
+        return (_rebuilt, (type(self), self.args), self.__dict__)
+
+
+def _rebuilt(cls: type[JobServerError], args: tuple[Any, ...]) -> JobServerError:
+    """An unpickled error: its class and message; pickle then restores its attributes."""
+    return cls.__new__(cls, *args)
+
 
 class ConfigError(JobServerError):
     """A configuration value is invalid."""

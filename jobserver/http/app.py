@@ -226,6 +226,26 @@ def refuse_query(request: Request) -> None:
         raise InvalidRequestError(f"invalid query: {', '.join(names)}", errors)
 
 
+# Headers a request carries at most once (RFC 9110 allows a repeat only of list-valued ones):
+# with two, which one counts would be a guess, and a proxy or the caller may have acted on the
+# other one (two Idempotency-Keys: the key a resend carries may not be the key kept)
+SINGLE_HEADERS = {
+    b"content-type": "Content-Type",
+    b"idempotency-key": "Idempotency-Key",
+    b"last-event-id": "Last-Event-ID",
+}
+
+
+def refuse_repeated_headers(request: Request) -> None:
+    """A header of SINGLE_HEADERS given more than once is a 422 naming it, as a repeated query
+    parameter is, rather than the first one silently counting."""
+    seen = [name for name, _ in request.scope["headers"] if name in SINGLE_HEADERS]
+    if len(seen) != len(set(seen)):
+        names = [SINGLE_HEADERS[n] for n, count in Counter(seen).items() if count > 1]
+        errors = [{"loc": ["header", n], "msg": "given more than once", "type": "repeated"} for n in names]
+        raise InvalidRequestError(f"invalid headers: {', '.join(names)} given more than once", errors)
+
+
 def _count(value: float) -> float | int:
     """A whole number as an integer (a concurrency key's slots: `8`, not `8.0`)."""
     return int(value) if value.is_integer() else value
@@ -239,6 +259,7 @@ def handled(handler: Handler, max_body_bytes: int) -> Handler:
 
     async def wrapper(request: Request) -> Response:
         try:
+            refuse_repeated_headers(request)
             if request.method not in ("GET", "HEAD"):
                 refuse_query(request)
             return await handler(request)
