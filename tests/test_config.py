@@ -347,6 +347,7 @@ def test_durations_in_every_form_through_the_file(tmp_path: Path) -> None:
     [
         ({"JOBSERVER_WORKERS_THREADS": "0"}, "workers.threads"),
         ({"JOBSERVER_WORKERS_THREADS": "many"}, "workers.threads"),
+        ({"JOBSERVER_WORKERS_THREADS": "100000000"}, "workers.threads"),  # each is an OS thread
         ({"JOBSERVER_SERVER_PORT": "70000"}, "server.port"),
         ({"JOBSERVER_SERVER_MAX_BODY_BYTES": "0"}, "server.max_body_bytes"),
         ({"JOBSERVER_SERVER_LOG_FORMAT": "xml"}, "server.log_format"),

@@ -183,10 +183,13 @@ class DatabaseSettings(_Section):
         return url
 
 
+MAX_WORKER_THREADS = 1000  # each is an OS thread made at start; far more would fail half-started
+
+
 class WorkersSettings(_Section):
     """[workers]: how many jobs run at once and how crashes are detected."""
 
-    threads: int = Field(default=4, ge=1)
+    threads: int = Field(default=4, ge=1, le=MAX_WORKER_THREADS)
     async_concurrency: int = Field(default=100, ge=1)
     lease_seconds: Duration = Field(default=30.0, gt=0)
     shutdown_grace_seconds: Duration = 30.0
