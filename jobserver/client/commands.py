@@ -230,8 +230,7 @@ class Output:
         self.out, self.err = render.consoles()
 
     def json(self, value: Any) -> None:
-        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        render.write_out(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
     def show(self, value: Any, human: Any) -> None:
         """`value` as JSON, or `human` (a rich renderable or a line) for people."""
@@ -362,8 +361,7 @@ def _submit(client: Client, args: argparse.Namespace, output: Output) -> int:
         output.json(job)
         return EXIT_OK
     if not output.as_json:
-        sys.stdout.write(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
-        sys.stdout.flush()
+        render.write_out(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
         if not waiting:
             if job["status"] in FINISHED_NAMES:  # a replayed key's job may be over: nothing to watch
                 hint = f"see it: {again(args, 'get', job['id'])}"
@@ -384,6 +382,8 @@ def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
                 lines.append(event.data)
             else:
                 output.out.print(_log_line(event.data), highlight=False, markup=False, soft_wrap=True)
+                if output.out.quiet:  # the reader stopped reading (`| head`): so does --follow
+                    return EXIT_OK
     except KeyboardInterrupt:
         output.note(f"jobserver: stopped; follow again: {again(args, 'logs', args.job_id, '--follow')}")
         return EXIT_INTERRUPTED
