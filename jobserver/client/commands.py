@@ -53,6 +53,7 @@ FINISHED_NAMES = ("completed", "failed", "cancelled")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMED_OUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 POLL_S = 1.0  # how often the live line reads the job's new events while it waits
+SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
 USAGE_ERRORS = (InvalidRequestError, TaskNotFoundError, WebhookURLError, IdempotencyMismatchError)
 
 
@@ -213,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("task", metavar="TASK")
     p = sub.add_parser("schedules", parents=[common], help="list schedules, or pause, resume or delete one")
-    p.add_argument("action", nargs="?", choices=["list", "pause", "resume", "delete"], default="list")
+    p.add_argument(
+        "action",
+        nargs="?",
+        metavar="ACTION",
+        default="list",
+        help=f"one of {', '.join(SCHEDULE_ACTIONS)} (default: list); `schedules NAME` lists that one",
+    )
     p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (list: only that one)")
     sub.add_parser("stats", parents=[common], help="counts by status and task; the last hour's throughput")
     sub.add_parser(
@@ -512,6 +519,10 @@ def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> in
 
 
 def _schedules(client: Client, args: argparse.Namespace, output: Output) -> int:
+    if args.action not in SCHEDULE_ACTIONS:
+        if args.name is not None:
+            return _usage(f"schedules: unknown action {args.action!r}: use {', '.join(SCHEDULE_ACTIONS)}")
+        args.action, args.name = "list", args.action  # `schedules NAME`: that one
     if args.action == "list":
         schedules = client.schedules() if args.name is None else [client.schedule(args.name)]
         columns = ("NAME", "TASK", "CRON", "TIMEZONE", "STATE", "NEXT RUN", "LAST RUN")
