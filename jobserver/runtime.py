@@ -160,7 +160,25 @@ class Runtime:
                 os.close(self._lock_fd)
                 self._lock_fd = None
                 raise
-        self.parts = p = build(self.settings, self.clock, self.registry, self.tracing, self.drain_requested)
+        try:
+            self.parts = p = build(
+                self.settings, self.clock, self.registry, self.tracing, self.drain_requested
+            )
+        except BaseException:
+            self._unlock()
+            raise
+        try:
+            return self._start(p)
+        except BaseException:
+            # a start that fails part way (the OS refusing a thread, say) stops what it started:
+            # no worker claims a job for a process that is exiting, and the file is unlocked
+            try:
+                self._stop()
+            except Exception as exc:  # the start's own error is the one to report
+                log.debug("stopping after a failed start failed too", exc_info=exc)
+            raise
+
+    def _start(self, p: Parts) -> Parts:
         log.info(
             "tasks registered: %s",
             ", ".join(t.name for t in p.registry.all()) or "none",
@@ -286,6 +304,15 @@ class Runtime:
 
     def close(self) -> None:
         """Stop everything in reverse order."""
+        self._stop()
+        log.info("stopped", extra={"action": "stopped"})
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _stop(self) -> None:
         p = self.parts
         self.drain(0)
         p.pool.stop(timeout_s=1)
@@ -306,10 +333,7 @@ class Runtime:
         p.readers.shutdown()
         p.writer.stop()
         p.tracing.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        log.info("stopped", extra={"action": "stopped"})
+        self._unlock()
 
 
 def _cancel_tasks(loop: asyncio.AbstractEventLoop, timeout_s: float = 1.0) -> None:

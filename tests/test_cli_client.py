@@ -185,6 +185,28 @@ def test_bad_input_exits_2_with_one_line(server: ServedApp) -> None:
         assert refused.returncode == 2 and said in one_line(refused), (argv, refused.stderr)
 
 
+def test_a_reader_that_stops_reading_ends_nothing_early_and_prints_no_traceback(server: ServedApp) -> None:
+    """`... | head`: the reader may close the pipe before the command writes. The exit code
+    still says how the command went (a failed job's is 1), and stderr holds no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSERVER_")}
+    env.update(PYTHONPATH=str(REPO), JOBSERVER_URL=server.url)
+    runs = {}
+    for argv, code in ((("stats",), 0), (("--json", "list"), 0), (("submit", FAIL, "--wait"), 1)):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "jobserver", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert p.stdout is not None
+        p.stdout.close()  # before the command can write: every write meets a closed pipe
+        runs[argv] = (p, code)
+    for argv, (p, code) in runs.items():
+        err = p.communicate(timeout=RUN_TIMEOUT_S)[1].decode()
+        assert p.returncode == code, (argv, err)
+        assert "Traceback" not in err and "Broken pipe" not in err, (argv, err)
+
+
 def test_url_flag_wins_over_the_environment(server: ServedApp) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 

@@ -62,6 +62,7 @@ def test_schedules_and_stats(server: ServedApp) -> None:
     assert sorted(s["name"] for s in listed) == ["hourly", "nightly"]
     listed = ok_json(cli("--json", "schedules", "list", "nightly", url=server.url))["schedules"]
     assert [(s["name"], s["cron"], s["paused"]) for s in listed] == [("nightly", "0 3 * * *", False)]
+    assert ok_json(cli("--json", "schedules", "nightly", url=server.url))["schedules"] == listed
     unknown = cli("schedules", "list", "weekly", url=server.url)
     assert unknown.returncode == 1 and "no schedule named 'weekly'" in one_line(unknown)
     assert ok_json(cli("--json", "schedules", "pause", "nightly", url=server.url))["paused"] is True

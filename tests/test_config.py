@@ -117,6 +117,23 @@ def test_missing_config_path_is_an_error(tmp_path: Path) -> None:
     assert error.key == str(tmp_path / "nope.toml")
 
 
+def test_a_config_toml_that_is_no_file_is_an_error_not_the_defaults(tmp_path: Path) -> None:
+    """`docker run -v ./config.toml:/app/config.toml` with no such file on the host mounts a
+    directory; a link may point at nothing. Neither starts on the defaults (no API keys)."""
+    default = tmp_path / "config.toml"
+    default.mkdir()
+    error = config_error(tmp_path)
+    assert error.key == str(default)
+    assert "is a directory" in str(error)
+    assert "is a directory" in str(config_error(tmp_path, config_path=default))
+    default.rmdir()
+    default.symlink_to(tmp_path / "mounted" / "config.toml")
+    assert "a link to nothing" in str(config_error(tmp_path))
+    (tmp_path / "mounted").mkdir()
+    write(tmp_path / "mounted", "[server]\nport = 9002\n")
+    assert load(tmp_path).server.port == 9002
+
+
 def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[server\nport = \n")
     error = config_error(tmp_path, config_path=path)
@@ -347,6 +364,7 @@ def test_durations_in_every_form_through_the_file(tmp_path: Path) -> None:
     [
         ({"JOBSERVER_WORKERS_THREADS": "0"}, "workers.threads"),
         ({"JOBSERVER_WORKERS_THREADS": "many"}, "workers.threads"),
+        ({"JOBSERVER_WORKERS_THREADS": "100000000"}, "workers.threads"),  # each is an OS thread
         ({"JOBSERVER_SERVER_PORT": "70000"}, "server.port"),
         ({"JOBSERVER_SERVER_MAX_BODY_BYTES": "0"}, "server.max_body_bytes"),
         ({"JOBSERVER_SERVER_LOG_FORMAT": "xml"}, "server.log_format"),

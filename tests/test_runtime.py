@@ -1,12 +1,18 @@
-"""How serving sizes itself to the process: the open-files limit and the connection cap under it."""
+"""How serving sizes itself to the process: the open-files limit and the connection cap under it;
+and a start that fails part way, which leaves nothing running."""
 
 from __future__ import annotations
 
 import resource
+import threading
+from pathlib import Path
 
 import pytest
 
-from jobserver.runtime import connection_cap, raise_open_files_limit
+from jobserver.runner.queue import WorkerPool
+from jobserver.runtime import Runtime, connection_cap, raise_open_files_limit
+from tests.helpers import wait_until
+from tests.inproc import running_app, settings_for
 
 
 def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
@@ -28,3 +34,34 @@ def test_the_connection_cap_keeps_files_free_for_everything_else() -> None:
     assert connection_cap(50, 1024) == 50
     assert connection_cap(1000, 40) == 1
     assert connection_cap(1000, resource.RLIM_INFINITY) == 1000
+
+
+def test_a_start_that_fails_part_way_stops_what_it_started_and_unlocks_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_app(tmp_path) as app:
+        job = app.client.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}})
+        app.runtime.parts.dispatcher.stop_claiming()  # it stays pending for the next start
+    before = set(threading.enumerate())
+    spawn = WorkerPool._spawn
+    made = 0
+
+    def spawn_until_refused(pool: WorkerPool) -> None:
+        nonlocal made
+        made += 1
+        if made > 1:
+            raise RuntimeError("can't start new thread")  # what the OS answers past its limit
+        spawn(pool)
+
+    monkeypatch.setattr(WorkerPool, "_spawn", spawn_until_refused)
+    settings = settings_for(tmp_path, {"workers": {"threads": 3}})
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        Runtime(settings).open()
+    wait_until(
+        lambda: not [t for t in set(threading.enumerate()) - before if t.name.startswith("jobserver")],
+        message="the threads of the failed start to stop",
+    )
+    monkeypatch.undo()
+    with running_app(tmp_path) as app:  # the file is not left locked, and the job was not lost
+        done = app.client.get(f"/jobs/{job.json()['id']}", params={"wait": 10}).json()
+        assert (done["status"], done["result"]) == ("completed", 3)

@@ -238,6 +238,11 @@ def test_put_creates_then_replaces_and_delete_removes(tmp_path: Path) -> None:
             ["body", "timezone"],
             "validation-error",
         ),
+        (
+            {"task": ADD, "cron": "0 3 * * *", "timezone": "Europe"},  # a folder of the zone data
+            ["body", "timezone"],
+            "validation-error",
+        ),
         ({"task": "no.such.task", "cron": "0 3 * * *"}, ["body", "task"], "unknown-task"),
         (
             {"task": ADD, "cron": "0 3 * * *", "args": {"a": "x", "b": 1}},
@@ -324,6 +329,8 @@ def test_bad_config_schedule_is_a_config_error_naming_it(tmp_path: Path) -> None
         load(head + 'cron = "0 3 * *"\n')
     with pytest.raises(ConfigError, match=r"schedules\.nightly\.timezone: .*unknown time zone"):
         load(head + 'cron = "0 3 * * *"\ntimezone = "Nowhere/Land"\n')
+    with pytest.raises(ConfigError, match=r"schedules\.nightly\.timezone: .*unknown time zone 'America'"):
+        load(head + 'cron = "0 3 * * *"\ntimezone = "America"\n')  # a folder of the zone data
     with pytest.raises(ConfigError, match=r"schedules\.nightly: two schedules"):
         load(head + 'cron = "0 3 * * *"\n' + head + 'cron = "0 4 * * *"\n')
     registry = Registry.from_modules(["jobserver.examples"])

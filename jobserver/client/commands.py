@@ -53,6 +53,7 @@ FINISHED_NAMES = ("completed", "failed", "cancelled")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMED_OUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 POLL_S = 1.0  # how often the live line reads the job's new events while it waits
+SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
 USAGE_ERRORS = (InvalidRequestError, TaskNotFoundError, WebhookURLError, IdempotencyMismatchError)
 
 
@@ -213,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("task", metavar="TASK")
     p = sub.add_parser("schedules", parents=[common], help="list schedules, or pause, resume or delete one")
-    p.add_argument("action", nargs="?", choices=["list", "pause", "resume", "delete"], default="list")
+    p.add_argument(
+        "action",
+        nargs="?",
+        metavar="ACTION",
+        default="list",
+        help=f"one of {', '.join(SCHEDULE_ACTIONS)} (default: list); `schedules NAME` lists that one",
+    )
     p.add_argument("name", nargs="?", metavar="NAME", help="the schedule (list: only that one)")
     sub.add_parser("stats", parents=[common], help="counts by status and task; the last hour's throughput")
     sub.add_parser(
@@ -230,8 +237,7 @@ class Output:
         self.out, self.err = render.consoles()
 
     def json(self, value: Any) -> None:
-        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        render.write_out(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
     def show(self, value: Any, human: Any) -> None:
         """`value` as JSON, or `human` (a rich renderable or a line) for people."""
@@ -362,8 +368,7 @@ def _submit(client: Client, args: argparse.Namespace, output: Output) -> int:
         output.json(job)
         return EXIT_OK
     if not output.as_json:
-        sys.stdout.write(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
-        sys.stdout.flush()
+        render.write_out(f"{job['id']}\n")  # at once, and alone on its line: `id=$(... submit ...)`
         if not waiting:
             if job["status"] in FINISHED_NAMES:  # a replayed key's job may be over: nothing to watch
                 hint = f"see it: {again(args, 'get', job['id'])}"
@@ -384,6 +389,8 @@ def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
                 lines.append(event.data)
             else:
                 output.out.print(_log_line(event.data), highlight=False, markup=False, soft_wrap=True)
+                if output.out.quiet:  # the reader stopped reading (`| head`): so does --follow
+                    return EXIT_OK
     except KeyboardInterrupt:
         output.note(f"jobserver: stopped; follow again: {again(args, 'logs', args.job_id, '--follow')}")
         return EXIT_INTERRUPTED
@@ -512,6 +519,10 @@ def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> in
 
 
 def _schedules(client: Client, args: argparse.Namespace, output: Output) -> int:
+    if args.action not in SCHEDULE_ACTIONS:
+        if args.name is not None:
+            return _usage(f"schedules: unknown action {args.action!r}: use {', '.join(SCHEDULE_ACTIONS)}")
+        args.action, args.name = "list", args.action  # `schedules NAME`: that one
     if args.action == "list":
         schedules = client.schedules() if args.name is None else [client.schedule(args.name)]
         columns = ("NAME", "TASK", "CRON", "TIMEZONE", "STATE", "NEXT RUN", "LAST RUN")

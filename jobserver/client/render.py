@@ -8,10 +8,12 @@ Scripts pass `--json` and get the API's JSON instead; nothing here is parsed by 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import textwrap
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -29,12 +31,37 @@ STATUS_STYLES = {
 }
 
 
+def reader_gone(stream: TextIO) -> None:
+    """The reader of `stream` closed it (`... | head`): what is left to print goes nowhere,
+    quietly, and the command carries on to its own exit code."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def write_out(text: str) -> None:
+    """`text` on stdout at once; nothing when its reader is gone."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone(sys.stdout)
+
+
+class _Console(Console):
+    """rich's Console, but a reader that stopped reading is not an error: rich would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        reader_gone(sys.stderr if self.stderr else sys.stdout)
+
+
 def consoles() -> tuple[Console, Console]:
     """stdout for results, stderr for progress and notes."""
-    out = Console(soft_wrap=False)
+    out = _Console(soft_wrap=False)
     if not out.is_terminal:
-        out = Console(soft_wrap=False, width=PIPED_WIDTH)
-    return out, Console(stderr=True, soft_wrap=False)
+        out = _Console(soft_wrap=False, width=PIPED_WIDTH)
+    return out, _Console(stderr=True, soft_wrap=False)
 
 
 def status_text(status: str) -> Text:

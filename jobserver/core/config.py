@@ -183,10 +183,13 @@ class DatabaseSettings(_Section):
         return url
 
 
+MAX_WORKER_THREADS = 1000  # each is an OS thread made at start; far more would fail half-started
+
+
 class WorkersSettings(_Section):
     """[workers]: how many jobs run at once and how crashes are detected."""
 
-    threads: int = Field(default=4, ge=1)
+    threads: int = Field(default=4, ge=1, le=MAX_WORKER_THREADS)
     async_concurrency: int = Field(default=100, ge=1)
     lease_seconds: Duration = Field(default=30.0, gt=0)
     shutdown_grace_seconds: Duration = 30.0
@@ -389,12 +392,20 @@ def _check_schedules(tables: object) -> None:
 
 
 def _config_file(config_path: str | os.PathLike[str] | None, base: Path) -> Path | None:
+    """The config file to read: `config_path`, else ./config.toml when there is one. A
+    ./config.toml that is there but no file (a directory, as `docker run -v` makes for a host
+    file that is missing; a link to nothing) is an error, not a start on the built-in defaults."""
     if config_path is None:
-        default = base / "config.toml"
-        return default if default.is_file() else None
-    path = base / Path(config_path)
+        path = base / "config.toml"
+        if not path.exists() and not path.is_symlink():
+            return None
+    else:
+        path = base / Path(config_path)
+    if path.is_dir():
+        raise ConfigError(str(path), "is a directory, not a config file")
     if not path.is_file():
-        raise ConfigError(str(path), "config file not found")
+        reason = "a link to nothing" if path.is_symlink() else "config file not found"
+        raise ConfigError(str(path), reason)
     return path
 
 

@@ -46,12 +46,13 @@ HOST_ZONE_FILES = frozenset({"localtime", "posixrules"})  # in the zoneinfo fold
 
 def check_timezone(name: str) -> str:
     """The name when it is an IANA time zone; ValueError otherwise ('localtime' is a file of the
-    host's, not a zone: the same schedule would tick at other hours on another node)."""
+    host's, not a zone: the same schedule would tick at other hours on another node). A folder of
+    the zone data ('Europe') is no zone either: the `tzdata` package answers it with an OSError."""
     try:
         if name in HOST_ZONE_FILES:
             raise ValueError(name)
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r}: use an IANA name like 'Europe/Berlin'") from None
     return name
 
