@@ -14,6 +14,7 @@ import httpx
 import psycopg
 import pytest
 
+from jobserver.client import Client
 from tests.e2e import start_server
 from tests.helpers import finished, submit, wait_until
 from tests.inproc import RunningApp, running_app
@@ -187,6 +188,10 @@ def test_the_last_hour_of_one_task(db: Backend) -> None:
     nobody = hour(task="no.such.task")  # a task no job has: an empty hour, as GET /jobs?task= lists none
     assert (nobody["completed"], nobody["failed"], nobody["failure_rate"]) == (0, 0, None)
     assert per_minute(nobody) == (0, 0, 0) and nobody["tasks"] == {}
+
+    with Client(http_client=c) as sdk:  # the SDK asks the same
+        assert per_minute(sdk.stats(task=FAIL)["last_hour"]) == (0, 2, 0)
+        assert per_minute(sdk.stats()["last_hour"]) == (3, 2, 0)
 
     db.compact()  # PostgreSQL's delta rows folded: the same
     assert per_minute(hour(task=FAIL)) == (0, 2, 0) and per_minute(hour()) == (3, 2, 0)

@@ -282,9 +282,10 @@ class AsyncClient:
         """Delete every matching finished job (unfinished ones are left alone); how many."""
         return await self._run(protocol.bulk("delete", status, task, ids))
 
-    async def stats(self) -> dict[str, Any]:
-        """Counts by status and task, and the last hour's throughput and failure rate."""
-        return await self._run(protocol.stats())
+    async def stats(self, task: str | None = None) -> dict[str, Any]:
+        """Counts by status and task, and the last hour's throughput and failure rate (with
+        `task`, the last hour of that task's jobs alone)."""
+        return await self._run(protocol.stats(task))
 
     async def iter_jobs(
         self,

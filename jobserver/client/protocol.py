@@ -547,6 +547,7 @@ def bulk(op: str, status: str | None, task: str | None, ids: Iterable[str] | Non
     return int(data["count"])
 
 
-def stats() -> Exchange[dict[str, Any]]:
-    """GET /stats."""
-    return _dict((yield request("GET", "/stats", Call("stats"))))
+def stats(task: str | None = None) -> Exchange[dict[str, Any]]:
+    """GET /stats; with `task`, the last hour is that task's alone."""
+    params = None if task is None else {"task": task}
+    return _dict((yield request("GET", "/stats", Call("stats"), params=params)))

@@ -373,9 +373,10 @@ class Client:
         """Delete every matching finished job (unfinished ones are left alone); how many."""
         return self._run(protocol.bulk("delete", status, task, ids))
 
-    def stats(self) -> dict[str, Any]:
-        """Counts by status and task, and the last hour's throughput and failure rate."""
-        return self._run(protocol.stats())
+    def stats(self, task: str | None = None) -> dict[str, Any]:
+        """Counts by status and task, and the last hour's throughput and failure rate (with
+        `task`, the last hour of that task's jobs alone)."""
+        return self._run(protocol.stats(task))
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:
