@@ -56,7 +56,14 @@ from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.counters import Counters, install_counters
 from jobserver.storage.limits import LimitStore
 from jobserver.storage.listener import Listener
-from jobserver.storage.models import Checkpoints, SqliteFile, create_schema, open_database, wait_for_database
+from jobserver.storage.models import (
+    Checkpoints,
+    SqliteFile,
+    create_schema,
+    open_database,
+    read_rows,
+    wait_for_database,
+)
 from jobserver.storage.pauses import TaskPauses
 from jobserver.storage.readers import ReadPool
 from jobserver.storage.schedules import ScheduleStore
@@ -68,6 +75,27 @@ from jobserver.webhooks.sender import WebhookSender, load_secret
 
 log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL_S = 1.0  # how often due schedule ticks are looked for
+CLOCK_SKEW_WARN_S = 2.0  # a node's clock this far from PostgreSQL's is logged at start
+
+
+def check_clock(db: pw.Database, clock: Clock) -> float:
+    """Log a WARNING when this machine's clock is far from the PostgreSQL server's; the offset.
+
+    Nodes stamp leases, rate-limit charges and schedule ticks with their own clocks and compare
+    them with the stamps of other nodes: a node whose clock runs ahead by most of a lease
+    rescues jobs that still run elsewhere, and one off by seconds lets a rate window through
+    early. The database's clock is the one every node can compare itself with."""
+    with db.connection_context():
+        rows = read_rows(db, True, "SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+    offset = clock.now() - float(rows[0][0])
+    if abs(offset) > CLOCK_SKEW_WARN_S:
+        log.warning(
+            "this machine's clock is %.1f s %s the PostgreSQL server's: nodes compare leases, rate "
+            "windows and schedule ticks by their own clocks, so keep every node's clock in sync (NTP)",
+            abs(offset), "ahead of" if offset > 0 else "behind",
+            extra={"action": "clock_skew"},
+        )  # fmt: skip
+    return offset
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,8 @@ def build(
     if s.is_postgres:
         wait_for_database(db, s.database.startup_wait, stop or threading.Event())  # None: nothing stops it
     create_schema(db)
+    if s.is_postgres:
+        check_clock(db, clock)
     install_counters(db, s.is_postgres, clock.now())
     node_tag = uuid.uuid4().hex[:12]
     writer = Writer(db, s.is_postgres, node_tag, s.database.notify)

@@ -68,7 +68,12 @@ def test_a_pause_on_one_node_holds_on_the_other(tmp_path: Path, pg_url: str) -> 
         for _ in range(3):
             assert finished(c, submit(c, NOOP))["status"] == "completed"
     assert {cb.get(f"/jobs/{j}").json()["status"] for j in held} == {"pending"}
-    cb.post(f"/tasks/{ADD}/resume")
+    with psycopg.connect(pg_url, autocommit=True) as listening:
+        listening.execute("LISTEN jobserver")
+        cb.post(f"/tasks/{ADD}/resume")
+        # the resume tells every node its jobs are due, not each node's next poll
+        notes = [n.payload.partition(" ")[2].split(",") for n in listening.notifies(timeout=5, stop_after=1)]
+    assert notes and "d" in notes[0]
     assert [finished(ca, j)["result"] for j in held] == [0, 1, 2, 3, 4, 5]
 
 

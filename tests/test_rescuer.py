@@ -4,6 +4,7 @@ driven one step at a time on a manual clock, one `build()` per process of the st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -184,3 +185,20 @@ def test_on_postgres_an_expired_lease_of_an_unknown_task_frees_its_slot(tmp_path
         assert run(knowing, again) == "completed"
         assert run(other, claim(other)) == "completed"
         assert other.store.get(waits).status == "completed" and key_use(other) == (0, 0)
+
+
+@pytest.mark.postgres
+def test_a_node_whose_clock_is_far_from_the_databases_says_so_at_start(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leases are stamped and compared by each node's own clock: a node an hour ahead would
+    rescue every job running elsewhere. A skew that large is logged when the node starts."""
+    settings = settings_for(tmp_path, {"database": {"url": pg_url}})
+    with process(settings, ManualClock(time.time() + 3600), count):
+        pass
+    skewed = [r.getMessage() for r in caplog.records if getattr(r, "action", None) == "clock_skew"]
+    assert len(skewed) == 1 and "ahead of the PostgreSQL server's" in skewed[0]
+    caplog.clear()
+    with process(settings, ManualClock(time.time()), count):
+        pass
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "clock_skew"]

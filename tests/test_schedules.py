@@ -11,13 +11,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from jobserver import Concurrency, JobContext, task
 from jobserver.core.clock import ManualClock
 from jobserver.core.config import load_settings
 from jobserver.core.errors import ConfigError
-from jobserver.core.schedules import check_configured, latest_tick, next_tick
-from jobserver.core.tasks import Registry
+from jobserver.core.schedules import ScheduleBody, check_configured, latest_tick, next_tick
+from jobserver.core.tasks import Registry, build_taskdef
 from tests.helpers import FINISHED, wait_until
-from tests.inproc import RunningApp, running_app
+from tests.inproc import RunningApp, driven_parts, running_app, settings_for
 
 ADD = "jobserver.examples.add"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -361,3 +362,43 @@ def test_schedule_jobs_finish_like_any_other(tmp_path: Path) -> None:
         assert done["status"] in FINISHED and done["schedule"] == "n"
         plain = app.client.post("/jobs", json={"task": ADD, "args": {"a": 1, "b": 1}}).json()
         assert plain["schedule"] is None
+
+
+# ------------------------------------------------- several nodes, rolling deploy
+@task(name="deploy.report", priority=7, max_attempts=4, limits=[Concurrency("reports", 1)])
+def report(ctx: JobContext) -> str:
+    """A task that a newer deploy adds: options and a limit its schedule's jobs must carry."""
+    return "reported"
+
+
+@pytest.mark.postgres
+def test_a_node_that_does_not_know_a_schedules_task_leaves_its_ticks_to_one_that_does(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A rolling deploy: the new node adds a task and its schedule, a node still on the old code
+    is up beside it. The tick's job gets the task's options and limits, whichever node is first."""
+    clock = ManualClock(at(2026, 1, 1, 2, 59, 30))
+    settings = settings_for(tmp_path, {"database": {"url": pg_url}})
+    with (
+        driven_parts(settings, clock, Registry([build_taskdef(report)])) as new,
+        driven_parts(settings, clock, Registry([])) as old,
+    ):
+        new.scheduler.put("nightly", ScheduleBody(task="deploy.report", cron="0 3 * * *")).result(10)
+        clock.advance(30)
+        assert old.scheduler.tick_once() == 0  # not its task: it submits nothing
+        assert old.scheduler.tick_once() == 0
+        assert new.scheduler.tick_once() == 1
+        (job,) = new.store.list_jobs(None, "deploy.report", 10, None)[0]
+        assert (job.priority, job.max_attempts) == (7, 4)
+        assert job.limits is not None and "reports" in job.limits
+        # a day on which only old nodes run: the tick is missed; a new node catches it up at start
+        clock.advance(86400 + 120)
+        assert old.scheduler.tick_once() == 0
+        assert new.scheduler.tick_once() == 1
+        keys = sorted(
+            j.idempotency_key or "" for j in new.store.list_jobs(None, "deploy.report", 10, None)[0]
+        )
+        assert keys == [
+            "schedule:nightly:2026-01-01T03:00:00.000Z",
+            "schedule:nightly:2026-01-02T03:00:00.000Z",
+        ]

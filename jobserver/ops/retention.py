@@ -13,7 +13,8 @@ write lock is never held long and submits interleave with a big prune. A job's
 row goes last, after all its children, so an interrupted prune leaves nothing
 orphaned: the job is still past its horizon and the next pass finishes it.
 The maintenance thread starts a pass every `retention.interval` (`start_pass`)
-on a thread of its own, so a long prune never delays its other passes.
+on a thread of its own, so a long prune never delays its other passes. On PostgreSQL
+every node runs passes, one batch at a time across them (`LOCK_KEY`).
 Every statement is served by an index (see `tests/test_retention.py`).
 """
 
@@ -33,6 +34,11 @@ from jobserver.storage.writer import Tx, Writer
 log = logging.getLogger(__name__)
 
 MAX_BATCHES_PER_PASS = 100  # a pass stops after this many ops; the next pass goes on
+# PostgreSQL: the advisory lock each batch holds until its commit, so the nodes' passes never
+# delete at once. Two batches at once would each find the same expired jobs and delete their
+# rows under each other: one that found the children it meant to delete gone already deleted
+# the jobs with children still left (past its LIMIT), and those rows stayed for ever.
+LOCK_KEY = 7_311_002
 
 # A finished child of an unfinished parent stays: the parent's gather reads its end again on
 # every resume, and a child gone would read as a failure. A job whose webhook is still being
@@ -74,6 +80,19 @@ class Batch:
     jobs: int
     rows: int  # every row, the jobs' included
     more: bool
+    busy: bool = False  # another node is pruning (PostgreSQL): this pass stops and leaves it to it
+
+
+BUSY = Batch(0, 0, False, busy=True)
+
+
+def _alone(tx: Tx) -> bool:
+    """Whether this batch may prune: always on SQLite (one process), on PostgreSQL when no other
+    node's batch holds the retention lock (held until this batch commits)."""
+    if not tx.pg:
+        return True
+    row = tx.one("SELECT pg_try_advisory_xact_lock(?)", (LOCK_KEY,))
+    return row is not None and bool(row[0])
 
 
 @dataclass(frozen=True)
@@ -110,17 +129,18 @@ class Pruner:
         """Prune in batches until nothing is left or the pass used `max_batches` ops."""
         jobs = keys = rows = batches = 0
         more_jobs = more_keys = True
-        while (more_jobs or more_keys) and batches < self.max_batches:
+        busy = False
+        while (more_jobs or more_keys) and batches < self.max_batches and not busy:
             if more_jobs:  # jobs and keys take turns, so a big backlog of one never starves the other
                 batch = self.writer.call(self.jobs_op(now - self.settings.finished_jobs))
-                jobs, rows, more_jobs = jobs + batch.jobs, rows + batch.rows, batch.more
+                jobs, rows, more_jobs, busy = jobs + batch.jobs, rows + batch.rows, batch.more, batch.busy
                 batches += 1
-            if more_keys and batches < self.max_batches:
+            if more_keys and batches < self.max_batches and not busy:
                 batch = self.writer.call(self.keys_op(now - self.settings.idempotency_keys))
-                keys, rows, more_keys = keys + batch.rows, rows + batch.rows, batch.more
+                keys, rows, more_keys, busy = keys + batch.rows, rows + batch.rows, batch.more, batch.busy
                 batches += 1
         limit_keys = 0
-        while batches < self.max_batches:
+        while batches < self.max_batches and not busy:
             gone = self.writer.call(self.limits.prune_idle_op(now, self.settings.batch_size))
             limit_keys, rows, batches = limit_keys + gone, rows + gone, batches + 1
             if gone < self.settings.batch_size:
@@ -160,6 +180,8 @@ class Pruner:
         limit = self.settings.batch_size
 
         def op(tx: Tx) -> Batch:
+            if not _alone(tx):
+                return BUSY
             ids = [str(row[0]) for row in tx.all(EXPIRED_JOBS_SQL, (horizon, limit))]
             if not ids:
                 return Batch(0, 0, False)
@@ -179,6 +201,8 @@ class Pruner:
         limit = self.settings.batch_size
 
         def op(tx: Tx) -> Batch:
+            if not _alone(tx):
+                return BUSY
             gone = tx.execute(EXPIRED_KEYS_SQL, (horizon, limit)).rowcount
             return Batch(0, gone, gone == limit)
 

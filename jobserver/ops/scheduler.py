@@ -57,6 +57,7 @@ class Scheduler:
         self.observers = observers
         self.job_added = job_added  # wakes whoever claims a new due job of this task
         self.ids = JobIds()
+        self._left: set[str] = set()  # schedules of tasks not registered here, warned about once
 
     # ------------------------------------------------------------- ticking
     def tick_once(self) -> int:
@@ -64,9 +65,13 @@ class Scheduler:
         now = self.clock.now()
         submitted = 0
         for state in self.store.due(now):
+            taskdef = self.registry.find(state.task)
+            if taskdef is None:
+                self._leave(state)
+                continue
             tick = max(latest_tick(state.cron, state.timezone, now), state.next_run_at)
             missed = now - tick > MISSED_AFTER_S
-            job = None if missed and not state.catch_up else self._job(state, tick, now)
+            job = None if missed and not state.catch_up else self._job(state, taskdef, tick, now)
             upcoming = next_tick(state.cron, state.timezone, now)
             result = self.store.fire(
                 state.name, state.next_run_at, tick, upcoming, job, self._submitted
@@ -89,23 +94,36 @@ class Scheduler:
                 )
         return submitted
 
-    def _job(self, state: ScheduleState, tick: float, now: float) -> tuple[NewJob, tuple[str, str, str]]:
+    def _leave(self, state: ScheduleState) -> None:
+        """A schedule of a task this process does not register (a rolling deploy: a newer node
+        added it, or an older one still runs): its ticks are left to a process that knows it,
+        whose job carries the task's options and limits. Were this process to submit the tick,
+        the job would have none of them (one attempt, no limit held). While no process knows
+        the task, its ticks go unreached, as while no server runs: missed ticks, caught up
+        by the first process that knows it (`catch_up`)."""
+        if state.name not in self._left:
+            self._left.add(state.name)
+            log.warning(
+                "schedule %s: task %s is not registered here; its ticks are left to a process that knows it",
+                state.name,
+                state.task,
+                extra={"action": "schedule_unknown_task"},
+            )
+
+    def _job(
+        self, state: ScheduleState, taskdef: TaskDef, tick: float, now: float
+    ) -> tuple[NewJob, tuple[str, str, str]]:
         """The tick's job: the schedule's args, the task's options, the tick's idempotency key."""
         key = idempotency_key(state.name, tick)
-        taskdef = self.registry.find(state.task)
-        priority = taskdef.options.priority if taskdef is not None else 0
-        max_attempts = taskdef.options.max_attempts if taskdef is not None else 1
-        timeout = taskdef.options.timeout if taskdef is not None else None
+        o = taskdef.options
         new = NewJob(
-            self.ids.new(), state.task, state.args, priority, max_attempts, timeout, None, key, now, now,
+            self.ids.new(), state.task, state.args, o.priority, o.max_attempts, o.timeout, None, key, now, now,
             limits=self._limits(taskdef, state),
         )  # fmt: skip
         return new, (IDEMPOTENCY_SCOPE, key, body_hash({"schedule": state.name, "tick": tick}))
 
-    def _limits(self, taskdef: TaskDef | None, state: ScheduleState) -> str | None:
+    def _limits(self, taskdef: TaskDef, state: ScheduleState) -> str | None:
         """The tick's job's limits, bound to the schedule's args like a submit's."""
-        if taskdef is None:
-            return None
         try:
             return taskdef.bind_limits(orjson.loads(state.args))
         except InvalidRequestError as exc:

@@ -14,6 +14,7 @@ import threading
 
 import peewee as pw
 
+from jobserver.storage.limits import DUE_NOTE
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, WriteFuture, Writer
 
@@ -62,6 +63,8 @@ class TaskPauses:
                 )
             else:
                 changed = tx.one("DELETE FROM task_pauses WHERE task = ? RETURNING task", (task,))
+                if changed is not None:
+                    tx.notify(DUE_NOTE)  # its jobs are due on every node, not a poll interval later
             if changed is not None and not self.pg:
                 self._change(task, paused)
                 tx.on_rollback(lambda: self._change(task, not paused))
