@@ -831,3 +831,26 @@ def test_direction_controls_in_a_task_name_are_shown_not_obeyed(
     open_job(page, job["id"])
     expect(page.locator("#detail-task")).to_have_text("qa.<U+202E>evil<U+202C>.rtl")
     page.unroute_all(behavior="ignoreErrors")  # a poll in flight is not answered after the test
+
+
+def test_the_event_log_says_why_a_job_went_back_to_pending_and_what_it_waits_for(
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    again = submit(client, "tests.e2e_tasks.fail_then_succeed", {"path": str(tmp_path / "marks"), "failures": 1})
+    assert wait_finished(client, again["id"])["status"] == "completed"
+    later = submit(client, "tests.e2e_tasks.retry_later", {"delay": 3600})
+    parked = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a"), "timeout": 3600})
+    page.goto(server.url)
+    open_job(page, again["id"])
+    expect(log_entries(page, "status", "pending").nth(1)).to_have_text(
+        re.compile(r"pending: attempt 1 ended with ValueError: boom 1; it runs again$")
+    )
+    expect(page.locator("#detail-error-section")).to_be_hidden()  # a completed job keeps no error
+
+    expect(row(page, later["id"]).locator(".why")).to_contain_text("delayed until")
+    open_job(page, later["id"])
+    expect(page.locator("#detail-error-title")).to_have_text("Error of attempt 1: it runs again")
+    expect(log_entries(page, "status", "pending").nth(1)).to_contain_text("pending: attempt 1 ended with")
+
+    open_job(page, parked["id"])
+    expect(log_entries(page, "status", "waiting")).to_contain_text("waiting for signal approve until ")
