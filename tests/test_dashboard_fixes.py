@@ -579,7 +579,9 @@ def test_a_long_task_name_and_progress_message_stay_within_their_columns(
         resp = client.post("/jobs", json={"task": NOOP, "args": {}, "delay": 3600})
         assert resp.status_code == 202, resp.text
         delayed = resp.json()
-        waiting = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "approved"), "timeout": 3600})
+        waiting = submit(
+            client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "approved"), "timeout": 3600}
+        )
         # a laptop's width with the pane open leaves the list its narrowest
         for width, height in ((1280, 800), (375, 812)):
             context = dashboard.new_context(
@@ -836,7 +838,9 @@ def test_direction_controls_in_a_task_name_are_shown_not_obeyed(
 def test_the_event_log_says_why_a_job_went_back_to_pending_and_what_it_waits_for(
     server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
 ) -> None:
-    again = submit(client, "tests.e2e_tasks.fail_then_succeed", {"path": str(tmp_path / "marks"), "failures": 1})
+    again = submit(
+        client, "tests.e2e_tasks.fail_then_succeed", {"path": str(tmp_path / "marks"), "failures": 1}
+    )
     assert wait_finished(client, again["id"])["status"] == "completed"
     later = submit(client, "tests.e2e_tasks.retry_later", {"delay": 3600})
     parked = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a"), "timeout": 3600})
