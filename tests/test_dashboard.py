@@ -207,6 +207,10 @@ def test_detail_pane_shows_job_and_live_event_log(
     expect(page.locator("#stream-state")).to_have_attribute("data-stream", "live")
     expect(log_entries(page, "status", "running").first).to_be_visible()
     expect(page.locator("#detail-progress-text")).to_contain_text("8/8")  # progress goes to the bar
+    # no event comes while it waits for the release, yet its Duration grows with the list's polls
+    duration = page.locator("#detail-fields dt:text-is('Duration') + dd")
+    expect(duration).not_to_have_text("")
+    expect(duration).not_to_have_text(duration.inner_text())
     release.touch()
 
     expect(page.locator("#detail-status")).to_have_text("completed")

@@ -575,7 +575,15 @@ def test_a_long_task_name_and_progress_message_stay_within_their_columns(
         long = submit(client, LONG_TASK, {})
         wait_finished(client, plain["id"])
         wait_finished(client, long["id"])
-        for width, height in ((1400, 900), (375, 812)):
+        # a why line and a wait under their badges, as a busy list has them
+        resp = client.post("/jobs", json={"task": NOOP, "args": {}, "delay": 3600})
+        assert resp.status_code == 202, resp.text
+        delayed = resp.json()
+        waiting = submit(
+            client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "approved"), "timeout": 3600}
+        )
+        # a laptop's width with the pane open leaves the list its narrowest
+        for width, height in ((1280, 800), (375, 812)):
             context = dashboard.new_context(
                 browser, viewport={"width": width, "height": height}, is_mobile=width < 600
             )
@@ -586,6 +594,8 @@ def test_a_long_task_name_and_progress_message_stay_within_their_columns(
                 expect(page.locator("#detail-status")).to_have_text("completed")
                 expect(page.locator(f'#filter-task option[value="{LONG_TASK}"]')).to_have_count(1)
                 expect(row(page, long["id"]).locator(".ptext")).to_contain_text("fetching")
+                expect(row(page, delayed["id"]).locator(".why")).to_contain_text("delayed until")
+                expect(row(page, waiting["id"]).locator(".waits")).to_contain_text("signal approve until")
                 no_sideways_scroll(page)
                 select = page.locator("#filter-task").bounding_box()
                 assert select is not None and select["width"] <= 260, select
@@ -601,11 +611,15 @@ def test_a_long_task_name_and_progress_message_stay_within_their_columns(
                     }"""
                 )
                 assert widths[0] <= widths[1] and widths[2] <= widths[3], (width, widths)
-                for r in (plain, long):
+                for r in (plain, long, delayed):
                     duration = row(page, r["id"]).locator(".col-duration")
                     duration.scroll_into_view_if_needed()
                     inside(duration, page.locator(".jobs-col"))
                     expect(duration).to_be_in_viewport()
+                # a name cut for room loses its module path first: the function's name stays whole
+                fn = row(page, plain["id"]).locator(".task-fn")
+                assert fn.evaluate("(el) => el.scrollWidth <= el.clientWidth"), "the function name is cut"
+                inside(fn, row(page, plain["id"]).locator(".col-task"))
             finally:
                 context.close()
     finally:
@@ -819,3 +833,28 @@ def test_direction_controls_in_a_task_name_are_shown_not_obeyed(
     open_job(page, job["id"])
     expect(page.locator("#detail-task")).to_have_text("qa.<U+202E>evil<U+202C>.rtl")
     page.unroute_all(behavior="ignoreErrors")  # a poll in flight is not answered after the test
+
+
+def test_the_event_log_says_why_a_job_went_back_to_pending_and_what_it_waits_for(
+    server: ServedApp, client: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    again = submit(
+        client, "tests.e2e_tasks.fail_then_succeed", {"path": str(tmp_path / "marks"), "failures": 1}
+    )
+    assert wait_finished(client, again["id"])["status"] == "completed"
+    later = submit(client, "tests.e2e_tasks.retry_later", {"delay": 3600})
+    parked = submit(client, "tests.e2e_tasks.approval", {"path": str(tmp_path / "a"), "timeout": 3600})
+    page.goto(server.url)
+    open_job(page, again["id"])
+    expect(log_entries(page, "status", "pending").nth(1)).to_have_text(
+        re.compile(r"pending: attempt 1 ended with ValueError: boom 1; it runs again$")
+    )
+    expect(page.locator("#detail-error-section")).to_be_hidden()  # a completed job keeps no error
+
+    expect(row(page, later["id"]).locator(".why")).to_contain_text("delayed until")
+    open_job(page, later["id"])
+    expect(page.locator("#detail-error-title")).to_have_text("Error of attempt 1: it runs again")
+    expect(log_entries(page, "status", "pending").nth(1)).to_contain_text("pending: attempt 1 ended with")
+
+    open_job(page, parked["id"])
+    expect(log_entries(page, "status", "waiting")).to_contain_text("waiting for signal approve until ")
