@@ -161,8 +161,15 @@ def test_a_bulk_delete_of_the_open_job_leaves_the_pane_saying_so_without_actions
 
     row(page, job["id"]).locator("input.sel").check()
     page.once("dialog", lambda dialog: dialog.accept())
+
+    # the list reads that follow the action fail (a flaky network): the action still succeeded
+    def list_read(url: str) -> bool:
+        return "/jobs?" in url
+
+    page.route(list_read, lambda route: route.abort())
     page.locator("#bulk-delete").click()
     expect(page.locator("#bulk-result")).to_have_text("deleted 1 job")
+    page.unroute(list_read)
     expect(row(page, job["id"])).to_have_count(0)
 
     message = page.locator("#detail-message")
