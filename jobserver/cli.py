@@ -22,6 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from jobserver.core.version import package_version
 
@@ -80,6 +81,26 @@ def log_auth(settings: Settings) -> None:
         log.info("auth on: %d API key%s", count, "" if count == 1 else "s", extra={"action": "auth"})
     else:
         log.info("auth off: no API keys are configured, every route is open", extra={"action": "auth"})
+
+
+def database_for_log(url: str) -> str:
+    """`database.url` as the start-up line shows it: a PostgreSQL URL without its user and
+    password, and with the value of a password given as a query parameter (libpq takes
+    `?password=` and `?sslpassword=` too) replaced by `REDACTED`."""
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("postgres"):
+        return url
+    query = "&".join(
+        f"{item.partition('=')[0]}=REDACTED"
+        if unquote_plus(item.partition("=")[0]).strip().lower() in _PASSWORD_PARAMETERS
+        else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, parts.fragment))
+
+
+_PASSWORD_PARAMETERS = ("password", "sslpassword")
 
 
 def load_tasks(settings: Settings) -> Registry:
@@ -216,7 +237,7 @@ def serve(args_list: list[str]) -> int:
         "serving on http://%s:%d (database %s)",
         f"[{settings.server.host}]" if ":" in settings.server.host else settings.server.host,  # IPv6
         settings.server.port,
-        settings.database.url.split("@")[-1],
+        database_for_log(settings.database.url),
         extra={"action": "start"},
     )
     runtime.serve(sock)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobserver.cli import main
+from jobserver.cli import database_for_log, main
 from tests.helpers import free_port, wait_until
 
 SCRIPT = Path(sys.executable).with_name("jobserver")
@@ -179,6 +179,21 @@ def test_start_logs_whether_auth_is_on_and_never_the_keys(
     info = [line for line in err.splitlines() if " INFO " in line]
     assert any(expected in line for line in info), err
     assert "secret" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///data/jobs.db", "sqlite:///data/jobs.db"),
+        ("postgresql://jobs:pw-secret@db:5432/jobs", "postgresql://db:5432/jobs"),
+        (
+            "postgresql://db/jobs?sslmode=require&password=pw-secret&Ssl%50assword=pw-secret",
+            "postgresql://db/jobs?sslmode=require&password=REDACTED&Ssl%50assword=REDACTED",
+        ),
+    ],
+)
+def test_the_start_line_names_the_database_without_its_password(url: str, shown: str) -> None:
+    assert database_for_log(url) == shown
 
 
 @pytest.mark.e2e
