@@ -189,13 +189,24 @@ def serve(args_list: list[str]) -> int:
     from jobserver import logs
 
     logs.configure(settings.server.log_level, settings.server.log_format)
+    json_lines = settings.server.log_format == "json"
+
+    def refuse(reason: str) -> None:
+        """Say why the start ends in one line on stderr: `jobserver: ...`, or with JSON logs a
+        log line like every other (ERROR, action `start_failed`), so a log shipper that parses
+        each line as JSON reads this one too."""
+        if json_lines:
+            log.error("%s", reason, extra={"action": "start_failed"})
+        else:
+            print(f"jobserver: {reason}", file=sys.stderr)
+
     log_auth(settings)
     try:
         registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
         check_configured(settings.schedules, registry, settings.server.max_args_bytes)
     except ConfigError as exc:
         log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
-        print(f"jobserver: {exc}", file=sys.stderr)
+        refuse(str(exc))
         return 2
     from jobserver.runtime import Runtime, bind_listener
 
@@ -203,9 +214,7 @@ def serve(args_list: list[str]) -> int:
     try:
         sock = bind_listener(host, port)  # a server that cannot serve never claims a job
     except OSError as exc:
-        print(
-            f"jobserver: cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
-        )
+        refuse(f"cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}")
         return 1
     runtime = Runtime(settings, registry=registry)
     for sig in (signal.SIGTERM, signal.SIGINT):  # while starting; serving installs its own
@@ -218,20 +227,20 @@ def serve(args_list: list[str]) -> int:
         return 0
     except DatabaseInUseError as exc:
         sock.close()
-        print(f"jobserver: cannot start: {exc}", file=sys.stderr)
+        refuse(f"cannot start: {exc}")
         return 3
     except ConfigError as exc:
         sock.close()
-        print(f"jobserver: {exc}", file=sys.stderr)
+        refuse(str(exc))
         return 2
     except (StorageError, ImportError) as exc:
         sock.close()
-        print(f"jobserver: cannot start: {exc}", file=sys.stderr)
+        refuse(f"cannot start: {exc}")
         return 1
     except Exception as exc:  # unforeseen, and still one line: the traceback goes to the DEBUG log
         sock.close()
         log.debug("the start failed", exc_info=exc)
-        print(f"jobserver: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        refuse(f"cannot start: {type(exc).__name__}: {exc}")
         return 1
     log.info(
         "serving on http://%s:%d (database %s)",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import signal
@@ -179,6 +180,18 @@ def test_start_logs_whether_auth_is_on_and_never_the_keys(
     info = [line for line in err.splitlines() if " INFO " in line]
     assert any(expected in line for line in info), err
     assert "secret" not in err
+
+
+def test_with_json_logs_a_failed_start_says_why_in_a_json_line(
+    cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(cwd, [STOP], '[server]\nlog_format = "json"\n')
+    code, err = run(capsys)
+    assert code == 2
+    lines = [json.loads(line) for line in err.splitlines()]  # every line, the reason's too
+    [failed] = [line for line in lines if line.get("action") == "start_failed"]
+    assert failed["level"] == "error"
+    assert STOP in failed["message"]
 
 
 @pytest.mark.parametrize(
