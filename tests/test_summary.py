@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-
 from pathlib import Path
 
 import pytest
@@ -42,13 +41,12 @@ def test_one_line_counts_what_happened_then_starts_again(caplog: pytest.LogCaptu
 def test_the_stop_logs_what_ran_since_the_last_summary_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="jobserver.ops.summary"):
-        with running_app(tmp_path) as app:
-            # every maintenance pass ran once (the summary's at start: nothing to say); the next
-            # comes in a minute, after this test
-            passes = app.runtime.parts.maintenance._next
-            wait_until(lambda: all(passes), message="the first maintenance passes")
-            assert finished(app.client, submit(app.client, "jobserver.examples.add", {"a": 1, "b": 2}))
+    with caplog.at_level(logging.INFO, logger="jobserver.ops.summary"), running_app(tmp_path) as app:
+        # every maintenance pass ran once (the summary's at start: nothing to say); the next
+        # comes in a minute, after this test
+        passes = app.runtime.parts.maintenance._next
+        wait_until(lambda: all(passes), message="the first maintenance passes")
+        assert finished(app.client, submit(app.client, "jobserver.examples.add", {"a": 1, "b": 2}))
     lines = [(r.threadName, r.getMessage()) for r in caplog.records if r.name == "jobserver.ops.summary"]
     assert [thread for thread, _ in lines] == ["MainThread"], lines
     assert re.fullmatch(r"jobs in the last \d+s: 1 completed, 1 started, 1 submitted", lines[0][1])
