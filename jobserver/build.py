@@ -214,7 +214,7 @@ def build(
     )
     store = JobStore(db, writer, s.is_postgres, limits, Outbox(outbox_wake).record, woken)
     metrics = Metrics(store.count_in, clock.now)
-    summary = Summary()
+    summary = Summary(clock.monotonic)
     observers: list[JobObserver] = [metrics, summary]
     # one guard for the submit's check and each delivery's: never the server's own API
     guard = WebhookGuard(s.webhooks.allow_private, s.webhooks.allow_hosts, s.server.host, s.server.port)

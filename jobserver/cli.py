@@ -22,6 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from jobserver.core.version import package_version
 
@@ -80,6 +81,26 @@ def log_auth(settings: Settings) -> None:
         log.info("auth on: %d API key%s", count, "" if count == 1 else "s", extra={"action": "auth"})
     else:
         log.info("auth off: no API keys are configured, every route is open", extra={"action": "auth"})
+
+
+def database_for_log(url: str) -> str:
+    """`database.url` as the start-up line shows it: a PostgreSQL URL without its user and
+    password, and with the value of a password given as a query parameter (libpq takes
+    `?password=` and `?sslpassword=` too) replaced by `REDACTED`."""
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("postgres"):
+        return url
+    query = "&".join(
+        f"{item.partition('=')[0]}=REDACTED"
+        if unquote_plus(item.partition("=")[0]).strip().lower() in _PASSWORD_PARAMETERS
+        else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, parts.fragment))
+
+
+_PASSWORD_PARAMETERS = ("password", "sslpassword")
 
 
 def load_tasks(settings: Settings) -> Registry:
@@ -168,13 +189,24 @@ def serve(args_list: list[str]) -> int:
     from jobserver import logs
 
     logs.configure(settings.server.log_level, settings.server.log_format)
+    json_lines = settings.server.log_format == "json"
+
+    def refuse(reason: str) -> None:
+        """Say why the start ends in one line on stderr: `jobserver: ...`, or with JSON logs a
+        log line like every other (ERROR, action `start_failed`), so a log shipper that parses
+        each line as JSON reads this one too."""
+        if json_lines:
+            log.error("%s", reason, extra={"action": "start_failed"})
+        else:
+            print(f"jobserver: {reason}", file=sys.stderr)
+
     log_auth(settings)
     try:
         registry = load_tasks(settings)  # before the database is touched: a start that cannot work stops here
         check_configured(settings.schedules, registry, settings.server.max_args_bytes)
     except ConfigError as exc:
         log.debug("the task modules cannot be loaded", exc_info=exc.__cause__ or exc)
-        print(f"jobserver: {exc}", file=sys.stderr)
+        refuse(str(exc))
         return 2
     from jobserver.runtime import Runtime, bind_listener
 
@@ -182,9 +214,7 @@ def serve(args_list: list[str]) -> int:
     try:
         sock = bind_listener(host, port)  # a server that cannot serve never claims a job
     except OSError as exc:
-        print(
-            f"jobserver: cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
-        )
+        refuse(f"cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}")
         return 1
     runtime = Runtime(settings, registry=registry)
     for sig in (signal.SIGTERM, signal.SIGINT):  # while starting; serving installs its own
@@ -197,26 +227,26 @@ def serve(args_list: list[str]) -> int:
         return 0
     except DatabaseInUseError as exc:
         sock.close()
-        print(f"jobserver: cannot start: {exc}", file=sys.stderr)
+        refuse(f"cannot start: {exc}")
         return 3
     except ConfigError as exc:
         sock.close()
-        print(f"jobserver: {exc}", file=sys.stderr)
+        refuse(str(exc))
         return 2
     except (StorageError, ImportError) as exc:
         sock.close()
-        print(f"jobserver: cannot start: {exc}", file=sys.stderr)
+        refuse(f"cannot start: {exc}")
         return 1
     except Exception as exc:  # unforeseen, and still one line: the traceback goes to the DEBUG log
         sock.close()
         log.debug("the start failed", exc_info=exc)
-        print(f"jobserver: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        refuse(f"cannot start: {type(exc).__name__}: {exc}")
         return 1
     log.info(
         "serving on http://%s:%d (database %s)",
         f"[{settings.server.host}]" if ":" in settings.server.host else settings.server.host,  # IPv6
         settings.server.port,
-        settings.database.url.split("@")[-1],
+        database_for_log(settings.database.url),
         extra={"action": "start"},
     )
     runtime.serve(sock)

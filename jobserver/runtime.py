@@ -332,6 +332,7 @@ class Runtime:
         p.webhook_sender.stop()
         p.readers.shutdown()
         p.writer.stop()
+        p.summary.log_once()  # what ended since the last summary line, the drain's outcomes too
         p.tracing.close()
         self._unlock()
 

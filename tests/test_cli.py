@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobserver.cli import main
+from jobserver.cli import database_for_log, main
 from tests.helpers import free_port, wait_until
 
 SCRIPT = Path(sys.executable).with_name("jobserver")
@@ -179,6 +180,33 @@ def test_start_logs_whether_auth_is_on_and_never_the_keys(
     info = [line for line in err.splitlines() if " INFO " in line]
     assert any(expected in line for line in info), err
     assert "secret" not in err
+
+
+def test_with_json_logs_a_failed_start_says_why_in_a_json_line(
+    cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(cwd, [STOP], '[server]\nlog_format = "json"\n')
+    code, err = run(capsys)
+    assert code == 2
+    lines = [json.loads(line) for line in err.splitlines()]  # every line, the reason's too
+    [failed] = [line for line in lines if line.get("action") == "start_failed"]
+    assert failed["level"] == "error"
+    assert STOP in failed["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///data/jobs.db", "sqlite:///data/jobs.db"),
+        ("postgresql://jobs:pw-secret@db:5432/jobs", "postgresql://db:5432/jobs"),
+        (
+            "postgresql://db/jobs?sslmode=require&password=pw-secret&Ssl%50assword=pw-secret",
+            "postgresql://db/jobs?sslmode=require&password=REDACTED&Ssl%50assword=REDACTED",
+        ),
+    ],
+)
+def test_the_start_line_names_the_database_without_its_password(url: str, shown: str) -> None:
+    assert database_for_log(url) == shown
 
 
 @pytest.mark.e2e

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobserver.core.lifecycle import Ending, Status, Transition
+from jobserver.core.lifecycle import Ending, Park, Status, Transition, WaitKind
 from jobserver.core.records import Claim, JobRecord
 from jobserver.ops.metrics import Metrics
 from tests.e2e import start_server
@@ -144,11 +144,21 @@ def test_each_app_has_its_own_registry_and_the_webhook_hook_counts() -> None:
     a.transitioned(done, _record("t", "completed", 10.0, 12.5), claim)
     a.webhook_delivery("delivered")
     a.webhook_delivery("retrying")
+    # a run that parked its job ran for 1.5 s; a run the shutdown put back is not an attempt
+    parked_claim = Claim("j2", "w", "{}", 1, 3, 1, None, started_at=20.0, run_at=20.0)
+    a.claimed(parked_claim)
+    park = Park(WaitKind.SIGNAL, "go")
+    parked = Transition("j2", 1, Ending.SUSPENDED, Status.WAITING, at=21.5, park=park, counts_attempt=False)
+    a.transitioned(parked, _record("w", "waiting", 20.0, None), parked_claim)
+    released = Transition("j2", 2, Ending.RELEASED, Status.PENDING, at=30.0, counts_attempt=False)
+    a.transitioned(released, _record("w", "pending", 29.0, None), parked_claim)
     text_a, text_b = a.render().decode(), b.render().decode()
     assert 'jobserver_webhook_deliveries_total{outcome="delivered"} 1.0' in text_a
     assert 'jobserver_webhook_deliveries_total{outcome="delivered"} 0.0' in text_b
     assert 'jobserver_queue_wait_seconds_sum{task="t"} 6.0' in text_a
     assert 'jobserver_attempt_duration_seconds_sum{task="t"} 2.5' in text_a
+    assert 'jobserver_attempt_duration_seconds_count{task="w"} 1.0' in text_a
+    assert 'jobserver_attempt_duration_seconds_sum{task="w"} 1.5' in text_a
     assert 'jobserver_jobs_finished_total{status="completed",task="t"} 1.0' in text_a
     assert "jobserver_jobs_pending 2.0" in text_a and "jobserver_jobs_pending 0.0" in text_b
     assert 'jobserver_queue_wait_seconds_count{task="t"}' not in text_b

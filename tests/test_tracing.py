@@ -80,6 +80,9 @@ def trace_id(span: ReadableSpan) -> int:
     return tid
 
 
+HOOK_WITH_TOKENS = "/hook/PATHSECRET?token=QUERYSECRET"
+
+
 def test_one_trace_runs_from_the_submit_through_attempts_and_steps_to_the_webhook(
     tmp_path: Path, spans: tuple[OtelTracing, InMemorySpanExporter], receiver: Receiver
 ) -> None:
@@ -90,7 +93,7 @@ def test_one_trace_runs_from_the_submit_through_attempts_and_steps_to_the_webhoo
             json={
                 "task": "tests.e2e_tasks.two_steps",
                 "args": {"fail_first": True},
-                "webhook_url": receiver.url("/hook"),
+                "webhook_url": receiver.url(HOOK_WITH_TOKENS),
             },
             headers={"traceparent": TRACEPARENT},
         )
@@ -98,7 +101,7 @@ def test_one_trace_runs_from_the_submit_through_attempts_and_steps_to_the_webhoo
         job_id = r.json()["id"]
         assert "trace_context" not in r.json()  # kept on the job, not part of the job object
         assert finished(app.client, job_id)["status"] == "completed"
-        [hook] = receiver.wait_for(1, "/hook")
+        [hook] = receiver.wait_for(1, HOOK_WITH_TOKENS)
         wait_until(lambda: named(exporter, "webhook "), 10, message="the webhook span")
 
     [submit_span] = named(exporter, "POST /jobs")
@@ -131,6 +134,14 @@ def test_one_trace_runs_from_the_submit_through_attempts_and_steps_to_the_webhoo
     assert (trace_id(webhook), parent_id(webhook)) == (TRACE_ID, span_id(submit_span))
     assert (webhook.attributes or {})["http.response.status_code"] == 200
     assert hook.headers["traceparent"] == f"00-{TRACE_ID:032x}-{span_id(webhook):016x}-01"
+    # the receiver by its host and port; its URL's path and query (tokens) reach no span
+    assert {k: v for k, v in (webhook.attributes or {}).items() if k.startswith(("server.", "url."))} == {
+        "url.scheme": "http",
+        "server.address": "127.0.0.1",
+        "server.port": receiver.port,
+    }
+    exported = repr([(s.attributes, [e.attributes for e in s.events]) for s in exporter.get_finished_spans()])
+    assert "SECRET" not in exported
 
 
 def test_steps_of_an_async_task_nest_under_its_attempt(

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobserver.core.lifecycle import Transition
+from jobserver.core.lifecycle import Ending, Transition
 from jobserver.core.records import Claim, JobRecord
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Metrics:
         )
         self.attempt_duration = Histogram(
             "jobserver_attempt_duration_seconds",
-            "Run time of attempts that ended (any outcome).",
+            "Run time of attempts that ended (any outcome) and of runs that parked their job (waiting).",
             ["task"],
             buckets=DURATION_BUCKETS_S,
             registry=r,
@@ -144,7 +144,9 @@ class Metrics:
         """An attempt ended (`claim`) or the rescue recovered a job (no claim)."""
         if claim is None:
             self._labelled(self.rescued, rec.task).inc()
-        elif transition.counts_attempt:
+        elif transition.counts_attempt or transition.ending == Ending.SUSPENDED:
+            # a run that parked (a workflow's sleep, wait or gather) ran too: its time counts, as
+            # its start counted in the queue wait; only a run the shutdown cut off is given back
             self._labelled(self.attempt_duration, claim.task).observe(
                 max(0.0, transition.at - claim.started_at)
             )

@@ -2,14 +2,17 @@
 
 Per-job transitions are logged at DEBUG: at thousands of jobs a second, two
 INFO lines per job cost a fifth of the submit throughput. This observer counts
-instead, and a maintenance pass writes one line when anything happened.
+instead, and a maintenance pass writes one line when anything happened; the stop writes the
+last one, so what ran in the minute before a stop is in the log too.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from jobserver.core.lifecycle import Transition
 from jobserver.core.records import Claim, JobRecord
@@ -21,9 +24,11 @@ INTERVAL_S = 60.0
 class Summary:
     """Counts submits, attempts and endings between two summary lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._monotonic = monotonic
+        self._since = monotonic()
 
     def _add(self, key: str) -> None:
         with self._lock:
@@ -47,9 +52,12 @@ class Summary:
         self._add("cancelled")
 
     def log_once(self) -> None:
-        """Log the counts since the last line (nothing when idle) and start again."""
+        """Log the counts since the last line (nothing when idle) and start again; the line says
+        how long that was (the first and the last line of a run cover less than a minute)."""
+        now = self._monotonic()
         with self._lock:
             counts, self._counts = self._counts, Counter()
+            since, self._since = self._since, now
         if counts:
             text = ", ".join(f"{n} {key}" for key, n in sorted(counts.items()))
-            log.info("jobs in the last %.0fs: %s", INTERVAL_S, text, extra={"action": "summary"})
+            log.info("jobs in the last %.0fs: %s", now - since, text, extra={"action": "summary"})

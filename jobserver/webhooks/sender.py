@@ -52,7 +52,7 @@ import peewee as pw
 from jobserver.core.clock import Clock, rfc3339
 from jobserver.core.config import WebhooksSettings
 from jobserver.core.errors import StorageError, WebhookURLError
-from jobserver.core.tracing import NO_TRACING, Tracing
+from jobserver.core.tracing import NO_TRACING, Span, Tracing
 from jobserver.storage.models import read_rows
 from jobserver.storage.writer import Tx, Writer
 from jobserver.webhooks import netguard
@@ -350,7 +350,7 @@ class WebhookSender:
                 span.set("jobserver.webhook.id", delivery.id)
                 span.set("jobserver.webhook.attempt", delivery.attempts + 1)
                 span.set("http.request.method", "POST")
-                span.set("url.full", delivery.url)
+                _set_receiver(span, delivery.url)
                 result = deliver_once(
                     self.client,
                     delivery.url,
@@ -489,3 +489,16 @@ class WebhookSender:
         with self._client_lock:
             if self._owns_client and idle and self._client is not None:
                 self._client.close()
+
+
+def _set_receiver(span: Span, url: str) -> None:
+    """The receiver on a delivery's span: its scheme, host and port, never the URL's path or query,
+    which may hold the receiver's token (as a Slack or Discord webhook's path does), as the
+    logs never hold it: a trace backend is read by more people than the database."""
+    try:
+        scheme, host, port = netguard.split_webhook_url(url)
+    except WebhookURLError:
+        return  # refused before any request: the attempt's error says why
+    span.set("url.scheme", scheme)
+    span.set("server.address", host)
+    span.set("server.port", port)
