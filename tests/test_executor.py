@@ -240,7 +240,9 @@ def test_jobs_the_rescuer_leaves_do_not_keep_it_from_the_others(tmp_path: Path) 
         assert [rec.id for rec in p.rescuer.rescue_once()] == [known]
 
 
-def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(tmp_path: Path) -> None:
+def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = ManualClock()
     with built(tmp_path, clock) as p:
         retried = enqueue(p, "tests.e2e_tasks.record", {"path": str(tmp_path / "x"), "value": "v"}, 3)
@@ -255,6 +257,11 @@ def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(tmp_path: Path)
         assert rescued[retried].status == "pending" and rescued[retried].attempts == 1
         assert rescued[once].status == "failed"  # on_crash="fail"
         assert "Crashed" in (rescued[once].error or "")
+        levels = {r.getMessage(): r.levelname for r in caplog.records if r.name == "jobserver.ops.rescuer"}
+        assert levels == {
+            f"rescued {retried}: now pending": "WARNING",
+            f"rescued {once}: now failed": "ERROR",
+        }
         metrics = p.metrics.render().decode()
         assert 'jobserver_jobs_rescued_total{task="tests.e2e_tasks.at_most_once"} 1.0' in metrics
         assert (

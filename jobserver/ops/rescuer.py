@@ -90,8 +90,10 @@ class Rescuer:
             on_freed=self._freed,
         ).result()
         for transition, rec in rescued:
-            log.warning(
-                "rescued %s: now %s", rec.id, rec.status, extra={"job_id": rec.id, "action": "rescue"}
+            # a job given up (failed `Crashed`) is logged as any job given up is: at ERROR
+            level = logging.ERROR if rec.status == "failed" else logging.WARNING
+            log.log(
+                level, "rescued %s: now %s", rec.id, rec.status, extra={"job_id": rec.id, "action": "rescue"}
             )
             for observer in self.observers:
                 observer.transitioned(transition, rec, None)
