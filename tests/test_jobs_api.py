@@ -475,6 +475,23 @@ def test_delete_and_retry_endpoints(app: RunningApp) -> None:
     assert c.delete(f"/jobs/{done['id']}").status_code == 404
 
 
+def test_a_resent_retry_with_an_idempotency_key_starts_no_second_round(app: RunningApp) -> None:
+    c = app.client
+    job_id = wait_done(c, submit(c, "jobserver.examples.fail")["id"])["id"]
+    key = {"Idempotency-Key": "retry-7"}
+    assert c.post(f"/jobs/{job_id}/retry", headers=key).status_code == 202
+    assert wait_done(c, job_id)["status"] == "failed"  # the rerun failed again before the resend
+    resent = c.post(f"/jobs/{job_id}/retry", headers=key)
+    assert resent.status_code == 200 and resent.headers["idempotent-replayed"] == "true", resent.text
+    assert resent.json()["status"] == "failed" and c.get(f"/jobs/{job_id}").json()["status"] == "failed"
+    other = wait_done(c, submit(c, "jobserver.examples.fail")["id"])["id"]
+    reused = c.post(f"/jobs/{other}/retry", headers=key)  # one key names one request
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency-key-reused", reused.text
+    bad = c.post(f"/jobs/{other}/retry", headers={"Idempotency-Key": " "})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert c.get(f"/jobs/{other}").json()["status"] == "failed"  # refused: nothing changed
+
+
 @pytest.mark.parametrize("how", ["one", "bulk"])
 def test_deleting_a_job_deletes_the_signals_sent_to_it(app: RunningApp, how: str) -> None:
     c = app.client

@@ -331,22 +331,28 @@ def create_app(svc: Services) -> Starlette:
     async def read_json(request: Request) -> Any:
         return await read_json_body(request, settings.server.max_body_bytes, settings.server.max_json_depth)
 
+    def header_key(request: Request) -> str | None:
+        """The request's Idempotency-Key as kept (`key ` and `key` are one key, `ü` none);
+        InvalidRequestError naming the header when it has not IDEMPOTENCY_KEY_RULE."""
+        idem_key = request.headers.get("idempotency-key")
+        if idem_key is None:
+            return None
+        try:
+            return idempotency_key(idem_key)
+        except ValueError:
+            msg = f"Idempotency-Key must have {IDEMPOTENCY_KEY_RULE}"
+            loc = ["header", "Idempotency-Key"]
+            raise InvalidRequestError(
+                msg, [{"loc": loc, "msg": IDEMPOTENCY_KEY_RULE, "type": "value_error"}]
+            ) from None
+
     async def submit(request: Request) -> Response:
         parsed = await read_json(request)
         try:
             body = SubmitBody.model_validate(parsed)
         except pydantic.ValidationError as exc:
             return validation_problem(exc, "body")
-        idem_key = request.headers.get("idempotency-key")
-        if idem_key is not None:
-            try:
-                idem_key = idempotency_key(idem_key)  # `key ` and `key` are one key, `ü` none
-            except ValueError:
-                return field_problem(
-                    ["header", "Idempotency-Key"],
-                    IDEMPOTENCY_KEY_RULE,
-                    f"Idempotency-Key must have {IDEMPOTENCY_KEY_RULE}",
-                )
+        idem_key = header_key(request)
         record, replayed = await commands.submit(
             body, idem_key, key_scope(request), parsed, svc.tracing.carrier()
         )
@@ -480,7 +486,10 @@ def create_app(svc: Services) -> Starlette:
         return JSON(record.to_api(), status_code=202)
 
     async def retry(request: Request) -> Response:
-        record = await commands.retry(request.path_params["job_id"])
+        idem_key = header_key(request)  # a resent retry must not start another round
+        record, replayed = await commands.retry(request.path_params["job_id"], idem_key, key_scope(request))
+        if replayed:
+            return JSON(record.to_api(), status_code=200, headers={"Idempotent-Replayed": "true"})
         return JSON(record.to_api(), status_code=202)
 
     async def delete(request: Request) -> Response:

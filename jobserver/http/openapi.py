@@ -754,7 +754,29 @@ def _paths(secured: bool) -> dict[str, Schema]:
         },
         "/jobs/{job_id}/retry": {
             "post": op(
-                "retryJob", "Run a failed or cancelled job again", {202: job}, (404, 409), params=[_job_id()]
+                "retryJob",
+                "Run a failed or cancelled job again",
+                {
+                    202: job,
+                    200: _json(
+                        "Idempotent replay: this retry was already made with this Idempotency-Key; "
+                        "the job as it is now, no new round started.",
+                        _ref("Job"),
+                        {"Idempotent-Replayed": {"type": "string"}},
+                    ),
+                },
+                (404, 409, 422),
+                params=[
+                    _job_id(),
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "A resend with the same key retries nothing again: the job as "
+                        "it is now (scoped per API key; a key names one request, of any route).",
+                        "schema": dict(IDEMPOTENCY_KEY_SCHEMA),
+                    },
+                ],
             )
         },
         "/jobs/{job_id}/events": {

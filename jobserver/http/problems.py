@@ -93,8 +93,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "idempotency-key-reused": ProblemType(
         (422,),
         "Idempotency-Key reused with another body",
-        "A job was already submitted with this `Idempotency-Key` and a different body. A key names one "
-        "submit: sending it again with the same body returns the first job, with another body it is refused.",
+        "A job was already submitted with this `Idempotency-Key` and a different body (or the key was "
+        "used to retry a job, or for another job's retry). A key names one request: sending it again "
+        "with the same body returns the first job, with another body it is refused.",
         "Use a fresh key for a different job, or resend the original body. Keys are kept for "
         "`retention.idempotency_keys` and are scoped per API key.",
     ),

@@ -211,14 +211,20 @@ class JobCommands:
             for observer in self.observers:
                 observer.cancelled(rec)
 
-    async def retry(self, job_id: str) -> JobRecord:
-        """Run a failed or cancelled job again with a fresh round of attempts."""
+    async def retry(
+        self, job_id: str, idem_key: str | None = None, scope: str = ""
+    ) -> tuple[JobRecord, bool]:
+        """Run a failed or cancelled job again with a fresh round of attempts; (record, replayed).
+        With an idempotency key, a resend of this retry gives the job as it is now and never
+        starts another round (the job may have failed again in between)."""
 
         def after(rec: JobRecord) -> None:
             self.hub.publish(rec.id)
             self.dispatcher.job_added(rec.task)  # an async job is claimed by the feeder, not a thread
 
-        return await self.store.retry(job_id, self.clock.now(), after)
+        idem = None if idem_key is None else (scope, idem_key, body_hash({"retry": job_id}))
+        retried, rec = await self.store.retry(job_id, self.clock.now(), after, idem)
+        return rec, not retried
 
     async def delete(self, job_id: str) -> None:
         """Forget a finished job."""

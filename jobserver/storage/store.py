@@ -222,19 +222,29 @@ def _insert_job(tx: Tx, new: NewJob) -> JobRecord:
     return record
 
 
-def _use_key(tx: Tx, idem: tuple[str, str, str], new: NewJob) -> str | None:
-    """Record the idempotency key for `new`; the first job's id when the key was used with
-    this body already (IdempotencyMismatchError when with another)."""
+def _used_key(tx: Tx, idem: tuple[str, str, str]) -> str | None:
+    """The job an idempotency key was used for with this body; None when the key is unused or
+    its job is gone (pruned or deleted: the key starts afresh). IdempotencyMismatchError when
+    it was used with another body."""
     scope, key, digest = idem
     row = tx.one("SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
     if row is not None and tx.one("SELECT 1 FROM jobs WHERE id = ?", (row[1],)) is None:
-        # the job was pruned or deleted: the key starts afresh
         tx.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
         row = None
-    if row is not None:
-        if row[0] != digest:
-            raise IdempotencyMismatchError(key)
-        return str(row[1])
+    if row is None:
+        return None
+    if row[0] != digest:
+        raise IdempotencyMismatchError(key)
+    return str(row[1])
+
+
+def _use_key(tx: Tx, idem: tuple[str, str, str], new: NewJob) -> str | None:
+    """Record the idempotency key for `new`; the first job's id when the key was used with
+    this body already (IdempotencyMismatchError when with another)."""
+    first = _used_key(tx, idem)
+    if first is not None:
+        return first
+    scope, key, digest = idem
     tx.execute(
         "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
         (scope, key, digest, new.id, new.created_at),
@@ -992,11 +1002,27 @@ class JobStore:
         return self.writer.submit(op)
 
     def retry(
-        self, job_id: str, now: float, on_commit: Callable[[JobRecord], None]
-    ) -> WriteFuture[JobRecord]:
-        """A failed or cancelled job gets a fresh round of attempts; its steps are kept."""
+        self,
+        job_id: str,
+        now: float,
+        on_commit: Callable[[JobRecord], None],
+        idem: tuple[str, str, str] | None = None,
+    ) -> WriteFuture[tuple[bool, JobRecord]]:
+        """A failed or cancelled job gets a fresh round of attempts; its steps are kept.
+        (True, record) when retried; (False, record as it is now) when `idem` (scope, key,
+        body_hash) already retried it: a resent retry never starts another round."""
 
-        def op(tx: Tx) -> JobRecord:
+        def op(tx: Tx) -> tuple[bool, JobRecord]:
+            if idem is not None:
+                self._lock_key(tx, idem)
+                first = _used_key(tx, idem)
+                if first is not None:
+                    if first != job_id:  # the digest names the job: only a stale row can differ
+                        raise IdempotencyMismatchError(idem[1])
+                    rec = self._locked(tx, job_id)
+                    if rec is None:
+                        raise JobNotFoundError(job_id)
+                    return False, rec
             rec = _returning(
                 tx,
                 "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, "
@@ -1009,10 +1035,15 @@ class JobStore:
                 if row is None:
                     raise JobNotFoundError(job_id)
                 raise JobNotRetryableError(job_id, str(row[0]))
+            if idem is not None:
+                tx.execute(
+                    "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (*idem, job_id, now),
+                )
             tx.notify(DUE_NOTE)
             _job_event(tx, rec, now)
             tx.after_commit(partial(on_commit, rec))
-            return rec
+            return True, rec
 
         return self.writer.submit(op)
 
