@@ -141,6 +141,19 @@ def test_bad_bulk_filter_is_422_and_changes_nothing(
         assert status(app, job_id) == "pending"
 
 
+def test_a_bulk_action_refuses_an_idempotency_key_and_changes_nothing(tmp_path: Path) -> None:
+    """A resent bulk action acts again on whatever matches by then: a key it would ignore is refused."""
+    with running_app(tmp_path) as app:
+        job_id = submit(app.client, FAIL, {})
+        assert finished(app.client, job_id)["status"] == "failed"
+        for path in ("/jobs/retry", "/jobs/cancel", "/jobs/delete"):
+            r = app.client.post(path, json={}, headers={"Idempotency-Key": "k1"})
+            assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"], (
+                r.text
+            )
+        assert status(app, job_id) == "failed"
+
+
 def test_bulk_routes_do_not_collide_with_a_jobs_own(tmp_path: Path) -> None:
     with running_app(tmp_path) as app:
         job_id = submit(app.client, ADD, {"a": 1, "b": 1}, delay=3600)

@@ -38,7 +38,7 @@ from jobserver.core.operations import BulkFilter, CancelFilter, DeleteFilter, Re
 from jobserver.core.schedules import NAME_PATTERN, ScheduleBody
 from jobserver.core.schemas import StatsQuery
 from jobserver.http.app import JSON, handled, parsed_query, read_json_body, refuse_query
-from jobserver.http.problems import problem, validation_problem
+from jobserver.http.problems import field_problem, problem, validation_problem
 from jobserver.ops.scheduler import Scheduler
 from jobserver.ops.stats import Stats
 from jobserver.runner.bulk import BulkActions
@@ -146,6 +146,13 @@ def ops_routes(svc: OpsServices) -> list[Route]:
 
     def bulk(model: type[BulkFilter], action: Callable[[Any], Awaitable[int]]) -> Handler:
         async def handler(request: Request) -> Response:
+            if "idempotency-key" in request.headers:  # refused, not ignored: a resend would act again
+                return field_problem(
+                    ["header", "Idempotency-Key"],
+                    "a bulk action takes no Idempotency-Key",
+                    "a bulk action takes no Idempotency-Key header: a resend acts again on the jobs "
+                    "that match by then (retry one job with POST /jobs/{id}/retry, which takes one)",
+                )
             parsed = await read_json_body(request, svc.max_body_bytes, svc.max_json_depth)
             try:
                 f = model.model_validate(parsed)
