@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from jobserver.client import Client
 from tests.helpers import has_line, wait_until
 from tests.inproc import RunningApp, running_app
 
@@ -490,6 +491,12 @@ def test_a_resent_retry_with_an_idempotency_key_starts_no_second_round(app: Runn
     bad = c.post(f"/jobs/{other}/retry", headers={"Idempotency-Key": " "})
     assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
     assert c.get(f"/jobs/{other}").json()["status"] == "failed"  # refused: nothing changed
+    with Client(http_client=c) as sdk:  # the SDK sends the key and marks the resend
+        first = sdk.retry(other, idempotency_key="retry-8")
+        assert first["status"] == "pending" and not first.replayed
+        assert wait_done(c, other)["status"] == "failed"
+        again = sdk.retry(other, idempotency_key="retry-8")
+        assert again.replayed and again["status"] == "failed"
 
 
 @pytest.mark.parametrize("how", ["one", "bulk"])

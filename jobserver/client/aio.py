@@ -197,9 +197,11 @@ class AsyncClient:
         """Cancel a pending job at once, or ask a running one to stop; JobFinishedError when finished."""
         return await self._run(protocol.job_action("cancel", job_id))
 
-    async def retry(self, job_id: str) -> dict[str, Any]:
-        """Run a failed or cancelled job again; JobNotRetryableError otherwise."""
-        return await self._run(protocol.job_action("retry", job_id))
+    async def retry(self, job_id: str, idempotency_key: str | None = None) -> Job:
+        """Run a failed or cancelled job again; JobNotRetryableError otherwise. With
+        `idempotency_key`, a resend (after a lost answer) starts no second round: the job comes
+        back as it is, `replayed`."""
+        return await self._run(protocol.retry(job_id, idempotency_key))
 
     async def delete(self, job_id: str) -> None:
         """Forget a finished job; JobNotFinishedError otherwise."""

@@ -475,6 +475,19 @@ def job_action(op: str, job_id: str) -> Exchange[dict[str, Any]]:
     return (yield from _json_call("POST", job_path(job_id, f"/{op}"), Call(op, job_id)))
 
 
+def retry(job_id: str, key: str | None) -> Exchange[Job]:
+    """POST /jobs/{id}/retry; with an Idempotency-Key, resent after a dropped connection (the
+    server starts one round however often it comes) and `replayed` when it was a resend."""
+    if key is None:
+        return Job((yield from job_action("retry", job_id)))
+    headers = {"Idempotency-Key": key}
+    path = job_path(job_id, "/retry")
+    response = yield request("POST", path, Call("retry", job_id), headers=headers, retry_safe=True)
+    job = Job(response.json())
+    job.replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+    return job
+
+
 def delete(job_id: str) -> Exchange[None]:
     """DELETE /jobs/{id}."""
     yield request("DELETE", job_path(job_id), Call("delete", job_id))
