@@ -292,14 +292,30 @@ class SqliteFile(pw.SqliteDatabase):
         super().__init__(*args, **kwargs)
         self._generation = 0
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file first opened
+        # (device, inode) of the -wal and -shm files, as first seen while a connection is open:
+        # SQLite removes them only when the last connection closes, so until then they stay
+        self._log_ids: list[tuple[int, int] | None] = [None, None]
+        self._open = 0  # this process's connections open now
+        self._open_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         self.check_file()  # a new connection must not make a new, empty file where it was
         conn: sqlite3.Connection = super()._connect()  # type: ignore[misc]
         if self._file_id is None:
             self._file_id = _file_id(self.database)
+        with self._open_lock:
+            self._open += 1
         self._thread_state().generation = self._generation
         return conn
+
+    def _close(self, conn: sqlite3.Connection) -> None:
+        try:
+            super()._close(conn)  # type: ignore[misc]
+        finally:
+            with self._open_lock:
+                self._open = max(self._open - 1, 0)
+                if self._open == 0:  # the last close may remove the log files: new ones are no harm
+                    self._log_ids = [None, None]
 
     def check_file(self) -> None:
         """Raise sqlite3.OperationalError once the file at the database's path is no longer the
@@ -315,6 +331,29 @@ class SqliteFile(pw.SqliteDatabase):
             raise sqlite3.OperationalError(
                 f"the database file {self.database} was removed or replaced while the server ran"
             )
+        self._check_log_files()
+
+    def _check_log_files(self) -> None:
+        """Raise sqlite3.OperationalError once the -wal or -shm file is no longer the one this
+        process's open connections use (deleted, or replaced). Commits would go on landing in
+        the deleted log, answered as committed, and be lost at a crash; a new connection would
+        make an empty log beside it, and another process a new -shm that does not see ours."""
+        with self._open_lock:
+            if self._open == 0:
+                return
+            for i, suffix in enumerate(("-wal", "-shm")):
+                path = self.database + suffix
+                try:
+                    now: tuple[int, int] | None = _file_id(path)
+                except FileNotFoundError:
+                    now = None
+                known = self._log_ids[i]
+                if known is None:
+                    self._log_ids[i] = now  # made by the first write of a new database
+                elif now != known:
+                    raise sqlite3.OperationalError(
+                        f"the database's log file {path} was removed or replaced while the server ran"
+                    )
 
     def connection(self) -> sqlite3.Connection:
         self.refresh()
@@ -326,7 +365,7 @@ class SqliteFile(pw.SqliteDatabase):
         state = self._thread_state()
         if not state.closed and getattr(state, "generation", self._generation) != self._generation:
             try:
-                self._close(state.conn)  # type: ignore[attr-defined]
+                self._close(state.conn)
             except sqlite3.Error:
                 pass
             state.reset()
