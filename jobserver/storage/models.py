@@ -608,9 +608,11 @@ def _one_creator(db: pw.Database) -> Iterator[None]:
     then find everything there. The statements must not share one transaction: a node
     restarted beside running ones would hold each table's index lock while waiting for the
     next table, which a running node's write holds while it waits for the first (a deadlock
-    that stopped the restart). SQLite: one transaction, one process."""
+    that stopped the restart). SQLite: one transaction, one process, which takes the write lock
+    at once: one that read first could not wait for another process's lock (SQLite fails the
+    upgrade at once rather than wait in the busy handler) and the start failed at once."""
     if not isinstance(db, pw.PostgresqlDatabase):
-        with db.atomic():
+        with db.atomic("IMMEDIATE"):
             yield
         return
     db.execute_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
@@ -647,4 +649,9 @@ def create_schema(db: pw.Database) -> None:
             for name, definition in JOB_INDEXES:
                 db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON jobs {definition}")
     except pw.DatabaseError as exc:
-        raise StorageError(f"cannot create the schema: {exc}") from exc
+        held = (
+            " (another process held its write lock longer than database.busy_timeout)"
+            if "locked" in str(exc)
+            else ""
+        )
+        raise StorageError(f"cannot create the schema: {exc}{held}") from exc
