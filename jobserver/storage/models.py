@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -289,7 +290,7 @@ class SqliteFile(pw.SqliteDatabase):
     by its own thread: the driver is not safe otherwise."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, factory=_Connection, **kwargs)
         self._generation = 0
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file first opened
         # (device, inode) of the -wal and -shm files, as first seen while a connection is open:
@@ -305,17 +306,16 @@ class SqliteFile(pw.SqliteDatabase):
             self._file_id = _file_id(self.database)
         with self._open_lock:
             self._open += 1
+        # counted until the connection is gone, closed or dropped with the thread that had it
+        weakref.finalize(conn, self._connection_gone)
         self._thread_state().generation = self._generation
         return conn
 
-    def _close(self, conn: sqlite3.Connection) -> None:
-        try:
-            super()._close(conn)  # type: ignore[misc]
-        finally:
-            with self._open_lock:
-                self._open = max(self._open - 1, 0)
-                if self._open == 0:  # the last close may remove the log files: new ones are no harm
-                    self._log_ids = [None, None]
+    def _connection_gone(self) -> None:
+        with self._open_lock:
+            self._open = max(self._open - 1, 0)
+            if self._open == 0:  # the last close may remove the log files: new ones are no harm
+                self._log_ids = [None, None]
 
     def check_file(self) -> None:
         """Raise sqlite3.OperationalError once the file at the database's path is no longer the
@@ -365,7 +365,7 @@ class SqliteFile(pw.SqliteDatabase):
         state = self._thread_state()
         if not state.closed and getattr(state, "generation", self._generation) != self._generation:
             try:
-                self._close(state.conn)
+                self._close(state.conn)  # type: ignore[attr-defined]
             except sqlite3.Error:
                 pass
             state.reset()
@@ -386,6 +386,10 @@ class SqliteFile(pw.SqliteDatabase):
     def _thread_state(self) -> Any:
         """Peewee's per-thread connection state."""
         return self.__dict__["_state"]
+
+
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection, which a weak reference can follow (the base class's cannot)."""
 
 
 def _file_id(path: str) -> tuple[int, int]:
