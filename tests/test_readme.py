@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import sqlite3
+import subprocess
 import sys
+import threading
 import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +24,8 @@ from typing import Any
 import pytest
 
 from jobserver.core.tasks import Registry
-from tests.helpers import finished
+from jobserver.storage.writer import Tx
+from tests.helpers import finished, wait_until
 from tests.inproc import ServedApp, served_app
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
@@ -145,3 +150,64 @@ def test_the_fastapi_endpoints_submit_and_read_jobs(
         status = web.get(f"/batch-analyze/{batch.json()['task_id']}").json()
         assert status["progress"] == {"current": 2, "total": 2, "message": "analyzed"}
         assert status["result"] == {"documents": 2}
+
+
+def test_the_backup_line_finishes_while_the_server_commits(served: ServedApp, tmp_path: Path) -> None:
+    """The "Backups" line, run by the sqlite3 shell (another process) on a 100 MB file while jobs
+    are submitted: it finishes with a sound copy. The shell's `.backup` started again from the
+    first page at every commit in between, and so never finished."""
+    line = re.search(r"`(sqlite3 data/jobserver\.db [^`]+)`", README.split("- **Backups**", 1)[1])
+    assert line is not None
+    target = tmp_path / "backup.db"
+    command = (
+        line[1]
+        .replace("data/jobserver.db", str(served.app.db_path))
+        .replace("/backups/jobserver-$(date +%F).db", str(target))
+    )
+    writer = served.app.runtime.parts.writer
+    blob = "x" * 3000  # about a page a row: 30,000 rows make a file of 100 MB
+
+    def rows(tx: Tx, start: int) -> None:
+        for n in range(start, start + 1000):
+            tx.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"backup-filler-{n}", blob))
+
+    for start in range(0, 30_000, 1000):
+        writer.call(lambda tx, start=start: rows(tx, start))  # type: ignore[misc]
+    stop = threading.Event()
+    accepted: list[str] = []
+
+    def submit_jobs() -> None:
+        with served.client() as c:
+            while not stop.is_set():
+                r = c.post("/jobs", json={"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}})
+                assert r.status_code == 202, r.text
+                accepted.append(r.json()["id"])
+
+    def commit_often() -> None:  # the small writes a busy server makes between its submits
+        while not stop.is_set():
+            writer.probe().result(10)
+
+    threads = [threading.Thread(target=submit_jobs), threading.Thread(target=commit_often)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(accepted) >= 20, 30, 0.01, "jobs to flow")
+        before = len(accepted)
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        during = len(accepted) - before
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        writer.call(lambda tx: tx.execute("DELETE FROM meta WHERE key LIKE 'backup-filler-%'"))
+    assert during >= 5, during  # the server went on committing while the copy was read
+    copy = sqlite3.connect(target)
+    try:
+        assert copy.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        assert copy.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'backup-filler-%'").fetchone() == (
+            30_000,
+        )
+        assert copy.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] >= before
+    finally:
+        copy.close()

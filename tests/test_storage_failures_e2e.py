@@ -1,4 +1,4 @@
-"""The real server while its database refuses writes: a read-only file and a full disk.
+"""The real server while its database refuses writes: a read-only file, a full disk, a frozen one.
 
 Every refused write is a 503 with a problem document, /readyz says not ready
 while writes fail and ready again once they work, the workers wait out the
@@ -9,9 +9,11 @@ written once the disk has room, so the job does not run a second time.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,14 +101,19 @@ def test_a_locked_database_answers_503_backs_off_and_recovers(tmp_path: Path) ->
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if not AS_ROOT:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "disk"
+    """A 24 MB ext4 file system in a file, mounted through a loop device (one that can be frozen)."""
+    if not AS_ROOT or shutil.which("mkfs.ext4") is None or shutil.which("fsfreeze") is None:
+        pytest.skip("mounting a small file system needs root, mkfs.ext4 and fsfreeze")
+    image, mount = tmp_path / "disk.img", tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+    with image.open("wb") as f:
+        f.truncate(24 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
     try:
         yield mount
     finally:
+        subprocess.run(["fsfreeze", "-u", str(mount)], check=False, capture_output=True)
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
@@ -156,3 +163,24 @@ def test_a_full_disk_answers_503_and_the_outcome_is_written_once_there_is_room(
     assert len(started.read_text().splitlines()) == 1  # it ran once
     wait_until(lambda: ready(srv) == 200, 20, 0.1, "/readyz to recover")
     assert finished(c, submit(c, "jobserver.examples.add", {"a": 2, "b": 3}))["result"] == 5
+    # a disk that stops answering (frozen, as a stalled network volume) holds a submit's write:
+    # /readyz says so in time, and the submit is committed once the disk answers again
+    subprocess.run(["fsfreeze", "-f", str(small_disk)], check=True)
+    held: list[httpx.Response] = []
+    body = {"task": "jobserver.examples.add", "args": {"a": 3, "b": 3}}
+    submitter = threading.Thread(target=lambda: held.append(srv.client(timeout=60).post("/jobs", json=body)))
+    try:
+        submitter.start()
+        wait_until(lambda: ready(srv) == 503, 20, 0.1, "/readyz to say the frozen disk is not ready")
+        began = time.monotonic()
+        r = httpx.get(srv.url + "/readyz", timeout=30)
+        assert time.monotonic() - began < 5
+        assert re.fullmatch(
+            r"error: a (read did not answer|write did not commit) within 2.0s", r.json()["checks"]["database"]
+        ), r.text
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(small_disk)], check=True)
+        submitter.join(timeout=60)
+    assert held[0].status_code == 202, held[0].text
+    assert finished(c, held[0].json()["id"])["result"] == 6
+    wait_until(lambda: ready(srv) == 200, 20, 0.1, "/readyz to recover from the frozen disk")

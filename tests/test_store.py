@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import orjson
@@ -255,6 +256,27 @@ def test_a_database_a_newer_release_changed_is_refused_untouched(tmp_path: Path)
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == tables
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+
+
+def test_a_start_waits_for_another_process_s_write_lock_before_it_gives_up(tmp_path: Path) -> None:
+    """The sqlite3 shell or a script holding the write lock as the server starts: the schema's
+    transaction read before it wrote, and SQLite refused it at once instead of waiting
+    busy_timeout for the lock (so a start beside a short write failed)."""
+    with open_store(tmp_path) as store:
+        add(store)
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        began = time.monotonic()
+        held = r"locked \(another process held its write lock"
+        with pytest.raises(StorageError, match=held), open_store(tmp_path, busy_timeout_s=0.5):
+            pass
+        assert time.monotonic() - began >= 0.45  # it waited for the lock
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with open_store(tmp_path) as store:
+        assert store.writer.health.ok
 
 
 @pytest.mark.parametrize("on_crash", ["retry", "fail"])

@@ -269,16 +269,21 @@ def test_commits_leave_checkpoints_to_the_maintenance_pass(tmp_path: Path) -> No
         assert count(store, "SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'") == 2000
 
 
-def test_a_database_file_removed_while_the_server_runs_is_refused_not_written_to(tmp_path: Path) -> None:
-    """Commits to the deleted file would answer 202 and be lost at the next start; a new
-    connection would make an empty file in its place."""
+@pytest.mark.parametrize("suffix", ["", "-wal"])
+def test_a_database_file_removed_while_the_server_runs_is_refused_not_written_to(
+    tmp_path: Path, suffix: str
+) -> None:
+    """Commits to the deleted file (or its deleted log) would answer 202 and be lost at the
+    next crash or start; a new connection would make an empty file in its place."""
     with running_app(tmp_path) as app:
         c = app.client
         body = {"task": "jobserver.examples.add", "args": {"a": 1, "b": 2}}
         assert c.post("/jobs", json=body).status_code == 202
-        app.db_path.unlink()
+        removed = app.db_path.with_name(app.db_path.name + suffix)
+        removed.unlink()
         refused = c.post("/jobs", json=body)
         assert refused.status_code == 503 and refused.json()["code"] == "storage-unavailable", refused.text
         assert "was removed or replaced" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
         assert c.get("/readyz").status_code == 503
-        assert not app.db_path.exists()  # no connection made a new, empty file there
+        assert not removed.exists()  # no connection made a new, empty file there

@@ -599,11 +599,15 @@ def create_app(svc: Services) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         checks = {"database": "ok", "workers": "ok"}
+        late = "a read did not answer"
         try:
-            await read(store.ping)
+            # the read is bounded too: on a disk that stops answering (frozen, a stalled network
+            # volume) it waits with the disk, and a probe that never answers says nothing
+            await asyncio.wait_for(read(store.ping), READY_WRITE_TIMEOUT_S)
+            late = "a write did not commit"
             await asyncio.wait_for(asyncio.wrap_future(store.writable()), READY_WRITE_TIMEOUT_S)
         except TimeoutError:
-            checks["database"] = f"error: a write did not commit within {READY_WRITE_TIMEOUT_S}s"
+            checks["database"] = f"error: {late} within {READY_WRITE_TIMEOUT_S}s"
         except Exception as exc:
             checks["database"] = f"error: {exc}"
         if not svc.workers_alive():

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -289,17 +290,32 @@ class SqliteFile(pw.SqliteDatabase):
     by its own thread: the driver is not safe otherwise."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, factory=_Connection, **kwargs)
         self._generation = 0
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file first opened
+        # (device, inode) of the -wal and -shm files, as first seen while a connection is open:
+        # SQLite removes them only when the last connection closes, so until then they stay
+        self._log_ids: list[tuple[int, int] | None] = [None, None]
+        self._open = 0  # this process's connections open now
+        self._open_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         self.check_file()  # a new connection must not make a new, empty file where it was
         conn: sqlite3.Connection = super()._connect()  # type: ignore[misc]
         if self._file_id is None:
             self._file_id = _file_id(self.database)
+        with self._open_lock:
+            self._open += 1
+        # counted until the connection is gone, closed or dropped with the thread that had it
+        weakref.finalize(conn, self._connection_gone)
         self._thread_state().generation = self._generation
         return conn
+
+    def _connection_gone(self) -> None:
+        with self._open_lock:
+            self._open = max(self._open - 1, 0)
+            if self._open == 0:  # the last close may remove the log files: new ones are no harm
+                self._log_ids = [None, None]
 
     def check_file(self) -> None:
         """Raise sqlite3.OperationalError once the file at the database's path is no longer the
@@ -315,6 +331,29 @@ class SqliteFile(pw.SqliteDatabase):
             raise sqlite3.OperationalError(
                 f"the database file {self.database} was removed or replaced while the server ran"
             )
+        self._check_log_files()
+
+    def _check_log_files(self) -> None:
+        """Raise sqlite3.OperationalError once the -wal or -shm file is no longer the one this
+        process's open connections use (deleted, or replaced). Commits would go on landing in
+        the deleted log, answered as committed, and be lost at a crash; a new connection would
+        make an empty log beside it, and another process a new -shm that does not see ours."""
+        with self._open_lock:
+            if self._open == 0:
+                return
+            for i, suffix in enumerate(("-wal", "-shm")):
+                path = self.database + suffix
+                try:
+                    now: tuple[int, int] | None = _file_id(path)
+                except FileNotFoundError:
+                    now = None
+                known = self._log_ids[i]
+                if known is None:
+                    self._log_ids[i] = now  # made by the first write of a new database
+                elif now != known:
+                    raise sqlite3.OperationalError(
+                        f"the database's log file {path} was removed or replaced while the server ran"
+                    )
 
     def connection(self) -> sqlite3.Connection:
         self.refresh()
@@ -347,6 +386,10 @@ class SqliteFile(pw.SqliteDatabase):
     def _thread_state(self) -> Any:
         """Peewee's per-thread connection state."""
         return self.__dict__["_state"]
+
+
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection, which a weak reference can follow (the base class's cannot)."""
 
 
 def _file_id(path: str) -> tuple[int, int]:
@@ -569,9 +612,11 @@ def _one_creator(db: pw.Database) -> Iterator[None]:
     then find everything there. The statements must not share one transaction: a node
     restarted beside running ones would hold each table's index lock while waiting for the
     next table, which a running node's write holds while it waits for the first (a deadlock
-    that stopped the restart). SQLite: one transaction, one process."""
+    that stopped the restart). SQLite: one transaction, one process, which takes the write lock
+    at once: one that read first could not wait for another process's lock (SQLite fails the
+    upgrade at once rather than wait in the busy handler) and the start failed at once."""
     if not isinstance(db, pw.PostgresqlDatabase):
-        with db.atomic():
+        with db.atomic("IMMEDIATE"):
             yield
         return
     db.execute_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
@@ -608,4 +653,9 @@ def create_schema(db: pw.Database) -> None:
             for name, definition in JOB_INDEXES:
                 db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON jobs {definition}")
     except pw.DatabaseError as exc:
-        raise StorageError(f"cannot create the schema: {exc}") from exc
+        held = (
+            " (another process held its write lock longer than database.busy_timeout)"
+            if "locked" in str(exc)
+            else ""
+        )
+        raise StorageError(f"cannot create the schema: {exc}{held}") from exc

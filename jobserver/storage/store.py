@@ -13,6 +13,7 @@ call them on the event loop).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from typing import Any
@@ -423,10 +424,12 @@ class JobStore:
             out[key] = out.get(key, 0) + int(n)
         return out
 
-    def writable(self) -> WriteFuture[None]:
-        """Resolves when writes work: at once while the last write committed, else after a
+    def writable(self, stuck_s: float = 1.0) -> WriteFuture[None]:
+        """Resolves when writes work: at once while the last write committed and no write has
+        been in hand for `stuck_s` or more (a disk that stops answering holds it), else after a
         probe write (a StorageError when that fails too)."""
-        if self.writer.health.ok:
+        since = self.writer.busy_since
+        if self.writer.health.ok and (since is None or time.monotonic() - since < stuck_s):
             done: WriteFuture[None] = WriteFuture()
             done.set_result(None)
             return done

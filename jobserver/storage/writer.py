@@ -338,6 +338,7 @@ class Writer:
         self.batches = 0
         self.ops = 0
         self.health = WriteHealth()
+        self.busy_since: float | None = None  # when the batch in hand began (a disk that hangs holds it)
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -409,7 +410,11 @@ class Writer:
                 if item.future.set_running_or_notify_cancel():
                     batch.append(item)
             if batch:
-                self._run_batch(batch)
+                self.busy_since = time.monotonic()
+                try:
+                    self._run_batch(batch)
+                finally:
+                    self.busy_since = None
             if stop:
                 break
         self._db.close()
