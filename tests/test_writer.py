@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import os
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -287,3 +289,25 @@ def test_a_database_file_removed_while_the_server_runs_is_refused_not_written_to
         assert refused.headers["retry-after"]
         assert c.get("/readyz").status_code == 503
         assert not removed.exists()  # no connection made a new, empty file there
+
+
+def test_an_app_stopped_leaves_no_file_open(tmp_path: Path) -> None:
+    """A stopped server's database, with its connections and their files, goes with it: a
+    process that builds servers one after another (an embedding app's tests) keeps no file open."""
+
+    def open_files() -> int:
+        gc.collect()  # connections dropped with their threads are closed by their finalizers
+        return len(os.listdir("/proc/self/fd"))
+
+    def one_app(n: int) -> None:
+        (tmp_path / str(n)).mkdir()
+        with running_app(tmp_path / str(n)) as app:
+            assert app.client.post("/jobs", json={"task": "jobserver.examples.noop"}).status_code == 202
+
+    one_app(0)
+    before = open_files()
+    for n in range(1, 4):
+        one_app(n)
+    assert open_files() <= before + 2, sorted(
+        os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+    )

@@ -306,12 +306,14 @@ class SqliteFile(pw.SqliteDatabase):
             self._file_id = _file_id(self.database)
         with self._open_lock:
             self._open += 1
-        # counted until the connection is gone, closed or dropped with the thread that had it
-        weakref.finalize(conn, self._connection_gone)
+        # counted until the connection is gone, closed or dropped with the thread that had it; the
+        # finalizer holds this object weakly, or it would keep it and its connections alive
+        weakref.finalize(conn, _connection_gone, weakref.ref(self))
         self._thread_state().generation = self._generation
         return conn
 
-    def _connection_gone(self) -> None:
+    def connection_gone(self) -> None:
+        """One of this process's connections is gone."""
         with self._open_lock:
             self._open = max(self._open - 1, 0)
             if self._open == 0:  # the last close may remove the log files: new ones are no harm
@@ -386,6 +388,12 @@ class SqliteFile(pw.SqliteDatabase):
     def _thread_state(self) -> Any:
         """Peewee's per-thread connection state."""
         return self.__dict__["_state"]
+
+
+def _connection_gone(db: weakref.ref[SqliteFile]) -> None:
+    alive = db()
+    if alive is not None:
+        alive.connection_gone()
 
 
 class _Connection(sqlite3.Connection):
