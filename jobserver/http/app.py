@@ -624,8 +624,10 @@ def create_app(svc: Services) -> Starlette:
 
     openapi_doc: list[bytes] = []  # built on first use: every task module is imported by then
 
-    # an open server answers only its own Host names (CrossSiteGuard, below), unless told "*"
-    host_checked = not settings.auth.api_keys and "*" not in settings.server.allowed_hosts
+    # an open server answers only this machine's names and `server.allowed_hosts` (CrossSiteGuard,
+    # below), unless told "*"; with API keys no Host is checked
+    open_hosts = None if settings.auth.api_keys else frozenset(settings.server.allowed_hosts)
+    host_checked = open_hosts is not None and "*" not in open_hosts
 
     async def openapi(request: Request) -> Response:
         if not openapi_doc:
@@ -689,7 +691,6 @@ def create_app(svc: Services) -> Starlette:
             AuthMiddleware, api_keys=tuple(settings.auth.api_keys), open_paths=settings.auth.open_paths
         )
     # outermost: a forged request is refused, keys or not; an open server checks each Host too
-    open_hosts = None if settings.auth.api_keys else frozenset(settings.server.allowed_hosts)
     app.add_middleware(CrossSiteGuard, open_hosts=open_hosts)
     return app
 

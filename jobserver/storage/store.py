@@ -245,12 +245,16 @@ def _use_key(tx: Tx, idem: tuple[str, str, str], new: NewJob) -> str | None:
     first = _used_key(tx, idem)
     if first is not None:
         return first
-    scope, key, digest = idem
+    _keep_key(tx, idem, new.id, new.created_at)
+    return None
+
+
+def _keep_key(tx: Tx, idem: tuple[str, str, str], job_id: str, at: float) -> None:
+    """Record that the idempotency key (scope, key, body_hash) was used for `job_id`."""
     tx.execute(
         "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
-        (scope, key, digest, new.id, new.created_at),
+        (*idem, job_id, at),
     )
-    return None
 
 
 def _returning(tx: Tx, sql: str, params: Sequence[Any]) -> JobRecord | None:
@@ -1039,10 +1043,7 @@ class JobStore:
                     raise JobNotFoundError(job_id)
                 raise JobNotRetryableError(job_id, str(row[0]))
             if idem is not None:
-                tx.execute(
-                    "INSERT INTO idempotency_keys (scope, key, body_hash, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (*idem, job_id, now),
-                )
+                _keep_key(tx, idem, job_id, now)
             tx.notify(DUE_NOTE)
             _job_event(tx, rec, now)
             tx.after_commit(partial(on_commit, rec))
