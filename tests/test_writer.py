@@ -15,7 +15,7 @@ from typing import Any, TypeVarTuple
 import pytest
 
 from jobserver.core.errors import StorageError
-from jobserver.storage.models import Checkpoints, SqliteFile
+from jobserver.storage.models import Checkpoints, SqliteFile, create_schema, open_database
 from jobserver.storage.store import JobStore
 from jobserver.storage.writer import Tx, WriteFuture, notify_payloads
 from jobserver.storage.writer import _wake as writer_wake
@@ -311,3 +311,52 @@ def test_an_app_stopped_leaves_no_file_open(tmp_path: Path) -> None:
     assert open_files() <= before + 2, sorted(
         os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
     )
+
+
+def test_a_connection_collected_during_a_file_check_leaves_it_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection's finalizer runs in whichever thread the garbage collector happens to run,
+    the one checking the database's log files among them, while it holds the count's lock."""
+    db = open_database("sqlite:///x", tmp_path / "jobs.db", "normal", 5.0)
+    create_schema(db)
+    assert isinstance(db, SqliteFile)
+    db.connect()  # this thread's connection stays open, and with it the log files
+
+    def leave_a_closed_connection_in_a_cycle() -> None:
+        cycle: list[Any] = [db.connection()]
+        cycle.append(cycle)  # only the garbage collector frees it, and runs its finalizer
+        db.close()
+
+    real_stat = os.stat
+
+    def stat_then_collect(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(path, *args, **kwargs)
+        if str(path).endswith("-wal"):  # inside the check of the log files
+            gc.collect()
+        return result
+
+    checking = threading.Thread(target=db.check_file, daemon=True)
+    gc.disable()
+    try:
+        other = threading.Thread(target=leave_a_closed_connection_in_a_cycle)
+        other.start()
+        other.join(10)
+        monkeypatch.setattr(os, "stat", stat_then_collect)
+        checking.start()
+        checking.join(10)
+        monkeypatch.undo()
+        assert not checking.is_alive(), "the check waits on a lock its own thread holds"
+        # the gone connection was counted: with this thread's closed too, none is open, and a
+        # log file SQLite removes at the last close and makes again is no cause for alarm
+        db.close()
+        wal = tmp_path / "jobs.db-wal"
+        if wal.exists():
+            wal.unlink()
+        db.connect()
+        db.connection().execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+        db.check_file()
+    finally:
+        gc.enable()
+        if not checking.is_alive():  # a stuck check holds the lock that closing takes
+            db.close()

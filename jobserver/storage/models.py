@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -296,8 +297,10 @@ class SqliteFile(pw.SqliteDatabase):
         # (device, inode) of the -wal and -shm files, as first seen while a connection is open:
         # SQLite removes them only when the last connection closes, so until then they stay
         self._log_ids: list[tuple[int, int] | None] = [None, None]
-        self._open = 0  # this process's connections open now
+        self._open = 0  # this process's connections open now, as last settled
         self._open_lock = threading.Lock()
+        # one entry per connection gone since the count was last settled (see connection_gone)
+        self._gone: deque[None] = deque()
 
     def _connect(self) -> sqlite3.Connection:
         self.check_file()  # a new connection must not make a new, empty file where it was
@@ -305,6 +308,7 @@ class SqliteFile(pw.SqliteDatabase):
         if self._file_id is None:
             self._file_id = _file_id(self.database)
         with self._open_lock:
+            self._settle_gone()
             self._open += 1
         # counted until the connection is gone, closed or dropped with the thread that had it; the
         # finalizer holds this object weakly, or it would keep it and its connections alive
@@ -313,8 +317,18 @@ class SqliteFile(pw.SqliteDatabase):
         return conn
 
     def connection_gone(self) -> None:
-        """One of this process's connections is gone."""
-        with self._open_lock:
+        """One of this process's connections is gone.
+
+        A finalizer calls this, in whichever thread dropped the connection or ran the garbage
+        collector, between any two bytecodes: the lock's holder among them, which would wait
+        on itself forever. So it only leaves a note (a deque's append takes no lock that Python
+        code holds), and the count is settled under the lock at the next open or check."""
+        self._gone.append(None)
+
+    def _settle_gone(self) -> None:
+        """Count the connections gone since the last settling; the caller holds the lock."""
+        while self._gone:
+            self._gone.popleft()
             self._open = max(self._open - 1, 0)
             if self._open == 0:  # the last close may remove the log files: new ones are no harm
                 self._log_ids = [None, None]
@@ -341,6 +355,7 @@ class SqliteFile(pw.SqliteDatabase):
         the deleted log, answered as committed, and be lost at a crash; a new connection would
         make an empty log beside it, and another process a new -shm that does not see ours."""
         with self._open_lock:
+            self._settle_gone()
             if self._open == 0:
                 return
             for i, suffix in enumerate(("-wal", "-shm")):
