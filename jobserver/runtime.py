@@ -322,12 +322,11 @@ class Runtime:
         future = p.reporter.flush_once(self.clock.now())
         if future is not None:
             wait_all([future], RECORD_TIMEOUT_S)
-        if self._loop_thread is not None and self._loop_thread.is_alive():
-            _cancel_tasks(p.tasks_loop)
         p.tasks_loop.call_soon_threadsafe(p.tasks_loop.stop)
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=5)
             if not self._loop_thread.is_alive():
+                _cancel_tasks(p.tasks_loop)
                 p.tasks_loop.close()
         p.webhook_sender.stop()
         p.readers.shutdown()
@@ -338,9 +337,16 @@ class Runtime:
 
 
 def _cancel_tasks(loop: asyncio.AbstractEventLoop, timeout_s: float = 1.0) -> None:
-    """Cancel the async attempts still on the loop (given up by the drain; their outcomes are
-    no longer recorded) and give them a moment to unwind, as `asyncio.run` does at its end:
-    a loop closed under pending tasks leaves them to be destroyed mid-await."""
+    """Cancel the async attempts still on the stopped loop (given up by the drain; their
+    outcomes are no longer recorded) and give them a moment to unwind, as `asyncio.run` does
+    at its end: a loop closed under pending tasks leaves them to be destroyed mid-await.
+
+    The loop runs once more in this thread, its own having ended. The tasks are cancelled
+    before it does, so one made but not yet started never starts; an attempt handed to the
+    loop and not yet a task becomes one in that first pass, ahead of `cancel_all`, which
+    cancels it before its first step. None of their code runs, and none is dropped unawaited."""
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
 
     async def cancel_all() -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -349,7 +355,4 @@ def _cancel_tasks(loop: asyncio.AbstractEventLoop, timeout_s: float = 1.0) -> No
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
 
-    try:
-        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=timeout_s + 1)
-    except (TimeoutError, RuntimeError) as exc:  # a task that ignores cancellation: leave it
-        log.debug("async tasks left at close: %s", exc)
+    loop.run_until_complete(cancel_all())

@@ -3,14 +3,17 @@ and a start that fails part way, which leaves nothing running."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import resource
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
 
 from jobserver.runner.queue import WorkerPool
-from jobserver.runtime import Runtime, connection_cap, raise_open_files_limit
+from jobserver.runtime import Runtime, _cancel_tasks, connection_cap, raise_open_files_limit
 from tests.helpers import wait_until
 from tests.inproc import running_app, settings_for
 
@@ -65,3 +68,34 @@ def test_a_start_that_fails_part_way_stops_what_it_started_and_unlocks_the_file(
     with running_app(tmp_path) as app:  # the file is not left locked, and the job was not lost
         done = app.client.get(f"/jobs/{job.json()['id']}", params={"wait": 10}).json()
         assert (done["status"], done["result"]) == ("completed", 3)
+
+
+def test_attempts_handed_to_the_loop_as_it_stops_are_cancelled_before_they_start() -> None:
+    """A worker can hand an async attempt to the tasks' loop just as the stop ends the loop's
+    thread: the close cancels it before its first step, as it cancels the ones running, and
+    none is dropped unawaited."""
+    loop = asyncio.new_event_loop()
+    ran: list[str] = []
+
+    async def attempt(name: str) -> None:
+        ran.append(name)
+        await asyncio.sleep(3600)
+
+    async def until_started() -> None:
+        while not ran:
+            await asyncio.sleep(0)
+
+    running = asyncio.run_coroutine_threadsafe(attempt("running"), loop)
+    loop.run_until_complete(until_started())  # "running" waits at its first await
+    made = asyncio.run_coroutine_threadsafe(attempt("made"), loop)
+    loop.call_soon(loop.stop)
+    loop.run_forever()  # one pass: "made" is a task whose first step is still to come
+    queued = asyncio.run_coroutine_threadsafe(attempt("queued"), loop)  # not even a task yet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _cancel_tasks(loop)
+        loop.close()
+        gc.collect()
+    assert ran == ["running"]  # none of the others' code ran
+    assert running.cancelled() and made.cancelled() and queued.cancelled()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]

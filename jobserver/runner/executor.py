@@ -164,7 +164,11 @@ class Executor:
         if stop is not None:
             attempt.request_stop(stop)
         if taskdef.is_async:
-            asyncio.run_coroutine_threadsafe(self._run_async(attempt, taskdef), self.loop)
+            run = self._run_async(attempt, taskdef)
+            try:
+                asyncio.run_coroutine_threadsafe(run, self.loop)
+            except RuntimeError:  # the loop closed at a stop this thread outlived: the lease ends
+                run.close()  # and the job is rescued; never started, the coroutine is not awaited
             return True
         began = time.perf_counter()
         outcome = self._run_sync(attempt, taskdef)
