@@ -193,7 +193,7 @@ class Runtime:
         p.rescuer.rescue_once(every_other_owner=not self.settings.is_postgres)
         p.scheduler.sync_configured(p.configured_schedules)
         self._loop_thread = threading.Thread(
-            target=p.tasks_loop.run_forever, name="jobserver-async", daemon=True
+            target=_serve_tasks, args=(p.tasks_loop,), name="jobserver-async", daemon=True
         )
         self._loop_thread.start()
         p.webhook_sender.start()
@@ -324,10 +324,7 @@ class Runtime:
             wait_all([future], RECORD_TIMEOUT_S)
         p.tasks_loop.call_soon_threadsafe(p.tasks_loop.stop)
         if self._loop_thread is not None:
-            self._loop_thread.join(timeout=5)
-            if not self._loop_thread.is_alive():
-                _cancel_tasks(p.tasks_loop)
-                p.tasks_loop.close()
+            self._loop_thread.join(timeout=5)  # a task that blocks the loop leaves it behind
         p.webhook_sender.stop()
         p.readers.shutdown()
         p.writer.stop()
@@ -336,12 +333,20 @@ class Runtime:
         self._unlock()
 
 
+def _serve_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the async tasks' loop until it is stopped, then cancel what is left on it and close
+    it, in this thread: the one that stops it may run a loop of its own (the server's)."""
+    loop.run_forever()
+    _cancel_tasks(loop)
+    loop.close()
+
+
 def _cancel_tasks(loop: asyncio.AbstractEventLoop, timeout_s: float = 1.0) -> None:
     """Cancel the async attempts still on the stopped loop (given up by the drain; their
     outcomes are no longer recorded) and give them a moment to unwind, as `asyncio.run` does
     at its end: a loop closed under pending tasks leaves them to be destroyed mid-await.
 
-    The loop runs once more in this thread, its own having ended. The tasks are cancelled
+    The loop runs once more, after its stop. The tasks are cancelled
     before it does, so one made but not yet started never starts; an attempt handed to the
     loop and not yet a task becomes one in that first pass, ahead of `cancel_all`, which
     cancels it before its first step. None of their code runs, and none is dropped unawaited."""
