@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from jobserver.client import commands
 from jobserver.client.protocol import Event
 from jobserver.client.sdk import Client
 from jobserver.core.errors import DrainingError
@@ -21,7 +22,9 @@ ADD = "jobserver.examples.add"
 WAIT_S = 30.0
 
 
-def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
+def test_submit_while_draining_raises_draining_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     srv = start_server(tmp_path)
     started, release = tmp_path / "started", tmp_path / "release"
     try:
@@ -41,6 +44,10 @@ def test_submit_while_draining_raises_draining_error(tmp_path: Path) -> None:
 
             exc = wait_until(refused, WAIT_S, message="submissions to be refused")
             assert exc.status_code == 503 and exc.retry_after is not None
+            # the CLI says "try again later" with the exit code of a server out of reach
+            refused_by_cli = commands.main(["submit", ADD, "-a", "a=1", "-a", "b=1", "--url", srv.url], {})
+            assert refused_by_cli == commands.EXIT_UNREACHABLE
+            assert "shutting down" in capsys.readouterr().err
             assert c.get(job["id"])["status"] == "running"  # reads still work while draining
             release.touch()
         assert srv.wait_exit(WAIT_S) == 0

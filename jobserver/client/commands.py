@@ -37,10 +37,12 @@ from jobserver.client.sdk import DEFAULT_URL, Client, ClientError
 from jobserver.client.transport import reconnect_pause_s
 from jobserver.core.bounds import MAX_LIMIT, MAX_WAIT_S
 from jobserver.core.errors import (
+    DrainingError,
     IdempotencyMismatchError,
     InvalidRequestError,
     JobServerError,
     ServerUnavailableError,
+    StorageError,
     TaskNotFoundError,
     WaitTimeoutError,
     WebhookURLError,
@@ -55,6 +57,8 @@ EXIT_INTERRUPTED = 130
 POLL_S = 1.0  # how often the live line reads the job's new events while it waits
 SCHEDULE_ACTIONS = ("list", "pause", "resume", "delete")
 USAGE_ERRORS = (InvalidRequestError, TaskNotFoundError, WebhookURLError, IdempotencyMismatchError)
+# the server is not there to serve, for now: a script tries again later, or another node
+UNAVAILABLE_ERRORS = (ServerUnavailableError, DrainingError, StorageError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -572,7 +576,7 @@ def _exit_code(exc: JobServerError) -> int:
     status = getattr(exc, "status_code", None)
     if isinstance(exc, WaitTimeoutError):
         return EXIT_TIMED_OUT
-    if isinstance(exc, ServerUnavailableError):
+    if isinstance(exc, UNAVAILABLE_ERRORS) or status == 503:
         return EXIT_UNREACHABLE
     return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) or status in (400, 413, 422) else EXIT_FAILED
 
