@@ -179,11 +179,15 @@ class Runtime:
             raise
 
     def _start(self, p: Parts) -> Parts:
-        log.info(
-            "tasks registered: %s",
-            ", ".join(t.name for t in p.registry.all()) or "none",
-            extra={"action": "start"},
-        )
+        registered = ", ".join(t.name for t in p.registry.all())
+        if registered:
+            log.info("tasks registered: %s", registered, extra={"action": "start"})
+        else:  # every submit would be refused: an empty JOBSERVER_TASKS_MODULES, say
+            log.warning(
+                "no tasks registered: every submit will be refused as an unknown task; set tasks.modules "
+                "(JOBSERVER_TASKS_MODULES) to the modules that define your @task functions",
+                extra={"action": "start"},
+            )
         unknown = sorted(task for task in p.stats.pending_by_task() if task not in p.registry)
         if unknown:
             log.warning(

@@ -67,6 +67,12 @@ def test_a_job_of_an_unknown_task_stays_pending(tmp_path: Path, caplog: pytest.L
     messages = [r.getMessage() for r in caplog.records]
     assert any("tasks registered:" in m and "jobserver.examples.add" in m for m in messages)
     assert any("do" in m and "not know" in m and "elsewhere.task" in m for m in messages)
+    caplog.clear()
+    (tmp_path / "none").mkdir()
+    with running_app(tmp_path / "none", environ={"JOBSERVER_TASKS_MODULES": ""}) as app:
+        assert app.client.get("/tasks").json()["tasks"] == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no tasks registered" in m and "JOBSERVER_TASKS_MODULES" in m for m in warned), warned
 
 
 def thread_cpu_s(name: str) -> float:
