@@ -290,9 +290,12 @@ class Runtime:
             return
         self._drained = True
         p = self.parts
+        began = time.monotonic()
         records: list[WriteFuture[JobRecord]] = p.executor.release_unstarted(p.dispatcher.stop_claiming())
+        unstarted = len(records)
         self._wait_running(grace_s)
-        if p.executor.running_count():
+        cut_off = p.executor.running_count()
+        if cut_off:
             p.executor.stop_all("shutdown")
             self._wait_running(STUCK_GRACE_S)
         for attempt in p.executor.running():  # stuck in a blocking call: record it without it
@@ -300,6 +303,12 @@ class Runtime:
             if future is not None:
                 records.append(future)
         wait_all(records, RECORD_TIMEOUT_S)
+        if unstarted or cut_off:
+            log.info(
+                "drained in %.1fs: %d running jobs cut off by the grace period (each put back, or "
+                "failed where its task's on_crash says so), %d claimed jobs put back before they started",
+                time.monotonic() - began, cut_off, unstarted, extra={"action": "drained"},
+            )  # fmt: skip
 
     def _wait_running(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -76,6 +76,7 @@ def test_sigterm_records_the_jobs_its_grace_period_cut_off(tmp_path: Path) -> No
     wait_until(lambda: has_line(retried_marker) and has_line(once_marker), 30, message="both tasks to start")
     srv.terminate()
     assert srv.wait_exit(30) == 0
+    assert "2 running jobs cut off by the grace period" in srv.log(), srv.log()
     after_retry, after_once = _read(tmp_path, retried["id"]), _read(tmp_path, once["id"])
     # on_crash="retry": put back, and the cut run is not counted
     assert (after_retry["status"], after_retry["attempts"]) == ("pending", 0)
