@@ -259,7 +259,7 @@ def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(
         assert "Crashed" in (rescued[once].error or "")
         levels = {r.getMessage(): r.levelname for r in caplog.records if r.name == "jobserver.ops.rescuer"}
         assert levels == {
-            f"rescued {retried}: now pending": "WARNING",
+            f"rescued 1 job (its worker stopped heartbeating), now pending: {retried}": "WARNING",
             f"rescued {once}: now failed": "ERROR",
         }
         metrics = p.metrics.render().decode()
@@ -268,6 +268,27 @@ def test_the_rescuer_recovers_expired_leases_on_the_manual_clock(
             'jobserver_jobs_finished_total{status="failed",task="tests.e2e_tasks.at_most_once"} 1.0'
             in metrics
         )
+
+
+def test_a_rescue_of_many_jobs_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A restart after a crash may rescue thousands of jobs: one line says so, not one each."""
+    clock = ManualClock()
+    with built(tmp_path, clock) as p:
+        ids = [
+            enqueue(p, "tests.e2e_tasks.record", {"path": str(tmp_path / "x"), "value": "v"}, 3)
+            for _ in range(12)
+        ]
+        lease = p.settings.workers.lease_seconds
+        p.store.claim(
+            "gone", clock.now(), lease, lambda tx: (20, None), lambda tx, c: [i for i, _ in c]
+        ).result(10)
+        clock.advance(lease + 1)
+        assert len(p.rescuer.rescue_once()) == 12
+        lines = [r.getMessage() for r in caplog.records if r.name == "jobserver.ops.rescuer"]
+        assert len(lines) == 1 and lines[0].startswith(
+            "rescued 12 jobs (its worker stopped heartbeating), now pending: "
+        )
+        assert lines[0].endswith(" and 2 more") and sum(job_id in lines[0] for job_id in ids) == 10
 
 
 def test_the_shutdown_puts_back_claims_that_never_started(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ def test_one_line_counts_what_happened_then_starts_again(caplog: pytest.LogCaptu
     summary.transitioned(Transition("j", 1, Ending.COMPLETED, Status.COMPLETED, 2.0), rec, claim)
     summary.transitioned(Transition("j", 1, Ending.FAILED, Status.PENDING, 2.0, run_at=3.0), rec, claim)
     summary.transitioned(Transition("j", 1, Ending.CRASHED, Status.FAILED, 2.0), rec, None)
+    # a crashed attempt put back is "rescued", not "retrying" as well
+    summary.transitioned(Transition("j", 1, Ending.CRASHED, Status.PENDING, 2.0, run_at=3.0), rec, None)
     with caplog.at_level(logging.INFO, logger="jobserver.ops.summary"):
         summary.log_once()
         summary.log_once()  # nothing happened since: no line, and the next one counts from here
@@ -33,7 +35,7 @@ def test_one_line_counts_what_happened_then_starts_again(caplog: pytest.LogCaptu
         summary.log_once()
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        "jobs in the last 60s: 1 completed, 1 failed, 1 rescued, 1 retrying, 3 started, 3 submitted",
+        "jobs in the last 60s: 1 completed, 1 failed, 2 rescued, 1 retrying, 3 started, 3 submitted",
         "jobs in the last 15s: 1 submitted",
     ]
 

@@ -27,6 +27,7 @@ from jobserver.runner.wakeup import Wakeup
 from jobserver.storage.store import JobStore
 
 log = logging.getLogger(__name__)
+SHOWN_IDS = 10  # of the jobs a rescue puts back, the ids its log line names
 
 
 class Rescuer:
@@ -89,13 +90,21 @@ class Rescuer:
             known={t.name for t in self.registry.all()},
             on_freed=self._freed,
         ).result()
+        others: dict[str, list[str]] = {}
         for transition, rec in rescued:
-            # a job given up (failed `Crashed`) is logged as any job given up is: at ERROR
-            level = logging.ERROR if rec.status == "failed" else logging.WARNING
-            log.log(
-                level, "rescued %s: now %s", rec.id, rec.status, extra={"job_id": rec.id, "action": "rescue"}
-            )
+            if rec.status == "failed":  # given up (`Crashed`): logged as any job given up is, at ERROR
+                log.error("rescued %s: now failed", rec.id, extra={"job_id": rec.id, "action": "rescue"})
+            else:
+                others.setdefault(rec.status, []).append(rec.id)
             for observer in self.observers:
                 observer.transitioned(transition, rec, None)
             self.hub.publish(rec.id)
+        for status, ids in others.items():  # one line, not one per job: a restart may rescue thousands
+            shown = ", ".join(ids[:SHOWN_IDS]) + (
+                f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
+            )
+            log.warning(
+                "rescued %d job%s (%s), now %s: %s", len(ids), "" if len(ids) == 1 else "s", note, status, shown,
+                extra={"action": "rescue"},
+            )  # fmt: skip
         return [rec for _, rec in rescued]

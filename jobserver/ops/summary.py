@@ -41,11 +41,11 @@ class Summary:
         self._add("started")
 
     def transitioned(self, transition: Transition, rec: JobRecord, claim: Claim | None) -> None:
-        if claim is None:
+        if claim is None:  # a crashed attempt found: "rescued" says it, not "retrying" as well
             self._add("rescued")
         if transition.finished:
             self._add(str(transition.status))
-        elif transition.counts_attempt:
+        elif transition.counts_attempt and claim is not None:
             self._add("retrying")
 
     def cancelled(self, rec: JobRecord) -> None:
