@@ -413,6 +413,13 @@ def fan_out(
     return {"results": shown, "tail": tail, "ids": ids, "attempt": ctx.attempt}
 
 
+@task(max_attempts=3, backoff=(0.01, 0.01))
+def spawn_one(ctx: JobContext, task: str, args: dict[str, Any], options: dict[str, Any] | None = None) -> str:
+    """Spawns one child as told, and returns its id; any error is retried, twice, at once."""
+    child_id: str = ctx.spawn("child", task, args, **(options or {}))
+    return child_id
+
+
 def _failure(failed: ChildFailed) -> dict[str, Any]:
     assert failed.error is not None  # a failed child always carries its error object
     return {"failed": failed.job_id, "error": failed.error["type"]}

@@ -265,6 +265,22 @@ def test_spawn_many_beyond_a_batch_fails_the_job_at_once_and_spawns_nothing(app:
     assert app.client.get("/jobs", params={"parent": job["id"]}).json()["jobs"] == []
 
 
+@pytest.mark.parametrize(
+    ("args", "options", "named"),
+    [({"path": "", "i": "seven"}, {}, "i"), ({"path": "", "i": 7}, {"priorty": 1}, "priorty")],
+    ids=["bad args", "unknown option"],
+)
+def test_a_spawn_the_server_refuses_fails_the_job_at_once(
+    app: RunningApp, args: dict[str, Any], options: dict[str, Any], named: str
+) -> None:
+    """The same children would be refused at every attempt: no retry, and the error names why."""
+    body = {"task": "tests.e2e_tasks.square", "args": args, "options": options}
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.spawn_one", body))
+    assert job["status"] == "failed" and job["attempts"] == 1, job
+    assert job["error"]["message"].startswith("spawn 'child': ") and named in job["error"]["message"]
+    assert app.client.get("/jobs", params={"parent": job["id"]}).json()["jobs"] == []
+
+
 def test_slow_sync_steps_of_async_jobs_do_not_hold_up_the_steps_of_others(tmp_path: Path) -> None:
     """More blocked steps than asyncio's own default executor has threads, and a quick step still runs."""
     held = min(32, (os.cpu_count() or 1) + 4)  # that executor's size on this machine

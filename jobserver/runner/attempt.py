@@ -28,7 +28,15 @@ import orjson
 
 from jobserver.core.bounds import duration_s, signal_name
 from jobserver.core.clock import Clock
-from jobserver.core.errors import Cancelled, ChildFailed, NotJSONSerializableError, StorageError, Timeout
+from jobserver.core.errors import (
+    Cancelled,
+    ChildFailed,
+    Fail,
+    InvalidRequestError,
+    NotJSONSerializableError,
+    StorageError,
+    Timeout,
+)
 from jobserver.core.lifecycle import Park, Suspend, WaitKind
 from jobserver.core.limits import load_held, usable_units
 from jobserver.core.records import Claim, JobRecord
@@ -435,7 +443,12 @@ class Attempt:
         with self.trace.call("spawn", name) as span:
             claim, now = self.claim, self._clock.now()
             context = kept_context(span.headers())
-            children = [factory.child(claim.job_id, task, dict(a), options, now, context) for a in many_args]
+            try:
+                children = [
+                    factory.child(claim.job_id, task, dict(a), options, now, context) for a in many_args
+                ]
+            except InvalidRequestError as exc:  # the same args would be refused at every attempt
+                raise Fail(f"spawn {name!r}: {exc}") from exc
             ids = [c.id for c in children]
             span.set("jobserver.children", len(ids))
             result = ids[0] if one else ids
