@@ -170,4 +170,7 @@ def test_a_scrape_survives_an_unreachable_database() -> None:
 
     text = Metrics(broken, lambda: 0.0).render().decode()
     assert "jobserver_jobs_pending " not in text  # left out, not a failed scrape
+    assert "\njobserver_database_readable 0.0\n" in text  # and a series to alert on says why
+    fine = Metrics(lambda statuses: {"pending": 1}, lambda: 0.0).render().decode()
+    assert "\njobserver_database_readable 1.0\n" in fine and "\njobserver_jobs_pending 1.0\n" in fine
     assert "jobserver_webhook_deliveries_total" in text

@@ -54,13 +54,24 @@ GAUGED = ("pending", "running", "waiting")  # statuses counted per scrape (index
 
 
 class _QueueGauges(Collector):
-    """`jobserver_jobs_pending`, `_running` and `_waiting`, counted in the database per scrape."""
+    """`jobserver_jobs_pending`, `_running` and `_waiting`, counted in the database per scrape,
+    and `jobserver_database_readable`: without it, gauges left out of a failed scrape would look
+    like no data rather than an alert."""
 
     def __init__(self, counts: StatusCounts) -> None:
         self._counts = counts
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family(status) for status in GAUGED]
+        return [*(self._family(status) for status in GAUGED), self._readable(0.0)]
+
+    @staticmethod
+    def _readable(value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "jobserver_database_readable",
+            "1 when this scrape counted the jobs in the database, 0 when it could not (the job gauges are left out).",
+        )
+        family.add_metric([], value)
+        return family
 
     @staticmethod
     def _family(status: str) -> GaugeMetricFamily:
@@ -71,8 +82,8 @@ class _QueueGauges(Collector):
             counts = self._counts(GAUGED)
         except Exception as exc:  # a scrape must not fail because the database is busy or gone
             log.warning("metrics: cannot count jobs: %s", exc, extra={"action": "metrics_failed"})
-            return []
-        families = []
+            return [self._readable(0.0)]
+        families = [self._readable(1.0)]
         for status in GAUGED:
             family = self._family(status)
             family.add_metric([], float(counts.get(status, 0)))
