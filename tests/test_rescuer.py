@@ -4,12 +4,14 @@ driven one step at a time on a manual clock, one `build()` per process of the st
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from jobserver import Concurrency, task
@@ -185,6 +187,27 @@ def test_on_postgres_an_expired_lease_of_an_unknown_task_frees_its_slot(tmp_path
         assert run(knowing, again) == "completed"
         assert run(other, claim(other)) == "completed"
         assert other.store.get(waits).status == "completed" and key_use(other) == (0, 0)
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_rescue_skips_a_row_another_transaction_holds(tmp_path: Path, pg_url: str) -> None:
+    """Nodes rescue at once: none waits for a crashed job's row another node's transaction
+    holds (its rescue, a cancel); a later pass finds the job again if it is still to rescue."""
+    clock = ManualClock()
+    settings = settings_for(tmp_path, {"database": {"url": pg_url}})
+    packed, _ = crashed_holding_the_slot(settings, clock)
+    clock.advance(settings.workers.lease_seconds + 1)
+    with process(settings, clock, *BOTH) as rescuer:
+        with psycopg.connect(pg_url) as other_node, other_node.transaction():
+            other_node.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (packed,))
+            outcome: list[list[str]] = []
+            rescue = threading.Thread(
+                target=lambda: outcome.append([r.id for r in rescuer.rescuer.rescue_once()]), daemon=True
+            )
+            rescue.start()
+            rescue.join(10)
+            assert outcome == [[]], "the rescue waited for the row another transaction holds"
+        assert [r.id for r in rescuer.rescuer.rescue_once()] == [packed]
 
 
 @pytest.mark.postgres

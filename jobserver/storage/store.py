@@ -1086,7 +1086,9 @@ class JobStore:
         args: list[Any] = [owner if everyone_else else now, *sorted(known or ())]
 
         def op(tx: Tx) -> list[tuple[Transition, JobRecord]]:
-            rows = tx.all(sql, args)
+            # PostgreSQL: a row another node's rescue, cancel or heartbeat is changing is skipped,
+            # not waited for; if it is still to be rescued, the next pass finds it
+            rows = tx.all(sql + self._skip_locked, args)
             out = []
             for job_id, task, attempts, max_attempts, run_seq, cancel, lease_owner in rows:
                 if lease_owner == owner and job_id in alive:
