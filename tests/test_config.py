@@ -479,11 +479,26 @@ def test_webhook_secret_refused(tmp_path: Path, secret: str) -> None:
     assert secret == "whsec_" or secret not in str(error)
 
 
+def test_previous_webhook_secrets_for_a_rotation(tmp_path: Path) -> None:
+    old, older = "whsec_QUJD", "whsec_REVGRw"
+    settings = load(tmp_path, environ={"JOBSERVER_WEBHOOKS_PREVIOUS_SECRETS": f"{old}, {older}"})
+    assert settings.webhooks.previous_secrets == (old, older)
+    for bad in ("whsec_QUJD,MfKQ9r8GKYqrTwjUPD8I", "whsec_QUJD,whsec_"):
+        error = config_error(tmp_path, environ={"JOBSERVER_WEBHOOKS_PREVIOUS_SECRETS": bad})
+        assert error.key == "webhooks.previous_secrets"
+        assert "MfKQ9r8GKYqrTwjUPD8I" not in str(error) and "QUJD" not in str(error)
+
+
 def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:
     settings = load(
-        tmp_path, environ={"JOBSERVER_WEBHOOKS_SECRET": SECRET, "JOBSERVER_AUTH_API_KEYS": "key-123"}
+        tmp_path,
+        environ={
+            "JOBSERVER_WEBHOOKS_SECRET": SECRET,
+            "JOBSERVER_WEBHOOKS_PREVIOUS_SECRETS": "whsec_QUJD",
+            "JOBSERVER_AUTH_API_KEYS": "key-123",
+        },
     )
-    assert SECRET not in repr(settings)
+    assert SECRET not in repr(settings) and "whsec_QUJD" not in repr(settings)
     assert "key-123" not in repr(settings)
 
 

@@ -160,6 +160,21 @@ def test_failed_and_cancelled_jobs_send_their_event(env: Env, status: str, event
     assert env.delivery(job_id)[1] == "delivered"
 
 
+def test_during_a_secret_rotation_each_delivery_verifies_with_either_secret(env: Env) -> None:
+    """Standard Webhooks' list of signatures: receivers still on the old secret and those
+    already on the new one both accept, so the two can be moved one at a time."""
+    old = webhooks.generate_secret()
+    sender = env.sender(previous_secrets=(old,))
+    env.finish(env.receiver.url("/hook"))
+    assert sender.run_once(env.clock.now()) == 1
+    [req] = env.receiver.received("/hook")
+    assert len(req.headers["webhook-signature"].split(" ")) == 2
+    for secret in (SECRET, old):
+        assert Webhook(secret).verify(req.body, dict(req.headers))["type"] == "job.completed"
+    with pytest.raises(Exception, match="signature"):
+        Webhook(webhooks.generate_secret()).verify(req.body, dict(req.headers))
+
+
 def test_job_without_webhook_url_has_no_delivery(env: Env) -> None:
     sender = env.sender()
     job_id = env.finish(None)

@@ -228,6 +228,9 @@ class WebhooksSettings(_Section):
     """[webhooks]: signing secret, address policy and delivery retries."""
 
     secret: str = Field(default="", repr=False)
+    # during a rotation, the secrets receivers may still verify with: each delivery is signed
+    # with `secret` and with each of these (Standard Webhooks' list of signatures)
+    previous_secrets: tuple[str, ...] = Field(default=(), repr=False)
     allow_private: bool = False
     allow_hosts: tuple[str, ...] = ()
     # Stripe-like: the last try lands about three days after the first (the contract's promise).
@@ -250,6 +253,15 @@ class WebhooksSettings(_Section):
         if secret != "":
             webhook_secret_key(secret)
         return secret
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _check_previous_secrets(cls, secrets: tuple[str, ...]) -> tuple[str, ...]:
+        for secret in secrets:
+            if not secret.startswith("whsec_"):  # "" too: an empty key signs nothing worth checking
+                raise ValueError('each previous secret must be "whsec_" followed by base64')
+            webhook_secret_key(secret)
+        return secrets
 
 
 class RetentionSettings(_Section):

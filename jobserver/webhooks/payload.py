@@ -158,8 +158,11 @@ def deliver_once(
     guard: netguard.WebhookGuard,
     timeout_s: float,
     trace_headers: Mapping[str, str] | None = None,
+    previous_secrets: Sequence[str] = (),
 ) -> AttemptResult:
     """POST one signed delivery to `url`; never raises for network or receiver errors.
+
+    Signed with `secret`, and with each of `previous_secrets` too while receivers move to it.
 
     `trace_headers` (`traceparent`, ...) continue the job's trace at the receiver.
 
@@ -190,7 +193,9 @@ def deliver_once(
         "user-agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(
+            sign(key, msg_id, timestamp, body) for key in (secret, *previous_secrets)
+        ),
         # One connection per attempt: the pool is keyed by IP, and a kept-alive
         # TLS connection must not carry a request for another host name.
         "connection": "close",

@@ -361,6 +361,7 @@ class WebhookSender:
                     self.guard,
                     self.settings.timeout,
                     span.headers(),
+                    self.settings.previous_secrets,
                 )
                 span.set("http.response.status_code", result.status_code)
                 span.set("jobserver.webhook.outcome", result.outcome)
