@@ -302,6 +302,8 @@ def test_a_paused_tasks_parked_jobs_hold_back_no_other_task_on_their_key(tmp_pat
         ahead = [submit(c, first, {}) for _ in range(5)]  # higher priority, parked behind the holder
         wait_until(lambda: all(job(c, i)["blocked_by"] == "one-slot" for i in ahead))
         assert c.post(f"/tasks/{first}/pause").status_code == 200
+        # still parked on the key, they wait for the resume first: the reason says the pause
+        assert {job(c, i)["pending_reason"]["code"] for i in ahead} == {"task_paused"}
         behind = [submit(c, second, {}) for _ in range(3)]
         wait_until(lambda: all(job(c, i)["blocked_by"] == "one-slot" for i in behind))
         release.touch()

@@ -44,7 +44,7 @@ class PendingReasons:
         """`code`, `detail` in words, and `until` when delayed; None for a job that is not pending."""
         if record.status not in WAITING_TO_RUN:
             return None
-        if record.status == "blocked":
+        if record.status == "blocked" and record.task not in paused:  # a free slot would not run a paused one
             return {"code": "blocked_by_limit", "detail": f"held back by the limit {record.blocked_by}"}
         if record.run_at > self.now():  # a due job stays 'scheduled' until the next claim reads it
             until = rfc3339(record.run_at)
