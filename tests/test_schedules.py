@@ -3,6 +3,8 @@ pinned), one job per tick, catch-up, the config's schedules, and the /schedules 
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -402,3 +404,20 @@ def test_a_node_that_does_not_know_a_schedules_task_leaves_its_ticks_to_one_that
             "schedule:nightly:2026-01-01T03:00:00.000Z",
             "schedule:nightly:2026-01-02T03:00:00.000Z",
         ]
+
+
+def test_a_start_warns_of_a_stored_schedule_whose_args_its_task_now_refuses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule made over HTTP was checked against its task as deployed then; after a deploy
+    that changed the task's parameters, every tick's job would fail, so the start says so."""
+    with running_app(tmp_path) as app:
+        assert put(app, "fine", cron="0 3 * * *").status_code == 201
+        assert put(app, "stale", cron="0 3 * * *").status_code == 201
+        db_path = app.db_path
+    with sqlite3.connect(db_path) as db:  # as the task was before: its `b` was called `c`
+        db.execute("UPDATE schedules SET args = ? WHERE name = 'stale'", ('{"a": 1, "c": 2}',))
+    with caplog.at_level(logging.WARNING, logger="jobserver.ops.scheduler"), running_app(tmp_path):
+        warned = [r.getMessage() for r in caplog.records if r.name == "jobserver.ops.scheduler"]
+    assert len(warned) == 1 and warned[0].startswith("schedule stale: task jobserver.examples.add"), warned
+    assert "PUT /schedules/stale" in warned[0] and "args.b" in warned[0]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from jobserver.core.clock import Clock
-from jobserver.core.errors import InvalidRequestError
+from jobserver.core.errors import InvalidRequestError, field_errors_text
 from jobserver.core.observers import JobObserver
 from jobserver.core.records import JobIds, JobRecord, NewJob
 from jobserver.core.schedules import (
@@ -143,8 +143,11 @@ class Scheduler:
 
     # ------------------------------------------------------------ keeping
     def sync_configured(self, schedules: Sequence[Schedule]) -> None:
-        """Store the config's (checked) schedules; drop the ones that left the config."""
+        """Store the config's (checked) schedules; drop the ones that left the config; warn of
+        a stored schedule whose args the task, as deployed now, refuses."""
         removed = self.store.sync_configured(schedules, self.clock.now()).result()
+        for state in self.store.all():
+            self._check_args(state)
         if schedules:
             log.info(
                 "schedules from the config: %s",
@@ -157,6 +160,22 @@ class Scheduler:
                 ", ".join(removed),
                 extra={"action": "schedules"},
             )
+
+    def _check_args(self, state: ScheduleState) -> None:
+        """A schedule made over HTTP was checked against its task as it was then; a deploy may
+        have changed the task's parameters since, and every tick's job would fail."""
+        taskdef = self.registry.find(state.task)
+        if taskdef is None:  # ticks left to a process that knows it (said at the first tick)
+            return
+        try:
+            taskdef.validate_args(orjson.loads(state.args))
+        except InvalidRequestError as exc:
+            log.warning(
+                "schedule %s: task %s as deployed now refuses its args (%s); each tick's job will "
+                "fail until PUT /schedules/%s gives args it accepts",
+                state.name, state.task, field_errors_text(exc.errors), state.name,
+                extra={"action": "schedule_args"},
+            )  # fmt: skip
 
     def put(self, name: str, body: ScheduleBody) -> WriteFuture[tuple[bool, ScheduleState]]:
         """Create or replace a schedule (checked first: TaskNotFoundError / InvalidRequestError)."""
