@@ -289,6 +289,28 @@ def test_more_open_streams_than_httpx_pools_by_default_all_connect(tmp_path: Pat
         asyncio.run(body())
 
 
+def test_a_watch_open_when_the_client_closes_ends_instead_of_opening_a_new_pool(tmp_path: Path) -> None:
+    """`aclose()` while a task still iterates `events()`: the stream is cut, and reconnecting
+    would make a pool nothing closes. The watch raises instead, as httpx's calls do."""
+
+    async def body() -> None:
+        client = AsyncClient(served.url, timeout=5)
+        job = await client.submit(NOOP, {}, delay=3600)
+        watch = client.events(job["id"])
+        assert (await anext(watch)).event == "status"
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(anext(watch), WAIT_S)
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.get(job["id"])
+        async with AsyncClient(served.url) as other:  # another client is not closed
+            assert (await other.cancel(job["id"]))["status"] == "cancelled"
+
+    with served_app(tmp_path) as served, warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        asyncio.run(body())
+
+
 # a closed loop never closes its sockets: the ones its pool kept are closed when collected
 @pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_client_made_outside_any_loop_serves_one_asyncio_run_after_another(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -59,6 +60,8 @@ class AsyncClient:
         self._transport = transport
         self._given_http = http_client
         self._pools: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        # loops in which aclose() ran: a watch still open there must not reopen a pool
+        self._closed_in: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._prefix = "" if http_client is None or str(http_client.base_url) else self.url
 
     # ------------------------------------------------------------ plumbing
@@ -76,6 +79,8 @@ class AsyncClient:
         if self._given_http is not None:
             return self._given_http
         loop = asyncio.get_running_loop()
+        if loop in self._closed_in:
+            raise RuntimeError("this AsyncClient was closed (aclose) in this event loop")
         pool = self._pools.get(loop)
         if pool is None:
             for closed in [other for other in self._pools if other.is_closed()]:
@@ -353,9 +358,13 @@ class AsyncClient:
 
     # ------------------------------------------------------------ lifetime
     async def aclose(self) -> None:
-        """Close the running loop's connection pool (not an `http_client` that was passed in)."""
+        """Close the running loop's connection pool (not an `http_client` that was passed in).
+        Calls in this loop then raise RuntimeError, as httpx's do, a watch still open among
+        them: reconnecting would open a pool that nothing closes. Another loop gets a new one."""
         if self._given_http is None:
-            pool = self._pools.pop(asyncio.get_running_loop(), None)
+            loop = asyncio.get_running_loop()
+            self._closed_in.add(loop)
+            pool = self._pools.pop(loop, None)
             if pool is not None:
                 await pool.aclose()
 
