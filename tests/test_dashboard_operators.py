@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, expect
 
 from tests import test_dashboard as dashboard
 from tests.helpers import has_line, wait_until
@@ -155,9 +155,18 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
     expect(page.locator("#bulk-count")).to_have_text("2 selected")
     shot(page, "bulk-1-selected.png")
 
-    page.once("dialog", lambda dialog: dialog.accept())
+    asked: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
     page.locator("#bulk-cancel").click()
     expect(page.locator("#bulk-result")).to_have_text("cancelled 2 jobs")
+    # the server cancels a parent's unfinished children with it: the question says so
+    children = "Cancelling a parent job also cancels its unfinished children."
+    assert asked == [f"Cancel 2 selected jobs? A running job is asked to stop. {children}"], asked
     for job_id in ids[:2]:
         expect(row(page, job_id)).to_have_attribute("data-status", "cancelled")
     expect(row(page, ids[2])).to_have_attribute("data-status", "pending")
@@ -197,10 +206,13 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
             status=422, headers={"Content-Type": "application/problem+json"}, body=json.dumps(refusal)
         ),
     )
-    page.once("dialog", lambda dialog: dialog.accept())
+    page.once("dialog", accept)
     page.locator("#bulk-cancel").click()  # a refusal says why, field by field
     expect(page.locator("#bulk-result")).to_have_text(
         "cancel refused: invalid body: status; body.status: Input should be 'waiting'"
+    )
+    assert (
+        asked[-1] == f"Cancel every job matching status pending? A running job is asked to stop. {children}"
     )
     page.locator("#filter-status").select_option("")  # and is cleared with the filters
     expect(page.locator("#bulk-result")).to_have_text("")
