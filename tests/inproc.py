@@ -185,10 +185,13 @@ class ServedApp:
 
 
 @contextmanager
-def served_app(tmp_path: Path, config: Config | None = None) -> Iterator[ServedApp]:
+def served_app(
+    tmp_path: Path, config: Config | None = None, clock: Clock | None = None
+) -> Iterator[ServedApp]:
     """`running_app`, served on a free port of 127.0.0.1 as `python -m jobserver` serves it
-    (the same uvicorn settings and connection limits), until the block ends."""
-    with running_app(tmp_path, config) as app:
+    (the same uvicorn settings and connection limits), until the block ends. `clock`: the
+    server's clocks, as for `running_app` (a served app runs by itself: they must move)."""
+    with running_app(tmp_path, config, clock=clock) as app:
         sock = bind_listener("127.0.0.1", 0)
         server = app.runtime.http_server(app.settings.server.max_connections)
         thread = threading.Thread(

@@ -2,8 +2,8 @@
 and the last hour's chart, search by id or idempotency key with the filters in the URL,
 bulk actions, why a job is pending (every worker thread busy among the reasons), the chart's
 finishes by outcome, webhook deliveries, Delete and a confirmed Cancel, a
-refused key told from a missing one, the folded event log, schedules and paused tasks, and
-a layout that holds from a phone to a wide screen.
+refused key told from a missing one, the folded event log, schedules and paused tasks, the
+limit keys in use, and a layout that holds from a phone to a wide screen.
 
 Screenshots of the list, a job page, the bulk-action flow and a phone-width view are saved
 in SCREENSHOTS (printed by the tests that write them).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, expect
 
 from tests import test_dashboard as dashboard
 from tests.helpers import has_line, wait_until
@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 NOOP = "jobserver.examples.noop"
 BLOCK = "tests.e2e_tasks.block_until_file"
+HELD = "tests.e2e_tasks.held_key"  # holds Concurrency("llm:{model}", 3) until its release file exists
 # the browser, page and HTTP client fixtures of the dashboard tests
 browser = dashboard.browser
 page = dashboard.page
@@ -154,9 +155,18 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
     expect(page.locator("#bulk-count")).to_have_text("2 selected")
     shot(page, "bulk-1-selected.png")
 
-    page.once("dialog", lambda dialog: dialog.accept())
+    asked: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
     page.locator("#bulk-cancel").click()
     expect(page.locator("#bulk-result")).to_have_text("cancelled 2 jobs")
+    # the server cancels a parent's unfinished children with it: the question says so
+    children = "Cancelling a parent job also cancels its unfinished children."
+    assert asked == [f"Cancel 2 selected jobs? A running job is asked to stop. {children}"], asked
     for job_id in ids[:2]:
         expect(row(page, job_id)).to_have_attribute("data-status", "cancelled")
     expect(row(page, ids[2])).to_have_attribute("data-status", "pending")
@@ -196,10 +206,13 @@ def test_bulk_cancel_on_a_selection_then_delete_by_filter(
             status=422, headers={"Content-Type": "application/problem+json"}, body=json.dumps(refusal)
         ),
     )
-    page.once("dialog", lambda dialog: dialog.accept())
+    page.once("dialog", accept)
     page.locator("#bulk-cancel").click()  # a refusal says why, field by field
     expect(page.locator("#bulk-result")).to_have_text(
         "cancel refused: invalid body: status; body.status: Input should be 'waiting'"
+    )
+    assert (
+        asked[-1] == f"Cancel every job matching status pending? A running job is asked to stop. {children}"
     )
     page.locator("#filter-status").select_option("")  # and is cleared with the filters
     expect(page.locator("#bulk-result")).to_have_text("")
@@ -351,6 +364,49 @@ def test_schedules_and_paused_tasks_with_pause_and_resume(tmp_path: Path, page: 
         page.evaluate(f"location.hash = '#job={done['id']}'")  # a link pasted into the open tab
         expect(page.locator("#detail")).to_have_attribute("data-job-id", done["id"])
         assert {t["name"]: t["paused"] for t in client.get("/tasks").json()["tasks"]}[NOOP] is False
+
+
+def test_limits_panel_shows_a_key_at_its_limit_with_the_jobs_it_holds_back(
+    tmp_path: Path, page: Page
+) -> None:
+    """`held_key` allows 3 at once per model: of 5 jobs, 3 hold the key and 2 are held back.
+    The key comes from the args and holds U+202E: shown as spelt, not obeyed."""
+    # no retention pass during the test: an idle concurrency key would leave the list
+    with served_app(tmp_path, {"retention": {"interval": "1h"}}) as srv:
+        client = srv.client()
+        page.goto(srv.url)
+        expect(page.locator("#limits-empty")).to_have_text("No limits in use.")
+        release = tmp_path / "release"
+        args = {
+            "path": str(tmp_path / "spans"),
+            "model": "gpt\u202eevil",
+            "hold_s": 0,
+            "release": str(release),
+        }
+        ids = [submit(client, HELD, args)["id"] for _ in range(5)]
+
+        key = page.locator("#limits-body tr")
+        expect(key).to_have_count(1)
+        expect(page.locator("#limits-empty")).to_be_hidden()
+        expect(key.locator("td").first).to_have_text("llm:gpt<U+202E>evil")
+        expect(key.locator(".limit-kind")).to_have_text("concurrency")
+        expect(key.locator(".limit-use")).to_have_text("3 / 3 running")
+        expect(key.locator(".limit-held")).to_have_text("2 jobs held back")
+        expect(key).to_have_attribute("data-full", "true")
+        held = page.locator('#jobs-body .why[data-reason="blocked_by_limit"]')
+        expect(held).to_have_count(2)
+        # the amber of a job held back by a limit in the list
+        amber = held.first.evaluate("el => getComputedStyle(el).color")
+        assert key.locator(".limit-use").evaluate("el => getComputedStyle(el).color") == amber
+        shot(page, "limits.png")
+
+        release.touch()
+        for job_id in ids:
+            assert wait_finished(client, job_id)["status"] == "completed"
+        expect(key.locator(".limit-use")).to_have_text("0 / 3 running")
+        expect(key.locator(".limit-held")).to_have_text("none held back")
+        expect(key).to_have_attribute("data-full", "false")
+        assert key.locator(".limit-use").evaluate("el => getComputedStyle(el).color") != amber
 
 
 def test_a_refused_key_and_a_missing_key_get_different_messages(tmp_path: Path, page: Page) -> None:

@@ -1,20 +1,23 @@
 """The dashboard's job detail pane, in headless chromium against the real server: a large value
 shown as text past a bound, with the full job JSON built only when it is opened; a children
 tree cut at 300 that says so; direction controls in job data shown, not obeyed; an open job
-deleted elsewhere.
+deleted elsewhere; the event log's times dated when they are not today's.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests import test_dashboard as dashboard
-from tests.inproc import ServedApp
-from tests.test_dashboard import ADD, FAIL, log_entries, open_job, row, submit, wait_finished
+from tests.inproc import ServedApp, served_app
+from tests.test_dashboard import ADD, FAIL, TIMEOUT_MS, log_entries, open_job, row, submit, wait_finished
 from tests.test_dashboard_fixes import list_polls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -141,3 +144,54 @@ def test_an_open_job_deleted_elsewhere_and_not_listed_shows_as_deleted(
     expect(page.locator("#detail-message")).to_contain_text("deleted")
     expect(page.locator("#btn-delete")).to_be_hidden()
     expect(page.locator("#btn-retry")).to_be_hidden()
+
+
+class ShiftedClock:
+    """The real clocks, with wall time `shift` seconds away: the jobs made meanwhile are dated then."""
+
+    def __init__(self, shift: float) -> None:
+        self.shift = shift
+
+    def now(self) -> float:
+        return time.time() + self.shift
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_event_times_from_another_day_show_their_date_and_todays_the_time_alone(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """A job that sleeps until tomorrow: its event log's times, without a date, were ambiguous."""
+    clock = ShiftedClock(-2 * 86400)
+    with served_app(tmp_path, clock=clock) as srv:
+        client = srv.client()
+        old = submit(client, ADD, {"a": 1, "b": 2})
+        finished_at = datetime.fromisoformat(wait_finished(client, old["id"])["finished_at"])
+        clock.shift = 0
+        today = submit(client, ADD, {"a": 2, "b": 2})
+        wait_finished(client, today["id"])
+        # the page writes dates in its locale and time zone: both are set
+        context = dashboard.new_context(
+            browser, viewport={"width": 1440, "height": 900}, locale="en-US", timezone_id="UTC"
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{srv.url}/#job={old['id']}")
+            same_year = finished_at.year == datetime.now(UTC).year
+            day = re.escape(finished_at.strftime("%b %d" if same_year else "%b %d, %Y"))
+            times = page.locator("#event-log li .t")
+            expect(times).to_have_text([re.compile(rf"^{day} \d{{2}}:\d{{2}}:\d{{2}}$")] * 3)
+            done = log_entries(page, "status", "completed").locator(".t")
+            expect(done).to_have_attribute("title", re.compile(rf"\b{finished_at.year}\b"))  # the full date
+            assert done.evaluate("el => el.scrollWidth <= el.clientWidth")  # within its column
+
+            open_job(page, today["id"])
+            expect(log_entries(page, "status", "completed")).to_have_count(1)
+            expect(times).to_have_text([re.compile(r"^\d{2}:\d{2}:\d{2}$")] * 3)
+            assert errors == [], errors
+        finally:
+            context.close()
