@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVarTuple
 
+import peewee as pw
 import pytest
 
 from jobserver.core.errors import StorageError
@@ -360,3 +361,41 @@ def test_a_connection_collected_during_a_file_check_leaves_it_running(
         gc.enable()
         if not checking.is_alive():  # a stuck check holds the lock that closing takes
             db.close()
+
+
+def test_a_file_removed_between_the_check_and_the_open_is_not_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread's first connection checks the file, then opens it: a removal in between must
+    not leave a new, empty database where the server's was."""
+    db_file = tmp_path / "jobs.db"
+    db = open_database("sqlite:///x", db_file, "normal", 5.0)
+    assert isinstance(db, SqliteFile)
+    create_schema(db)
+    db.connect()
+    real_stat = os.stat
+
+    def stat_then_remove(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(path, *args, **kwargs)
+        if str(path) == str(db_file):  # the check has looked: the file goes before the open
+            db_file.unlink(missing_ok=True)
+        return result
+
+    refused: list[Exception] = []
+
+    def first_connection() -> None:
+        try:
+            db.connection()
+        except pw.OperationalError as exc:  # the driver's error, as Peewee raises it
+            refused.append(exc)
+
+    monkeypatch.setattr(os, "stat", stat_then_remove)
+    other = threading.Thread(target=first_connection)
+    other.start()
+    other.join(10)
+    monkeypatch.undo()
+    try:
+        assert refused and "unable to open" in str(refused[0]), refused
+        assert not db_file.exists()
+    finally:
+        db.close()

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -304,9 +305,12 @@ class SqliteFile(pw.SqliteDatabase):
 
     def _connect(self) -> sqlite3.Connection:
         self.check_file()  # a new connection must not make a new, empty file where it was
-        conn: sqlite3.Connection = super()._connect()  # type: ignore[misc]
-        if self._file_id is None:
+        conn: sqlite3.Connection
+        if self._file_id is None:  # the first: it may make the file
+            conn = super()._connect()  # type: ignore[misc]
             self._file_id = _file_id(self.database)
+        else:
+            conn = self._open_existing()
         with self._open_lock:
             self._settle_gone()
             self._open += 1
@@ -314,6 +318,25 @@ class SqliteFile(pw.SqliteDatabase):
         # finalizer holds this object weakly, or it would keep it and its connections alive
         weakref.finalize(conn, _connection_gone, weakref.ref(self))
         self._thread_state().generation = self._generation
+        return conn
+
+    def _open_existing(self) -> sqlite3.Connection:
+        """A connection to the file opened first, never a new one: the file may be removed
+        between the check and the open, and SQLite would make an empty one in its place
+        (read-write, not create: "unable to open database file" instead)."""
+        uri = f"file:{urllib.parse.quote(self.database)}?mode=rw"
+        conn = sqlite3.connect(
+            uri,
+            timeout=self._timeout,  # type: ignore[attr-defined]
+            isolation_level=None,
+            uri=True,
+            **self.connect_params,
+        )
+        try:
+            self._add_conn_hooks(conn)  # type: ignore[attr-defined]
+        except Exception:
+            conn.close()
+            raise
         return conn
 
     def connection_gone(self) -> None:
