@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
+    Dialog,
     Locator,
     Page,
     Request,
@@ -504,6 +505,18 @@ def test_children_show_as_a_tree_with_their_statuses(
     nodes = page.locator("#detail-children li[data-job-id]")
     expect(nodes).to_have_count(3)
     expect(page.locator('#detail-children li[data-status="running"]').first).to_be_visible()
+    asked: list[str] = []
+
+    def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()  # a dismissed confirmation changes nothing
+
+    page.once("dialog", answer)
+    page.locator("#btn-cancel").click()
+    expect(page.locator("#detail-status")).to_have_text("waiting")
+    assert asked == [
+        f"Cancel job {parent['id']}? A running job is asked to stop. Its unfinished children are cancelled with it."
+    ], asked
     hold.unlink()
     expect(page.locator("#detail-status")).to_have_text("completed")
     expect(nodes).to_have_count(4)  # the tail child spawned after the gather
