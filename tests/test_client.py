@@ -38,7 +38,7 @@ from jobserver.core.errors import (
     WaitTimeoutError,
 )
 from tests.helpers import wait_until
-from tests.inproc import RunningApp, running_app, served_app
+from tests.inproc import RunningApp, ServedApp, running_app, served_app
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -512,3 +512,12 @@ def test_errors_survive_pickling_with_their_class_and_fields(client: Client) -> 
         WaitTimeoutError,
         UnauthorizedError,
     ]
+
+
+def test_a_url_below_the_api_is_named_not_read_as_an_unknown_job(shared_served: ServedApp) -> None:
+    """`/jobs/tasks` is the job route to a server whose URL was given as `http://host/jobs`:
+    the error says what the server said and where to look, not "no job with id ''"."""
+    with Client(shared_served.url + "/jobs", retries=0) as c, pytest.raises(ClientError) as info:
+        c.task_overview()
+    assert info.value.status_code == 404 and not isinstance(info.value, JobNotFoundError)
+    assert "'tasks'" in str(info.value) and "check the server's URL" in str(info.value), str(info.value)

@@ -175,7 +175,12 @@ def _field_reason(errors: builtins.list[Any], default: str) -> str:
 
 # problem `code` -> builder of the matching exception from (call, detail, errors)
 _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] = {
-    "job-not-found": lambda call, detail, errors: JobNotFoundError(call.job_id),
+    # a call about no job met it: the URL points below the API (`--url http://host/jobs`)
+    "job-not-found": lambda call, detail, errors: (
+        JobNotFoundError(call.job_id)
+        if call.job_id
+        else ClientError(404, {}, f"{detail}: check the server's URL")
+    ),
     "unknown-task": lambda call, detail, errors: TaskNotFoundError(call.task),
     "validation-error": lambda call, detail, errors: InvalidRequestError(detail, errors),
     "webhook-url-refused": lambda call, detail, errors: WebhookURLError(
