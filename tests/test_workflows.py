@@ -453,7 +453,10 @@ def test_a_child_with_bad_options_names_them(app: RunningApp) -> None:
         factory.child(
             "parent", "jobserver.examples.add", {"a": 1, "b": 2}, {"delay": -100, "priority": "x"}, 0.0
         )
-    assert "cannot spawn jobserver.examples.add: invalid priority, delay" in str(refused.value)
+    message = str(refused.value)  # what the parent's error says: each field and why
+    assert message.startswith("cannot spawn jobserver.examples.add: invalid priority, delay ("), message
+    assert "priority: Value error, must be a JSON number" in message, message
+    assert "delay: Input should be greater than or equal to 0" in message, message
     assert [e["loc"] for e in refused.value.errors] == [["priority"], ["delay"]]
 
 
