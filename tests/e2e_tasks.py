@@ -556,3 +556,25 @@ def gathers_itself(ctx: JobContext) -> Any:
 def slashed() -> str:
     """A task whose name holds a "/", as `reports/daily` would."""
     return "ran"
+
+
+@task
+def parks_inside_a_step(ctx: JobContext, path: str) -> Any:
+    """A paid call, then a wait for a signal, both inside one step's function."""
+
+    def pay_then_wait() -> Any:
+        _mark(path, "paid")
+        return ctx.wait_for("go")
+
+    return ctx.step("pay", pay_then_wait)
+
+
+@task
+async def async_parks_inside_a_step(ctx: JobContext, path: str) -> Any:
+    """The same in an async task: a paid call, then a durable sleep, inside one step's function."""
+
+    async def pay_then_sleep() -> Any:
+        _mark(path, "paid")
+        return await ctx.sleep("nap", 3600)
+
+    return await ctx.step("pay", pay_then_sleep)

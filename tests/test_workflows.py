@@ -490,3 +490,17 @@ def test_a_stream_asked_for_once_the_server_stops_is_a_503_not_an_empty_end(app:
     assert app.client.get(f"/jobs/{waiting_id}/events", params={"follow": "false"}).status_code == 200
     replay = app.client.get(f"/jobs/{done_id}/events")  # a finished job's stream is whole: served
     assert replay.status_code == 200 and '"status":"completed"' in replay.text
+
+
+@pytest.mark.parametrize("task", ["parks_inside_a_step", "async_parks_inside_a_step"])
+def test_a_call_that_parks_inside_a_step_is_refused_not_a_repeated_call(app: RunningApp, task: str) -> None:
+    # parked there, the job's resume would run the step's function, and its paid call, again
+    marks = app.tmp_path / "marks"
+    job_id = submit(app.client, f"tests.e2e_tasks.{task}", {"path": str(marks)})
+    job = wait_until(
+        lambda: (j := status_of(app, job_id))["status"] in ("waiting", "failed", "completed") and j,
+        message="the job to end or park",
+    )
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert "inside the function of step 'pay'" in job["error"]["message"], job
+    assert lines(marks) == ["paid"]
