@@ -578,3 +578,11 @@ async def async_parks_inside_a_step(ctx: JobContext, path: str) -> Any:
         return await ctx.sleep("nap", 3600)
 
     return await ctx.step("pay", pay_then_sleep)
+
+
+@task
+def names_a_step(ctx: JobContext, path: str, name: Any) -> Any:
+    """A step under the name given (any JSON), then a durable sleep that parks the job."""
+    ctx.step(name, _mark, path, "paid")
+    ctx.sleep("nap", 0.01)
+    return "done"

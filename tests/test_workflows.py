@@ -504,3 +504,23 @@ def test_a_call_that_parks_inside_a_step_is_refused_not_a_repeated_call(app: Run
     assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
     assert "inside the function of step 'pay'" in job["error"]["message"], job
     assert lines(marks) == ["paid"]
+
+
+@pytest.mark.parametrize("name", [1, "", "x" * 201])
+def test_a_step_name_that_cannot_be_stored_as_given_is_refused_before_its_call(
+    app: RunningApp, name: Any
+) -> None:
+    # an int name was stored as "1" and not found by the resume, which made the call again; a
+    # name longer than the column was refused by PostgreSQL only after the call was made
+    marks = app.tmp_path / "marks"
+    job = finished(
+        app.client, submit(app.client, "tests.e2e_tasks.names_a_step", {"path": str(marks), "name": name})
+    )
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert "a step name is a string of 1 to 200 characters" in job["error"]["message"], job
+    assert lines(marks) == []
+    ok = finished(
+        app.client,
+        submit(app.client, "tests.e2e_tasks.names_a_step", {"path": str(marks), "name": "x" * 200}),
+    )
+    assert ok["status"] == "completed" and lines(marks) == ["paid"], ok

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from jobserver.core.bounds import duration_s, signal_name
+from jobserver.core.bounds import duration_s, signal_name, step_name
 from jobserver.core.clock import Clock
 from jobserver.core.errors import (
     Cancelled,
@@ -235,6 +235,7 @@ class Attempt:
     def _begin_step(self, name: str) -> tuple[bool, Any]:
         """(True, result) for a finished call, else (False, parked facts or None); names are
         unique per job, whatever kind of call uses them."""
+        step_name(name)
         if name in self._used_steps:
             raise ValueError(f"step name {name!r} was already used in this attempt")
         self._used_steps.add(name)
