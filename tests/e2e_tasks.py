@@ -586,3 +586,11 @@ def names_a_step(ctx: JobContext, path: str, name: Any) -> Any:
     ctx.step(name, _mark, path, "paid")
     ctx.sleep("nap", 0.01)
     return "done"
+
+
+@task
+def gathers_as_given(ctx: JobContext, how: str) -> Any:
+    """Spawns two children and gathers them as `how` says: a generator, one id, or numbers."""
+    ids = ctx.spawn_many("kids", "jobserver.examples.add", [{"a": 1, "b": 1}, {"a": 2, "b": 2}])
+    given: Any = {"generator": (i for i in ids), "one id": ids[0], "numbers": [1, 2]}[how]
+    return ctx.gather("kids-done", given)

@@ -524,3 +524,19 @@ def test_a_step_name_that_cannot_be_stored_as_given_is_refused_before_its_call(
         submit(app.client, "tests.e2e_tasks.names_a_step", {"path": str(marks), "name": "x" * 200}),
     )
     assert ok["status"] == "completed" and lines(marks) == ["paid"], ok
+
+
+def test_a_gather_given_a_generator_waits_for_every_job_in_it(app: RunningApp) -> None:
+    # the generator was read by a check before the gather: it gathered nothing and returned []
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_as_given", {"how": "generator"}))
+    assert (job["status"], job["result"]) == ("completed", [2, 4]), job
+
+
+@pytest.mark.parametrize(
+    ("how", "says"), [("one id", "job ids, not one id (write ["), ("numbers", "job ids (strings)")]
+)
+def test_a_gather_of_what_is_not_a_list_of_ids_says_so(app: RunningApp, how: str, says: str) -> None:
+    # one id was read as a list of its characters: "job 0 failed: no job with id '0'"
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_as_given", {"how": how}))
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert f"ctx.gather('kids-done') takes a list of {says}" in job["error"]["message"], job

@@ -489,6 +489,13 @@ class Attempt:
     def gather_calls(self, name: str, ids: Sequence[str], return_exceptions: bool) -> Calls:
         """The results of `ids` in order once all are finished; parks the job until then."""
         _not_in_step("gather", name)
+        if isinstance(ids, str):  # one id: its characters would be gathered as ids of no job
+            raise ValueError(
+                f"ctx.gather({name!r}) takes a list of job ids, not one id (write [{ids!r:.80}])"
+            )
+        ids = list(ids)  # once: a generator read by the checks below would leave nothing to gather
+        if not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"ctx.gather({name!r}) takes a list of job ids (strings), not {ids!r:.80}")
         done, ends = self._begin_step(name)
         if done:
             return self._gathered(ends, return_exceptions)
