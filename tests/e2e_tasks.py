@@ -556,3 +556,41 @@ def gathers_itself(ctx: JobContext) -> Any:
 def slashed() -> str:
     """A task whose name holds a "/", as `reports/daily` would."""
     return "ran"
+
+
+@task
+def parks_inside_a_step(ctx: JobContext, path: str) -> Any:
+    """A paid call, then a wait for a signal, both inside one step's function."""
+
+    def pay_then_wait() -> Any:
+        _mark(path, "paid")
+        return ctx.wait_for("go")
+
+    return ctx.step("pay", pay_then_wait)
+
+
+@task
+async def async_parks_inside_a_step(ctx: JobContext, path: str) -> Any:
+    """The same in an async task: a paid call, then a durable sleep, inside one step's function."""
+
+    async def pay_then_sleep() -> Any:
+        _mark(path, "paid")
+        return await ctx.sleep("nap", 3600)
+
+    return await ctx.step("pay", pay_then_sleep)
+
+
+@task
+def names_a_step(ctx: JobContext, path: str, name: Any) -> Any:
+    """A step under the name given (any JSON), then a durable sleep that parks the job."""
+    ctx.step(name, _mark, path, "paid")
+    ctx.sleep("nap", 0.01)
+    return "done"
+
+
+@task
+def gathers_as_given(ctx: JobContext, how: str) -> Any:
+    """Spawns two children and gathers them as `how` says: a generator, one id, or numbers."""
+    ids = ctx.spawn_many("kids", "jobserver.examples.add", [{"a": 1, "b": 1}, {"a": 2, "b": 2}])
+    given: Any = {"generator": (i for i in ids), "one id": ids[0], "numbers": [1, 2]}[how]
+    return ctx.gather("kids-done", given)

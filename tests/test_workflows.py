@@ -453,7 +453,10 @@ def test_a_child_with_bad_options_names_them(app: RunningApp) -> None:
         factory.child(
             "parent", "jobserver.examples.add", {"a": 1, "b": 2}, {"delay": -100, "priority": "x"}, 0.0
         )
-    assert "cannot spawn jobserver.examples.add: invalid priority, delay" in str(refused.value)
+    message = str(refused.value)  # what the parent's error says: each field and why
+    assert message.startswith("cannot spawn jobserver.examples.add: invalid priority, delay ("), message
+    assert "priority: Value error, must be a JSON number" in message, message
+    assert "delay: Input should be greater than or equal to 0" in message, message
     assert [e["loc"] for e in refused.value.errors] == [["priority"], ["delay"]]
 
 
@@ -487,3 +490,53 @@ def test_a_stream_asked_for_once_the_server_stops_is_a_503_not_an_empty_end(app:
     assert app.client.get(f"/jobs/{waiting_id}/events", params={"follow": "false"}).status_code == 200
     replay = app.client.get(f"/jobs/{done_id}/events")  # a finished job's stream is whole: served
     assert replay.status_code == 200 and '"status":"completed"' in replay.text
+
+
+@pytest.mark.parametrize("task", ["parks_inside_a_step", "async_parks_inside_a_step"])
+def test_a_call_that_parks_inside_a_step_is_refused_not_a_repeated_call(app: RunningApp, task: str) -> None:
+    # parked there, the job's resume would run the step's function, and its paid call, again
+    marks = app.tmp_path / "marks"
+    job_id = submit(app.client, f"tests.e2e_tasks.{task}", {"path": str(marks)})
+    job = wait_until(
+        lambda: (j := status_of(app, job_id))["status"] in ("waiting", "failed", "completed") and j,
+        message="the job to end or park",
+    )
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert "inside the function of step 'pay'" in job["error"]["message"], job
+    assert lines(marks) == ["paid"]
+
+
+@pytest.mark.parametrize("name", [1, "", "x" * 201])
+def test_a_step_name_that_cannot_be_stored_as_given_is_refused_before_its_call(
+    app: RunningApp, name: Any
+) -> None:
+    # an int name was stored as "1" and not found by the resume, which made the call again; a
+    # name longer than the column was refused by PostgreSQL only after the call was made
+    marks = app.tmp_path / "marks"
+    job = finished(
+        app.client, submit(app.client, "tests.e2e_tasks.names_a_step", {"path": str(marks), "name": name})
+    )
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert "a step name is a string of 1 to 200 characters" in job["error"]["message"], job
+    assert lines(marks) == []
+    ok = finished(
+        app.client,
+        submit(app.client, "tests.e2e_tasks.names_a_step", {"path": str(marks), "name": "x" * 200}),
+    )
+    assert ok["status"] == "completed" and lines(marks) == ["paid"], ok
+
+
+def test_a_gather_given_a_generator_waits_for_every_job_in_it(app: RunningApp) -> None:
+    # the generator was read by a check before the gather: it gathered nothing and returned []
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_as_given", {"how": "generator"}))
+    assert (job["status"], job["result"]) == ("completed", [2, 4]), job
+
+
+@pytest.mark.parametrize(
+    ("how", "says"), [("one id", "job ids, not one id (write ["), ("numbers", "job ids (strings)")]
+)
+def test_a_gather_of_what_is_not_a_list_of_ids_says_so(app: RunningApp, how: str, says: str) -> None:
+    # one id was read as a list of its characters: "job 0 failed: no job with id '0'"
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.gathers_as_given", {"how": how}))
+    assert job["status"] == "failed" and job["error"]["type"] == "ValueError", job
+    assert f"ctx.gather('kids-done') takes a list of {says}" in job["error"]["message"], job

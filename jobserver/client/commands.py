@@ -207,7 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("payload", metavar="JSON", nargs="?", type=_json_value, default=None, help="default: null")
+    p.add_argument(
+        "payload",
+        metavar="JSON",
+        nargs="?",
+        type=_json_value,
+        default=None,
+        help="default: null, which the waiting task gets as None, as it would a timed-out wait",
+    )
 
     p = sub.add_parser("tasks", parents=[common], help="one line per task; `tasks NAME` for its args schema")
     p.add_argument("name", nargs="?", metavar="NAME", help="one task: its args schema and options")

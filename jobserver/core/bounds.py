@@ -25,6 +25,9 @@ IDEMPOTENCY_KEY_MAX = 255  # characters of an idempotency key (printable ASCII)
 SCHEDULE_KEY_PREFIX = "schedule:"  # the idempotency keys of schedules' jobs: no client's key starts so
 TASK_NAME_MAX = 200  # characters: the column, and what a submit's `task` may be
 SIGNAL_NAME_MAX = 200  # characters; a signal's name is a path segment of POST /jobs/{id}/signals/{name}
+STEP_NAME_MAX = (
+    200  # characters of the name of a durable call (`ctx.step`, `sleep`, `spawn`, ...): the column
+)
 MAX_DELAY_S = 10 * 365 * 86400  # the longest delay, sleep, signal timeout or Retry delay: ten years
 
 
@@ -38,6 +41,15 @@ def duration_s(seconds: float, what: str) -> float:
             f"{what} must be a number of seconds up to {MAX_DELAY_S} (ten years), not {seconds!r}"
         )
     return max(0.0, value)
+
+
+def step_name(name: str) -> str:
+    """A name a durable call can store its result under: a string (the stored name is one, so an
+    int would never be found again and its call would be made again on the next run) of 1 to
+    STEP_NAME_MAX characters (what the column holds on every database)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= STEP_NAME_MAX:
+        raise ValueError(f"a step name is a string of 1 to {STEP_NAME_MAX} characters, not {name!r:.80}")
+    return name
 
 
 def signal_name(name: str) -> str:

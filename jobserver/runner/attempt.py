@@ -21,12 +21,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import orjson
 
-from jobserver.core.bounds import duration_s, signal_name
+from jobserver.core.bounds import duration_s, signal_name, step_name
 from jobserver.core.clock import Clock
 from jobserver.core.errors import (
     Cancelled,
@@ -58,6 +59,19 @@ STEP_THREAD_GRACE_S = 1.0
 RECORD_RETRY_S = 300
 RECORD_RETRY_MIN_DELAY_S = 0.1
 RECORD_RETRY_MAX_DELAY_S = 5.0
+# the step whose function runs in this thread or task: a call that parks the job inside it is
+# refused, since the resume would run that function, and the calls it made, again
+_IN_STEP: ContextVar[str | None] = ContextVar("jobserver_in_step", default=None)
+
+
+def _not_in_step(call: str, name: str) -> None:
+    step = _IN_STEP.get()
+    if step is not None:
+        raise ValueError(
+            f"ctx.{call}({name!r}) was called inside the function of step {step!r}: a call that may "
+            "park the job cannot run in a step (the resume would run the step's function again); "
+            "call it from the task itself"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +235,7 @@ class Attempt:
     def _begin_step(self, name: str) -> tuple[bool, Any]:
         """(True, result) for a finished call, else (False, parked facts or None); names are
         unique per job, whatever kind of call uses them."""
+        step_name(name)
         if name in self._used_steps:
             raise ValueError(f"step name {name!r} was already used in this attempt")
         self._used_steps.add(name)
@@ -243,7 +258,11 @@ class Attempt:
             return value
         started = self._clock.now()
         with self.trace.step(name):
-            raw = fn(*args, **kwargs)
+            token = _IN_STEP.set(name)
+            try:
+                raw = fn(*args, **kwargs)
+            finally:
+                _IN_STEP.reset(token)
         result_json = to_json(raw, f"the result of step {name!r}")
         self._write(self._save_step_op(name, result_json, started))
         return orjson.loads(result_json)
@@ -280,7 +299,11 @@ class Attempt:
         started = self._clock.now()
         if asyncio.iscoroutinefunction(fn):
             with self.trace.step(name):
-                raw = await fn(*args, **kwargs)
+                token = _IN_STEP.set(name)
+                try:
+                    raw = await fn(*args, **kwargs)
+                finally:
+                    _IN_STEP.reset(token)
             return await self._save_async(name, raw, started)
         # A function on a thread is interrupted as a sync task is (the stop is raised in its
         # thread); the task's cancellation waits a moment for that thread to leave it, so the
@@ -297,14 +320,18 @@ class Attempt:
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], started: float
     ) -> Any:
         with self.trace.step(name):  # current in the thread too: to_thread copies the context
-            raw = await asyncio.to_thread(self._interruptible, fn, args, kwargs)
+            raw = await asyncio.to_thread(self._interruptible, name, fn, args, kwargs)
         return await self._save_async(name, raw, started)
 
-    def _interruptible(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _interruptible(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         self.arm()
+        token = _IN_STEP.set(name)
         try:
             return fn(*args, **kwargs)
         finally:
+            _IN_STEP.reset(token)
             self.disarm()
 
     async def _save_async(self, name: str, raw: Any, started: float) -> Any:
@@ -396,6 +423,7 @@ class Attempt:
 
     def sleep_calls(self, name: str, seconds: float) -> Calls:
         """A durable sleep: the wake-up time is stored when the job first parks on it."""
+        _not_in_step("sleep", name)
         done, parked = self._begin_step(name)
         if done:
             return None
@@ -409,6 +437,7 @@ class Attempt:
 
     def wait_for_calls(self, name: str, timeout: float | None) -> Calls:
         """The payload of signal `name` (kept if it came early), or None once `timeout` passed."""
+        _not_in_step("wait_for", name)
         done, stored = self._begin_step(signal_name(name))
         if done:
             return stored
@@ -459,6 +488,14 @@ class Attempt:
 
     def gather_calls(self, name: str, ids: Sequence[str], return_exceptions: bool) -> Calls:
         """The results of `ids` in order once all are finished; parks the job until then."""
+        _not_in_step("gather", name)
+        if isinstance(ids, str):  # one id: its characters would be gathered as ids of no job
+            raise ValueError(
+                f"ctx.gather({name!r}) takes a list of job ids, not one id (write [{ids!r:.80}])"
+            )
+        ids = list(ids)  # once: a generator read by the checks below would leave nothing to gather
+        if not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"ctx.gather({name!r}) takes a list of job ids (strings), not {ids!r:.80}")
         done, ends = self._begin_step(name)
         if done:
             return self._gathered(ends, return_exceptions)

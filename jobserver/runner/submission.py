@@ -85,7 +85,9 @@ class JobFactory:
         except pydantic.ValidationError as exc:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             fields = ", ".join(".".join(str(p) for p in e["loc"]) or "options" for e in errors)
-            raise InvalidRequestError(f"cannot spawn {task}: invalid {fields}", errors) from None
+            raise InvalidRequestError(
+                f"cannot spawn {task}: invalid {fields} ({field_errors_text(errors)})", errors
+            ) from None
         try:
             return self.new(body, now, parent_id=parent_id, trace_context=trace_context)
         except InvalidRequestError as exc:  # the parent's error is all its author sees: name each field
