@@ -420,6 +420,14 @@ def spawn_one(ctx: JobContext, task: str, args: dict[str, Any], options: dict[st
     return child_id
 
 
+@task
+def squares_of_a_generator(ctx: JobContext, n: int) -> list[int]:
+    """Spawns its children from a generator of args, and gathers them."""
+    ids = ctx.spawn_many("children", "tests.e2e_tasks.square", ({"path": "", "i": i} for i in range(n)))
+    results: list[int] = ctx.gather("all", ids)
+    return results
+
+
 def _failure(failed: ChildFailed) -> dict[str, Any]:
     assert failed.error is not None  # a failed child always carries its error object
     return {"failed": failed.job_id, "error": failed.error["type"]}

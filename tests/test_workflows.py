@@ -281,6 +281,11 @@ def test_a_spawn_the_server_refuses_fails_the_job_at_once(
     assert app.client.get("/jobs", params={"parent": job["id"]}).json()["jobs"] == []
 
 
+def test_spawn_many_takes_a_generator_of_args(app: RunningApp) -> None:
+    job = finished(app.client, submit(app.client, "tests.e2e_tasks.squares_of_a_generator", {"n": 4}))
+    assert (job["status"], job["result"]) == ("completed", [0, 1, 4, 9]), job
+
+
 def test_slow_sync_steps_of_async_jobs_do_not_hold_up_the_steps_of_others(tmp_path: Path) -> None:
     """More blocked steps than asyncio's own default executor has threads, and a quick step still runs."""
     held = min(32, (os.cpu_count() or 1) + 4)  # that executor's size on this machine

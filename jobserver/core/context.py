@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any, Protocol
 
 from jobserver.core.bounds import MAX_BATCH
@@ -132,17 +132,19 @@ class JobContext:
         A rerun returns the same id and submits nothing."""
         return self._drive(self._attempt.spawn_calls(name, task, [args or {}], options, True))
 
-    def spawn_many(self, name: str, task: str, list_of_args: Sequence[dict[str, Any]], **options: Any) -> Any:
-        """Submit one child per args in one transaction; their ids, in order.
+    def spawn_many(self, name: str, task: str, list_of_args: Iterable[dict[str, Any]], **options: Any) -> Any:
+        """Submit one child per args (a list, or any iterable: a generator too) in one
+        transaction; their ids, in order.
 
         At most MAX_BATCH children a call, as a batch submit: one transaction holds the
         writer, and every submit waits behind it. More fail the job at once (no retry)."""
-        if len(list_of_args) > MAX_BATCH:
+        many_args = list(list_of_args)
+        if len(many_args) > MAX_BATCH:
             raise Fail(
-                f"spawn_many {name!r} of {len(list_of_args)} children: at most {MAX_BATCH} in one call; "
+                f"spawn_many {name!r} of {len(many_args)} children: at most {MAX_BATCH} in one call; "
                 "split them over several calls with names of their own"
             )
-        return self._drive(self._attempt.spawn_calls(name, task, list(list_of_args), options, False))
+        return self._drive(self._attempt.spawn_calls(name, task, many_args, options, False))
 
     def gather(self, name: str, ids: Sequence[str], return_exceptions: bool = False) -> Any:
         """The results of the jobs `ids`, in order, once every one is finished (the job parks
