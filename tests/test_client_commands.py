@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobserver.client.commands import describe, parse_key_value
+from jobserver.client.commands import build_parser, describe, parse_key_value
 from jobserver.core.errors import InvalidRequestError
 
 
@@ -21,10 +21,31 @@ from jobserver.core.errors import InvalidRequestError
         ("s=hello world", ("s", "hello world")),
         ("eq=a=b", ("eq", "a=b")),
         ("empty=", ("empty", "")),
+        # Python's json reads these, but they are not JSON: the words themselves
+        ("word=NaN", ("word", "NaN")),
+        ("word=Infinity", ("word", "Infinity")),
+        ("word=-Infinity", ("word", "-Infinity")),
+        ("xs=[1, NaN]", ("xs", "[1, NaN]")),
     ],
 )
 def test_key_value_parses_json_else_keeps_the_string(text: str, expected: tuple[str, Any]) -> None:
     assert parse_key_value(text) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "jobserver.examples.add", "--args", '{"a": NaN, "b": 1}'],
+        ["signal", "some-job", "go", "Infinity"],
+    ],
+)
+def test_json_with_nan_or_infinity_is_a_usage_error_naming_the_word(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(argv)
+    assert refused.value.code == 2
+    assert "is not JSON" in capsys.readouterr().err
 
 
 def test_an_error_about_the_whole_body_reads_without_an_empty_field_name() -> None:

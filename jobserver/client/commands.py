@@ -68,20 +68,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _not_json(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_loads(text: str) -> Any:
+    """JSON as the standard has it: Python's `NaN`, `Infinity` and `-Infinity` are a ValueError."""
+    return json.loads(text, parse_constant=_not_json)
+
+
 def parse_key_value(text: str) -> tuple[str, Any]:
     """`key=value` with the value parsed as JSON when it is JSON, else kept as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     try:
-        return key, json.loads(value)
+        return key, json_loads(value)
     except ValueError:
         return key, value
 
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json_loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -91,7 +100,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _json_value(text: str) -> Any:
     try:
-        return json.loads(text)
+        return json_loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
