@@ -254,6 +254,27 @@ def test_errors_without_a_problem_document_raise_client_error() -> None:
     assert isinstance(info.value, JobServerError)
 
 
+def test_an_error_page_from_another_server_reads_as_words_and_asks_whether_it_is_a_jobserver() -> None:
+    """`--url` naming another HTTP server (`python -m http.server`): its error page's words,
+    not its markup, and a hint that the URL may name something else than a jobserver."""
+    page = (
+        "<!DOCTYPE HTML>\n<html><head><style>p {color: red}</style><title>Error response</title></head>"
+        "<body><h1>Error response</h1><p>Message: File not found.</p></body></html>"
+    )
+
+    def other(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text=page, headers={"content-type": "text/html;charset=utf-8"})
+
+    with (
+        Client("http://127.0.0.1:9", transport=httpx.MockTransport(other), retries=0) as c,
+        pytest.raises(ClientError) as info,
+    ):
+        c.get("x")
+    message = str(info.value)
+    assert "<" not in message and "color" not in message and "Message: File not found." in message
+    assert "is http://127.0.0.1:9 a jobserver?" in message and info.value.status_code == 404
+
+
 def test_signal_resumes_a_waiting_job_and_repeats_are_idempotent(
     client: Client, shared_app: RunningApp
 ) -> None:

@@ -47,6 +47,7 @@ from jobserver.core.lifecycle import FINISHED
 
 T = TypeVar("T")
 JOB_ID = re.compile(ID_PATTERN)
+_HTML_MARKUP = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>|<[^>]*>", re.DOTALL | re.IGNORECASE)
 # how long a watch (events(), wait()) that has reached the server keeps trying when it goes
 # away: a restart drains, stops and starts again
 DEFAULT_RECONNECT_FOR_S = 30.0
@@ -204,7 +205,10 @@ def _problem_document(response: httpx.Response) -> dict[str, Any]:
             doc = None
         if isinstance(doc, dict):
             return doc
-    text = response.text.strip()
+    text = response.text
+    if "html" in response.headers.get("content-type", ""):  # a page's words, not its markup
+        text = _HTML_MARKUP.sub(" ", text)
+    text = " ".join(text.split())
     return {
         "status": response.status_code,
         "title": response.reason_phrase,
@@ -236,6 +240,10 @@ def error_for(response: httpx.Response, call: Call) -> JobServerError:
     elif response.status_code == 401:
         exc = UnauthorizedError(doc, key_sent="authorization" in response.request.headers)
     else:
+        ctype = response.headers.get("content-type", "")
+        if "json" not in ctype and not response.is_redirect:  # no problem document: another server?
+            origin = f"{response.request.url.scheme}://{response.request.url.netloc.decode()}"
+            detail += f" (the answer is not JSON ({ctype or 'no content type'}): is {origin} a jobserver?)"
         exc = ClientError(response.status_code, doc, detail)
     # every error answer exposes the same three fields, whatever its class
     exc.status_code = response.status_code
