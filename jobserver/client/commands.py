@@ -520,7 +520,13 @@ def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> in
             output.show({"id": args.job_id, "deleted": True}, f"job {args.job_id} deleted")
             return EXIT_OK
         job = client.cancel(args.job_id) if command == "cancel" else client.retry(args.job_id)
-        output.show(job, f"job {job['id']} is {job['status']}")
+        said = f"job {job['id']} is {job['status']}"
+        if command == "cancel" and job["status"] not in FINISHED_NAMES and job.get("cancel_requested"):
+            # a running job stops when its task does: within seconds, and it may complete first
+            said = (
+                f"cancel requested; {said} until its task stops (watch it: {again(args, 'wait', job['id'])})"
+            )
+        output.show(job, said)
         return EXIT_OK
     if not filters and not args.all:
         return _usage(f"{command}: give a job ID, filters (--status, --task, --id), or --all")
