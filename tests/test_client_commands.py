@@ -55,3 +55,11 @@ def test_an_error_about_the_whole_body_reads_without_an_empty_field_name() -> No
     assert describe(too_large) == "too large: the signal's payload (70008 bytes, at most 65536)"
     bad = InvalidRequestError("invalid args", [{"loc": ["body", "args", "a"], "msg": "Field required"}])
     assert describe(bad) == "invalid args (args.a: Field required)"
+
+
+def test_an_error_whose_detail_already_says_its_one_field_error_says_it_once() -> None:
+    rule = "1 to 255 printable ASCII characters, not starting with 'schedule:'"
+    refused = InvalidRequestError(
+        f"Idempotency-Key must have {rule}", [{"loc": ["header", "Idempotency-Key"], "msg": rule}]
+    )
+    assert describe(refused) == f"Idempotency-Key must have {rule}"

@@ -580,9 +580,10 @@ def describe(exc: JobServerError) -> str:
     text = str(exc)
     if isinstance(exc, ClientError):
         text = f"{(exc.problem or {}).get('title') or 'HTTP error'} ({exc.status_code}): {text}"
-    errors = getattr(exc, "errors", None) or []
-    fields = field_errors_text([e for e in errors if isinstance(e, dict)])
-    if fields and not isinstance(exc, WebhookURLError):
+    errors = [e for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)]
+    fields = field_errors_text(errors)
+    said = all(str(e.get("msg")) in text for e in errors)  # a detail that quotes its one error
+    if fields and not said and not isinstance(exc, WebhookURLError):
         text += f" ({fields})"
     return " ".join(text.split())
 
