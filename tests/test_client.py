@@ -254,6 +254,27 @@ def test_errors_without_a_problem_document_raise_client_error() -> None:
     assert isinstance(info.value, JobServerError)
 
 
+def test_a_url_ending_with_a_path_of_the_api_is_named_as_the_cause_not_an_empty_job_id(
+    shared_app: RunningApp,
+) -> None:
+    """`http://host:8000/jobs` (copied from a browser) sends GET /jobs/stats, which the server
+    reads as the job `stats`: the error said "no job with id ''" of a call that names no job."""
+    with (
+        TestClient(shared_app.asgi_app, base_url="http://testserver/jobs") as http,
+        Client(http_client=http) as c,
+    ):
+        for call in (c.stats, c.limits, c.schedules, c.task_overview):
+            with pytest.raises(ClientError) as misrouted:
+                call()
+            said = str(misrouted.value)
+            assert not isinstance(misrouted.value, JobNotFoundError) and "''" not in said, said
+            assert "names no job" in said and "URL end with a path of the API" in said, said
+            assert (
+                misrouted.value.status_code == 404
+                and (misrouted.value.problem or {}).get("code") == "job-not-found"
+            )
+
+
 def test_an_error_page_from_another_server_reads_as_words_and_asks_whether_it_is_a_jobserver() -> None:
     """`--url` naming another HTTP server (`python -m http.server`): its error page's words,
     not its markup, and a hint that the URL may name something else than a jobserver."""

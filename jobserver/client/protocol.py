@@ -174,9 +174,22 @@ def _field_reason(errors: builtins.list[Any], default: str) -> str:
     return str(first.get("msg", default)) if isinstance(first, dict) else default
 
 
+def _misrouted(detail: str, what: str) -> ClientError:
+    """A "not found" about a job, task or schedule the call did not name: the request met
+    another route than the one meant, as when the server's URL ends with a path of the API."""
+    return ClientError(
+        404,
+        {},
+        f"{detail}, though this call names no {what}: does the server's URL end with a path of "
+        "the API (such as /jobs)? Give it as http(s)://host[:port], with only a proxy's prefix",
+    )
+
+
 # problem `code` -> builder of the matching exception from (call, detail, errors)
 _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] = {
-    "job-not-found": lambda call, detail, errors: JobNotFoundError(call.job_id),
+    "job-not-found": lambda call, detail, errors: (
+        JobNotFoundError(call.job_id) if call.job_id else _misrouted(detail, "job")
+    ),
     "unknown-task": lambda call, detail, errors: TaskNotFoundError(call.task),
     "validation-error": lambda call, detail, errors: InvalidRequestError(detail, errors),
     "webhook-url-refused": lambda call, detail, errors: WebhookURLError(
@@ -191,8 +204,12 @@ _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] 
     ),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
-    "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
-    "task-not-found": lambda call, detail, errors: TaskNotFoundError(call.task),
+    "schedule-not-found": lambda call, detail, errors: (
+        ScheduleNotFoundError(call.name) if call.name else _misrouted(detail, "schedule")
+    ),
+    "task-not-found": lambda call, detail, errors: (
+        TaskNotFoundError(call.task) if call.task else _misrouted(detail, "task")
+    ),
 }
 
 
