@@ -352,6 +352,9 @@ def test_what_cannot_be_sent_is_refused_before_sending(client: Client) -> None:
         lambda: client.wait("x", timeout=float("nan")),  # would poll without pause
         lambda: client.get("x", wait=-1),
         lambda: Client("127.0.0.1:8000"),  # no scheme
+        lambda: Client("http://127.0.0.1:8000/?page=2"),  # each call's path would go after it
+        lambda: Client("http://127.0.0.1:8000#top"),
+        lambda: Client("http://127.0.0.1:99999"),  # no such port: not "cannot reach"
         lambda: Client("http://127.0.0.1:1", api_key="line\nbreak"),
         lambda: client.cancel_many(ids="abc"),  # would be the ids a, b and c
     ]
