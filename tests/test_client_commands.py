@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from jobserver.client.commands import build_parser, describe, parse_key_value
+from jobserver.client.sdk import ClientError
 from jobserver.core.errors import InvalidRequestError
 
 
@@ -63,3 +64,9 @@ def test_an_error_whose_detail_already_says_its_one_field_error_says_it_once() -
         f"Idempotency-Key must have {rule}", [{"loc": ["header", "Idempotency-Key"], "msg": rule}]
     )
     assert describe(refused) == f"Idempotency-Key must have {rule}"
+
+
+def test_a_success_that_is_not_json_is_not_called_an_http_error() -> None:
+    foreign = ClientError(200, {}, "the answer is not JSON (text/html): is http://h a jobserver?")
+    assert describe(foreign) == "Not JSON (200): the answer is not JSON (text/html): is http://h a jobserver?"
+    assert describe(ClientError(502, {}, "bad gateway")) == "HTTP error (502): bad gateway"

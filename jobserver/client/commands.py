@@ -579,7 +579,11 @@ def describe(exc: JobServerError) -> str:
     """One line for an error, naming each bad field of a validation error."""
     text = str(exc)
     if isinstance(exc, ClientError):
-        text = f"{(exc.problem or {}).get('title') or 'HTTP error'} ({exc.status_code}): {text}"
+        # a success that is not JSON comes from another server: no "error" that says 200
+        title = (exc.problem or {}).get("title") or (
+            "HTTP error" if (exc.status_code or 0) >= 300 else "Not JSON"
+        )
+        text = f"{title} ({exc.status_code}): {text}"
     errors = [e for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)]
     fields = field_errors_text(errors)
     said = all(str(e.get("msg")) in text for e in errors)  # a detail that quotes its one error
