@@ -152,6 +152,22 @@ def test_ctrl_c_leaves_the_job_running_and_says_how_to_watch_it_again(
         assert c.wait(job_id, timeout=WAIT_S)["status"] == "completed"
 
 
+def test_cancel_of_a_running_job_says_the_cancel_is_requested_and_how_to_watch_it(
+    server: ServedApp, tmp_path: Path
+) -> None:
+    """The cancel's answer is the job still running: "job X is running" alone read as if the
+    cancel had done nothing."""
+    args, _ = chatty_args(tmp_path, "release-cancel")
+    with Client(server.url) as c:
+        job_id = c.submit(CHATTY, json.loads(args))["id"]
+        wait_until(lambda: c.get(job_id)["status"] == "running", WAIT_S, message="the job to run")
+        cancelled = cli("cancel", job_id, url=server.url)
+        assert cancelled.returncode == 0, cancelled.stderr
+        said = cancelled.stdout.strip()
+        assert said.startswith("cancel requested; ") and f"python -m jobserver wait {job_id}" in said, said
+        assert c.wait(job_id, timeout=WAIT_S)["status"] == "cancelled"
+
+
 def test_logs_delete_and_exit_codes(server: ServedApp, tmp_path: Path) -> None:
     args, release = chatty_args(tmp_path, "release-logs")
     job_id = ok_json(cli("--json", "submit", CHATTY, "--args", args, url=server.url))["id"]

@@ -38,7 +38,7 @@ from jobserver.core.errors import (
     WaitTimeoutError,
 )
 from tests.helpers import wait_until
-from tests.inproc import RunningApp, ServedApp, running_app, served_app
+from tests.inproc import RunningApp, running_app, served_app
 
 ADD = "jobserver.examples.add"
 FAIL = "jobserver.examples.fail"
@@ -254,6 +254,48 @@ def test_errors_without_a_problem_document_raise_client_error() -> None:
     assert isinstance(info.value, JobServerError)
 
 
+def test_a_url_ending_with_a_path_of_the_api_is_named_as_the_cause_not_an_empty_job_id(
+    shared_app: RunningApp,
+) -> None:
+    """`http://host:8000/jobs` (copied from a browser) sends GET /jobs/stats, which the server
+    reads as the job `stats`: the error said "no job with id ''" of a call that names no job."""
+    with (
+        TestClient(shared_app.asgi_app, base_url="http://testserver/jobs") as http,
+        Client(http_client=http) as c,
+    ):
+        for call in (c.stats, c.limits, c.schedules, c.task_overview):
+            with pytest.raises(ClientError) as misrouted:
+                call()
+            said = str(misrouted.value)
+            assert not isinstance(misrouted.value, JobNotFoundError) and "''" not in said, said
+            assert "names no job" in said and "URL end with a path of the API" in said, said
+            assert (
+                misrouted.value.status_code == 404
+                and (misrouted.value.problem or {}).get("code") == "job-not-found"
+            )
+
+
+def test_an_error_page_from_another_server_reads_as_words_and_asks_whether_it_is_a_jobserver() -> None:
+    """`--url` naming another HTTP server (`python -m http.server`): its error page's words,
+    not its markup, and a hint that the URL may name something else than a jobserver."""
+    page = (
+        "<!DOCTYPE HTML>\n<html><head><style>p {color: red}</style><title>Error response</title></head>"
+        "<body><h1>Error response</h1><p>Message: File not found.</p></body></html>"
+    )
+
+    def other(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text=page, headers={"content-type": "text/html;charset=utf-8"})
+
+    with (
+        Client("http://127.0.0.1:9", transport=httpx.MockTransport(other), retries=0) as c,
+        pytest.raises(ClientError) as info,
+    ):
+        c.get("x")
+    message = str(info.value)
+    assert "<" not in message and "color" not in message and "Message: File not found." in message
+    assert "is http://127.0.0.1:9 a jobserver?" in message and info.value.status_code == 404
+
+
 def test_signal_resumes_a_waiting_job_and_repeats_are_idempotent(
     client: Client, shared_app: RunningApp
 ) -> None:
@@ -310,6 +352,9 @@ def test_what_cannot_be_sent_is_refused_before_sending(client: Client) -> None:
         lambda: client.wait("x", timeout=float("nan")),  # would poll without pause
         lambda: client.get("x", wait=-1),
         lambda: Client("127.0.0.1:8000"),  # no scheme
+        lambda: Client("http://127.0.0.1:8000/?page=2"),  # each call's path would go after it
+        lambda: Client("http://127.0.0.1:8000#top"),
+        lambda: Client("http://127.0.0.1:99999"),  # no such port: not "cannot reach"
         lambda: Client("http://127.0.0.1:1", api_key="line\nbreak"),
         lambda: client.cancel_many(ids="abc"),  # would be the ids a, b and c
     ]
@@ -512,12 +557,3 @@ def test_errors_survive_pickling_with_their_class_and_fields(client: Client) -> 
         WaitTimeoutError,
         UnauthorizedError,
     ]
-
-
-def test_a_url_below_the_api_is_named_not_read_as_an_unknown_job(shared_served: ServedApp) -> None:
-    """`/jobs/tasks` is the job route to a server whose URL was given as `http://host/jobs`:
-    the error says what the server said and where to look, not "no job with id ''"."""
-    with Client(shared_served.url + "/jobs", retries=0) as c, pytest.raises(ClientError) as info:
-        c.task_overview()
-    assert info.value.status_code == 404 and not isinstance(info.value, JobNotFoundError)
-    assert "'tasks'" in str(info.value) and "check the server's URL" in str(info.value), str(info.value)

@@ -68,20 +68,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _not_json(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_loads(text: str) -> Any:
+    """JSON as the standard has it: Python's `NaN`, `Infinity` and `-Infinity` are a ValueError."""
+    return json.loads(text, parse_constant=_not_json)
+
+
 def parse_key_value(text: str) -> tuple[str, Any]:
     """`key=value` with the value parsed as JSON when it is JSON, else kept as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     try:
-        return key, json.loads(value)
+        return key, json_loads(value)
     except ValueError:
         return key, value
 
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json_loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -91,7 +100,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _json_value(text: str) -> Any:
     try:
-        return json.loads(text)
+        return json_loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
@@ -518,7 +527,13 @@ def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> in
             output.show({"id": args.job_id, "deleted": True}, f"job {args.job_id} deleted")
             return EXIT_OK
         job = client.cancel(args.job_id) if command == "cancel" else client.retry(args.job_id)
-        output.show(job, f"job {job['id']} is {job['status']}")
+        said = f"job {job['id']} is {job['status']}"
+        if command == "cancel" and job["status"] not in FINISHED_NAMES and job.get("cancel_requested"):
+            # a running job stops when its task does: within seconds, and it may complete first
+            said = (
+                f"cancel requested; {said} until its task stops (watch it: {again(args, 'wait', job['id'])})"
+            )
+        output.show(job, said)
         return EXIT_OK
     if not filters and not args.all:
         return _usage(f"{command}: give a job ID, filters (--status, --task, --id), or --all")
@@ -571,10 +586,15 @@ def describe(exc: JobServerError) -> str:
     """One line for an error, naming each bad field of a validation error."""
     text = str(exc)
     if isinstance(exc, ClientError):
-        text = f"{(exc.problem or {}).get('title') or 'HTTP error'} ({exc.status_code}): {text}"
-    errors = getattr(exc, "errors", None) or []
-    fields = field_errors_text([e for e in errors if isinstance(e, dict)])
-    if fields and not isinstance(exc, WebhookURLError):
+        # a success that is not JSON comes from another server: no "error" that says 200
+        title = (exc.problem or {}).get("title") or (
+            "HTTP error" if (exc.status_code or 0) >= 300 else "Not JSON"
+        )
+        text = f"{title} ({exc.status_code}): {text}"
+    errors = [e for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)]
+    fields = field_errors_text(errors)
+    said = all(str(e.get("msg")) in text for e in errors)  # a detail that quotes its one error
+    if fields and not said and not isinstance(exc, WebhookURLError):
         text += f" ({fields})"
     return " ".join(text.split())
 

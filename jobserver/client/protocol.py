@@ -47,6 +47,7 @@ from jobserver.core.lifecycle import FINISHED
 
 T = TypeVar("T")
 JOB_ID = re.compile(ID_PATTERN)
+_HTML_MARKUP = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>|<[^>]*>", re.DOTALL | re.IGNORECASE)
 # how long a watch (events(), wait()) that has reached the server keeps trying when it goes
 # away: a restart drains, stops and starts again
 DEFAULT_RECONNECT_FOR_S = 30.0
@@ -173,13 +174,21 @@ def _field_reason(errors: builtins.list[Any], default: str) -> str:
     return str(first.get("msg", default)) if isinstance(first, dict) else default
 
 
+def _misrouted(detail: str, what: str) -> ClientError:
+    """A "not found" about a job, task or schedule the call did not name: the request met
+    another route than the one meant, as when the server's URL ends with a path of the API."""
+    return ClientError(
+        404,
+        {},
+        f"{detail}, though this call names no {what}: does the server's URL end with a path of "
+        "the API (such as /jobs)? Give it as http(s)://host[:port], with only a proxy's prefix",
+    )
+
+
 # problem `code` -> builder of the matching exception from (call, detail, errors)
 _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] = {
-    # a call about no job met it: the URL points below the API (`--url http://host/jobs`)
     "job-not-found": lambda call, detail, errors: (
-        JobNotFoundError(call.job_id)
-        if call.job_id
-        else ClientError(404, {}, f"{detail}: check the server's URL")
+        JobNotFoundError(call.job_id) if call.job_id else _misrouted(detail, "job")
     ),
     "unknown-task": lambda call, detail, errors: TaskNotFoundError(call.task),
     "validation-error": lambda call, detail, errors: InvalidRequestError(detail, errors),
@@ -195,8 +204,12 @@ _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] 
     ),
     "draining": lambda call, detail, errors: DrainingError(detail),
     "storage-unavailable": lambda call, detail, errors: StorageError(detail),
-    "schedule-not-found": lambda call, detail, errors: ScheduleNotFoundError(call.name),
-    "task-not-found": lambda call, detail, errors: TaskNotFoundError(call.task),
+    "schedule-not-found": lambda call, detail, errors: (
+        ScheduleNotFoundError(call.name) if call.name else _misrouted(detail, "schedule")
+    ),
+    "task-not-found": lambda call, detail, errors: (
+        TaskNotFoundError(call.task) if call.task else _misrouted(detail, "task")
+    ),
 }
 
 
@@ -209,7 +222,10 @@ def _problem_document(response: httpx.Response) -> dict[str, Any]:
             doc = None
         if isinstance(doc, dict):
             return doc
-    text = response.text.strip()
+    text = response.text
+    if "html" in response.headers.get("content-type", ""):  # a page's words, not its markup
+        text = _HTML_MARKUP.sub(" ", text)
+    text = " ".join(text.split())
     return {
         "status": response.status_code,
         "title": response.reason_phrase,
@@ -241,6 +257,10 @@ def error_for(response: httpx.Response, call: Call) -> JobServerError:
     elif response.status_code == 401:
         exc = UnauthorizedError(doc, key_sent="authorization" in response.request.headers)
     else:
+        ctype = response.headers.get("content-type", "")
+        if "json" not in ctype and not response.is_redirect:  # no problem document: another server?
+            origin = f"{response.request.url.scheme}://{response.request.url.netloc.decode()}"
+            detail += f" (the answer is not JSON ({ctype or 'no content type'}): is {origin} a jobserver?)"
         exc = ClientError(response.status_code, doc, detail)
     # every error answer exposes the same three fields, whatever its class
     exc.status_code = response.status_code

@@ -47,7 +47,14 @@ class Connection:
             parsed = httpx.URL(url)
         except httpx.InvalidURL:
             parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        if (
+            parsed is None
+            or parsed.scheme not in ("http", "https")
+            or not parsed.host
+            or not 0 < (parsed.port or 80) < 65536
+            or "?" in url  # a query or fragment would come before each call's path
+            or "#" in url
+        ):
             raise InvalidRequestError(f"the server's URL is http(s)://host[:port][/prefix], not {url!r}")
         self.url = url.rstrip("/")
         # whitespace around a header's value is not part of it (RFC 9110), and HTTP cannot send
