@@ -440,6 +440,9 @@ def test_list_filters_and_cursor(app: RunningApp) -> None:
         if cursor is None:
             break
     assert seen == list(reversed(ids))
+    # a cursor is a job's id: other text would start the listing again without a word
+    bad = c.get("/jobs", params={"limit": 3, "cursor": "bogus"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "cursor"], bad.text
     assert all(
         j["task"] == "jobserver.examples.add"
         for j in c.get("/jobs", params={"task": "jobserver.examples.add"}).json()["jobs"]
@@ -452,6 +455,9 @@ def test_list_filters_and_cursor(app: RunningApp) -> None:
     assert [j["id"] for j in page["jobs"]] == [later[2], later[1]] and page["next_cursor"]
     rest = c.get("/jobs", params={"status": "pending", "cursor": page["next_cursor"]}).json()
     assert [j["id"] for j in rest["jobs"]] == [later[0]] and rest["next_cursor"] is None
+    assert c.delete(f"/jobs/{ids[3]}").status_code == 204  # a cursor whose job is gone still pages on
+    after_gone = c.get("/jobs", params={"task": "jobserver.examples.add", "cursor": ids[3]}).json()
+    assert [j["id"] for j in after_gone["jobs"]] == [ids[2], ids[1], ids[0]]
 
 
 def test_delete_and_retry_endpoints(app: RunningApp) -> None:

@@ -9,7 +9,10 @@ MAX_WAIT_S = 60
 INT_MIN = -(2**63)  # what the JSON encoder and both databases store exactly
 INT_MAX = 2**64 - 1
 MAX_STORED_DEPTH = 200  # the JSON encoder stops at 255 levels; config caps request bodies below this
-ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids and cursors: anything else names no job
+ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$"  # job ids: anything else names no job
+# a list's cursor is the id of the last job of the page before (the server's own ids, UUIDv7
+# layout): any other text would compare with the ids and silently start the listing again
+CURSOR_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # the end of a job's id, as the dashboard shows it (`GET /jobs?id_suffix=`): hex digits and dashes,
 # from a few characters to a whole id
 ID_SUFFIX_MIN, ID_SUFFIX_MAX = 4, 36

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobserver.core.bounds import (
-    ID_PATTERN,
+    CURSOR_PATTERN,
     ID_SUFFIX_PATTERN,
     IDEMPOTENCY_KEY_MAX,
     INT_MAX,
@@ -204,7 +204,7 @@ class ListQuery(BaseModel):
     task: str | None = Field(default=None, max_length=TASK_NAME_MAX)
     parent: str | None = Field(default=None, max_length=64)
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(default=None, pattern=ID_PATTERN)
+    cursor: str | None = Field(default=None, pattern=CURSOR_PATTERN)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     # the jobs whose id ends with this (the short id a list shows): hex digits and dashes
     id_suffix: str | None = Field(default=None, pattern=ID_SUFFIX_PATTERN)

@@ -17,8 +17,8 @@ from collections.abc import Collection
 from typing import Any
 
 from jobserver.core.bounds import (
+    CURSOR_PATTERN,
     EVENT_ID_MAX,
-    ID_PATTERN,
     ID_SUFFIX_PATTERN,
     IDEMPOTENCY_KEY_MAX,
     MAX_BATCH,
@@ -636,7 +636,11 @@ def _paths(secured: bool) -> dict[str, Schema]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
                     {
                         "name": "idempotency_key",
                         "in": "query",
