@@ -56,6 +56,12 @@ def test_pause_bulk_actions_and_stats_through_the_sdk(client: Client) -> None:
     assert info.value.task == "no.such.task" and info.value.status_code == 404
     with pytest.raises(InvalidRequestError):
         client.retry_many(status="pending")
+    # no filter means every job: only when said, as the CLI's --all
+    for unfiltered in (client.cancel_many, client.retry_many, client.delete_many):
+        with pytest.raises(InvalidRequestError, match="all_jobs=True"):
+            unfiltered()
+    assert client.stats()["counts"]["completed"] == 5  # nothing was deleted
+    assert client.delete_many(all_jobs=True) == 5
 
 
 def test_the_tasks_command_shows_tasks_that_jobs_wait_for_but_no_process_registers(

@@ -538,7 +538,7 @@ def _one_or_many(client: Client, args: argparse.Namespace, output: Output) -> in
     if not filters and not args.all:
         return _usage(f"{command}: give a job ID, filters (--status, --task, --id), or --all")
     many = {"cancel": client.cancel_many, "retry": client.retry_many, "delete": client.delete_many}[command]
-    count = many(status=args.status, task=args.task, ids=args.ids)
+    count = many(status=args.status, task=args.task, ids=args.ids, all_jobs=args.all)
     past = {"cancel": "cancelled", "retry": "retried", "delete": "deleted"}[command]
     output.show({"count": count}, f"{past} {count} job{'' if count == 1 else 's'}")
     return EXIT_OK

@@ -578,9 +578,16 @@ def task_action(op: str, task: str) -> Exchange[dict[str, Any]]:
     return (yield from _json_call("POST", _task_path(task, f"/{op}"), Call(f"{op}_task", task=task)))
 
 
-def bulk(op: str, status: str | None, task: str | None, ids: Iterable[str] | None) -> Exchange[int]:
-    """POST /jobs/cancel, /retry or /delete with a filter body; how many jobs it changed."""
+def bulk(
+    op: str, status: str | None, task: str | None, ids: Iterable[str] | None, all_jobs: bool = False
+) -> Exchange[int]:
+    """POST /jobs/cancel, /retry or /delete with a filter body; how many jobs it changed. No
+    filter acts on every job: only with `all_jobs`, as the CLI asks for `--all`."""
     body = _filter(status, task, ids)
+    if not body and not all_jobs:
+        raise InvalidRequestError(
+            f"{op}_many() without status, task or ids acts on every job: pass all_jobs=True to mean it"
+        )
     data = yield from _json_call("POST", f"/jobs/{op}", Call(f"{op}_many", task=task or ""), body)
     return int(data["count"])
 

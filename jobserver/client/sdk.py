@@ -358,22 +358,37 @@ class Client:
         return self._run(protocol.task_action("resume", task))
 
     def cancel_many(
-        self, status: str | None = None, task: str | None = None, ids: Iterable[str] | None = None
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        ids: Iterable[str] | None = None,
+        *,
+        all_jobs: bool = False,
     ) -> int:
-        """Cancel every matching job (pending at once, running asked to stop); how many."""
-        return self._run(protocol.bulk("cancel", status, task, ids))
+        """Cancel every matching job (pending at once, running asked to stop); how many. Without a filter, `all_jobs=True` says every job is meant."""
+        return self._run(protocol.bulk("cancel", status, task, ids, all_jobs))
 
     def retry_many(
-        self, status: str | None = None, task: str | None = None, ids: Iterable[str] | None = None
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        ids: Iterable[str] | None = None,
+        *,
+        all_jobs: bool = False,
     ) -> int:
-        """Retry every matching failed or cancelled job; how many."""
-        return self._run(protocol.bulk("retry", status, task, ids))
+        """Retry every matching failed or cancelled job; how many. Without a filter, `all_jobs=True` says every job is meant."""
+        return self._run(protocol.bulk("retry", status, task, ids, all_jobs))
 
     def delete_many(
-        self, status: str | None = None, task: str | None = None, ids: Iterable[str] | None = None
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        ids: Iterable[str] | None = None,
+        *,
+        all_jobs: bool = False,
     ) -> int:
-        """Delete every matching finished job (unfinished ones are left alone); how many."""
-        return self._run(protocol.bulk("delete", status, task, ids))
+        """Delete every matching finished job (unfinished ones are left alone); how many. Without a filter, `all_jobs=True` says every job is meant."""
+        return self._run(protocol.bulk("delete", status, task, ids, all_jobs))
 
     def stats(self, task: str | None = None) -> dict[str, Any]:
         """Counts by status and task, and the last hour's throughput and failure rate (with
