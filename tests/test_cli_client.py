@@ -107,6 +107,8 @@ def test_cancel_a_delayed_job(server: ServedApp) -> None:
 
     timed_out = cli("wait", job["id"], "--timeout", "0.2", url=server.url)
     assert timed_out.returncode == 4 and "still pending" in one_line(timed_out)
+    timed_out = cli("--json", "wait", job["id"], "--timeout", "0.2", url=server.url)
+    assert timed_out.returncode == 4 and json.loads(timed_out.stdout)["status"] == "pending"  # as last read
     assert ok_json(cli("--json", "cancel", job["id"], url=server.url))["status"] == "cancelled"
     assert cli("wait", job["id"], url=server.url).returncode == 3
 

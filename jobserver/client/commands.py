@@ -332,6 +332,8 @@ def watch(
                     break
                 remaining = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
                 if remaining <= 0:
+                    if output.as_json:  # a script still gets the job as last read
+                        output.json(job)
                     raise WaitTimeoutError(job, float(timeout or 0))
                 job = _read_through_restart(client, job_id, round(min(remaining, float(MAX_WAIT_S)), 3))
     except KeyboardInterrupt:
