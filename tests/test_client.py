@@ -273,6 +273,12 @@ def test_a_url_ending_with_a_path_of_the_api_is_named_as_the_cause_not_an_empty_
                 misrouted.value.status_code == 404
                 and (misrouted.value.problem or {}).get("code") == "job-not-found"
             )
+        # `list` sends GET /jobs/jobs?limit=50: the job route refuses its query before its id
+        with pytest.raises(ClientError) as refused:
+            c.list()
+        said = str(refused.value)
+        assert not isinstance(refused.value, InvalidRequestError) and refused.value.status_code == 422, said
+        assert "invalid query: limit" in said and "URL end with a path of the API" in said, said
 
 
 def test_an_error_page_from_another_server_reads_as_words_and_asks_whether_it_is_a_jobserver() -> None:

@@ -174,14 +174,29 @@ def _field_reason(errors: builtins.list[Any], default: str) -> str:
     return str(first.get("msg", default)) if isinstance(first, dict) else default
 
 
-def _misrouted(detail: str, what: str) -> ClientError:
+def _misrouted(detail: str, what: str, status: int = 404) -> ClientError:
     """A "not found" about a job, task or schedule the call did not name: the request met
     another route than the one meant, as when the server's URL ends with a path of the API."""
     return ClientError(
-        404,
+        status,
         {},
         f"{detail}, though this call names no {what}: does the server's URL end with a path of "
         "the API (such as /jobs)? Give it as http(s)://host[:port], with only a proxy's prefix",
+    )
+
+
+def _refused_its_own_query(call: Call, errors: builtins.list[Any]) -> bool:
+    """Query parameters that the client sends refused as unknown (`list` on `/jobs/jobs`, a
+    job's route): only a request that met another route than its own gets that answer."""
+    return (
+        not call.job_id
+        and bool(errors)
+        and all(
+            isinstance(e, dict)
+            and e.get("type") == "extra_forbidden"
+            and (e.get("loc") or [""])[0] == "query"
+            for e in errors
+        )
     )
 
 
@@ -191,7 +206,11 @@ _BUILDERS: dict[str, Callable[[Call, str, builtins.list[Any]], JobServerError]] 
         JobNotFoundError(call.job_id) if call.job_id else _misrouted(detail, "job")
     ),
     "unknown-task": lambda call, detail, errors: TaskNotFoundError(call.task),
-    "validation-error": lambda call, detail, errors: InvalidRequestError(detail, errors),
+    "validation-error": lambda call, detail, errors: (
+        _misrouted(detail, "job", 422)
+        if _refused_its_own_query(call, errors)
+        else InvalidRequestError(detail, errors)
+    ),
     "webhook-url-refused": lambda call, detail, errors: WebhookURLError(
         call.webhook_url, _field_reason(errors, detail)
     ),
