@@ -177,6 +177,15 @@ def test_logs_delete_and_exit_codes(server: ServedApp, tmp_path: Path) -> None:
     release.touch()
     assert follow.finish() == 0
 
+    # with --json, a follow prints each line as it comes, one JSON object a line
+    args, release = chatty_args(tmp_path, "release-logs-json")
+    json_job = ok_json(cli("--json", "submit", CHATTY, "--args", args, url=server.url))["id"]
+    follow = Running(server.url, "--json", "logs", json_job, "--follow")
+    wait_until(lambda: follow.stdout().count("\n") == 2, WAIT_S, message="two JSON lines before the job ends")
+    assert [json.loads(line)["message"] for line in follow.stdout().splitlines()] == ["line 0", "line 1"]
+    release.touch()
+    assert follow.finish() == 0
+
     printed = cli("logs", job_id, url=server.url)
     assert printed.returncode == 0
     assert [line.split("  ", 1)[1] for line in printed.stdout.splitlines()] == ["line 0", "line 1"]

@@ -402,12 +402,17 @@ def _submit(client: Client, args: argparse.Namespace, output: Output) -> int:
 
 
 def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
+    """The job's log lines. With `--json`, one document; with `--follow --json`, one JSON object
+    per line as each comes (JSON Lines): a follow has no end to wait for before printing."""
     lines = []
     try:
         for event in client.events(args.job_id, follow=args.follow):
             if event.event != "log" or not isinstance(event.data, dict):
                 continue
-            if output.as_json:
+            if output.as_json and args.follow:
+                if not render.write_out(json.dumps(event.data, ensure_ascii=False) + "\n"):
+                    return EXIT_OK  # the reader stopped reading (`| head`): so does --follow
+            elif output.as_json:
                 lines.append(event.data)
             else:
                 output.out.print(_log_line(event.data), highlight=False, markup=False, soft_wrap=True)
@@ -416,7 +421,7 @@ def _logs(client: Client, args: argparse.Namespace, output: Output) -> int:
     except KeyboardInterrupt:
         output.note(f"jobserver: stopped; follow again: {again(args, 'logs', args.job_id, '--follow')}")
         return EXIT_INTERRUPTED
-    if output.as_json:
+    if output.as_json and not args.follow:
         output.json({"logs": lines})
     return EXIT_OK
 

@@ -39,13 +39,15 @@ def reader_gone(stream: TextIO) -> None:
     os.close(devnull)
 
 
-def write_out(text: str) -> None:
-    """`text` on stdout at once; nothing when its reader is gone."""
+def write_out(text: str) -> bool:
+    """`text` on stdout at once; nothing when its reader is gone (then False)."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         reader_gone(sys.stdout)
+        return False
+    return True
 
 
 class _Console(Console):
