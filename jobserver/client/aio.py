@@ -279,7 +279,9 @@ class AsyncClient:
         *,
         all_jobs: bool = False,
     ) -> int:
-        """Cancel every matching job (pending at once, running asked to stop); how many. Without a filter, `all_jobs=True` says every job is meant."""
+        """Cancel every matching job (pending at once, running asked to stop); how many.
+
+        Without a filter, `all_jobs=True` says every job is meant."""
         return await self._run(protocol.bulk("cancel", status, task, ids, all_jobs))
 
     async def retry_many(
@@ -290,7 +292,9 @@ class AsyncClient:
         *,
         all_jobs: bool = False,
     ) -> int:
-        """Retry every matching failed or cancelled job; how many. Without a filter, `all_jobs=True` says every job is meant."""
+        """Retry every matching failed or cancelled job; how many.
+
+        Without a filter, `all_jobs=True` says every job is meant."""
         return await self._run(protocol.bulk("retry", status, task, ids, all_jobs))
 
     async def delete_many(
@@ -301,7 +305,9 @@ class AsyncClient:
         *,
         all_jobs: bool = False,
     ) -> int:
-        """Delete every matching finished job (unfinished ones are left alone); how many. Without a filter, `all_jobs=True` says every job is meant."""
+        """Delete every matching finished job (unfinished ones are left alone); how many.
+
+        Without a filter, `all_jobs=True` says every job is meant."""
         return await self._run(protocol.bulk("delete", status, task, ids, all_jobs))
 
     async def stats(self, task: str | None = None) -> dict[str, Any]:

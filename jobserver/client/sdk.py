@@ -365,7 +365,9 @@ class Client:
         *,
         all_jobs: bool = False,
     ) -> int:
-        """Cancel every matching job (pending at once, running asked to stop); how many. Without a filter, `all_jobs=True` says every job is meant."""
+        """Cancel every matching job (pending at once, running asked to stop); how many.
+
+        Without a filter, `all_jobs=True` says every job is meant."""
         return self._run(protocol.bulk("cancel", status, task, ids, all_jobs))
 
     def retry_many(
@@ -376,7 +378,9 @@ class Client:
         *,
         all_jobs: bool = False,
     ) -> int:
-        """Retry every matching failed or cancelled job; how many. Without a filter, `all_jobs=True` says every job is meant."""
+        """Retry every matching failed or cancelled job; how many.
+
+        Without a filter, `all_jobs=True` says every job is meant."""
         return self._run(protocol.bulk("retry", status, task, ids, all_jobs))
 
     def delete_many(
@@ -387,7 +391,9 @@ class Client:
         *,
         all_jobs: bool = False,
     ) -> int:
-        """Delete every matching finished job (unfinished ones are left alone); how many. Without a filter, `all_jobs=True` says every job is meant."""
+        """Delete every matching finished job (unfinished ones are left alone); how many.
+
+        Without a filter, `all_jobs=True` says every job is meant."""
         return self._run(protocol.bulk("delete", status, task, ids, all_jobs))
 
     def stats(self, task: str | None = None) -> dict[str, Any]:
