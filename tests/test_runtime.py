@@ -76,17 +76,16 @@ def test_attempts_handed_to_the_loop_as_it_stops_are_cancelled_before_they_start
     none is dropped unawaited."""
     loop = asyncio.new_event_loop()
     ran: list[str] = []
+    began = asyncio.Event()
+    never = asyncio.Event()  # what a running attempt awaits: its I/O, which does not come
 
     async def attempt(name: str) -> None:
         ran.append(name)
-        await asyncio.sleep(3600)
-
-    async def until_started() -> None:
-        while not ran:
-            await asyncio.sleep(0)
+        began.set()
+        await never.wait()
 
     running = asyncio.run_coroutine_threadsafe(attempt("running"), loop)
-    loop.run_until_complete(until_started())  # "running" waits at its first await
+    loop.run_until_complete(asyncio.wait_for(began.wait(), 10))  # "running" waits at its first await
     made = asyncio.run_coroutine_threadsafe(attempt("made"), loop)
     loop.call_soon(loop.stop)
     loop.run_forever()  # one pass: "made" is a task whose first step is still to come
