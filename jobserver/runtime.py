@@ -359,10 +359,10 @@ def _cancel_tasks(loop: asyncio.AbstractEventLoop, timeout_s: float = 1.0) -> No
     outcomes are no longer recorded) and give them a moment to unwind, as `asyncio.run` does
     at its end: a loop closed under pending tasks leaves them to be destroyed mid-await.
 
-    The loop runs once more, after its stop. The tasks are cancelled
-    before it does, so one made but not yet started never starts; an attempt handed to the
-    loop and not yet a task becomes one in that first pass, ahead of `cancel_all`, which
-    cancels it before its first step. None of their code runs, and none is dropped unawaited."""
+    The loop runs once more, after its stop. The tasks are cancelled before it does, so one
+    made but not yet started never starts; an attempt handed to the loop and not yet a task
+    becomes one in that first pass, ahead of `cancel_all`, which cancels it before its first
+    step. None of their code runs, and none is dropped unawaited."""
     for task in asyncio.all_tasks(loop):
         task.cancel()
 

@@ -28,9 +28,8 @@ IDEMPOTENCY_KEY_MAX = 255  # characters of an idempotency key (printable ASCII)
 SCHEDULE_KEY_PREFIX = "schedule:"  # the idempotency keys of schedules' jobs: no client's key starts so
 TASK_NAME_MAX = 200  # characters: the column, and what a submit's `task` may be
 SIGNAL_NAME_MAX = 200  # characters; a signal's name is a path segment of POST /jobs/{id}/signals/{name}
-STEP_NAME_MAX = (
-    200  # characters of the name of a durable call (`ctx.step`, `sleep`, `spawn`, ...): the column
-)
+# characters of the name of a durable call (`ctx.step`, `sleep`, `spawn`, ...): the column
+STEP_NAME_MAX = 200
 MAX_DELAY_S = 10 * 365 * 86400  # the longest delay, sleep, signal timeout or Retry delay: ten years
 
 
@@ -46,13 +45,17 @@ def duration_s(seconds: float, what: str) -> float:
     return max(0.0, value)
 
 
+def _bounded_name(name: str, what: str, most: int) -> str:
+    if not isinstance(name, str) or not 1 <= len(name) <= most:
+        raise ValueError(f"a {what} name is a string of 1 to {most} characters, not {name!r:.80}")
+    return name
+
+
 def step_name(name: str) -> str:
     """A name a durable call can store its result under: a string (the stored name is one, so an
     int would never be found again and its call would be made again on the next run) of 1 to
     STEP_NAME_MAX characters (what the column holds on every database)."""
-    if not isinstance(name, str) or not 1 <= len(name) <= STEP_NAME_MAX:
-        raise ValueError(f"a step name is a string of 1 to {STEP_NAME_MAX} characters, not {name!r:.80}")
-    return name
+    return _bounded_name(name, "step", STEP_NAME_MAX)
 
 
 def signal_name(name: str) -> str:
@@ -62,8 +65,7 @@ def signal_name(name: str) -> str:
     A `.` or `..` between slashes is refused too: many HTTP clients and proxies resolve such
     path segments before sending (`/signals/..` reaches `/jobs/{id}`), so the signal route
     refuses them as well, and a wait for one could never end."""
-    if not isinstance(name, str) or not 1 <= len(name) <= SIGNAL_NAME_MAX:
-        raise ValueError(f"a signal name is a string of 1 to {SIGNAL_NAME_MAX} characters, not {name!r:.80}")
+    _bounded_name(name, "signal", SIGNAL_NAME_MAX)
     if any(part in (".", "..") for part in name.split("/")):
         raise ValueError(
             f"a signal name has no '.' or '..' between slashes (a URL cannot carry it), not {name!r:.80}"
